@@ -1,0 +1,185 @@
+//! Types shared by the eBPF programs (`guard-ebpf`) and the daemon (`guard-daemon`).
+//!
+//! Everything that crosses the kernel/user boundary lives here: map names and capacities,
+//! `#[repr(C)]` keys and values without implicit padding (checked by a size assertion next to
+//! each), statistic indices and configuration flags. With the `user` feature the map types
+//! implement `aya::Pod`.
+//!
+//! Byte order: every IPv4 address is a `u32` whose *memory* holds the address in network order
+//! (`u32::from_ne_bytes(ip.octets())` in userspace, a plain load from the packet in the kernel);
+//! every IPv6 address is a `[u8; 16]` in network order. Times are `CLOCK_MONOTONIC` nanoseconds
+//! (what `bpf_ktime_get_ns` returns), not wall-clock time.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Exact IPv4 bans: `HashMap<u32, BanEntry>`. A plain hash, not LRU: a flood must never evict a ban.
+pub const MAP_BANS_V4: &str = "BANS_V4";
+/// Exact IPv6 bans: `HashMap<[u8; 16], BanEntry>`.
+pub const MAP_BANS_V6: &str = "BANS_V6";
+/// IPv4 CIDR bans: `LpmTrie<u32, BanEntry>`.
+pub const MAP_CIDR_V4: &str = "CIDR_V4";
+/// IPv6 CIDR bans: `LpmTrie<[u8; 16], BanEntry>`.
+pub const MAP_CIDR_V6: &str = "CIDR_V6";
+/// IPv4 allowlist: `LpmTrie<u32, u32>` (the value is unused, 1).
+pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
+/// IPv6 allowlist: `LpmTrie<[u8; 16], u32>`.
+pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
+/// Per-source token buckets for IPv4: `LruHashMap<u32, RateBucket>`.
+pub const MAP_RATE_V4: &str = "RATE_V4";
+/// Per-source token buckets for IPv6: `LruHashMap<[u8; 16], RateBucket>`.
+pub const MAP_RATE_V6: &str = "RATE_V6";
+/// One-entry `Array<XdpConfig>` written by the daemon.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Global counters: `PerCpuArray<u64>` indexed by the `STAT_*` constants.
+pub const MAP_STATS: &str = "STATS";
+/// Ring buffer of `RateEvent`s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Every map the XDP program declares, in the order the daemon opens them.
+pub const XDP_MAPS: [&str; 11] = [
+    MAP_BANS_V4,
+    MAP_BANS_V6,
+    MAP_CIDR_V4,
+    MAP_CIDR_V6,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_RATE_V4,
+    MAP_RATE_V6,
+    MAP_CONFIG,
+    MAP_STATS,
+    MAP_EVENTS,
+];
+
+/// Name of the XDP program in the object file.
+pub const PROG_XDP_GUARD: &str = "xdp_guard";
+
+/// Capacity of each exact-ban map (IPv4 and IPv6 separately).
+pub const BANS_CAPACITY: u32 = 1 << 21;
+/// Capacity of each CIDR-ban trie.
+pub const CIDR_CAPACITY: u32 = 1 << 17;
+/// Capacity of each allowlist trie.
+pub const ALLOW_CAPACITY: u32 = 1 << 14;
+/// Capacity of each per-source rate map (LRU: the least recently seen source is evicted).
+pub const RATE_CAPACITY: u32 = 1 << 18;
+/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 18;
+
+/// A ban as the XDP program sees it (value of the exact and CIDR ban maps).
+///
+/// The daemon writes `expires_ns` and zeroed counters; the program only adds to the counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEntry {
+    /// When the ban stops applying, `CLOCK_MONOTONIC` ns; 0 = never. Expired entries are ignored
+    /// by the program and removed by the daemon.
+    pub expires_ns: u64,
+    /// Packets dropped by this ban.
+    pub packets: u64,
+    /// Bytes dropped by this ban (frame length, from the Ethernet header on).
+    pub bytes: u64,
+    /// Last drop, `CLOCK_MONOTONIC` ns (coarse clock); 0 = never hit.
+    pub last_hit_ns: u64,
+}
+const _: () = assert!(size_of::<BanEntry>() == 32);
+
+/// Per-source token bucket state (value of the rate maps).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    /// Accumulated credit in ns; a packet costs `XdpConfig::cost_ns`.
+    pub credit_ns: u64,
+    /// Last refill, `CLOCK_MONOTONIC` ns.
+    pub last_ns: u64,
+    /// When the last `RateEvent` for this source was emitted; 0 = never.
+    pub last_event_ns: u64,
+    /// Packets of this source dropped for exceeding the rate (ever, while in the map).
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<RateBucket>() == 32);
+
+/// Flag in `XdpConfig::flags`: the IPv4 CIDR trie has entries (skip the lookup otherwise).
+pub const CFG_HAVE_CIDR_V4: u64 = 1 << 0;
+/// Flag: the IPv6 CIDR trie has entries.
+pub const CFG_HAVE_CIDR_V6: u64 = 1 << 1;
+/// Flag: the IPv4 allowlist has entries.
+pub const CFG_HAVE_ALLOW_V4: u64 = 1 << 2;
+/// Flag: the IPv6 allowlist has entries.
+pub const CFG_HAVE_ALLOW_V6: u64 = 1 << 3;
+
+/// Run-time settings of the XDP program (index 0 of the config array).
+///
+/// All divisions are done by the daemon so the program only adds and compares.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// `CFG_*` bits.
+    pub flags: u64,
+    /// Cost of one packet in ns of credit: `1e9 / rate_pps`; 0 = rate limiting off.
+    pub cost_ns: u64,
+    /// Credit cap in ns: `burst * cost_ns`.
+    pub cap_ns: u64,
+    /// Minimum ns between two `RateEvent`s of one source.
+    pub event_window_ns: u64,
+}
+const _: () = assert!(size_of::<XdpConfig>() == 32);
+
+/// Address family tag in `RateEvent::family`.
+pub const FAMILY_V4: u32 = 4;
+/// Address family tag in `RateEvent::family`.
+pub const FAMILY_V6: u32 = 6;
+
+/// Sent on the ring buffer when a source first exceeds its packet rate in a window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateEvent {
+    /// Source address: IPv4 in the first four bytes, network order.
+    pub addr: [u8; 16],
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u32,
+    /// Explicit padding; always 0.
+    pub _pad: u32,
+    /// `CLOCK_MONOTONIC` ns of the packet that triggered the event.
+    pub ts_ns: u64,
+    /// The source's over-rate drops so far.
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<RateEvent>() == 40);
+
+/// Packets passed to the stack.
+pub const STAT_PASSED: u32 = 0;
+/// Packets dropped by an exact ban.
+pub const STAT_DROP_BAN_EXACT: u32 = 1;
+/// Packets dropped by a CIDR ban.
+pub const STAT_DROP_BAN_CIDR: u32 = 2;
+/// Packets dropped by the per-source rate limit.
+pub const STAT_DROP_RATE: u32 = 3;
+/// Truncated or malformed frames (passed: the program fails open).
+pub const STAT_MALFORMED: u32 = 4;
+/// Frames that are not IPv4/IPv6 (passed).
+pub const STAT_NON_IP: u32 = 5;
+/// Banned or over-rate packets let through because the source is allowlisted.
+pub const STAT_ALLOWLISTED: u32 = 6;
+/// Rate events lost because the ring buffer was full.
+pub const STAT_EVENTS_LOST: u32 = 7;
+/// Number of statistic slots.
+pub const STAT_COUNT: u32 = 8;
+/// Names of the statistic slots, indexed by `STAT_*`.
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+    "passed",
+    "dropped_ban_exact",
+    "dropped_ban_cidr",
+    "dropped_rate",
+    "malformed",
+    "non_ip",
+    "allowlisted",
+    "events_lost",
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)], Copy, made only of integers, without padding (asserted).
+    unsafe impl aya::Pod for super::BanEntry {}
+    unsafe impl aya::Pod for super::RateBucket {}
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::RateEvent {}
+}

@@ -1,0 +1,2 @@
+//! guard's daemon and CLI as a library: `main.rs` only parses arguments and calls in here.
+pub mod cli;
