@@ -1,26 +1,375 @@
-//! The command line: argument definitions and dispatch to each subcommand.
-use clap::{Parser, Subcommand};
+//! The command line: argument definitions and dispatch to each subcommand. Daemon commands
+//! talk to `guard run` over the control socket; output is a human table, or JSON with `--json`.
+use std::io::Read;
+use std::path::PathBuf;
 
-/// guard — a Linux host traffic guard.
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::bans::BanView;
+use crate::clock::{format_utc, now_ms, parse_duration};
+use crate::config::{Config, DEFAULT_SOCKET};
+use crate::control::{self, ImportEntry, Request};
+use crate::net::Net;
+use crate::store::AllowRecord;
+
+/// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
 #[derive(Debug, Parser)]
 #[command(name = "guard", version, about)]
 pub struct Cli {
+    /// Control socket of the daemon (default: the config's, else /run/guard/guard.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the version.
-    Version,
+    /// Run the daemon (as root).
+    Run(RunArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage bans.
+    #[command(subcommand)]
+    Ban(BanCommand),
+    /// Manage the allowlist (never banned, never rate-limited).
+    #[command(subcommand)]
+    Allow(AllowCommand),
+    /// Packet counters of the XDP program and the daemon.
+    Stats(JsonFlag),
+    /// Is the daemon running, on which interfaces, with what.
+    Status(JsonFlag),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML). Without it, the documented defaults apply.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to guard (repeatable); overrides `xdp.interfaces`.
+    #[arg(long = "interface", short = 'i', value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// State directory (sled database); overrides `daemon.state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links; overrides `xdp.pin_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file; errors name the key and the line.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BanCommand {
+    /// Ban an address or CIDR block.
+    Add {
+        target: String,
+        /// Duration (e.g. 30m, 4h, 7d); 0 = permanent. Default: `bans.default_ttl`.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Why (shown in `ban ls`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Ban even if the target overlaps the allowlist (the allowlist still wins in XDP).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a ban.
+    Rm { target: String },
+    /// List bans with their drop counters.
+    Ls(JsonFlag),
+    /// Ban many: one address/CIDR a line, or CSV `value,duration,reason`; FILE or - for stdin.
+    Import {
+        file: String,
+        /// Ban entries that overlap the allowlist too.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllowCommand {
+    /// Allowlist an address or CIDR block.
+    Add {
+        target: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove an allowlist entry.
+    Rm { target: String },
+    /// List the allowlist.
+    Ls(JsonFlag),
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.clone();
     match cli.command {
-        Command::Version => {
-            println!("guard {}", env!("CARGO_PKG_VERSION"));
+        Command::Run(args) => run_daemon(args, socket),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(&file)?;
+            println!("{}: ok", file.display());
+            let _ = config;
             Ok(())
         }
+        Command::Ban(cmd) => ban(cmd, &socket_path(socket)),
+        Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
+        Command::Stats(f) => stats(f.json, &socket_path(socket)),
+        Command::Status(f) => status(f.json, &socket_path(socket)),
+    }
+}
+
+fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("GUARD_SOCKET").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.interfaces.is_empty() {
+        config.xdp.interfaces = args.interfaces;
+    }
+    if let Some(s) = socket {
+        config.daemon.socket = s;
+    }
+    if let Some(d) = args.state_dir {
+        config.daemon.state_dir = d;
+    }
+    if let Some(d) = args.pin_dir {
+        config.xdp.pin_dir = d;
+    }
+    config.validate(args.config.as_deref().unwrap_or("command line".as_ref()))?;
+    crate::daemon::run(config)
+}
+
+fn parse_target(text: &str) -> anyhow::Result<Net> {
+    Ok(text.parse::<Net>()?)
+}
+
+fn ttl_secs(text: Option<&str>) -> anyhow::Result<Option<u64>> {
+    text.map(|t| if t == "never" || t == "permanent" { Ok(0) } else { parse_duration(t).map(|d| d.as_secs()) })
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
+    match cmd {
+        BanCommand::Add { target, ttl, reason, force } => {
+            let req = Request::BanAdd { target: parse_target(&target)?, ttl_secs: ttl_secs(ttl.as_deref())?, reason, force };
+            let view: BanView = serde_json::from_value(control::call(socket, &req)?)?;
+            println!("banned {} until {}", view.addr, view.expires_at.map_or("forever".into(), format_utc));
+        }
+        BanCommand::Rm { target } => {
+            control::call(socket, &Request::BanRm { target: parse_target(&target)? })?;
+            println!("unbanned {target}");
+        }
+        BanCommand::Ls(f) => {
+            let data = control::call(socket, &Request::BanLs)?;
+            if f.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                let bans: Vec<BanView> = serde_json::from_value(data)?;
+                print_bans(&bans);
+            }
+        }
+        BanCommand::Import { file, force } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let entries = parse_import(&text)?;
+            let n = entries.len();
+            let data = control::call(socket, &Request::BanImport { entries, force })?;
+            let banned = data["banned"].as_u64().unwrap_or(0);
+            println!("imported {banned} of {n} bans");
+            if let Some(refused) = data["refused"].as_array() {
+                for r in refused {
+                    eprintln!("refused: {}", r.as_str().unwrap_or_default());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `guard ban import` input: `ADDR[/LEN]` or `ADDR[/LEN],DURATION,REASON` a line;
+/// blank lines and `#` comments are skipped. Errors name the line.
+pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportEntry>> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.splitn(3, ',').map(str::trim);
+        let target = fields.next().unwrap_or_default();
+        let target: Net = match target.parse() {
+            Ok(t) => t,
+            Err(e) if i == 0 && !target.contains(['.', ':']) => {
+                let _ = e;
+                continue; // a CSV header line
+            }
+            Err(e) => bail!("line {}: {e}", i + 1),
+        };
+        let ttl = match fields.next().filter(|s| !s.is_empty()) {
+            Some(d) => Some(ttl_secs(Some(d)).with_context(|| format!("line {}", i + 1))?.unwrap_or(0)),
+            None => None,
+        };
+        let reason = fields.next().filter(|s| !s.is_empty()).map(|s| s.trim_matches('"').to_owned());
+        out.push(ImportEntry { target, ttl_secs: ttl, reason });
+    }
+    Ok(out)
+}
+
+fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
+    match cmd {
+        AllowCommand::Add { target, reason } => {
+            control::call(socket, &Request::AllowAdd { target: parse_target(&target)?, reason })?;
+            println!("allowlisted {target}");
+        }
+        AllowCommand::Rm { target } => {
+            control::call(socket, &Request::AllowRm { target: parse_target(&target)? })?;
+            println!("removed {target} from the allowlist");
+        }
+        AllowCommand::Ls(f) => {
+            let data = control::call(socket, &Request::AllowLs)?;
+            if f.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                let rows: Vec<AllowRecord> = serde_json::from_value(data)?;
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| vec![r.target.to_string(), r.reason.clone(), format_utc(r.created_at)])
+                    .collect();
+                print_table(&["ADDRESS", "REASON", "CREATED"], &table);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_bans(bans: &[BanView]) {
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = bans
+        .iter()
+        .map(|b| {
+            vec![
+                b.addr.to_string(),
+                b.reason.clone(),
+                b.origin.clone(),
+                format_utc(b.created_at),
+                b.expires_at.map_or_else(|| "never".into(), |t| {
+                    format!("{} (in {})", format_utc(t), crate::clock::format_duration(std::time::Duration::from_millis(t.saturating_sub(now))))
+                }),
+                b.packets.to_string(),
+                b.bytes.to_string(),
+                b.last_hit.map_or_else(|| "-".into(), format_utc),
+            ]
+        })
+        .collect();
+    print_table(&["ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "PACKETS", "BYTES", "LAST HIT"], &rows);
+}
+
+/// Prints left-aligned columns separated by two spaces.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&width).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
+    let data = control::call(socket, &Request::Stats)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    for section in ["xdp", "daemon"] {
+        if let Some(Value::Object(map)) = data.get(section) {
+            let rows: Vec<Vec<String>> = map.iter().map(|(k, v)| vec![format!("{section}.{k}"), v.to_string()]).collect();
+            print_table(&["COUNTER", "VALUE"], &rows);
+        }
+    }
+    Ok(())
+}
+
+fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
+    let data = control::call(socket, &Request::Status)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    println!("guard {} running (pid {}, up {}s)", data["version"].as_str().unwrap_or("?"), data["pid"], data["uptime_secs"]);
+    if let Some(ifs) = data["interfaces"].as_array() {
+        for i in ifs {
+            println!("  interface {} ({} XDP)", i["name"].as_str().unwrap_or("?"), i["mode"].as_str().unwrap_or("?"));
+        }
+    }
+    println!("  bans {}  allowlist {}  rate limit {} pps", data["bans"], data["allowlist"], data["rate_limit_pps"]);
+    println!("  state {}  pins {}", data["state_dir"].as_str().unwrap_or("?"), data["pin_dir"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_formats() {
+        let e = parse_import("value,duration,reason\n# c\n10.0.0.1\n\n10.1.0.0/16,1h,\"scanner\"\n2001:db8::1,0,x\n").unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].ttl_secs, None);
+        assert_eq!(e[1].ttl_secs, Some(3600));
+        assert_eq!(e[1].reason.as_deref(), Some("scanner"));
+        assert_eq!(e[2].ttl_secs, Some(0));
+        let err = parse_import("10.0.0.1\nnot-an-ip\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn socket_flag_before_or_after_subcommand() {
+        let a = Cli::try_parse_from(["guard", "--socket", "/tmp/a.sock", "ban", "ls"]).unwrap();
+        let b = Cli::try_parse_from(["guard", "ban", "ls", "--socket", "/tmp/a.sock"]).unwrap();
+        assert_eq!(a.socket, b.socket);
+        assert_eq!(a.socket, Some(PathBuf::from("/tmp/a.sock")));
     }
 }

@@ -1,2 +1,10 @@
 //! guard's daemon and CLI as a library: `main.rs` only parses arguments and calls in here.
+pub mod bans;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod net;
+pub mod store;
+pub mod xdp;

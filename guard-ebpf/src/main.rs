@@ -1,2 +1,221 @@
+//! `xdp_guard`: drops packets from banned sources (exact IPv4/IPv6, CIDR) unless they are
+//! allowlisted, and limits each source's packet rate with a token bucket.
+//!
+//! Order of checks, cheapest first and each skipped when its map is empty (flags in `CONFIG`):
+//! exact ban (hash) ▸ CIDR ban (LPM) ▸ per-source token bucket (LRU). The allowlist is only
+//! consulted when a packet would be dropped, so the pass path never pays for it.
 #![no_std]
 #![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::{map, xdp},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+        lpm_trie::Key,
+    },
+    programs::XdpContext,
+};
+use guard_common::{
+    ALLOW_CAPACITY, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
+    CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CIDR_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
+    RATE_CAPACITY, RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT, STAT_DROP_BAN_CIDR,
+    STAT_DROP_BAN_EXACT, STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED, STAT_NON_IP,
+    STAT_PASSED, XdpConfig,
+};
+use guard_ebpf::net::{Parsed, Source, parse_source};
+
+// Every map is pinned by name so that a restarted daemon reuses them: bans stay enforced
+// while it is down. Ban maps are plain hashes (an LRU would let a flood evict bans) and
+// allocate on insert, so an empty map costs no memory.
+#[map]
+static BANS_V4: HashMap<u32, BanEntry> = HashMap::pinned(BANS_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+static BANS_V6: HashMap<[u8; 16], BanEntry> = HashMap::pinned(BANS_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+static CIDR_V4: LpmTrie<u32, BanEntry> = LpmTrie::pinned(CIDR_CAPACITY, 0);
+#[map]
+static CIDR_V6: LpmTrie<[u8; 16], BanEntry> = LpmTrie::pinned(CIDR_CAPACITY, 0);
+#[map]
+static ALLOW_V4: LpmTrie<u32, u32> = LpmTrie::pinned(ALLOW_CAPACITY, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(ALLOW_CAPACITY, 0);
+#[map]
+static RATE_V4: LruHashMap<u32, RateBucket> = LruHashMap::pinned(RATE_CAPACITY, 0);
+#[map]
+static RATE_V6: LruHashMap<[u8; 16], RateBucket> = LruHashMap::pinned(RATE_CAPACITY, 0);
+#[map]
+static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[xdp]
+pub fn xdp_guard(ctx: XdpContext) -> u32 {
+    // Any internal failure (a missing map slot, a verifier-visible impossibility) passes the
+    // packet: guard must never black-hole traffic because of its own fault.
+    try_guard(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(stat) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn verdict(stat: u32, action: u32) -> Option<u32> {
+    count(stat);
+    Some(action)
+}
+
+/// Adds a dropped packet to a ban's counters. Plain adds: core has no atomic read-modify-write
+/// for the BPF target, so two CPUs hitting the same ban at the same instant may lose a count —
+/// the counters are statistics, the drop itself is exact.
+#[inline(always)]
+fn charge(ban: *mut BanEntry, len: u64, now: u64) {
+    unsafe {
+        (*ban).packets += 1;
+        (*ban).bytes += len;
+        (*ban).last_hit_ns = now;
+    }
+}
+
+#[inline(always)]
+fn live(ban: *mut BanEntry, now: u64) -> bool {
+    let expires = unsafe { (*ban).expires_ns };
+    expires == 0 || expires > now
+}
+
+#[inline(always)]
+fn try_guard(ctx: &XdpContext) -> Option<u32> {
+    let Some(parsed) = parse_source(ctx) else {
+        return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
+    };
+    let Parsed::Ip(src) = parsed else {
+        return verdict(STAT_NON_IP, xdp_action::XDP_PASS);
+    };
+    let cfg = CONFIG.get(0)?;
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match src {
+        Source::V4(addr) => guard_v4(cfg, addr, len),
+        Source::V6(addr) => guard_v6(cfg, addr, len),
+    }
+}
+
+/// Expands to the per-family decision; the two families differ only in key type and maps.
+macro_rules! guard_family {
+    ($name:ident, $key:ty, $bans:ident, $cidr:ident, $allow:ident, $rate:ident,
+     $have_cidr:ident, $have_allow:ident, $family:ident, $to_bytes:expr, $bits:literal) => {
+        #[inline(always)]
+        fn $name(cfg: &XdpConfig, addr: $key, len: u64) -> Option<u32> {
+            let allowed = || {
+                cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some()
+            };
+            if let Some(ban) = $bans.get_ptr_mut(addr) {
+                let now = unsafe { bpf_ktime_get_coarse_ns() };
+                if live(ban, now) {
+                    if allowed() {
+                        return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
+                    }
+                    charge(ban, len, now);
+                    return verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP);
+                }
+            }
+            if cfg.flags & $have_cidr != 0 {
+                if let Some(ban) = $cidr.get(Key::new($bits, addr)) {
+                    let ban = core::ptr::from_ref(ban).cast_mut();
+                    let now = unsafe { bpf_ktime_get_coarse_ns() };
+                    if live(ban, now) {
+                        if allowed() {
+                            return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
+                        }
+                        charge(ban, len, now);
+                        return verdict(STAT_DROP_BAN_CIDR, xdp_action::XDP_DROP);
+                    }
+                }
+            }
+            if cfg.cost_ns != 0 {
+                let now = unsafe { bpf_ktime_get_ns() };
+                if let Some(bucket) = $rate.get_ptr_mut(addr) {
+                    let b = unsafe { &mut *bucket };
+                    let mut credit = b.credit_ns + now.saturating_sub(b.last_ns);
+                    if credit > cfg.cap_ns {
+                        credit = cfg.cap_ns;
+                    }
+                    b.last_ns = now;
+                    if credit >= cfg.cost_ns {
+                        b.credit_ns = credit - cfg.cost_ns;
+                    } else {
+                        b.credit_ns = credit;
+                        if allowed() {
+                            return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
+                        }
+                        b.dropped += 1;
+                        if now.saturating_sub(b.last_event_ns) >= cfg.event_window_ns
+                            || b.last_event_ns == 0
+                        {
+                            b.last_event_ns = now;
+                            let event = RateEvent {
+                                addr: $to_bytes(addr),
+                                family: $family,
+                                _pad: 0,
+                                ts_ns: now,
+                                dropped: b.dropped,
+                            };
+                            if EVENTS.output::<RateEvent>(&event, 0).is_err() {
+                                count(STAT_EVENTS_LOST);
+                            }
+                        }
+                        return verdict(STAT_DROP_RATE, xdp_action::XDP_DROP);
+                    }
+                } else {
+                    // A new source starts with a full bucket, minus this packet.
+                    let fresh = RateBucket {
+                        credit_ns: cfg.cap_ns.saturating_sub(cfg.cost_ns),
+                        last_ns: now,
+                        last_event_ns: 0,
+                        dropped: 0,
+                    };
+                    // Failure to insert (map busy) only means this packet is not counted.
+                    let _ = $rate.insert(addr, fresh, 0);
+                }
+            }
+            verdict(STAT_PASSED, xdp_action::XDP_PASS)
+        }
+    };
+}
+
+guard_family!(
+    guard_v4, u32, BANS_V4, CIDR_V4, ALLOW_V4, RATE_V4, CFG_HAVE_CIDR_V4, CFG_HAVE_ALLOW_V4,
+    FAMILY_V4, v4_bytes, 32
+);
+guard_family!(
+    guard_v6, [u8; 16], BANS_V6, CIDR_V6, ALLOW_V6, RATE_V6, CFG_HAVE_CIDR_V6,
+    CFG_HAVE_ALLOW_V6, FAMILY_V6, v6_bytes, 128
+);
+
+#[inline(always)]
+fn v4_bytes(addr: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&addr.to_ne_bytes());
+    out
+}
+
+#[inline(always)]
+fn v6_bytes(addr: [u8; 16]) -> [u8; 16] {
+    addr
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,253 @@
+//! The ban service: every change to bans and the allowlist goes through here, first into sled
+//! (the source of truth), then into the XDP maps (the cache that enforces it).
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::{mono_ns, now_ms, wall_to_mono};
+use crate::net::Net;
+use crate::store::{AllowRecord, BanRecord, Store, StoreError};
+use crate::xdp::{Xdp, XdpError};
+
+/// Errors of ban and allowlist operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    #[error("refusing to ban {target}: it overlaps allowlist entry {allow} (use --force to ban anyway; the allowlist still wins)")]
+    Allowlisted { target: Net, allow: Net },
+    #[error("{target} is not banned")]
+    NotBanned { target: Net },
+    #[error("{target} is not in the allowlist")]
+    NotAllowed { target: Net },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+}
+
+/// A request to ban.
+#[derive(Debug, Clone)]
+pub struct BanRequest {
+    pub target: Net,
+    /// `None` = the configured default; `Some(ZERO)` = permanent.
+    pub ttl: Option<Duration>,
+    pub reason: String,
+    pub origin: String,
+    pub force: bool,
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// A ban as shown by `guard ban ls`: the stored record joined with the XDP counters.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BanView {
+    pub addr: Net,
+    pub reason: String,
+    pub origin: String,
+    /// Wall-clock ms since the epoch.
+    pub created_at: u64,
+    /// Wall-clock ms since the epoch; `null` = permanent.
+    pub expires_at: Option<u64>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Wall-clock ms of the last dropped packet; `null` = never hit.
+    pub last_hit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// Bans and allowlist, backed by sled and enforced by XDP.
+pub struct Bans {
+    store: Store,
+    xdp: Xdp,
+    default_ttl: Duration,
+    /// Timed bans by deadline (wall-clock ms), so a sweep touches only what expires.
+    deadlines: BTreeSet<(u64, Net)>,
+}
+
+impl Bans {
+    /// Joins the store and the maps, and makes the maps match the store (dropping expired bans).
+    pub fn new(store: Store, xdp: Xdp, default_ttl: Duration) -> Result<Self, BanError> {
+        let mut bans = Self { store, xdp, default_ttl, deadlines: BTreeSet::new() };
+        bans.rebuild()?;
+        Ok(bans)
+    }
+
+    /// Rebuilds the maps from the store; returns (bans, allowlist entries) enforced.
+    pub fn rebuild(&mut self) -> Result<(usize, usize), BanError> {
+        let now = now_ms();
+        let mono = mono_ns();
+        let mut live = Vec::new();
+        self.deadlines.clear();
+        for ban in self.store.bans()? {
+            if ban.expired(now) {
+                self.store.remove_ban(&ban.target)?;
+            } else {
+                if let Some(t) = ban.expires_at {
+                    self.deadlines.insert((t, ban.target));
+                }
+                live.push((ban.target, ban.expires_at.map_or(0, |t| wall_to_mono(t, now, mono))));
+            }
+        }
+        let allows: Vec<Net> = self.store.allows()?.into_iter().map(|a| a.target).collect();
+        self.xdp.reconcile(&live, &allows)?;
+        Ok((live.len(), allows.len()))
+    }
+
+    /// The XDP layer, for stats and the event reader.
+    pub fn xdp_mut(&mut self) -> &mut Xdp {
+        &mut self.xdp
+    }
+
+    /// The XDP layer.
+    #[must_use]
+    pub fn xdp(&self) -> &Xdp {
+        &self.xdp
+    }
+
+    /// Gives up the store side, keeping the XDP layer (for detaching at exit).
+    #[must_use]
+    pub fn into_xdp(self) -> Xdp {
+        self.xdp
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The allowlist entry covering `ip`, if any.
+    pub fn allowlisted(&self, ip: IpAddr) -> Result<Option<Net>, BanError> {
+        Ok(self.store.allows()?.into_iter().map(|a| a.target).find(|n| n.contains(ip)))
+    }
+
+    /// Bans (or re-bans, replacing reason and deadline) a target.
+    pub fn ban(&mut self, req: BanRequest) -> Result<BanView, BanError> {
+        self.ban_no_flush(req).and_then(|v| {
+            self.store.flush()?;
+            Ok(v)
+        })
+    }
+
+    fn ban_no_flush(&mut self, req: BanRequest) -> Result<BanView, BanError> {
+        if !req.force {
+            if let Some(allow) = self.store.allows()?.into_iter().find(|a| a.target.overlaps(&req.target)) {
+                return Err(BanError::Allowlisted { target: req.target, allow: allow.target });
+            }
+        }
+        let now = now_ms();
+        let ttl = req.ttl.unwrap_or(self.default_ttl);
+        let record = BanRecord {
+            target: req.target,
+            reason: req.reason,
+            origin: req.origin,
+            created_at: now,
+            expires_at: (!ttl.is_zero()).then(|| now.saturating_add(ttl.as_millis() as u64)),
+            evidence: req.evidence,
+        };
+        if let Some(old) = self.store.put_ban(&record)? {
+            if let Some(t) = old.expires_at {
+                self.deadlines.remove(&(t, old.target));
+            }
+        }
+        if let Some(t) = record.expires_at {
+            self.deadlines.insert((t, record.target));
+        }
+        let deadline = record.expires_at.map_or(0, |t| wall_to_mono(t, now, mono_ns()));
+        self.xdp.put_ban(&record.target, deadline)?;
+        Ok(self.view(record))
+    }
+
+    /// Bans many targets, flushing once. Returns per-line results.
+    pub fn import(&mut self, reqs: Vec<BanRequest>) -> Result<Vec<Result<Net, String>>, BanError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let target = req.target;
+            match self.ban_no_flush(req) {
+                Ok(_) => out.push(Ok(target)),
+                Err(e @ BanError::Allowlisted { .. }) => out.push(Err(e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        self.store.flush()?;
+        Ok(out)
+    }
+
+    /// Lifts a ban.
+    pub fn unban(&mut self, target: &Net) -> Result<BanView, BanError> {
+        let record = self.store.remove_ban(target)?.ok_or(BanError::NotBanned { target: *target })?;
+        if let Some(t) = record.expires_at {
+            self.deadlines.remove(&(t, record.target));
+        }
+        let view = self.view(record);
+        self.xdp.remove_ban(target)?;
+        self.store.flush()?;
+        Ok(view)
+    }
+
+    /// Every ban with its counters.
+    pub fn list(&self) -> Result<Vec<BanView>, BanError> {
+        Ok(self.store.bans()?.into_iter().map(|b| self.view(b)).collect())
+    }
+
+    fn view(&self, b: BanRecord) -> BanView {
+        let c = self.xdp.ban_counters(&b.target).unwrap_or_default();
+        let last_hit = (c.last_hit_ns != 0).then(|| {
+            let ago_ms = mono_ns().saturating_sub(c.last_hit_ns) / 1_000_000;
+            now_ms().saturating_sub(ago_ms)
+        });
+        BanView {
+            addr: b.target,
+            reason: b.reason,
+            origin: b.origin,
+            created_at: b.created_at,
+            expires_at: b.expires_at,
+            packets: c.packets,
+            bytes: c.bytes,
+            last_hit,
+            evidence: b.evidence,
+        }
+    }
+
+    /// Removes bans whose deadline has passed from the store and the maps; returns them.
+    pub fn sweep(&mut self) -> Result<Vec<Net>, BanError> {
+        let now = now_ms();
+        let mut gone = Vec::new();
+        while let Some(&(t, target)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            // The stored record decides: it may have been replaced by a later ban.
+            if self.store.ban(&target)?.is_some_and(|b| b.expired(now)) {
+                self.store.remove_ban(&target)?;
+                self.xdp.remove_ban(&target)?;
+                gone.push(target);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Adds an allowlist entry.
+    pub fn allow(&mut self, target: Net, reason: String) -> Result<AllowRecord, BanError> {
+        let rec = AllowRecord { target, reason, created_at: now_ms() };
+        self.store.put_allow(&rec)?;
+        self.xdp.put_allow(&target)?;
+        self.store.flush()?;
+        Ok(rec)
+    }
+
+    /// Removes an allowlist entry.
+    pub fn disallow(&mut self, target: &Net) -> Result<AllowRecord, BanError> {
+        let rec = self.store.remove_allow(target)?.ok_or(BanError::NotAllowed { target: *target })?;
+        self.xdp.remove_allow(target)?;
+        self.store.flush()?;
+        Ok(rec)
+    }
+
+    /// The allowlist.
+    pub fn allows(&self) -> Result<Vec<AllowRecord>, BanError> {
+        Ok(self.store.allows()?)
+    }
+}

@@ -1,0 +1,226 @@
+//! guard's configuration: one TOML file, parsed once at start into a validated, typed
+//! [`Config`]. Every key has a default (see `guard.example.toml` at the repository top), so no
+//! file at all is a valid configuration. Errors name the key and the line.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::clock::parse_duration;
+
+/// Errors reading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub xdp: XdpConfig,
+    pub bans: BansConfig,
+}
+
+/// `[daemon]`: where guard keeps its socket and state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Control socket (root-only permissions). Default `/run/guard/guard.sock`.
+    pub socket: PathBuf,
+    /// Directory of the sled database (bans, allowlist, logs). Default `/var/lib/guard`.
+    pub state_dir: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from("/var/lib/guard"),
+        }
+    }
+}
+
+/// Default control socket path, also used by the CLI when no `--socket` is given.
+pub const DEFAULT_SOCKET: &str = "/run/guard/guard.sock";
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    Auto,
+    /// Native mode only; fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// `[xdp]`: the packet-level guard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct XdpConfig {
+    /// Interfaces to guard. Default: empty = the interface of the default route.
+    pub interfaces: Vec<String>,
+    /// `auto` (default), `native` or `generic`.
+    pub mode: XdpMode,
+    /// bpffs directory where maps and links are pinned; one per guard instance.
+    /// Default `/sys/fs/bpf/guard`.
+    pub pin_dir: PathBuf,
+    /// Per-source packet rate limit in packets/s; 0 (default) = off.
+    pub rate_limit_pps: u64,
+    /// Burst allowance in packets; 0 (default) = one second's worth (`rate_limit_pps`).
+    pub rate_limit_burst: u64,
+    /// Minimum time between two rate events for one source. Default `10s`.
+    #[serde(deserialize_with = "de_duration")]
+    pub rate_event_window: Duration,
+    /// Ban a source for this long when it exceeds the rate; `0s` (default) = only drop the
+    /// excess packets and log the event.
+    #[serde(deserialize_with = "de_duration")]
+    pub rate_ban: Duration,
+    /// Leave the program attached and the maps pinned when the daemon exits, so bans stay
+    /// enforced while it is down or restarting. Default `true`.
+    pub keep_attached: bool,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: XdpMode::Auto,
+            pin_dir: PathBuf::from("/sys/fs/bpf/guard"),
+            rate_limit_pps: 0,
+            rate_limit_burst: 0,
+            rate_event_window: Duration::from_secs(10),
+            rate_ban: Duration::ZERO,
+            keep_attached: true,
+        }
+    }
+}
+
+/// `[bans]`: defaults for bans made without an explicit duration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BansConfig {
+    /// Duration of `guard ban add` without `--ttl`; `0s` = permanent. Default `4h`.
+    #[serde(deserialize_with = "de_duration")]
+    pub default_ttl: Duration,
+    /// How often expired bans are removed from the maps and the store. Default `250ms`.
+    #[serde(deserialize_with = "de_duration")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for BansConfig {
+    fn default() -> Self {
+        Self { default_ttl: Duration::from_secs(4 * 3600), sweep_interval: Duration::from_millis(250) }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and relations between keys.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid { path: path.to_owned(), key, message: message.to_owned() })
+        };
+        if self.xdp.rate_limit_pps > 1_000_000_000 {
+            return invalid("xdp.rate_limit_pps", "at most 1000000000 packets/s");
+        }
+        if self.xdp.rate_limit_burst > 0 && self.xdp.rate_limit_pps == 0 {
+            return invalid("xdp.rate_limit_burst", "set xdp.rate_limit_pps too (0 = rate limiting off)");
+        }
+        if self.xdp.pin_dir.is_relative() {
+            return invalid("xdp.pin_dir", "must be an absolute path on a bpffs mount");
+        }
+        if self.bans.sweep_interval.is_zero() || self.bans.sweep_interval > Duration::from_secs(1) {
+            return invalid("bans.sweep_interval", "must be between 1ms and 1s");
+        }
+        for name in &self.xdp.interfaces {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                return invalid("xdp.interfaces", &format!("{name:?} is not an interface name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("guard.toml"))
+    }
+
+    #[test]
+    fn empty_is_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.xdp.mode, XdpMode::Auto);
+        assert_eq!(c.bans.default_ttl, Duration::from_secs(14_400));
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../guard.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.xdp.rate_event_window, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn durations_as_text_or_seconds() {
+        let c = parse("[xdp]\nrate_ban = \"1h30m\"\nrate_event_window = 5\n").unwrap();
+        assert_eq!(c.xdp.rate_ban, Duration::from_secs(5400));
+        assert_eq!(c.xdp.rate_event_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = parse("[xdp]\nrate_limit_pps = 10\nbogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains("line 3"), "{e}");
+        let e = parse("[bans]\ndefault_ttl = \"forever\"\n").unwrap_err().to_string();
+        assert!(e.contains("default_ttl") || e.contains("line 2"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+        let e = parse("[xdp]\nrate_limit_burst = 5\n").unwrap_err().to_string();
+        assert!(e.contains("xdp.rate_limit_burst"), "{e}");
+        let e = parse("[xdp]\nmode = \"turbo\"\n").unwrap_err().to_string();
+        assert!(e.contains("turbo") && e.contains("line 2"), "{e}");
+    }
+}

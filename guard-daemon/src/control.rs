@@ -1,0 +1,195 @@
+//! The control API: newline-delimited JSON over a Unix socket with root-only permissions.
+//! One request line, one response line. The daemon serves it ([`serve`]); the CLI is its
+//! client ([`call`]).
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::UnixListener;
+use tracing::{debug, warn};
+
+use crate::net::Net;
+
+/// Largest request accepted (a `ban import` of a million lines fits).
+pub const MAX_REQUEST_BYTES: u64 = 128 << 20;
+
+/// One line of `guard ban import`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportEntry {
+    pub target: Net,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What the CLI asks of the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    BanAdd {
+        target: Net,
+        /// `None` = the configured default; 0 = permanent.
+        ttl_secs: Option<u64>,
+        reason: Option<String>,
+        #[serde(default)]
+        force: bool,
+    },
+    BanRm {
+        target: Net,
+    },
+    BanLs,
+    BanImport {
+        entries: Vec<ImportEntry>,
+        #[serde(default)]
+        force: bool,
+    },
+    AllowAdd {
+        target: Net,
+        reason: Option<String>,
+    },
+    AllowRm {
+        target: Net,
+    },
+    AllowLs,
+    Stats,
+    Status,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    /// A success carrying `data`.
+    pub fn ok(data: impl Serialize) -> Self {
+        Self { ok: true, error: None, data: serde_json::to_value(data).unwrap_or_default() }
+    }
+
+    /// A failure with a message for the user.
+    pub fn err(message: impl std::fmt::Display) -> Self {
+        Self { ok: false, error: Some(message.to_string()), data: serde_json::Value::Null }
+    }
+}
+
+/// Errors of the control socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("guard is not running: nothing listens on {path} (start it with `guard run`, or pass --socket)")]
+    NotRunning { path: PathBuf },
+    #[error("permission denied on {path}: the control socket is root-only")]
+    Permission { path: PathBuf },
+    #[error("another guard is already listening on {path}")]
+    AlreadyRunning { path: PathBuf },
+    #[error("control socket {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon sent an unreadable answer")]
+    BadResponse(#[source] serde_json::Error),
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// Sends one request and waits for its answer. An error answer becomes `ControlError::Daemon`.
+pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    let io = |source| ControlError::Io { path: socket.to_owned(), source };
+    let mut stream = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ControlError::NotRunning { path: socket.to_owned() }
+        }
+        std::io::ErrorKind::PermissionDenied => ControlError::Permission { path: socket.to_owned() },
+        _ => io(e),
+    })?;
+    let mut line = serde_json::to_vec(request).map_err(ControlError::BadResponse)?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    let response: Response = serde_json::from_str(&answer).map_err(ControlError::BadResponse)?;
+    if response.ok {
+        Ok(response.data)
+    } else {
+        Err(ControlError::Daemon(response.error.unwrap_or_else(|| "unknown error".into())))
+    }
+}
+
+/// Binds the control socket: creates its directory, refuses if another daemon answers there,
+/// replaces a stale socket file, and makes it root-only (0600).
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let io = |source| ControlError::Io { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        if StdUnixStream::connect(path).is_ok() {
+            return Err(ControlError::AlreadyRunning { path: path.to_owned() });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves requests until `shutdown` resolves. Each connection is handled on its own task;
+/// `handler` runs on the blocking pool (it may touch sled and BPF maps).
+pub async fn serve<H, F>(listener: UnixListener, handler: Arc<H>, shutdown: F)
+where
+    H: Fn(Request) -> Response + Send + Sync + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let handler = Arc::clone(&handler);
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, handler).await {
+                            debug!("control connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => warn!("control socket accept: {e}"),
+            },
+        }
+    }
+}
+
+async fn handle<H>(stream: tokio::net::UnixStream, handler: Arc<H>) -> std::io::Result<()>
+where
+    H: Fn(Request) -> Response + Send + Sync + 'static,
+{
+    let (read, mut write) = stream.into_split();
+    let mut reader = TokioBufReader::new(read.take(MAX_REQUEST_BYTES));
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line).await?;
+    let response = if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_REQUEST_BYTES {
+        Response::err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+    } else {
+        match serde_json::from_slice::<Request>(&line) {
+            Ok(request) => tokio::task::spawn_blocking(move || handler(request))
+                .await
+                .unwrap_or_else(|e| Response::err(format!("internal error: {e}"))),
+            Err(e) => Response::err(format!("bad request: {e}")),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}

@@ -1,0 +1,282 @@
+//! `guard run`: opens the store, loads and attaches XDP, rebuilds the maps from the store, then
+//! serves the control socket, sweeps expired bans and turns rate-limit events into log lines
+//! (and bans, if configured) until SIGTERM or SIGINT.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
+use guard_common::{FAMILY_V4, RateEvent, STAT_NAMES};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+use tracing::{error, info, warn};
+
+use crate::bans::{BanError, BanRequest, Bans};
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::net::Net;
+use crate::store::Store;
+use crate::xdp::Xdp;
+
+/// Daemon-level counters shown by `guard stats`.
+#[derive(Default)]
+struct Counters {
+    rate_events: AtomicU64,
+    rate_bans: AtomicU64,
+    expired: AtomicU64,
+    control_requests: AtomicU64,
+}
+
+struct Shared {
+    bans: Mutex<Bans>,
+    counters: Counters,
+    config: Config,
+    started: Instant,
+}
+
+impl Shared {
+    fn bans(&self) -> std::sync::MutexGuard<'_, Bans> {
+        // A panic while holding the lock cannot leave the maps inconsistent with sled in a way
+        // a later operation would make worse; keep serving.
+        self.bans.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs the daemon until a termination signal.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.daemon.state_dir)
+        .with_context(|| format!("creating state directory {}", config.daemon.state_dir.display()))?;
+    let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
+    let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
+    let events = xdp.take_events();
+    let bans = Bans::new(store, xdp, config.bans.default_ttl).context("rebuilding the XDP maps from the store")?;
+    {
+        let n = bans.list().map(|l| l.len()).unwrap_or(0);
+        let a = bans.allows().map(|l| l.len()).unwrap_or(0);
+        info!(bans = n, allowlist = a, "bans restored from the store");
+    }
+    let shared = Arc::new(Shared { bans: Mutex::new(bans), counters: Counters::default(), config, started: Instant::now() });
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let result = runtime.block_on(serve(Arc::clone(&shared), events));
+    drop(runtime);
+
+    let shared = Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
+    let bans = shared.bans.into_inner().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = bans.store().flush() {
+        error!("flushing the store at exit: {e}");
+    }
+    if shared.config.xdp.keep_attached {
+        info!("exiting; XDP stays attached and bans stay enforced (xdp.keep_attached = true)");
+    } else {
+        info!("exiting; detaching XDP and removing pins (xdp.keep_attached = false)");
+        bans.into_xdp().detach_and_unpin();
+    }
+    let _ = std::fs::remove_file(&shared.config.daemon.socket);
+    result
+}
+
+async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
+    let listener = control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
+    info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
+
+    let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
+    let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
+    let handler = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move |req: Request| {
+            shared.counters.control_requests.fetch_add(1, Ordering::Relaxed);
+            handle(&shared, req)
+        })
+    };
+    control::serve(listener, handler, shutdown_signal()).await;
+    sweeper.abort();
+    if let Some(r) = reader {
+        r.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers; stop guard with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.bans.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&shared);
+        let swept = tokio::task::spawn_blocking(move || s.bans().sweep()).await;
+        match swept {
+            Ok(Ok(gone)) => {
+                for net in &gone {
+                    info!(target = %net, "ban expired");
+                }
+                shared.counters.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => warn!("sweeping expired bans: {e}"),
+            Err(e) => warn!("sweeper task: {e}"),
+        }
+    }
+}
+
+async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
+    // SAFETY: the ring buffer owns its fd and outlives the registration (AsyncFd owns it).
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot watch the rate-event ring buffer: {}", e.into_parts().1);
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = fd.readable_mut().await else { return };
+        let mut batch = Vec::new();
+        while let Some(item) = ready.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<RateEvent>() {
+                // SAFETY: the program writes whole RateEvents; read_unaligned copes with alignment.
+                batch.push(unsafe { item.as_ptr().cast::<RateEvent>().read_unaligned() });
+            }
+        }
+        ready.clear_ready();
+        for ev in batch {
+            on_rate_event(&shared, &ev);
+        }
+    }
+}
+
+fn event_addr(ev: &RateEvent) -> IpAddr {
+    if ev.family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(ev.addr))
+    }
+}
+
+fn on_rate_event(shared: &Shared, ev: &RateEvent) {
+    shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
+    let addr = event_addr(ev);
+    let pps = shared.config.xdp.rate_limit_pps;
+    warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
+    let ttl = shared.config.xdp.rate_ban;
+    if ttl.is_zero() {
+        return;
+    }
+    let mut bans = shared.bans();
+    let target = Net::host(addr);
+    if matches!(bans.store().ban(&target), Ok(Some(_))) {
+        return;
+    }
+    let req = BanRequest {
+        target,
+        ttl: Some(ttl),
+        reason: format!("packet rate over {pps}/s"),
+        origin: "rate-limit".into(),
+        force: false,
+        evidence: Some(json!({"rule": "xdp-rate", "limit_pps": pps, "dropped": ev.dropped})),
+    };
+    match bans.ban(req) {
+        Ok(_) => {
+            shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
+            info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+        }
+        Err(BanError::Allowlisted { .. }) => {}
+        Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+    }
+}
+
+fn handle(shared: &Shared, req: Request) -> Response {
+    let result = match req {
+        Request::BanAdd { target, ttl_secs, reason, force } => shared
+            .bans()
+            .ban(BanRequest {
+                target,
+                ttl: ttl_secs.map(Duration::from_secs),
+                reason: reason.unwrap_or_else(|| "manual".into()),
+                origin: "cli".into(),
+                force,
+                evidence: None,
+            })
+            .map(Response::ok),
+        Request::BanRm { target } => shared.bans().unban(&target).map(Response::ok),
+        Request::BanLs => shared.bans().list().map(Response::ok),
+        Request::BanImport { entries, force } => {
+            let reqs = entries
+                .into_iter()
+                .map(|e| BanRequest {
+                    target: e.target,
+                    ttl: e.ttl_secs.map(Duration::from_secs),
+                    reason: e.reason.unwrap_or_else(|| "imported".into()),
+                    origin: "import".into(),
+                    force,
+                    evidence: None,
+                })
+                .collect();
+            shared.bans().import(reqs).map(|results| {
+                let banned = results.iter().filter(|r| r.is_ok()).count();
+                let refused: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+                Response::ok(json!({"banned": banned, "refused": refused}))
+            })
+        }
+        Request::AllowAdd { target, reason } => {
+            shared.bans().allow(target, reason.unwrap_or_default()).map(Response::ok)
+        }
+        Request::AllowRm { target } => shared.bans().disallow(&target).map(Response::ok),
+        Request::AllowLs => shared.bans().allows().map(Response::ok),
+        Request::Stats => Ok(stats(shared)),
+        Request::Status => Ok(status(shared)),
+    };
+    result.unwrap_or_else(Response::err)
+}
+
+fn stats(shared: &Shared) -> Response {
+    let bans = shared.bans();
+    let mut xdp = serde_json::Map::new();
+    match bans.xdp().stats() {
+        Ok(values) => {
+            for (name, v) in STAT_NAMES.iter().zip(values) {
+                xdp.insert((*name).into(), v.into());
+            }
+        }
+        Err(e) => return Response::err(e),
+    }
+    let c = &shared.counters;
+    Response::ok(json!({
+        "xdp": xdp,
+        "daemon": {
+            "rate_events": c.rate_events.load(Ordering::Relaxed),
+            "rate_bans": c.rate_bans.load(Ordering::Relaxed),
+            "bans_expired": c.expired.load(Ordering::Relaxed),
+            "control_requests": c.control_requests.load(Ordering::Relaxed),
+        }
+    }))
+}
+
+fn status(shared: &Shared) -> Response {
+    let bans = shared.bans();
+    let cfg = &shared.config;
+    Response::ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "interfaces": bans.xdp().interfaces().iter().map(|(n, m)| json!({"name": n, "mode": m})).collect::<Vec<_>>(),
+        "pin_dir": bans.xdp().pin_dir(),
+        "state_dir": cfg.daemon.state_dir,
+        "socket": cfg.daemon.socket,
+        "bans": bans.list().map(|l| l.len()).unwrap_or(0),
+        "allowlist": bans.allows().map(|l| l.len()).unwrap_or(0),
+        "rate_limit_pps": cfg.xdp.rate_limit_pps,
+        "keep_attached": cfg.xdp.keep_attached,
+    }))
+}

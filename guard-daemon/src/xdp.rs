@@ -1,0 +1,503 @@
+//! The XDP side of guard: loads and attaches `xdp_guard`, and is the only code that touches its
+//! BPF maps. Maps and links are pinned under the configured bpffs directory so that a restarted
+//! daemon picks them up again (no window without enforcement) and several instances never collide.
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{ProgramError, Xdp as XdpProgram, XdpMode as AyaMode};
+use aya::{Ebpf, EbpfLoader};
+use guard_common::{
+    BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, MAP_ALLOW_V4,
+    MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG, MAP_EVENTS,
+    MAP_STATS, PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
+};
+use tracing::{info, warn};
+
+use crate::config::{XdpConfig, XdpMode};
+use crate::net::Net;
+
+/// The eBPF object, built by `cargo xtask build` into `$GUARD_EBPF_DIR` (checked by build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("GUARD_EBPF_DIR"), "/guard-ebpf"));
+
+/// `statfs` magic of a bpffs mount.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors of the XDP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("cannot load the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no {what} named {name}")]
+    Missing { what: &'static str, name: &'static str },
+    #[error("map {name} has an unexpected type")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {name}: {op} failed")]
+    Map {
+        name: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("unknown interface {name:?}")]
+    UnknownInterface { name: String },
+    #[error("cannot attach to {iface} in {mode} mode")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("bpffs: {message}")]
+    Bpffs { message: String },
+    #[error("no interface given and no default route found in /proc/net/route")]
+    NoDefaultRoute,
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Counters of one ban as read back from the maps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BanCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `CLOCK_MONOTONIC` ns of the last drop; 0 = never.
+    pub last_hit_ns: u64,
+}
+
+/// The loaded, attached program and its maps.
+pub struct Xdp {
+    // Keeps the program (and its unpinned links, if any) alive.
+    _ebpf: Ebpf,
+    bans_v4: HashMap<MapData, u32, BanEntry>,
+    bans_v6: HashMap<MapData, [u8; 16], BanEntry>,
+    cidr_v4: LpmTrie<MapData, u32, BanEntry>,
+    cidr_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
+    allow_v4: LpmTrie<MapData, u32, u32>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u32>,
+    config: Array<MapData, MapConfig>,
+    stats: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    settings: MapConfig,
+    /// CIDR bans and allowlist entries in the maps, mirrored here: an LPM lookup returns the
+    /// longest match, so only this tells whether an exact prefix is present, and the counts
+    /// per family set the `CFG_HAVE_*` flags.
+    cidrs: HashSet<Net>,
+    allows: HashSet<Net>,
+    links: Vec<(String, PinnedLink)>,
+    interfaces: Vec<(String, &'static str)>,
+    pin_dir: PathBuf,
+}
+
+macro_rules! take {
+    ($ebpf:expr, $name:expr) => {{
+        let map = $ebpf.take_map($name).ok_or(XdpError::Missing { what: "map", name: $name })?;
+        map.try_into().map_err(|source| XdpError::MapType { name: $name, source })?
+    }};
+}
+
+fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
+    move |source| XdpError::Map { name, op, source }
+}
+
+fn v4(a: std::net::Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+impl Xdp {
+    /// Loads the program (reusing maps pinned by an earlier instance), and attaches it to each
+    /// interface, atomically replacing the program of a link pinned by an earlier instance.
+    pub fn open(cfg: &XdpConfig) -> Result<Self, XdpError> {
+        ensure_bpffs(&cfg.pin_dir)?;
+        std::fs::create_dir_all(&cfg.pin_dir)
+            .map_err(|e| XdpError::Bpffs { message: format!("cannot create {}: {e}", cfg.pin_dir.display()) })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.pin_dir)
+            .load(OBJECT)
+            .map_err(|e| XdpError::Load(Box::new(e)))?;
+        let mut interfaces = Vec::new();
+        let mut links = Vec::new();
+        {
+            let prog: &mut XdpProgram = ebpf
+                .program_mut(PROG_XDP_GUARD)
+                .ok_or(XdpError::Missing { what: "program", name: PROG_XDP_GUARD })?
+                .try_into()
+                .map_err(|source| XdpError::Program { name: PROG_XDP_GUARD, source })?;
+            prog.load().map_err(|source| XdpError::Program { name: PROG_XDP_GUARD, source })?;
+            let names = if cfg.interfaces.is_empty() { vec![default_route_interface()?] } else { cfg.interfaces.clone() };
+            for iface in names {
+                let (link, mode) = attach(prog, &iface, cfg.mode, &cfg.pin_dir)?;
+                info!(interface = %iface, mode, "xdp_guard attached");
+                interfaces.push((iface.clone(), mode));
+                links.push((iface, link));
+            }
+        }
+        let mut xdp = Self {
+            bans_v4: take!(ebpf, MAP_BANS_V4),
+            bans_v6: take!(ebpf, MAP_BANS_V6),
+            cidr_v4: take!(ebpf, MAP_CIDR_V4),
+            cidr_v6: take!(ebpf, MAP_CIDR_V6),
+            allow_v4: take!(ebpf, MAP_ALLOW_V4),
+            allow_v6: take!(ebpf, MAP_ALLOW_V6),
+            config: take!(ebpf, MAP_CONFIG),
+            stats: take!(ebpf, MAP_STATS),
+            events: Some(take!(ebpf, MAP_EVENTS)),
+            _ebpf: ebpf,
+            settings: MapConfig::default(),
+            cidrs: HashSet::new(),
+            allows: HashSet::new(),
+            links,
+            interfaces,
+            pin_dir: cfg.pin_dir.clone(),
+        };
+        let cost_ns = if cfg.rate_limit_pps == 0 { 0 } else { 1_000_000_000 / cfg.rate_limit_pps };
+        let burst = if cfg.rate_limit_burst == 0 { cfg.rate_limit_pps } else { cfg.rate_limit_burst };
+        xdp.settings = MapConfig {
+            flags: 0,
+            cost_ns,
+            cap_ns: cost_ns.saturating_mul(burst),
+            event_window_ns: cfg.rate_event_window.as_nanos() as u64,
+        };
+        xdp.write_config()?;
+        Ok(xdp)
+    }
+
+    /// Interfaces the program is attached to, with the mode used.
+    #[must_use]
+    pub fn interfaces(&self) -> &[(String, &'static str)] {
+        &self.interfaces
+    }
+
+    /// The bpffs directory of this instance.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Takes the event ring buffer (once) for the event reader task.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    fn write_config(&mut self) -> Result<(), XdpError> {
+        let mut flags = 0;
+        for (set, v4_bit, v6_bit) in [
+            (&self.cidrs, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6),
+            (&self.allows, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6),
+        ] {
+            for net in set {
+                flags |= if net.addr().is_ipv4() { v4_bit } else { v6_bit };
+            }
+        }
+        self.settings.flags = flags;
+        self.config.set(0, self.settings, 0).map_err(map_err(MAP_CONFIG, "set"))
+    }
+
+    /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
+    /// without ever removing an entry that stays: enforcement has no gap during a restart.
+    pub fn reconcile(&mut self, bans: &[(Net, u64)], allows: &[Net]) -> Result<(), XdpError> {
+        let want: HashSet<Net> = bans.iter().map(|(n, _)| *n).collect();
+        let have = self.ban_keys()?;
+        self.cidrs = have.iter().filter(|n| !n.is_host()).copied().collect();
+        self.allows = self.allow_keys()?;
+        for net in have.difference(&want) {
+            self.remove_ban(net)?;
+        }
+        for (net, deadline) in bans {
+            self.put_ban(net, *deadline)?;
+        }
+        let want: HashSet<Net> = allows.iter().copied().collect();
+        for net in self.allows.clone().difference(&want) {
+            self.remove_allow(net)?;
+        }
+        for net in allows {
+            self.put_allow(net)?;
+        }
+        self.write_config()
+    }
+
+    fn ban_keys(&self) -> Result<HashSet<Net>, XdpError> {
+        let mut out = HashSet::new();
+        for k in self.bans_v4.keys() {
+            out.insert(Net::host(IpAddr::from(k.map_err(map_err(MAP_BANS_V4, "iterate"))?.to_ne_bytes())));
+        }
+        for k in self.bans_v6.keys() {
+            out.insert(Net::host(IpAddr::from(k.map_err(map_err(MAP_BANS_V6, "iterate"))?)));
+        }
+        for k in self.cidr_v4.keys() {
+            let k = k.map_err(map_err(MAP_CIDR_V4, "iterate"))?;
+            out.insert(Net::new(IpAddr::from(k.data().to_ne_bytes()), k.prefix_len() as u8));
+        }
+        for k in self.cidr_v6.keys() {
+            let k = k.map_err(map_err(MAP_CIDR_V6, "iterate"))?;
+            out.insert(Net::new(IpAddr::from(k.data()), k.prefix_len() as u8));
+        }
+        Ok(out)
+    }
+
+    fn allow_keys(&self) -> Result<HashSet<Net>, XdpError> {
+        let mut out = HashSet::new();
+        for k in self.allow_v4.keys() {
+            let k = k.map_err(map_err(MAP_ALLOW_V4, "iterate"))?;
+            out.insert(Net::new(IpAddr::from(k.data().to_ne_bytes()), k.prefix_len() as u8));
+        }
+        for k in self.allow_v6.keys() {
+            let k = k.map_err(map_err(MAP_ALLOW_V6, "iterate"))?;
+            out.insert(Net::new(IpAddr::from(k.data()), k.prefix_len() as u8));
+        }
+        Ok(out)
+    }
+
+    /// Inserts or updates a ban; an existing entry keeps its counters.
+    pub fn put_ban(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
+        let fresh = |old: Option<BanEntry>| BanEntry { expires_ns, ..old.unwrap_or_default() };
+        match (net.addr(), net.is_host()) {
+            (IpAddr::V4(a), true) => {
+                let old = self.bans_v4.get(&v4(a), 0).ok();
+                self.bans_v4.insert(v4(a), fresh(old), 0).map_err(map_err(MAP_BANS_V4, "insert"))
+            }
+            (IpAddr::V6(a), true) => {
+                let old = self.bans_v6.get(&a.octets(), 0).ok();
+                self.bans_v6.insert(a.octets(), fresh(old), 0).map_err(map_err(MAP_BANS_V6, "insert"))
+            }
+            (IpAddr::V4(a), false) => {
+                let key = Key::new(u32::from(net.prefix()), v4(a));
+                let old = self.cidrs.contains(net).then(|| self.cidr_v4.get(&key, 0).ok()).flatten();
+                self.cidr_v4.insert(&key, fresh(old), 0).map_err(map_err(MAP_CIDR_V4, "insert"))?;
+                self.cidrs.insert(*net);
+                self.write_config()
+            }
+            (IpAddr::V6(a), false) => {
+                let key = Key::new(u32::from(net.prefix()), a.octets());
+                let old = self.cidrs.contains(net).then(|| self.cidr_v6.get(&key, 0).ok()).flatten();
+                self.cidr_v6.insert(&key, fresh(old), 0).map_err(map_err(MAP_CIDR_V6, "insert"))?;
+                self.cidrs.insert(*net);
+                self.write_config()
+            }
+        }
+    }
+
+    /// Removes a ban; absent is not an error.
+    pub fn remove_ban(&mut self, net: &Net) -> Result<(), XdpError> {
+        let r = match (net.addr(), net.is_host()) {
+            (IpAddr::V4(a), true) => self.bans_v4.remove(&v4(a)),
+            (IpAddr::V6(a), true) => self.bans_v6.remove(&a.octets()),
+            (IpAddr::V4(a), false) => {
+                self.cidrs.remove(net);
+                self.cidr_v4.remove(&Key::new(u32::from(net.prefix()), v4(a)))
+            }
+            (IpAddr::V6(a), false) => {
+                self.cidrs.remove(net);
+                self.cidr_v6.remove(&Key::new(u32::from(net.prefix()), a.octets()))
+            }
+        };
+        ignore_missing(r, "remove ban")?;
+        if net.is_host() { Ok(()) } else { self.write_config() }
+    }
+
+    /// The drop counters of a ban, if it is in the maps.
+    #[must_use]
+    pub fn ban_counters(&self, net: &Net) -> Option<BanCounters> {
+        if !net.is_host() && !self.cidrs.contains(net) {
+            return None;
+        }
+        let e = match (net.addr(), net.is_host()) {
+            (IpAddr::V4(a), true) => self.bans_v4.get(&v4(a), 0).ok(),
+            (IpAddr::V6(a), true) => self.bans_v6.get(&a.octets(), 0).ok(),
+            (IpAddr::V4(a), false) => self.cidr_v4.get(&Key::new(u32::from(net.prefix()), v4(a)), 0).ok(),
+            (IpAddr::V6(a), false) => self.cidr_v6.get(&Key::new(u32::from(net.prefix()), a.octets()), 0).ok(),
+        }?;
+        Some(BanCounters { packets: e.packets, bytes: e.bytes, last_hit_ns: e.last_hit_ns })
+    }
+
+    /// Adds an allowlist entry.
+    pub fn put_allow(&mut self, net: &Net) -> Result<(), XdpError> {
+        match net.addr() {
+            IpAddr::V4(a) => {
+                let key = Key::new(u32::from(net.prefix()), v4(a));
+                self.allow_v4.insert(&key, 1, 0).map_err(map_err(MAP_ALLOW_V4, "insert"))?;
+            }
+            IpAddr::V6(a) => {
+                let key = Key::new(u32::from(net.prefix()), a.octets());
+                self.allow_v6.insert(&key, 1, 0).map_err(map_err(MAP_ALLOW_V6, "insert"))?;
+            }
+        }
+        self.allows.insert(*net);
+        self.write_config()
+    }
+
+    /// Removes an allowlist entry; absent is not an error.
+    pub fn remove_allow(&mut self, net: &Net) -> Result<(), XdpError> {
+        let r = match net.addr() {
+            IpAddr::V4(a) => self.allow_v4.remove(&Key::new(u32::from(net.prefix()), v4(a))),
+            IpAddr::V6(a) => self.allow_v6.remove(&Key::new(u32::from(net.prefix()), a.octets())),
+        };
+        self.allows.remove(net);
+        ignore_missing(r, "remove allow")?;
+        self.write_config()
+    }
+
+    /// Global counters summed over CPUs, indexed by `STAT_*`.
+    pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize], XdpError> {
+        let mut out = [0u64; STAT_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.stats.get(&(i as u32), 0).map_err(map_err(MAP_STATS, "get"))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Detaches the program and removes every pin of this instance. Used when
+    /// `keep_attached = false`; otherwise the pins keep enforcing after exit.
+    pub fn detach_and_unpin(self) {
+        for (iface, link) in self.links {
+            match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(e) => warn!(interface = %iface, "cannot unpin link: {e}"),
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+            warn!(dir = %self.pin_dir.display(), "cannot remove pins: {e}");
+        }
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>, op: &'static str) -> Result<(), XdpError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other.map_err(map_err("ban/allow", op)),
+    }
+}
+
+/// Attaches `prog` to `iface`, replacing the program of a link pinned there by an earlier
+/// instance, and pins the new link. Returns the pinned link and the mode name.
+fn attach(prog: &mut XdpProgram, iface: &str, mode: XdpMode, pin_dir: &Path) -> Result<(PinnedLink, &'static str), XdpError> {
+    let ifindex = {
+        let c = std::ffi::CString::new(iface).map_err(|_| XdpError::UnknownInterface { name: iface.into() })?;
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    };
+    if ifindex == 0 {
+        return Err(XdpError::UnknownInterface { name: iface.to_owned() });
+    }
+    let pin = pin_dir.join(format!("link_{iface}"));
+    let mode_file = pin_dir.join(format!("link_{iface}.mode"));
+    // An earlier instance left its link pinned: swap our program into it atomically.
+    if let Ok(old) = PinnedLink::from_pin(&pin) {
+        let replaced = old
+            .unpin()
+            .map_err(|e| e.to_string())
+            .and_then(|fd| XdpLink::try_from(fd).map_err(|e| e.to_string()))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+        match replaced {
+            Ok(id) => {
+                let mode = std::fs::read_to_string(&mode_file).ok().map_or("native", |m| if m.trim() == "generic" { "generic" } else { "native" });
+                return Ok((pin_link(prog, id, &pin)?, mode));
+            }
+            Err(e) => warn!(interface = iface, "pinned link unusable ({e}); attaching afresh"),
+        }
+    }
+    let (id, name) = match mode {
+        XdpMode::Generic => (try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?, "generic"),
+        XdpMode::Native => (try_attach(prog, ifindex, iface, AyaMode::Driver, "native")?, "native"),
+        XdpMode::Auto => match prog.attach_to_if_index(ifindex, AyaMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                warn!(interface = iface, "native XDP unavailable ({e}); falling back to generic mode");
+                (try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?, "generic")
+            }
+        },
+    };
+    let _ = std::fs::write(&mode_file, name);
+    Ok((pin_link(prog, id, &pin)?, name))
+}
+
+fn try_attach(prog: &mut XdpProgram, ifindex: u32, iface: &str, mode: AyaMode, name: &'static str) -> Result<aya::programs::xdp::XdpLinkId, XdpError> {
+    prog.attach_to_if_index(ifindex, mode)
+        .map_err(|source| XdpError::Attach { iface: iface.to_owned(), mode: name, source })
+}
+
+fn pin_link(prog: &mut XdpProgram, id: aya::programs::xdp::XdpLinkId, pin: &Path) -> Result<PinnedLink, XdpError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| XdpError::Pin { path: pin.to_owned(), source };
+    let link = prog.take_link(id).map_err(|e| err(Box::new(e)))?;
+    let fd = FdLink::try_from(link).map_err(|e| err(Box::new(e)))?;
+    fd.pin(pin).map_err(|e| err(Box::new(e)))
+}
+
+/// Makes sure `dir` lies on a bpffs, mounting one at /sys/fs/bpf if nothing is mounted there.
+fn ensure_bpffs(dir: &Path) -> Result<(), XdpError> {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if fs_magic(&probe) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && fs_magic(root) != Some(BPF_FS_MAGIC) {
+        let _ = std::fs::create_dir_all(root);
+        // SAFETY: plain mount(2) call with NUL-terminated strings.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), c"/sys/fs/bpf".as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        if rc == 0 {
+            info!("mounted bpffs at /sys/fs/bpf");
+            return Ok(());
+        }
+        return Err(XdpError::Bpffs { message: format!("cannot mount bpffs at /sys/fs/bpf: {}", std::io::Error::last_os_error()) });
+    }
+    Err(XdpError::Bpffs { message: format!("{} is not on a bpffs mount (set xdp.pin_dir under /sys/fs/bpf)", dir.display()) })
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0).then_some(st.f_type as i64)
+}
+
+/// The interface of the IPv4 default route, from /proc/net/route.
+pub fn default_route_interface() -> Result<String, XdpError> {
+    let table = std::fs::read_to_string("/proc/net/route").map_err(|_| XdpError::NoDefaultRoute)?;
+    parse_default_route(&table).ok_or(XdpError::NoDefaultRoute)
+}
+
+fn parse_default_route(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (iface, dest) = (f.next()?, f.next()?);
+        (dest == "00000000").then(|| iface.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_route_from_proc_table() {
+        let table = "Iface\tDestination\tGateway \tFlags\n\
+                     eth1\t0002A8C0\t00000000\t0001\n\
+                     eth0\t00000000\t0102A8C0\t0003\n";
+        assert_eq!(super::parse_default_route(table).as_deref(), Some("eth0"));
+        assert_eq!(super::parse_default_route("Iface\tDestination\n"), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! Benchmark-only XDP programs, never loaded by guard itself:
+//! - `xdp_drop_all`: the baseline, drops every frame and counts it;
+//! - `xdp_gen`: run with `BPF_PROG_RUN` in live-frame mode, rewrites the IPv4 source of the
+//!   test frame to cycle through `GEN.count` addresses from `GEN.base` and transmits it.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use guard_ebpf::net::{ETH_HLEN, ptr_at_mut};
+
+/// Packets dropped by `xdp_drop_all`.
+#[map]
+static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Generator settings: index 0 = number of distinct sources, 1 = first source (host order).
+#[map]
+static GEN: Array<u32> = Array::with_max_entries(2, 0);
+
+/// Per-CPU position in the source cycle.
+#[map]
+static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
+    if let Some(n) = DROPPED.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    let (Some(count), Some(base), Some(seq)) = (GEN.get(0), GEN.get(1), GEN_SEQ.get_ptr_mut(0))
+    else {
+        return xdp_action::XDP_TX;
+    };
+    if *count > 1 {
+        let Some(src) = ptr_at_mut::<u32>(&ctx, ETH_HLEN + 12) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        unsafe {
+            let mut next = *seq + 1;
+            if next >= *count {
+                next = 0;
+            }
+            *seq = next;
+            src.write_unaligned((base + next).to_be());
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,6 @@
+//! Shared pieces of guard's eBPF programs: bounds-checked packet access and the per-layer
+//! header parsers. Every parser works on the packet in place and returns `None` when the
+//! frame is too short; callers fail open on `None`.
+#![no_std]
+
+pub mod net;
