@@ -1,1 +1,455 @@
-//! Helpers for the end-to-end tests: namespaces, veth pairs and processes with RAII clean-up.
+//! Helpers for guard's end-to-end tests and benchmarks: network namespaces, veth pairs, the
+//! daemon process and its CLI, and real traffic — each behind an RAII guard that removes what it
+//! made, also when a test fails. Everything stays inside namespaces the test created.
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name: `<prefix><pid><n>` (interface names are at most 15 bytes).
+#[must_use]
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command, failing with its stderr if it does not succeed.
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+/// Returns why end-to-end tests cannot run here, if they cannot (not root, no `ip`).
+#[must_use]
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, XDP): run `cargo xtask test`".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs iproute2 (`ip`)".into());
+    }
+    None
+}
+
+/// Skips the calling test (returning early) with its reason printed, if it cannot run here.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(why) = $crate::skip_reason() {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let name = unique(prefix);
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Path of the namespace file, for `setns`/`nsenter`.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME …`
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// A command that runs inside this namespace (network only; mounts stay the host's, so
+    /// bpffs pins are shared with the test).
+    #[must_use]
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it makes live there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let path = self.path();
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            enter(&path)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+    }
+
+    /// Spawns a long-lived thread inside this namespace (servers).
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) {
+        let path = self.path();
+        std::thread::spawn(move || {
+            if enter(&path).is_ok() {
+                f();
+            }
+        });
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns on a valid fd; affects only the calling thread's network namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Two namespaces joined by a veth pair: `near` (where guard runs) and `far` (the clients).
+/// Addresses: 10.201.N.1/24 + fd20:N::1/64 near, .2 / ::2 far; extra far addresses on request.
+pub struct Link {
+    pub far: Netns,
+    pub near: Netns,
+    pub near_if: String,
+    pub far_if: String,
+    pub near_v4: IpAddr,
+    pub far_v4: IpAddr,
+    pub near_v6: IpAddr,
+    pub far_v6: IpAddr,
+    subnet: u32,
+}
+
+impl Link {
+    pub fn new() -> anyhow::Result<Self> {
+        let near = Netns::new("gn")?;
+        let far = Netns::new("gf")?;
+        let near_if = unique("gvn");
+        let far_if = unique("gvf");
+        let subnet = SEQ.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        sh(
+            "ip",
+            &["link", "add", &near_if, "netns", &near.name, "type", "veth", "peer", "name", &far_if, "netns", &far.name],
+        )?;
+        let (n4, f4) = (format!("10.201.{subnet}.1"), format!("10.201.{subnet}.2"));
+        let (n6, f6) = (format!("fd20:{subnet}::1"), format!("fd20:{subnet}::2"));
+        near.ip(&["addr", "add", &format!("{n4}/24"), "dev", &near_if])?;
+        far.ip(&["addr", "add", &format!("{f4}/24"), "dev", &far_if])?;
+        near.ip(&["-6", "addr", "add", &format!("{n6}/64"), "dev", &near_if, "nodad"])?;
+        far.ip(&["-6", "addr", "add", &format!("{f6}/64"), "dev", &far_if, "nodad"])?;
+        near.ip(&["link", "set", &near_if, "up"])?;
+        far.ip(&["link", "set", &far_if, "up"])?;
+        Ok(Self {
+            near_v4: n4.parse()?,
+            far_v4: f4.parse()?,
+            near_v6: n6.parse()?,
+            far_v6: f6.parse()?,
+            far,
+            near,
+            near_if,
+            far_if,
+            subnet,
+        })
+    }
+
+    /// Adds another IPv4 address (`10.201.N.host`) on the far side and returns it.
+    pub fn add_far_v4(&self, host: u8) -> anyhow::Result<IpAddr> {
+        let a = format!("10.201.{}.{host}", self.subnet);
+        self.far.ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
+        Ok(a.parse()?)
+    }
+
+    /// The /24 of this link's IPv4 addresses.
+    #[must_use]
+    pub fn v4_subnet(&self) -> String {
+        format!("10.201.{}.0/24", self.subnet)
+    }
+}
+
+/// Starts a TCP accept loop and a UDP echo server on `port` in `ns` (all addresses).
+pub fn start_servers(ns: &Netns, port: u16) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let tcp = TcpListener::bind(("::", port));
+        let udp = UdpSocket::bind(("::", port));
+        let ok = tcp.is_ok() && udp.is_ok();
+        let _ = tx.send(ok);
+        let (Ok(tcp), Ok(udp)) = (tcp, udp) else { return };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        });
+        for stream in tcp.incoming() {
+            drop(stream);
+        }
+    });
+    ensure!(rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false), "servers did not start in {}", ns.name);
+    Ok(())
+}
+
+/// Does a TCP connection from `ns` (optionally from `src`) to `dst` succeed within `timeout`?
+pub fn tcp_ok(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> bool {
+    ns.run(move || {
+        let sock = match src {
+            None => TcpStream::connect_timeout(&dst, timeout).is_ok(),
+            Some(src) => bound_connect(src, dst, timeout),
+        };
+        sock
+    })
+    .unwrap_or(false)
+}
+
+fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
+    // std cannot bind before connect; use a raw socket for the source address.
+    let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on an fd we own and close.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let stream = std::os::fd::FromRawFd::from_raw_fd(fd);
+        let stream: TcpStream = stream;
+        let (sa, len) = sockaddr(SocketAddr::new(src, 0));
+        if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
+            return false;
+        }
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as i64, tv_usec: i64::from(timeout.subsec_micros()) };
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+        let (sa, len) = sockaddr(dst);
+        let ok = libc::connect(fd, (&raw const sa).cast(), len) == 0;
+        drop(stream);
+        ok
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the family-specific view.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as u16;
+                (*sin).sin_port = v4.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            }
+            (ss, size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as u16;
+                (*sin6).sin6_port = v6.port().to_be();
+                (*sin6).sin6_addr.s6_addr = v6.ip().octets();
+            }
+            (ss, size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+/// Does a UDP datagram from `ns` to `dst` come back echoed within `timeout`?
+pub fn udp_ok(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
+    ns.run(move || {
+        let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let Ok(s) = UdpSocket::bind(bind) else { return false };
+        let _ = s.set_read_timeout(Some(timeout));
+        let mut buf = [0u8; 64];
+        s.send_to(b"guard-probe", dst).is_ok() && s.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"guard-probe")
+    })
+    .unwrap_or(false)
+}
+
+/// Does one ping from `ns` to `dst` get an answer within a second?
+pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
+    ns.command("ping")
+        .args(["-c", "1", "-W", "1", "-q", &dst.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Path of the `guard` binary under test (set by `cargo xtask test`).
+pub fn guard_bin() -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(std::env::var("GUARD_BIN").context("GUARD_BIN is not set: run the tests with `cargo xtask test`")?);
+    ensure!(p.exists(), "GUARD_BIN={} does not exist", p.display());
+    Ok(p)
+}
+
+/// A `guard run` process in a namespace with its own socket, state and bpffs directories;
+/// on drop it is stopped and everything it made (pins, state, socket) is removed.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+    ns: PathBuf,
+    iface: String,
+}
+
+impl Daemon {
+    /// Starts guard on `iface` inside `ns` with extra TOML config appended.
+    pub fn start(ns: &Netns, iface: &str, extra_config: &str) -> anyhow::Result<Self> {
+        let id = unique("d");
+        let base = std::env::temp_dir().join(format!("guard-test-{id}"));
+        std::fs::create_dir_all(&base)?;
+        let mut d = Self {
+            child: None,
+            socket: base.join("guard.sock"),
+            state_dir: base.join("state"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/guard-test-{id}")),
+            config: base.join("guard.toml"),
+            log: base.join("guard.log"),
+            ns: ns.path(),
+            iface: iface.to_owned(),
+        };
+        std::fs::write(&d.config, extra_config)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// (Re)starts the process and waits until its control socket answers.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.display()))
+            .arg(guard_bin()?)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--interface", &self.iface, "--socket"])
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning guard run")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.cli(&["status"]).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("guard run exited with {status}: {}", self.log_text());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("guard run did not answer within 20 s: {}", self.log_text())
+    }
+
+    /// Stops the process with SIGTERM and waits for it; pins and state stay.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = c.try_wait()? {
+                    ensure!(status.success(), "guard run exited with {status}: {}", self.log_text());
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    bail!("guard run did not stop on SIGTERM within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// The daemon's log so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the guard CLI against this daemon; Ok(stdout) if it exits 0, Err(stderr) otherwise.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let bin = guard_bin().map_err(|e| e.to_string())?;
+        let out = Command::new(bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `guard <args> --json`, parsed.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a).map_err(|e| anyhow::anyhow!("guard {}: {e}", args.join(" ")))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// An XDP counter from `guard stats --json`.
+    pub fn xdp_stat(&self, name: &str) -> anyhow::Result<u64> {
+        let s = self.json(&["stats"])?;
+        s["xdp"][name].as_u64().with_context(|| format!("no xdp counter {name}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if let Some(base) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+/// Polls `f` every 10 ms until it is true or `timeout` passes; returns the time it took.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
