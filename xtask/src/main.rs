@@ -1,4 +1,188 @@
-//! `cargo xtask …`: set-up, build, run and test guard.
-fn main() -> anyhow::Result<()> {
+//! `cargo xtask …`: what cargo cannot do alone — set up the eBPF toolchain, build the eBPF
+//! objects into a known place, run guard as root, run every test (unit, BPF_PROG_TEST_RUN,
+//! namespace end-to-end) and the benchmarks.
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install the toolchain and test tools, then stop.
+    Setup,
+    /// Build the eBPF objects and the guard binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build guard (release) and start the daemon as root; arguments after `--` go to `guard run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run every test: unit, BPF_PROG_TEST_RUN and namespace end-to-end.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Benchmarks: `xdp`.
+    Bench { what: String },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("[xtask] {msg}");
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("{what}: cannot start"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
     Ok(())
+}
+
+/// Directory the eBPF objects are copied to; `.cargo/config.toml` points GUARD_EBPF_DIR here.
+fn ebpf_dir() -> PathBuf {
+    root().join("target/guard-ebpf")
+}
+
+/// Builds guard-ebpf for bpfel and copies its objects to `target/guard-ebpf/`.
+fn build_ebpf() -> anyhow::Result<()> {
+    let chain = setup::bpf_toolchain()?;
+    step("building the eBPF programs (guard-ebpf, bpfel-unknown-none)");
+    let mut c = chain.cargo();
+    c.current_dir(root()).args(["build", "-p", "guard-ebpf", "--release", "--target", "bpfel-unknown-none"]).args(chain.build_args());
+    run(&mut c, "building guard-ebpf")?;
+    let out = root().join("target/bpfel-unknown-none/release");
+    std::fs::create_dir_all(ebpf_dir())?;
+    for name in ["guard-ebpf", "guard-bench-ebpf"] {
+        let src = out.join(name);
+        if !src.exists() {
+            bail!("the eBPF build produced no {}", src.display());
+        }
+        // Copy only when changed, so an unchanged object does not force a daemon rebuild.
+        let dst = ebpf_dir().join(name);
+        if std::fs::read(&src)? != std::fs::read(&dst).unwrap_or_default() {
+            std::fs::copy(&src, &dst)?;
+        } else {
+            // Same bytes from newer sources: mark the copy as fresh for guard-daemon's build.rs.
+            let built = std::fs::metadata(&src)?.modified()?;
+            let file = std::fs::File::options().write(true).open(&dst)?;
+            if file.metadata()?.modified()? < built {
+                file.set_modified(built)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    build_ebpf()?;
+    step(&format!("building guard ({})", if release { "release" } else { "debug" }));
+    let mut c = cargo();
+    c.args(["build", "-p", "guard-daemon"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c, "building guard")
+}
+
+/// Re-runs this xtask command under sudo when not root.
+fn as_root(args: &[&str]) -> anyhow::Result<bool> {
+    if is_root() {
+        return Ok(false);
+    }
+    step("root is needed (XDP, bpffs, network namespaces): re-running under sudo");
+    let exe = std::env::current_exe()?;
+    run(Command::new("sudo").arg("-E").arg(exe).args(args), "sudo")?;
+    Ok(true)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => {
+            setup::bpf_toolchain()?;
+            setup::test_tools()
+        }
+        Task::Build { release } => build(release),
+        Task::Run { args } => {
+            build(true)?;
+            let mut full = vec!["run"];
+            full.extend(args.iter().map(String::as_str));
+            let bin = root().join("target/release/guard");
+            let mut c = if is_root() { Command::new(&bin) } else { let mut s = Command::new("sudo"); s.arg(&bin); s };
+            if !args.iter().any(|a| a == "--config" || a == "-c") && Path::new("/etc/guard/guard.toml").exists() {
+                full.extend(["--config", "/etc/guard/guard.toml"]);
+            }
+            step(&format!("starting: guard {}", full.join(" ")));
+            run(c.args(&full), "guard run")
+        }
+        Task::Test { filter } => test(filter.as_deref()),
+        Task::Bench { what } => match what.as_str() {
+            "xdp" => bench_xdp(),
+            other => bail!("unknown benchmark {other:?}: try `xdp`"),
+        },
+    }
+}
+
+fn test(filter: Option<&str>) -> anyhow::Result<()> {
+    let mut args = vec!["test"];
+    if let Some(f) = filter {
+        args.push(f);
+    }
+    if as_root(&args)? {
+        return Ok(());
+    }
+    setup::test_tools()?;
+    build(false)?;
+    step("unit tests (no root needed)");
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--exclude", "guard-ebpf", "--exclude", "guard-tests"]);
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    run(&mut c, "unit tests")?;
+    step("BPF_PROG_TEST_RUN and namespace end-to-end tests (guard-tests, as root)");
+    let mut c = cargo();
+    c.args(["test", "-p", "guard-tests"]).env("GUARD_BIN", root().join("target/debug/guard"));
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    run(&mut c, "end-to-end tests")
+}
+
+fn bench_xdp() -> anyhow::Result<()> {
+    if as_root(&["bench", "xdp"])? {
+        return Ok(());
+    }
+    setup::test_tools()?;
+    build_ebpf()?;
+    step("building the XDP benchmark (release)");
+    run(cargo().args(["build", "--release", "-p", "guard-tests", "--bin", "xdp-bench"]), "building xdp-bench")?;
+    run(&mut Command::new(root().join("target/release/xdp-bench")), "xdp-bench")
 }
