@@ -1,0 +1,296 @@
+//! `xdp_guard` run with BPF_PROG_TEST_RUN on crafted frames: IPv4, IPv6, one and two VLAN tags,
+//! truncated and malformed headers, non-IP; each case checks the verdict and the counters.
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use guard_common::*;
+use guard_tests::require_root;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// The loaded program with a private bpffs pin directory, removed on drop.
+struct Loaded {
+    ebpf: Ebpf,
+    pins: PathBuf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+fn load() -> anyhow::Result<Loaded> {
+    let object = PathBuf::from(env!("GUARD_EBPF_DIR")).join("guard-ebpf");
+    let bytes = std::fs::read(&object).map_err(|e| anyhow::anyhow!("{}: {e} (run `cargo xtask build`)", object.display()))?;
+    let pins = PathBuf::from(format!("/sys/fs/bpf/guard-ptr-{}", guard_tests::unique("p")));
+    std::fs::create_dir_all(&pins)?;
+    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&pins).load(&bytes)?;
+    let prog: &mut Xdp = ebpf.program_mut(PROG_XDP_GUARD).expect("program").try_into()?;
+    prog.load()?;
+    Ok(Loaded { ebpf, pins })
+}
+
+impl Loaded {
+    fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        let prog: &Xdp = self.ebpf.program(PROG_XDP_GUARD).expect("program").try_into()?;
+        let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })?;
+        Ok(r.return_value)
+    }
+
+    fn stat(&self, idx: u32) -> u64 {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(MAP_STATS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+
+    fn set_config(&mut self, cfg: XdpConfig) {
+        let mut m: Array<&mut MapData, XdpConfig> = Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
+        m.set(0, cfg, 0).unwrap();
+    }
+
+    fn ban_v4(&mut self, a: Ipv4Addr, expires_ns: u64) {
+        let mut m: HashMap<&mut MapData, u32, BanEntry> = HashMap::try_from(self.ebpf.map_mut(MAP_BANS_V4).unwrap()).unwrap();
+        m.insert(u32::from_ne_bytes(a.octets()), BanEntry { expires_ns, ..Default::default() }, 0).unwrap();
+    }
+
+    fn ban_entry_v4(&self, a: Ipv4Addr) -> BanEntry {
+        let m: HashMap<&MapData, u32, BanEntry> = HashMap::try_from(self.ebpf.map(MAP_BANS_V4).unwrap()).unwrap();
+        m.get(&u32::from_ne_bytes(a.octets()), 0).unwrap()
+    }
+
+    fn ban_v6(&mut self, a: Ipv6Addr) {
+        let mut m: HashMap<&mut MapData, [u8; 16], BanEntry> = HashMap::try_from(self.ebpf.map_mut(MAP_BANS_V6).unwrap()).unwrap();
+        m.insert(a.octets(), BanEntry::default(), 0).unwrap();
+    }
+
+    fn cidr_v4(&mut self, a: Ipv4Addr, len: u32) {
+        let mut m: LpmTrie<&mut MapData, u32, BanEntry> = LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V4).unwrap()).unwrap();
+        m.insert(&Key::new(len, u32::from_ne_bytes(a.octets())), BanEntry::default(), 0).unwrap();
+    }
+
+    fn cidr_v6(&mut self, a: Ipv6Addr, len: u32) {
+        let mut m: LpmTrie<&mut MapData, [u8; 16], BanEntry> = LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V6).unwrap()).unwrap();
+        m.insert(&Key::new(len, a.octets()), BanEntry::default(), 0).unwrap();
+    }
+
+    fn allow_v4(&mut self, a: Ipv4Addr, len: u32) {
+        let mut m: LpmTrie<&mut MapData, u32, u32> = LpmTrie::try_from(self.ebpf.map_mut(MAP_ALLOW_V4).unwrap()).unwrap();
+        m.insert(&Key::new(len, u32::from_ne_bytes(a.octets())), 1, 0).unwrap();
+    }
+}
+
+/// Ethernet header with the given VLAN tags (TPIDs) and final ethertype.
+fn eth(tags: &[u16], ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    for (i, tpid) in tags.iter().enumerate() {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// A 64-byte-ish IPv4/UDP frame from `src`.
+fn v4_frame(tags: &[u16], src: Ipv4Addr) -> Vec<u8> {
+    let mut f = eth(tags, 0x0800);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&[10, 0, 0, 1]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0x00, 0x08, 0x00, 0x00]);
+    f.resize(f.len().max(64), 0);
+    f
+}
+
+fn v6_frame(tags: &[u16], src: Ipv6Addr) -> Vec<u8> {
+    let mut f = eth(tags, 0x86DD);
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&8u16.to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0x00, 0x08, 0x00, 0x00]);
+    f
+}
+
+const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const Q: u16 = 0x8100;
+const AD: u16 = 0x88A8;
+
+#[test]
+fn passes_everything_with_empty_maps() -> anyhow::Result<()> {
+    require_root!();
+    let l = load()?;
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
+    assert_eq!(l.run(&v6_frame(&[Q], "2001:db8::1".parse()?))?, XDP_PASS);
+    assert_eq!(l.stat(STAT_PASSED), 2);
+    assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 0);
+    Ok(())
+}
+
+#[test]
+fn exact_ipv4_ban_drops_with_and_without_vlan_tags_and_counts() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v4(A, 0);
+    for tags in [&[][..], &[Q], &[AD, Q], &[Q, Q]] {
+        assert_eq!(l.run(&v4_frame(tags, A))?, XDP_DROP, "tags {tags:x?}");
+    }
+    assert_eq!(l.run(&v4_frame(&[], B))?, XDP_PASS, "unbanned neighbour");
+    assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 4);
+    assert_eq!(l.stat(STAT_PASSED), 1);
+    let e = l.ban_entry_v4(A);
+    assert_eq!(e.packets, 4);
+    assert_eq!(e.bytes, 64 * 4, "frames are padded to 64 bytes");
+    assert!(e.last_hit_ns > 0);
+    Ok(())
+}
+
+#[test]
+fn three_vlan_tags_are_not_parsed_and_pass() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v4(A, 0);
+    // A third tag leaves an 802.1Q ethertype where IP should be: treated as non-IP, passed.
+    assert_eq!(l.run(&v4_frame(&[AD, Q, Q], A))?, XDP_PASS);
+    assert_eq!(l.stat(STAT_NON_IP), 1);
+    Ok(())
+}
+
+#[test]
+fn ipv6_exact_and_cidr_bans() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v6("2001:db8::66".parse()?);
+    l.cidr_v6("2001:db8:bad::".parse()?, 48);
+    l.set_config(XdpConfig { flags: CFG_HAVE_CIDR_V6, ..Default::default() });
+    assert_eq!(l.run(&v6_frame(&[], "2001:db8::66".parse()?))?, XDP_DROP);
+    assert_eq!(l.run(&v6_frame(&[AD, Q], "2001:db8::66".parse()?))?, XDP_DROP);
+    assert_eq!(l.run(&v6_frame(&[], "2001:db8:bad:1::9".parse()?))?, XDP_DROP);
+    assert_eq!(l.run(&v6_frame(&[], "2001:db8:bae::9".parse()?))?, XDP_PASS);
+    assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 2);
+    assert_eq!(l.stat(STAT_DROP_BAN_CIDR), 1);
+    Ok(())
+}
+
+#[test]
+fn cidr_lookup_only_when_flagged() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.cidr_v4(Ipv4Addr::new(198, 51, 100, 0), 24);
+    // Flag off: the daemon has said the trie is empty, so the program skips it.
+    assert_eq!(l.run(&v4_frame(&[], Ipv4Addr::new(198, 51, 100, 7)))?, XDP_PASS);
+    l.set_config(XdpConfig { flags: CFG_HAVE_CIDR_V4, ..Default::default() });
+    assert_eq!(l.run(&v4_frame(&[], Ipv4Addr::new(198, 51, 100, 7)))?, XDP_DROP);
+    assert_eq!(l.run(&v4_frame(&[Q], Ipv4Addr::new(198, 51, 101, 7)))?, XDP_PASS);
+    assert_eq!(l.stat(STAT_DROP_BAN_CIDR), 1);
+    Ok(())
+}
+
+#[test]
+fn allowlist_beats_exact_and_cidr_bans() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v4(A, 0);
+    l.cidr_v4(Ipv4Addr::new(192, 0, 2, 0), 24);
+    l.allow_v4(A, 32);
+    l.set_config(XdpConfig { flags: CFG_HAVE_CIDR_V4 | CFG_HAVE_ALLOW_V4, ..Default::default() });
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
+    assert_eq!(l.run(&v4_frame(&[], B))?, XDP_DROP, "B is only in the banned /24");
+    assert_eq!(l.stat(STAT_ALLOWLISTED), 1);
+    assert_eq!(l.ban_entry_v4(A).packets, 0, "an allowlisted packet is not charged to the ban");
+    Ok(())
+}
+
+#[test]
+fn expired_ban_is_ignored() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v4(A, 1); // expired at boot + 1 ns
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
+    l.ban_v4(A, u64::MAX);
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_DROP);
+    Ok(())
+}
+
+#[test]
+fn truncated_and_malformed_frames_pass_and_are_counted() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v4(A, 0);
+    let full = v4_frame(&[], A);
+    // Ethernet header only, claiming IPv4.
+    assert_eq!(l.run(&full[..14])?, XDP_PASS);
+    // IPv4 header cut before the source address.
+    assert_eq!(l.run(&full[..14 + 12])?, XDP_PASS);
+    // One VLAN tag, cut inside the tag.
+    assert_eq!(l.run(&v4_frame(&[Q], A)[..16])?, XDP_PASS);
+    // IPv4 ethertype but version 6 in the header.
+    let mut bad = full.clone();
+    bad[14] = 0x65;
+    assert_eq!(l.run(&bad)?, XDP_PASS);
+    // IHL below 5.
+    let mut bad = full.clone();
+    bad[14] = 0x44;
+    assert_eq!(l.run(&bad)?, XDP_PASS);
+    // IPv6 cut in the source address.
+    assert_eq!(l.run(&v6_frame(&[], "2001:db8::1".parse()?)[..14 + 20])?, XDP_PASS);
+    assert_eq!(l.stat(STAT_MALFORMED), 6);
+    assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 0);
+    // ARP: well-formed, not IP.
+    assert_eq!(l.run(&{ let mut f = eth(&[], 0x0806); f.resize(60, 0); f })?, XDP_PASS);
+    assert_eq!(l.stat(STAT_NON_IP), 1);
+    Ok(())
+}
+
+#[test]
+fn token_bucket_limits_a_source_and_emits_one_event_per_window() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    // 1 packet/s, burst 3, events at most once a minute.
+    let cost = 1_000_000_000;
+    l.set_config(XdpConfig { flags: 0, cost_ns: cost, cap_ns: 3 * cost, event_window_ns: 60_000_000_000 });
+    let verdicts: Vec<u32> = (0..6).map(|_| l.run(&v4_frame(&[], A))).collect::<Result<_, _>>()?;
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP, XDP_DROP]);
+    assert_eq!(l.run(&v4_frame(&[], B))?, XDP_PASS, "another source has its own bucket");
+    assert_eq!(l.stat(STAT_DROP_RATE), 3);
+    let mut ring: RingBuf<&mut MapData> = RingBuf::try_from(l.ebpf.map_mut(MAP_EVENTS).unwrap())?;
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: the program writes whole RateEvents.
+        events.push(unsafe { item.as_ptr().cast::<RateEvent>().read_unaligned() });
+    }
+    assert_eq!(events.len(), 1, "one event per source per window");
+    assert_eq!(events[0].family, FAMILY_V4);
+    assert_eq!(&events[0].addr[..4], &A.octets());
+    assert_eq!(events[0].dropped, 1);
+    Ok(())
+}
+
+#[test]
+fn rate_limit_spares_allowlisted_sources() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    let cost = 1_000_000_000;
+    l.allow_v4(A, 32);
+    l.set_config(XdpConfig { flags: CFG_HAVE_ALLOW_V4, cost_ns: cost, cap_ns: cost, event_window_ns: 1 });
+    for _ in 0..5 {
+        assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
+    }
+    assert_eq!(l.stat(STAT_DROP_RATE), 0);
+    assert_eq!(l.stat(STAT_ALLOWLISTED), 4);
+    Ok(())
+}
