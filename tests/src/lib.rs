@@ -48,7 +48,7 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! require_root {
     () => {
         if let Some(why) = $crate::skip_reason() {
-            eprintln!("SKIPPED: {why}");
+            println!("SKIPPED: {why}");
             return Ok(());
         }
     };

@@ -160,20 +160,60 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     setup::test_tools()?;
     build(false)?;
+    let mut total = Tally::default();
     step("unit tests (no root needed)");
     let mut c = cargo();
-    c.args(["test", "--workspace", "--exclude", "guard-ebpf", "--exclude", "guard-tests"]);
+    c.args(["test", "--workspace", "--exclude", "guard-ebpf", "--exclude", "guard-tests", "--no-fail-fast"]);
     if let Some(f) = filter {
         c.arg(f);
     }
-    run(&mut c, "unit tests")?;
+    let unit = run_tests(&mut c, &mut total);
     step("BPF_PROG_TEST_RUN and namespace end-to-end tests (guard-tests, as root)");
     let mut c = cargo();
-    c.args(["test", "-p", "guard-tests"]).env("GUARD_BIN", root().join("target/debug/guard"));
+    c.args(["test", "-p", "guard-tests", "--no-fail-fast"]).env("GUARD_BIN", root().join("target/debug/guard"));
     if let Some(f) = filter {
         c.arg(f);
     }
-    run(&mut c, "end-to-end tests")
+    c.args(["--", "--show-output"]);
+    let e2e = run_tests(&mut c, &mut total);
+    let skipped = total.skipped;
+    println!("\nsummary: {} passed, {} failed, {skipped} skipped", total.passed.saturating_sub(skipped), total.failed);
+    unit.context("unit tests")?;
+    e2e.context("end-to-end tests")
+}
+
+/// Test counts summed over every `cargo test` binary.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+/// Runs `cargo test`, echoing its output, adding its results to `tally`.
+fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("cargo test: cannot start")?;
+    let out = child.stdout.take().context("cargo test: no stdout")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';').find_map(|part| part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok()))
+            };
+            tally.passed += num(" passed").unwrap_or(0);
+            tally.failed += num(" failed").unwrap_or(0);
+        }
+        if line.starts_with("SKIPPED:") {
+            tally.skipped += 1;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 fn bench_xdp() -> anyhow::Result<()> {

@@ -100,9 +100,9 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         bail!("missing packages {}: run as root, or `sudo apt-get install {}`", pkgs.join(" "), pkgs.join(" "));
     }
     say(&format!("installing Debian packages: {}", pkgs.join(" ")));
-    run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+    run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-qq"]), "apt-get update")?;
     run(
-        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(pkgs).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "--no-install-recommends"]).args(pkgs).env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
     )
 }
