@@ -137,7 +137,7 @@ pub struct RateEvent {
     /// `FAMILY_V4` or `FAMILY_V6`.
     pub family: u32,
     /// Explicit padding; always 0.
-    pub _pad: u32,
+    pub pad: u32,
     /// `CLOCK_MONOTONIC` ns of the packet that triggered the event.
     pub ts_ns: u64,
     /// The source's over-rate drops so far.

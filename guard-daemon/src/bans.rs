@@ -14,7 +14,9 @@ use crate::xdp::{Xdp, XdpError};
 /// Errors of ban and allowlist operations.
 #[derive(Debug, thiserror::Error)]
 pub enum BanError {
-    #[error("refusing to ban {target}: it overlaps allowlist entry {allow} (use --force to ban anyway; the allowlist still wins)")]
+    #[error(
+        "refusing to ban {target}: it overlaps allowlist entry {allow} (use --force to ban anyway; the allowlist still wins)"
+    )]
     Allowlisted { target: Net, allow: Net },
     #[error("{target} is not banned")]
     NotBanned { target: Net },
@@ -68,7 +70,12 @@ pub struct Bans {
 impl Bans {
     /// Joins the store and the maps, and makes the maps match the store (dropping expired bans).
     pub fn new(store: Store, xdp: Xdp, default_ttl: Duration) -> Result<Self, BanError> {
-        let mut bans = Self { store, xdp, default_ttl, deadlines: BTreeSet::new() };
+        let mut bans = Self {
+            store,
+            xdp,
+            default_ttl,
+            deadlines: BTreeSet::new(),
+        };
         bans.rebuild()?;
         Ok(bans)
     }
@@ -86,7 +93,10 @@ impl Bans {
                 if let Some(t) = ban.expires_at {
                     self.deadlines.insert((t, ban.target));
                 }
-                live.push((ban.target, ban.expires_at.map_or(0, |t| wall_to_mono(t, now, mono))));
+                live.push((
+                    ban.target,
+                    ban.expires_at.map_or(0, |t| wall_to_mono(t, now, mono)),
+                ));
             }
         }
         let allows: Vec<Net> = self.store.allows()?.into_iter().map(|a| a.target).collect();
@@ -119,7 +129,12 @@ impl Bans {
 
     /// The allowlist entry covering `ip`, if any.
     pub fn allowlisted(&self, ip: IpAddr) -> Result<Option<Net>, BanError> {
-        Ok(self.store.allows()?.into_iter().map(|a| a.target).find(|n| n.contains(ip)))
+        Ok(self
+            .store
+            .allows()?
+            .into_iter()
+            .map(|a| a.target)
+            .find(|n| n.contains(ip)))
     }
 
     /// Bans (or re-bans, replacing reason and deadline) a target.
@@ -131,10 +146,17 @@ impl Bans {
     }
 
     fn ban_no_flush(&mut self, req: BanRequest) -> Result<BanView, BanError> {
-        if !req.force {
-            if let Some(allow) = self.store.allows()?.into_iter().find(|a| a.target.overlaps(&req.target)) {
-                return Err(BanError::Allowlisted { target: req.target, allow: allow.target });
-            }
+        if !req.force
+            && let Some(allow) = self
+                .store
+                .allows()?
+                .into_iter()
+                .find(|a| a.target.overlaps(&req.target))
+        {
+            return Err(BanError::Allowlisted {
+                target: req.target,
+                allow: allow.target,
+            });
         }
         let now = now_ms();
         let ttl = req.ttl.unwrap_or(self.default_ttl);
@@ -146,15 +168,17 @@ impl Bans {
             expires_at: (!ttl.is_zero()).then(|| now.saturating_add(ttl.as_millis() as u64)),
             evidence: req.evidence,
         };
-        if let Some(old) = self.store.put_ban(&record)? {
-            if let Some(t) = old.expires_at {
-                self.deadlines.remove(&(t, old.target));
-            }
+        if let Some(old) = self.store.put_ban(&record)?
+            && let Some(t) = old.expires_at
+        {
+            self.deadlines.remove(&(t, old.target));
         }
         if let Some(t) = record.expires_at {
             self.deadlines.insert((t, record.target));
         }
-        let deadline = record.expires_at.map_or(0, |t| wall_to_mono(t, now, mono_ns()));
+        let deadline = record
+            .expires_at
+            .map_or(0, |t| wall_to_mono(t, now, mono_ns()));
         self.xdp.put_ban(&record.target, deadline)?;
         Ok(self.view(record))
     }
@@ -176,7 +200,10 @@ impl Bans {
 
     /// Lifts a ban.
     pub fn unban(&mut self, target: &Net) -> Result<BanView, BanError> {
-        let record = self.store.remove_ban(target)?.ok_or(BanError::NotBanned { target: *target })?;
+        let record = self
+            .store
+            .remove_ban(target)?
+            .ok_or(BanError::NotBanned { target: *target })?;
         if let Some(t) = record.expires_at {
             self.deadlines.remove(&(t, record.target));
         }
@@ -188,7 +215,12 @@ impl Bans {
 
     /// Every ban with its counters.
     pub fn list(&self) -> Result<Vec<BanView>, BanError> {
-        Ok(self.store.bans()?.into_iter().map(|b| self.view(b)).collect())
+        Ok(self
+            .store
+            .bans()?
+            .into_iter()
+            .map(|b| self.view(b))
+            .collect())
     }
 
     fn view(&self, b: BanRecord) -> BanView {
@@ -231,7 +263,11 @@ impl Bans {
 
     /// Adds an allowlist entry.
     pub fn allow(&mut self, target: Net, reason: String) -> Result<AllowRecord, BanError> {
-        let rec = AllowRecord { target, reason, created_at: now_ms() };
+        let rec = AllowRecord {
+            target,
+            reason,
+            created_at: now_ms(),
+        };
         self.store.put_allow(&rec)?;
         self.xdp.put_allow(&target)?;
         self.store.flush()?;
@@ -240,7 +276,10 @@ impl Bans {
 
     /// Removes an allowlist entry.
     pub fn disallow(&mut self, target: &Net) -> Result<AllowRecord, BanError> {
-        let rec = self.store.remove_allow(target)?.ok_or(BanError::NotAllowed { target: *target })?;
+        let rec = self
+            .store
+            .remove_allow(target)?
+            .ok_or(BanError::NotAllowed { target: *target })?;
         self.xdp.remove_allow(target)?;
         self.store.flush()?;
         Ok(rec)

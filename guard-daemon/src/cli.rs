@@ -1,5 +1,6 @@
 //! The command line: argument definitions and dispatch to each subcommand. Daemon commands
 //! talk to `guard run` over the control socket; output is a human table, or JSON with `--json`.
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -134,7 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("GUARD_SOCKET").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    flag.or_else(|| std::env::var_os("GUARD_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
@@ -163,20 +165,45 @@ fn parse_target(text: &str) -> anyhow::Result<Net> {
 }
 
 fn ttl_secs(text: Option<&str>) -> anyhow::Result<Option<u64>> {
-    text.map(|t| if t == "never" || t == "permanent" { Ok(0) } else { parse_duration(t).map(|d| d.as_secs()) })
-        .transpose()
-        .map_err(Into::into)
+    text.map(|t| {
+        if t == "never" || t == "permanent" {
+            Ok(0)
+        } else {
+            parse_duration(t).map(|d| d.as_secs())
+        }
+    })
+    .transpose()
+    .map_err(Into::into)
 }
 
 fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
-        BanCommand::Add { target, ttl, reason, force } => {
-            let req = Request::BanAdd { target: parse_target(&target)?, ttl_secs: ttl_secs(ttl.as_deref())?, reason, force };
+        BanCommand::Add {
+            target,
+            ttl,
+            reason,
+            force,
+        } => {
+            let req = Request::BanAdd {
+                target: parse_target(&target)?,
+                ttl_secs: ttl_secs(ttl.as_deref())?,
+                reason,
+                force,
+            };
             let view: BanView = serde_json::from_value(control::call(socket, &req)?)?;
-            println!("banned {} until {}", view.addr, view.expires_at.map_or("forever".into(), format_utc));
+            println!(
+                "banned {} until {}",
+                view.addr,
+                view.expires_at.map_or("forever".into(), format_utc)
+            );
         }
         BanCommand::Rm { target } => {
-            control::call(socket, &Request::BanRm { target: parse_target(&target)? })?;
+            control::call(
+                socket,
+                &Request::BanRm {
+                    target: parse_target(&target)?,
+                },
+            )?;
             println!("unbanned {target}");
         }
         BanCommand::Ls(f) => {
@@ -191,7 +218,9 @@ fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
         BanCommand::Import { file, force } => {
             let text = if file == "-" {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading standard input")?;
                 s
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
@@ -231,11 +260,22 @@ pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportEntry>> {
             Err(e) => bail!("line {}: {e}", i + 1),
         };
         let ttl = match fields.next().filter(|s| !s.is_empty()) {
-            Some(d) => Some(ttl_secs(Some(d)).with_context(|| format!("line {}", i + 1))?.unwrap_or(0)),
+            Some(d) => Some(
+                ttl_secs(Some(d))
+                    .with_context(|| format!("line {}", i + 1))?
+                    .unwrap_or(0),
+            ),
             None => None,
         };
-        let reason = fields.next().filter(|s| !s.is_empty()).map(|s| s.trim_matches('"').to_owned());
-        out.push(ImportEntry { target, ttl_secs: ttl, reason });
+        let reason = fields
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim_matches('"').to_owned());
+        out.push(ImportEntry {
+            target,
+            ttl_secs: ttl,
+            reason,
+        });
     }
     Ok(out)
 }
@@ -243,11 +283,22 @@ pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportEntry>> {
 fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         AllowCommand::Add { target, reason } => {
-            control::call(socket, &Request::AllowAdd { target: parse_target(&target)?, reason })?;
+            control::call(
+                socket,
+                &Request::AllowAdd {
+                    target: parse_target(&target)?,
+                    reason,
+                },
+            )?;
             println!("allowlisted {target}");
         }
         AllowCommand::Rm { target } => {
-            control::call(socket, &Request::AllowRm { target: parse_target(&target)? })?;
+            control::call(
+                socket,
+                &Request::AllowRm {
+                    target: parse_target(&target)?,
+                },
+            )?;
             println!("removed {target} from the allowlist");
         }
         AllowCommand::Ls(f) => {
@@ -258,7 +309,13 @@ fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
                 let rows: Vec<AllowRecord> = serde_json::from_value(data)?;
                 let table: Vec<Vec<String>> = rows
                     .iter()
-                    .map(|r| vec![r.target.to_string(), r.reason.clone(), format_utc(r.created_at)])
+                    .map(|r| {
+                        vec![
+                            r.target.to_string(),
+                            r.reason.clone(),
+                            format_utc(r.created_at),
+                        ]
+                    })
                     .collect();
                 print_table(&["ADDRESS", "REASON", "CREATED"], &table);
             }
@@ -277,16 +334,30 @@ fn print_bans(bans: &[BanView]) {
                 b.reason.clone(),
                 b.origin.clone(),
                 format_utc(b.created_at),
-                b.expires_at.map_or_else(|| "never".into(), |t| {
-                    format!("{} (in {})", format_utc(t), crate::clock::format_duration(std::time::Duration::from_millis(t.saturating_sub(now))))
-                }),
+                b.expires_at.map_or_else(
+                    || "never".into(),
+                    |t| {
+                        format!(
+                            "{} (in {})",
+                            format_utc(t),
+                            crate::clock::format_duration(std::time::Duration::from_millis(
+                                t.saturating_sub(now)
+                            ))
+                        )
+                    },
+                ),
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 b.last_hit.map_or_else(|| "-".into(), format_utc),
             ]
         })
         .collect();
-    print_table(&["ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "PACKETS", "BYTES", "LAST HIT"], &rows);
+    print_table(
+        &[
+            "ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "PACKETS", "BYTES", "LAST HIT",
+        ],
+        &rows,
+    );
 }
 
 /// Prints left-aligned columns separated by two spaces.
@@ -303,7 +374,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             if i + 1 == cells.len() {
                 s.push_str(cell);
             } else {
-                s.push_str(&format!("{cell:<w$}  "));
+                let _ = write!(s, "{cell:<w$}  ");
             }
         }
         println!("{}", s.trim_end());
@@ -325,7 +396,10 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     }
     for section in ["xdp", "daemon"] {
         if let Some(Value::Object(map)) = data.get(section) {
-            let rows: Vec<Vec<String>> = map.iter().map(|(k, v)| vec![format!("{section}.{k}"), v.to_string()]).collect();
+            let rows: Vec<Vec<String>> = map
+                .iter()
+                .map(|(k, v)| vec![format!("{section}.{k}"), v.to_string()])
+                .collect();
             print_table(&["COUNTER", "VALUE"], &rows);
         }
     }
@@ -338,14 +412,30 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
-    println!("guard {} running (pid {}, up {}s)", data["version"].as_str().unwrap_or("?"), data["pid"], data["uptime_secs"]);
+    println!(
+        "guard {} running (pid {}, up {}s)",
+        data["version"].as_str().unwrap_or("?"),
+        data["pid"],
+        data["uptime_secs"]
+    );
     if let Some(ifs) = data["interfaces"].as_array() {
         for i in ifs {
-            println!("  interface {} ({} XDP)", i["name"].as_str().unwrap_or("?"), i["mode"].as_str().unwrap_or("?"));
+            println!(
+                "  interface {} ({} XDP)",
+                i["name"].as_str().unwrap_or("?"),
+                i["mode"].as_str().unwrap_or("?")
+            );
         }
     }
-    println!("  bans {}  allowlist {}  rate limit {} pps", data["bans"], data["allowlist"], data["rate_limit_pps"]);
-    println!("  state {}  pins {}", data["state_dir"].as_str().unwrap_or("?"), data["pin_dir"].as_str().unwrap_or("?"));
+    println!(
+        "  bans {}  allowlist {}  rate limit {} pps",
+        data["bans"], data["allowlist"], data["rate_limit_pps"]
+    );
+    println!(
+        "  state {}  pins {}",
+        data["state_dir"].as_str().unwrap_or("?"),
+        data["pin_dir"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 
@@ -355,13 +445,18 @@ mod tests {
 
     #[test]
     fn import_formats() {
-        let e = parse_import("value,duration,reason\n# c\n10.0.0.1\n\n10.1.0.0/16,1h,\"scanner\"\n2001:db8::1,0,x\n").unwrap();
+        let e = parse_import(
+            "value,duration,reason\n# c\n10.0.0.1\n\n10.1.0.0/16,1h,\"scanner\"\n2001:db8::1,0,x\n",
+        )
+        .unwrap();
         assert_eq!(e.len(), 3);
         assert_eq!(e[0].ttl_secs, None);
         assert_eq!(e[1].ttl_secs, Some(3600));
         assert_eq!(e[1].reason.as_deref(), Some("scanner"));
         assert_eq!(e[2].ttl_secs, Some(0));
-        let err = parse_import("10.0.0.1\nnot-an-ip\n").unwrap_err().to_string();
+        let err = parse_import("10.0.0.1\nnot-an-ip\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 

@@ -1,17 +1,23 @@
 //! Time helpers: wall-clock seconds for storage and display, `CLOCK_MONOTONIC` nanoseconds for
 //! the XDP maps (what `bpf_ktime_get_ns` reads), human durations like `1h30m`.
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Wall-clock time now, in milliseconds since the Unix epoch.
 #[must_use]
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 #[must_use]
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -36,7 +42,9 @@ pub struct DurationError {
 
 /// Parses `30s`, `10m`, `1h30m`, `7d`, `2w`, `500ms` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError { text: text.to_owned() };
+    let err = || DurationError {
+        text: text.to_owned(),
+    };
     let t = text.trim();
     if t.is_empty() {
         return Err(err());
@@ -53,7 +61,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -79,7 +89,7 @@ pub fn format_duration(d: Duration) -> String {
     let mut out = String::new();
     for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
         if s >= len {
-            out.push_str(&format!("{}{unit}", s / len));
+            let _ = write!(out, "{}{unit}", s / len);
             s %= len;
         }
     }
@@ -92,7 +102,12 @@ pub fn format_utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a (year, month, day) civil date (proleptic Gregorian).
@@ -116,13 +131,13 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_mins(90));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_hours(168));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         for bad in ["", "h", "1x", "1h-", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_mins(90)), "1h30m");
     }
 
     #[test]

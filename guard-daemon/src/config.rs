@@ -20,7 +20,11 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {message}")]
-    Invalid { path: PathBuf, key: &'static str, message: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
 }
 
 /// The whole configuration.
@@ -122,7 +126,10 @@ pub struct BansConfig {
 
 impl Default for BansConfig {
     fn default() -> Self {
-        Self { default_ttl: Duration::from_secs(4 * 3600), sweep_interval: Duration::from_millis(250) }
+        Self {
+            default_ttl: Duration::from_hours(4),
+            sweep_interval: Duration::from_millis(250),
+        }
     }
 }
 
@@ -142,15 +149,19 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -158,13 +169,20 @@ impl Config {
     /// Checks what serde cannot: ranges and relations between keys.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| {
-            Err(ConfigError::Invalid { path: path.to_owned(), key, message: message.to_owned() })
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message: message.to_owned(),
+            })
         };
         if self.xdp.rate_limit_pps > 1_000_000_000 {
             return invalid("xdp.rate_limit_pps", "at most 1000000000 packets/s");
         }
         if self.xdp.rate_limit_burst > 0 && self.xdp.rate_limit_pps == 0 {
-            return invalid("xdp.rate_limit_burst", "set xdp.rate_limit_pps too (0 = rate limiting off)");
+            return invalid(
+                "xdp.rate_limit_burst",
+                "set xdp.rate_limit_pps too (0 = rate limiting off)",
+            );
         }
         if self.xdp.pin_dir.is_relative() {
             return invalid("xdp.pin_dir", "must be an absolute path on a bpffs mount");
@@ -174,7 +192,10 @@ impl Config {
         }
         for name in &self.xdp.interfaces {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
-                return invalid("xdp.interfaces", &format!("{name:?} is not an interface name"));
+                return invalid(
+                    "xdp.interfaces",
+                    &format!("{name:?} is not an interface name"),
+                );
             }
         }
         Ok(())
@@ -194,7 +215,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.xdp.mode, XdpMode::Auto);
-        assert_eq!(c.bans.default_ttl, Duration::from_secs(14_400));
+        assert_eq!(c.bans.default_ttl, Duration::from_hours(4));
     }
 
     #[test]
@@ -207,18 +228,24 @@ mod tests {
     #[test]
     fn durations_as_text_or_seconds() {
         let c = parse("[xdp]\nrate_ban = \"1h30m\"\nrate_event_window = 5\n").unwrap();
-        assert_eq!(c.xdp.rate_ban, Duration::from_secs(5400));
+        assert_eq!(c.xdp.rate_ban, Duration::from_mins(90));
         assert_eq!(c.xdp.rate_event_window, Duration::from_secs(5));
     }
 
     #[test]
     fn errors_name_key_and_line() {
-        let e = parse("[xdp]\nrate_limit_pps = 10\nbogus = 1\n").unwrap_err().to_string();
+        let e = parse("[xdp]\nrate_limit_pps = 10\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus") && e.contains("line 3"), "{e}");
-        let e = parse("[bans]\ndefault_ttl = \"forever\"\n").unwrap_err().to_string();
+        let e = parse("[bans]\ndefault_ttl = \"forever\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("default_ttl") || e.contains("line 2"), "{e}");
         assert!(e.contains("invalid duration"), "{e}");
-        let e = parse("[xdp]\nrate_limit_burst = 5\n").unwrap_err().to_string();
+        let e = parse("[xdp]\nrate_limit_burst = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("xdp.rate_limit_burst"), "{e}");
         let e = parse("[xdp]\nmode = \"turbo\"\n").unwrap_err().to_string();
         assert!(e.contains("turbo") && e.contains("line 2"), "{e}");

@@ -73,19 +73,29 @@ pub struct Response {
 impl Response {
     /// A success carrying `data`.
     pub fn ok(data: impl Serialize) -> Self {
-        Self { ok: true, error: None, data: serde_json::to_value(data).unwrap_or_default() }
+        Self {
+            ok: true,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or_default(),
+        }
     }
 
     /// A failure with a message for the user.
     pub fn err(message: impl std::fmt::Display) -> Self {
-        Self { ok: false, error: Some(message.to_string()), data: serde_json::Value::Null }
+        Self {
+            ok: false,
+            error: Some(message.to_string()),
+            data: serde_json::Value::Null,
+        }
     }
 }
 
 /// Errors of the control socket, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("guard is not running: nothing listens on {path} (start it with `guard run`, or pass --socket)")]
+    #[error(
+        "guard is not running: nothing listens on {path} (start it with `guard run`, or pass --socket)"
+    )]
     NotRunning { path: PathBuf },
     #[error("permission denied on {path}: the control socket is root-only")]
     Permission { path: PathBuf },
@@ -105,12 +115,19 @@ pub enum ControlError {
 
 /// Sends one request and waits for its answer. An error answer becomes `ControlError::Daemon`.
 pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
-    let io = |source| ControlError::Io { path: socket.to_owned(), source };
+    let io = |source| ControlError::Io {
+        path: socket.to_owned(),
+        source,
+    };
     let mut stream = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ControlError::NotRunning { path: socket.to_owned() }
+            ControlError::NotRunning {
+                path: socket.to_owned(),
+            }
         }
-        std::io::ErrorKind::PermissionDenied => ControlError::Permission { path: socket.to_owned() },
+        std::io::ErrorKind::PermissionDenied => ControlError::Permission {
+            path: socket.to_owned(),
+        },
         _ => io(e),
     })?;
     let mut line = serde_json::to_vec(request).map_err(ControlError::BadResponse)?;
@@ -122,20 +139,27 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, Contr
     if response.ok {
         Ok(response.data)
     } else {
-        Err(ControlError::Daemon(response.error.unwrap_or_else(|| "unknown error".into())))
+        Err(ControlError::Daemon(
+            response.error.unwrap_or_else(|| "unknown error".into()),
+        ))
     }
 }
 
 /// Binds the control socket: creates its directory, refuses if another daemon answers there,
 /// replaces a stale socket file, and makes it root-only (0600).
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let io = |source| ControlError::Io { path: path.to_owned(), source };
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     if path.exists() {
         if StdUnixStream::connect(path).is_ok() {
-            return Err(ControlError::AlreadyRunning { path: path.to_owned() });
+            return Err(ControlError::AlreadyRunning {
+                path: path.to_owned(),
+            });
         }
         std::fs::remove_file(path).map_err(io)?;
     }

@@ -46,25 +46,42 @@ impl Shared {
 
 /// Runs the daemon until a termination signal.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.daemon.state_dir)
-        .with_context(|| format!("creating state directory {}", config.daemon.state_dir.display()))?;
+    std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
+        format!(
+            "creating state directory {}",
+            config.daemon.state_dir.display()
+        )
+    })?;
     let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
-    let bans = Bans::new(store, xdp, config.bans.default_ttl).context("rebuilding the XDP maps from the store")?;
+    let bans = Bans::new(store, xdp, config.bans.default_ttl)
+        .context("rebuilding the XDP maps from the store")?;
     {
-        let n = bans.list().map(|l| l.len()).unwrap_or(0);
-        let a = bans.allows().map(|l| l.len()).unwrap_or(0);
+        let n = bans.list().map_or(0, |l| l.len());
+        let a = bans.allows().map_or(0, |l| l.len());
         info!(bans = n, allowlist = a, "bans restored from the store");
     }
-    let shared = Arc::new(Shared { bans: Mutex::new(bans), counters: Counters::default(), config, started: Instant::now() });
+    let shared = Arc::new(Shared {
+        bans: Mutex::new(bans),
+        counters: Counters::default(),
+        config,
+        started: Instant::now(),
+    });
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     let result = runtime.block_on(serve(Arc::clone(&shared), events));
     drop(runtime);
 
-    let shared = Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
-    let bans = shared.bans.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let shared = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
+    let bans = shared
+        .bans
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     if let Err(e) = bans.store().flush() {
         error!("flushing the store at exit: {e}");
     }
@@ -79,7 +96,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
-    let listener = control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
+    let listener =
+        control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
@@ -87,7 +105,10 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
     let handler = {
         let shared = Arc::clone(&shared);
         Arc::new(move |req: Request| {
-            shared.counters.control_requests.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .control_requests
+                .fetch_add(1, Ordering::Relaxed);
             handle(&shared, req)
         })
     };
@@ -101,7 +122,10 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers; stop guard with SIGKILL");
         return std::future::pending().await;
     };
@@ -123,7 +147,10 @@ async fn sweep_loop(shared: Arc<Shared>) {
                 for net in &gone {
                     info!(target = %net, "ban expired");
                 }
-                shared.counters.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
+                shared
+                    .counters
+                    .expired
+                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
             }
             Ok(Err(e)) => warn!("sweeping expired bans: {e}"),
             Err(e) => warn!("sweeper task: {e}"),
@@ -136,12 +163,17 @@ async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
     let mut fd = match unsafe { AsyncFd::register(ring) } {
         Ok(fd) => fd,
         Err(e) => {
-            warn!("cannot watch the rate-event ring buffer: {}", e.into_parts().1);
+            warn!(
+                "cannot watch the rate-event ring buffer: {}",
+                e.into_parts().1
+            );
             return;
         }
     };
     loop {
-        let Ok(mut ready) = fd.readable_mut().await else { return };
+        let Ok(mut ready) = fd.readable_mut().await else {
+            return;
+        };
         let mut batch = Vec::new();
         while let Some(item) = ready.get_inner_mut().next() {
             if item.len() >= std::mem::size_of::<RateEvent>() {
@@ -158,7 +190,9 @@ async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
 
 fn event_addr(ev: &RateEvent) -> IpAddr {
     if ev.family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]))
+        IpAddr::V4(Ipv4Addr::new(
+            ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::from(ev.addr))
     }
@@ -198,7 +232,12 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
 
 fn handle(shared: &Shared, req: Request) -> Response {
     let result = match req {
-        Request::BanAdd { target, ttl_secs, reason, force } => shared
+        Request::BanAdd {
+            target,
+            ttl_secs,
+            reason,
+            force,
+        } => shared
             .bans()
             .ban(BanRequest {
                 target,
@@ -229,9 +268,10 @@ fn handle(shared: &Shared, req: Request) -> Response {
                 Response::ok(json!({"banned": banned, "refused": refused}))
             })
         }
-        Request::AllowAdd { target, reason } => {
-            shared.bans().allow(target, reason.unwrap_or_default()).map(Response::ok)
-        }
+        Request::AllowAdd { target, reason } => shared
+            .bans()
+            .allow(target, reason.unwrap_or_default())
+            .map(Response::ok),
         Request::AllowRm { target } => shared.bans().disallow(&target).map(Response::ok),
         Request::AllowLs => shared.bans().allows().map(Response::ok),
         Request::Stats => Ok(stats(shared)),
@@ -274,8 +314,8 @@ fn status(shared: &Shared) -> Response {
         "pin_dir": bans.xdp().pin_dir(),
         "state_dir": cfg.daemon.state_dir,
         "socket": cfg.daemon.socket,
-        "bans": bans.list().map(|l| l.len()).unwrap_or(0),
-        "allowlist": bans.allows().map(|l| l.len()).unwrap_or(0),
+        "bans": bans.list().map_or(0, |l| l.len()),
+        "allowlist": bans.allows().map_or(0, |l| l.len()),
         "rate_limit_pps": cfg.xdp.rate_limit_pps,
         "keep_attached": cfg.xdp.keep_attached,
     }))

@@ -32,22 +32,36 @@ impl Net {
         let addr = match addr {
             IpAddr::V4(a) => {
                 let p = prefix.min(32);
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+                let mask = if p == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(p))
+                };
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
                 let p = prefix.min(128);
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - u32::from(p)) };
+                let mask = if p == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(p))
+                };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         };
-        Self { addr, prefix: prefix.min(Self::max_prefix(addr)) }
+        Self {
+            addr,
+            prefix: prefix.min(Self::max_prefix(addr)),
+        }
     }
 
     /// A single address.
     #[must_use]
     pub fn host(addr: IpAddr) -> Self {
-        Self { addr, prefix: Self::max_prefix(addr) }
+        Self {
+            addr,
+            prefix: Self::max_prefix(addr),
+        }
     }
 
     fn max_prefix(addr: IpAddr) -> u8 {
@@ -104,20 +118,28 @@ impl FromStr for Net {
     type Err = NetError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || NetError::Address { text: text.to_owned() };
+        let bad = || NetError::Address {
+            text: text.to_owned(),
+        };
         let trimmed = text.trim();
         let (addr, prefix) = match trimmed.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (trimmed, None),
         };
-        let addr: IpAddr = addr.trim_matches(|c| c == '[' || c == ']').parse().map_err(|_| bad())?;
+        let addr: IpAddr = addr
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse()
+            .map_err(|_| bad())?;
         let max = Self::max_prefix(addr);
         let prefix = match prefix {
             None => max,
             Some(p) => {
                 let p: u8 = p.parse().map_err(|_| bad())?;
                 if p > max {
-                    return Err(NetError::Prefix { text: text.to_owned(), max });
+                    return Err(NetError::Prefix {
+                        text: text.to_owned(),
+                        max,
+                    });
                 }
                 p
             }
@@ -160,12 +182,25 @@ mod tests {
         assert!(v6.contains("2001:db8:ffff::2".parse().unwrap()));
         let b: Net = "[2001:db8::5]".parse().unwrap();
         assert!(b.is_host());
-        assert!("0.0.0.0/0".parse::<Net>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Net>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "1.2.3", "1.2.3.4/33", "::1/129", "hello", "1.2.3.4/x", "1.2.3.4/-1"] {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4/33",
+            "::1/129",
+            "hello",
+            "1.2.3.4/x",
+            "1.2.3.4/-1",
+        ] {
             assert!(bad.parse::<Net>().is_err(), "{bad} should not parse");
         }
     }

@@ -12,9 +12,9 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp as XdpProgram, XdpMode as AyaMode};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::{
-    BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, MAP_ALLOW_V4,
-    MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG, MAP_EVENTS,
-    MAP_STATS, PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
+    BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG,
+    MAP_EVENTS, MAP_STATS, PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -33,7 +33,10 @@ pub enum XdpError {
     #[error("cannot load the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no {what} named {name}")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
     #[error("map {name} has an unexpected type")]
     MapType {
         name: &'static str,
@@ -109,8 +112,14 @@ pub struct Xdp {
 
 macro_rules! take {
     ($ebpf:expr, $name:expr) => {{
-        let map = $ebpf.take_map($name).ok_or(XdpError::Missing { what: "map", name: $name })?;
-        map.try_into().map_err(|source| XdpError::MapType { name: $name, source })?
+        let map = $ebpf.take_map($name).ok_or(XdpError::Missing {
+            what: "map",
+            name: $name,
+        })?;
+        map.try_into().map_err(|source| XdpError::MapType {
+            name: $name,
+            source,
+        })?
     }};
 }
 
@@ -127,8 +136,9 @@ impl Xdp {
     /// interface, atomically replacing the program of a link pinned by an earlier instance.
     pub fn open(cfg: &XdpConfig) -> Result<Self, XdpError> {
         ensure_bpffs(&cfg.pin_dir)?;
-        std::fs::create_dir_all(&cfg.pin_dir)
-            .map_err(|e| XdpError::Bpffs { message: format!("cannot create {}: {e}", cfg.pin_dir.display()) })?;
+        std::fs::create_dir_all(&cfg.pin_dir).map_err(|e| XdpError::Bpffs {
+            message: format!("cannot create {}: {e}", cfg.pin_dir.display()),
+        })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.pin_dir)
             .load(OBJECT)
@@ -138,11 +148,24 @@ impl Xdp {
         {
             let prog: &mut XdpProgram = ebpf
                 .program_mut(PROG_XDP_GUARD)
-                .ok_or(XdpError::Missing { what: "program", name: PROG_XDP_GUARD })?
+                .ok_or(XdpError::Missing {
+                    what: "program",
+                    name: PROG_XDP_GUARD,
+                })?
                 .try_into()
-                .map_err(|source| XdpError::Program { name: PROG_XDP_GUARD, source })?;
-            prog.load().map_err(|source| XdpError::Program { name: PROG_XDP_GUARD, source })?;
-            let names = if cfg.interfaces.is_empty() { vec![default_route_interface()?] } else { cfg.interfaces.clone() };
+                .map_err(|source| XdpError::Program {
+                    name: PROG_XDP_GUARD,
+                    source,
+                })?;
+            prog.load().map_err(|source| XdpError::Program {
+                name: PROG_XDP_GUARD,
+                source,
+            })?;
+            let names = if cfg.interfaces.is_empty() {
+                vec![default_route_interface()?]
+            } else {
+                cfg.interfaces.clone()
+            };
             for iface in names {
                 let (link, mode) = attach(prog, &iface, cfg.mode, &cfg.pin_dir)?;
                 info!(interface = %iface, mode, "xdp_guard attached");
@@ -168,8 +191,14 @@ impl Xdp {
             interfaces,
             pin_dir: cfg.pin_dir.clone(),
         };
-        let cost_ns = if cfg.rate_limit_pps == 0 { 0 } else { 1_000_000_000 / cfg.rate_limit_pps };
-        let burst = if cfg.rate_limit_burst == 0 { cfg.rate_limit_pps } else { cfg.rate_limit_burst };
+        let cost_ns = 1_000_000_000_u64
+            .checked_div(cfg.rate_limit_pps)
+            .unwrap_or(0);
+        let burst = if cfg.rate_limit_burst == 0 {
+            cfg.rate_limit_pps
+        } else {
+            cfg.rate_limit_burst
+        };
         xdp.settings = MapConfig {
             flags: 0,
             cost_ns,
@@ -208,7 +237,9 @@ impl Xdp {
             }
         }
         self.settings.flags = flags;
-        self.config.set(0, self.settings, 0).map_err(map_err(MAP_CONFIG, "set"))
+        self.config
+            .set(0, self.settings, 0)
+            .map_err(map_err(MAP_CONFIG, "set"))
     }
 
     /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
@@ -237,14 +268,21 @@ impl Xdp {
     fn ban_keys(&self) -> Result<HashSet<Net>, XdpError> {
         let mut out = HashSet::new();
         for k in self.bans_v4.keys() {
-            out.insert(Net::host(IpAddr::from(k.map_err(map_err(MAP_BANS_V4, "iterate"))?.to_ne_bytes())));
+            out.insert(Net::host(IpAddr::from(
+                k.map_err(map_err(MAP_BANS_V4, "iterate"))?.to_ne_bytes(),
+            )));
         }
         for k in self.bans_v6.keys() {
-            out.insert(Net::host(IpAddr::from(k.map_err(map_err(MAP_BANS_V6, "iterate"))?)));
+            out.insert(Net::host(IpAddr::from(
+                k.map_err(map_err(MAP_BANS_V6, "iterate"))?,
+            )));
         }
         for k in self.cidr_v4.keys() {
             let k = k.map_err(map_err(MAP_CIDR_V4, "iterate"))?;
-            out.insert(Net::new(IpAddr::from(k.data().to_ne_bytes()), k.prefix_len() as u8));
+            out.insert(Net::new(
+                IpAddr::from(k.data().to_ne_bytes()),
+                k.prefix_len() as u8,
+            ));
         }
         for k in self.cidr_v6.keys() {
             let k = k.map_err(map_err(MAP_CIDR_V6, "iterate"))?;
@@ -257,7 +295,10 @@ impl Xdp {
         let mut out = HashSet::new();
         for k in self.allow_v4.keys() {
             let k = k.map_err(map_err(MAP_ALLOW_V4, "iterate"))?;
-            out.insert(Net::new(IpAddr::from(k.data().to_ne_bytes()), k.prefix_len() as u8));
+            out.insert(Net::new(
+                IpAddr::from(k.data().to_ne_bytes()),
+                k.prefix_len() as u8,
+            ));
         }
         for k in self.allow_v6.keys() {
             let k = k.map_err(map_err(MAP_ALLOW_V6, "iterate"))?;
@@ -268,27 +309,46 @@ impl Xdp {
 
     /// Inserts or updates a ban; an existing entry keeps its counters.
     pub fn put_ban(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
-        let fresh = |old: Option<BanEntry>| BanEntry { expires_ns, ..old.unwrap_or_default() };
+        let fresh = |old: Option<BanEntry>| BanEntry {
+            expires_ns,
+            ..old.unwrap_or_default()
+        };
         match (net.addr(), net.is_host()) {
             (IpAddr::V4(a), true) => {
                 let old = self.bans_v4.get(&v4(a), 0).ok();
-                self.bans_v4.insert(v4(a), fresh(old), 0).map_err(map_err(MAP_BANS_V4, "insert"))
+                self.bans_v4
+                    .insert(v4(a), fresh(old), 0)
+                    .map_err(map_err(MAP_BANS_V4, "insert"))
             }
             (IpAddr::V6(a), true) => {
                 let old = self.bans_v6.get(&a.octets(), 0).ok();
-                self.bans_v6.insert(a.octets(), fresh(old), 0).map_err(map_err(MAP_BANS_V6, "insert"))
+                self.bans_v6
+                    .insert(a.octets(), fresh(old), 0)
+                    .map_err(map_err(MAP_BANS_V6, "insert"))
             }
             (IpAddr::V4(a), false) => {
                 let key = Key::new(u32::from(net.prefix()), v4(a));
-                let old = self.cidrs.contains(net).then(|| self.cidr_v4.get(&key, 0).ok()).flatten();
-                self.cidr_v4.insert(&key, fresh(old), 0).map_err(map_err(MAP_CIDR_V4, "insert"))?;
+                let old = self
+                    .cidrs
+                    .contains(net)
+                    .then(|| self.cidr_v4.get(&key, 0).ok())
+                    .flatten();
+                self.cidr_v4
+                    .insert(&key, fresh(old), 0)
+                    .map_err(map_err(MAP_CIDR_V4, "insert"))?;
                 self.cidrs.insert(*net);
                 self.write_config()
             }
             (IpAddr::V6(a), false) => {
                 let key = Key::new(u32::from(net.prefix()), a.octets());
-                let old = self.cidrs.contains(net).then(|| self.cidr_v6.get(&key, 0).ok()).flatten();
-                self.cidr_v6.insert(&key, fresh(old), 0).map_err(map_err(MAP_CIDR_V6, "insert"))?;
+                let old = self
+                    .cidrs
+                    .contains(net)
+                    .then(|| self.cidr_v6.get(&key, 0).ok())
+                    .flatten();
+                self.cidr_v6
+                    .insert(&key, fresh(old), 0)
+                    .map_err(map_err(MAP_CIDR_V6, "insert"))?;
                 self.cidrs.insert(*net);
                 self.write_config()
             }
@@ -302,15 +362,21 @@ impl Xdp {
             (IpAddr::V6(a), true) => self.bans_v6.remove(&a.octets()),
             (IpAddr::V4(a), false) => {
                 self.cidrs.remove(net);
-                self.cidr_v4.remove(&Key::new(u32::from(net.prefix()), v4(a)))
+                self.cidr_v4
+                    .remove(&Key::new(u32::from(net.prefix()), v4(a)))
             }
             (IpAddr::V6(a), false) => {
                 self.cidrs.remove(net);
-                self.cidr_v6.remove(&Key::new(u32::from(net.prefix()), a.octets()))
+                self.cidr_v6
+                    .remove(&Key::new(u32::from(net.prefix()), a.octets()))
             }
         };
         ignore_missing(r, "remove ban")?;
-        if net.is_host() { Ok(()) } else { self.write_config() }
+        if net.is_host() {
+            Ok(())
+        } else {
+            self.write_config()
+        }
     }
 
     /// The drop counters of a ban, if it is in the maps.
@@ -322,10 +388,20 @@ impl Xdp {
         let e = match (net.addr(), net.is_host()) {
             (IpAddr::V4(a), true) => self.bans_v4.get(&v4(a), 0).ok(),
             (IpAddr::V6(a), true) => self.bans_v6.get(&a.octets(), 0).ok(),
-            (IpAddr::V4(a), false) => self.cidr_v4.get(&Key::new(u32::from(net.prefix()), v4(a)), 0).ok(),
-            (IpAddr::V6(a), false) => self.cidr_v6.get(&Key::new(u32::from(net.prefix()), a.octets()), 0).ok(),
+            (IpAddr::V4(a), false) => self
+                .cidr_v4
+                .get(&Key::new(u32::from(net.prefix()), v4(a)), 0)
+                .ok(),
+            (IpAddr::V6(a), false) => self
+                .cidr_v6
+                .get(&Key::new(u32::from(net.prefix()), a.octets()), 0)
+                .ok(),
         }?;
-        Some(BanCounters { packets: e.packets, bytes: e.bytes, last_hit_ns: e.last_hit_ns })
+        Some(BanCounters {
+            packets: e.packets,
+            bytes: e.bytes,
+            last_hit_ns: e.last_hit_ns,
+        })
     }
 
     /// Adds an allowlist entry.
@@ -333,11 +409,15 @@ impl Xdp {
         match net.addr() {
             IpAddr::V4(a) => {
                 let key = Key::new(u32::from(net.prefix()), v4(a));
-                self.allow_v4.insert(&key, 1, 0).map_err(map_err(MAP_ALLOW_V4, "insert"))?;
+                self.allow_v4
+                    .insert(&key, 1, 0)
+                    .map_err(map_err(MAP_ALLOW_V4, "insert"))?;
             }
             IpAddr::V6(a) => {
                 let key = Key::new(u32::from(net.prefix()), a.octets());
-                self.allow_v6.insert(&key, 1, 0).map_err(map_err(MAP_ALLOW_V6, "insert"))?;
+                self.allow_v6
+                    .insert(&key, 1, 0)
+                    .map_err(map_err(MAP_ALLOW_V6, "insert"))?;
             }
         }
         self.allows.insert(*net);
@@ -347,8 +427,12 @@ impl Xdp {
     /// Removes an allowlist entry; absent is not an error.
     pub fn remove_allow(&mut self, net: &Net) -> Result<(), XdpError> {
         let r = match net.addr() {
-            IpAddr::V4(a) => self.allow_v4.remove(&Key::new(u32::from(net.prefix()), v4(a))),
-            IpAddr::V6(a) => self.allow_v6.remove(&Key::new(u32::from(net.prefix()), a.octets())),
+            IpAddr::V4(a) => self
+                .allow_v4
+                .remove(&Key::new(u32::from(net.prefix()), v4(a))),
+            IpAddr::V6(a) => self
+                .allow_v6
+                .remove(&Key::new(u32::from(net.prefix()), a.octets())),
         };
         self.allows.remove(net);
         ignore_missing(r, "remove allow")?;
@@ -359,7 +443,10 @@ impl Xdp {
     pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize], XdpError> {
         let mut out = [0u64; STAT_COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let values = self.stats.get(&(i as u32), 0).map_err(map_err(MAP_STATS, "get"))?;
+            let values = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(map_err(MAP_STATS, "get"))?;
             *slot = values.iter().sum();
         }
         Ok(out)
@@ -390,14 +477,22 @@ fn ignore_missing(r: Result<(), MapError>, op: &'static str) -> Result<(), XdpEr
 
 /// Attaches `prog` to `iface`, replacing the program of a link pinned there by an earlier
 /// instance, and pins the new link. Returns the pinned link and the mode name.
-fn attach(prog: &mut XdpProgram, iface: &str, mode: XdpMode, pin_dir: &Path) -> Result<(PinnedLink, &'static str), XdpError> {
+fn attach(
+    prog: &mut XdpProgram,
+    iface: &str,
+    mode: XdpMode,
+    pin_dir: &Path,
+) -> Result<(PinnedLink, &'static str), XdpError> {
     let ifindex = {
-        let c = std::ffi::CString::new(iface).map_err(|_| XdpError::UnknownInterface { name: iface.into() })?;
+        let c = std::ffi::CString::new(iface)
+            .map_err(|_| XdpError::UnknownInterface { name: iface.into() })?;
         // SAFETY: if_nametoindex reads a NUL-terminated string.
         unsafe { libc::if_nametoindex(c.as_ptr()) }
     };
     if ifindex == 0 {
-        return Err(XdpError::UnknownInterface { name: iface.to_owned() });
+        return Err(XdpError::UnknownInterface {
+            name: iface.to_owned(),
+        });
     }
     let pin = pin_dir.join(format!("link_{iface}"));
     let mode_file = pin_dir.join(format!("link_{iface}.mode"));
@@ -410,20 +505,43 @@ fn attach(prog: &mut XdpProgram, iface: &str, mode: XdpMode, pin_dir: &Path) -> 
             .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
         match replaced {
             Ok(id) => {
-                let mode = std::fs::read_to_string(&mode_file).ok().map_or("native", |m| if m.trim() == "generic" { "generic" } else { "native" });
+                let mode = std::fs::read_to_string(&mode_file)
+                    .ok()
+                    .map_or("native", |m| {
+                        if m.trim() == "generic" {
+                            "generic"
+                        } else {
+                            "native"
+                        }
+                    });
                 return Ok((pin_link(prog, id, &pin)?, mode));
             }
-            Err(e) => warn!(interface = iface, "pinned link unusable ({e}); attaching afresh"),
+            Err(e) => warn!(
+                interface = iface,
+                "pinned link unusable ({e}); attaching afresh"
+            ),
         }
     }
     let (id, name) = match mode {
-        XdpMode::Generic => (try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?, "generic"),
-        XdpMode::Native => (try_attach(prog, ifindex, iface, AyaMode::Driver, "native")?, "native"),
+        XdpMode::Generic => (
+            try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?,
+            "generic",
+        ),
+        XdpMode::Native => (
+            try_attach(prog, ifindex, iface, AyaMode::Driver, "native")?,
+            "native",
+        ),
         XdpMode::Auto => match prog.attach_to_if_index(ifindex, AyaMode::Driver) {
             Ok(id) => (id, "native"),
             Err(e) => {
-                warn!(interface = iface, "native XDP unavailable ({e}); falling back to generic mode");
-                (try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?, "generic")
+                warn!(
+                    interface = iface,
+                    "native XDP unavailable ({e}); falling back to generic mode"
+                );
+                (
+                    try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?,
+                    "generic",
+                )
             }
         },
     };
@@ -431,13 +549,30 @@ fn attach(prog: &mut XdpProgram, iface: &str, mode: XdpMode, pin_dir: &Path) -> 
     Ok((pin_link(prog, id, &pin)?, name))
 }
 
-fn try_attach(prog: &mut XdpProgram, ifindex: u32, iface: &str, mode: AyaMode, name: &'static str) -> Result<aya::programs::xdp::XdpLinkId, XdpError> {
+fn try_attach(
+    prog: &mut XdpProgram,
+    ifindex: u32,
+    iface: &str,
+    mode: AyaMode,
+    name: &'static str,
+) -> Result<aya::programs::xdp::XdpLinkId, XdpError> {
     prog.attach_to_if_index(ifindex, mode)
-        .map_err(|source| XdpError::Attach { iface: iface.to_owned(), mode: name, source })
+        .map_err(|source| XdpError::Attach {
+            iface: iface.to_owned(),
+            mode: name,
+            source,
+        })
 }
 
-fn pin_link(prog: &mut XdpProgram, id: aya::programs::xdp::XdpLinkId, pin: &Path) -> Result<PinnedLink, XdpError> {
-    let err = |source: Box<dyn std::error::Error + Send + Sync>| XdpError::Pin { path: pin.to_owned(), source };
+fn pin_link(
+    prog: &mut XdpProgram,
+    id: aya::programs::xdp::XdpLinkId,
+    pin: &Path,
+) -> Result<PinnedLink, XdpError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| XdpError::Pin {
+        path: pin.to_owned(),
+        source,
+    };
     let link = prog.take_link(id).map_err(|e| err(Box::new(e)))?;
     let fd = FdLink::try_from(link).map_err(|e| err(Box::new(e)))?;
     fd.pin(pin).map_err(|e| err(Box::new(e)))
@@ -458,14 +593,32 @@ fn ensure_bpffs(dir: &Path) -> Result<(), XdpError> {
     if dir.starts_with(root) && fs_magic(root) != Some(BPF_FS_MAGIC) {
         let _ = std::fs::create_dir_all(root);
         // SAFETY: plain mount(2) call with NUL-terminated strings.
-        let rc = unsafe { libc::mount(c"bpf".as_ptr(), c"/sys/fs/bpf".as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
         if rc == 0 {
             info!("mounted bpffs at /sys/fs/bpf");
             return Ok(());
         }
-        return Err(XdpError::Bpffs { message: format!("cannot mount bpffs at /sys/fs/bpf: {}", std::io::Error::last_os_error()) });
+        return Err(XdpError::Bpffs {
+            message: format!(
+                "cannot mount bpffs at /sys/fs/bpf: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
     }
-    Err(XdpError::Bpffs { message: format!("{} is not on a bpffs mount (set xdp.pin_dir under /sys/fs/bpf)", dir.display()) })
+    Err(XdpError::Bpffs {
+        message: format!(
+            "{} is not on a bpffs mount (set xdp.pin_dir under /sys/fs/bpf)",
+            dir.display()
+        ),
+    })
 }
 
 fn fs_magic(path: &Path) -> Option<i64> {

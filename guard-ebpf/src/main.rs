@@ -11,10 +11,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
-        lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use guard_common::{
@@ -112,9 +109,8 @@ macro_rules! guard_family {
      $have_cidr:ident, $have_allow:ident, $family:ident, $to_bytes:expr, $bits:literal) => {
         #[inline(always)]
         fn $name(cfg: &XdpConfig, addr: $key, len: u64) -> Option<u32> {
-            let allowed = || {
-                cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some()
-            };
+            let allowed =
+                || cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some();
             if let Some(ban) = $bans.get_ptr_mut(addr) {
                 let now = unsafe { bpf_ktime_get_coarse_ns() };
                 if live(ban, now) {
@@ -162,7 +158,7 @@ macro_rules! guard_family {
                             let event = RateEvent {
                                 addr: $to_bytes(addr),
                                 family: $family,
-                                _pad: 0,
+                                pad: 0,
                                 ts_ns: now,
                                 dropped: b.dropped,
                             };
@@ -190,12 +186,30 @@ macro_rules! guard_family {
 }
 
 guard_family!(
-    guard_v4, u32, BANS_V4, CIDR_V4, ALLOW_V4, RATE_V4, CFG_HAVE_CIDR_V4, CFG_HAVE_ALLOW_V4,
-    FAMILY_V4, v4_bytes, 32
+    guard_v4,
+    u32,
+    BANS_V4,
+    CIDR_V4,
+    ALLOW_V4,
+    RATE_V4,
+    CFG_HAVE_CIDR_V4,
+    CFG_HAVE_ALLOW_V4,
+    FAMILY_V4,
+    v4_bytes,
+    32
 );
 guard_family!(
-    guard_v6, [u8; 16], BANS_V6, CIDR_V6, ALLOW_V6, RATE_V6, CFG_HAVE_CIDR_V6,
-    CFG_HAVE_ALLOW_V6, FAMILY_V6, v6_bytes, 128
+    guard_v6,
+    [u8; 16],
+    BANS_V6,
+    CIDR_V6,
+    ALLOW_V6,
+    RATE_V6,
+    CFG_HAVE_CIDR_V6,
+    CFG_HAVE_ALLOW_V6,
+    FAMILY_V6,
+    v6_bytes,
+    128
 );
 
 #[inline(always)]

@@ -71,14 +71,24 @@ pub fn parse_source(ctx: &XdpContext) -> Option<Parsed> {
         if ver_ihl >> 4 != 4 || ver_ihl & 0x0f < 5 {
             return None;
         }
-        let src = unsafe { ptr_at::<[u8; 20]>(ctx, l3)?.cast::<u8>().add(12).cast::<u32>() };
+        let src = unsafe {
+            ptr_at::<[u8; 20]>(ctx, l3)?
+                .cast::<u8>()
+                .add(12)
+                .cast::<u32>()
+        };
         Some(Parsed::Ip(Source::V4(unsafe { src.read_unaligned() })))
     } else if proto == ETH_P_IPV6 {
         let first: u8 = unsafe { *ptr_at::<u8>(ctx, l3)? };
         if first >> 4 != 6 {
             return None;
         }
-        let src = unsafe { ptr_at::<[u8; 40]>(ctx, l3)?.cast::<u8>().add(8).cast::<[u8; 16]>() };
+        let src = unsafe {
+            ptr_at::<[u8; 40]>(ctx, l3)?
+                .cast::<u8>()
+                .add(8)
+                .cast::<[u8; 16]>()
+        };
         Some(Parsed::Ip(Source::V6(unsafe { src.read_unaligned() })))
     } else {
         Some(Parsed::NotIp)

@@ -15,12 +15,19 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A unique short name: `<prefix><pid><n>` (interface names are at most 15 bytes).
 #[must_use]
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command, failing with its stderr if it does not succeed.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     ensure!(
         out.status.success(),
         "{program} {} failed: {}",
@@ -86,12 +93,16 @@ impl Netns {
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg(program);
+        c.arg(format!("--net={}", self.path().display()))
+            .arg(program);
         c
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it makes live there.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let path = self.path();
         std::thread::spawn(move || -> anyhow::Result<T> {
             enter(&path)?;
@@ -114,7 +125,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -123,13 +136,17 @@ pub fn enter(path: &Path) -> anyhow::Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: setns on a valid fd; affects only the calling thread's network namespace.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
 
 /// Two namespaces joined by a veth pair: `near` (where guard runs) and `far` (the clients).
-/// Addresses: 10.201.N.1/24 + fd20:N::1/64 near, .2 / ::2 far; extra far addresses on request.
+/// Addresses: 10.201.N.1/24 + `fd20:N::1/64` near, .2 / `::2` far; extra far addresses on request.
 pub struct Link {
     pub far: Netns,
     pub near: Netns,
@@ -151,14 +168,33 @@ impl Link {
         let subnet = SEQ.fetch_add(1, Ordering::Relaxed) % 250 + 1;
         sh(
             "ip",
-            &["link", "add", &near_if, "netns", &near.name, "type", "veth", "peer", "name", &far_if, "netns", &far.name],
+            &[
+                "link", "add", &near_if, "netns", &near.name, "type", "veth", "peer", "name",
+                &far_if, "netns", &far.name,
+            ],
         )?;
         let (n4, f4) = (format!("10.201.{subnet}.1"), format!("10.201.{subnet}.2"));
         let (n6, f6) = (format!("fd20:{subnet}::1"), format!("fd20:{subnet}::2"));
         near.ip(&["addr", "add", &format!("{n4}/24"), "dev", &near_if])?;
         far.ip(&["addr", "add", &format!("{f4}/24"), "dev", &far_if])?;
-        near.ip(&["-6", "addr", "add", &format!("{n6}/64"), "dev", &near_if, "nodad"])?;
-        far.ip(&["-6", "addr", "add", &format!("{f6}/64"), "dev", &far_if, "nodad"])?;
+        near.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{n6}/64"),
+            "dev",
+            &near_if,
+            "nodad",
+        ])?;
+        far.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{f6}/64"),
+            "dev",
+            &far_if,
+            "nodad",
+        ])?;
         near.ip(&["link", "set", &near_if, "up"])?;
         far.ip(&["link", "set", &far_if, "up"])?;
         Ok(Self {
@@ -177,7 +213,8 @@ impl Link {
     /// Adds another IPv4 address (`10.201.N.host`) on the far side and returns it.
     pub fn add_far_v4(&self, host: u8) -> anyhow::Result<IpAddr> {
         let a = format!("10.201.{}.{host}", self.subnet);
-        self.far.ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
+        self.far
+            .ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
         Ok(a.parse()?)
     }
 
@@ -196,7 +233,9 @@ pub fn start_servers(ns: &Netns, port: u16) -> anyhow::Result<()> {
         let udp = UdpSocket::bind(("::", port));
         let ok = tcp.is_ok() && udp.is_ok();
         let _ = tx.send(ok);
-        let (Ok(tcp), Ok(udp)) = (tcp, udp) else { return };
+        let (Ok(tcp), Ok(udp)) = (tcp, udp) else {
+            return;
+        };
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while let Ok((n, from)) = udp.recv_from(&mut buf) {
@@ -207,25 +246,31 @@ pub fn start_servers(ns: &Netns, port: u16) -> anyhow::Result<()> {
             drop(stream);
         }
     });
-    ensure!(rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false), "servers did not start in {}", ns.name);
+    ensure!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false),
+        "servers did not start in {}",
+        ns.name
+    );
     Ok(())
 }
 
 /// Does a TCP connection from `ns` (optionally from `src`) to `dst` succeed within `timeout`?
+#[must_use]
 pub fn tcp_ok(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> bool {
-    ns.run(move || {
-        let sock = match src {
-            None => TcpStream::connect_timeout(&dst, timeout).is_ok(),
-            Some(src) => bound_connect(src, dst, timeout),
-        };
-        sock
+    ns.run(move || match src {
+        None => TcpStream::connect_timeout(&dst, timeout).is_ok(),
+        Some(src) => bound_connect(src, dst, timeout),
     })
     .unwrap_or(false)
 }
 
 fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
     // std cannot bind before connect; use a raw socket for the source address.
-    let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket syscalls on an fd we own and close.
     unsafe {
         let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -238,8 +283,17 @@ fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
         if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
             return false;
         }
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as i64, tv_usec: i64::from(timeout.subsec_micros()) };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as i64,
+            tv_usec: i64::from(timeout.subsec_micros()),
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
         let (sa, len) = sockaddr(dst);
         let ok = libc::connect(fd, (&raw const sa).cast(), len) == 0;
         drop(stream);
@@ -273,18 +327,24 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// Does a UDP datagram from `ns` to `dst` come back echoed within `timeout`?
+#[must_use]
 pub fn udp_ok(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
     ns.run(move || {
         let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let Ok(s) = UdpSocket::bind(bind) else { return false };
+        let Ok(s) = UdpSocket::bind(bind) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(timeout));
         let mut buf = [0u8; 64];
-        s.send_to(b"guard-probe", dst).is_ok() && s.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"guard-probe")
+        s.send_to(b"guard-probe", dst).is_ok()
+            && s.recv_from(&mut buf)
+                .is_ok_and(|(n, _)| &buf[..n] == b"guard-probe")
     })
     .unwrap_or(false)
 }
 
 /// Does one ping from `ns` to `dst` get an answer within a second?
+#[must_use]
 pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
     ns.command("ping")
         .args(["-c", "1", "-W", "1", "-q", &dst.to_string()])
@@ -296,7 +356,10 @@ pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
 
 /// Path of the `guard` binary under test (set by `cargo xtask test`).
 pub fn guard_bin() -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from(std::env::var("GUARD_BIN").context("GUARD_BIN is not set: run the tests with `cargo xtask test`")?);
+    let p = PathBuf::from(
+        std::env::var("GUARD_BIN")
+            .context("GUARD_BIN is not set: run the tests with `cargo xtask test`")?,
+    );
     ensure!(p.exists(), "GUARD_BIN={} does not exist", p.display());
     Ok(p)
 }
@@ -337,7 +400,10 @@ impl Daemon {
 
     /// (Re)starts the process and waits until its control socket answers.
     pub fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.ns.display()))
             .arg(guard_bin()?)
@@ -359,10 +425,10 @@ impl Daemon {
             if self.cli(&["status"]).is_ok() {
                 return Ok(());
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!("guard run exited with {status}: {}", self.log_text());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!("guard run exited with {status}: {}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -377,7 +443,11 @@ impl Daemon {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Some(status) = c.try_wait()? {
-                    ensure!(status.success(), "guard run exited with {status}: {}", self.log_text());
+                    ensure!(
+                        status.success(),
+                        "guard run exited with {status}: {}",
+                        self.log_text()
+                    );
                     return Ok(());
                 }
                 if Instant::now() > deadline {
@@ -417,14 +487,18 @@ impl Daemon {
     pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         let mut a = args.to_vec();
         a.push("--json");
-        let out = self.cli(&a).map_err(|e| anyhow::anyhow!("guard {}: {e}", args.join(" ")))?;
+        let out = self
+            .cli(&a)
+            .map_err(|e| anyhow::anyhow!("guard {}: {e}", args.join(" ")))?;
         Ok(serde_json::from_str(&out)?)
     }
 
     /// An XDP counter from `guard stats --json`.
     pub fn xdp_stat(&self, name: &str) -> anyhow::Result<u64> {
         let s = self.json(&["stats"])?;
-        s["xdp"][name].as_u64().with_context(|| format!("no xdp counter {name}"))
+        s["xdp"][name]
+            .as_u64()
+            .with_context(|| format!("no xdp counter {name}"))
     }
 }
 

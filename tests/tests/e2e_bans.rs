@@ -3,7 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use guard_tests::{Daemon, Link, Netns, ping_ok, require_root, start_servers, tcp_ok, udp_ok, wait_until};
+use guard_tests::{
+    Daemon, Link, Netns, ping_ok, require_root, start_servers, tcp_ok, udp_ok, wait_until,
+};
 
 const PORT: u16 = 7070;
 const QUICK: Duration = Duration::from_millis(100);
@@ -22,16 +24,26 @@ fn setup(extra: &str) -> anyhow::Result<Setup> {
 }
 
 fn all_ok(ns: &Netns, dst: IpAddr) -> bool {
-    tcp_ok(ns, None, SocketAddr::new(dst, PORT), SLOW) && udp_ok(ns, SocketAddr::new(dst, PORT), SLOW) && ping_ok(ns, dst)
+    tcp_ok(ns, None, SocketAddr::new(dst, PORT), SLOW)
+        && udp_ok(ns, SocketAddr::new(dst, PORT), SLOW)
+        && ping_ok(ns, dst)
 }
 
 fn none_ok(ns: &Netns, dst: IpAddr) -> bool {
-    !tcp_ok(ns, None, SocketAddr::new(dst, PORT), QUICK) && !udp_ok(ns, SocketAddr::new(dst, PORT), QUICK) && !ping_ok(ns, dst)
+    !tcp_ok(ns, None, SocketAddr::new(dst, PORT), QUICK)
+        && !udp_ok(ns, SocketAddr::new(dst, PORT), QUICK)
+        && !ping_ok(ns, dst)
 }
 
 fn ban_packets(d: &Daemon, addr: &str) -> anyhow::Result<u64> {
     let list = d.json(&["ban", "ls"])?;
-    Ok(list.as_array().into_iter().flatten().find(|b| b["addr"] == addr).and_then(|b| b["packets"].as_u64()).unwrap_or(0))
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["addr"] == addr)
+        .and_then(|b| b["packets"].as_u64())
+        .unwrap_or(0))
 }
 
 #[test]
@@ -41,24 +53,44 @@ fn exact_ban_drops_tcp_udp_icmp_within_100ms_and_rm_restores() -> anyhow::Result
     let (far, near) = (&s.link.far, s.link.near_v4);
     assert!(all_ok(far, near), "traffic must flow before any ban");
     let far_addr = s.link.far_v4.to_string();
-    s.daemon.cli(&["ban", "add", &far_addr, "--ttl", "10m", "--reason", "e2e"]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "add", &far_addr, "--ttl", "10m", "--reason", "e2e"])
+        .map_err(anyhow::Error::msg)?;
     let returned = Instant::now();
     // The very first attempt after the CLI returns must already be dropped.
     let tcp = tcp_ok(far, None, SocketAddr::new(near, PORT), QUICK);
     let first_probe_done = returned.elapsed();
     assert!(!tcp, "TCP connect got through a ban");
-    assert!(first_probe_done < Duration::from_millis(150), "probe took {first_probe_done:?}");
+    assert!(
+        first_probe_done < Duration::from_millis(150),
+        "probe took {first_probe_done:?}"
+    );
     assert!(none_ok(far, near), "UDP or ICMP got through a ban");
     let dropped = ban_packets(&s.daemon, &far_addr)?;
-    assert!(dropped >= 3, "the ban's counter shows {dropped} dropped packets");
+    assert!(
+        dropped >= 3,
+        "the ban's counter shows {dropped} dropped packets"
+    );
     assert!(s.daemon.xdp_stat("dropped_ban_exact")? >= dropped);
     let ls = s.daemon.json(&["ban", "ls"])?;
     let entry = &ls[0];
-    for field in ["addr", "reason", "created_at", "expires_at", "packets", "bytes"] {
-        assert!(!entry[field].is_null(), "ban ls --json lacks {field}: {entry}");
+    for field in [
+        "addr",
+        "reason",
+        "created_at",
+        "expires_at",
+        "packets",
+        "bytes",
+    ] {
+        assert!(
+            !entry[field].is_null(),
+            "ban ls --json lacks {field}: {entry}"
+        );
     }
     assert_eq!(entry["reason"], "e2e");
-    s.daemon.cli(&["ban", "rm", &far_addr]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "rm", &far_addr])
+        .map_err(anyhow::Error::msg)?;
     assert!(all_ok(far, near), "traffic must flow again after ban rm");
     Ok(())
 }
@@ -71,11 +103,21 @@ fn cidr_ban_drops_every_address_inside() -> anyhow::Result<()> {
     let dst = SocketAddr::new(s.link.near_v4, PORT);
     assert!(tcp_ok(&s.link.far, Some(second), dst, SLOW));
     let net = s.link.v4_subnet().replace(".0/24", ".0/25");
-    s.daemon.cli(&["ban", "add", &net]).map_err(anyhow::Error::msg)?;
-    assert!(!tcp_ok(&s.link.far, None, dst, QUICK), ".2 is inside the /25");
-    assert!(!tcp_ok(&s.link.far, Some(second), dst, QUICK), ".77 is inside the /25");
+    s.daemon
+        .cli(&["ban", "add", &net])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        !tcp_ok(&s.link.far, None, dst, QUICK),
+        ".2 is inside the /25"
+    );
+    assert!(
+        !tcp_ok(&s.link.far, Some(second), dst, QUICK),
+        ".77 is inside the /25"
+    );
     assert!(s.daemon.xdp_stat("dropped_ban_cidr")? >= 2);
-    s.daemon.cli(&["ban", "rm", &net]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "rm", &net])
+        .map_err(anyhow::Error::msg)?;
     assert!(tcp_ok(&s.link.far, Some(second), dst, SLOW));
     Ok(())
 }
@@ -87,13 +129,22 @@ fn ipv6_ban_and_ipv6_cidr() -> anyhow::Result<()> {
     let (far, near) = (&s.link.far, s.link.near_v6);
     assert!(all_ok(far, near), "IPv6 traffic must flow before any ban");
     let far6 = s.link.far_v6.to_string();
-    s.daemon.cli(&["ban", "add", &far6]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "add", &far6])
+        .map_err(anyhow::Error::msg)?;
     assert!(none_ok(far, near));
-    assert!(ping_ok(far, s.link.near_v4), "IPv4 from the same host is not banned");
-    s.daemon.cli(&["ban", "rm", &far6]).map_err(anyhow::Error::msg)?;
+    assert!(
+        ping_ok(far, s.link.near_v4),
+        "IPv4 from the same host is not banned"
+    );
+    s.daemon
+        .cli(&["ban", "rm", &far6])
+        .map_err(anyhow::Error::msg)?;
     assert!(all_ok(far, near));
     let net = format!("{}/64", s.link.far_v6.to_string().trim_end_matches('2'));
-    s.daemon.cli(&["ban", "add", &net]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "add", &net])
+        .map_err(anyhow::Error::msg)?;
     assert!(none_ok(far, near), "{net} covers the far address");
     Ok(())
 }
@@ -104,14 +155,29 @@ fn allowlist_beats_a_ban_and_bans_of_allowlisted_need_force() -> anyhow::Result<
     let s = setup("")?;
     let (far, near) = (&s.link.far, s.link.near_v4);
     let far_addr = s.link.far_v4.to_string();
-    s.daemon.cli(&["allow", "add", &s.link.v4_subnet(), "--reason", "office"]).map_err(anyhow::Error::msg)?;
-    let refused = s.daemon.cli(&["ban", "add", &far_addr]).expect_err("banning an allowlisted address must be refused");
-    assert!(refused.contains("allowlist") && refused.contains("--force"), "{refused}");
-    s.daemon.cli(&["ban", "add", &far_addr, "--force"]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["allow", "add", &s.link.v4_subnet(), "--reason", "office"])
+        .map_err(anyhow::Error::msg)?;
+    let refused = s
+        .daemon
+        .cli(&["ban", "add", &far_addr])
+        .expect_err("banning an allowlisted address must be refused");
+    assert!(
+        refused.contains("allowlist") && refused.contains("--force"),
+        "{refused}"
+    );
+    s.daemon
+        .cli(&["ban", "add", &far_addr, "--force"])
+        .map_err(anyhow::Error::msg)?;
     assert!(all_ok(far, near), "the allowlist wins over a forced ban");
     assert!(s.daemon.xdp_stat("allowlisted")? >= 3);
-    s.daemon.cli(&["allow", "rm", &s.link.v4_subnet()]).map_err(anyhow::Error::msg)?;
-    assert!(none_ok(far, near), "without the allowlist entry the ban applies");
+    s.daemon
+        .cli(&["allow", "rm", &s.link.v4_subnet()])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        none_ok(far, near),
+        "without the allowlist entry the ban applies"
+    );
     let allow = s.daemon.json(&["allow", "ls"])?;
     assert_eq!(allow.as_array().map(Vec::len), Some(0));
     Ok(())
@@ -123,20 +189,36 @@ fn ttl_expiry_restores_traffic_within_a_second() -> anyhow::Result<()> {
     let s = setup("")?;
     let (far, near) = (&s.link.far, s.link.near_v4);
     let far_addr = s.link.far_v4.to_string();
-    s.daemon.cli(&["ban", "add", &far_addr, "--ttl", "2s"]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "add", &far_addr, "--ttl", "2s"])
+        .map_err(anyhow::Error::msg)?;
     let banned_at = Instant::now();
     assert!(!ping_ok(far, near));
-    let restored = wait_until(Duration::from_secs(5), || tcp_ok(far, None, SocketAddr::new(near, PORT), QUICK))
-        .map(|_| banned_at.elapsed());
-    let restored = restored.ok_or_else(|| anyhow::anyhow!("traffic did not come back after the TTL"))?;
-    assert!(restored >= Duration::from_millis(1900), "ban lifted early: {restored:?}");
-    assert!(restored <= Duration::from_millis(3200), "ban lifted late: {restored:?}");
+    let restored = wait_until(Duration::from_secs(5), || {
+        tcp_ok(far, None, SocketAddr::new(near, PORT), QUICK)
+    })
+    .map(|_| banned_at.elapsed());
+    let restored =
+        restored.ok_or_else(|| anyhow::anyhow!("traffic did not come back after the TTL"))?;
+    assert!(
+        restored >= Duration::from_millis(1900),
+        "ban lifted early: {restored:?}"
+    );
+    assert!(
+        restored <= Duration::from_millis(3200),
+        "ban lifted late: {restored:?}"
+    );
     // The program ignores an expired ban at once; the sweeper removes it from the maps and the
     // store within a second.
     let swept = wait_until(Duration::from_secs(1), || {
-        s.daemon.json(&["ban", "ls"]).is_ok_and(|l| l.as_array().is_some_and(Vec::is_empty))
+        s.daemon
+            .json(&["ban", "ls"])
+            .is_ok_and(|l| l.as_array().is_some_and(Vec::is_empty))
     });
-    assert!(swept.is_some(), "expired ban still in the store a second later");
+    assert!(
+        swept.is_some(),
+        "expired ban still in the store a second later"
+    );
     Ok(())
 }
 
@@ -149,24 +231,40 @@ fn restart_keeps_every_ban_and_enforces_while_down() -> anyhow::Result<()> {
     let import = "value,duration,reason\n203.0.113.0/24,1h,list\n2001:db8:dead::/48,,list\n198.51.100.9,0,forever\n";
     let file = std::env::temp_dir().join(format!("guard-import-{}.csv", std::process::id()));
     std::fs::write(&file, import)?;
-    let out = s.daemon.cli(&["ban", "import", file.to_str().unwrap_or_default()]).map_err(anyhow::Error::msg)?;
+    let out = s
+        .daemon
+        .cli(&["ban", "import", file.to_str().unwrap_or_default()])
+        .map_err(anyhow::Error::msg)?;
     std::fs::remove_file(&file)?;
     assert!(out.contains("imported 3 of 3"), "{out}");
-    s.daemon.cli(&["ban", "add", &far_addr, "--reason", "kept"]).map_err(anyhow::Error::msg)?;
+    s.daemon
+        .cli(&["ban", "add", &far_addr, "--reason", "kept"])
+        .map_err(anyhow::Error::msg)?;
     let before = s.daemon.json(&["ban", "ls"])?;
     assert_eq!(before.as_array().map(Vec::len), Some(4));
 
     s.daemon.stop()?;
-    assert!(!ping_ok(far, near), "the pinned program must keep dropping while guard is down");
+    assert!(
+        !ping_ok(far, near),
+        "the pinned program must keep dropping while guard is down"
+    );
     s.daemon.spawn()?;
     let after = s.daemon.json(&["ban", "ls"])?;
     let addrs = |v: &serde_json::Value| -> Vec<String> {
-        let mut a: Vec<String> = v.as_array().into_iter().flatten().map(|b| b["addr"].as_str().unwrap_or_default().to_owned()).collect();
+        let mut a: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["addr"].as_str().unwrap_or_default().to_owned())
+            .collect();
         a.sort();
         a
     };
     assert_eq!(addrs(&before), addrs(&after));
-    assert!(ban_packets(&s.daemon, &far_addr)? >= 1, "the drop while down was counted");
+    assert!(
+        ban_packets(&s.daemon, &far_addr)? >= 1,
+        "the drop while down was counted"
+    );
     assert!(none_ok(far, near));
     Ok(())
 }
@@ -200,14 +298,29 @@ fn flood_from_one_source_is_rate_limited_while_another_gets_through() -> anyhow:
     let by_rate = s.daemon.xdp_stat("dropped_rate")?;
     let by_ban = s.daemon.xdp_stat("dropped_ban_exact")?;
     assert!(by_rate >= 1, "the token bucket never dropped");
-    assert!(by_rate + by_ban > sent * 9 / 10, "only {by_rate}+{by_ban} of {sent} flood packets dropped");
+    assert!(
+        by_rate + by_ban > sent * 9 / 10,
+        "only {by_rate}+{by_ban} of {sent} flood packets dropped"
+    );
     // The second source, well under the rate, is untouched.
-    assert!(tcp_ok(&s.link.far, Some(second), dst, SLOW), "a quiet neighbour must get through");
+    assert!(
+        tcp_ok(&s.link.far, Some(second), dst, SLOW),
+        "a quiet neighbour must get through"
+    );
     // The event became a timed ban of the flooder (rate_ban = 1m).
     let banned = wait_until(Duration::from_secs(3), || {
-        s.daemon.json(&["ban", "ls"]).is_ok_and(|l| l.as_array().into_iter().flatten().any(|b| b["addr"] == s.link.far_v4.to_string() && b["origin"] == "rate-limit"))
+        s.daemon.json(&["ban", "ls"]).is_ok_and(|l| {
+            l.as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b["addr"] == s.link.far_v4.to_string() && b["origin"] == "rate-limit")
+        })
     });
-    assert!(banned.is_some(), "no rate-limit ban: {}", s.daemon.log_text());
+    assert!(
+        banned.is_some(),
+        "no rate-limit ban: {}",
+        s.daemon.log_text()
+    );
     let stats = s.daemon.json(&["stats"])?;
     assert!(stats["daemon"]["rate_events"].as_u64() >= Some(1));
     Ok(())
@@ -217,12 +330,20 @@ fn flood_from_one_source_is_rate_limited_while_another_gets_through() -> anyhow:
 fn cli_reports_clear_errors() -> anyhow::Result<()> {
     require_root!();
     let s = setup("")?;
-    let e = s.daemon.cli(&["ban", "add", "300.1.2.3"]).expect_err("invalid address accepted");
+    let e = s
+        .daemon
+        .cli(&["ban", "add", "300.1.2.3"])
+        .expect_err("invalid address accepted");
     assert!(e.contains("invalid address"), "{e}");
-    let e = s.daemon.cli(&["ban", "rm", "192.0.2.99"]).expect_err("removing a missing ban succeeded");
+    let e = s
+        .daemon
+        .cli(&["ban", "rm", "192.0.2.99"])
+        .expect_err("removing a missing ban succeeded");
     assert!(e.contains("not banned"), "{e}");
     let bin = guard_tests::guard_bin()?;
-    let out = std::process::Command::new(bin).args(["--socket", "/nonexistent/guard.sock", "status"]).output()?;
+    let out = std::process::Command::new(bin)
+        .args(["--socket", "/nonexistent/guard.sock", "status"])
+        .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
     Ok(())

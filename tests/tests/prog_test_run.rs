@@ -1,4 +1,4 @@
-//! `xdp_guard` run with BPF_PROG_TEST_RUN on crafted frames: IPv4, IPv6, one and two VLAN tags,
+//! `xdp_guard` run with `BPF_PROG_TEST_RUN` on crafted frames: IPv4, IPv6, one and two VLAN tags,
 //! truncated and malformed headers, non-IP; each case checks the verdict and the counters.
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -27,60 +27,100 @@ impl Drop for Loaded {
 
 fn load() -> anyhow::Result<Loaded> {
     let object = PathBuf::from(env!("GUARD_EBPF_DIR")).join("guard-ebpf");
-    let bytes = std::fs::read(&object).map_err(|e| anyhow::anyhow!("{}: {e} (run `cargo xtask build`)", object.display()))?;
-    let pins = PathBuf::from(format!("/sys/fs/bpf/guard-ptr-{}", guard_tests::unique("p")));
+    let bytes = std::fs::read(&object)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (run `cargo xtask build`)", object.display()))?;
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/guard-ptr-{}",
+        guard_tests::unique("p")
+    ));
     std::fs::create_dir_all(&pins)?;
-    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&pins).load(&bytes)?;
-    let prog: &mut Xdp = ebpf.program_mut(PROG_XDP_GUARD).expect("program").try_into()?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&pins)
+        .load(&bytes)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_XDP_GUARD)
+        .expect("program")
+        .try_into()?;
     prog.load()?;
     Ok(Loaded { ebpf, pins })
 }
 
 impl Loaded {
     fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
-        let prog: &Xdp = self.ebpf.program(PROG_XDP_GUARD).expect("program").try_into()?;
-        let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })?;
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_XDP_GUARD)
+            .expect("program")
+            .try_into()?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
         Ok(r.return_value)
     }
 
     fn stat(&self, idx: u32) -> u64 {
-        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(MAP_STATS).unwrap()).unwrap();
+        let m: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_STATS).unwrap()).unwrap();
         m.get(&idx, 0).unwrap().iter().sum()
     }
 
     fn set_config(&mut self, cfg: XdpConfig) {
-        let mut m: Array<&mut MapData, XdpConfig> = Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
+        let mut m: Array<&mut MapData, XdpConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
         m.set(0, cfg, 0).unwrap();
     }
 
     fn ban_v4(&mut self, a: Ipv4Addr, expires_ns: u64) {
-        let mut m: HashMap<&mut MapData, u32, BanEntry> = HashMap::try_from(self.ebpf.map_mut(MAP_BANS_V4).unwrap()).unwrap();
-        m.insert(u32::from_ne_bytes(a.octets()), BanEntry { expires_ns, ..Default::default() }, 0).unwrap();
+        let mut m: HashMap<&mut MapData, u32, BanEntry> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_BANS_V4).unwrap()).unwrap();
+        m.insert(
+            u32::from_ne_bytes(a.octets()),
+            BanEntry {
+                expires_ns,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
     }
 
     fn ban_entry_v4(&self, a: Ipv4Addr) -> BanEntry {
-        let m: HashMap<&MapData, u32, BanEntry> = HashMap::try_from(self.ebpf.map(MAP_BANS_V4).unwrap()).unwrap();
+        let m: HashMap<&MapData, u32, BanEntry> =
+            HashMap::try_from(self.ebpf.map(MAP_BANS_V4).unwrap()).unwrap();
         m.get(&u32::from_ne_bytes(a.octets()), 0).unwrap()
     }
 
     fn ban_v6(&mut self, a: Ipv6Addr) {
-        let mut m: HashMap<&mut MapData, [u8; 16], BanEntry> = HashMap::try_from(self.ebpf.map_mut(MAP_BANS_V6).unwrap()).unwrap();
+        let mut m: HashMap<&mut MapData, [u8; 16], BanEntry> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_BANS_V6).unwrap()).unwrap();
         m.insert(a.octets(), BanEntry::default(), 0).unwrap();
     }
 
     fn cidr_v4(&mut self, a: Ipv4Addr, len: u32) {
-        let mut m: LpmTrie<&mut MapData, u32, BanEntry> = LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V4).unwrap()).unwrap();
-        m.insert(&Key::new(len, u32::from_ne_bytes(a.octets())), BanEntry::default(), 0).unwrap();
+        let mut m: LpmTrie<&mut MapData, u32, BanEntry> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V4).unwrap()).unwrap();
+        m.insert(
+            &Key::new(len, u32::from_ne_bytes(a.octets())),
+            BanEntry::default(),
+            0,
+        )
+        .unwrap();
     }
 
     fn cidr_v6(&mut self, a: Ipv6Addr, len: u32) {
-        let mut m: LpmTrie<&mut MapData, [u8; 16], BanEntry> = LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V6).unwrap()).unwrap();
-        m.insert(&Key::new(len, a.octets()), BanEntry::default(), 0).unwrap();
+        let mut m: LpmTrie<&mut MapData, [u8; 16], BanEntry> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V6).unwrap()).unwrap();
+        m.insert(&Key::new(len, a.octets()), BanEntry::default(), 0)
+            .unwrap();
     }
 
     fn allow_v4(&mut self, a: Ipv4Addr, len: u32) {
-        let mut m: LpmTrie<&mut MapData, u32, u32> = LpmTrie::try_from(self.ebpf.map_mut(MAP_ALLOW_V4).unwrap()).unwrap();
-        m.insert(&Key::new(len, u32::from_ne_bytes(a.octets())), 1, 0).unwrap();
+        let mut m: LpmTrie<&mut MapData, u32, u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_ALLOW_V4).unwrap()).unwrap();
+        m.insert(&Key::new(len, u32::from_ne_bytes(a.octets())), 1, 0)
+            .unwrap();
     }
 }
 
@@ -176,10 +216,19 @@ fn ipv6_exact_and_cidr_bans() -> anyhow::Result<()> {
     let mut l = load()?;
     l.ban_v6("2001:db8::66".parse()?);
     l.cidr_v6("2001:db8:bad::".parse()?, 48);
-    l.set_config(XdpConfig { flags: CFG_HAVE_CIDR_V6, ..Default::default() });
+    l.set_config(XdpConfig {
+        flags: CFG_HAVE_CIDR_V6,
+        ..Default::default()
+    });
     assert_eq!(l.run(&v6_frame(&[], "2001:db8::66".parse()?))?, XDP_DROP);
-    assert_eq!(l.run(&v6_frame(&[AD, Q], "2001:db8::66".parse()?))?, XDP_DROP);
-    assert_eq!(l.run(&v6_frame(&[], "2001:db8:bad:1::9".parse()?))?, XDP_DROP);
+    assert_eq!(
+        l.run(&v6_frame(&[AD, Q], "2001:db8::66".parse()?))?,
+        XDP_DROP
+    );
+    assert_eq!(
+        l.run(&v6_frame(&[], "2001:db8:bad:1::9".parse()?))?,
+        XDP_DROP
+    );
     assert_eq!(l.run(&v6_frame(&[], "2001:db8:bae::9".parse()?))?, XDP_PASS);
     assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 2);
     assert_eq!(l.stat(STAT_DROP_BAN_CIDR), 1);
@@ -192,10 +241,22 @@ fn cidr_lookup_only_when_flagged() -> anyhow::Result<()> {
     let mut l = load()?;
     l.cidr_v4(Ipv4Addr::new(198, 51, 100, 0), 24);
     // Flag off: the daemon has said the trie is empty, so the program skips it.
-    assert_eq!(l.run(&v4_frame(&[], Ipv4Addr::new(198, 51, 100, 7)))?, XDP_PASS);
-    l.set_config(XdpConfig { flags: CFG_HAVE_CIDR_V4, ..Default::default() });
-    assert_eq!(l.run(&v4_frame(&[], Ipv4Addr::new(198, 51, 100, 7)))?, XDP_DROP);
-    assert_eq!(l.run(&v4_frame(&[Q], Ipv4Addr::new(198, 51, 101, 7)))?, XDP_PASS);
+    assert_eq!(
+        l.run(&v4_frame(&[], Ipv4Addr::new(198, 51, 100, 7)))?,
+        XDP_PASS
+    );
+    l.set_config(XdpConfig {
+        flags: CFG_HAVE_CIDR_V4,
+        ..Default::default()
+    });
+    assert_eq!(
+        l.run(&v4_frame(&[], Ipv4Addr::new(198, 51, 100, 7)))?,
+        XDP_DROP
+    );
+    assert_eq!(
+        l.run(&v4_frame(&[Q], Ipv4Addr::new(198, 51, 101, 7)))?,
+        XDP_PASS
+    );
     assert_eq!(l.stat(STAT_DROP_BAN_CIDR), 1);
     Ok(())
 }
@@ -207,11 +268,22 @@ fn allowlist_beats_exact_and_cidr_bans() -> anyhow::Result<()> {
     l.ban_v4(A, 0);
     l.cidr_v4(Ipv4Addr::new(192, 0, 2, 0), 24);
     l.allow_v4(A, 32);
-    l.set_config(XdpConfig { flags: CFG_HAVE_CIDR_V4 | CFG_HAVE_ALLOW_V4, ..Default::default() });
+    l.set_config(XdpConfig {
+        flags: CFG_HAVE_CIDR_V4 | CFG_HAVE_ALLOW_V4,
+        ..Default::default()
+    });
     assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
-    assert_eq!(l.run(&v4_frame(&[], B))?, XDP_DROP, "B is only in the banned /24");
+    assert_eq!(
+        l.run(&v4_frame(&[], B))?,
+        XDP_DROP,
+        "B is only in the banned /24"
+    );
     assert_eq!(l.stat(STAT_ALLOWLISTED), 1);
-    assert_eq!(l.ban_entry_v4(A).packets, 0, "an allowlisted packet is not charged to the ban");
+    assert_eq!(
+        l.ban_entry_v4(A).packets,
+        0,
+        "an allowlisted packet is not charged to the ban"
+    );
     Ok(())
 }
 
@@ -247,11 +319,21 @@ fn truncated_and_malformed_frames_pass_and_are_counted() -> anyhow::Result<()> {
     bad[14] = 0x44;
     assert_eq!(l.run(&bad)?, XDP_PASS);
     // IPv6 cut in the source address.
-    assert_eq!(l.run(&v6_frame(&[], "2001:db8::1".parse()?)[..14 + 20])?, XDP_PASS);
+    assert_eq!(
+        l.run(&v6_frame(&[], "2001:db8::1".parse()?)[..14 + 20])?,
+        XDP_PASS
+    );
     assert_eq!(l.stat(STAT_MALFORMED), 6);
     assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 0);
     // ARP: well-formed, not IP.
-    assert_eq!(l.run(&{ let mut f = eth(&[], 0x0806); f.resize(60, 0); f })?, XDP_PASS);
+    assert_eq!(
+        l.run(&{
+            let mut f = eth(&[], 0x0806);
+            f.resize(60, 0);
+            f
+        })?,
+        XDP_PASS
+    );
     assert_eq!(l.stat(STAT_NON_IP), 1);
     Ok(())
 }
@@ -262,10 +344,24 @@ fn token_bucket_limits_a_source_and_emits_one_event_per_window() -> anyhow::Resu
     let mut l = load()?;
     // 1 packet/s, burst 3, events at most once a minute.
     let cost = 1_000_000_000;
-    l.set_config(XdpConfig { flags: 0, cost_ns: cost, cap_ns: 3 * cost, event_window_ns: 60_000_000_000 });
-    let verdicts: Vec<u32> = (0..6).map(|_| l.run(&v4_frame(&[], A))).collect::<Result<_, _>>()?;
-    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP, XDP_DROP]);
-    assert_eq!(l.run(&v4_frame(&[], B))?, XDP_PASS, "another source has its own bucket");
+    l.set_config(XdpConfig {
+        flags: 0,
+        cost_ns: cost,
+        cap_ns: 3 * cost,
+        event_window_ns: 60_000_000_000,
+    });
+    let verdicts: Vec<u32> = (0..6)
+        .map(|_| l.run(&v4_frame(&[], A)))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        verdicts,
+        [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP, XDP_DROP]
+    );
+    assert_eq!(
+        l.run(&v4_frame(&[], B))?,
+        XDP_PASS,
+        "another source has its own bucket"
+    );
     assert_eq!(l.stat(STAT_DROP_RATE), 3);
     let mut ring: RingBuf<&mut MapData> = RingBuf::try_from(l.ebpf.map_mut(MAP_EVENTS).unwrap())?;
     let mut events = Vec::new();
@@ -286,7 +382,12 @@ fn rate_limit_spares_allowlisted_sources() -> anyhow::Result<()> {
     let mut l = load()?;
     let cost = 1_000_000_000;
     l.allow_v4(A, 32);
-    l.set_config(XdpConfig { flags: CFG_HAVE_ALLOW_V4, cost_ns: cost, cap_ns: cost, event_window_ns: 1 });
+    l.set_config(XdpConfig {
+        flags: CFG_HAVE_ALLOW_V4,
+        cost_ns: cost,
+        cap_ns: cost,
+        event_window_ns: 1,
+    });
     for _ in 0..5 {
         assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
     }

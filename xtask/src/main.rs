@@ -1,5 +1,5 @@
 //! `cargo xtask …`: what cargo cannot do alone — set up the eBPF toolchain, build the eBPF
-//! objects into a known place, run guard as root, run every test (unit, BPF_PROG_TEST_RUN,
+//! objects into a known place, run guard as root, run every test (unit, `BPF_PROG_TEST_RUN`,
 //! namespace end-to-end) and the benchmarks.
 mod setup;
 
@@ -30,7 +30,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build everything and run every test: unit, BPF_PROG_TEST_RUN and namespace end-to-end.
+    /// Build everything and run every test: unit, `BPF_PROG_TEST_RUN` and namespace end-to-end.
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
@@ -40,7 +40,10 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn step(msg: &str) {
@@ -48,7 +51,10 @@ fn step(msg: &str) {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn cargo() -> Command {
@@ -58,14 +64,16 @@ fn cargo() -> Command {
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("{what}: cannot start"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
     Ok(())
 }
 
-/// Directory the eBPF objects are copied to; `.cargo/config.toml` points GUARD_EBPF_DIR here.
+/// Directory the eBPF objects are copied to; `.cargo/config.toml` points `GUARD_EBPF_DIR` here.
 fn ebpf_dir() -> PathBuf {
     root().join("target/guard-ebpf")
 }
@@ -75,7 +83,16 @@ fn build_ebpf() -> anyhow::Result<()> {
     let chain = setup::bpf_toolchain()?;
     step("building the eBPF programs (guard-ebpf, bpfel-unknown-none)");
     let mut c = chain.cargo();
-    c.current_dir(root()).args(["build", "-p", "guard-ebpf", "--release", "--target", "bpfel-unknown-none"]).args(chain.build_args());
+    c.current_dir(root())
+        .args([
+            "build",
+            "-p",
+            "guard-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(chain.build_args());
     run(&mut c, "building guard-ebpf")?;
     let out = root().join("target/bpfel-unknown-none/release");
     std::fs::create_dir_all(ebpf_dir())?;
@@ -86,15 +103,15 @@ fn build_ebpf() -> anyhow::Result<()> {
         }
         // Copy only when changed, so an unchanged object does not force a daemon rebuild.
         let dst = ebpf_dir().join(name);
-        if std::fs::read(&src)? != std::fs::read(&dst).unwrap_or_default() {
-            std::fs::copy(&src, &dst)?;
-        } else {
+        if std::fs::read(&src)? == std::fs::read(&dst).unwrap_or_default() {
             // Same bytes from newer sources: mark the copy as fresh for guard-daemon's build.rs.
             let built = std::fs::metadata(&src)?.modified()?;
             let file = std::fs::File::options().write(true).open(&dst)?;
             if file.metadata()?.modified()? < built {
                 file.set_modified(built)?;
             }
+        } else {
+            std::fs::copy(&src, &dst)?;
         }
     }
     Ok(())
@@ -102,7 +119,10 @@ fn build_ebpf() -> anyhow::Result<()> {
 
 fn build(release: bool) -> anyhow::Result<()> {
     build_ebpf()?;
-    step(&format!("building guard ({})", if release { "release" } else { "debug" }));
+    step(&format!(
+        "building guard ({})",
+        if release { "release" } else { "debug" }
+    ));
     let mut c = cargo();
     c.args(["build", "-p", "guard-daemon"]);
     if release {
@@ -135,8 +155,16 @@ fn main() -> anyhow::Result<()> {
             let mut full = vec!["run"];
             full.extend(args.iter().map(String::as_str));
             let bin = root().join("target/release/guard");
-            let mut c = if is_root() { Command::new(&bin) } else { let mut s = Command::new("sudo"); s.arg(&bin); s };
-            if !args.iter().any(|a| a == "--config" || a == "-c") && Path::new("/etc/guard/guard.toml").exists() {
+            let mut c = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut s = Command::new("sudo");
+                s.arg(&bin);
+                s
+            };
+            if !args.iter().any(|a| a == "--config" || a == "-c")
+                && Path::new("/etc/guard/guard.toml").exists()
+            {
                 full.extend(["--config", "/etc/guard/guard.toml"]);
             }
             step(&format!("starting: guard {}", full.join(" ")));
@@ -163,21 +191,34 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let mut total = Tally::default();
     step("unit tests (no root needed)");
     let mut c = cargo();
-    c.args(["test", "--workspace", "--exclude", "guard-ebpf", "--exclude", "guard-tests", "--no-fail-fast"]);
+    c.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "guard-ebpf",
+        "--exclude",
+        "guard-tests",
+        "--no-fail-fast",
+    ]);
     if let Some(f) = filter {
         c.arg(f);
     }
     let unit = run_tests(&mut c, &mut total);
     step("BPF_PROG_TEST_RUN and namespace end-to-end tests (guard-tests, as root)");
     let mut c = cargo();
-    c.args(["test", "-p", "guard-tests", "--no-fail-fast"]).env("GUARD_BIN", root().join("target/debug/guard"));
+    c.args(["test", "-p", "guard-tests", "--no-fail-fast"])
+        .env("GUARD_BIN", root().join("target/debug/guard"));
     if let Some(f) = filter {
         c.arg(f);
     }
     c.args(["--", "--show-output"]);
     let e2e = run_tests(&mut c, &mut total);
     let skipped = total.skipped;
-    println!("\nsummary: {} passed, {} failed, {skipped} skipped", total.passed.saturating_sub(skipped), total.failed);
+    println!(
+        "\nsummary: {} passed, {} failed, {skipped} skipped",
+        total.passed.saturating_sub(skipped),
+        total.failed
+    );
     unit.context("unit tests")?;
     e2e.context("end-to-end tests")
 }
@@ -193,14 +234,21 @@ struct Tally {
 /// Runs `cargo test`, echoing its output, adding its results to `tally`.
 fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
     use std::io::BufRead;
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("cargo test: cannot start")?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cargo test: cannot start")?;
     let out = child.stdout.take().context("cargo test: no stdout")?;
     for line in std::io::BufReader::new(out).lines() {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
-                rest.split(';').find_map(|part| part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok()))
+                rest.split(';').find_map(|part| {
+                    part.trim()
+                        .strip_suffix(word)
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                })
             };
             tally.passed += num(" passed").unwrap_or(0);
             tally.failed += num(" failed").unwrap_or(0);
@@ -223,6 +271,19 @@ fn bench_xdp() -> anyhow::Result<()> {
     setup::test_tools()?;
     build_ebpf()?;
     step("building the XDP benchmark (release)");
-    run(cargo().args(["build", "--release", "-p", "guard-tests", "--bin", "xdp-bench"]), "building xdp-bench")?;
-    run(&mut Command::new(root().join("target/release/xdp-bench")), "xdp-bench")
+    run(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "guard-tests",
+            "--bin",
+            "xdp-bench",
+        ]),
+        "building xdp-bench",
+    )?;
+    run(
+        &mut Command::new(root().join("target/release/xdp-bench")),
+        "xdp-bench",
+    )
 }

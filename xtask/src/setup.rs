@@ -11,7 +11,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Name under which Debian's rustc-web is linked into rustup.
 pub const DEBIAN_TOOLCHAIN: &str = "debian-bpf";
 /// Debian packages: Rust with precompiled core for bpfel, LLVM for bpf-linker.
-const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libzstd-dev"];
+const DEBIAN_BPF_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libzstd-dev",
+];
 /// Tools the tests and benchmarks use.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -37,12 +43,20 @@ impl BpfToolchain {
     pub fn cargo(&self) -> Command {
         let mut c = Command::new("cargo");
         // Whatever toolchain ran xtask must not leak into the eBPF build.
-        for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+        for var in [
+            "RUSTUP_TOOLCHAIN",
+            "RUSTC",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+        ] {
             c.env_remove(var);
         }
         match self {
             Self::Debian => {
-                c.arg(format!("+{DEBIAN_TOOLCHAIN}")).env("RUSTC_BOOTSTRAP", "1");
+                c.arg(format!("+{DEBIAN_TOOLCHAIN}"))
+                    .env("RUSTC_BOOTSTRAP", "1");
             }
             Self::Nightly => {
                 c.arg("+nightly");
@@ -65,11 +79,17 @@ fn say(msg: &str) {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
         || Path::new("/usr/sbin").join(cmd).exists()
         || Path::new("/sbin").join(cmd).exists()
 }
@@ -82,7 +102,9 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("{what}: cannot start"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -94,50 +116,95 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     if !have("apt-get") {
-        bail!("missing packages {} and no apt-get to install them: install them by hand", pkgs.join(" "));
+        bail!(
+            "missing packages {} and no apt-get to install them: install them by hand",
+            pkgs.join(" ")
+        );
     }
     if !is_root() {
-        bail!("missing packages {}: run as root, or `sudo apt-get install {}`", pkgs.join(" "), pkgs.join(" "));
+        bail!(
+            "missing packages {}: run as root, or `sudo apt-get install {}`",
+            pkgs.join(" "),
+            pkgs.join(" ")
+        );
     }
     say(&format!("installing Debian packages: {}", pkgs.join(" ")));
-    run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-qq"]), "apt-get update")?;
     run(
-        Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "--no-install-recommends"]).args(pkgs).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-qq"]),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=300",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
     )
 }
 
 fn nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output() else { return false };
+    let Ok(out) = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
     if !out.status.success() {
         return false;
     }
     let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    root.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
+    root.join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
 }
 
 fn rustup_toolchains() -> String {
-    Command::new("rustup").args(["toolchain", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Makes sure the eBPF toolchain is usable and returns how to invoke it.
 pub fn bpf_toolchain() -> anyhow::Result<BpfToolchain> {
     if !have("rustup") {
-        bail!("rustup is required (it provides `cargo +TOOLCHAIN`); install it from your distribution or rustup.rs");
+        bail!(
+            "rustup is required (it provides `cargo +TOOLCHAIN`); install it from your distribution or rustup.rs"
+        );
     }
-    let chain = if rustup_toolchains().contains(DEBIAN_TOOLCHAIN) && Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists() {
-        say(&format!("eBPF toolchain: Debian rustc-web linked as `{DEBIAN_TOOLCHAIN}` (precompiled core for bpfel)"));
+    let chain = if rustup_toolchains().contains(DEBIAN_TOOLCHAIN)
+        && Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists()
+    {
+        say(&format!(
+            "eBPF toolchain: Debian rustc-web linked as `{DEBIAN_TOOLCHAIN}` (precompiled core for bpfel)"
+        ));
         BpfToolchain::Debian
     } else if nightly_has_rust_src() {
         say("eBPF toolchain: rustup nightly with rust-src (build-std)");
         BpfToolchain::Nightly
     } else if have("apt-get") {
-        say("eBPF toolchain: none usable (no nightly with rust-src); setting up Debian's rustc-web with precompiled bpfel core");
-        let missing: Vec<&str> = DEBIAN_BPF_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+        say(
+            "eBPF toolchain: none usable (no nightly with rust-src); setting up Debian's rustc-web with precompiled bpfel core",
+        );
+        let missing: Vec<&str> = DEBIAN_BPF_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !dpkg_installed(p))
+            .collect();
         apt_install(&missing)?;
         if !rustup_toolchains().contains(DEBIAN_TOOLCHAIN) {
             say(&format!("linking /usr into rustup as `{DEBIAN_TOOLCHAIN}`"));
-            run(Command::new("rustup").args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"]), "rustup toolchain link")?;
+            run(
+                Command::new("rustup").args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"]),
+                "rustup toolchain link",
+            )?;
         }
         BpfToolchain::Debian
     } else {
@@ -162,17 +229,35 @@ fn ensure_bpf_linker(chain: &BpfToolchain) -> anyhow::Result<()> {
             say(&format!("bpf-linker: {v}"));
             return Ok(());
         }
-        say(&format!("bpf-linker: found {v:?}, want {BPF_LINKER_VERSION}; reinstalling"));
+        say(&format!(
+            "bpf-linker: found {v:?}, want {BPF_LINKER_VERSION}; reinstalling"
+        ));
     } else {
-        say(&format!("bpf-linker: missing; installing {BPF_LINKER_VERSION} (about a minute)"));
+        say(&format!(
+            "bpf-linker: missing; installing {BPF_LINKER_VERSION} (about a minute)"
+        ));
     }
     let mut cmd = Command::new("cargo");
-    cmd.env_remove("RUSTUP_TOOLCHAIN").args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"]);
+    cmd.env_remove("RUSTUP_TOOLCHAIN").args([
+        "install",
+        "--locked",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--force",
+    ]);
     match chain {
         BpfToolchain::Debian => {
-            let missing: Vec<&str> = ["llvm-22-dev", "libzstd-dev"].into_iter().filter(|p| !dpkg_installed(p)).collect();
+            let missing: Vec<&str> = ["llvm-22-dev", "libzstd-dev"]
+                .into_iter()
+                .filter(|p| !dpkg_installed(p))
+                .collect();
             apt_install(&missing)?;
-            cmd.env("LLVM_PREFIX", "/usr/lib/llvm-22").args(["--no-default-features", "--features", "llvm-22"]);
+            cmd.env("LLVM_PREFIX", "/usr/lib/llvm-22").args([
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]);
         }
         BpfToolchain::Nightly => {}
     }
@@ -185,7 +270,11 @@ fn ensure_bpf_linker(chain: &BpfToolchain) -> anyhow::Result<()> {
 
 /// Makes sure the command-line tools the tests use are present.
 pub fn test_tools() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl present");

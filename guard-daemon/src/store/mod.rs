@@ -99,7 +99,10 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .open()
-            .map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
         Self::from_db(db)
     }
 
@@ -109,7 +112,11 @@ impl Store {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        Ok(Self { bans: db.open_tree(TREE_BANS)?, allow: db.open_tree(TREE_ALLOW)?, db })
+        Ok(Self {
+            bans: db.open_tree(TREE_BANS)?,
+            allow: db.open_tree(TREE_ALLOW)?,
+            db,
+        })
     }
 
     /// The underlying database, for other modules' trees.
@@ -132,17 +139,27 @@ impl Store {
 
     /// Removes a ban; returns it if it existed.
     pub fn remove_ban(&self, target: &Net) -> Result<Option<BanRecord>, StoreError> {
-        self.bans.remove(net_key(target))?.map(|v| from_json(TREE_BANS, &v)).transpose()
+        self.bans
+            .remove(net_key(target))?
+            .map(|v| from_json(TREE_BANS, &v))
+            .transpose()
     }
 
     /// One ban.
     pub fn ban(&self, target: &Net) -> Result<Option<BanRecord>, StoreError> {
-        self.bans.get(net_key(target))?.map(|v| from_json(TREE_BANS, &v)).transpose()
+        self.bans
+            .get(net_key(target))?
+            .map(|v| from_json(TREE_BANS, &v))
+            .transpose()
     }
 
     /// Every ban, ordered by family, address, prefix.
     pub fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
-        self.bans.iter().values().map(|v| from_json(TREE_BANS, &v?)).collect()
+        self.bans
+            .iter()
+            .values()
+            .map(|v| from_json(TREE_BANS, &v?))
+            .collect()
     }
 
     /// Inserts or replaces an allowlist entry.
@@ -153,12 +170,19 @@ impl Store {
 
     /// Removes an allowlist entry; returns it if it existed.
     pub fn remove_allow(&self, target: &Net) -> Result<Option<AllowRecord>, StoreError> {
-        self.allow.remove(net_key(target))?.map(|v| from_json(TREE_ALLOW, &v)).transpose()
+        self.allow
+            .remove(net_key(target))?
+            .map(|v| from_json(TREE_ALLOW, &v))
+            .transpose()
     }
 
     /// Every allowlist entry.
     pub fn allows(&self) -> Result<Vec<AllowRecord>, StoreError> {
-        self.allow.iter().values().map(|v| from_json(TREE_ALLOW, &v?)).collect()
+        self.allow
+            .iter()
+            .values()
+            .map(|v| from_json(TREE_ALLOW, &v?))
+            .collect()
     }
 }
 
@@ -167,7 +191,10 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+fn from_json<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
 }
 
@@ -201,9 +228,23 @@ mod tests {
         let s = Store::open(&dir).unwrap();
         let all = s.bans().unwrap();
         assert_eq!(all.len(), 3);
-        assert_eq!(s.ban(&"10.0.0.1".parse().unwrap()).unwrap().unwrap().expires_at, Some(9));
-        assert!(s.remove_ban(&"10.0.0.0/8".parse().unwrap()).unwrap().is_some());
-        assert!(s.remove_ban(&"10.0.0.0/8".parse().unwrap()).unwrap().is_none());
+        assert_eq!(
+            s.ban(&"10.0.0.1".parse().unwrap())
+                .unwrap()
+                .unwrap()
+                .expires_at,
+            Some(9)
+        );
+        assert!(
+            s.remove_ban(&"10.0.0.0/8".parse().unwrap())
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            s.remove_ban(&"10.0.0.0/8".parse().unwrap())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(s.bans().unwrap().len(), 2);
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -219,7 +260,11 @@ mod tests {
     #[test]
     fn allow_round_trip() {
         let s = Store::temporary().unwrap();
-        let e = AllowRecord { target: "192.0.2.0/24".parse().unwrap(), reason: "office".into(), created_at: 3 };
+        let e = AllowRecord {
+            target: "192.0.2.0/24".parse().unwrap(),
+            reason: "office".into(),
+            created_at: 3,
+        };
         s.put_allow(&e).unwrap();
         assert_eq!(s.allows().unwrap(), vec![e.clone()]);
         assert_eq!(s.remove_allow(&e.target).unwrap(), Some(e));
