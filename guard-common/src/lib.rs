@@ -50,6 +50,14 @@ pub const XDP_MAPS: [&str; 11] = [
     MAP_EVENTS,
 ];
 
+/// Name of the socket filter of the HTTP capture socket.
+pub const PROG_HTTP_TAP: &str = "http_tap";
+/// Protected HTTP ports: `Array<u8>` indexed by port, non-zero = captured. Not pinned: it
+/// belongs to one capture socket's life.
+pub const MAP_TAP_PORTS: &str = "TAP_PORTS";
+/// Entries of `TAP_PORTS`: one per TCP port.
+pub const TAP_PORTS_LEN: u32 = 65_536;
+
 /// Name of the XDP program in the object file.
 pub const PROG_XDP_GUARD: &str = "xdp_guard";
 

@@ -1,5 +1,6 @@
 //! guard's daemon and CLI as a library: `main.rs` only parses arguments and calls in here.
 pub mod bans;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -9,12 +9,12 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{ProgramError, Xdp as XdpProgram, XdpMode as AyaMode};
+use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram, XdpMode as AyaMode};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::{
     BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6,
     MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG,
-    MAP_EVENTS, MAP_STATS, PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
+    MAP_EVENTS, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -88,8 +88,11 @@ pub struct BanCounters {
 
 /// The loaded, attached program and its maps.
 pub struct Xdp {
-    // Keeps the program (and its unpinned links, if any) alive.
-    _ebpf: Ebpf,
+    // Keeps the programs (and unpinned links, if any) alive.
+    ebpf: Ebpf,
+    tap_ports: Array<MapData, u8>,
+    /// Ports currently set in `tap_ports` (the map is created empty with each load).
+    tap_set: Vec<u16>,
     bans_v4: HashMap<MapData, u32, BanEntry>,
     bans_v6: HashMap<MapData, [u8; 16], BanEntry>,
     cidr_v4: LpmTrie<MapData, u32, BanEntry>,
@@ -183,7 +186,9 @@ impl Xdp {
             config: take!(ebpf, MAP_CONFIG),
             stats: take!(ebpf, MAP_STATS),
             events: Some(take!(ebpf, MAP_EVENTS)),
-            _ebpf: ebpf,
+            tap_ports: take!(ebpf, MAP_TAP_PORTS),
+            tap_set: Vec::new(),
+            ebpf,
             settings: MapConfig::default(),
             cidrs: HashSet::new(),
             allows: HashSet::new(),
@@ -219,6 +224,35 @@ impl Xdp {
     #[must_use]
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Attaches the `http_tap` socket filter to a capture socket (loading it on first use).
+    pub fn attach_tap(&mut self, socket: std::os::fd::BorrowedFd<'_>) -> Result<(), XdpError> {
+        let err = |source| XdpError::Program { name: PROG_HTTP_TAP, source };
+        let prog: &mut SocketFilter = self
+            .ebpf
+            .program_mut(PROG_HTTP_TAP)
+            .ok_or(XdpError::Missing { what: "program", name: PROG_HTTP_TAP })?
+            .try_into()
+            .map_err(err)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        prog.attach(socket).map_err(err)
+    }
+
+    /// Sets the TCP ports whose segments the tap captures (all others are cleared).
+    pub fn set_tap_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
+        for &old in &self.tap_set {
+            if !ports.contains(&old) {
+                self.tap_ports.set(u32::from(old), 0, 0).map_err(map_err(MAP_TAP_PORTS, "set"))?;
+            }
+        }
+        for &port in ports {
+            self.tap_ports.set(u32::from(port), 1, 0).map_err(map_err(MAP_TAP_PORTS, "set"))?;
+        }
+        self.tap_set = ports.to_vec();
+        Ok(())
     }
 
     /// Takes the event ring buffer (once) for the event reader task.

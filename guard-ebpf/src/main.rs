@@ -23,6 +23,8 @@ use guard_common::{
 };
 use guard_ebpf::net::{Parsed, Source, parse_source};
 
+mod tap;
+
 // Every map is pinned by name so that a restarted daemon reuses them: bans stay enforced
 // while it is down. Ban maps are plain hashes (an LRU would let a flood evict bans) and
 // allocate on insert, so an empty map costs no memory.

@@ -1,0 +1,77 @@
+//! `http_tap`: a socket filter for guard's AF_PACKET capture socket. It keeps only TCP segments
+//! to or from a protected HTTP port (the `TAP_PORTS` array, written by the daemon at run time)
+//! that carry payload or close the connection (FIN/RST, which end HTTP/1.0 responses and flows);
+//! everything else is never copied to userspace.
+use aya_ebpf::{
+    macros::{map, socket_filter},
+    maps::Array,
+    programs::SkBuffContext,
+};
+use guard_common::TAP_PORTS_LEN;
+
+use guard_ebpf::net::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, VLAN_HLEN};
+
+/// Indexed by TCP port (host order): non-zero = protected HTTP port.
+#[map]
+static TAP_PORTS: Array<u8> = Array::with_max_entries(TAP_PORTS_LEN, 0);
+
+const IPPROTO_TCP: u8 = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+#[socket_filter]
+pub fn http_tap(ctx: SkBuffContext) -> i64 {
+    // On any parse failure the segment is not ours: keep nothing (the capture only ever sees
+    // what it asked for; the data path is unaffected either way).
+    try_tap(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn port_watched(port: u16) -> bool {
+    TAP_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn try_tap(ctx: &SkBuffContext) -> Option<i64> {
+    let mut proto: u16 = ctx.load(12).ok()?;
+    let mut l3 = ETH_HLEN;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = ctx.load(ETH_HLEN + 2).ok()?;
+        l3 = ETH_HLEN + VLAN_HLEN;
+    }
+    let (l4, payload_end) = if proto == ETH_P_IP {
+        let ver_ihl: u8 = ctx.load(l3).ok()?;
+        let ihl = usize::from(ver_ihl & 0x0f) * 4;
+        let ip_proto: u8 = ctx.load(l3 + 9).ok()?;
+        let frag: u16 = u16::from_be(ctx.load(l3 + 6).ok()?);
+        // Only first fragments carry the TCP header; later ones are not worth the bytes.
+        if ip_proto != IPPROTO_TCP || ihl < 20 || frag & 0x1fff != 0 {
+            return Some(0);
+        }
+        let total = usize::from(u16::from_be(ctx.load(l3 + 2).ok()?));
+        (l3 + ihl, l3 + total)
+    } else if proto == ETH_P_IPV6 {
+        // Extension headers are not followed: TCP directly after the fixed header only.
+        let next: u8 = ctx.load(l3 + 6).ok()?;
+        if next != IPPROTO_TCP {
+            return Some(0);
+        }
+        let plen = usize::from(u16::from_be(ctx.load(l3 + 4).ok()?));
+        (l3 + 40, l3 + 40 + plen)
+    } else {
+        return Some(0);
+    };
+    let sport = u16::from_be(ctx.load(l4).ok()?);
+    let dport = u16::from_be(ctx.load(l4 + 2).ok()?);
+    if !port_watched(sport) && !port_watched(dport) {
+        return Some(0);
+    }
+    let doff: u8 = ctx.load(l4 + 12).ok()?;
+    let flags: u8 = ctx.load(l4 + 13).ok()?;
+    let data = l4 + usize::from(doff >> 4) * 4;
+    if payload_end > data || flags & (TCP_FIN | TCP_RST) != 0 {
+        Some(i64::from(ctx.len()))
+    } else {
+        Some(0)
+    }
+}
