@@ -1,0 +1,2 @@
+//! Persistent state in sled, one tree per entity.
+pub mod logs;
