@@ -18,6 +18,7 @@ pub mod http;
 pub mod identity;
 pub mod packet;
 pub mod reassembly;
+pub mod synth;
 
 #[cfg(test)]
 mod tests;

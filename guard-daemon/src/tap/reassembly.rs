@@ -133,11 +133,17 @@ impl Stream {
             start = self.offset as i64;
         }
         if !data.is_empty() {
-            if start as u64 == self.offset {
+            let start = start as u64;
+            if start == self.offset && self.ooo.is_empty() {
                 self.deliver(data, sink, &mut outcome);
-                self.drain(total, sink, &mut outcome);
             } else {
-                self.insert(start as u64, data, limits, total, &mut outcome)?;
+                // Through the buffer, so bytes buffered earlier win over this copy; in-order data
+                // is drained at once and is not held against the limits.
+                let in_order = start == self.offset;
+                self.insert(start, data, limits, in_order, total, &mut outcome)?;
+                if in_order {
+                    self.drain(total, sink, &mut outcome);
+                }
             }
         }
         if let (Some(fin_seq), Some(next)) = (self.fin_seq, self.next_seq) {
@@ -180,6 +186,7 @@ impl Stream {
         at: u64,
         data: &[u8],
         limits: Limits,
+        in_order: bool,
         total: &mut usize,
         outcome: &mut PushOutcome,
     ) -> Result<(), ReassemblyError> {
@@ -206,14 +213,16 @@ impl Stream {
         }
         // The hole before `at` counts too: a far-ahead segment would pin memory until it fills.
         let reach = (end - self.offset) as usize;
-        if self.ooo_bytes + new > limits.max_flow_buffer || reach > limits.max_flow_buffer {
+        if in_order {
+            // Drained right away by the caller.
+        } else if self.ooo_bytes + new > limits.max_flow_buffer || reach > limits.max_flow_buffer {
             return Err(ReassemblyError::FlowBufferFull {
                 buffered: self.ooo_bytes,
                 incoming: new,
                 limit: limits.max_flow_buffer,
             });
         }
-        if *total + new > limits.max_total_buffer {
+        if !in_order && *total + new > limits.max_total_buffer {
             return Err(ReassemblyError::TotalBufferFull {
                 total: *total,
                 incoming: new,
@@ -227,7 +236,9 @@ impl Stream {
         }
         self.ooo_bytes += new;
         *total += new;
-        outcome.buffered += new;
+        if !in_order {
+            outcome.buffered += new;
+        }
         Ok(())
     }
 }
