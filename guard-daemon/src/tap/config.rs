@@ -49,7 +49,7 @@ impl Default for TapConfig {
             // 64 MiB across all flows.
             max_total_buffer: 64 * 1024 * 1024,
             // Longer than common keep-alive timeouts (nginx 75 s).
-            idle_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_mins(2),
             // 8 KiB of each body: enough for form and JSON payload checks.
             body_inspect_cap: 8 * 1024,
             // 64 KiB, above what common servers accept (nginx 8–32 KiB, Node 16 KiB).
@@ -100,7 +100,9 @@ impl Cidr {
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -113,7 +115,10 @@ impl FromStr for Cidr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
-        let addr: IpAddr = a.trim().parse().map_err(|_| CidrError::Address { text: s.to_owned() })?;
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| CidrError::Address { text: s.to_owned() })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match l {
             None => max,

@@ -144,7 +144,11 @@ impl Conn {
         if payload.is_empty() && !flags.fin() {
             return After::Open;
         }
-        let seq = if flags.syn() { seq.wrapping_add(1) } else { seq };
+        let seq = if flags.syn() {
+            seq.wrapping_add(1)
+        } else {
+            seq
+        };
         self.has_data |= !payload.is_empty();
         let limits = ctx.settings.limits;
         // Data before any SYN: this segment starts a mid-stream pickup.
@@ -216,24 +220,21 @@ impl Exchange {
             if side.parser.is_idle() {
                 side.msg_start = ts;
             }
-            match side.parser.advance(rest, head_request) {
-                Ok(progress) => {
-                    rest = &rest[progress.consumed..];
-                    if let Some(m) = progress.message {
-                        self.on_message(dir, m, ctx);
-                    } else if progress.consumed == 0 {
-                        break;
-                    }
+            let Ok(progress) = side.parser.advance(rest, head_request) else {
+                if midstream && side.messages == 0 {
+                    // Picked up inside a message: not the client's fault.
+                    ctx.stats.http_desync += 1;
+                } else {
+                    ctx.stats.http_malformed += 1;
                 }
-                Err(_) => {
-                    if midstream && side.messages == 0 {
-                        // Picked up inside a message: not the client's fault.
-                        ctx.stats.http_desync += 1;
-                    } else {
-                        ctx.stats.http_malformed += 1;
-                    }
-                    side.parsing = false;
-                }
+                side.parsing = false;
+                break;
+            };
+            rest = &rest[progress.consumed..];
+            if let Some(m) = progress.message {
+                self.on_message(dir, m, ctx);
+            } else if progress.consumed == 0 {
+                break;
             }
         }
     }

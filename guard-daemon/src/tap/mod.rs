@@ -1,7 +1,7 @@
 //! HTTP at the socket hook, userspace side: raw packets in, one [`RequestEvent`] per
 //! request/response exchange out.
 //!
-//! The capture (AF_PACKET + the `http_tap` socket filter) hands every packet to
+//! The capture (`AF_PACKET` + the `http_tap` socket filter) hands every packet to
 //! [`Tap::on_packet`] (starting at the IP header) or [`Tap::on_frame`] (at Ethernet) with its
 //! capture time. The tap parses the headers ([`packet`]), reassembles each direction of each
 //! connection ([`reassembly`]), parses HTTP/1.x ([`http`]) and pairs requests with responses
@@ -243,7 +243,8 @@ impl Tap {
                 return;
             }
             self.next_id += 1;
-            self.flows.insert(key, Conn::new(self.next_id, key.0, key.1, &self.settings));
+            self.flows
+                .insert(key, Conn::new(self.next_id, key.0, key.1, &self.settings));
             self.young.push_back(key);
             self.stats.flows_created += 1;
         }
@@ -289,7 +290,8 @@ impl Tap {
         }
         if self.young.len() > 2 * self.settings.max_flows {
             let flows = &self.flows;
-            self.young.retain(|k| flows.get(k).is_some_and(|c| !c.has_data));
+            self.young
+                .retain(|k| flows.get(k).is_some_and(|c| !c.has_data));
         }
         self.stats.flows_open = self.flows.len() as u64;
         self.stats.ooo_buffered = self.ooo_total as u64;

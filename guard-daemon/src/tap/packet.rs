@@ -16,7 +16,7 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const MAX_VLAN_TAGS: usize = 2;
 const IPV6_HEADER: usize = 40;
-/// More extension headers than this in one packet is treated as malformed (a DoS vector otherwise).
+/// More extension headers than this in one packet is treated as malformed (a `DoS` vector otherwise).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 const PROTO_TCP: u8 = 6;
 const TCP_MIN_HEADER: usize = 20;
@@ -239,12 +239,7 @@ fn parse_ipv6(ts: Duration, p: &[u8]) -> Result<Segment<'_>, PacketError> {
     Err(PacketError::TooManyExtHeaders)
 }
 
-fn parse_tcp(
-    ts: Duration,
-    src: IpAddr,
-    dst: IpAddr,
-    t: &[u8],
-) -> Result<Segment<'_>, PacketError> {
+fn parse_tcp(ts: Duration, src: IpAddr, dst: IpAddr, t: &[u8]) -> Result<Segment<'_>, PacketError> {
     need(t, TCP_MIN_HEADER, "tcp")?;
     let offset = usize::from(t[12] >> 4) * 4;
     if offset < TCP_MIN_HEADER || offset > t.len() {

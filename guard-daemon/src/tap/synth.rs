@@ -8,14 +8,20 @@ use super::packet::TcpFlags;
 
 /// A TCP segment (no options) in an IPv4 or IPv6 packet, starting at the IP header.
 #[must_use]
-pub fn tcp_packet(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_packet(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend_from_slice(&src.port().to_be_bytes());
     tcp.extend_from_slice(&dst.port().to_be_bytes());
     tcp.extend_from_slice(&seq.to_be_bytes());
     tcp.extend_from_slice(&0u32.to_be_bytes());
     tcp.push(5 << 4);
-    tcp.push(flags | TcpFlags::ACK * u8::from(flags & TcpFlags::SYN == 0));
+    tcp.push(flags | (TcpFlags::ACK * u8::from(flags & TcpFlags::SYN == 0)));
     tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
     tcp.extend_from_slice(payload);
     match (src.ip(), dst.ip()) {
@@ -54,10 +60,18 @@ pub fn tcp_packet(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload
 pub fn ethernet(ip: &[u8], vlans: &[u16]) -> Vec<u8> {
     let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
     for (i, vid) in vlans.iter().enumerate() {
-        f.extend_from_slice(if i == 0 && vlans.len() > 1 { &[0x88, 0xa8] } else { &[0x81, 0x00] });
+        f.extend_from_slice(if i == 0 && vlans.len() > 1 {
+            &[0x88, 0xa8]
+        } else {
+            &[0x81, 0x00]
+        });
         f.extend_from_slice(&vid.to_be_bytes());
     }
-    let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
+    let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
+        0x86dd
+    } else {
+        0x0800
+    };
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(ip);
     f
@@ -88,9 +102,27 @@ impl Conversation {
     /// SYN, SYN-ACK, ACK.
     pub fn handshake(&mut self) -> Vec<Vec<u8>> {
         let p = vec![
-            tcp_packet(self.client, self.server, self.client_seq, TcpFlags::SYN, &[]),
-            tcp_packet(self.server, self.client, self.server_seq, TcpFlags::SYN | TcpFlags::ACK, &[]),
-            tcp_packet(self.client, self.server, self.client_seq + 1, TcpFlags::ACK, &[]),
+            tcp_packet(
+                self.client,
+                self.server,
+                self.client_seq,
+                TcpFlags::SYN,
+                &[],
+            ),
+            tcp_packet(
+                self.server,
+                self.client,
+                self.server_seq,
+                TcpFlags::SYN | TcpFlags::ACK,
+                &[],
+            ),
+            tcp_packet(
+                self.client,
+                self.server,
+                self.client_seq + 1,
+                TcpFlags::ACK,
+                &[],
+            ),
         ];
         self.client_seq += 1;
         self.server_seq += 1;
@@ -111,14 +143,26 @@ impl Conversation {
 
     /// A FIN from the client.
     pub fn client_fin(&mut self) -> Vec<u8> {
-        let p = tcp_packet(self.client, self.server, self.client_seq, TcpFlags::FIN, &[]);
+        let p = tcp_packet(
+            self.client,
+            self.server,
+            self.client_seq,
+            TcpFlags::FIN,
+            &[],
+        );
         self.client_seq += 1;
         p
     }
 
     /// A FIN from the server.
     pub fn server_fin(&mut self) -> Vec<u8> {
-        let p = tcp_packet(self.server, self.client, self.server_seq, TcpFlags::FIN, &[]);
+        let p = tcp_packet(
+            self.server,
+            self.client,
+            self.server_seq,
+            TcpFlags::FIN,
+            &[],
+        );
         self.server_seq += 1;
         p
     }
@@ -126,7 +170,13 @@ impl Conversation {
     /// A RST from the client.
     #[must_use]
     pub fn client_rst(&self) -> Vec<u8> {
-        tcp_packet(self.client, self.server, self.client_seq, TcpFlags::RST, &[])
+        tcp_packet(
+            self.client,
+            self.server,
+            self.client_seq,
+            TcpFlags::RST,
+            &[],
+        )
     }
 }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 use super::synth::{Conversation, ethernet, tcp_packet};
 use super::*;
 
+mod bounds;
+
 const CLIENT: &str = "192.0.2.10:40000";
 const SERVER: &str = "198.51.100.1:80";
 const T0: Duration = Duration::from_secs(1_700_000_000);
@@ -43,7 +45,11 @@ impl Rig {
 }
 
 fn ok_response(body: &str) -> Vec<u8> {
-    format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 #[test]
@@ -76,7 +82,16 @@ fn plain_get_is_paired_with_its_response() {
     // Orderly close removes the flow.
     rig.feed(&[c.client_fin(), c.server_fin()]);
     let s = rig.tap.stats();
-    assert_eq!((s.flows_open, s.flows_closed, s.requests, s.responses, s.paired), (0, 1, 1, 1, 1));
+    assert_eq!(
+        (
+            s.flows_open,
+            s.flows_closed,
+            s.requests,
+            s.responses,
+            s.paired
+        ),
+        (0, 1, 1, 1, 1)
+    );
 }
 
 #[test]
@@ -90,7 +105,11 @@ fn keep_alive_connection_carries_several_exchanges() {
     }
     let paths: Vec<_> = rig.out.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["/page/0", "/page/1", "/page/2"]);
-    assert!(rig.out.iter().all(|e| e.conn_id == rig.out[0].conn_id && e.status == Some(200)));
+    assert!(
+        rig.out
+            .iter()
+            .all(|e| e.conn_id == rig.out[0].conn_id && e.status == Some(200))
+    );
     assert_eq!(rig.tap.stats().flows_created, 1);
 }
 
@@ -105,8 +124,19 @@ fn pipelined_requests_pair_in_order_including_head() {
     resps.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
     resps.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno");
     rig.feed(&c.response(&resps, 1448));
-    let got: Vec<_> = rig.out.iter().map(|e| (e.method.as_str(), e.path.as_str(), e.status)).collect();
-    assert_eq!(got, [("GET", "/a", Some(200)), ("HEAD", "/b", Some(200)), ("GET", "/c", Some(404))]);
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.method.as_str(), e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("GET", "/a", Some(200)),
+            ("HEAD", "/b", Some(200)),
+            ("GET", "/c", Some(404))
+        ]
+    );
     assert_eq!(rig.tap.stats().unpaired_responses, 0);
 }
 
@@ -116,7 +146,10 @@ fn chunked_upload_is_decoded() {
     let mut c = rig.conv(CLIENT);
     let req = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\n{\"a\":\r\n4\r\n 1}\n\r\n0\r\nX-Trailer: t\r\n\r\n";
     rig.feed(&c.request(req, 7));
-    rig.feed(&c.response(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok!\r\n0\r\n\r\n", 5));
+    rig.feed(&c.response(
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok!\r\n0\r\n\r\n",
+        5,
+    ));
     assert_eq!(rig.out.len(), 1);
     let e = &rig.out[0];
     assert_eq!(e.body, b"{\"a\": 1}\n");
@@ -129,11 +162,17 @@ fn chunked_upload_is_decoded() {
 
 #[test]
 fn large_upload_keeps_only_the_cap_but_counts_every_byte() {
-    let config = TapConfig { body_inspect_cap: 1024, ..TapConfig::default() };
+    let config = TapConfig {
+        body_inspect_cap: 1024,
+        ..TapConfig::default()
+    };
     let mut rig = Rig::new(&config);
     let mut c = rig.conv(CLIENT);
     let body = vec![b'z'; 1 << 20];
-    let head = format!("POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     let mut req = head.clone().into_bytes();
     req.extend_from_slice(&body);
     rig.feed(&c.request(&req, 1448));
@@ -201,135 +240,11 @@ fn retransmissions_and_overlaps_keep_the_first_copy() {
 }
 
 #[test]
-fn reset_mid_request_reports_nothing_and_frees_the_flow() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = rig.conv(CLIENT);
-    rig.feed(&c.request(b"POST /x HTTP/1.1\r\nContent-Length: 100\r\n\r\npartial", 1448));
-    rig.feed(&[c.client_rst()]);
-    assert!(rig.out.is_empty());
-    let s = rig.tap.stats();
-    assert_eq!((s.resets, s.flows_open, s.requests), (1, 0, 0));
-}
-
-#[test]
-fn reset_after_request_reports_it_unanswered() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = rig.conv(CLIENT);
-    rig.feed(&c.request(b"GET /slow HTTP/1.1\r\n\r\n", 1448));
-    rig.feed(&[c.client_rst()]);
-    assert_eq!(rig.out.len(), 1);
-    assert_eq!(rig.out[0].status, None);
-    assert_eq!(rig.out[0].latency, None);
-    assert_eq!(rig.tap.stats().unpaired_requests, 1);
-}
-
-#[test]
-fn idle_flows_time_out() {
-    let config = TapConfig { idle_timeout: Duration::from_secs(30), ..TapConfig::default() };
-    let mut rig = Rig::new(&config);
-    let mut c = rig.conv(CLIENT);
-    rig.feed(&c.request(b"GET /hang HTTP/1.1\r\n\r\n", 1448));
-    let now = rig.now;
-    rig.tap.on_tick(now + Duration::from_secs(29), &mut rig.out);
-    assert_eq!(rig.tap.stats().flows_open, 1);
-    rig.tap.on_tick(now + Duration::from_secs(30), &mut rig.out);
-    let s = rig.tap.stats();
-    assert_eq!((s.flows_open, s.flows_timed_out, s.unpaired_requests), (0, 1, 1));
-    assert_eq!(rig.out[0].path, "/hang");
-}
-
-#[test]
-fn garbage_is_counted_not_parsed() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = rig.conv(CLIENT);
-    rig.feed(&c.request(b"\x00\x01\x02 not http at all\r\n\r\n", 1448));
-    rig.feed(&c.request(b"GET /after HTTP/1.1\r\n\r\n", 1448));
-    assert!(rig.out.is_empty());
-    assert_eq!(rig.tap.stats().http_malformed, 1);
-    // Broken packets.
-    let mut out = Vec::new();
-    for junk in [&b""[..], b"\x45", b"\x45\0\0\x10garbage-garbage", b"\x60\0\0\0\0\x10\x06\x40", b"\x99"] {
-        rig.tap.on_packet(T0, junk, &mut out);
-    }
-    rig.tap.on_frame(T0, b"\x00\x01", &mut out);
-    assert_eq!(rig.tap.stats().malformed_packets, 6);
-}
-
-#[test]
-fn truncated_request_is_counted_at_close() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = rig.conv(CLIENT);
-    rig.feed(&c.request(b"GET /trunc HTTP/1.1\r\nHost: ", 1448));
-    rig.feed(&[c.client_fin(), c.server_fin()]);
-    assert!(rig.out.is_empty());
-    let s = rig.tap.stats();
-    assert_eq!((s.http_truncated, s.flows_open), (1, 0));
-}
-
-#[test]
-fn huge_header_line_is_malformed_not_buffered() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = rig.conv(CLIENT);
-    let mut req = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
-    req.extend(std::iter::repeat_n(b'a', 100 * 1024));
-    rig.feed(&c.request(&req, 1448));
-    assert_eq!(rig.tap.stats().http_malformed, 1);
-    rig.feed(&c.request(b"\r\n\r\n", 1448));
-    rig.feed(&c.response(&ok_response(""), 1448));
-    assert!(rig.out.is_empty());
-    assert_eq!(rig.tap.stats().unpaired_responses, 1);
-}
-
-#[test]
-fn invalid_chunk_size_is_malformed() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = rig.conv(CLIENT);
-    rig.feed(&c.request(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 1448));
-    assert_eq!(rig.tap.stats().http_malformed, 1);
-    assert_eq!(rig.tap.stats().requests, 0);
-}
-
-#[test]
-fn half_open_flood_respects_max_flows() {
-    let config = TapConfig { max_flows: 8, ..TapConfig::default() };
-    let mut rig = Rig::new(&config);
-    // Four real connections with data.
-    let mut real: Vec<Conversation> = (0..4).map(|i| rig.conv(&format!("192.0.2.1:{}", 1000 + i))).collect();
-    for c in &mut real {
-        let segs = c.request(b"GET / HTTP/1.1\r\n", 1448);
-        rig.feed(&segs);
-    }
-    // A SYN flood from 100 ports.
-    for port in 0..100u16 {
-        let syn = tcp_packet(addr(&format!("203.0.113.9:{}", 20000 + port)), addr(SERVER), 7, TcpFlags::SYN, &[]);
-        rig.feed(&[syn]);
-    }
-    let s = rig.tap.stats().clone();
-    assert_eq!(s.flows_open, 8);
-    assert_eq!(s.flows_created, 104);
-    assert_eq!(s.flows_evicted, 96);
-    // The real connections survived and still complete.
-    for c in &mut real {
-        let segs = c.request(b"\r\n", 1448);
-        rig.feed(&segs);
-        let segs = c.response(&ok_response(""), 1448);
-        rig.feed(&segs);
-    }
-    assert_eq!(rig.out.len(), 4);
-    // Once every slot carries data, new flows are refused.
-    for i in 0..4 {
-        let segs = rig.conv(&format!("192.0.2.2:{}", 1000 + i)).request(b"G", 10);
-        rig.feed(&segs);
-    }
-    let syn = tcp_packet(addr("203.0.113.9:1"), addr(SERVER), 7, TcpFlags::SYN, &[]);
-    rig.feed(&[syn]);
-    assert_eq!(rig.tap.stats().flows_refused, 1);
-    assert_eq!(rig.tap.stats().flows_open, 8);
-}
-
-#[test]
 fn forwarded_for_only_from_trusted_proxies() {
-    let config = TapConfig { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], ..TapConfig::default() };
+    let config = TapConfig {
+        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+        ..TapConfig::default()
+    };
     let mut rig = Rig::new(&config);
     let req = b"GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.7, 10.1.1.1\r\n\r\n";
     let mut proxy = rig.conv("10.0.0.2:5555");
@@ -339,11 +254,17 @@ fn forwarded_for_only_from_trusted_proxies() {
     rig.feed(&direct.request(req, 1448));
     rig.feed(&direct.response(&ok_response(""), 1448));
     let mut fwd = rig.conv("10.0.0.3:5555");
-    rig.feed(&fwd.request(b"GET / HTTP/1.1\r\nForwarded: for=\"[2001:db8::7]:443\";proto=http\r\n\r\n", 1448));
+    rig.feed(&fwd.request(
+        b"GET / HTTP/1.1\r\nForwarded: for=\"[2001:db8::7]:443\";proto=http\r\n\r\n",
+        1448,
+    ));
     rig.feed(&fwd.response(&ok_response(""), 1448));
     let clients: Vec<String> = rig.out.iter().map(|e| e.client.to_string()).collect();
     assert_eq!(clients, ["203.0.113.7", "192.0.2.50", "2001:db8::7"]);
-    assert_eq!(rig.out[1].headers.x_forwarded_for.as_deref(), Some("203.0.113.7, 10.1.1.1"));
+    assert_eq!(
+        rig.out[1].headers.x_forwarded_for.as_deref(),
+        Some("203.0.113.7, 10.1.1.1")
+    );
 }
 
 #[test]
@@ -368,16 +289,34 @@ fn user_from_jwt_sub_and_configured_header() {
     };
     let e = run(TapConfig::default(), &req);
     assert!(e.headers.has_authorization);
-    assert_eq!(e.user, Some(UserId { id: "user-42".into(), verified: false, source: UserSource::Jwt }));
-    let keyed = TapConfig { jwt_hs256_key: Some("secret".into()), ..TapConfig::default() };
+    assert_eq!(
+        e.user,
+        Some(UserId {
+            id: "user-42".into(),
+            verified: false,
+            source: UserSource::Jwt
+        })
+    );
+    let keyed = TapConfig {
+        jwt_hs256_key: Some("secret".into()),
+        ..TapConfig::default()
+    };
     assert!(run(keyed.clone(), &req).user.unwrap().verified);
-    let wrong = TapConfig { jwt_hs256_key: Some("other".into()), ..TapConfig::default() };
+    let wrong = TapConfig {
+        jwt_hs256_key: Some("other".into()),
+        ..TapConfig::default()
+    };
     assert!(!run(wrong, &req).user.unwrap().verified);
     let tampered = req.replace(&payload, &b64.encode(br#"{"sub":"admin"}"#));
     let u = run(keyed, &tampered).user.unwrap();
     assert_eq!((u.id.as_str(), u.verified), ("admin", false));
-    let with_header = TapConfig { user_header: Some("X-User".into()), ..TapConfig::default() };
-    let u = run(with_header, "GET / HTTP/1.1\r\nx-user: alice\r\n\r\n").user.unwrap();
+    let with_header = TapConfig {
+        user_header: Some("X-User".into()),
+        ..TapConfig::default()
+    };
+    let u = run(with_header, "GET / HTTP/1.1\r\nx-user: alice\r\n\r\n")
+        .user
+        .unwrap();
     assert_eq!((u.id.as_str(), u.source), ("alice", UserSource::Header));
 }
 
@@ -403,8 +342,15 @@ fn bodiless_statuses_and_interim_responses() {
         b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
         1448,
     ));
-    let got: Vec<_> = rig.out.iter().map(|e| (e.path.as_str(), e.status)).collect();
-    assert_eq!(got, [("/a", Some(204)), ("/b", Some(304)), ("/c", Some(200))]);
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        got,
+        [("/a", Some(204)), ("/b", Some(304)), ("/c", Some(200))]
+    );
 }
 
 #[test]
@@ -433,42 +379,4 @@ fn ipv6_with_extension_header_and_vlan_frames() {
     let too_many = ethernet(&packets[0], &[1, 2, 3]);
     rig.tap.on_frame(T0, &too_many, &mut rig.out);
     assert_eq!(rig.tap.stats().malformed_packets, 1);
-}
-
-#[test]
-fn fragments_are_counted_and_skipped() {
-    let mut tap = Tap::new(&TapConfig::default());
-    let mut p = tcp_packet(addr(CLIENT), addr(SERVER), 1, 0, b"GET / HTTP/1.1\r\n\r\n");
-    p[6] = 0x20; // more fragments
-    let mut out = Vec::new();
-    tap.on_packet(T0, &p, &mut out);
-    assert_eq!(tap.stats().fragments, 1);
-    assert_eq!(tap.stats().flows_created, 0);
-}
-
-#[test]
-fn midstream_pickup_starts_at_first_data() {
-    let mut rig = Rig::new(&TapConfig::default());
-    let mut c = Conversation::new(addr(CLIENT), addr(SERVER));
-    rig.feed(&c.request(b"GET /mid HTTP/1.1\r\n\r\n", 1448));
-    rig.feed(&c.response(&ok_response(""), 1448));
-    assert_eq!(rig.out.len(), 1);
-    // Picked up in the middle of a body: desync, not malformed.
-    let mut d = Conversation::new(addr("192.0.2.11:1"), addr(SERVER));
-    rig.feed(&d.request(b"tail of an upload\r\n\r\n", 1448));
-    let s = rig.tap.stats();
-    assert_eq!((s.midstream_pickups, s.http_desync, s.http_malformed), (3, 1, 0));
-}
-
-#[test]
-fn out_of_order_overflow_abandons_the_flow() {
-    let config = TapConfig { max_flow_buffer: 1000, ..TapConfig::default() };
-    let mut rig = Rig::new(&config);
-    let mut c = rig.conv(CLIENT);
-    let body = vec![b'a'; 3000];
-    let segs = c.request(&body, 500);
-    // The first segment is lost: the next fits in the buffer, the one after does not.
-    rig.feed(&segs[1..3]);
-    let s = rig.tap.stats();
-    assert_eq!((s.ooo_flow_overflow, s.flows_open, s.ooo_buffered), (1, 0, 0));
 }

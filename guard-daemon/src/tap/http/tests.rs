@@ -42,7 +42,10 @@ fn head_split_anywhere_gives_the_same_request() {
         assert!(err.is_none(), "step {step}: {err:?}");
         assert_eq!(msgs.len(), 1, "step {step}");
         let r = request(&msgs[0]);
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_deref()), ("PUT", "/p", Some("q=1")));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.query.as_deref()),
+            ("PUT", "/p", Some("q=1"))
+        );
         assert_eq!(r.user_header.as_deref(), Some("bob"));
         assert_eq!(r.x_forwarded_for.as_deref(), Some("1.1.1.1, 2.2.2.2"));
         assert_eq!(msgs[0].body, b"body");
@@ -70,7 +73,11 @@ fn bare_lf_lines_and_leading_blank_lines_are_accepted() {
 
 #[test]
 fn absolute_form_target_becomes_a_path() {
-    let (msgs, _) = run(Kind::Request, b"GET http://example.com/x?y HTTP/1.1\r\n\r\n", 100);
+    let (msgs, _) = run(
+        Kind::Request,
+        b"GET http://example.com/x?y HTTP/1.1\r\n\r\n",
+        100,
+    );
     assert_eq!(request(&msgs[0]).path, "/x");
     assert_eq!(request(&msgs[0]).query.as_deref(), Some("y"));
 }
@@ -83,7 +90,10 @@ fn head_limit_applies_to_split_and_whole_heads() {
     for step in [1, 100, big.len()] {
         let (msgs, err) = run(Kind::Request, &big, step);
         assert!(msgs.is_empty());
-        assert!(matches!(err, Some(HttpError::HeadTooLarge { limit: 1024 })), "step {step}: {err:?}");
+        assert!(
+            matches!(err, Some(HttpError::HeadTooLarge { limit: 1024 })),
+            "step {step}: {err:?}"
+        );
     }
 }
 
@@ -91,8 +101,14 @@ fn head_limit_applies_to_split_and_whole_heads() {
 fn content_length_rules() {
     let cases: [(&[u8], &str); 4] = [
         (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "bad"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "conflict"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", "bad"),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "conflict",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "bad",
+        ),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "te"),
     ];
     for (input, want) in cases {
@@ -105,7 +121,11 @@ fn content_length_rules() {
         assert!(ok, "{want}: {err:?}");
     }
     // Same value twice is fine.
-    let (msgs, err) = run(Kind::Request, b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 1000);
+    let (msgs, err) = run(
+        Kind::Request,
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        1000,
+    );
     assert!(err.is_none());
     assert_eq!(msgs[0].body_len, 1);
 }
@@ -113,10 +133,10 @@ fn content_length_rules() {
 #[test]
 fn chunked_framing_errors() {
     let bad: [&[u8]; 4] = [
-        b"\r\n",                // empty size line
-        b"1x\r\n",              // bad hex digit
+        b"\r\n",                 // empty size line
+        b"1x\r\n",               // bad hex digit
         b"ffffffffffffffff\r\n", // too many digits
-        b"1\r\naXX",            // missing crlf after data
+        b"1\r\naXX",             // missing crlf after data
     ];
     for body in bad {
         let mut input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -150,13 +170,20 @@ fn response_until_close_and_upgrade() {
     let progress = p.advance(input, false).unwrap();
     assert!(progress.message.unwrap().upgraded);
     assert!(p.is_opaque());
-    assert_eq!(p.advance(&input[progress.consumed..], false).unwrap().consumed, 7);
+    assert_eq!(
+        p.advance(&input[progress.consumed..], false)
+            .unwrap()
+            .consumed,
+        7
+    );
 }
 
 #[test]
 fn response_to_head_has_no_body() {
     let mut p = Parser::new(Kind::Response, limits());
-    let progress = p.advance(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", true).unwrap();
+    let progress = p
+        .advance(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", true)
+        .unwrap();
     assert!(progress.message.is_some());
     assert!(p.is_idle());
 }
