@@ -8,4 +8,5 @@ pub mod control;
 pub mod daemon;
 pub mod net;
 pub mod store;
+pub mod tap;
 pub mod xdp;

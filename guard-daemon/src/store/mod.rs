@@ -3,6 +3,8 @@
 //!
 //! Key layout of `bans` and `allow` ([`net_key`]): one byte address family (4 or 6), the network
 //! address in network order (4 or 16 bytes), one byte prefix length. Values are JSON.
+pub mod logs;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};

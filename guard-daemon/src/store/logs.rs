@@ -1,0 +1,427 @@
+//! The request log: one record per request in the sled tree [`TREE`], keyed so that time ranges
+//! and retention are range scans ([`key`]). Writes from the request path go through
+//! [`LogWriter`], a bounded queue drained by one thread in `sled::Batch`es: `try_log` never
+//! blocks, and what does not fit is dropped and counted. `guard logs` reads with [`LogStore::query`]
+//! and prints [`LogRecord::to_json_line`] or [`format_table`].
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tap::RequestEvent;
+
+mod format;
+#[cfg(test)]
+mod tests;
+
+pub use format::{format_table, rfc3339};
+
+/// Name of the sled tree holding the log.
+pub const TREE: &str = "logs";
+/// Key layout: 8 bytes big-endian Unix time in nanoseconds, then 4 bytes big-endian sequence
+/// (records of the same nanosecond). Byte order = time order.
+pub const KEY_LEN: usize = 12;
+/// Keys removed per batch when pruning (bounds memory on a large log).
+const PRUNE_CHUNK: usize = 10_000;
+
+/// Errors of the request log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log storage failed")]
+    Storage {
+        #[source]
+        source: sled::Error,
+    },
+    #[error("log record at key {key:02x?} does not decode")]
+    Decode {
+        key: Vec<u8>,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("log record does not encode")]
+    Encode {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot start the log writer thread")]
+    Spawn {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<sled::Error> for LogError {
+    fn from(source: sled::Error) -> Self {
+        Self::Storage { source }
+    }
+}
+
+/// One logged request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Time of the request, since the Unix epoch.
+    pub time: Duration,
+    pub client: IpAddr,
+    pub user: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// `None` when no response was seen.
+    pub status: Option<u16>,
+    pub latency_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub user_agent: Option<String>,
+    pub host: Option<String>,
+    pub blocked: bool,
+    pub reason: Option<String>,
+}
+
+impl LogRecord {
+    /// The record of a tap event, with the engine's verdict.
+    #[must_use]
+    pub fn from_event(e: &RequestEvent, blocked: bool, reason: Option<String>) -> Self {
+        Self {
+            time: e.ts,
+            client: e.client,
+            user: e.user.as_ref().map(|u| u.id.clone()),
+            method: e.method.clone(),
+            path: e.path.clone(),
+            query: e.query.clone(),
+            status: e.status,
+            latency_ms: e.latency.map(|l| l.as_secs_f64() * 1000.0),
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            user_agent: e.headers.user_agent.clone(),
+            host: e.headers.host.clone(),
+            blocked,
+            reason,
+        }
+    }
+
+    /// The `guard logs --json` line: exactly `ts` (RFC 3339 UTC), `client`, `user`, `method`,
+    /// `path`, `query`, `status`, `latency_ms`, `bytes_in`, `bytes_out`, `user_agent`, `blocked`,
+    /// `reason`.
+    #[must_use]
+    pub fn to_json_line(&self) -> String {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            ts: String,
+            client: IpAddr,
+            user: Option<&'a str>,
+            method: &'a str,
+            path: &'a str,
+            query: Option<&'a str>,
+            status: Option<u16>,
+            latency_ms: Option<f64>,
+            bytes_in: u64,
+            bytes_out: u64,
+            user_agent: Option<&'a str>,
+            blocked: bool,
+            reason: Option<&'a str>,
+        }
+        let line = Line {
+            ts: rfc3339(self.time),
+            client: self.client,
+            user: self.user.as_deref(),
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            status: self.status,
+            latency_ms: self.latency_ms,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            user_agent: self.user_agent.as_deref(),
+            blocked: self.blocked,
+            reason: self.reason.as_deref(),
+        };
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// The key of a record at `time` with sequence `seq`.
+#[must_use]
+pub fn key(time: Duration, seq: u32) -> [u8; KEY_LEN] {
+    let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+    let mut k = [0u8; KEY_LEN];
+    k[..8].copy_from_slice(&nanos.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Which statuses a query keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// `5xx`: the hundreds digit.
+    Class(u16),
+    /// `404`: one status.
+    Exact(u16),
+}
+
+/// Why a status filter did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad status filter {text:?}: expected e.g. 404 or 5xx")]
+pub struct StatusFilterError {
+    text: String,
+}
+
+impl FromStr for StatusFilter {
+    type Err = StatusFilterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || StatusFilterError { text: s.to_owned() };
+        let b = s.as_bytes();
+        if b.len() == 3 && b[1..].eq_ignore_ascii_case(b"xx") && (b'1'..=b'5').contains(&b[0]) {
+            return Ok(Self::Class(u16::from(b[0] - b'0')));
+        }
+        match s.parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(Self::Exact(n)),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl StatusFilter {
+    fn matches(self, status: Option<u16>) -> bool {
+        match (self, status) {
+            (Self::Class(c), Some(s)) => s / 100 == c,
+            (Self::Exact(e), Some(s)) => s == e,
+            (_, None) => false,
+        }
+    }
+}
+
+/// Filters of `guard logs`. Empty fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogQuery {
+    /// Records at or after this time.
+    pub since: Option<Duration>,
+    /// Records before this time.
+    pub until: Option<Duration>,
+    pub ip: Option<IpAddr>,
+    pub path_prefix: Option<String>,
+    pub status: Option<StatusFilter>,
+    pub blocked: Option<bool>,
+    /// At most this many records: the newest ones.
+    pub limit: Option<usize>,
+}
+
+impl LogQuery {
+    fn matches(&self, r: &LogRecord) -> bool {
+        self.ip.is_none_or(|ip| ip == r.client)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| r.path.starts_with(p))
+            && self.status.is_none_or(|s| s.matches(r.status))
+            && self.blocked.is_none_or(|b| b == r.blocked)
+    }
+}
+
+/// The request log tree.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    tree: sled::Tree,
+    /// Sequence for records of the same nanosecond; shared by clones.
+    seq: Arc<AtomicU32>,
+}
+
+impl LogStore {
+    /// Uses `tree` (normally `db.open_tree(TREE)`).
+    #[must_use]
+    pub fn open(tree: sled::Tree) -> Self {
+        Self {
+            tree,
+            seq: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    fn next_key(&self, time: Duration) -> [u8; KEY_LEN] {
+        key(time, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Writes one record now (tests, tools; the daemon goes through [`LogWriter`]).
+    pub fn insert(&self, record: &LogRecord) -> Result<(), LogError> {
+        let value = serde_json::to_vec(record).map_err(|source| LogError::Encode { source })?;
+        self.tree.insert(self.next_key(record.time), value)?;
+        Ok(())
+    }
+
+    /// Writes records in one sled batch.
+    pub fn insert_batch(&self, records: &[LogRecord]) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            let value = serde_json::to_vec(r).map_err(|source| LogError::Encode { source })?;
+            batch.insert(&self.next_key(r.time), value);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Number of records.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True when the log is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Records matching `q`, oldest first (with a limit: the newest `limit`, still oldest first).
+    pub fn query(&self, q: &LogQuery) -> Result<Vec<LogRecord>, LogError> {
+        let from = key(q.since.unwrap_or(Duration::ZERO), 0);
+        let limit = q.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let range = match q.until {
+            Some(until) => self.tree.range(from..key(until, 0)),
+            None => self.tree.range(from..),
+        };
+        for item in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let record: LogRecord =
+                serde_json::from_slice(&v).map_err(|source| LogError::Decode {
+                    key: k.to_vec(),
+                    source,
+                })?;
+            if q.matches(&record) {
+                out.push(record);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Removes every record older than `time`; returns how many.
+    pub fn prune_older_than(&self, time: Duration) -> Result<usize, LogError> {
+        let end = key(time, 0);
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in self.tree.range(..end).take(PRUNE_CHUNK) {
+                let (k, _) = item?;
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.tree.apply_batch(batch)?;
+            removed += n;
+        }
+    }
+}
+
+/// Counters of a [`LogWriter`].
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    /// Records written to sled.
+    pub written: AtomicU64,
+    /// Records dropped because the queue was full (or the writer had stopped).
+    pub dropped: AtomicU64,
+    /// Batches sled refused (their records are lost).
+    pub failed_batches: AtomicU64,
+}
+
+/// Bounded, batching writer: the request path calls [`LogWriter::try_log`], one thread writes.
+#[derive(Debug)]
+pub struct LogWriter {
+    tx: Option<SyncSender<LogRecord>>,
+    counters: Arc<WriterCounters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Starts the writer thread with a queue of `capacity` records and batches of at most
+    /// `max_batch`.
+    pub fn spawn(store: LogStore, capacity: usize, max_batch: usize) -> Result<Self, LogError> {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let counters = Arc::new(WriterCounters::default());
+        let c = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("guard-log-writer".into())
+            .spawn(move || write_loop(&store, &rx, max_batch.max(1), &c))
+            .map_err(|source| LogError::Spawn { source })?;
+        Ok(Self {
+            tx: Some(tx),
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a record without blocking; false (and counted) when the queue is full.
+    #[must_use = "a false return means the record was dropped"]
+    pub fn try_log(&self, record: LogRecord) -> bool {
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| match tx.try_send(record) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            });
+        if !sent {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// The writer's counters.
+    #[must_use]
+    pub fn counters(&self) -> &WriterCounters {
+        &self.counters
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            // A panicked writer already lost its batch; nothing more to do here.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_loop(store: &LogStore, rx: &Receiver<LogRecord>, max_batch: usize, c: &WriterCounters) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match store.insert_batch(&batch) {
+            Ok(()) => {
+                c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                c.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, records = batch.len(), "request log batch lost");
+            }
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,270 @@
+use std::time::Duration;
+
+use super::*;
+
+fn store() -> LogStore {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    LogStore::open(db.open_tree(TREE).unwrap())
+}
+
+fn rec(secs: u64, client: &str, path: &str, status: Option<u16>, blocked: bool) -> LogRecord {
+    LogRecord {
+        time: Duration::from_secs(secs),
+        client: client.parse().unwrap(),
+        user: None,
+        method: "GET".into(),
+        path: path.into(),
+        query: None,
+        status,
+        latency_ms: Some(1.5),
+        bytes_in: 100,
+        bytes_out: 200,
+        user_agent: Some("ua".into()),
+        host: Some("h".into()),
+        blocked,
+        reason: blocked.then(|| "banned".into()),
+    }
+}
+
+fn sample(s: &LogStore) {
+    s.insert(&rec(100, "192.0.2.1", "/api/a", Some(200), false))
+        .unwrap();
+    s.insert(&rec(100, "192.0.2.1", "/api/b", Some(404), false))
+        .unwrap();
+    s.insert(&rec(200, "192.0.2.2", "/admin", Some(503), true))
+        .unwrap();
+    s.insert(&rec(300, "2001:db8::1", "/api/c", Some(500), false))
+        .unwrap();
+    s.insert(&rec(400, "192.0.2.2", "/", None, false)).unwrap();
+}
+
+fn paths(records: &[LogRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.path.as_str()).collect()
+}
+
+#[test]
+fn keys_sort_by_time_then_sequence() {
+    assert!(key(Duration::from_nanos(1), u32::MAX) < key(Duration::from_nanos(2), 0));
+    assert!(key(Duration::from_secs(5), 1) < key(Duration::from_secs(5), 2));
+    assert_eq!(
+        &key(Duration::from_nanos(0x0102), 3)[..],
+        &[0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 3]
+    );
+}
+
+#[test]
+fn query_filters() {
+    let s = store();
+    sample(&s);
+    assert_eq!(s.len(), 5);
+    let all = s.query(&LogQuery::default()).unwrap();
+    assert_eq!(paths(&all), ["/api/a", "/api/b", "/admin", "/api/c", "/"]);
+    let q = |q: LogQuery| {
+        paths(&s.query(&q).unwrap())
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let secs = Duration::from_secs;
+    assert_eq!(
+        q(LogQuery {
+            since: Some(secs(200)),
+            until: Some(secs(400)),
+            ..LogQuery::default()
+        }),
+        ["/admin", "/api/c"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            ip: Some("192.0.2.2".parse().unwrap()),
+            ..LogQuery::default()
+        }),
+        ["/admin", "/"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            path_prefix: Some("/api".into()),
+            ..LogQuery::default()
+        }),
+        ["/api/a", "/api/b", "/api/c"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            status: Some("5xx".parse().unwrap()),
+            ..LogQuery::default()
+        }),
+        ["/admin", "/api/c"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            status: Some("404".parse().unwrap()),
+            ..LogQuery::default()
+        }),
+        ["/api/b"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            blocked: Some(true),
+            ..LogQuery::default()
+        }),
+        ["/admin"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            limit: Some(2),
+            ..LogQuery::default()
+        }),
+        ["/api/c", "/"]
+    );
+    assert_eq!(
+        q(LogQuery {
+            path_prefix: Some("/api".into()),
+            limit: Some(1),
+            ..LogQuery::default()
+        }),
+        ["/api/c"]
+    );
+}
+
+#[test]
+fn status_filter_parsing() {
+    assert_eq!("5xx".parse::<StatusFilter>(), Ok(StatusFilter::Class(5)));
+    assert_eq!("4XX".parse::<StatusFilter>(), Ok(StatusFilter::Class(4)));
+    assert_eq!("404".parse::<StatusFilter>(), Ok(StatusFilter::Exact(404)));
+    assert!("6xx".parse::<StatusFilter>().is_err());
+    assert!("42".parse::<StatusFilter>().is_err());
+    assert!("abc".parse::<StatusFilter>().is_err());
+}
+
+#[test]
+fn prune_removes_only_older_records() {
+    let s = store();
+    sample(&s);
+    assert_eq!(s.prune_older_than(Duration::from_mins(5)).unwrap(), 3);
+    assert_eq!(
+        paths(&s.query(&LogQuery::default()).unwrap()),
+        ["/api/c", "/"]
+    );
+    assert_eq!(s.prune_older_than(Duration::from_mins(5)).unwrap(), 0);
+}
+
+#[test]
+fn writer_batches_and_flushes_on_shutdown() {
+    let s = store();
+    let w = LogWriter::spawn(s.clone(), 10_000, 64).unwrap();
+    for i in 0..1000 {
+        assert!(w.try_log(rec(i, "192.0.2.1", "/w", Some(200), false)));
+    }
+    w.shutdown();
+    assert_eq!(s.len(), 1000);
+    let recs = s.query(&LogQuery::default()).unwrap();
+    assert!(recs.windows(2).all(|p| p[0].time <= p[1].time));
+}
+
+#[test]
+fn writer_drops_and_counts_when_full() {
+    let s = store();
+    let w = LogWriter::spawn(s.clone(), 4, 2).unwrap();
+    let mut accepted = 0u64;
+    for i in 0..10_000 {
+        accepted += u64::from(w.try_log(rec(i, "192.0.2.1", "/d", Some(200), false)));
+    }
+    let dropped = w.counters().dropped.load(Ordering::Relaxed);
+    assert_eq!(accepted + dropped, 10_000);
+    assert!(dropped > 0, "a queue of 4 cannot take 10k records at once");
+    let counters = Arc::clone(&w.counters);
+    w.shutdown();
+    assert_eq!(counters.written.load(Ordering::Relaxed), accepted);
+    assert_eq!(s.len() as u64, accepted);
+}
+
+#[test]
+fn json_line_has_exactly_the_documented_fields() {
+    let mut r = rec(1_764_000_000, "192.0.2.1", "/p", Some(403), true);
+    r.time += Duration::from_millis(250);
+    r.query = Some("a=1".into());
+    r.user = Some("u1".into());
+    let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want = [
+        "ts",
+        "client",
+        "user",
+        "method",
+        "path",
+        "query",
+        "status",
+        "latency_ms",
+        "bytes_in",
+        "bytes_out",
+        "user_agent",
+        "blocked",
+        "reason",
+    ];
+    want.sort_unstable();
+    assert_eq!(keys, want);
+    assert_eq!(v["ts"], "2025-11-24T16:00:00.250Z");
+    assert_eq!(v["client"], "192.0.2.1");
+    assert_eq!(v["status"], 403);
+    assert_eq!(v["blocked"], true);
+    assert_eq!(v["reason"], "banned");
+}
+
+#[test]
+fn rfc3339_dates() {
+    assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+    assert_eq!(
+        rfc3339(Duration::from_hours(264_384)),
+        "2000-02-29T00:00:00.000Z"
+    );
+    assert_eq!(
+        rfc3339(Duration::from_secs(4_102_444_799)),
+        "2099-12-31T23:59:59.000Z"
+    );
+}
+
+#[test]
+fn table_has_a_header_and_one_row_per_record() {
+    let s = store();
+    sample(&s);
+    let t = format_table(&s.query(&LogQuery::default()).unwrap());
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines[0].starts_with("TIME"));
+    assert!(lines[3].contains("/admin") && lines[3].contains("yes: banned"));
+    assert!(lines[5].contains("2001:db8::1") || lines[4].contains("2001:db8::1"));
+}
+
+#[test]
+fn records_from_tap_events() {
+    use crate::tap::{RequestEvent, RequestHeaders};
+    let e = RequestEvent {
+        conn_id: 1,
+        ts: Duration::from_secs(10),
+        client: "192.0.2.9".parse().unwrap(),
+        peer: "192.0.2.9:1234".parse().unwrap(),
+        server: "192.0.2.1:80".parse().unwrap(),
+        user: None,
+        method: "POST".into(),
+        path: "/login".into(),
+        query: None,
+        http_minor: 1,
+        headers: RequestHeaders {
+            user_agent: Some("x".into()),
+            ..RequestHeaders::default()
+        },
+        body: Vec::new(),
+        body_len: 0,
+        status: Some(401),
+        latency: Some(Duration::from_micros(2500)),
+        bytes_in: 10,
+        bytes_out: 20,
+        response_content_type: None,
+    };
+    let r = LogRecord::from_event(&e, false, None);
+    assert_eq!(
+        (r.status, r.latency_ms, r.user_agent.as_deref()),
+        (Some(401), Some(2.5), Some("x"))
+    );
+}

@@ -1,0 +1,360 @@
+//! One TCP connection to the protected server: both directions' reassembly and HTTP parsers, and
+//! the FIFO that pairs each request with its response (pipelining keeps the order).
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::http::{self, Head, Kind, Message, Parser, RequestHead};
+use super::identity;
+use super::reassembly::{self, Stream};
+use super::{RequestEvent, RequestHeaders, Settings, TapStats};
+
+/// Which way a segment travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client to server: requests.
+    Up,
+    /// Server to client: responses.
+    Down,
+}
+
+/// Everything a connection reports into.
+pub struct Ctx<'a> {
+    pub settings: &'a Settings,
+    pub stats: &'a mut TapStats,
+    pub out: &'a mut Vec<RequestEvent>,
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    head: RequestHead,
+    body: Vec<u8>,
+    body_len: u64,
+    bytes_in: u64,
+    start: Duration,
+}
+
+/// One direction's HTTP state.
+#[derive(Debug)]
+struct Side {
+    parser: Parser,
+    /// False once the direction was found malformed (or abandoned): its bytes are ignored.
+    parsing: bool,
+    /// Capture time of the segment carrying the first byte of the current message.
+    msg_start: Duration,
+    messages: u64,
+    eof_done: bool,
+}
+
+impl Side {
+    fn new(kind: Kind, limits: http::Limits) -> Self {
+        Self {
+            parser: Parser::new(kind, limits),
+            parsing: true,
+            msg_start: Duration::ZERO,
+            messages: 0,
+            eof_done: false,
+        }
+    }
+}
+
+/// The HTTP half of a connection (split from the streams so reassembly can feed it directly).
+#[derive(Debug)]
+struct Exchange {
+    id: u64,
+    client: SocketAddr,
+    server: SocketAddr,
+    up: Side,
+    down: Side,
+    pending: VecDeque<Pending>,
+    /// Set when the pipeline bound was passed: the connection is abandoned after this segment.
+    overflow: bool,
+}
+
+/// A tracked connection.
+#[derive(Debug)]
+pub struct Conn {
+    up_stream: Stream,
+    down_stream: Stream,
+    http: Exchange,
+    pub last_seen: Duration,
+    /// True once a payload byte was seen (a flow without one is half-open, evicted first).
+    pub has_data: bool,
+}
+
+/// What became of a connection after a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Open,
+    /// Both directions closed (FIN) or reset: remove it.
+    Closed,
+    /// A bound was passed: remove it.
+    Abandoned,
+}
+
+impl Conn {
+    pub fn new(id: u64, client: SocketAddr, server: SocketAddr, settings: &Settings) -> Self {
+        Self {
+            up_stream: Stream::default(),
+            down_stream: Stream::default(),
+            http: Exchange {
+                id,
+                client,
+                server,
+                up: Side::new(Kind::Request, settings.http.clone()),
+                down: Side::new(Kind::Response, settings.http.clone()),
+                pending: VecDeque::new(),
+                overflow: false,
+            },
+            last_seen: Duration::ZERO,
+            has_data: false,
+        }
+    }
+
+    /// Out-of-order plus partial-head bytes held by this connection.
+    pub fn release(&mut self) -> usize {
+        self.up_stream.clear() + self.down_stream.clear()
+    }
+
+    /// Feeds one segment of this connection.
+    #[expect(clippy::too_many_arguments, reason = "the segment's fields, unpacked")]
+    pub fn on_segment(
+        &mut self,
+        dir: Dir,
+        ts: Duration,
+        seq: u32,
+        flags: super::packet::TcpFlags,
+        payload: &[u8],
+        total: &mut usize,
+        ctx: &mut Ctx<'_>,
+    ) -> After {
+        self.last_seen = ts;
+        if flags.rst() {
+            ctx.stats.resets += 1;
+            return After::Closed;
+        }
+        let (stream, http) = match dir {
+            Dir::Up => (&mut self.up_stream, &mut self.http),
+            Dir::Down => (&mut self.down_stream, &mut self.http),
+        };
+        if flags.syn() {
+            stream.on_syn(seq);
+        }
+        if payload.is_empty() && !flags.fin() {
+            return After::Open;
+        }
+        let seq = if flags.syn() {
+            seq.wrapping_add(1)
+        } else {
+            seq
+        };
+        self.has_data |= !payload.is_empty();
+        let limits = ctx.settings.limits;
+        // Data before any SYN: this segment starts a mid-stream pickup.
+        let midstream = stream.midstream || !stream.started();
+        if !stream.started() && !payload.is_empty() {
+            ctx.stats.midstream_pickups += 1;
+        }
+        let pushed = {
+            let mut sink = |data: &[u8]| {
+                http.on_data(dir, ts, data, midstream, ctx);
+            };
+            stream.push(seq, payload, flags.fin(), limits, total, &mut sink)
+        };
+        match pushed {
+            Ok(o) => {
+                ctx.stats.duplicate_bytes += o.duplicate as u64;
+                ctx.stats.bytes_delivered += o.delivered as u64;
+            }
+            Err(reassembly::ReassemblyError::FlowBufferFull { .. }) => {
+                ctx.stats.ooo_flow_overflow += 1;
+                return After::Abandoned;
+            }
+            Err(reassembly::ReassemblyError::TotalBufferFull { .. }) => {
+                ctx.stats.ooo_total_overflow += 1;
+                return After::Abandoned;
+            }
+        }
+        if self.http.overflow {
+            ctx.stats.pipeline_overflow += 1;
+            return After::Abandoned;
+        }
+        if stream.finished() {
+            self.http.on_eof(dir, ts, ctx);
+        }
+        if self.up_stream.finished() && self.down_stream.finished() {
+            After::Closed
+        } else {
+            After::Open
+        }
+    }
+
+    /// Reports every request still waiting for a response, without one.
+    pub fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        while let Some(p) = self.http.pending.pop_front() {
+            ctx.stats.unpaired_requests += 1;
+            let event = self.http.event(p, None, ctx.settings);
+            ctx.out.push(event);
+        }
+    }
+}
+
+impl Exchange {
+    fn side(&mut self, dir: Dir) -> &mut Side {
+        match dir {
+            Dir::Up => &mut self.up,
+            Dir::Down => &mut self.down,
+        }
+    }
+
+    fn on_data(&mut self, dir: Dir, ts: Duration, data: &[u8], midstream: bool, ctx: &mut Ctx<'_>) {
+        let mut rest = data;
+        while !rest.is_empty() && self.side(dir).parsing && !self.overflow {
+            let head_request = dir == Dir::Down
+                && self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.head.method.eq_ignore_ascii_case("HEAD"));
+            let side = self.side(dir);
+            if side.parser.is_idle() {
+                side.msg_start = ts;
+            }
+            let Ok(progress) = side.parser.advance(rest, head_request) else {
+                if midstream && side.messages == 0 {
+                    // Picked up inside a message: not the client's fault.
+                    ctx.stats.http_desync += 1;
+                } else {
+                    ctx.stats.http_malformed += 1;
+                }
+                side.parsing = false;
+                break;
+            };
+            rest = &rest[progress.consumed..];
+            if let Some(m) = progress.message {
+                self.on_message(dir, m, ctx);
+            } else if progress.consumed == 0 {
+                break;
+            }
+        }
+    }
+
+    fn on_eof(&mut self, dir: Dir, _ts: Duration, ctx: &mut Ctx<'_>) {
+        let side = self.side(dir);
+        if side.eof_done {
+            return;
+        }
+        side.eof_done = true;
+        if !side.parsing {
+            return;
+        }
+        match side.parser.finish() {
+            Ok(Some(m)) => self.on_message(dir, m, ctx),
+            Ok(None) => {}
+            Err(_) => ctx.stats.http_truncated += 1,
+        }
+    }
+
+    fn on_message(&mut self, dir: Dir, m: Message, ctx: &mut Ctx<'_>) {
+        let side = self.side(dir);
+        side.messages += 1;
+        let start = side.msg_start;
+        match (dir, m.head) {
+            (Dir::Up, Head::Request(head)) => {
+                ctx.stats.requests += 1;
+                if self.pending.len() >= ctx.settings.max_pipelined {
+                    self.overflow = true;
+                    return;
+                }
+                self.pending.push_back(Pending {
+                    head,
+                    body: m.body,
+                    body_len: m.body_len,
+                    bytes_in: m.wire_len,
+                    start,
+                });
+            }
+            (Dir::Down, Head::Response(head)) => {
+                ctx.stats.responses += 1;
+                if m.upgraded {
+                    self.up.parser.set_opaque();
+                    ctx.stats.upgrades += 1;
+                }
+                let Some(p) = self.pending.pop_front() else {
+                    ctx.stats.unpaired_responses += 1;
+                    return;
+                };
+                let response = Response {
+                    status: head.status,
+                    latency: start.saturating_sub(p.start),
+                    bytes_out: m.wire_len,
+                    content_type: head.content_type,
+                };
+                let event = self.event(p, Some(response), ctx.settings);
+                ctx.stats.paired += 1;
+                ctx.out.push(event);
+            }
+            _ => unreachable!("each parser yields its own kind of head"),
+        }
+    }
+
+    fn event(&self, p: Pending, response: Option<Response>, settings: &Settings) -> RequestEvent {
+        let peer = self.client.ip();
+        let h = p.head;
+        let client = identity::client_ip(
+            peer,
+            h.x_forwarded_for.as_deref(),
+            h.forwarded.as_deref(),
+            &settings.trusted_proxies,
+        );
+        let peer_trusted = settings.trusted_proxies.iter().any(|c| c.contains(peer));
+        let user = identity::user_id(
+            h.user_header.as_deref(),
+            peer_trusted,
+            h.authorization.as_deref(),
+            settings.jwt_key.as_deref(),
+        );
+        let (status, latency, bytes_out, response_content_type) = match response {
+            Some(r) => (Some(r.status), Some(r.latency), r.bytes_out, r.content_type),
+            None => (None, None, 0, None),
+        };
+        RequestEvent {
+            conn_id: self.id,
+            ts: p.start,
+            client,
+            peer: self.client,
+            server: self.server,
+            user,
+            method: h.method,
+            path: h.path,
+            query: h.query,
+            http_minor: h.version,
+            headers: RequestHeaders {
+                host: h.host,
+                user_agent: h.user_agent,
+                content_type: h.content_type,
+                content_length: h.content_length,
+                chunked: h.chunked,
+                has_authorization: h.authorization.is_some(),
+                has_cookie: h.has_cookie,
+                x_forwarded_for: h.x_forwarded_for,
+                forwarded: h.forwarded,
+                referer: h.referer,
+            },
+            body: p.body,
+            body_len: p.body_len,
+            status,
+            latency,
+            bytes_in: p.bytes_in,
+            bytes_out,
+            response_content_type,
+        }
+    }
+}
+
+struct Response {
+    status: u16,
+    latency: Duration,
+    bytes_out: u64,
+    content_type: Option<String>,
+}

@@ -1,0 +1,223 @@
+//! Message heads: the "check" step that finds where a head ends (or says it is incomplete), and
+//! the parse of a complete head with `httparse` into the fields guard uses.
+use std::fmt::Write as _;
+
+use super::{HttpError, Kind, Limits};
+
+/// Headers httparse may return for one message; more is malformed.
+const MAX_HEADERS: usize = 96;
+/// Header values kept longer than this are cut (they only feed logs and scoring).
+const MAX_VALUE: usize = 4096;
+
+/// The parts of a request head guard looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    /// The raw Authorization value: kept for identity extraction, not passed on.
+    pub authorization: Option<String>,
+    pub x_forwarded_for: Option<String>,
+    pub forwarded: Option<String>,
+    pub referer: Option<String>,
+    pub has_cookie: bool,
+    /// Value of the configured user header.
+    pub user_header: Option<String>,
+}
+
+/// The parts of a response head guard looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub version: u8,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+}
+
+/// A parsed head.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one head per message, moved a couple of times"
+)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    Request(RequestHead),
+    Response(ResponseHead),
+}
+
+pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<Head, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match kind {
+        Kind::Request => {
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(bytes) {
+                Ok(httparse::Status::Complete(_)) => {}
+                Ok(httparse::Status::Partial) => return Err(HttpError::Truncated),
+                Err(source) => return Err(HttpError::Head { source }),
+            }
+            let target = req.path.unwrap_or("/");
+            let target = strip_authority(target);
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                None => (target.to_owned(), None),
+            };
+            let mut head = RequestHead {
+                method: req.method.unwrap_or_default().to_owned(),
+                path,
+                query,
+                version: req.version.unwrap_or(1),
+                ..RequestHead::default()
+            };
+            let common = common_headers(req.headers)?;
+            head.content_length = common.content_length;
+            head.chunked = common.chunked;
+            if common.other_encoding && !common.chunked {
+                return Err(HttpError::UnsupportedTransferEncoding);
+            }
+            head.content_type = common.content_type;
+            for h in req.headers.iter() {
+                let name = h.name;
+                let slot = if name.eq_ignore_ascii_case("host") {
+                    &mut head.host
+                } else if name.eq_ignore_ascii_case("user-agent") {
+                    &mut head.user_agent
+                } else if name.eq_ignore_ascii_case("authorization") {
+                    &mut head.authorization
+                } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                    append_list(&mut head.x_forwarded_for, h.value);
+                    continue;
+                } else if name.eq_ignore_ascii_case("forwarded") {
+                    append_list(&mut head.forwarded, h.value);
+                    continue;
+                } else if name.eq_ignore_ascii_case("referer") {
+                    &mut head.referer
+                } else if name.eq_ignore_ascii_case("cookie") {
+                    head.has_cookie = true;
+                    continue;
+                } else if limits
+                    .user_header
+                    .as_deref()
+                    .is_some_and(|u| name.eq_ignore_ascii_case(u))
+                {
+                    &mut head.user_header
+                } else {
+                    continue;
+                };
+                if slot.is_none() {
+                    *slot = Some(value_string(h.value));
+                }
+            }
+            Ok(Head::Request(head))
+        }
+        Kind::Response => {
+            let mut res = httparse::Response::new(&mut headers);
+            match res.parse(bytes) {
+                Ok(httparse::Status::Complete(_)) => {}
+                Ok(httparse::Status::Partial) => return Err(HttpError::Truncated),
+                Err(source) => return Err(HttpError::Head { source }),
+            }
+            let common = common_headers(res.headers)?;
+            Ok(Head::Response(ResponseHead {
+                status: res.code.unwrap_or_default(),
+                version: res.version.unwrap_or(1),
+                content_type: common.content_type,
+                content_length: common.content_length,
+                chunked: common.chunked,
+            }))
+        }
+    }
+}
+
+/// The "check" step: the index just past the blank line ending a head, searching from `from`, or
+/// `None` while the head is incomplete. Leading blank lines are not an end.
+pub(super) fn check_head(buf: &[u8], from: usize) -> Option<usize> {
+    let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let mut i = from.max(start);
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Turns an absolute-form target (`http://host/path`) into its path.
+fn strip_authority(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            return rest.find(['/', '?']).map_or("/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+fn value_string(v: &[u8]) -> String {
+    let v = &v[..v.len().min(MAX_VALUE)];
+    String::from_utf8_lossy(v).trim().to_owned()
+}
+
+fn append_list(slot: &mut Option<String>, v: &[u8]) {
+    let v = value_string(v);
+    match slot {
+        Some(s) if s.len() < MAX_VALUE => {
+            let _ = write!(s, ", {v}");
+        }
+        Some(_) => {}
+        None => *slot = Some(v),
+    }
+}
+
+struct Common {
+    content_length: Option<u64>,
+    content_type: Option<String>,
+    chunked: bool,
+    other_encoding: bool,
+}
+
+fn common_headers(headers: &[httparse::Header<'_>]) -> Result<Common, HttpError> {
+    let mut c = Common {
+        content_length: None,
+        content_type: None,
+        chunked: false,
+        other_encoding: false,
+    };
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .map_err(|_| HttpError::BadContentLength)?
+                .trim();
+            if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::BadContentLength);
+            }
+            let n: u64 = v.parse().map_err(|_| HttpError::BadContentLength)?;
+            if c.content_length.is_some_and(|old| old != n) {
+                return Err(HttpError::ConflictingContentLength);
+            }
+            c.content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = String::from_utf8_lossy(h.value);
+            // Only the last coding decides the framing.
+            let last = v.rsplit(',').next().unwrap_or("").trim();
+            c.chunked = last.eq_ignore_ascii_case("chunked");
+            c.other_encoding = !c.chunked;
+        } else if h.name.eq_ignore_ascii_case("content-type") && c.content_type.is_none() {
+            c.content_type = Some(value_string(h.value));
+        }
+    }
+    Ok(c)
+}

@@ -1,0 +1,338 @@
+//! HTTP at the socket hook, userspace side: raw packets in, one [`RequestEvent`] per
+//! request/response exchange out.
+//!
+//! The capture (`AF_PACKET` + the `http_tap` socket filter) hands every packet to
+//! [`Tap::on_packet`] (starting at the IP header) or [`Tap::on_frame`] (at Ethernet) with its
+//! capture time. The tap parses the headers ([`packet`]), reassembles each direction of each
+//! connection ([`reassembly`]), parses HTTP/1.x ([`http`]) and pairs requests with responses
+//! (`conn`), naming the client and user ([`identity`]). It is pure and synchronous: the clock comes
+//! in with the packets and [`Tap::on_tick`]; every bound comes from [`TapConfig`] and every
+//! overflow is a counter in [`TapStats`].
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub mod config;
+mod conn;
+pub mod http;
+pub mod identity;
+pub mod packet;
+pub mod reassembly;
+pub mod synth;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Cidr, TapConfig};
+pub use identity::{UserId, UserSource};
+pub use packet::{PacketError, Segment, TcpFlags};
+
+use conn::{After, Conn, Ctx, Dir};
+
+/// Headers of a request that guard's checks use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestHeaders {
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub has_authorization: bool,
+    pub has_cookie: bool,
+    pub x_forwarded_for: Option<String>,
+    pub forwarded: Option<String>,
+    pub referer: Option<String>,
+}
+
+/// One request and, when it came, its response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestEvent {
+    /// Connection number, unique for the tap's lifetime.
+    pub conn_id: u64,
+    /// Capture time of the request's first byte, wall clock since the Unix epoch.
+    pub ts: Duration,
+    /// The client: the peer, or the forwarded-for address when the peer is a trusted proxy.
+    pub client: IpAddr,
+    /// The TCP peer (client side of the connection).
+    pub peer: SocketAddr,
+    /// The protected server's address.
+    pub server: SocketAddr,
+    pub user: Option<UserId>,
+    pub method: String,
+    /// Request target path, raw (not percent-decoded), without the query.
+    pub path: String,
+    /// Raw query string, without the `?`.
+    pub query: Option<String>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub http_minor: u8,
+    pub headers: RequestHeaders,
+    /// The first `body_inspect_cap` bytes of the (de-chunked) request body.
+    pub body: Vec<u8>,
+    /// Full request body length.
+    pub body_len: u64,
+    /// Response status; `None` when the connection ended (reset, timeout, bound) before it.
+    pub status: Option<u16>,
+    /// First request byte to first response byte.
+    pub latency: Option<Duration>,
+    /// Request bytes on the wire (head + body + chunk framing).
+    pub bytes_in: u64,
+    /// Response bytes on the wire.
+    pub bytes_out: u64,
+    pub response_content_type: Option<String>,
+}
+
+/// Counters of everything the tap saw, dropped or bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TapStats {
+    pub packets: u64,
+    /// Broken packets (truncated headers, bad lengths).
+    pub malformed_packets: u64,
+    /// IP fragments, skipped.
+    pub fragments: u64,
+    /// Well-formed packets that are not TCP, or TCP on other ports.
+    pub ignored_packets: u64,
+    /// Connections being tracked now.
+    pub flows_open: u64,
+    pub flows_created: u64,
+    pub flows_closed: u64,
+    /// Half-open flows evicted to make room when `max_flows` was reached.
+    pub flows_evicted: u64,
+    /// New flows not tracked because the table was full of flows carrying data.
+    pub flows_refused: u64,
+    pub flows_timed_out: u64,
+    pub resets: u64,
+    /// Directions picked up without their SYN.
+    pub midstream_pickups: u64,
+    /// Flows abandoned because a direction passed `max_flow_buffer`.
+    pub ooo_flow_overflow: u64,
+    /// Flows abandoned because all flows together passed `max_total_buffer`.
+    pub ooo_total_overflow: u64,
+    /// Out-of-order bytes held now.
+    pub ooo_buffered: u64,
+    pub bytes_delivered: u64,
+    /// Retransmitted or overlapping bytes dropped (first copy wins).
+    pub duplicate_bytes: u64,
+    /// Directions that stopped being parsed on bad HTTP.
+    pub http_malformed: u64,
+    /// Mid-stream pickups that started inside a message (not counted as malformed).
+    pub http_desync: u64,
+    /// Connections closed in the middle of a message.
+    pub http_truncated: u64,
+    pub requests: u64,
+    pub responses: u64,
+    pub paired: u64,
+    /// Requests reported without a response.
+    pub unpaired_requests: u64,
+    /// Responses with no request waiting (mid-stream pickups, malformed requests).
+    pub unpaired_responses: u64,
+    pub upgrades: u64,
+    /// Connections abandoned because more than `max_pipelined` requests waited.
+    pub pipeline_overflow: u64,
+}
+
+/// The config turned into what the per-packet path needs.
+#[derive(Debug)]
+struct Settings {
+    http_ports: Vec<u16>,
+    max_flows: usize,
+    idle_timeout: Duration,
+    max_pipelined: usize,
+    limits: reassembly::Limits,
+    http: http::Limits,
+    trusted_proxies: Vec<Cidr>,
+    jwt_key: Option<Vec<u8>>,
+}
+
+type Key = (SocketAddr, SocketAddr);
+
+/// The tap: flow table, counters and settings.
+#[derive(Debug)]
+pub struct Tap {
+    settings: Settings,
+    flows: HashMap<Key, Conn>,
+    /// Flows in creation order, candidates for eviction while they carry no data (lazy: entries of
+    /// flows gone or with data are skipped).
+    young: VecDeque<Key>,
+    next_id: u64,
+    ooo_total: usize,
+    stats: TapStats,
+}
+
+impl Tap {
+    #[must_use]
+    pub fn new(config: &TapConfig) -> Self {
+        let settings = Settings {
+            http_ports: config.http_ports.clone(),
+            max_flows: config.max_flows.max(1),
+            idle_timeout: config.idle_timeout,
+            max_pipelined: config.max_pipelined.max(1),
+            limits: reassembly::Limits {
+                max_flow_buffer: config.max_flow_buffer,
+                max_total_buffer: config.max_total_buffer,
+            },
+            http: http::Limits {
+                max_head: config.max_head_size,
+                body_cap: config.body_inspect_cap,
+                user_header: config.user_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            },
+            trusted_proxies: config.trusted_proxies.clone(),
+            jwt_key: config.jwt_hs256_key.as_ref().map(|k| k.as_bytes().to_vec()),
+        };
+        Self {
+            settings,
+            flows: HashMap::new(),
+            young: VecDeque::new(),
+            next_id: 0,
+            ooo_total: 0,
+            stats: TapStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    #[must_use]
+    pub fn stats(&self) -> &TapStats {
+        &self.stats
+    }
+
+    /// A packet starting at the IP header, captured at `ts` (wall clock since the Unix epoch).
+    /// Finished exchanges are pushed to `out`.
+    pub fn on_packet(&mut self, ts: Duration, packet: &[u8], out: &mut Vec<RequestEvent>) {
+        self.stats.packets += 1;
+        match packet::parse_ip(ts, packet) {
+            Ok(seg) => self.on_segment(&seg, out),
+            Err(e) => self.count_error(&e),
+        }
+    }
+
+    /// A frame starting at the Ethernet header.
+    pub fn on_frame(&mut self, ts: Duration, frame: &[u8], out: &mut Vec<RequestEvent>) {
+        self.stats.packets += 1;
+        match packet::parse_ethernet(ts, frame) {
+            Ok(seg) => self.on_segment(&seg, out),
+            Err(e) => self.count_error(&e),
+        }
+    }
+
+    fn count_error(&mut self, e: &PacketError) {
+        match e {
+            PacketError::Fragment => self.stats.fragments += 1,
+            e if e.is_malformed() => self.stats.malformed_packets += 1,
+            _ => self.stats.ignored_packets += 1,
+        }
+    }
+
+    /// An already parsed segment.
+    pub fn on_segment(&mut self, seg: &Segment<'_>, out: &mut Vec<RequestEvent>) {
+        let ports = &self.settings.http_ports;
+        let (key, dir) = if ports.contains(&seg.dst.port()) {
+            ((seg.src, seg.dst), Dir::Up)
+        } else if ports.contains(&seg.src.port()) {
+            ((seg.dst, seg.src), Dir::Down)
+        } else {
+            self.stats.ignored_packets += 1;
+            return;
+        };
+        if !self.flows.contains_key(&key) {
+            // Only a SYN or data opens a flow; a stray ACK, FIN or RST does not.
+            if seg.flags.rst() || (!seg.flags.syn() && seg.payload.is_empty()) {
+                self.stats.ignored_packets += 1;
+                return;
+            }
+            if !self.make_room(out) {
+                self.stats.flows_refused += 1;
+                return;
+            }
+            self.next_id += 1;
+            self.flows
+                .insert(key, Conn::new(self.next_id, key.0, key.1, &self.settings));
+            self.young.push_back(key);
+            self.stats.flows_created += 1;
+        }
+        let Some(conn) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            settings: &self.settings,
+            stats: &mut self.stats,
+            out,
+        };
+        let after = conn.on_segment(
+            dir,
+            seg.ts,
+            seg.seq,
+            seg.flags,
+            seg.payload,
+            &mut self.ooo_total,
+            &mut ctx,
+        );
+        if after != After::Open {
+            self.remove(&key, out);
+            if after == After::Closed {
+                self.stats.flows_closed += 1;
+            }
+        }
+        self.stats.flows_open = self.flows.len() as u64;
+        self.stats.ooo_buffered = self.ooo_total as u64;
+    }
+
+    /// Closes connections idle for `idle_timeout` at `now`.
+    pub fn on_tick(&mut self, now: Duration, out: &mut Vec<RequestEvent>) {
+        let timeout = self.settings.idle_timeout;
+        let idle: Vec<Key> = self
+            .flows
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_seen) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.remove(&key, out);
+            self.stats.flows_timed_out += 1;
+        }
+        if self.young.len() > 2 * self.settings.max_flows {
+            let flows = &self.flows;
+            self.young
+                .retain(|k| flows.get(k).is_some_and(|c| !c.has_data));
+        }
+        self.stats.flows_open = self.flows.len() as u64;
+        self.stats.ooo_buffered = self.ooo_total as u64;
+    }
+
+    /// Closes every connection (shutdown), reporting requests still waiting.
+    pub fn flush(&mut self, out: &mut Vec<RequestEvent>) {
+        let keys: Vec<Key> = self.flows.keys().copied().collect();
+        for key in keys {
+            self.remove(&key, out);
+        }
+        self.young.clear();
+        self.stats.flows_open = 0;
+    }
+
+    fn remove(&mut self, key: &Key, out: &mut Vec<RequestEvent>) {
+        if let Some(mut conn) = self.flows.remove(key) {
+            self.ooo_total = self.ooo_total.saturating_sub(conn.release());
+            let mut ctx = Ctx {
+                settings: &self.settings,
+                stats: &mut self.stats,
+                out,
+            };
+            conn.flush(&mut ctx);
+        }
+        self.stats.ooo_buffered = self.ooo_total as u64;
+    }
+
+    /// Makes room for one more flow: evicts the oldest flow that never carried data. False when
+    /// every tracked flow carries data (the new flow is refused, existing ones are kept).
+    fn make_room(&mut self, out: &mut Vec<RequestEvent>) -> bool {
+        if self.flows.len() < self.settings.max_flows {
+            return true;
+        }
+        while let Some(key) = self.young.pop_front() {
+            if self.flows.get(&key).is_some_and(|c| !c.has_data) {
+                self.remove(&key, out);
+                self.stats.flows_evicted += 1;
+                return true;
+            }
+        }
+        false
+    }
+}
