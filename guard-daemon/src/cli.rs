@@ -43,6 +43,39 @@ pub enum Command {
     Stats(JsonFlag),
     /// Is the daemon running, on which interfaces, with what.
     Status(JsonFlag),
+    /// Query the request log.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only records newer than this (e.g. 10m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records older than this long ago (e.g. 5m).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this client address.
+    #[arg(long)]
+    pub ip: Option<std::net::IpAddr>,
+    /// Only paths starting with this.
+    #[arg(long)]
+    pub path_prefix: Option<String>,
+    /// Only this status (404) or class (5xx).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only blocked requests.
+    #[arg(long)]
+    pub blocked: bool,
+    /// At most this many (the newest).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep printing new records as they arrive.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +92,9 @@ pub struct RunArgs {
     /// bpffs directory for pinned maps and links; overrides `xdp.pin_dir`.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Protected HTTP port to capture (repeatable); overrides `tap.http_ports`.
+    #[arg(long = "http-port", value_name = "PORT")]
+    pub http_ports: Vec<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
         Command::Stats(f) => stats(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
+        Command::Logs(args) => logs(args, &socket_path(socket)),
     }
 }
 
@@ -155,6 +192,9 @@ fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if let Some(d) = args.pin_dir {
         config.xdp.pin_dir = d;
+    }
+    if !args.http_ports.is_empty() {
+        config.tap.http_ports = args.http_ports;
     }
     config.validate(args.config.as_deref().unwrap_or("command line".as_ref()))?;
     crate::daemon::run(config)
@@ -385,6 +425,54 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
     if rows.is_empty() {
         println!("(none)");
+    }
+}
+
+fn ago_ns(text: &str) -> anyhow::Result<u64> {
+    let d = parse_duration(text)?;
+    Ok(now_ms().saturating_sub(d.as_millis() as u64).saturating_mul(1_000_000))
+}
+
+fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
+    use crate::store::logs::LogRecord;
+    let mut req = control::LogsRequest {
+        since_ns: args.since.as_deref().map(ago_ns).transpose()?,
+        until_ns: args.until.as_deref().map(ago_ns).transpose()?,
+        ip: args.ip,
+        path_prefix: args.path_prefix,
+        status: args.status,
+        blocked: args.blocked,
+        limit: args.limit,
+    };
+    if let Some(s) = &req.status {
+        s.parse::<crate::store::logs::StatusFilter>()?;
+    }
+    let mut header = true;
+    loop {
+        let records: Vec<LogRecord> = serde_json::from_value(control::call(socket, &Request::Logs(req.clone()))?)?;
+        if args.json {
+            for r in &records {
+                println!("{}", r.to_json_line());
+            }
+        } else if !records.is_empty() || header {
+            let table = crate::store::logs::format::format_table(&records);
+            let mut lines = table.lines();
+            if !header {
+                lines.next();
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            header = false;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        if let Some(last) = records.iter().map(|r| r.time).max() {
+            req.since_ns = Some(last.as_nanos() as u64 + 1);
+        }
+        req.limit = None;
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

@@ -34,6 +34,27 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub xdp: XdpConfig,
     pub bans: BansConfig,
+    pub tap: crate::tap::TapConfig,
+    pub logs: LogsConfig,
+}
+
+/// `[logs]`: the request log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Records older than this are pruned in the background. Default `30d`.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    /// Records waiting for the writer; past it new records are dropped and counted. Default 65536.
+    pub queue: usize,
+    /// Records written per sled batch at most. Default 1024.
+    pub batch: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(30 * 86_400), queue: 65_536, batch: 1024 }
+    }
 }
 
 /// `[daemon]`: where guard keeps its socket and state.
@@ -189,6 +210,12 @@ impl Config {
         }
         if self.bans.sweep_interval.is_zero() || self.bans.sweep_interval > Duration::from_secs(1) {
             return invalid("bans.sweep_interval", "must be between 1ms and 1s");
+        }
+        if self.logs.queue == 0 || self.logs.batch == 0 {
+            return invalid("logs.queue", "logs.queue and logs.batch must be at least 1");
+        }
+        if self.tap.http_ports.contains(&0) {
+            return invalid("tap.http_ports", "port 0 is not a port");
         }
         for name in &self.xdp.interfaces {
             if name.is_empty() || name.len() > 15 || name.contains('/') {

@@ -58,6 +58,22 @@ pub enum Request {
     AllowLs,
     Stats,
     Status,
+    Logs(LogsRequest),
+}
+
+/// Filters of `guard logs` as sent over the socket (see `store::logs::LogQuery`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// Wall-clock ns since the epoch.
+    pub since_ns: Option<u64>,
+    pub until_ns: Option<u64>,
+    pub ip: Option<std::net::IpAddr>,
+    pub path_prefix: Option<String>,
+    /// `404`, `5xx`, …
+    pub status: Option<String>,
+    #[serde(default)]
+    pub blocked: bool,
+    pub limit: Option<usize>,
 }
 
 /// The daemon's answer.

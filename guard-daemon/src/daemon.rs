@@ -15,7 +15,9 @@ use tracing::{error, info, warn};
 
 use crate::bans::{BanError, BanRequest, Bans};
 use crate::config::Config;
-use crate::control::{self, Request, Response};
+use crate::control::{self, LogsRequest, Request, Response};
+use crate::pipeline::Pipeline;
+use crate::store::logs::{LogQuery, LogStore, LogWriter};
 use crate::net::Net;
 use crate::store::Store;
 use crate::xdp::Xdp;
@@ -31,6 +33,9 @@ struct Counters {
 
 struct Shared {
     bans: Mutex<Bans>,
+    logs: LogStore,
+    writer: Arc<LogWriter>,
+    pipeline: Mutex<Option<Pipeline>>,
     counters: Counters,
     config: Config,
     started: Instant,
@@ -55,6 +60,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
+    let logs = LogStore::open(store.db().open_tree(crate::store::TREE_LOGS).context("opening the request log")?);
+    let writer = Arc::new(LogWriter::spawn(logs.clone(), config.logs.queue, config.logs.batch).context("starting the log writer")?);
+    let pipeline = if config.tap.http_ports.is_empty() {
+        info!("tap.http_ports is empty: no HTTP capture");
+        None
+    } else {
+        let names: Vec<String> = xdp.interfaces().iter().map(|(n, _)| n.clone()).collect();
+        // Fail open: without the tap guard still enforces bans; say so loudly.
+        match Pipeline::start(&mut xdp, &names, &config.tap, Arc::clone(&writer)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                error!("HTTP capture unavailable, continuing without it: {e}");
+                None
+            }
+        }
+    };
     let bans = Bans::new(store, xdp, config.bans.default_ttl)
         .context("rebuilding the XDP maps from the store")?;
     {
@@ -64,6 +85,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let shared = Arc::new(Shared {
         bans: Mutex::new(bans),
+        logs,
+        writer,
+        pipeline: Mutex::new(pipeline),
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -78,6 +102,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
+    if let Some(p) = shared.pipeline.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        p.stop();
+    }
+    match Arc::try_unwrap(shared.writer) {
+        Ok(w) => w.shutdown(),
+        Err(_) => warn!("log writer still in use at exit; queued records may be lost"),
+    }
     let bans = shared
         .bans
         .into_inner()
@@ -101,6 +132,7 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
+    let pruner = tokio::spawn(prune_loop(Arc::clone(&shared)));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -114,6 +146,7 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
     };
     control::serve(listener, handler, shutdown_signal()).await;
     sweeper.abort();
+    pruner.abort();
     if let Some(r) = reader {
         r.abort();
     }
@@ -154,6 +187,25 @@ async fn sweep_loop(shared: Arc<Shared>) {
             }
             Ok(Err(e)) => warn!("sweeping expired bans: {e}"),
             Err(e) => warn!("sweeper task: {e}"),
+        }
+    }
+}
+
+async fn prune_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&shared);
+        let pruned = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            s.logs.prune_older_than(now.saturating_sub(s.config.logs.retention))
+        })
+        .await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => info!(records = n, "request log pruned"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("pruning the request log: {e}"),
+            Err(e) => warn!("pruner task: {e}"),
         }
     }
 }
@@ -276,8 +328,29 @@ fn handle(shared: &Shared, req: Request) -> Response {
         Request::AllowLs => shared.bans().allows().map(Response::ok),
         Request::Stats => Ok(stats(shared)),
         Request::Status => Ok(status(shared)),
+        Request::Logs(q) => return logs(shared, q),
     };
     result.unwrap_or_else(Response::err)
+}
+
+fn logs(shared: &Shared, q: LogsRequest) -> Response {
+    let status = match q.status.as_deref().map(str::parse).transpose() {
+        Ok(s) => s,
+        Err(e) => return Response::err(e),
+    };
+    let query = LogQuery {
+        since: q.since_ns.map(Duration::from_nanos),
+        until: q.until_ns.map(Duration::from_nanos),
+        ip: q.ip,
+        path_prefix: q.path_prefix,
+        status,
+        blocked: q.blocked.then_some(true),
+        limit: q.limit,
+    };
+    match shared.logs.query(&query) {
+        Ok(records) => Response::ok(records),
+        Err(e) => Response::err(e),
+    }
 }
 
 fn stats(shared: &Shared) -> Response {
@@ -292,8 +365,17 @@ fn stats(shared: &Shared) -> Response {
         Err(e) => return Response::err(e),
     }
     let c = &shared.counters;
+    let tap = shared.pipeline.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(Pipeline::stats).unwrap_or_default();
+    let w = shared.writer.counters();
     Response::ok(json!({
         "xdp": xdp,
+        "tap": tap,
+        "logs": {
+            "written": w.written.load(Ordering::Relaxed),
+            "dropped": w.dropped.load(Ordering::Relaxed),
+            "failed_batches": w.failed_batches.load(Ordering::Relaxed),
+            "stored": shared.logs.len(),
+        },
         "daemon": {
             "rate_events": c.rate_events.load(Ordering::Relaxed),
             "rate_bans": c.rate_bans.load(Ordering::Relaxed),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod net;
+pub mod pipeline;
 pub mod store;
 pub mod tap;
 pub mod xdp;

@@ -1,7 +1,8 @@
 //! `http_tap`: a socket filter for guard's AF_PACKET capture socket. It keeps only TCP segments
 //! to or from a protected HTTP port (the `TAP_PORTS` array, written by the daemon at run time)
-//! that carry payload or close the connection (FIN/RST, which end HTTP/1.0 responses and flows);
-//! everything else is never copied to userspace.
+//! that carry payload, open the connection (SYN: the reassembler learns the initial sequence
+//! number, so even a reordered first data segment is placed right) or close it (FIN/RST, which
+//! end HTTP/1.0 responses and flows); pure ACKs and everything else never reach userspace.
 use aya_ebpf::{
     macros::{map, socket_filter},
     maps::Array,
@@ -17,6 +18,7 @@ static TAP_PORTS: Array<u8> = Array::with_max_entries(TAP_PORTS_LEN, 0);
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
 #[socket_filter]
@@ -69,7 +71,7 @@ fn try_tap(ctx: &SkBuffContext) -> Option<i64> {
     let doff: u8 = ctx.load(l4 + 12).ok()?;
     let flags: u8 = ctx.load(l4 + 13).ok()?;
     let data = l4 + usize::from(doff >> 4) * 4;
-    if payload_end > data || flags & (TCP_FIN | TCP_RST) != 0 {
+    if payload_end > data || flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         Some(i64::from(ctx.len()))
     } else {
         Some(0)

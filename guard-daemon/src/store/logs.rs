@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tap::RequestEvent;
 
-mod format;
+pub mod format;
 #[cfg(test)]
 mod tests;
 

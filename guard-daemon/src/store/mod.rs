@@ -32,6 +32,8 @@ pub enum StoreError {
 
 /// Name of the bans tree.
 pub const TREE_BANS: &str = "bans";
+/// Name of the request log tree (see `logs`).
+pub const TREE_LOGS: &str = "logs";
 /// Name of the allowlist tree.
 pub const TREE_ALLOW: &str = "allow";
 

@@ -1,0 +1,114 @@
+//! The HTTP observation pipeline: one thread per guarded interface reads the capture ring,
+//! feeds the tap (reassembly, HTTP parsing, pairing) and hands each finished request to the
+//! batching log writer — never blocking on it: a record that does not fit is counted and dropped.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::capture::{Capture, CaptureError, CaptureStats, RingSize};
+use crate::store::logs::{LogRecord, LogWriter};
+use crate::tap::{RequestEvent, Tap, TapConfig, TapStats};
+use crate::xdp::Xdp;
+
+/// Counters of one interface's pipeline, refreshed by its thread.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineStats {
+    pub interface: String,
+    pub capture: CaptureStats,
+    pub tap: TapStats,
+    /// Requests handed to the log writer.
+    pub requests: u64,
+}
+
+/// The running pipeline threads.
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<Mutex<PipelineStats>>>,
+}
+
+impl Pipeline {
+    /// Opens a capture socket per interface (with the `http_tap` filter from `xdp`), sets the
+    /// protected ports, and starts the threads.
+    pub fn start(xdp: &mut Xdp, interfaces: &[String], config: &TapConfig, writer: Arc<LogWriter>) -> Result<Self, CaptureError> {
+        xdp.set_tap_ports(&config.http_ports).map_err(|e| CaptureError::Sys {
+            call: "setting the tap ports",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut all_stats = Vec::new();
+        for iface in interfaces {
+            let capture = Capture::open(iface, RingSize::default(), |fd| {
+                xdp.attach_tap(fd).map_err(|e| CaptureError::Sys { call: "attaching http_tap", source: std::io::Error::other(e.to_string()) })
+            })?;
+            let stats = Arc::new(Mutex::new(PipelineStats { interface: iface.clone(), ..Default::default() }));
+            let (stop, stats2, writer, tap_config) = (Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&writer), config.clone());
+            let name = iface.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("guard-tap-{iface}"))
+                .spawn(move || run(capture, Tap::new(&tap_config), &stop, &stats2, &writer, &name))
+                .map_err(|source| CaptureError::Sys { call: "spawning the capture thread", source })?;
+            info!(interface = %iface, ports = ?config.http_ports, "HTTP tap capturing");
+            threads.push(thread);
+            all_stats.push(stats);
+        }
+        Ok(Self { stop, threads, stats: all_stats })
+    }
+
+    /// A snapshot of every interface's counters.
+    #[must_use]
+    pub fn stats(&self) -> Vec<PipelineStats> {
+        self.stats.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone()).collect()
+    }
+
+    /// Stops the threads (each flushes its open requests to the log first).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wall_now() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+fn run(mut capture: Capture, mut tap: Tap, stop: &AtomicBool, stats: &Mutex<PipelineStats>, writer: &LogWriter, iface: &str) {
+    let mut out: Vec<RequestEvent> = Vec::new();
+    let mut requests = 0u64;
+    let mut last_tick = Instant::now();
+    let emit = |out: &mut Vec<RequestEvent>, requests: &mut u64| {
+        for e in out.drain(..) {
+            *requests += 1;
+            // A full queue drops the record; the writer counts it.
+            let _ = writer.try_log(LogRecord::from_event(&e, false, None));
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let polled = capture.poll(Duration::from_millis(100), |ts, frame| {
+            tap.on_frame(Duration::from_nanos(ts), frame, &mut out);
+        });
+        if let Err(e) = polled {
+            warn!(interface = iface, "capture stopped: {e}");
+            break;
+        }
+        emit(&mut out, &mut requests);
+        if last_tick.elapsed() >= Duration::from_millis(250) {
+            last_tick = Instant::now();
+            tap.on_tick(wall_now(), &mut out);
+            emit(&mut out, &mut requests);
+            let cap = capture.stats();
+            let mut s = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            s.capture = cap;
+            s.tap = tap.stats().clone();
+            s.requests = requests;
+        }
+    }
+    tap.flush(&mut out);
+    emit(&mut out, &mut requests);
+}
