@@ -1,6 +1,9 @@
 //! Helpers for guard's end-to-end tests and benchmarks: network namespaces, veth pairs, the
 //! daemon process and its CLI, and real traffic — each behind an RAII guard that removes what it
 //! made, also when a test fails. Everything stays inside namespaces the test created.
+pub mod http;
+pub mod rawtcp;
+
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

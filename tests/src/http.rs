@@ -1,0 +1,148 @@
+//! A small real HTTP/1.1 server for the tests (keep-alive, pipelining, Content-Length and
+//! chunked request bodies) and raw-socket clients that can write requests any way a test wants.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::Netns;
+
+/// Starts the server on `port` in `ns`. `GET /missing*` answers 404, `/error*` 500, anything
+/// else 200 with a body naming the method and path.
+pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = TcpListener::bind(("0.0.0.0", port));
+        let _ = tx.send(listener.is_ok());
+        let Ok(listener) = listener else { return };
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = serve(stream);
+            });
+        }
+    });
+    anyhow::ensure!(rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false), "HTTP server did not start");
+    Ok(())
+}
+
+fn serve(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(target)) = (parts.next().map(str::to_owned), parts.next().map(str::to_owned)) else {
+            out.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            return Ok(());
+        };
+        let mut length = 0usize;
+        let mut chunked = false;
+        let mut close = line.contains("HTTP/1.0");
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            } else if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+        }
+        let mut body = 0usize;
+        if chunked {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size)?;
+                let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16) else {
+                    out.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+                    return Ok(());
+                };
+                let mut buf = vec![0u8; n + 2];
+                reader.read_exact(&mut buf)?;
+                body += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        } else if length > 0 {
+            std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
+            body = length;
+        }
+        let status = if target.starts_with("/missing") {
+            "404 Not Found"
+        } else if target.starts_with("/error") {
+            "500 Internal Server Error"
+        } else {
+            "200 OK"
+        };
+        let payload = format!("{method} {target} {body}\n");
+        let conn = if close { "close" } else { "keep-alive" };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{payload}",
+            payload.len()
+        );
+        out.write_all(response.as_bytes())?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// A client connection from inside a namespace (open on a thread that entered it).
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    /// Connects from `ns` to `dst` and runs `f` with the connection, on a thread inside `ns`.
+    pub fn with<T: Send + 'static>(ns: &Netns, dst: SocketAddr, f: impl FnOnce(&mut Client) -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {
+        Ok(ns.run(move || -> std::io::Result<T> {
+            let stream = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.set_nodelay(true)?;
+            f(&mut Client { stream })
+        })??)
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads `n` complete responses (Content-Length framed) and returns their status codes.
+    pub fn responses(&mut self, n: usize) -> std::io::Result<Vec<u16>> {
+        let mut reader = BufReader::new(self.stream.try_clone()?);
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let mut length = 0u64;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h)?;
+                let h = h.trim_end().to_ascii_lowercase();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
+            statuses.push(status);
+        }
+        Ok(statuses)
+    }
+}
