@@ -430,7 +430,9 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 fn ago_ns(text: &str) -> anyhow::Result<u64> {
     let d = parse_duration(text)?;
-    Ok(now_ms().saturating_sub(d.as_millis() as u64).saturating_mul(1_000_000))
+    Ok(now_ms()
+        .saturating_sub(d.as_millis() as u64)
+        .saturating_mul(1_000_000))
 }
 
 fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
@@ -449,7 +451,8 @@ fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     }
     let mut header = true;
     loop {
-        let records: Vec<LogRecord> = serde_json::from_value(control::call(socket, &Request::Logs(req.clone()))?)?;
+        let records: Vec<LogRecord> =
+            serde_json::from_value(control::call(socket, &Request::Logs(req.clone()))?)?;
         if args.json {
             for r in &records {
                 println!("{}", r.to_json_line());

@@ -53,7 +53,11 @@ pub struct LogsConfig {
 
 impl Default for LogsConfig {
     fn default() -> Self {
-        Self { retention: Duration::from_secs(30 * 86_400), queue: 65_536, batch: 1024 }
+        Self {
+            retention: Duration::from_hours(720),
+            queue: 65_536,
+            batch: 1024,
+        }
     }
 }
 

@@ -16,10 +16,10 @@ use tracing::{error, info, warn};
 use crate::bans::{BanError, BanRequest, Bans};
 use crate::config::Config;
 use crate::control::{self, LogsRequest, Request, Response};
-use crate::pipeline::Pipeline;
-use crate::store::logs::{LogQuery, LogStore, LogWriter};
 use crate::net::Net;
+use crate::pipeline::Pipeline;
 use crate::store::Store;
+use crate::store::logs::{LogQuery, LogStore, LogWriter};
 use crate::xdp::Xdp;
 
 /// Daemon-level counters shown by `guard stats`.
@@ -60,15 +60,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
-    let logs = LogStore::open(store.db().open_tree(crate::store::TREE_LOGS).context("opening the request log")?);
-    let writer = Arc::new(LogWriter::spawn(logs.clone(), config.logs.queue, config.logs.batch).context("starting the log writer")?);
+    let logs = LogStore::open(
+        store
+            .db()
+            .open_tree(crate::store::TREE_LOGS)
+            .context("opening the request log")?,
+    );
+    let writer = Arc::new(
+        LogWriter::spawn(logs.clone(), config.logs.queue, config.logs.batch)
+            .context("starting the log writer")?,
+    );
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
         None
     } else {
         let names: Vec<String> = xdp.interfaces().iter().map(|(n, _)| n.clone()).collect();
         // Fail open: without the tap guard still enforces bans; say so loudly.
-        match Pipeline::start(&mut xdp, &names, &config.tap, Arc::clone(&writer)) {
+        match Pipeline::start(&mut xdp, &names, &config.tap, &writer) {
             Ok(p) => Some(p),
             Err(e) => {
                 error!("HTTP capture unavailable, continuing without it: {e}");
@@ -102,12 +110,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
-    if let Some(p) = shared.pipeline.into_inner().unwrap_or_else(PoisonError::into_inner) {
+    if let Some(p) = shared
+        .pipeline
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
         p.stop();
     }
-    match Arc::try_unwrap(shared.writer) {
-        Ok(w) => w.shutdown(),
-        Err(_) => warn!("log writer still in use at exit; queued records may be lost"),
+    if let Ok(w) = Arc::try_unwrap(shared.writer) {
+        w.shutdown()
+    } else {
+        warn!("log writer still in use at exit; queued records may be lost")
     }
     let bans = shared
         .bans
@@ -192,13 +205,16 @@ async fn sweep_loop(shared: Arc<Shared>) {
 }
 
 async fn prune_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let mut tick = tokio::time::interval(Duration::from_mins(10));
     loop {
         tick.tick().await;
         let s = Arc::clone(&shared);
         let pruned = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            s.logs.prune_older_than(now.saturating_sub(s.config.logs.retention))
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            s.logs
+                .prune_older_than(now.saturating_sub(s.config.logs.retention))
         })
         .await;
         match pruned {
@@ -365,7 +381,13 @@ fn stats(shared: &Shared) -> Response {
         Err(e) => return Response::err(e),
     }
     let c = &shared.counters;
-    let tap = shared.pipeline.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(Pipeline::stats).unwrap_or_default();
+    let tap = shared
+        .pipeline
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(Pipeline::stats)
+        .unwrap_or_default();
     let w = shared.writer.counters();
     Response::ok(json!({
         "xdp": xdp,

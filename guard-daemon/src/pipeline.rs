@@ -33,36 +33,72 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens a capture socket per interface (with the `http_tap` filter from `xdp`), sets the
     /// protected ports, and starts the threads.
-    pub fn start(xdp: &mut Xdp, interfaces: &[String], config: &TapConfig, writer: Arc<LogWriter>) -> Result<Self, CaptureError> {
-        xdp.set_tap_ports(&config.http_ports).map_err(|e| CaptureError::Sys {
-            call: "setting the tap ports",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    pub fn start(
+        xdp: &mut Xdp,
+        interfaces: &[String],
+        config: &TapConfig,
+        writer: &Arc<LogWriter>,
+    ) -> Result<Self, CaptureError> {
+        xdp.set_tap_ports(&config.http_ports)
+            .map_err(|e| CaptureError::Sys {
+                call: "setting the tap ports",
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut all_stats = Vec::new();
         for iface in interfaces {
             let capture = Capture::open(iface, RingSize::default(), |fd| {
-                xdp.attach_tap(fd).map_err(|e| CaptureError::Sys { call: "attaching http_tap", source: std::io::Error::other(e.to_string()) })
+                xdp.attach_tap(fd).map_err(|e| CaptureError::Sys {
+                    call: "attaching http_tap",
+                    source: std::io::Error::other(e.to_string()),
+                })
             })?;
-            let stats = Arc::new(Mutex::new(PipelineStats { interface: iface.clone(), ..Default::default() }));
-            let (stop, stats2, writer, tap_config) = (Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&writer), config.clone());
+            let stats = Arc::new(Mutex::new(PipelineStats {
+                interface: iface.clone(),
+                ..Default::default()
+            }));
+            let (stop, stats2, writer, tap_config) = (
+                Arc::clone(&stop),
+                Arc::clone(&stats),
+                Arc::clone(writer),
+                config.clone(),
+            );
             let name = iface.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("guard-tap-{iface}"))
-                .spawn(move || run(capture, Tap::new(&tap_config), &stop, &stats2, &writer, &name))
-                .map_err(|source| CaptureError::Sys { call: "spawning the capture thread", source })?;
+                .spawn(move || {
+                    run(
+                        capture,
+                        Tap::new(&tap_config),
+                        &stop,
+                        &stats2,
+                        &writer,
+                        &name,
+                    )
+                })
+                .map_err(|source| CaptureError::Sys {
+                    call: "spawning the capture thread",
+                    source,
+                })?;
             info!(interface = %iface, ports = ?config.http_ports, "HTTP tap capturing");
             threads.push(thread);
             all_stats.push(stats);
         }
-        Ok(Self { stop, threads, stats: all_stats })
+        Ok(Self {
+            stop,
+            threads,
+            stats: all_stats,
+        })
     }
 
     /// A snapshot of every interface's counters.
     #[must_use]
     pub fn stats(&self) -> Vec<PipelineStats> {
-        self.stats.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone()).collect()
+        self.stats
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .collect()
     }
 
     /// Stops the threads (each flushes its open requests to the log first).
@@ -75,10 +111,19 @@ impl Pipeline {
 }
 
 fn wall_now() -> Duration {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
-fn run(mut capture: Capture, mut tap: Tap, stop: &AtomicBool, stats: &Mutex<PipelineStats>, writer: &LogWriter, iface: &str) {
+fn run(
+    mut capture: Capture,
+    mut tap: Tap,
+    stop: &AtomicBool,
+    stats: &Mutex<PipelineStats>,
+    writer: &LogWriter,
+    iface: &str,
+) {
     let mut out: Vec<RequestEvent> = Vec::new();
     let mut requests = 0u64;
     let mut last_tick = Instant::now();

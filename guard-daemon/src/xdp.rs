@@ -14,7 +14,8 @@ use aya::{Ebpf, EbpfLoader};
 use guard_common::{
     BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6,
     MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG,
-    MAP_EVENTS, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
+    MAP_EVENTS, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT,
+    XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -228,11 +229,17 @@ impl Xdp {
 
     /// Attaches the `http_tap` socket filter to a capture socket (loading it on first use).
     pub fn attach_tap(&mut self, socket: std::os::fd::BorrowedFd<'_>) -> Result<(), XdpError> {
-        let err = |source| XdpError::Program { name: PROG_HTTP_TAP, source };
+        let err = |source| XdpError::Program {
+            name: PROG_HTTP_TAP,
+            source,
+        };
         let prog: &mut SocketFilter = self
             .ebpf
             .program_mut(PROG_HTTP_TAP)
-            .ok_or(XdpError::Missing { what: "program", name: PROG_HTTP_TAP })?
+            .ok_or(XdpError::Missing {
+                what: "program",
+                name: PROG_HTTP_TAP,
+            })?
             .try_into()
             .map_err(err)?;
         if prog.fd().is_err() {
@@ -245,11 +252,15 @@ impl Xdp {
     pub fn set_tap_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
         for &old in &self.tap_set {
             if !ports.contains(&old) {
-                self.tap_ports.set(u32::from(old), 0, 0).map_err(map_err(MAP_TAP_PORTS, "set"))?;
+                self.tap_ports
+                    .set(u32::from(old), 0, 0)
+                    .map_err(map_err(MAP_TAP_PORTS, "set"))?;
             }
         }
         for &port in ports {
-            self.tap_ports.set(u32::from(port), 1, 0).map_err(map_err(MAP_TAP_PORTS, "set"))?;
+            self.tap_ports
+                .set(u32::from(port), 1, 0)
+                .map_err(map_err(MAP_TAP_PORTS, "set"))?;
         }
         self.tap_set = ports.to_vec();
         Ok(())

@@ -20,7 +20,10 @@ pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
             });
         }
     });
-    anyhow::ensure!(rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false), "HTTP server did not start");
+    anyhow::ensure!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false),
+        "HTTP server did not start"
+    );
     Ok(())
 }
 
@@ -34,8 +37,13 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         let mut parts = line.split_whitespace();
-        let (Some(method), Some(target)) = (parts.next().map(str::to_owned), parts.next().map(str::to_owned)) else {
-            out.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        let (Some(method), Some(target)) = (
+            parts.next().map(str::to_owned),
+            parts.next().map(str::to_owned),
+        ) else {
+            out.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
             return Ok(());
         };
         let mut length = 0usize;
@@ -64,7 +72,8 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             loop {
                 let mut size = String::new();
                 reader.read_line(&mut size)?;
-                let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16) else {
+                let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                else {
                     out.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
                     return Ok(());
                 };
@@ -106,7 +115,11 @@ pub struct Client {
 
 impl Client {
     /// Connects from `ns` to `dst` and runs `f` with the connection, on a thread inside `ns`.
-    pub fn with<T: Send + 'static>(ns: &Netns, dst: SocketAddr, f: impl FnOnce(&mut Client) -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    pub fn with<T: Send + 'static>(
+        ns: &Netns,
+        dst: SocketAddr,
+        f: impl FnOnce(&mut Client) -> std::io::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
         Ok(ns.run(move || -> std::io::Result<T> {
             let stream = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -127,7 +140,11 @@ impl Client {
         for _ in 0..n {
             let mut line = String::new();
             reader.read_line(&mut line)?;
-            let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let mut length = 0u64;
             loop {
                 let mut h = String::new();

@@ -21,7 +21,11 @@ pub fn mute_kernel_resets(ns: &Netns, port: u16) -> anyhow::Result<()> {
     let out = ns.command("nft").arg("-f").arg(&file).output();
     let _ = std::fs::remove_file(&file);
     let out = out?;
-    anyhow::ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = sh;
     Ok(())
 }
@@ -50,6 +54,9 @@ pub struct RawTcp {
     ack: u32,
 }
 
+/// Source ports of crafted connections, each used once.
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
@@ -58,21 +65,49 @@ impl RawTcp {
     /// Handshakes with `dst:dport` from `src`.
     pub fn connect(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> anyhow::Result<Self> {
         // SAFETY: socket() returns a new fd we own.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_TCP,
+            )
+        };
         if raw < 0 {
             bail!("raw socket: {}", std::io::Error::last_os_error());
         }
         // SAFETY: raw is a fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
         // SAFETY: valid timeval for SO_RCVTIMEO.
-        unsafe { libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32) };
-        static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let sport = 40_000 + (std::process::id() as u16 % 5_000) + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        let sport = 40_000
+            + (std::process::id() as u16 % 5_000)
+            + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let isn = 0x1000_0000 ^ u32::from(sport);
-        let mut c = Self { fd, src, dst, sport, dport, isn, ack: 0 };
+        let mut c = Self {
+            fd,
+            src,
+            dst,
+            sport,
+            dport,
+            isn,
+            ack: 0,
+        };
         c.send_segment(isn.wrapping_sub(1), SYN, &[])?;
-        let (seq, flags) = c.wait_for(|flags| flags & (SYN | ACK) == SYN | ACK).context("no SYN-ACK")?;
+        let (seq, flags) = c
+            .wait_for(|flags| flags & (SYN | ACK) == SYN | ACK)
+            .context("no SYN-ACK")?;
         let _ = flags;
         c.ack = seq.wrapping_add(1);
         c.send_segment(isn, ACK, &[])?;
@@ -88,10 +123,10 @@ impl RawTcp {
     pub fn read_response(&mut self) -> anyhow::Result<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
-            if let Some((_, _, payload)) = self.recv()? {
-                if !payload.is_empty() {
-                    return Ok(payload);
-                }
+            if let Some((_, _, payload)) = self.recv()?
+                && !payload.is_empty()
+            {
+                return Ok(payload);
             }
         }
         bail!("no response data")
@@ -100,40 +135,43 @@ impl RawTcp {
     fn wait_for(&mut self, want: impl Fn(u8) -> bool) -> anyhow::Result<(u32, u8)> {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
-            if let Some((seq, flags, _)) = self.recv()? {
-                if want(flags) {
-                    return Ok((seq, flags));
-                }
+            if let Some((seq, flags, _)) = self.recv()?
+                && want(flags)
+            {
+                return Ok((seq, flags));
             }
         }
         bail!("timed out")
     }
 
     /// One TCP segment of our connection: (seq, flags, payload), or None on timeout/other.
-    fn recv(&mut self) -> anyhow::Result<Option<(u32, u8, Vec<u8>)>> {
-        let mut buf = [0u8; 65_536];
+    fn recv(&mut self) -> Option<(u32, u8, Vec<u8>)> {
+        let mut buf = vec![0u8; 65_536];
         // SAFETY: recv into our buffer.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
-            return Ok(None);
+            return None;
         }
         let pkt = &buf[..n as usize];
         if pkt.len() < 20 {
-            return Ok(None);
+            return None;
         }
         let ihl = usize::from(pkt[0] & 0x0f) * 4;
         let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]])).min(pkt.len());
         if pkt[12..16] != self.dst.octets() || total < ihl + 20 {
-            return Ok(None);
+            return None;
         }
         let tcp = &pkt[ihl..total];
-        let (sport, dport) = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+        let (sport, dport) = (
+            u16::from_be_bytes([tcp[0], tcp[1]]),
+            u16::from_be_bytes([tcp[2], tcp[3]]),
+        );
         if sport != self.dport || dport != self.sport {
-            return Ok(None);
+            return None;
         }
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         let doff = usize::from(tcp[12] >> 4) * 4;
-        Ok(Some((seq, tcp[13], tcp.get(doff..).unwrap_or_default().to_vec())))
+        Some((seq, tcp[13], tcp.get(doff..).unwrap_or_default().to_vec()))
     }
 
     fn send_segment(&self, seq: u32, flags: u8, payload: &[u8]) -> anyhow::Result<()> {
@@ -161,7 +199,14 @@ impl RawTcp {
         sin.sin_addr.s_addr = u32::from_ne_bytes(self.dst.octets());
         // SAFETY: sends our buffer to a valid address.
         let n = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), tcp.as_ptr().cast(), tcp.len(), 0, (&raw const sin).cast(), size_of::<libc::sockaddr_in>() as u32)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                tcp.as_ptr().cast(),
+                tcp.len(),
+                0,
+                (&raw const sin).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
         };
         if n < 0 {
             bail!("sendto: {}", std::io::Error::last_os_error());

@@ -12,7 +12,11 @@ const PORT: u16 = 8080;
 fn setup(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
     let link = Link::new()?;
     start_server(&link.near, PORT)?;
-    let daemon = Daemon::start(&link.near, &link.near_if, &format!("[tap]\nhttp_ports = [{PORT}]\n{extra}"))?;
+    let daemon = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n{extra}"),
+    )?;
     let dst = SocketAddr::new(link.near_v4, PORT);
     Ok((link, daemon, dst))
 }
@@ -31,12 +35,26 @@ fn wait_logs(d: &Daemon, n: usize) -> Vec<Value> {
 }
 
 fn curl(link: &Link, url: &str) -> anyhow::Result<String> {
-    let out = link.far.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url]).output()?;
+    let out = link
+        .far
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: e2e-client\r\n\r\n").into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: e2e-client\r\n\r\n")
+        .into_bytes()
 }
 
 #[test]
@@ -117,27 +135,52 @@ fn logs_show_exactly_the_requests_made() -> anyhow::Result<()> {
         ("POST", "/upload/big", None, 200),
         ("GET", "/slow/bytes", Some("one=1"), 200),
     ];
-    let want: Vec<(String, String, Option<String>, u64)> =
-        want.into_iter().map(|(m, p, q, s)| (m.into(), p.into(), q.map(Into::into), s)).collect();
-    assert_eq!(got, want, "the log must hold exactly the requests made, in order");
+    let want: Vec<(String, String, Option<String>, u64)> = want
+        .into_iter()
+        .map(|(m, p, q, s)| (m.into(), p.into(), q.map(Into::into), s))
+        .collect();
+    assert_eq!(
+        got, want,
+        "the log must hold exactly the requests made, in order"
+    );
     for r in &records {
         assert_eq!(r["client"], link.far_v4.to_string());
         let latency = r["latency_ms"].as_f64().unwrap_or(-1.0);
-        assert!((0.0..5000.0).contains(&latency), "implausible latency {latency} in {r}");
+        assert!(
+            (0.0..5000.0).contains(&latency),
+            "implausible latency {latency} in {r}"
+        );
         assert!(r["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
-    let big = records.iter().find(|r| r["path"] == "/upload/big").expect("big upload logged");
-    assert!(big["bytes_in"].as_u64() > Some(1 << 20), "1 MB upload counted in full: {big}");
-    let slow = records.iter().find(|r| r["path"] == "/slow/bytes").expect("slow request logged");
+    let big = records
+        .iter()
+        .find(|r| r["path"] == "/upload/big")
+        .expect("big upload logged");
+    assert!(
+        big["bytes_in"].as_u64() > Some(1 << 20),
+        "1 MB upload counted in full: {big}"
+    );
+    let slow = records
+        .iter()
+        .find(|r| r["path"] == "/slow/bytes")
+        .expect("slow request logged");
     assert_eq!(slow["user_agent"], "e2e-client");
     // Filters.
-    let notfound = d.cli(&["logs", "--json", "--status", "404"]).map_err(anyhow::Error::msg)?;
+    let notfound = d
+        .cli(&["logs", "--json", "--status", "404"])
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(notfound.lines().count(), 1);
-    let errors = d.cli(&["logs", "--json", "--status", "5xx"]).map_err(anyhow::Error::msg)?;
+    let errors = d
+        .cli(&["logs", "--json", "--status", "5xx"])
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(errors.lines().count(), 1);
-    let uploads = d.cli(&["logs", "--json", "--path-prefix", "/upload"]).map_err(anyhow::Error::msg)?;
+    let uploads = d
+        .cli(&["logs", "--json", "--path-prefix", "/upload"])
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(uploads.lines().count(), 2);
-    let other = d.cli(&["logs", "--json", "--ip", "192.0.2.1"]).map_err(anyhow::Error::msg)?;
+    let other = d
+        .cli(&["logs", "--json", "--ip", "192.0.2.1"])
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(other.lines().count(), 0);
     let stats = d.json(&["stats"])?;
     assert_eq!(stats["logs"]["dropped"], 0);
@@ -148,17 +191,19 @@ fn logs_show_exactly_the_requests_made() -> anyhow::Result<()> {
 #[test]
 fn reordered_segments_are_reassembled() -> anyhow::Result<()> {
     require_root!();
-    let (link, d, _) = setup("")?;
+    let (link, daemon, _) = setup("")?;
     guard_tests::rawtcp::mute_kernel_resets(&link.far, PORT)?;
-    let (src, dst) = match (link.far_v4, link.near_v4) {
-        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(t)) => (s, t),
-        _ => anyhow::bail!("IPv4 link expected"),
+    let (std::net::IpAddr::V4(src), std::net::IpAddr::V4(dst)) = (link.far_v4, link.near_v4) else {
+        anyhow::bail!("IPv4 link expected");
     };
     let n = 5;
     for i in 0..n {
         let reply = link.far.run(move || -> anyhow::Result<Vec<u8>> {
             let mut c = guard_tests::rawtcp::RawTcp::connect(src, dst, PORT)?;
-            let req = format!("POST /reorder/{i} HTTP/1.1\r\nHost: guard.test\r\nContent-Length: 40\r\n\r\n{}", "y".repeat(40));
+            let req = format!(
+                "POST /reorder/{i} HTTP/1.1\r\nHost: guard.test\r\nContent-Length: 40\r\n\r\n{}",
+                "y".repeat(40)
+            );
             let bytes = req.as_bytes();
             // Three segments sent last, first, middle; the first again (a retransmission).
             let (a, b) = (bytes.len() / 3, 2 * bytes.len() / 3);
@@ -171,14 +216,23 @@ fn reordered_segments_are_reassembled() -> anyhow::Result<()> {
             // No FIN/RST: the namespace drops outgoing resets; the server times the connection out.
             c.read_response()
         })??;
-        assert!(reply.starts_with(b"HTTP/1.1 200"), "server answer: {}", String::from_utf8_lossy(&reply));
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "server answer: {}",
+            String::from_utf8_lossy(&reply)
+        );
     }
-    let records = wait_logs(&d, n);
-    let mut paths: Vec<String> = records.iter().map(|r| r["path"].as_str().unwrap_or_default().to_owned()).collect();
+    let records = wait_logs(&daemon, n);
+    let mut paths: Vec<String> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
     paths.sort();
     let want: Vec<String> = (0..n).map(|i| format!("/reorder/{i}")).collect();
     assert_eq!(paths, want, "every reordered request logged once, intact");
-    assert!(records.iter().all(|r| r["method"] == "POST" && r["status"] == 200 && r["bytes_in"].as_u64() >= Some(100)));
+    assert!(records.iter().all(|r| r["method"] == "POST"
+        && r["status"] == 200
+        && r["bytes_in"].as_u64() >= Some(100)));
     Ok(())
 }
 
@@ -205,7 +259,10 @@ fn malformed_input_never_stalls_and_is_counted() -> anyhow::Result<()> {
         let mut socks = Vec::new();
         for i in 0..300 {
             if let Ok(mut s) = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
-                let _ = std::io::Write::write_all(&mut s, format!("GET /half/{i} HTTP/1.1\r\n").as_bytes());
+                let _ = std::io::Write::write_all(
+                    &mut s,
+                    format!("GET /half/{i} HTTP/1.1\r\n").as_bytes(),
+                );
                 socks.push(s);
             }
         }
@@ -221,14 +278,32 @@ fn malformed_input_never_stalls_and_is_counted() -> anyhow::Result<()> {
         c.responses(1)
     })?;
     assert_eq!(ok, [200]);
-    assert!(wait_until(Duration::from_secs(5), || logs(&d).iter().any(|r| r["path"] == "/after/malformed")).is_some());
+    assert!(
+        wait_until(Duration::from_secs(5), || logs(&d)
+            .iter()
+            .any(|r| r["path"] == "/after/malformed"))
+        .is_some()
+    );
     let stats = d.json(&["stats"])?;
     let tap = &stats["tap"][0]["tap"];
     let malformed = tap["http_malformed"].as_u64().unwrap_or(0);
-    assert!(malformed >= 3, "garbage, 100 KB header line and bad chunk size counted as malformed: {tap}");
-    let over = tap["flows_evicted"].as_u64().unwrap_or(0) + tap["flows_refused"].as_u64().unwrap_or(0);
-    assert!(over > 0, "max_flows = 64 must have evicted or refused flows: {tap}");
-    assert!(tap["flows_open"].as_u64() <= Some(64), "flow table over its bound: {tap}");
-    assert!(!logs(&d).iter().any(|r| r["path"] == "/long"), "a 100 KB header line is not a request");
+    assert!(
+        malformed >= 3,
+        "garbage, 100 KB header line and bad chunk size counted as malformed: {tap}"
+    );
+    let over =
+        tap["flows_evicted"].as_u64().unwrap_or(0) + tap["flows_refused"].as_u64().unwrap_or(0);
+    assert!(
+        over > 0,
+        "max_flows = 64 must have evicted or refused flows: {tap}"
+    );
+    assert!(
+        tap["flows_open"].as_u64() <= Some(64),
+        "flow table over its bound: {tap}"
+    );
+    assert!(
+        !logs(&d).iter().any(|r| r["path"] == "/long"),
+        "a 100 KB header line is not a request"
+    );
     Ok(())
 }
