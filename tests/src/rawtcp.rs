@@ -123,7 +123,7 @@ impl RawTcp {
     pub fn read_response(&mut self) -> anyhow::Result<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
-            if let Some((_, _, payload)) = self.recv()?
+            if let Some((_, _, payload)) = self.recv()
                 && !payload.is_empty()
             {
                 return Ok(payload);
@@ -135,7 +135,7 @@ impl RawTcp {
     fn wait_for(&mut self, want: impl Fn(u8) -> bool) -> anyhow::Result<(u32, u8)> {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
-            if let Some((seq, flags, _)) = self.recv()?
+            if let Some((seq, flags, _)) = self.recv()
                 && want(flags)
             {
                 return Ok((seq, flags));
