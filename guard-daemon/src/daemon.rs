@@ -118,9 +118,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         p.stop();
     }
     if let Ok(w) = Arc::try_unwrap(shared.writer) {
-        w.shutdown()
+        w.shutdown();
     } else {
-        warn!("log writer still in use at exit; queued records may be lost")
+        warn!("log writer still in use at exit; queued records may be lost");
     }
     let bans = shared
         .bans

@@ -75,7 +75,7 @@ impl Pipeline {
                         &stats2,
                         &writer,
                         &name,
-                    )
+                    );
                 })
                 .map_err(|source| CaptureError::Sys {
                     call: "spawning the capture thread",
