@@ -13,6 +13,11 @@ pub struct Cli {
 pub enum Command {
     /// Print the version.
     Version,
+    /// AI triage set-up.
+    Ai {
+        #[command(subcommand)]
+        command: crate::ai::cli::AiCommand,
+    },
 }
 
 /// Runs one parsed command line.
@@ -22,5 +27,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("guard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Ai { command } => crate::ai::cli::run(command),
     }
 }
