@@ -219,7 +219,7 @@ fn round1(value: f64) -> f64 {
 pub(crate) fn response_format(format: ResponseFormat, field: &str) -> Option<Value> {
     let property = match field {
         "verdict" => json!({"type": "string", "enum": ["BLOCK", "ALLOW"]}),
-        _ => json!({"type": "integer"}),
+        _ => json!({"type": "integer", "minimum": 0, "maximum": 100}),
     };
     match format {
         ResponseFormat::Text => None,
