@@ -312,8 +312,12 @@ impl AiClient {
             return deliver(Err(UnsureReason::Disabled));
         }
         let now = Instant::now();
-        let key = lock(&inner.cache).key(&[op.tag(), &prompt.system, &prompt.user]);
-        if let Some(hit) = lock(&inner.cache).get(key, now) {
+        let (key, hit) = {
+            let mut cache = lock(&inner.cache);
+            let key = cache.key(&[op.tag(), &prompt.system, &prompt.user]);
+            (key, cache.get(key, now))
+        };
+        if let Some(hit) = hit {
             bump(&inner.counters.cache_hits);
             return deliver(Ok(hit));
         }
