@@ -34,6 +34,22 @@ fn is_invisible(c: char) -> bool {
         | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
+/// Headers whose values are credentials of the protected site's users: never sent to a
+/// third-party model.
+fn is_secret_header(name: &str) -> bool {
+    const SECRET: [&str; 6] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "x-auth-token",
+        "x-csrf-token",
+    ];
+    SECRET
+        .iter()
+        .any(|secret| name.trim().eq_ignore_ascii_case(secret))
+}
+
 /// Cleans and datamarks one client-controlled field, keeping at most `max_chars` characters.
 pub(crate) fn mark(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars * 2));
@@ -120,7 +136,14 @@ pub(crate) fn score_prompt(
         .headers
         .iter()
         .take(MAX_LIST_ITEMS)
-        .map(|(name, value)| json!([mark(name, 64), mark(value, max_chars)]))
+        .map(|(name, value)| {
+            let value = if is_secret_header(name) {
+                "[redacted]".to_owned()
+            } else {
+                mark(value, max_chars)
+            };
+            json!([mark(name, 64), value])
+        })
         .collect();
     let data = json!({
         "method": mark(&request.method, 16),
