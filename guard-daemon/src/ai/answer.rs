@@ -84,7 +84,9 @@ pub(crate) fn score(answer: &str, format: ResponseFormat) -> Result<u8, UnsureRe
             }
             trimmed.parse::<u8>().map_err(|_| unparsable(answer))?
         }
-        ResponseFormat::JsonObject | ResponseFormat::JsonSchema => {
+        ResponseFormat::JsonObject
+        | ResponseFormat::JsonObjectSchema
+        | ResponseFormat::JsonSchema => {
             serde_json::from_str::<ScoreJson>(trimmed)
                 .map_err(|_| unparsable(answer))?
                 .score
@@ -102,7 +104,9 @@ pub(crate) fn verdict(answer: &str, format: ResponseFormat) -> Result<bool, Unsu
     let trimmed = answer.trim();
     let word = match format {
         ResponseFormat::Text => trimmed.to_owned(),
-        ResponseFormat::JsonObject | ResponseFormat::JsonSchema => {
+        ResponseFormat::JsonObject
+        | ResponseFormat::JsonObjectSchema
+        | ResponseFormat::JsonSchema => {
             serde_json::from_str::<VerdictJson>(trimmed)
                 .map_err(|_| unparsable(answer))?
                 .verdict

@@ -16,6 +16,9 @@ pub enum ResponseFormat {
     JsonSchema,
     /// `response_format: {type: "json_object"}`: any JSON object; the prompt names the one field.
     JsonObject,
+    /// `response_format: {type: "json_object", schema: ...}`: the form llama-cpp-python's server
+    /// takes (it refuses `json_schema`); llama.cpp's own server takes both.
+    JsonObjectSchema,
     /// No `response_format`; the whole answer must be exactly the number or the word asked for.
     Text,
 }

@@ -101,7 +101,9 @@ fn score_answer(format: ResponseFormat) -> &'static str {
             "Reply with ONLY an integer from 0 to 100 and nothing else: 0 = certainly benign, \
              100 = certainly malicious."
         }
-        ResponseFormat::JsonObject | ResponseFormat::JsonSchema => {
+        ResponseFormat::JsonObject
+        | ResponseFormat::JsonObjectSchema
+        | ResponseFormat::JsonSchema => {
             "Reply with ONLY the JSON object {\"score\": N} where N is an integer from 0 to 100: \
              0 = certainly benign, 100 = certainly malicious."
         }
@@ -111,7 +113,9 @@ fn score_answer(format: ResponseFormat) -> &'static str {
 fn verdict_answer(format: ResponseFormat) -> &'static str {
     match format {
         ResponseFormat::Text => "Reply with ONLY one word: BLOCK or ALLOW.",
-        ResponseFormat::JsonObject | ResponseFormat::JsonSchema => {
+        ResponseFormat::JsonObject
+        | ResponseFormat::JsonObjectSchema
+        | ResponseFormat::JsonSchema => {
             "Reply with ONLY the JSON object {\"verdict\": \"BLOCK\"} or {\"verdict\": \"ALLOW\"}."
         }
     }
@@ -244,21 +248,19 @@ pub(crate) fn response_format(format: ResponseFormat, field: &str) -> Option<Val
         "verdict" => json!({"type": "string", "enum": ["BLOCK", "ALLOW"]}),
         _ => json!({"type": "integer", "minimum": 0, "maximum": 100}),
     };
+    let schema = json!({
+        "type": "object",
+        "properties": {field: property},
+        "required": [field],
+        "additionalProperties": false,
+    });
     match format {
         ResponseFormat::Text => None,
         ResponseFormat::JsonObject => Some(json!({"type": "json_object"})),
+        ResponseFormat::JsonObjectSchema => Some(json!({"type": "json_object", "schema": schema})),
         ResponseFormat::JsonSchema => Some(json!({
             "type": "json_schema",
-            "json_schema": {
-                "name": format!("guard_{field}"),
-                "strict": true,
-                "schema": {
-                    "type": "object",
-                    "properties": {field: property},
-                    "required": [field],
-                    "additionalProperties": false,
-                },
-            },
+            "json_schema": {"name": format!("guard_{field}"), "strict": true, "schema": schema},
         })),
     }
 }

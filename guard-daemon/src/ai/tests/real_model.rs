@@ -1,5 +1,5 @@
 //! Against a real local model server (ignored by default; see `docs/ai.md`): checks transport
-//! and parsing, not the model's judgement. With `response_format = json_schema` the server
+//! and parsing, not the model's judgement. With a schema in `response_format` the server
 //! constrains the output, so even a 135M-parameter model must give a parsable answer.
 //!
 //! ```text
@@ -24,7 +24,13 @@ async fn a_real_model_server_answers_in_parsable_form() {
         model: env_or("GUARD_AI_TEST_MODEL", "smollm2"),
         request_timeout_ms: 300_000,
         max_retries: 0,
-        response_format: ResponseFormat::JsonSchema,
+        // llama-cpp-python's server takes a schema only inside `json_object`.
+        response_format: match env_or("GUARD_AI_TEST_FORMAT", "json_object_schema").as_str() {
+            "json_schema" => ResponseFormat::JsonSchema,
+            "json_object" => ResponseFormat::JsonObject,
+            "text" => ResponseFormat::Text,
+            _ => ResponseFormat::JsonObjectSchema,
+        },
         summary_max_tokens: 200,
         ..AiConfig::default()
     };
