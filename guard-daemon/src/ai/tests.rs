@@ -215,3 +215,25 @@ fn budget_per_client_per_day_and_total() {
         Err(Refusal::TooManyClients)
     );
 }
+
+#[test]
+fn response_format_per_mode() {
+    use super::prompt::response_format;
+    assert_eq!(response_format(ResponseFormat::Text, "score"), None);
+    assert_eq!(
+        response_format(ResponseFormat::JsonObject, "score"),
+        Some(serde_json::json!({"type": "json_object"}))
+    );
+    let with_schema = response_format(ResponseFormat::JsonObjectSchema, "verdict").expect("some");
+    assert_eq!(with_schema["type"], "json_object");
+    assert_eq!(
+        with_schema["schema"]["properties"]["verdict"]["enum"],
+        serde_json::json!(["BLOCK", "ALLOW"])
+    );
+    let strict = response_format(ResponseFormat::JsonSchema, "score").expect("some");
+    assert_eq!(strict["json_schema"]["name"], "guard_score");
+    assert_eq!(
+        strict["json_schema"]["schema"]["properties"]["score"]["maximum"],
+        100
+    );
+}
