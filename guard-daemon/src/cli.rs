@@ -45,6 +45,11 @@ pub enum Command {
     Status(JsonFlag),
     /// Query the request log.
     Logs(LogsArgs),
+    /// AI triage set-up.
+    Ai {
+        #[command(subcommand)]
+        command: crate::ai::cli::AiCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(f) => stats(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
         Command::Logs(args) => logs(args, &socket_path(socket)),
+        Command::Ai { command } => crate::ai::cli::run(command),
     }
 }
 

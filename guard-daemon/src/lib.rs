@@ -1,4 +1,5 @@
 //! guard's daemon and CLI as a library: `main.rs` only parses arguments and calls in here.
+pub mod ai;
 pub mod bans;
 pub mod capture;
 pub mod cli;
