@@ -36,6 +36,7 @@ pub struct Config {
     pub bans: BansConfig,
     pub tap: crate::tap::TapConfig,
     pub logs: LogsConfig,
+    pub ai: crate::ai::AiConfig,
 }
 
 /// `[logs]`: the request log.
