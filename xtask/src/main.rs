@@ -35,7 +35,7 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
-    /// Benchmarks: `xdp`.
+    /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
     Bench { what: String },
 }
 
@@ -173,7 +173,8 @@ fn main() -> anyhow::Result<()> {
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench { what } => match what.as_str() {
             "xdp" => bench_xdp(),
-            other => bail!("unknown benchmark {other:?}: try `xdp`"),
+            "tap" => bench_tap(),
+            other => bail!("unknown benchmark {other:?}: try `xdp` or `tap`"),
         },
     }
 }
@@ -285,5 +286,21 @@ fn bench_xdp() -> anyhow::Result<()> {
     run(
         &mut Command::new(root().join("target/release/xdp-bench")),
         "xdp-bench",
+    )
+}
+
+fn bench_tap() -> anyhow::Result<()> {
+    if as_root(&["bench", "tap"])? {
+        return Ok(());
+    }
+    setup::test_tools()?;
+    build(true)?;
+    step("tap throughput per core against plain httparse (release)");
+    run(cargo().args(["bench", "-p", "guard-daemon", "--bench", "tap"]), "tap throughput benchmark")?;
+    step("tap under 10,000 requests/s across namespaces");
+    run(cargo().args(["build", "--release", "-p", "guard-tests", "--bin", "tap-load"]), "building tap-load")?;
+    run(
+        Command::new(root().join("target/release/tap-load")).env("GUARD_BIN", root().join("target/release/guard")),
+        "tap-load",
     )
 }
