@@ -70,14 +70,22 @@ fn corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut per_conn: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut requests = Vec::new();
     for c in 0..CONNECTIONS {
-        let client = SocketAddr::new(format!("10.{}.{}.{}", c / 65536, c / 256 % 256, c % 256).parse().unwrap(), 40_000);
+        let client = SocketAddr::new(
+            format!("10.{}.{}.{}", c / 65536, c / 256 % 256, c % 256)
+                .parse()
+                .unwrap(),
+            40_000,
+        );
         let mut conv = Conversation::new(client, server);
         let mut packets = conv.handshake();
         for i in 0..REQUESTS_PER_CONNECTION {
             let req = request(&mut rng, i);
             packets.extend(conv.request(&req, MSS));
             let body = "r".repeat((rng.next() % 2048) as usize);
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
             packets.extend(conv.response(resp.as_bytes(), MSS));
             requests.push(req);
         }
@@ -155,8 +163,13 @@ fn main() {
     });
 
     println!("tap (packet parse + reassembly + http + pairing): {tap_rps:>12.0} requests/s/core");
-    println!("httparse on the same request bytes:               {httparse_rps:>12.0} requests/s/core");
-    println!("ratio tap / httparse:                              {:>12.3}", tap_rps / httparse_rps);
+    println!(
+        "httparse on the same request bytes:               {httparse_rps:>12.0} requests/s/core"
+    );
+    println!(
+        "ratio tap / httparse:                              {:>12.3}",
+        tap_rps / httparse_rps
+    );
     println!(
         "tap throughput:                                   {:>12.1} MiB/s of packets",
         tap_rps / requests.len() as f64 * bytes as f64 / (1024.0 * 1024.0)

@@ -17,7 +17,8 @@ pub struct TapConfig {
     pub max_flows: usize,
     /// Out-of-order bytes buffered per direction of a connection before it is abandoned.
     pub max_flow_buffer: usize,
-    /// Out-of-order bytes buffered across all connections before the flow that overflows is
+    /// Bytes buffered across all connections — out-of-order data, partial heads, kept body
+    /// prefixes, requests waiting for their response — before the flow that overflows is
     /// abandoned.
     pub max_total_buffer: usize,
     /// A connection with no packet for this long is closed (seconds in TOML).

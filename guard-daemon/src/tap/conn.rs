@@ -68,6 +68,8 @@ struct Exchange {
     up: Side,
     down: Side,
     pending: VecDeque<Pending>,
+    /// Bytes held by `pending`: heads (roughly) and body prefixes.
+    pending_bytes: usize,
     /// Set when the pipeline bound was passed: the connection is abandoned after this segment.
     overflow: bool,
 }
@@ -81,6 +83,8 @@ pub struct Conn {
     pub last_seen: Duration,
     /// True once a payload byte was seen (a flow without one is half-open, evicted first).
     pub has_data: bool,
+    /// `held()` as last added to the tap-wide total.
+    pub counted_held: usize,
 }
 
 /// What became of a connection after a segment.
@@ -105,16 +109,31 @@ impl Conn {
                 up: Side::new(Kind::Request, settings.http.clone()),
                 down: Side::new(Kind::Response, settings.http.clone()),
                 pending: VecDeque::new(),
+                pending_bytes: 0,
                 overflow: false,
             },
             last_seen: Duration::ZERO,
             has_data: false,
+            counted_held: 0,
         }
     }
 
-    /// Out-of-order plus partial-head bytes held by this connection.
+    /// Drops the out-of-order buffers, returning how many bytes they held.
     pub fn release(&mut self) -> usize {
         self.up_stream.clear() + self.down_stream.clear()
+    }
+
+    /// Bytes held outside the out-of-order buffers: partial heads, kept body prefixes, requests
+    /// waiting for their response.
+    pub fn held(&self) -> usize {
+        let h = &self.http;
+        h.up.parser.buffered() + h.down.parser.buffered() + h.pending_bytes
+    }
+
+    /// True when the client sent data on this flow already (a new SYN then means a new
+    /// connection on a reused port).
+    pub fn client_sent_data(&self) -> bool {
+        self.http.up.messages > 0 || !self.http.up.parser.is_idle() || !self.http.up.parsing
     }
 
     /// Feeds one segment of this connection.
@@ -192,6 +211,7 @@ impl Conn {
 
     /// Reports every request still waiting for a response, without one.
     pub fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        self.http.pending_bytes = 0;
         while let Some(p) = self.http.pending.pop_front() {
             ctx.stats.unpaired_requests += 1;
             let event = self.http.event(p, None, ctx.settings);
@@ -266,6 +286,7 @@ impl Exchange {
                     self.overflow = true;
                     return;
                 }
+                self.pending_bytes += pending_size(&head, &m.body);
                 self.pending.push_back(Pending {
                     head,
                     body: m.body,
@@ -284,6 +305,9 @@ impl Exchange {
                     ctx.stats.unpaired_responses += 1;
                     return;
                 };
+                self.pending_bytes = self
+                    .pending_bytes
+                    .saturating_sub(pending_size(&p.head, &p.body));
                 let response = Response {
                     status: head.status,
                     latency: start.saturating_sub(p.start),
@@ -350,6 +374,23 @@ impl Exchange {
             response_content_type,
         }
     }
+}
+
+/// What a waiting request holds, roughly: its strings and its body prefix.
+fn pending_size(h: &RequestHead, body: &[u8]) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    h.method.len()
+        + h.path.len()
+        + opt(&h.query)
+        + opt(&h.host)
+        + opt(&h.user_agent)
+        + opt(&h.content_type)
+        + opt(&h.authorization)
+        + opt(&h.x_forwarded_for)
+        + opt(&h.forwarded)
+        + opt(&h.referer)
+        + opt(&h.user_header)
+        + body.len()
 }
 
 struct Response {

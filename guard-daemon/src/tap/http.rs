@@ -143,10 +143,10 @@ impl Parser {
         self.head_buf = Vec::new();
     }
 
-    /// Bytes held for a partial head.
+    /// Bytes held: a partial head and the kept prefix of the body in progress.
     #[must_use]
     pub fn buffered(&self) -> usize {
-        self.head_buf.len()
+        self.head_buf.len() + self.body.len()
     }
 
     /// Consumes a prefix of `data`. `head_request` tells a response parser that the request it

@@ -109,6 +109,11 @@ pub struct TapStats {
     pub ooo_total_overflow: u64,
     /// Out-of-order bytes held now.
     pub ooo_buffered: u64,
+    /// Partial heads, kept body prefixes and waiting requests held now.
+    pub held_bytes: u64,
+    /// Flows abandoned because out-of-order plus held bytes of all flows passed
+    /// `max_total_buffer`.
+    pub held_overflow: u64,
     pub bytes_delivered: u64,
     /// Retransmitted or overlapping bytes dropped (first copy wins).
     pub duplicate_bytes: u64,
@@ -138,6 +143,7 @@ struct Settings {
     idle_timeout: Duration,
     max_pipelined: usize,
     limits: reassembly::Limits,
+    max_total_buffer: usize,
     http: http::Limits,
     trusted_proxies: Vec<Cidr>,
     jwt_key: Option<Vec<u8>>,
@@ -155,6 +161,8 @@ pub struct Tap {
     young: VecDeque<Key>,
     next_id: u64,
     ooo_total: usize,
+    /// Sum of every flow's `held()`.
+    held_total: usize,
     stats: TapStats,
 }
 
@@ -166,6 +174,7 @@ impl Tap {
             max_flows: config.max_flows.max(1),
             idle_timeout: config.idle_timeout,
             max_pipelined: config.max_pipelined.max(1),
+            max_total_buffer: config.max_total_buffer,
             limits: reassembly::Limits {
                 max_flow_buffer: config.max_flow_buffer,
                 max_total_buffer: config.max_total_buffer,
@@ -184,6 +193,7 @@ impl Tap {
             young: VecDeque::new(),
             next_id: 0,
             ooo_total: 0,
+            held_total: 0,
             stats: TapStats::default(),
         }
     }
@@ -232,6 +242,15 @@ impl Tap {
             self.stats.ignored_packets += 1;
             return;
         };
+        if dir == Dir::Up
+            && seg.flags.syn()
+            && !seg.flags.ack()
+            && self.flows.get(&key).is_some_and(Conn::client_sent_data)
+        {
+            // A new connection on a reused client port: the old one is over.
+            self.remove(&key, out);
+            self.stats.flows_closed += 1;
+        }
         if !self.flows.contains_key(&key) {
             // Only a SYN or data opens a flow; a stray ACK, FIN or RST does not.
             if seg.flags.rst() || (!seg.flags.syn() && seg.payload.is_empty()) {
@@ -265,6 +284,17 @@ impl Tap {
             &mut self.ooo_total,
             &mut ctx,
         );
+        let held = conn.held();
+        self.held_total = self.held_total - conn.counted_held + held;
+        conn.counted_held = held;
+        let after = if after == After::Open
+            && self.ooo_total + self.held_total > self.settings.max_total_buffer
+        {
+            self.stats.held_overflow += 1;
+            After::Abandoned
+        } else {
+            after
+        };
         if after != After::Open {
             self.remove(&key, out);
             if after == After::Closed {
@@ -273,6 +303,7 @@ impl Tap {
         }
         self.stats.flows_open = self.flows.len() as u64;
         self.stats.ooo_buffered = self.ooo_total as u64;
+        self.stats.held_bytes = self.held_total as u64;
     }
 
     /// Closes connections idle for `idle_timeout` at `now`.
@@ -310,6 +341,7 @@ impl Tap {
     fn remove(&mut self, key: &Key, out: &mut Vec<RequestEvent>) {
         if let Some(mut conn) = self.flows.remove(key) {
             self.ooo_total = self.ooo_total.saturating_sub(conn.release());
+            self.held_total = self.held_total.saturating_sub(conn.counted_held);
             let mut ctx = Ctx {
                 settings: &self.settings,
                 stats: &mut self.stats,
@@ -318,6 +350,7 @@ impl Tap {
             conn.flush(&mut ctx);
         }
         self.stats.ooo_buffered = self.ooo_total as u64;
+        self.stats.held_bytes = self.held_total as u64;
     }
 
     /// Makes room for one more flow: evicts the oldest flow that never carried data. False when

@@ -206,3 +206,46 @@ fn out_of_order_overflow_abandons_the_flow() {
         (1, 0, 0)
     );
 }
+
+#[test]
+fn partial_heads_count_against_the_total_buffer() {
+    let config = TapConfig {
+        max_total_buffer: 10_000,
+        ..TapConfig::default()
+    };
+    let mut rig = Rig::new(&config);
+    // Each connection parks 3000 bytes of an unfinished head.
+    let mut head = b"GET / HTTP/1.1\r\nX-Slow: ".to_vec();
+    head.resize(3000, b'a');
+    for i in 0..4 {
+        let mut c = rig.conv(&format!("192.0.2.3:{}", 1000 + i));
+        rig.feed(&c.request(&head, 3000));
+    }
+    let s = rig.tap.stats();
+    assert_eq!(s.held_overflow, 1);
+    assert_eq!(s.flows_open, 3);
+    assert_eq!(s.held_bytes, 9000);
+    rig.tap.flush(&mut rig.out);
+    assert_eq!(rig.tap.stats().held_bytes, 0);
+}
+
+#[test]
+fn new_syn_on_a_reused_port_starts_a_new_connection() {
+    let mut rig = Rig::new(&TapConfig::default());
+    let mut old = rig.conv(CLIENT);
+    rig.feed(&old.request(b"GET /old HTTP/1.1\r\n\r\n", 1448));
+    // The old connection vanished without FIN/RST; the client port is reused with a new ISN.
+    let mut new = Conversation::new(addr(CLIENT), addr(SERVER));
+    new.client_seq = 77_777;
+    let hs = new.handshake();
+    rig.feed(&hs);
+    rig.feed(&new.request(b"GET /new HTTP/1.1\r\n\r\n", 1448));
+    rig.feed(&new.response(&ok_response(""), 1448));
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(got, [("/old", None), ("/new", Some(200))]);
+    assert_eq!(rig.tap.stats().flows_created, 2);
+}
