@@ -2,7 +2,8 @@
 //! pairing, over a generated corpus (keep-alive connections, mixed request sizes, interleaved), and
 //! the same figure for plain `httparse` on the same request bytes, as a ratio.
 //!
-//! Run: `cargo bench -p guard-daemon --bench tap` (optional argument: seconds per measurement).
+//! Run: `cargo bench -p guard-daemon --bench tap` (optional arguments: seconds per measurement,
+//! `--tap-only` to skip the baseline, e.g. under a profiler).
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -149,6 +150,10 @@ fn main() {
         n
     });
 
+    if std::env::args().any(|a| a == "--tap-only") {
+        println!("tap: {tap_rps:.0} requests/s/core");
+        return;
+    }
     let httparse_rps = measure(budget, || {
         let mut n = 0;
         for r in &requests {

@@ -107,7 +107,15 @@ impl Conn {
                 client,
                 server,
                 up: Side::new(Kind::Request, settings.http.clone()),
-                down: Side::new(Kind::Response, settings.http.clone()),
+                // Response bodies are not reported: count them, keep nothing.
+                down: Side::new(
+                    Kind::Response,
+                    http::Limits {
+                        body_cap: 0,
+                        user_header: None,
+                        ..settings.http.clone()
+                    },
+                ),
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 overflow: false,

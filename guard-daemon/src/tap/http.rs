@@ -277,8 +277,27 @@ impl Parser {
 
     fn keep(&mut self, bytes: &[u8]) {
         let room = self.limits.body_cap.saturating_sub(self.body.len());
-        self.body.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        if room > 0 && !bytes.is_empty() {
+            if self.body.capacity() == 0 {
+                // One allocation for the whole kept prefix in the common case.
+                self.body
+                    .reserve_exact(self.expected_body().min(self.limits.body_cap));
+            }
+            self.body.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        }
         self.body_len += bytes.len() as u64;
+    }
+
+    /// Announced body length of the current message (the cap when unknown).
+    fn expected_body(&self) -> usize {
+        let announced = match &self.current {
+            Some(Head::Request(r)) => r.content_length,
+            Some(Head::Response(r)) => r.content_length,
+            None => None,
+        };
+        announced.map_or(self.limits.body_cap, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        })
     }
 
     fn complete(&mut self) -> Message {
