@@ -28,7 +28,7 @@ pub struct Ctx<'a> {
 /// A request waiting for its response.
 #[derive(Debug)]
 struct Pending {
-    head: RequestHead,
+    head: Box<RequestHead>,
     body: Vec<u8>,
     body_len: u64,
     bytes_in: u64,
@@ -332,7 +332,7 @@ impl Exchange {
 
     fn event(&self, p: Pending, response: Option<Response>, settings: &Settings) -> RequestEvent {
         let peer = self.client.ip();
-        let h = p.head;
+        let h = *p.head;
         let client = identity::client_ip(
             peer,
             h.x_forwarded_for.as_deref(),

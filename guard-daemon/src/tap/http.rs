@@ -306,7 +306,7 @@ impl Parser {
             head: self
                 .current
                 .take()
-                .unwrap_or(Head::Request(RequestHead::default())),
+                .unwrap_or_else(|| Head::Request(Box::default())),
             body: std::mem::take(&mut self.body),
             body_len: std::mem::take(&mut self.body_len),
             wire_len: std::mem::take(&mut self.wire_len),

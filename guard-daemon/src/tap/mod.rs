@@ -9,6 +9,7 @@
 //! in with the packets and [`Tap::on_tick`]; every bound comes from [`TapConfig`] and every
 //! overflow is a counter in [`TapStats`].
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -149,7 +150,29 @@ struct Settings {
     jwt_key: Option<Vec<u8>>,
 }
 
-type Key = (SocketAddr, SocketAddr);
+/// A connection: (client, server). Hashed as one byte string, so the keyed (`HashDoS`-safe)
+/// default hasher runs once per lookup instead of once per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    client: SocketAddr,
+    server: SocketAddr,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        fn put(buf: &mut [u8], a: SocketAddr) {
+            match a.ip() {
+                IpAddr::V4(ip) => buf[..4].copy_from_slice(&ip.octets()),
+                IpAddr::V6(ip) => buf[..16].copy_from_slice(&ip.octets()),
+            }
+            buf[16..18].copy_from_slice(&a.port().to_be_bytes());
+        }
+        let mut buf = [0u8; 36];
+        put(&mut buf[..18], self.client);
+        put(&mut buf[18..], self.server);
+        state.write(&buf);
+    }
+}
 
 /// The tap: flow table, counters and settings.
 #[derive(Debug)]
@@ -235,9 +258,21 @@ impl Tap {
     pub fn on_segment(&mut self, seg: &Segment<'_>, out: &mut Vec<RequestEvent>) {
         let ports = &self.settings.http_ports;
         let (key, dir) = if ports.contains(&seg.dst.port()) {
-            ((seg.src, seg.dst), Dir::Up)
+            (
+                Key {
+                    client: seg.src,
+                    server: seg.dst,
+                },
+                Dir::Up,
+            )
         } else if ports.contains(&seg.src.port()) {
-            ((seg.dst, seg.src), Dir::Down)
+            (
+                Key {
+                    client: seg.dst,
+                    server: seg.src,
+                },
+                Dir::Down,
+            )
         } else {
             self.stats.ignored_packets += 1;
             return;
@@ -262,8 +297,10 @@ impl Tap {
                 return;
             }
             self.next_id += 1;
-            self.flows
-                .insert(key, Conn::new(self.next_id, key.0, key.1, &self.settings));
+            self.flows.insert(
+                key,
+                Conn::new(self.next_id, key.client, key.server, &self.settings),
+            );
             self.young.push_back(key);
             self.stats.flows_created += 1;
         }

@@ -43,13 +43,10 @@ pub struct ResponseHead {
 }
 
 /// A parsed head.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one head per message, moved a couple of times"
-)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Head {
-    Request(RequestHead),
+    /// Boxed: a request head is large and moves from parser to queue to event.
+    Request(Box<RequestHead>),
     Response(ResponseHead),
 }
 
@@ -115,7 +112,7 @@ pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<He
                     *slot = Some(value_string(h.value));
                 }
             }
-            Ok(Head::Request(head))
+            Ok(Head::Request(Box::new(head)))
         }
         Kind::Response => {
             let mut res = httparse::Response::new(&mut headers);
