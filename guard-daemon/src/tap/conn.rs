@@ -45,6 +45,8 @@ struct Side {
     msg_start: Duration,
     messages: u64,
     eof_done: bool,
+    /// Picked up inside a message: bytes are skipped until a delivery starts like a message.
+    resync: bool,
 }
 
 impl Side {
@@ -55,6 +57,7 @@ impl Side {
             msg_start: Duration::ZERO,
             messages: 0,
             eof_done: false,
+            resync: false,
         }
     }
 }
@@ -237,6 +240,26 @@ impl Exchange {
     }
 
     fn on_data(&mut self, dir: Dir, ts: Duration, data: &[u8], midstream: bool, ctx: &mut Ctx<'_>) {
+        if self.side(dir).resync {
+            if !looks_like_start(dir, data) {
+                return;
+            }
+            self.side(dir).resync = false;
+            ctx.stats.http_resync += 1;
+            if dir == Dir::Down {
+                // Responses to the requests before the last one were missed.
+                while self.pending.len() > 1 {
+                    if let Some(p) = self.pending.pop_front() {
+                        self.pending_bytes = self
+                            .pending_bytes
+                            .saturating_sub(pending_size(&p.head, &p.body));
+                        ctx.stats.unpaired_requests += 1;
+                        let event = self.event(p, None, ctx.settings);
+                        ctx.out.push(event);
+                    }
+                }
+            }
+        }
         let mut rest = data;
         while !rest.is_empty() && self.side(dir).parsing && !self.overflow {
             let head_request = dir == Dir::Down
@@ -250,12 +273,14 @@ impl Exchange {
             }
             let Ok(progress) = side.parser.advance(rest, head_request) else {
                 if midstream && side.messages == 0 {
-                    // Picked up inside a message: not the client's fault.
+                    // Picked up inside a message: not the client's fault. Wait for the next one.
                     ctx.stats.http_desync += 1;
+                    side.parser.reset();
+                    side.resync = true;
                 } else {
                     ctx.stats.http_malformed += 1;
+                    side.parsing = false;
                 }
-                side.parsing = false;
                 break;
             };
             rest = &rest[progress.consumed..];
@@ -380,6 +405,22 @@ impl Exchange {
             bytes_in: p.bytes_in,
             bytes_out,
             response_content_type,
+        }
+    }
+}
+
+/// True when `data` (the start of a delivery) looks like the start of a message of `dir`:
+/// `HTTP/1.` for a response, an upper-case method and a space for a request.
+fn looks_like_start(dir: Dir, data: &[u8]) -> bool {
+    match dir {
+        Dir::Down => data.starts_with(b"HTTP/1."),
+        Dir::Up => {
+            let n = data
+                .iter()
+                .take(11)
+                .take_while(|b| b.is_ascii_uppercase())
+                .count();
+            (3..=10).contains(&n) && data.get(n) == Some(&b' ')
         }
     }
 }

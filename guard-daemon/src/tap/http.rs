@@ -131,6 +131,16 @@ impl Parser {
         matches!(self.state, State::Head) && self.head_buf.is_empty()
     }
 
+    /// Forgets the message in progress (resynchronising after a mid-stream pickup).
+    pub fn reset(&mut self) {
+        self.state = State::Head;
+        self.head_buf.clear();
+        self.current = None;
+        self.body = Vec::new();
+        self.body_len = 0;
+        self.wire_len = 0;
+    }
+
     /// True after a protocol switch.
     #[must_use]
     pub fn is_opaque(&self) -> bool {

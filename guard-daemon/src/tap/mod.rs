@@ -122,6 +122,8 @@ pub struct TapStats {
     pub http_malformed: u64,
     /// Mid-stream pickups that started inside a message (not counted as malformed).
     pub http_desync: u64,
+    /// Desynchronised directions that found the start of a message again.
+    pub http_resync: u64,
     /// Connections closed in the middle of a message.
     pub http_truncated: u64,
     pub requests: u64,

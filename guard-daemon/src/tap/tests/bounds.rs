@@ -249,3 +249,24 @@ fn new_syn_on_a_reused_port_starts_a_new_connection() {
     assert_eq!(got, [("/old", None), ("/new", Some(200))]);
     assert_eq!(rig.tap.stats().flows_created, 2);
 }
+
+#[test]
+fn midstream_pickup_resynchronises_at_the_next_message() {
+    let mut rig = Rig::new(&TapConfig::default());
+    // The tap starts while a request is being answered: the client's next request and the tail
+    // of the previous response arrive first.
+    let mut c = Conversation::new(addr(CLIENT), addr(SERVER));
+    rig.feed(&c.request(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n", 1448));
+    rig.feed(&c.response(b"...tail of an earlier body\r\n\r\n", 1448));
+    rig.feed(&c.response(&ok_response("for next"), 1448));
+    rig.feed(&c.request(b"GET /after HTTP/1.1\r\n\r\n", 1448));
+    rig.feed(&c.response(&ok_response("after"), 1448));
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(got, [("/next", Some(200)), ("/after", Some(200))]);
+    let s = rig.tap.stats();
+    assert_eq!((s.http_desync, s.http_resync, s.http_malformed), (1, 1, 0));
+}
