@@ -75,6 +75,9 @@ struct Exchange {
     pending_bytes: usize,
     /// Set when the pipeline bound was passed: the connection is abandoned after this segment.
     overflow: bool,
+    /// The request in progress was already reported with an early response: do not queue it
+    /// when it completes.
+    answered_early: bool,
 }
 
 /// A tracked connection.
@@ -122,6 +125,7 @@ impl Conn {
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 overflow: false,
+                answered_early: false,
             },
             last_seen: Duration::ZERO,
             has_data: false,
@@ -315,6 +319,9 @@ impl Exchange {
         match (dir, m.head) {
             (Dir::Up, Head::Request(head)) => {
                 ctx.stats.requests += 1;
+                if std::mem::take(&mut self.answered_early) {
+                    return;
+                }
                 if self.pending.len() >= ctx.settings.max_pipelined {
                     self.overflow = true;
                     return;
@@ -334,13 +341,18 @@ impl Exchange {
                     self.up.parser.set_opaque();
                     ctx.stats.upgrades += 1;
                 }
-                let Some(p) = self.pending.pop_front() else {
+                let p = if let Some(p) = self.pending.pop_front() {
+                    self.pending_bytes = self
+                        .pending_bytes
+                        .saturating_sub(pending_size(&p.head, &p.body));
+                    p
+                } else if let Some(early) = self.early_request() {
+                    ctx.stats.early_responses += 1;
+                    early
+                } else {
                     ctx.stats.unpaired_responses += 1;
                     return;
                 };
-                self.pending_bytes = self
-                    .pending_bytes
-                    .saturating_sub(pending_size(&p.head, &p.body));
                 let response = Response {
                     status: head.status,
                     latency: start.saturating_sub(p.start),
@@ -353,6 +365,25 @@ impl Exchange {
             }
             _ => unreachable!("each parser yields its own kind of head"),
         }
+    }
+
+    /// The request still being received, when a response arrives before its end.
+    fn early_request(&mut self) -> Option<Pending> {
+        if !self.up.parsing || self.answered_early {
+            return None;
+        }
+        let m = self.up.parser.in_progress()?;
+        let Head::Request(head) = m.head else {
+            return None;
+        };
+        self.answered_early = true;
+        Some(Pending {
+            head,
+            body: m.body,
+            body_len: m.body_len,
+            bytes_in: m.wire_len,
+            start: self.up.msg_start,
+        })
     }
 
     fn event(&self, p: Pending, response: Option<Response>, settings: &Settings) -> RequestEvent {

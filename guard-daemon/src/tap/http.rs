@@ -131,6 +131,22 @@ impl Parser {
         matches!(self.state, State::Head) && self.head_buf.is_empty()
     }
 
+    /// The message in progress as far as it went, once its head is parsed (for a response that
+    /// comes before the request ended, e.g. a 413 or 401 to an upload).
+    #[must_use]
+    pub fn in_progress(&self) -> Option<Message> {
+        if !matches!(self.state, State::Body(_)) {
+            return None;
+        }
+        Some(Message {
+            head: self.current.clone()?,
+            body: self.body.clone(),
+            body_len: self.body_len,
+            wire_len: self.wire_len,
+            upgraded: false,
+        })
+    }
+
     /// Forgets the message in progress (resynchronising after a mid-stream pickup).
     pub fn reset(&mut self) {
         self.state = State::Head;

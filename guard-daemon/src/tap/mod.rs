@@ -133,6 +133,9 @@ pub struct TapStats {
     pub unpaired_requests: u64,
     /// Responses with no request waiting (mid-stream pickups, malformed requests).
     pub unpaired_responses: u64,
+    /// Responses that came before their request ended (e.g. 413 to an upload): reported with
+    /// the request as received so far.
+    pub early_responses: u64,
     pub upgrades: u64,
     /// Connections abandoned because more than `max_pipelined` requests waited.
     pub pipeline_overflow: u64,

@@ -270,3 +270,41 @@ fn midstream_pickup_resynchronises_at_the_next_message() {
     let s = rig.tap.stats();
     assert_eq!((s.http_desync, s.http_resync, s.http_malformed), (1, 1, 0));
 }
+
+#[test]
+fn early_response_to_an_upload_is_paired_with_it() {
+    let mut rig = Rig::new(&TapConfig::default());
+    let mut c = rig.conv(CLIENT);
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n".to_vec();
+    let head_len = req.len() as u64;
+    req.extend(std::iter::repeat_n(b'b', 1000));
+    rig.feed(&c.request(&req, 1448));
+    rig.feed(&c.response(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+        1448,
+    ));
+    assert_eq!(rig.out.len(), 1);
+    let e = &rig.out[0];
+    assert_eq!(
+        (e.path.as_str(), e.status, e.body_len),
+        ("/upload", Some(413), 1000)
+    );
+    assert_eq!(e.bytes_in, head_len + 1000);
+    // The rest of the upload completes the request: it is not reported a second time, and the
+    // next exchange pairs normally.
+    rig.feed(&c.request(&vec![b'b'; 99_000], 1448));
+    rig.feed(&c.request(b"GET /next HTTP/1.1\r\n\r\n", 1448));
+    rig.feed(&c.response(&ok_response(""), 1448));
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(got, [("/upload", Some(413)), ("/next", Some(200))]);
+    let s = rig.tap.stats();
+    assert_eq!(
+        (s.early_responses, s.unpaired_responses, s.requests),
+        (1, 0, 2)
+    );
+}
