@@ -27,9 +27,14 @@ impl Rng {
     }
 }
 
-fn request(rng: &mut Rng, i: usize) -> Vec<u8> {
+fn request(rng: &mut Rng, i: usize, gets_only: bool) -> Vec<u8> {
     let ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
-    match rng.next() % 10 {
+    let pick = if gets_only {
+        rng.next() % 7
+    } else {
+        rng.next() % 10
+    };
+    match pick {
         // Small GET.
         0..=3 => format!("GET /static/app.{i}.js HTTP/1.1\r\nHost: example.com\r\n\r\n").into_bytes(),
         // Browser-like GET with many headers.
@@ -65,7 +70,7 @@ fn request(rng: &mut Rng, i: usize) -> Vec<u8> {
 }
 
 /// The packets of every connection, interleaved round-robin, and every request's bytes.
-fn corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+fn corpus(gets_only: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let server: SocketAddr = "198.51.100.1:80".parse().unwrap();
     let mut per_conn: Vec<Vec<Vec<u8>>> = Vec::new();
@@ -80,9 +85,9 @@ fn corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let mut conv = Conversation::new(client, server);
         let mut packets = conv.handshake();
         for i in 0..REQUESTS_PER_CONNECTION {
-            let req = request(&mut rng, i);
+            let req = request(&mut rng, i, gets_only);
             packets.extend(conv.request(&req, MSS));
-            let body = "r".repeat((rng.next() % 2048) as usize);
+            let body = "r".repeat((rng.next() % if gets_only { 256 } else { 2048 }) as usize);
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
@@ -123,7 +128,24 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(3.0);
     let budget = Duration::from_secs_f64(secs);
-    let (packets, requests) = corpus();
+    let tap_only = std::env::args().any(|a| a == "--tap-only");
+    for (name, gets_only) in [
+        (
+            "mixed: GETs, 1-4 KiB JSON POSTs, 32 KiB chunked uploads",
+            false,
+        ),
+        (
+            "GETs only: small and browser-like heads, small responses",
+            true,
+        ),
+    ] {
+        println!("== {name}");
+        run(budget, gets_only, tap_only);
+    }
+}
+
+fn run(budget: Duration, gets_only: bool, tap_only: bool) {
+    let (packets, requests) = corpus(gets_only);
     let bytes: usize = packets.iter().map(Vec::len).sum();
     let request_bytes: usize = requests.iter().map(Vec::len).sum();
     println!(
@@ -150,7 +172,7 @@ fn main() {
         n
     });
 
-    if std::env::args().any(|a| a == "--tap-only") {
+    if tap_only {
         println!("tap: {tap_rps:.0} requests/s/core");
         return;
     }
