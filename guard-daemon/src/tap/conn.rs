@@ -168,10 +168,11 @@ impl Conn {
             ctx.stats.resets += 1;
             return After::Closed;
         }
-        let (stream, http) = match dir {
-            Dir::Up => (&mut self.up_stream, &mut self.http),
-            Dir::Down => (&mut self.down_stream, &mut self.http),
+        let stream = match dir {
+            Dir::Up => &mut self.up_stream,
+            Dir::Down => &mut self.down_stream,
         };
+        let http = &mut self.http;
         if flags.syn() {
             stream.on_syn(seq);
         }
