@@ -222,6 +222,12 @@ impl Config {
         if self.tap.http_ports.contains(&0) {
             return invalid("tap.http_ports", "port 0 is not a port");
         }
+        // No ports means no capture; otherwise the tap's own bounds must make sense.
+        if !self.tap.http_ports.is_empty() {
+            if let Err(e) = self.tap.validate() {
+                return invalid("tap", &e.to_string());
+            }
+        }
         for name in &self.xdp.interfaces {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
                 return invalid(

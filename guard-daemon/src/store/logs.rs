@@ -278,7 +278,11 @@ impl LogStore {
 
     /// Records matching `q`, oldest first (with a limit: the newest `limit`, still oldest first).
     pub fn query(&self, q: &LogQuery) -> Result<Vec<LogRecord>, LogError> {
-        let from = key(q.since.unwrap_or(Duration::ZERO), 0);
+        let since = q.since.unwrap_or(Duration::ZERO);
+        if q.until.is_some_and(|until| until <= since) {
+            return Ok(Vec::new());
+        }
+        let from = key(since, 0);
         let limit = q.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let range = match q.until {

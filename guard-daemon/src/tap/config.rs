@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+#[cfg(test)]
+mod tests;
+
 /// `[tap]`: HTTP observation at the socket hook.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -17,7 +20,8 @@ pub struct TapConfig {
     pub max_flows: usize,
     /// Out-of-order bytes buffered per direction of a connection before it is abandoned.
     pub max_flow_buffer: usize,
-    /// Out-of-order bytes buffered across all connections before the flow that overflows is
+    /// Bytes buffered across all connections — out-of-order data, partial heads, kept body
+    /// prefixes, requests waiting for their response — before the flow that overflows is
     /// abandoned.
     pub max_total_buffer: usize,
     /// A connection with no packet for this long is closed (seconds in TOML).
@@ -63,6 +67,51 @@ impl Default for TapConfig {
             // None: JWT `sub` claims are reported as unverified.
             jwt_hs256_key: None,
         }
+    }
+}
+
+/// A `[tap]` value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TapConfigError {
+    #[error("tap.http_ports is empty")]
+    NoPorts,
+    #[error("tap.{key} must be at least {min}")]
+    TooSmall { key: &'static str, min: u64 },
+    #[error("tap.max_flow_buffer ({flow}) is larger than tap.max_total_buffer ({total})")]
+    FlowAboveTotal { flow: usize, total: usize },
+    #[error("tap.jwt_hs256_key is empty")]
+    EmptyJwtKey,
+}
+
+impl TapConfig {
+    /// Checks the values that would make the tap useless or inconsistent.
+    pub fn validate(&self) -> Result<(), TapConfigError> {
+        if self.http_ports.is_empty() {
+            return Err(TapConfigError::NoPorts);
+        }
+        let mins: [(&'static str, u64, u64); 5] = [
+            ("max_flows", self.max_flows as u64, 1),
+            ("max_pipelined", self.max_pipelined as u64, 1),
+            // A request line plus a few headers must fit.
+            ("max_head_size", self.max_head_size as u64, 1024),
+            ("max_flow_buffer", self.max_flow_buffer as u64, 1500),
+            ("idle_timeout", self.idle_timeout.as_secs(), 1),
+        ];
+        for (key, value, min) in mins {
+            if value < min {
+                return Err(TapConfigError::TooSmall { key, min });
+            }
+        }
+        if self.max_flow_buffer > self.max_total_buffer {
+            return Err(TapConfigError::FlowAboveTotal {
+                flow: self.max_flow_buffer,
+                total: self.max_total_buffer,
+            });
+        }
+        if self.jwt_hs256_key.as_deref() == Some("") {
+            return Err(TapConfigError::EmptyJwtKey);
+        }
+        Ok(())
     }
 }
 

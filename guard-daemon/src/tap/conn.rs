@@ -28,7 +28,7 @@ pub struct Ctx<'a> {
 /// A request waiting for its response.
 #[derive(Debug)]
 struct Pending {
-    head: RequestHead,
+    head: Box<RequestHead>,
     body: Vec<u8>,
     body_len: u64,
     bytes_in: u64,
@@ -45,6 +45,8 @@ struct Side {
     msg_start: Duration,
     messages: u64,
     eof_done: bool,
+    /// Picked up inside a message: bytes are skipped until a delivery starts like a message.
+    resync: bool,
 }
 
 impl Side {
@@ -55,6 +57,7 @@ impl Side {
             msg_start: Duration::ZERO,
             messages: 0,
             eof_done: false,
+            resync: false,
         }
     }
 }
@@ -68,8 +71,13 @@ struct Exchange {
     up: Side,
     down: Side,
     pending: VecDeque<Pending>,
+    /// Bytes held by `pending`: heads (roughly) and body prefixes.
+    pending_bytes: usize,
     /// Set when the pipeline bound was passed: the connection is abandoned after this segment.
     overflow: bool,
+    /// The request in progress was already reported with an early response: do not queue it
+    /// when it completes.
+    answered_early: bool,
 }
 
 /// A tracked connection.
@@ -81,6 +89,8 @@ pub struct Conn {
     pub last_seen: Duration,
     /// True once a payload byte was seen (a flow without one is half-open, evicted first).
     pub has_data: bool,
+    /// `held()` as last added to the tap-wide total.
+    pub counted_held: usize,
 }
 
 /// What became of a connection after a segment.
@@ -103,18 +113,42 @@ impl Conn {
                 client,
                 server,
                 up: Side::new(Kind::Request, settings.http.clone()),
-                down: Side::new(Kind::Response, settings.http.clone()),
+                // Response bodies are not reported: count them, keep nothing.
+                down: Side::new(
+                    Kind::Response,
+                    http::Limits {
+                        body_cap: 0,
+                        user_header: None,
+                        ..settings.http.clone()
+                    },
+                ),
                 pending: VecDeque::new(),
+                pending_bytes: 0,
                 overflow: false,
+                answered_early: false,
             },
             last_seen: Duration::ZERO,
             has_data: false,
+            counted_held: 0,
         }
     }
 
-    /// Out-of-order plus partial-head bytes held by this connection.
+    /// Drops the out-of-order buffers, returning how many bytes they held.
     pub fn release(&mut self) -> usize {
         self.up_stream.clear() + self.down_stream.clear()
+    }
+
+    /// Bytes held outside the out-of-order buffers: partial heads, kept body prefixes, requests
+    /// waiting for their response.
+    pub fn held(&self) -> usize {
+        let h = &self.http;
+        h.up.parser.buffered() + h.down.parser.buffered() + h.pending_bytes
+    }
+
+    /// True when the client sent data on this flow already (a new SYN then means a new
+    /// connection on a reused port).
+    pub fn client_sent_data(&self) -> bool {
+        self.http.up.messages > 0 || !self.http.up.parser.is_idle() || !self.http.up.parsing
     }
 
     /// Feeds one segment of this connection.
@@ -134,10 +168,11 @@ impl Conn {
             ctx.stats.resets += 1;
             return After::Closed;
         }
-        let (stream, http) = match dir {
-            Dir::Up => (&mut self.up_stream, &mut self.http),
-            Dir::Down => (&mut self.down_stream, &mut self.http),
+        let stream = match dir {
+            Dir::Up => &mut self.up_stream,
+            Dir::Down => &mut self.down_stream,
         };
+        let http = &mut self.http;
         if flags.syn() {
             stream.on_syn(seq);
         }
@@ -192,6 +227,7 @@ impl Conn {
 
     /// Reports every request still waiting for a response, without one.
     pub fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        self.http.pending_bytes = 0;
         while let Some(p) = self.http.pending.pop_front() {
             ctx.stats.unpaired_requests += 1;
             let event = self.http.event(p, None, ctx.settings);
@@ -209,6 +245,26 @@ impl Exchange {
     }
 
     fn on_data(&mut self, dir: Dir, ts: Duration, data: &[u8], midstream: bool, ctx: &mut Ctx<'_>) {
+        if self.side(dir).resync {
+            if !looks_like_start(dir, data) {
+                return;
+            }
+            self.side(dir).resync = false;
+            ctx.stats.http_resync += 1;
+            if dir == Dir::Down {
+                // Responses to the requests before the last one were missed.
+                while self.pending.len() > 1 {
+                    if let Some(p) = self.pending.pop_front() {
+                        self.pending_bytes = self
+                            .pending_bytes
+                            .saturating_sub(pending_size(&p.head, &p.body));
+                        ctx.stats.unpaired_requests += 1;
+                        let event = self.event(p, None, ctx.settings);
+                        ctx.out.push(event);
+                    }
+                }
+            }
+        }
         let mut rest = data;
         while !rest.is_empty() && self.side(dir).parsing && !self.overflow {
             let head_request = dir == Dir::Down
@@ -222,12 +278,14 @@ impl Exchange {
             }
             let Ok(progress) = side.parser.advance(rest, head_request) else {
                 if midstream && side.messages == 0 {
-                    // Picked up inside a message: not the client's fault.
+                    // Picked up inside a message: not the client's fault. Wait for the next one.
                     ctx.stats.http_desync += 1;
+                    side.parser.reset();
+                    side.resync = true;
                 } else {
                     ctx.stats.http_malformed += 1;
+                    side.parsing = false;
                 }
-                side.parsing = false;
                 break;
             };
             rest = &rest[progress.consumed..];
@@ -262,10 +320,14 @@ impl Exchange {
         match (dir, m.head) {
             (Dir::Up, Head::Request(head)) => {
                 ctx.stats.requests += 1;
+                if std::mem::take(&mut self.answered_early) {
+                    return;
+                }
                 if self.pending.len() >= ctx.settings.max_pipelined {
                     self.overflow = true;
                     return;
                 }
+                self.pending_bytes += pending_size(&head, &m.body);
                 self.pending.push_back(Pending {
                     head,
                     body: m.body,
@@ -280,7 +342,15 @@ impl Exchange {
                     self.up.parser.set_opaque();
                     ctx.stats.upgrades += 1;
                 }
-                let Some(p) = self.pending.pop_front() else {
+                let p = if let Some(p) = self.pending.pop_front() {
+                    self.pending_bytes = self
+                        .pending_bytes
+                        .saturating_sub(pending_size(&p.head, &p.body));
+                    p
+                } else if let Some(early) = self.early_request() {
+                    ctx.stats.early_responses += 1;
+                    early
+                } else {
                     ctx.stats.unpaired_responses += 1;
                     return;
                 };
@@ -298,9 +368,28 @@ impl Exchange {
         }
     }
 
+    /// The request still being received, when a response arrives before its end.
+    fn early_request(&mut self) -> Option<Pending> {
+        if !self.up.parsing || self.answered_early {
+            return None;
+        }
+        let m = self.up.parser.in_progress()?;
+        let Head::Request(head) = m.head else {
+            return None;
+        };
+        self.answered_early = true;
+        Some(Pending {
+            head,
+            body: m.body,
+            body_len: m.body_len,
+            bytes_in: m.wire_len,
+            start: self.up.msg_start,
+        })
+    }
+
     fn event(&self, p: Pending, response: Option<Response>, settings: &Settings) -> RequestEvent {
         let peer = self.client.ip();
-        let h = p.head;
+        let h = *p.head;
         let client = identity::client_ip(
             peer,
             h.x_forwarded_for.as_deref(),
@@ -350,6 +439,39 @@ impl Exchange {
             response_content_type,
         }
     }
+}
+
+/// True when `data` (the start of a delivery) looks like the start of a message of `dir`:
+/// `HTTP/1.` for a response, an upper-case method and a space for a request.
+fn looks_like_start(dir: Dir, data: &[u8]) -> bool {
+    match dir {
+        Dir::Down => data.starts_with(b"HTTP/1."),
+        Dir::Up => {
+            let n = data
+                .iter()
+                .take(11)
+                .take_while(|b| b.is_ascii_uppercase())
+                .count();
+            (3..=10).contains(&n) && data.get(n) == Some(&b' ')
+        }
+    }
+}
+
+/// What a waiting request holds, roughly: its strings and its body prefix.
+fn pending_size(h: &RequestHead, body: &[u8]) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    h.method.len()
+        + h.path.len()
+        + opt(&h.query)
+        + opt(&h.host)
+        + opt(&h.user_agent)
+        + opt(&h.content_type)
+        + opt(&h.authorization)
+        + opt(&h.x_forwarded_for)
+        + opt(&h.forwarded)
+        + opt(&h.referer)
+        + opt(&h.user_header)
+        + body.len()
 }
 
 struct Response {

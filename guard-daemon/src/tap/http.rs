@@ -131,6 +131,32 @@ impl Parser {
         matches!(self.state, State::Head) && self.head_buf.is_empty()
     }
 
+    /// The message in progress as far as it went, once its head is parsed (for a response that
+    /// comes before the request ended, e.g. a 413 or 401 to an upload).
+    #[must_use]
+    pub fn in_progress(&self) -> Option<Message> {
+        if !matches!(self.state, State::Body(_)) {
+            return None;
+        }
+        Some(Message {
+            head: self.current.clone()?,
+            body: self.body.clone(),
+            body_len: self.body_len,
+            wire_len: self.wire_len,
+            upgraded: false,
+        })
+    }
+
+    /// Forgets the message in progress (resynchronising after a mid-stream pickup).
+    pub fn reset(&mut self) {
+        self.state = State::Head;
+        self.head_buf.clear();
+        self.current = None;
+        self.body = Vec::new();
+        self.body_len = 0;
+        self.wire_len = 0;
+    }
+
     /// True after a protocol switch.
     #[must_use]
     pub fn is_opaque(&self) -> bool {
@@ -143,10 +169,10 @@ impl Parser {
         self.head_buf = Vec::new();
     }
 
-    /// Bytes held for a partial head.
+    /// Bytes held: a partial head and the kept prefix of the body in progress.
     #[must_use]
     pub fn buffered(&self) -> usize {
-        self.head_buf.len()
+        self.head_buf.len() + self.body.len()
     }
 
     /// Consumes a prefix of `data`. `head_request` tells a response parser that the request it
@@ -277,8 +303,27 @@ impl Parser {
 
     fn keep(&mut self, bytes: &[u8]) {
         let room = self.limits.body_cap.saturating_sub(self.body.len());
-        self.body.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        if room > 0 && !bytes.is_empty() {
+            if self.body.capacity() == 0 {
+                // One allocation for the whole kept prefix in the common case.
+                self.body
+                    .reserve_exact(self.expected_body().min(self.limits.body_cap));
+            }
+            self.body.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        }
         self.body_len += bytes.len() as u64;
+    }
+
+    /// Announced body length of the current message (the cap when unknown).
+    fn expected_body(&self) -> usize {
+        let announced = match &self.current {
+            Some(Head::Request(r)) => r.content_length,
+            Some(Head::Response(r)) => r.content_length,
+            None => None,
+        };
+        announced.map_or(self.limits.body_cap, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        })
     }
 
     fn complete(&mut self) -> Message {
@@ -287,7 +332,7 @@ impl Parser {
             head: self
                 .current
                 .take()
-                .unwrap_or(Head::Request(RequestHead::default())),
+                .unwrap_or_else(|| Head::Request(Box::default())),
             body: std::mem::take(&mut self.body),
             body_len: std::mem::take(&mut self.body_len),
             wire_len: std::mem::take(&mut self.wire_len),

@@ -9,6 +9,7 @@
 //! in with the packets and [`Tap::on_tick`]; every bound comes from [`TapConfig`] and every
 //! overflow is a counter in [`TapStats`].
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -109,6 +110,11 @@ pub struct TapStats {
     pub ooo_total_overflow: u64,
     /// Out-of-order bytes held now.
     pub ooo_buffered: u64,
+    /// Partial heads, kept body prefixes and waiting requests held now.
+    pub held_bytes: u64,
+    /// Flows abandoned because out-of-order plus held bytes of all flows passed
+    /// `max_total_buffer`.
+    pub held_overflow: u64,
     pub bytes_delivered: u64,
     /// Retransmitted or overlapping bytes dropped (first copy wins).
     pub duplicate_bytes: u64,
@@ -116,6 +122,8 @@ pub struct TapStats {
     pub http_malformed: u64,
     /// Mid-stream pickups that started inside a message (not counted as malformed).
     pub http_desync: u64,
+    /// Desynchronised directions that found the start of a message again.
+    pub http_resync: u64,
     /// Connections closed in the middle of a message.
     pub http_truncated: u64,
     pub requests: u64,
@@ -125,6 +133,9 @@ pub struct TapStats {
     pub unpaired_requests: u64,
     /// Responses with no request waiting (mid-stream pickups, malformed requests).
     pub unpaired_responses: u64,
+    /// Responses that came before their request ended (e.g. 413 to an upload): reported with
+    /// the request as received so far.
+    pub early_responses: u64,
     pub upgrades: u64,
     /// Connections abandoned because more than `max_pipelined` requests waited.
     pub pipeline_overflow: u64,
@@ -138,12 +149,35 @@ struct Settings {
     idle_timeout: Duration,
     max_pipelined: usize,
     limits: reassembly::Limits,
+    max_total_buffer: usize,
     http: http::Limits,
     trusted_proxies: Vec<Cidr>,
     jwt_key: Option<Vec<u8>>,
 }
 
-type Key = (SocketAddr, SocketAddr);
+/// A connection: (client, server). Hashed as one byte string, so the keyed (`HashDoS`-safe)
+/// default hasher runs once per lookup instead of once per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    client: SocketAddr,
+    server: SocketAddr,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        fn put(buf: &mut [u8], a: SocketAddr) {
+            match a.ip() {
+                IpAddr::V4(ip) => buf[..4].copy_from_slice(&ip.octets()),
+                IpAddr::V6(ip) => buf[..16].copy_from_slice(&ip.octets()),
+            }
+            buf[16..18].copy_from_slice(&a.port().to_be_bytes());
+        }
+        let mut buf = [0u8; 36];
+        put(&mut buf[..18], self.client);
+        put(&mut buf[18..], self.server);
+        state.write(&buf);
+    }
+}
 
 /// The tap: flow table, counters and settings.
 #[derive(Debug)]
@@ -155,6 +189,8 @@ pub struct Tap {
     young: VecDeque<Key>,
     next_id: u64,
     ooo_total: usize,
+    /// Sum of every flow's `held()`.
+    held_total: usize,
     stats: TapStats,
 }
 
@@ -166,6 +202,7 @@ impl Tap {
             max_flows: config.max_flows.max(1),
             idle_timeout: config.idle_timeout,
             max_pipelined: config.max_pipelined.max(1),
+            max_total_buffer: config.max_total_buffer,
             limits: reassembly::Limits {
                 max_flow_buffer: config.max_flow_buffer,
                 max_total_buffer: config.max_total_buffer,
@@ -184,6 +221,7 @@ impl Tap {
             young: VecDeque::new(),
             next_id: 0,
             ooo_total: 0,
+            held_total: 0,
             stats: TapStats::default(),
         }
     }
@@ -225,13 +263,34 @@ impl Tap {
     pub fn on_segment(&mut self, seg: &Segment<'_>, out: &mut Vec<RequestEvent>) {
         let ports = &self.settings.http_ports;
         let (key, dir) = if ports.contains(&seg.dst.port()) {
-            ((seg.src, seg.dst), Dir::Up)
+            (
+                Key {
+                    client: seg.src,
+                    server: seg.dst,
+                },
+                Dir::Up,
+            )
         } else if ports.contains(&seg.src.port()) {
-            ((seg.dst, seg.src), Dir::Down)
+            (
+                Key {
+                    client: seg.dst,
+                    server: seg.src,
+                },
+                Dir::Down,
+            )
         } else {
             self.stats.ignored_packets += 1;
             return;
         };
+        if dir == Dir::Up
+            && seg.flags.syn()
+            && !seg.flags.ack()
+            && self.flows.get(&key).is_some_and(Conn::client_sent_data)
+        {
+            // A new connection on a reused client port: the old one is over.
+            self.remove(&key, out);
+            self.stats.flows_closed += 1;
+        }
         if !self.flows.contains_key(&key) {
             // Only a SYN or data opens a flow; a stray ACK, FIN or RST does not.
             if seg.flags.rst() || (!seg.flags.syn() && seg.payload.is_empty()) {
@@ -243,8 +302,10 @@ impl Tap {
                 return;
             }
             self.next_id += 1;
-            self.flows
-                .insert(key, Conn::new(self.next_id, key.0, key.1, &self.settings));
+            self.flows.insert(
+                key,
+                Conn::new(self.next_id, key.client, key.server, &self.settings),
+            );
             self.young.push_back(key);
             self.stats.flows_created += 1;
         }
@@ -265,6 +326,17 @@ impl Tap {
             &mut self.ooo_total,
             &mut ctx,
         );
+        let held = conn.held();
+        self.held_total = self.held_total - conn.counted_held + held;
+        conn.counted_held = held;
+        let after = if after == After::Open
+            && self.ooo_total + self.held_total > self.settings.max_total_buffer
+        {
+            self.stats.held_overflow += 1;
+            After::Abandoned
+        } else {
+            after
+        };
         if after != After::Open {
             self.remove(&key, out);
             if after == After::Closed {
@@ -273,6 +345,7 @@ impl Tap {
         }
         self.stats.flows_open = self.flows.len() as u64;
         self.stats.ooo_buffered = self.ooo_total as u64;
+        self.stats.held_bytes = self.held_total as u64;
     }
 
     /// Closes connections idle for `idle_timeout` at `now`.
@@ -310,6 +383,7 @@ impl Tap {
     fn remove(&mut self, key: &Key, out: &mut Vec<RequestEvent>) {
         if let Some(mut conn) = self.flows.remove(key) {
             self.ooo_total = self.ooo_total.saturating_sub(conn.release());
+            self.held_total = self.held_total.saturating_sub(conn.counted_held);
             let mut ctx = Ctx {
                 settings: &self.settings,
                 stats: &mut self.stats,
@@ -318,6 +392,7 @@ impl Tap {
             conn.flush(&mut ctx);
         }
         self.stats.ooo_buffered = self.ooo_total as u64;
+        self.stats.held_bytes = self.held_total as u64;
     }
 
     /// Makes room for one more flow: evicts the oldest flow that never carried data. False when

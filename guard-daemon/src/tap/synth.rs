@@ -119,13 +119,13 @@ impl Conversation {
             tcp_packet(
                 self.client,
                 self.server,
-                self.client_seq + 1,
+                self.client_seq.wrapping_add(1),
                 TcpFlags::ACK,
                 &[],
             ),
         ];
-        self.client_seq += 1;
-        self.server_seq += 1;
+        self.client_seq = self.client_seq.wrapping_add(1);
+        self.server_seq = self.server_seq.wrapping_add(1);
         p
     }
 
@@ -150,7 +150,7 @@ impl Conversation {
             TcpFlags::FIN,
             &[],
         );
-        self.client_seq += 1;
+        self.client_seq = self.client_seq.wrapping_add(1);
         p
     }
 
@@ -163,7 +163,7 @@ impl Conversation {
             TcpFlags::FIN,
             &[],
         );
-        self.server_seq += 1;
+        self.server_seq = self.server_seq.wrapping_add(1);
         p
     }
 

@@ -5,6 +5,7 @@ use super::synth::{Conversation, ethernet, tcp_packet};
 use super::*;
 
 mod bounds;
+mod packets;
 
 const CLIENT: &str = "192.0.2.10:40000";
 const SERVER: &str = "198.51.100.1:80";

@@ -109,6 +109,12 @@ fn query_filters() {
         }),
         ["/admin"]
     );
+    let inverted = LogQuery {
+        since: Some(secs(300)),
+        until: Some(secs(100)),
+        ..LogQuery::default()
+    };
+    assert!(q(inverted).is_empty());
     assert_eq!(
         q(LogQuery {
             limit: Some(2),

@@ -43,13 +43,10 @@ pub struct ResponseHead {
 }
 
 /// A parsed head.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one head per message, moved a couple of times"
-)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Head {
-    Request(RequestHead),
+    /// Boxed: a request head is large and moves from parser to queue to event.
+    Request(Box<RequestHead>),
     Response(ResponseHead),
 }
 
@@ -115,7 +112,7 @@ pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<He
                     *slot = Some(value_string(h.value));
                 }
             }
-            Ok(Head::Request(head))
+            Ok(Head::Request(Box::new(head)))
         }
         Kind::Response => {
             let mut res = httparse::Response::new(&mut headers);
@@ -141,18 +138,41 @@ pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<He
 pub(super) fn check_head(buf: &[u8], from: usize) -> Option<usize> {
     let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
     let mut i = from.max(start);
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    while let Some(at) = find_lf(&buf[i..]) {
+        i += at;
+        if buf.get(i + 1) == Some(&b'\n') {
+            return Some(i + 2);
+        }
+        if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+            return Some(i + 3);
         }
         i += 1;
     }
     None
+}
+
+/// Index of the first `\n`, eight bytes at a time (a head is scanned once per delivery).
+fn find_lf(buf: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LF: u64 = LO * b'\n' as u64;
+    let mut chunks = buf.chunks_exact(8);
+    let mut base = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ LF;
+        // A zero byte in `x` is a `\n` in the chunk (the classic has-zero-byte test).
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            return chunk.iter().position(|&b| b == b'\n').map(|p| base + p);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| base + p)
 }
 
 /// Turns an absolute-form target (`http://host/path`) into its path.

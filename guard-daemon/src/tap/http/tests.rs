@@ -187,3 +187,23 @@ fn response_to_head_has_no_body() {
     assert!(progress.message.is_some());
     assert!(p.is_idle());
 }
+
+#[test]
+fn check_head_finds_the_blank_line_at_every_offset() {
+    for pad in 0..40 {
+        let mut buf = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        buf.extend(std::iter::repeat_n(b'a', pad));
+        let end = buf.len() + 4;
+        buf.extend_from_slice(b"\r\n\r\nnext");
+        assert_eq!(super::check_head(&buf, 0), Some(end), "pad {pad}");
+        assert_eq!(super::check_head(&buf[..end - 1], 0), None, "pad {pad}");
+        let lf_only = String::from_utf8(buf.clone())
+            .unwrap()
+            .replace("\r\n", "\n");
+        assert_eq!(
+            super::check_head(lf_only.as_bytes(), 0),
+            Some(end - 3),
+            "pad {pad}"
+        );
+    }
+}

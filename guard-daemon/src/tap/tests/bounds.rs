@@ -206,3 +206,105 @@ fn out_of_order_overflow_abandons_the_flow() {
         (1, 0, 0)
     );
 }
+
+#[test]
+fn partial_heads_count_against_the_total_buffer() {
+    let config = TapConfig {
+        max_total_buffer: 10_000,
+        ..TapConfig::default()
+    };
+    let mut rig = Rig::new(&config);
+    // Each connection parks 3000 bytes of an unfinished head.
+    let mut head = b"GET / HTTP/1.1\r\nX-Slow: ".to_vec();
+    head.resize(3000, b'a');
+    for i in 0..4 {
+        let mut c = rig.conv(&format!("192.0.2.3:{}", 1000 + i));
+        rig.feed(&c.request(&head, 3000));
+    }
+    let s = rig.tap.stats();
+    assert_eq!(s.held_overflow, 1);
+    assert_eq!(s.flows_open, 3);
+    assert_eq!(s.held_bytes, 9000);
+    rig.tap.flush(&mut rig.out);
+    assert_eq!(rig.tap.stats().held_bytes, 0);
+}
+
+#[test]
+fn new_syn_on_a_reused_port_starts_a_new_connection() {
+    let mut rig = Rig::new(&TapConfig::default());
+    let mut old = rig.conv(CLIENT);
+    rig.feed(&old.request(b"GET /old HTTP/1.1\r\n\r\n", 1448));
+    // The old connection vanished without FIN/RST; the client port is reused with a new ISN.
+    let mut new = Conversation::new(addr(CLIENT), addr(SERVER));
+    new.client_seq = 77_777;
+    let hs = new.handshake();
+    rig.feed(&hs);
+    rig.feed(&new.request(b"GET /new HTTP/1.1\r\n\r\n", 1448));
+    rig.feed(&new.response(&ok_response(""), 1448));
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(got, [("/old", None), ("/new", Some(200))]);
+    assert_eq!(rig.tap.stats().flows_created, 2);
+}
+
+#[test]
+fn midstream_pickup_resynchronises_at_the_next_message() {
+    let mut rig = Rig::new(&TapConfig::default());
+    // The tap starts while a request is being answered: the client's next request and the tail
+    // of the previous response arrive first.
+    let mut c = Conversation::new(addr(CLIENT), addr(SERVER));
+    rig.feed(&c.request(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n", 1448));
+    rig.feed(&c.response(b"...tail of an earlier body\r\n\r\n", 1448));
+    rig.feed(&c.response(&ok_response("for next"), 1448));
+    rig.feed(&c.request(b"GET /after HTTP/1.1\r\n\r\n", 1448));
+    rig.feed(&c.response(&ok_response("after"), 1448));
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(got, [("/next", Some(200)), ("/after", Some(200))]);
+    let s = rig.tap.stats();
+    assert_eq!((s.http_desync, s.http_resync, s.http_malformed), (1, 1, 0));
+}
+
+#[test]
+fn early_response_to_an_upload_is_paired_with_it() {
+    let mut rig = Rig::new(&TapConfig::default());
+    let mut c = rig.conv(CLIENT);
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n".to_vec();
+    let head_len = req.len() as u64;
+    req.extend(std::iter::repeat_n(b'b', 1000));
+    rig.feed(&c.request(&req, 1448));
+    rig.feed(&c.response(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+        1448,
+    ));
+    assert_eq!(rig.out.len(), 1);
+    let e = &rig.out[0];
+    assert_eq!(
+        (e.path.as_str(), e.status, e.body_len),
+        ("/upload", Some(413), 1000)
+    );
+    assert_eq!(e.bytes_in, head_len + 1000);
+    // The rest of the upload completes the request: it is not reported a second time, and the
+    // next exchange pairs normally.
+    rig.feed(&c.request(&vec![b'b'; 99_000], 1448));
+    rig.feed(&c.request(b"GET /next HTTP/1.1\r\n\r\n", 1448));
+    rig.feed(&c.response(&ok_response(""), 1448));
+    let got: Vec<_> = rig
+        .out
+        .iter()
+        .map(|e| (e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(got, [("/upload", Some(413)), ("/next", Some(200))]);
+    let s = rig.tap.stats();
+    assert_eq!(
+        (s.early_responses, s.unpaired_responses, s.requests),
+        (1, 0, 2)
+    );
+}
