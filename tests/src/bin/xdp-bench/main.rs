@@ -7,7 +7,9 @@
 //! nftables netdev-ingress set drop. Needs root; everything it creates (namespaces, veth,
 //! nftables tables inside them, bpffs pins) is removed when it ends, also on error.
 //!
-//! Usage: `xdp-bench [--json] [--only micro|live]`.
+//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--softirq-napi]`: `--rounds`
+//! repeats part 2's cases (median per case, default 2); `--softirq-napi` leaves the receiver's
+//! NAPI in softirq context, on the generator's CPU, instead of a kernel thread.
 mod live;
 mod micro;
 mod progs;
@@ -20,6 +22,7 @@ use report::Report;
 fn main() -> anyhow::Result<()> {
     let mut json = false;
     let (mut micro, mut live) = (true, true);
+    let mut live_opts = live::Options { rounds: 2, threaded_napi: true };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -29,8 +32,12 @@ fn main() -> anyhow::Result<()> {
                 Some("live") => micro = false,
                 other => bail!("--only takes `micro` or `live`, not {other:?}"),
             },
+            "--rounds" => {
+                live_opts.rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).context("--rounds takes a positive number")?;
+            }
+            "--softirq-napi" => live_opts.threaded_napi = false,
             "-h" | "--help" => {
-                println!("usage: xdp-bench [--json] [--only micro|live]   (as root)");
+                println!("usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--softirq-napi]   (as root)");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -44,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         micro::run(&mut report).context("part 1 (BPF_PROG_TEST_RUN)")?;
     }
     if live {
-        live::run(&mut report).context("part 2 (live frames on veth)")?;
+        live::run(&mut report, &live_opts).context("part 2 (live frames on veth)")?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
