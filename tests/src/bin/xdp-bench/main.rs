@@ -7,9 +7,25 @@
 //! nftables netdev-ingress set drop. Needs root; everything it creates (namespaces, veth,
 //! nftables tables inside them, bpffs pins) is removed when it ends, also on error.
 //!
-//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--softirq-napi]`: `--rounds`
-//! repeats part 2's cases (median per case, default 2); `--softirq-napi` leaves the receiver's
-//! NAPI in softirq context, on the generator's CPU, instead of a kernel thread.
+//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi]`: `--rounds`
+//! repeats part 2's cases (median per case, default 3); `--threaded-napi` moves the receiver's
+//! NAPI from softirq context on the generator's CPU (the veth default) into a kernel thread.
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Prints a progress line on stderr with the seconds since start (stdout stays the report).
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!("[{:6.1} s] {}", $crate::started().elapsed().as_secs_f64(), format_args!($($arg)*))
+    };
+}
+pub(crate) use progress;
+
+fn started() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 mod live;
 mod micro;
 mod progs;
@@ -22,7 +38,7 @@ use report::Report;
 fn main() -> anyhow::Result<()> {
     let mut json = false;
     let (mut micro, mut live) = (true, true);
-    let mut live_opts = live::Options { rounds: 2, threaded_napi: true };
+    let mut live_opts = live::Options { rounds: 3, threaded_napi: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -35,9 +51,9 @@ fn main() -> anyhow::Result<()> {
             "--rounds" => {
                 live_opts.rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).context("--rounds takes a positive number")?;
             }
-            "--softirq-napi" => live_opts.threaded_napi = false,
+            "--threaded-napi" => live_opts.threaded_napi = true,
             "-h" | "--help" => {
-                println!("usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--softirq-napi]   (as root)");
+                println!("usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi]   (as root)");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -46,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(why) = guard_tests::skip_reason() {
         bail!("cannot run: {why}");
     }
+    started();
     let mut report = Report::default();
     if micro {
         micro::run(&mut report).context("part 1 (BPF_PROG_TEST_RUN)")?;

@@ -11,6 +11,7 @@ use aya::programs::Xdp;
 use guard_common::{CFG_HAVE_ALLOW_V4, CFG_HAVE_CIDR_V4};
 
 use crate::progs::{Bench, Guard, PROG_DROP_ALL, XDP_DROP, XDP_PASS, test_run, udp_frame, xdp};
+use crate::progress;
 use crate::report::Report;
 
 /// Runs per case (odd: the median is one of them).
@@ -64,7 +65,9 @@ fn measure(
         wall.push(r.wall_ns);
         kern.push(r.kernel_ns);
     }
-    Ok((median(&mut kern), median(&mut wall)))
+    let r = (median(&mut kern), median(&mut wall));
+    progress!("part 1: {src}: {:.0} ns/pkt", r.0);
+    Ok(r)
 }
 
 pub fn run(report: &mut Report) -> anyhow::Result<()> {

@@ -152,10 +152,6 @@ impl Guard {
         Ok(())
     }
 
-    /// A `STATS` slot summed over CPUs.
-    pub fn stat(&self, slot: u32) -> anyhow::Result<u64> {
-        Ok(self.stats.get(&slot, 0)?.iter().sum())
-    }
 }
 
 /// The benchmark helpers: `xdp_drop_all` with its `DROPPED` counter and `xdp_gen` with `GEN`.
@@ -172,11 +168,6 @@ impl Bench {
         load_xdp(&mut ebpf, PROG_DROP_ALL)?;
         load_xdp(&mut ebpf, PROG_GEN)?;
         Ok(Self { dropped: take(&mut ebpf, "DROPPED")?, gen_cfg: take(&mut ebpf, "GEN")?, ebpf })
-    }
-
-    /// Packets `xdp_drop_all` dropped, summed over CPUs.
-    pub fn dropped(&self) -> anyhow::Result<u64> {
-        Ok(self.dropped.get(&0, 0)?.iter().sum())
     }
 
     /// Makes `xdp_gen` cycle through `count` sources from `first`.

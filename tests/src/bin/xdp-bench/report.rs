@@ -11,11 +11,11 @@ pub struct Row {
     pub note: String,
 }
 
+/// "measured = case / baseline >= target".
 pub struct Goal {
     pub what: String,
     pub measured: f64,
     pub target: f64,
-    /// True when a smaller measured value is better (not used by the current goals).
     pub met: bool,
 }
 
