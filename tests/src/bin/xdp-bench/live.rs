@@ -28,7 +28,6 @@ use guard_tests::{Link, Netns, enter, sh};
 
 use crate::micro::{BAN_BASE, MILLION};
 use crate::progs::{Bench, Guard, PROG_DROP_ALL, PROG_GEN, udp_frame, xdp, xdp_mut};
-use crate::progress;
 use crate::report::Report;
 
 /// Generator warm-up before the window opens.

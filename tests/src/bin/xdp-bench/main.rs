@@ -19,7 +19,6 @@ macro_rules! progress {
         eprintln!("[{:6.1} s] {}", $crate::started().elapsed().as_secs_f64(), format_args!($($arg)*))
     };
 }
-pub(crate) use progress;
 
 fn started() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();

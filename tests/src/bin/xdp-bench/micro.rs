@@ -11,7 +11,6 @@ use aya::programs::Xdp;
 use guard_common::{CFG_HAVE_ALLOW_V4, CFG_HAVE_CIDR_V4};
 
 use crate::progs::{Bench, Guard, PROG_DROP_ALL, XDP_DROP, XDP_PASS, test_run, udp_frame, xdp};
-use crate::progress;
 use crate::report::Report;
 
 /// Runs per case (odd: the median is one of them).
