@@ -7,9 +7,10 @@
 //! nftables netdev-ingress set drop. Needs root; everything it creates (namespaces, veth,
 //! nftables tables inside them, bpffs pins) is removed when it ends, also on error.
 //!
-//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi]`: `--rounds`
-//! repeats part 2's cases (median per case, default 3); `--threaded-napi` moves the receiver's
-//! NAPI from softirq context on the generator's CPU (the veth default) into a kernel thread.
+//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]`.
+//! `--rounds` repeats part 2's cases (median per case, default 3); `--threaded-napi` moves the
+//! receiver's NAPI from softirq context on the generator's CPU (the veth default) into a kernel thread;
+//! `--guard-object` benchmarks another build of `guard-ebpf` (same program and map names).
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -30,7 +31,7 @@ mod micro;
 mod progs;
 mod report;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 
 use report::Report;
 
@@ -51,8 +52,13 @@ fn main() -> anyhow::Result<()> {
                 live_opts.rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).context("--rounds takes a positive number")?;
             }
             "--threaded-napi" => live_opts.threaded_napi = true,
+            "--guard-object" => {
+                let path = std::path::PathBuf::from(args.next().context("--guard-object takes a path")?);
+                ensure!(path.is_file(), "--guard-object {} is not a file", path.display());
+                let _ = progs::GUARD_OBJECT.set(path);
+            }
             "-h" | "--help" => {
-                println!("usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi]   (as root)");
+                println!("usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]   (as root)");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),

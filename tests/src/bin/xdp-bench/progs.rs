@@ -34,6 +34,9 @@ fn object(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// `--guard-object`: benchmark this build of `guard-ebpf` instead of the one in `GUARD_EBPF_DIR`.
+pub static GUARD_OBJECT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// A fresh directory under /sys/fs/bpf for one guard instance's pinned maps, removed on drop.
 /// (`xdp_guard` declares its maps pinned by name; without a directory aya 0.14 would pin them
 /// straight into /sys/fs/bpf and reuse whatever another instance left there.)
@@ -94,7 +97,10 @@ pub fn v4_key(a: Ipv4Addr) -> u32 {
 impl Guard {
     pub fn load() -> anyhow::Result<Self> {
         let pins = PinDir::new()?;
-        let path = object("guard-ebpf")?;
+        let path = match GUARD_OBJECT.get() {
+            Some(p) => p.clone(),
+            None => object("guard-ebpf")?,
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
             .load_file(&path)

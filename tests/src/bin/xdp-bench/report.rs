@@ -41,6 +41,18 @@ impl Report {
         self.rows.push(Row { part, case: case.to_owned(), value, unit, vs, note: note.to_owned() });
     }
 
+    /// Adds a row with a ratio computed by the caller.
+    #[expect(clippy::too_many_arguments, reason = "one call per table row")]
+    pub fn row_ratio(&mut self, part: &'static str, case: &str, value: f64, unit: &'static str, baseline: &str, ratio: f64, note: &str) {
+        let vs = Some((baseline.to_owned(), ratio));
+        self.rows.push(Row { part, case: case.to_owned(), value, unit, vs, note: note.to_owned() });
+    }
+
+    /// A goal "`measured` ≥ `target`" with a ratio computed by the caller.
+    pub fn goal_ratio(&mut self, what: &str, measured: f64, target: f64) {
+        self.goals.push(Goal { what: what.to_owned(), measured, target, met: measured >= target });
+    }
+
     /// A goal "`case` / `baseline` ≥ `target`".
     pub fn goal(&mut self, what: &str, case: &str, baseline: &str, target: f64) {
         if let (Some(c), Some(b)) = (self.value(case), self.value(baseline)) {
@@ -60,7 +72,10 @@ impl Report {
                 println!();
                 match part {
                     "micro" => println!("Part 1: BPF_PROG_TEST_RUN, 64-byte IPv4/UDP frame (median of the runs)"),
-                    _ => println!("Part 2: live frames on a veth pair between two namespaces (receiver rate)"),
+                    _ => println!(
+                        "Part 2: live frames on a veth pair between two namespaces (receiver rate; median of rounds, \
+                         ratio = median of per-round ratios)"
+                    ),
                 }
                 println!("  {:<58} {:>10} {:<7} {:>9}  {}", "case", "value", "unit", "ratio", "vs / note");
             }
