@@ -77,7 +77,7 @@ impl Report {
                          ratio = median of per-round ratios)"
                     ),
                 }
-                println!("  {:<58} {:>10} {:<7} {:>9}  {}", "case", "value", "unit", "ratio", "vs / note");
+                println!("  {:<58} {:>10} {:<7} {:>9}  vs / note", "case", "value", "unit", "ratio");
             }
             let (ratio, vs) = match &r.vs {
                 Some((b, x)) => (format!("{x:.2}x"), format!("vs {b}")),
