@@ -1,0 +1,462 @@
+//! Part 2: packets per second through a veth pair between two namespaces.
+//!
+//! The sender side runs `xdp_gen` with `BPF_PROG_RUN` in live-frame mode: each frame it
+//! returns `XDP_TX` for leaves through the sender veth into the receiver veth (this kernel has
+//! no pktgen). On the receiver, the program under test is attached in native mode, or — for
+//! the nftables baseline — no XDP program at all and a netdev ingress chain with a set of the
+//! banned sources. The rate is the receiver's own count of dropped packets (the program's
+//! counter; for nftables the veth's rx count, checked against the rule counter afterwards)
+//! over a fixed window while the generator runs.
+//!
+//! By default the receiver's NAPI runs as veth does by default: in softirq right after each
+//! generated batch, on the generator's CPU. Every frame then costs generator + receiver on one
+//! core and nothing is lost in the veth ring; the generator's share is the same in every case,
+//! so a ratio between cases understates the receiver's own difference (it is pulled towards 1).
+//! `--threaded-napi` moves the receiver into a kernel thread that can run on the other core;
+//! on a machine busy with other work that mostly measures the scheduler.
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use aya::programs::xdp::XdpLinkId;
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+use guard_common::{PROG_XDP_GUARD, STAT_DROP_BAN_EXACT};
+use guard_tests::{Link, Netns, enter, sh};
+
+use crate::micro::{BAN_BASE, MILLION};
+use crate::progs::{Bench, Guard, PROG_DROP_ALL, PROG_GEN, udp_frame, xdp, xdp_mut};
+use crate::report::Report;
+
+/// Generator warm-up before the window opens.
+const WARMUP: Duration = Duration::from_millis(400);
+/// Measurement window per case.
+const WINDOW: Duration = Duration::from_millis(1500);
+/// Frames per live-frame batch (the kernel's maximum is 256).
+const BATCH: u32 = 64;
+/// Frames per `BPF_PROG_RUN` call: far more than a window needs; the call is interrupted.
+const GEN_REPEAT: u32 = 1 << 30;
+/// nftables table made in the receiver namespace.
+const NFT_TABLE: &str = "guard_bench";
+
+// Case names (also the keys of the goals).
+const DROP1: &str = "baseline: xdp_drop_all, 1 source";
+const DROPM: &str = "baseline: xdp_drop_all, 1,000,000 sources";
+const NFT1: &str = "baseline: nftables set drop, 1 banned source";
+const NFTM: &str = "baseline: nftables set drop, 1,000,000 banned sources";
+const G1: &str = "guard, 1 ban, 1 banned source";
+const GM1: &str = "guard, 1,000,000 bans, 1 banned source";
+const GMM: &str = "guard, 1,000,000 bans, 1,000,000 banned sources";
+
+/// Interface facts read with `ip -j link`.
+struct Iface {
+    index: u32,
+    mac: [u8; 6],
+}
+
+fn iface(ns: &Netns, name: &str) -> anyhow::Result<Iface> {
+    let out = ns.ip(&["-j", "link", "show", "dev", name])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -j link")?;
+    let index = v[0]["ifindex"].as_u64().context("no ifindex")? as u32;
+    let mac_text = v[0]["address"].as_str().context("no address")?;
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(mac_text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC {mac_text}"))?;
+    }
+    Ok(Iface { index, mac })
+}
+
+/// Packets the interface received (`ip -s`: for veth this counts frames arriving as XDP
+/// frames too, before the stack sees them).
+fn rx_packets(ns: &Netns, name: &str) -> anyhow::Result<u64> {
+    let out = ns.ip(&["-s", "-j", "link", "show", "dev", name])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -s -j link")?;
+    v[0]["stats64"]["rx"]["packets"].as_u64().context("no rx packet count")
+}
+
+/// Runs `f` on a scoped thread inside the namespace at `path` (XDP attach resolves interface
+/// names and indices in the calling thread's namespace).
+fn in_ns<T: Send>(path: &Path, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(path)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+    })
+}
+
+/// An XDP program attached to the receiver, detached on drop.
+struct Attached<'a> {
+    prog: &'a mut Xdp,
+    id: Option<XdpLinkId>,
+    ns: &'a Path,
+}
+
+impl<'a> Attached<'a> {
+    fn new(prog: &'a mut Xdp, ns: &'a Path, iface: &str) -> anyhow::Result<Self> {
+        let (prog, id) = in_ns(ns, move || {
+            let id = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching XDP (native) to {iface}"))?;
+            Ok((prog, id))
+        })?;
+        Ok(Self { prog, id: Some(id), ns })
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let prog = &mut *self.prog;
+            let _ = in_ns(self.ns, move || Ok(prog.detach(id)?));
+        }
+    }
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {}
+
+/// Installs a no-op SIGUSR1 handler without `SA_RESTART`: the signal then ends a running
+/// `BPF_PROG_RUN` with EINTR, which is how a generator run is stopped.
+fn install_stop_signal() -> anyhow::Result<()> {
+    // SAFETY: a zeroed sigaction with a valid handler; the handler does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&raw mut sa.sa_mask);
+        ensure!(
+            libc::sigaction(libc::SIGUSR1, &raw const sa, std::ptr::null_mut()) == 0,
+            "sigaction: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn is_eintr(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EINTR)))
+}
+
+/// Everything a generator run needs.
+struct Generator<'a> {
+    prog: &'a Xdp,
+    frame: Vec<u8>,
+    /// Sender veth index: live frames sent with `XDP_TX` leave through it.
+    ifindex: u32,
+    ns: &'a Path,
+}
+
+/// Receiver packets per second over `WINDOW` while the generator runs; `count` reads the
+/// receiver's counter. Returns (pps, packets counted in the window).
+fn measure(g: &Generator<'_>, mut count: impl FnMut() -> anyhow::Result<u64>) -> anyhow::Result<(f64, u64)> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let md: [u32; 6] = [0, g.frame.len() as u32, 0, g.ifindex, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| -> anyhow::Result<(f64, u64)> {
+        let (stop, ctx) = (&stop, &ctx);
+        let gen_thread = s.spawn(move || -> anyhow::Result<()> {
+            // SAFETY: pthread_self has no preconditions.
+            let _ = tx.send(unsafe { libc::pthread_self() });
+            enter(g.ns)?;
+            while !stop.load(Ordering::Relaxed) {
+                let opts = TestRunOptions {
+                    data_in: Some(&g.frame),
+                    ctx_in: Some(ctx),
+                    repeat: GEN_REPEAT,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..TestRunOptions::default()
+                };
+                if let Err(e) = g.prog.test_run(opts) {
+                    let e = anyhow::Error::from(e);
+                    if !is_eintr(&e) {
+                        return Err(e.context("live-frame BPF_PROG_RUN of xdp_gen"));
+                    }
+                }
+            }
+            Ok(())
+        });
+        let thread = rx.recv().context("generator thread did not start")?;
+        let result = (|| {
+            std::thread::sleep(WARMUP);
+            ensure!(!gen_thread.is_finished(), "generator stopped early");
+            let t0 = Instant::now();
+            let c0 = count()?;
+            let t0 = t0 + t0.elapsed() / 2;
+            std::thread::sleep(WINDOW);
+            let t1 = Instant::now();
+            let c1 = count()?;
+            let t1 = t1 + t1.elapsed() / 2;
+            ensure!(!gen_thread.is_finished(), "generator stopped during the window");
+            let n = c1.saturating_sub(c0);
+            Ok((n as f64 / (t1 - t0).as_secs_f64(), n))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        while !gen_thread.is_finished() {
+            // SAFETY: the thread is alive (not finished, and joined only below).
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let generated = gen_thread.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
+        let (pps, n) = result?;
+        generated?;
+        ensure!(n > 0, "the receiver counted no packets: frames are not arriving");
+        Ok((pps, n))
+    })
+}
+
+/// The nftables baseline: a netdev ingress chain on the receiver veth with a set of banned
+/// sources and a named drop counter. Lives in the receiver namespace; deleted on drop.
+struct Nft<'a> {
+    ns: &'a Netns,
+    dev: &'a str,
+    file: std::path::PathBuf,
+    /// Receiver rx count when the table was made.
+    rx_start: u64,
+}
+
+impl<'a> Nft<'a> {
+    fn new(ns: &'a Netns, dev: &'a str) -> anyhow::Result<Self> {
+        let file = std::env::temp_dir().join(guard_tests::unique("guard-bench-nft-"));
+        let nft = Self { ns, dev, file, rx_start: rx_packets(ns, dev)? };
+        nft.load(&format!(
+            "table netdev {NFT_TABLE} {{\n  counter dropped {{ }}\n  set banned {{ type ipv4_addr; size {}; }}\n  \
+             chain ingress {{\n    type filter hook ingress device \"{dev}\" priority 0; policy accept;\n    \
+             ip saddr @banned counter name \"dropped\" drop\n  }}\n}}\n",
+            2 * MILLION
+        ))?;
+        Ok(nft)
+    }
+
+    fn load(&self, text: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.file, text)?;
+        let out = self.ns.command("nft").arg("-f").arg(&self.file).output().context("running nft")?;
+        ensure!(out.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        Ok(())
+    }
+
+    /// Adds `count` consecutive addresses from `first` to the set.
+    fn ban_range(&self, first: Ipv4Addr, count: u32) -> anyhow::Result<()> {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(count as usize * 18);
+        let first = u32::from(first);
+        for chunk in (0..count).collect::<Vec<_>>().chunks(50_000) {
+            let _ = write!(text, "add element netdev {NFT_TABLE} banned {{ ");
+            for i in chunk {
+                let _ = write!(text, "{}, ", Ipv4Addr::from(first + i));
+            }
+            text.push_str("}\n");
+        }
+        self.load(&text)
+    }
+
+    /// Frames that reached the receiver since the table was made. Every generated source is
+    /// in the set, so this is the drop rate; it is read instead of the rule's counter because
+    /// `nft list` fetches the whole set (about 20 s with 1M elements). [`Nft::verify`]
+    /// checks afterwards that the counter agrees.
+    fn received(&self) -> anyhow::Result<u64> {
+        Ok(rx_packets(self.ns, self.dev)? - self.rx_start)
+    }
+
+    /// Empties the set (so that listing is fast) and checks that the drop counter accounts for
+    /// (nearly) every frame received since the table was made.
+    fn verify(&self) -> anyhow::Result<()> {
+        self.load(&format!("flush set netdev {NFT_TABLE} banned\n"))?;
+        let (dropped, received) = (self.dropped()?, self.received()?);
+        ensure!(
+            dropped as f64 >= 0.99 * received as f64,
+            "nftables dropped {dropped} of {received} received frames: the set does not match the generated sources"
+        );
+        Ok(())
+    }
+
+    fn dropped(&self) -> anyhow::Result<u64> {
+        let out = self
+            .ns
+            .command("nft")
+            .args(["-j", "list", "counter", "netdev", NFT_TABLE, "dropped"])
+            .output()
+            .context("running nft")?;
+        ensure!(out.status.success(), "nft list counter: {}", String::from_utf8_lossy(&out.stderr).trim());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v["nftables"]
+            .as_array()
+            .and_then(|a| a.iter().find_map(|e| e["counter"]["packets"].as_u64()))
+            .context("no packet count in nft output")
+    }
+}
+
+impl Drop for Nft<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.command("nft").args(["delete", "table", "netdev", NFT_TABLE]).output();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn set_gro(ns: &Netns, dev: &str, on: bool) -> anyhow::Result<()> {
+    let out = ns.command("ethtool").args(["-K", dev, "gro", if on { "on" } else { "off" }]).output()?;
+    ensure!(out.status.success(), "ethtool -K {dev} gro: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// Processes the receiver veth's NAPI in a kernel thread (`threaded`) so that it can run on the
+/// other core than the generator, which then no longer shares the receiver's CPU time.
+fn set_threaded_napi(ns: &Netns, dev: &str, on: bool) -> anyhow::Result<()> {
+    // sysfs shows the namespace it was mounted in: `ip netns exec` remounts it.
+    let cmd = format!("echo {} > /sys/class/net/{dev}/threaded", u8::from(on));
+    sh("ip", &["netns", "exec", &ns.name, "sh", "-c", &cmd])?;
+    Ok(())
+}
+
+pub struct Options {
+    pub rounds: usize,
+    pub threaded_napi: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[expect(clippy::too_many_lines, reason = "the case sequence reads best in one place")]
+pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
+    install_stop_signal()?;
+    progress!("part 2: creating namespaces and the veth pair");
+    let link = Link::new()?;
+    let (near, far) = (iface(&link.near, &link.near_if)?, iface(&link.far, &link.far_if)?);
+    let IpAddr::V4(dst) = link.near_v4 else { bail!("receiver has no IPv4 address") };
+    // GRO on from the start, for every case: without an XDP program veth only accepts XDP
+    // frames with GRO on (nftables case), it makes the veth NAPI exist so it can be switched to
+    // threaded, and it does not touch frames an XDP program drops.
+    set_gro(&link.near, &link.near_if, true)?;
+    if opts.threaded_napi {
+        set_threaded_napi(&link.near, &link.near_if, true)?;
+    }
+    let near_ns = link.near.path();
+    let far_ns = link.far.path();
+
+    // Two copies of the helper object: one generates, the other drops (attached to the receiver).
+    let mut bench = Bench::load()?;
+    let mut drop_obj = Bench::load()?;
+    let mut guard_one = Guard::load()?;
+    guard_one.set_flags(0)?;
+    guard_one.ban_range(BAN_BASE, 1)?;
+    progress!("part 2: loading 1,000,000 bans");
+    let mut guard_million = Guard::load()?;
+    guard_million.set_flags(0)?;
+    guard_million.ban_range(BAN_BASE, MILLION)?;
+
+    // The generator's frame: sender MAC -> receiver MAC, BAN_BASE (rewritten by xdp_gen when
+    // it cycles through more sources) -> the receiver's address.
+    let frame = udp_frame(near.mac, far.mac, BAN_BASE, dst);
+    let mut samples: Vec<(&str, Vec<f64>)> =
+        [DROP1, DROPM, G1, GM1, GMM, NFT1, NFTM].iter().map(|c| (*c, Vec::new())).collect();
+    let mut push = |case: &str, pps: f64| {
+        progress!("{case}: {:.3} Mpps", pps / 1e6);
+        if let Some((_, v)) = samples.iter_mut().find(|(c, _)| *c == case) {
+            v.push(pps);
+        }
+    };
+    let mut nft_fill = Duration::ZERO;
+    for _ in 0..opts.rounds {
+        {
+            let dropped = &drop_obj.dropped;
+            let attached = Attached::new(xdp_mut(&mut drop_obj.ebpf, PROG_DROP_ALL)?, &near_ns, &link.near_if)?;
+            for (case, sources) in [(DROP1, 1), (DROPM, MILLION)] {
+                bench.set_sources(BAN_BASE, sources)?;
+                let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+                push(case, measure(&g, || Ok(dropped.get(&0, 0)?.iter().sum()))?.0);
+            }
+            drop(attached);
+        }
+        for (guard, cases) in [(&mut guard_one, &[(G1, 1)][..]), (&mut guard_million, &[(GM1, 1), (GMM, MILLION)][..])] {
+            let stats = &guard.stats;
+            let prog = xdp_mut(&mut guard.ebpf, PROG_XDP_GUARD)?;
+            let attached = Attached::new(prog, &near_ns, &link.near_if)?;
+            for &(case, sources) in cases {
+                bench.set_sources(BAN_BASE, sources)?;
+                let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+                let count = || Ok(stats.get(&STAT_DROP_BAN_EXACT, 0)?.iter().sum());
+                push(case, measure(&g, count)?.0);
+            }
+            drop(attached);
+        }
+        // nftables: no XDP program on the receiver.
+        let nft = Nft::new(&link.near, &link.near_if)?;
+        nft.ban_range(BAN_BASE, 1)?;
+        bench.set_sources(BAN_BASE, 1)?;
+        let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+        push(NFT1, measure(&g, || nft.received())?.0);
+        progress!("loading the 1,000,000-element nftables set");
+        let t = Instant::now();
+        nft.ban_range(Ipv4Addr::from(u32::from(BAN_BASE) + 1), MILLION - 1)?;
+        nft_fill = t.elapsed();
+        bench.set_sources(BAN_BASE, MILLION)?;
+        let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+        push(NFTM, measure(&g, || nft.received())?.0);
+        nft.verify()?;
+        drop(nft);
+        progress!("nftables table deleted");
+    }
+    progress!("part 2: cleaning up");
+
+    report.setup.push(format!(
+        "part 2: {} round(s) of all cases, median per case; {:.1} s window after {:.1} s warm-up; generator batch {BATCH}; \
+         receiver NAPI {}; 1,000,000-element nft set loaded in {:.1} s",
+        opts.rounds,
+        WINDOW.as_secs_f64(),
+        WARMUP.as_secs_f64(),
+        if opts.threaded_napi { "threaded" } else { "in softirq (shares the generator's CPU)" },
+        nft_fill.as_secs_f64()
+    ));
+    // Rates drift between rounds on a shared machine: each ratio is the median of the
+    // per-round ratios (both rates of a round were measured seconds apart).
+    let rates = |case: &str| samples.iter().find(|(c, _)| *c == case).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mpps = |case: &str| median(&mut rates(case)) / 1e6;
+    let ratio = |case: &str, base: &str| {
+        let mut r: Vec<f64> = rates(case).iter().zip(rates(base)).map(|(c, b)| c / b).collect();
+        median(&mut r)
+    };
+    let spread = |case: &str| {
+        let r: Vec<String> = rates(case).iter().map(|v| format!("{:.2}", v / 1e6)).collect();
+        format!("rounds {}", r.join(" / "))
+    };
+    for (case, what) in [
+        (DROP1, "drop-everything XDP program"),
+        (DROPM, "generator cycling 1M sources"),
+        (NFT1, "netdev ingress, set of 1"),
+        (NFTM, "netdev ingress, set of 1M"),
+    ] {
+        report.row("live", case, mpps(case), "Mpps", &format!("{what}; {}", spread(case)));
+    }
+    let rows = [
+        (G1, G1, DROP1),
+        (GM1, GM1, DROP1),
+        (GMM, GMM, DROPM),
+        ("guard, 1 ban, 1 banned source (vs nft)", G1, NFT1),
+        ("guard, 1M bans, 1M banned sources (vs nft)", GMM, NFTM),
+        ("ceiling: xdp_drop_all vs nft, 1 source", DROP1, NFT1),
+        ("ceiling: xdp_drop_all vs nft, 1M sources", DROPM, NFTM),
+    ];
+    for (label, case, base) in rows {
+        let note = if label == case { spread(case) } else { String::new() };
+        report.row_ratio("live", label, mpps(case), "Mpps", base, ratio(case, base), &note);
+    }
+    let goals = [
+        ("ban drop >= 85 % of drop-all, 1 source (1 ban)", G1, DROP1, 0.85),
+        ("ban drop >= 85 % of drop-all, 1 source (1M bans)", GM1, DROP1, 0.85),
+        ("ban drop >= 85 % of drop-all, 1M sources (1M bans)", GMM, DROPM, 0.85),
+        (">= 5x nftables, 1 banned source", G1, NFT1, 5.0),
+        (">= 3x nftables, 1,000,000 distinct banned sources", GMM, NFTM, 3.0),
+        ("no slowdown 1 -> 1,000,000 bans (1 source; 1M/1 rate, within 10 %)", GM1, G1, 0.9),
+    ];
+    for (what, case, base, target) in goals {
+        report.goal_ratio(what, ratio(case, base), target);
+    }
+    Ok(())
+}
