@@ -72,14 +72,19 @@ pub const RATE_CAPACITY: u32 = 1 << 18;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 18;
 
+/// Bit of `BanEntry::expires_ns`: this ban overlaps an allowlist entry, so the program must
+/// consult the allowlist before dropping. Bans without it skip that lookup. (No deadline reaches
+/// 2^63 ns of uptime, so the bit is free.)
+pub const BAN_CHECK_ALLOW: u64 = 1 << 63;
+
 /// A ban as the XDP program sees it (value of the exact and CIDR ban maps).
 ///
 /// The daemon writes `expires_ns` and zeroed counters; the program only adds to the counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanEntry {
-    /// When the ban stops applying, `CLOCK_MONOTONIC` ns; 0 = never. Expired entries are ignored
-    /// by the program and removed by the daemon.
+    /// When the ban stops applying, `CLOCK_MONOTONIC` ns; 0 = never; plus the `BAN_CHECK_ALLOW`
+    /// flag bit. Expired entries are ignored by the program and removed by the daemon.
     pub expires_ns: u64,
     /// Packets dropped by this ban.
     pub packets: u64,

@@ -270,8 +270,21 @@ impl Bans {
         };
         self.store.put_allow(&rec)?;
         self.xdp.put_allow(&target)?;
+        self.refresh_overlapping(&target)?;
         self.store.flush()?;
         Ok(rec)
+    }
+
+    /// Re-writes the bans that overlap `net` so their allowlist flag follows the allowlist.
+    fn refresh_overlapping(&mut self, net: &Net) -> Result<(), BanError> {
+        let (now, mono) = (now_ms(), mono_ns());
+        for ban in self.store.bans()? {
+            if ban.target.overlaps(net) && !ban.expired(now) {
+                let deadline = ban.expires_at.map_or(0, |t| wall_to_mono(t, now, mono));
+                self.xdp.put_ban(&ban.target, deadline)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes an allowlist entry.
@@ -281,6 +294,7 @@ impl Bans {
             .remove_allow(target)?
             .ok_or(BanError::NotAllowed { target: *target })?;
         self.xdp.remove_allow(target)?;
+        self.refresh_overlapping(target)?;
         self.store.flush()?;
         Ok(rec)
     }

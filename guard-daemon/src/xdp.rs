@@ -12,10 +12,10 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram, XdpMode as AyaMode};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::{
-    BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6,
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG,
-    MAP_EVENTS, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT,
-    XdpConfig as MapConfig,
+    BAN_CHECK_ALLOW, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4,
+    CFG_HAVE_CIDR_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
+    MAP_CIDR_V6, MAP_CONFIG, MAP_EVENTS, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD,
+    STAT_COUNT, XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -290,22 +290,23 @@ impl Xdp {
     /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
     /// without ever removing an entry that stays: enforcement has no gap during a restart.
     pub fn reconcile(&mut self, bans: &[(Net, u64)], allows: &[Net]) -> Result<(), XdpError> {
-        let want: HashSet<Net> = bans.iter().map(|(n, _)| *n).collect();
         let have = self.ban_keys()?;
         self.cidrs = have.iter().filter(|n| !n.is_host()).copied().collect();
         self.allows = self.allow_keys()?;
-        for net in have.difference(&want) {
-            self.remove_ban(net)?;
-        }
-        for (net, deadline) in bans {
-            self.put_ban(net, *deadline)?;
-        }
+        // The allowlist first: each ban's BAN_CHECK_ALLOW flag depends on it.
         let want: HashSet<Net> = allows.iter().copied().collect();
         for net in self.allows.clone().difference(&want) {
             self.remove_allow(net)?;
         }
         for net in allows {
             self.put_allow(net)?;
+        }
+        let want: HashSet<Net> = bans.iter().map(|(n, _)| *n).collect();
+        for net in have.difference(&want) {
+            self.remove_ban(net)?;
+        }
+        for (net, deadline) in bans {
+            self.put_ban(net, *deadline)?;
         }
         self.write_config()
     }
@@ -354,6 +355,13 @@ impl Xdp {
 
     /// Inserts or updates a ban; an existing entry keeps its counters.
     pub fn put_ban(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
+        // Only a ban that overlaps the allowlist makes the program look the allowlist up.
+        let flag = if self.allows.iter().any(|a| a.overlaps(net)) {
+            BAN_CHECK_ALLOW
+        } else {
+            0
+        };
+        let expires_ns = expires_ns | flag;
         let fresh = |old: Option<BanEntry>| BanEntry {
             expires_ns,
             ..old.unwrap_or_default()

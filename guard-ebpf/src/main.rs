@@ -15,13 +15,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use guard_common::{
-    ALLOW_CAPACITY, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
+    ALLOW_CAPACITY, BAN_CHECK_ALLOW, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
     CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CIDR_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
     RATE_CAPACITY, RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT, STAT_DROP_BAN_CIDR,
     STAT_DROP_BAN_EXACT, STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED, STAT_NON_IP,
     STAT_PASSED, XdpConfig,
 };
-use guard_ebpf::net::{Parsed, Source, parse_source};
+use guard_ebpf::net::{ETH_P_IP, ETH_P_IPV6, ipv4_source, ipv6_source, l3};
 
 mod tap;
 
@@ -84,24 +84,29 @@ fn charge(ban: *mut BanEntry, len: u64, now: u64) {
 }
 
 #[inline(always)]
-fn live(ban: *mut BanEntry, now: u64) -> bool {
-    let expires = unsafe { (*ban).expires_ns };
+fn live(expires: u64, now: u64) -> bool {
+    let expires = expires & !BAN_CHECK_ALLOW;
     expires == 0 || expires > now
 }
 
 #[inline(always)]
 fn try_guard(ctx: &XdpContext) -> Option<u32> {
-    let Some(parsed) = parse_source(ctx) else {
+    let Some((proto, l3)) = l3(ctx) else {
         return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
     };
-    let Parsed::Ip(src) = parsed else {
-        return verdict(STAT_NON_IP, xdp_action::XDP_PASS);
-    };
-    let cfg = CONFIG.get(0)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match src {
-        Source::V4(addr) => guard_v4(cfg, addr, len),
-        Source::V6(addr) => guard_v6(cfg, addr, len),
+    if proto == ETH_P_IP {
+        let Some(src) = ipv4_source(ctx, l3) else {
+            return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
+        };
+        guard_v4(CONFIG.get(0)?, src, len)
+    } else if proto == ETH_P_IPV6 {
+        let Some(src) = ipv6_source(ctx, l3) else {
+            return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
+        };
+        guard_v6(CONFIG.get(0)?, src, len)
+    } else {
+        verdict(STAT_NON_IP, xdp_action::XDP_PASS)
     }
 }
 
@@ -115,8 +120,10 @@ macro_rules! guard_family {
                 || cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some();
             if let Some(ban) = $bans.get_ptr_mut(addr) {
                 let now = unsafe { bpf_ktime_get_coarse_ns() };
-                if live(ban, now) {
-                    if allowed() {
+                let expires = unsafe { (*ban).expires_ns };
+                if live(expires, now) {
+                    // Only bans that overlap the allowlist carry the flag (set by the daemon).
+                    if expires & BAN_CHECK_ALLOW != 0 && allowed() {
                         return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
                     }
                     charge(ban, len, now);
@@ -127,8 +134,9 @@ macro_rules! guard_family {
                 if let Some(ban) = $cidr.get(Key::new($bits, addr)) {
                     let ban = core::ptr::from_ref(ban).cast_mut();
                     let now = unsafe { bpf_ktime_get_coarse_ns() };
-                    if live(ban, now) {
-                        if allowed() {
+                    let expires = unsafe { (*ban).expires_ns };
+                    if live(expires, now) {
+                        if expires & BAN_CHECK_ALLOW != 0 && allowed() {
                             return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
                         }
                         charge(ban, len, now);

@@ -34,26 +34,10 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
 }
 
-/// The source of an IP packet.
-pub enum Source {
-    /// IPv4 address as a `u32` whose memory is in network order.
-    V4(u32),
-    /// IPv6 address, network order.
-    V6([u8; 16]),
-}
-
-/// What the parser found in a frame.
-pub enum Parsed {
-    /// An IP packet from this source.
-    Ip(Source),
-    /// A well-formed frame that is not IP (ARP, LLDP, …).
-    NotIp,
-}
-
-/// Parses Ethernet, up to two VLAN tags and the IP header far enough to read the source
-/// address. `None`: the frame is truncated or its IP header is malformed.
+/// Parses Ethernet and up to two VLAN tags. Returns the ethertype (network order) and the
+/// offset of the layer-3 header; `None` if the frame is truncated.
 #[inline(always)]
-pub fn parse_source(ctx: &XdpContext) -> Option<Parsed> {
+pub fn l3(ctx: &XdpContext) -> Option<(u16, usize)> {
     let mut proto: u16 = unsafe { *ptr_at::<u16>(ctx, 12)? };
     let mut l3 = ETH_HLEN;
     // Two tags at most (QinQ); unrolled so the verifier sees constant offsets.
@@ -65,32 +49,28 @@ pub fn parse_source(ctx: &XdpContext) -> Option<Parsed> {
             l3 = ETH_HLEN + 2 * VLAN_HLEN;
         }
     }
-    if proto == ETH_P_IP {
-        // Version/IHL byte, then the source at offset 12 of a header of at least 20 bytes.
-        let ver_ihl: u8 = unsafe { *ptr_at::<u8>(ctx, l3)? };
-        if ver_ihl >> 4 != 4 || ver_ihl & 0x0f < 5 {
-            return None;
-        }
-        let src = unsafe {
-            ptr_at::<[u8; 20]>(ctx, l3)?
-                .cast::<u8>()
-                .add(12)
-                .cast::<u32>()
-        };
-        Some(Parsed::Ip(Source::V4(unsafe { src.read_unaligned() })))
-    } else if proto == ETH_P_IPV6 {
-        let first: u8 = unsafe { *ptr_at::<u8>(ctx, l3)? };
-        if first >> 4 != 6 {
-            return None;
-        }
-        let src = unsafe {
-            ptr_at::<[u8; 40]>(ctx, l3)?
-                .cast::<u8>()
-                .add(8)
-                .cast::<[u8; 16]>()
-        };
-        Some(Parsed::Ip(Source::V6(unsafe { src.read_unaligned() })))
-    } else {
-        Some(Parsed::NotIp)
+    Some((proto, l3))
+}
+
+/// The IPv4 source address (a `u32` whose memory is in network order) of the header at `l3`;
+/// `None` if truncated or not a valid IPv4 header.
+#[inline(always)]
+pub fn ipv4_source(ctx: &XdpContext, l3: usize) -> Option<u32> {
+    // One bounds check covers the version/IHL byte and the source at offset 12.
+    let hdr = ptr_at::<[u32; 5]>(ctx, l3)?.cast::<u32>();
+    let first = unsafe { hdr.read_unaligned() }.to_ne_bytes()[0];
+    if first >> 4 != 4 || first & 0x0f < 5 {
+        return None;
     }
+    Some(unsafe { hdr.add(3).read_unaligned() })
+}
+
+/// The IPv6 source address of the header at `l3`; `None` if truncated or not IPv6.
+#[inline(always)]
+pub fn ipv6_source(ctx: &XdpContext, l3: usize) -> Option<[u8; 16]> {
+    let hdr = ptr_at::<[u8; 40]>(ctx, l3)?.cast::<u8>();
+    if unsafe { *hdr } >> 4 != 6 {
+        return None;
+    }
+    Some(unsafe { hdr.add(8).cast::<[u8; 16]>().read_unaligned() })
 }

@@ -180,6 +180,14 @@ fn allowlist_beats_a_ban_and_bans_of_allowlisted_need_force() -> anyhow::Result<
     );
     let allow = s.daemon.json(&["allow", "ls"])?;
     assert_eq!(allow.as_array().map(Vec::len), Some(0));
+    // The other order: banned first, allowlisted afterwards.
+    s.daemon
+        .cli(&["allow", "add", &far_addr])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        all_ok(far, near),
+        "an allowlist entry added after the ban wins too"
+    );
     Ok(())
 }
 

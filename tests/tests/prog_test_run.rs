@@ -109,6 +109,20 @@ impl Loaded {
         .unwrap();
     }
 
+    fn cidr_v4_flagged(&mut self, a: Ipv4Addr, len: u32, expires_ns: u64) {
+        let mut m: LpmTrie<&mut MapData, u32, BanEntry> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V4).unwrap()).unwrap();
+        m.insert(
+            &Key::new(len, u32::from_ne_bytes(a.octets())),
+            BanEntry {
+                expires_ns,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    }
+
     fn cidr_v6(&mut self, a: Ipv6Addr, len: u32) {
         let mut m: LpmTrie<&mut MapData, [u8; 16], BanEntry> =
             LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_V6).unwrap()).unwrap();
@@ -265,8 +279,9 @@ fn cidr_lookup_only_when_flagged() -> anyhow::Result<()> {
 fn allowlist_beats_exact_and_cidr_bans() -> anyhow::Result<()> {
     require_root!();
     let mut l = load()?;
-    l.ban_v4(A, 0);
-    l.cidr_v4(Ipv4Addr::new(192, 0, 2, 0), 24);
+    // The daemon flags bans that overlap the allowlist; only those make the program look.
+    l.ban_v4(A, BAN_CHECK_ALLOW);
+    l.cidr_v4_flagged(Ipv4Addr::new(192, 0, 2, 0), 24, BAN_CHECK_ALLOW);
     l.allow_v4(A, 32);
     l.set_config(XdpConfig {
         flags: CFG_HAVE_CIDR_V4 | CFG_HAVE_ALLOW_V4,
@@ -284,6 +299,30 @@ fn allowlist_beats_exact_and_cidr_bans() -> anyhow::Result<()> {
         0,
         "an allowlisted packet is not charged to the ban"
     );
+    Ok(())
+}
+
+#[test]
+fn allowlist_is_only_consulted_for_flagged_bans() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.allow_v4(A, 32);
+    l.set_config(XdpConfig {
+        flags: CFG_HAVE_ALLOW_V4,
+        ..Default::default()
+    });
+    l.ban_v4(A, 0);
+    assert_eq!(
+        l.run(&v4_frame(&[], A))?,
+        XDP_DROP,
+        "unflagged: no allowlist lookup on the drop path"
+    );
+    l.ban_v4(A, BAN_CHECK_ALLOW);
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
+    // A flagged ban with a deadline still expires.
+    l.ban_v4(A, BAN_CHECK_ALLOW | 1);
+    l.allow_v4(B, 32);
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
     Ok(())
 }
 

@@ -296,11 +296,25 @@ fn bench_tap() -> anyhow::Result<()> {
     setup::test_tools()?;
     build(true)?;
     step("tap throughput per core against plain httparse (release)");
-    run(cargo().args(["bench", "-p", "guard-daemon", "--bench", "tap"]), "tap throughput benchmark")?;
-    step("tap under 10,000 requests/s across namespaces");
-    run(cargo().args(["build", "--release", "-p", "guard-tests", "--bin", "tap-load"]), "building tap-load")?;
     run(
-        Command::new(root().join("target/release/tap-load")).env("GUARD_BIN", root().join("target/release/guard")),
+        cargo().args(["bench", "-p", "guard-daemon", "--bench", "tap"]),
+        "tap throughput benchmark",
+    )?;
+    step("tap under 10,000 requests/s across namespaces");
+    run(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "guard-tests",
+            "--bin",
+            "tap-load",
+        ]),
+        "building tap-load",
+    )?;
+    run(
+        Command::new(root().join("target/release/tap-load"))
+            .env("GUARD_BIN", root().join("target/release/guard")),
         "tap-load",
     )
 }

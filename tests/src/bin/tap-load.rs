@@ -22,7 +22,11 @@ fn main() -> anyhow::Result<()> {
     }
     let link = Link::new()?;
     start_server(&link.near, PORT)?;
-    let daemon = Daemon::start(&link.near, &link.near_if, &format!("[tap]\nhttp_ports = [{PORT}]\n"))?;
+    let daemon = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
     let dst = SocketAddr::new(link.near_v4, PORT);
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -63,20 +67,36 @@ fn main() -> anyhow::Result<()> {
         }));
     }
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     let elapsed = start.elapsed();
     let sent = done.load(Ordering::Relaxed);
-    let logged = || daemon.json(&["stats"]).ok().and_then(|s| s["logs"]["written"].as_u64()).unwrap_or(0);
+    let logged = || {
+        daemon
+            .json(&["stats"])
+            .ok()
+            .and_then(|s| s["logs"]["written"].as_u64())
+            .unwrap_or(0)
+    };
     let _ = wait_until(Duration::from_secs(10), || logged() >= sent);
     let stats = daemon.json(&["stats"]).context("stats")?;
     let written = stats["logs"]["written"].as_u64().unwrap_or(0);
     let tap = &stats["tap"][0];
-    println!("tap load: {sent} requests in {:.2} s = {:.0} requests/s over {CONNECTIONS} keep-alive connections ({} failed)",
-        elapsed.as_secs_f64(), sent as f64 / elapsed.as_secs_f64(), failed.load(Ordering::Relaxed));
-    println!("  reached the request log: {written} of {sent} = {:.2} %   (goal: 100 %)", 100.0 * written as f64 / sent.max(1) as f64);
-    println!("  capture: {}   tap requests: {}   log writer dropped: {}   http malformed: {}",
-        tap["capture"], tap["requests"], stats["logs"]["dropped"], tap["tap"]["http_malformed"]);
+    println!(
+        "tap load: {sent} requests in {:.2} s = {:.0} requests/s over {CONNECTIONS} keep-alive connections ({} failed)",
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    println!(
+        "  reached the request log: {written} of {sent} = {:.2} %   (goal: 100 %)",
+        100.0 * written as f64 / sent.max(1) as f64
+    );
+    println!(
+        "  capture: {}   tap requests: {}   log writer dropped: {}   http malformed: {}",
+        tap["capture"], tap["requests"], stats["logs"]["dropped"], tap["tap"]["http_malformed"]
+    );
     Ok(())
 }
 

@@ -72,8 +72,11 @@ fn iface(ns: &Netns, name: &str) -> anyhow::Result<Iface> {
 /// frames too, before the stack sees them).
 fn rx_packets(ns: &Netns, name: &str) -> anyhow::Result<u64> {
     let out = ns.ip(&["-s", "-j", "link", "show", "dev", name])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -s -j link")?;
-    v[0]["stats64"]["rx"]["packets"].as_u64().context("no rx packet count")
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing ip -s -j link")?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("no rx packet count")
 }
 
 /// Runs `f` on a scoped thread inside the namespace at `path` (XDP attach resolves interface
@@ -99,10 +102,16 @@ struct Attached<'a> {
 impl<'a> Attached<'a> {
     fn new(prog: &'a mut Xdp, ns: &'a Path, iface: &str) -> anyhow::Result<Self> {
         let (prog, id) = in_ns(ns, move || {
-            let id = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching XDP (native) to {iface}"))?;
+            let id = prog
+                .attach(iface, XdpMode::Driver)
+                .with_context(|| format!("attaching XDP (native) to {iface}"))?;
             Ok((prog, id))
         })?;
-        Ok(Self { prog, id: Some(id), ns })
+        Ok(Self {
+            prog,
+            id: Some(id),
+            ns,
+        })
     }
 }
 
@@ -135,7 +144,10 @@ fn install_stop_signal() -> anyhow::Result<()> {
 }
 
 fn is_eintr(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EINTR)))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EINTR))
+    })
 }
 
 /// Everything a generator run needs.
@@ -149,7 +161,10 @@ struct Generator<'a> {
 
 /// Receiver packets per second over `WINDOW` while the generator runs; `count` reads the
 /// receiver's counter. Returns (pps, packets counted in the window).
-fn measure(g: &Generator<'_>, mut count: impl FnMut() -> anyhow::Result<u64>) -> anyhow::Result<(f64, u64)> {
+fn measure(
+    g: &Generator<'_>,
+    mut count: impl FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<(f64, u64)> {
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
     let md: [u32; 6] = [0, g.frame.len() as u32, 0, g.ifindex, 0, 0];
     let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -189,7 +204,10 @@ fn measure(g: &Generator<'_>, mut count: impl FnMut() -> anyhow::Result<u64>) ->
             let t1 = Instant::now();
             let c1 = count()?;
             let t1 = t1 + t1.elapsed() / 2;
-            ensure!(!gen_thread.is_finished(), "generator stopped during the window");
+            ensure!(
+                !gen_thread.is_finished(),
+                "generator stopped during the window"
+            );
             let n = c1.saturating_sub(c0);
             Ok((n as f64 / (t1 - t0).as_secs_f64(), n))
         })();
@@ -199,10 +217,15 @@ fn measure(g: &Generator<'_>, mut count: impl FnMut() -> anyhow::Result<u64>) ->
             unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
             std::thread::sleep(Duration::from_millis(5));
         }
-        let generated = gen_thread.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
+        let generated = gen_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
         let (pps, n) = result?;
         generated?;
-        ensure!(n > 0, "the receiver counted no packets: frames are not arriving");
+        ensure!(
+            n > 0,
+            "the receiver counted no packets: frames are not arriving"
+        );
         Ok((pps, n))
     })
 }
@@ -220,7 +243,12 @@ struct Nft<'a> {
 impl<'a> Nft<'a> {
     fn new(ns: &'a Netns, dev: &'a str) -> anyhow::Result<Self> {
         let file = std::env::temp_dir().join(guard_tests::unique("guard-bench-nft-"));
-        let nft = Self { ns, dev, file, rx_start: rx_packets(ns, dev)? };
+        let nft = Self {
+            ns,
+            dev,
+            file,
+            rx_start: rx_packets(ns, dev)?,
+        };
         nft.load(&format!(
             "table netdev {NFT_TABLE} {{\n  counter dropped {{ }}\n  set banned {{ type ipv4_addr; size {}; }}\n  \
              chain ingress {{\n    type filter hook ingress device \"{dev}\" priority 0; policy accept;\n    \
@@ -232,8 +260,18 @@ impl<'a> Nft<'a> {
 
     fn load(&self, text: &str) -> anyhow::Result<()> {
         std::fs::write(&self.file, text)?;
-        let out = self.ns.command("nft").arg("-f").arg(&self.file).output().context("running nft")?;
-        ensure!(out.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        let out = self
+            .ns
+            .command("nft")
+            .arg("-f")
+            .arg(&self.file)
+            .output()
+            .context("running nft")?;
+        ensure!(
+            out.status.success(),
+            "nft -f failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         Ok(())
     }
 
@@ -279,7 +317,11 @@ impl<'a> Nft<'a> {
             .args(["-j", "list", "counter", "netdev", NFT_TABLE, "dropped"])
             .output()
             .context("running nft")?;
-        ensure!(out.status.success(), "nft list counter: {}", String::from_utf8_lossy(&out.stderr).trim());
+        ensure!(
+            out.status.success(),
+            "nft list counter: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         v["nftables"]
             .as_array()
@@ -290,14 +332,25 @@ impl<'a> Nft<'a> {
 
 impl Drop for Nft<'_> {
     fn drop(&mut self) {
-        let _ = self.ns.command("nft").args(["delete", "table", "netdev", NFT_TABLE]).output();
+        let _ = self
+            .ns
+            .command("nft")
+            .args(["delete", "table", "netdev", NFT_TABLE])
+            .output();
         let _ = std::fs::remove_file(&self.file);
     }
 }
 
 fn set_gro(ns: &Netns, dev: &str, on: bool) -> anyhow::Result<()> {
-    let out = ns.command("ethtool").args(["-K", dev, "gro", if on { "on" } else { "off" }]).output()?;
-    ensure!(out.status.success(), "ethtool -K {dev} gro: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let out = ns
+        .command("ethtool")
+        .args(["-K", dev, "gro", if on { "on" } else { "off" }])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ethtool -K {dev} gro: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
@@ -323,13 +376,21 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-#[expect(clippy::too_many_lines, reason = "the case sequence reads best in one place")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "the case sequence reads best in one place"
+)]
 pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     install_stop_signal()?;
     progress!("part 2: creating namespaces and the veth pair");
     let link = Link::new()?;
-    let (near, far) = (iface(&link.near, &link.near_if)?, iface(&link.far, &link.far_if)?);
-    let IpAddr::V4(dst) = link.near_v4 else { bail!("receiver has no IPv4 address") };
+    let (near, far) = (
+        iface(&link.near, &link.near_if)?,
+        iface(&link.far, &link.far_if)?,
+    );
+    let IpAddr::V4(dst) = link.near_v4 else {
+        bail!("receiver has no IPv4 address")
+    };
     // GRO on from the start, for every case: without an XDP program veth only accepts XDP
     // frames with GRO on (nftables case), it makes the veth NAPI exist so it can be switched to
     // threaded, and it does not touch frames an XDP program drops.
@@ -354,8 +415,10 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     // The generator's frame: sender MAC -> receiver MAC, BAN_BASE (rewritten by xdp_gen when
     // it cycles through more sources) -> the receiver's address.
     let frame = udp_frame(near.mac, far.mac, BAN_BASE, dst);
-    let mut samples: Vec<(&str, Vec<f64>)> =
-        [DROP1, DROPM, G1, GM1, GMM, NFT1, NFTM].iter().map(|c| (*c, Vec::new())).collect();
+    let mut samples: Vec<(&str, Vec<f64>)> = [DROP1, DROPM, G1, GM1, GMM, NFT1, NFTM]
+        .iter()
+        .map(|c| (*c, Vec::new()))
+        .collect();
     let mut push = |case: &str, pps: f64| {
         progress!("{case}: {:.3} Mpps", pps / 1e6);
         if let Some((_, v)) = samples.iter_mut().find(|(c, _)| *c == case) {
@@ -366,21 +429,41 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     for _ in 0..opts.rounds {
         {
             let dropped = &drop_obj.dropped;
-            let attached = Attached::new(xdp_mut(&mut drop_obj.ebpf, PROG_DROP_ALL)?, &near_ns, &link.near_if)?;
+            let attached = Attached::new(
+                xdp_mut(&mut drop_obj.ebpf, PROG_DROP_ALL)?,
+                &near_ns,
+                &link.near_if,
+            )?;
             for (case, sources) in [(DROP1, 1), (DROPM, MILLION)] {
                 bench.set_sources(BAN_BASE, sources)?;
-                let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
-                push(case, measure(&g, || Ok(dropped.get(&0, 0)?.iter().sum()))?.0);
+                let g = Generator {
+                    prog: xdp(&bench.ebpf, PROG_GEN)?,
+                    frame: frame.clone(),
+                    ifindex: far.index,
+                    ns: &far_ns,
+                };
+                push(
+                    case,
+                    measure(&g, || Ok(dropped.get(&0, 0)?.iter().sum()))?.0,
+                );
             }
             drop(attached);
         }
-        for (guard, cases) in [(&mut guard_one, &[(G1, 1)][..]), (&mut guard_million, &[(GM1, 1), (GMM, MILLION)][..])] {
+        for (guard, cases) in [
+            (&mut guard_one, &[(G1, 1)][..]),
+            (&mut guard_million, &[(GM1, 1), (GMM, MILLION)][..]),
+        ] {
             let stats = &guard.stats;
             let prog = xdp_mut(&mut guard.ebpf, PROG_XDP_GUARD)?;
             let attached = Attached::new(prog, &near_ns, &link.near_if)?;
             for &(case, sources) in cases {
                 bench.set_sources(BAN_BASE, sources)?;
-                let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+                let g = Generator {
+                    prog: xdp(&bench.ebpf, PROG_GEN)?,
+                    frame: frame.clone(),
+                    ifindex: far.index,
+                    ns: &far_ns,
+                };
                 let count = || Ok(stats.get(&STAT_DROP_BAN_EXACT, 0)?.iter().sum());
                 push(case, measure(&g, count)?.0);
             }
@@ -390,14 +473,24 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         let nft = Nft::new(&link.near, &link.near_if)?;
         nft.ban_range(BAN_BASE, 1)?;
         bench.set_sources(BAN_BASE, 1)?;
-        let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+        let g = Generator {
+            prog: xdp(&bench.ebpf, PROG_GEN)?,
+            frame: frame.clone(),
+            ifindex: far.index,
+            ns: &far_ns,
+        };
         push(NFT1, measure(&g, || nft.received())?.0);
         progress!("loading the 1,000,000-element nftables set");
         let t = Instant::now();
         nft.ban_range(Ipv4Addr::from(u32::from(BAN_BASE) + 1), MILLION - 1)?;
         nft_fill = t.elapsed();
         bench.set_sources(BAN_BASE, MILLION)?;
-        let g = Generator { prog: xdp(&bench.ebpf, PROG_GEN)?, frame: frame.clone(), ifindex: far.index, ns: &far_ns };
+        let g = Generator {
+            prog: xdp(&bench.ebpf, PROG_GEN)?,
+            frame: frame.clone(),
+            ifindex: far.index,
+            ns: &far_ns,
+        };
         push(NFTM, measure(&g, || nft.received())?.0);
         nft.verify()?;
         drop(nft);
@@ -416,14 +509,27 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     ));
     // Rates drift between rounds on a shared machine: each ratio is the median of the
     // per-round ratios (both rates of a round were measured seconds apart).
-    let rates = |case: &str| samples.iter().find(|(c, _)| *c == case).map(|(_, v)| v.clone()).unwrap_or_default();
+    let rates = |case: &str| {
+        samples
+            .iter()
+            .find(|(c, _)| *c == case)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let mpps = |case: &str| median(&mut rates(case)) / 1e6;
     let ratio = |case: &str, base: &str| {
-        let mut r: Vec<f64> = rates(case).iter().zip(rates(base)).map(|(c, b)| c / b).collect();
+        let mut r: Vec<f64> = rates(case)
+            .iter()
+            .zip(rates(base))
+            .map(|(c, b)| c / b)
+            .collect();
         median(&mut r)
     };
     let spread = |case: &str| {
-        let r: Vec<String> = rates(case).iter().map(|v| format!("{:.2}", v / 1e6)).collect();
+        let r: Vec<String> = rates(case)
+            .iter()
+            .map(|v| format!("{:.2}", v / 1e6))
+            .collect();
         format!("rounds {}", r.join(" / "))
     };
     for (case, what) in [
@@ -432,7 +538,13 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         (NFT1, "netdev ingress, set of 1"),
         (NFTM, "netdev ingress, set of 1M"),
     ] {
-        report.row("live", case, mpps(case), "Mpps", &format!("{what}; {}", spread(case)));
+        report.row(
+            "live",
+            case,
+            mpps(case),
+            "Mpps",
+            &format!("{what}; {}", spread(case)),
+        );
     }
     let rows = [
         (G1, G1, DROP1),
@@ -444,16 +556,53 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         ("ceiling: xdp_drop_all vs nft, 1M sources", DROPM, NFTM),
     ];
     for (label, case, base) in rows {
-        let note = if label == case { spread(case) } else { String::new() };
-        report.row_ratio("live", label, mpps(case), "Mpps", base, ratio(case, base), &note);
+        let note = if label == case {
+            spread(case)
+        } else {
+            String::new()
+        };
+        report.row_ratio(
+            "live",
+            label,
+            mpps(case),
+            "Mpps",
+            base,
+            ratio(case, base),
+            &note,
+        );
     }
     let goals = [
-        ("ban drop >= 85 % of drop-all, 1 source (1 ban)", G1, DROP1, 0.85),
-        ("ban drop >= 85 % of drop-all, 1 source (1M bans)", GM1, DROP1, 0.85),
-        ("ban drop >= 85 % of drop-all, 1M sources (1M bans)", GMM, DROPM, 0.85),
+        (
+            "ban drop >= 85 % of drop-all, 1 source (1 ban)",
+            G1,
+            DROP1,
+            0.85,
+        ),
+        (
+            "ban drop >= 85 % of drop-all, 1 source (1M bans)",
+            GM1,
+            DROP1,
+            0.85,
+        ),
+        (
+            "ban drop >= 85 % of drop-all, 1M sources (1M bans)",
+            GMM,
+            DROPM,
+            0.85,
+        ),
         (">= 5x nftables, 1 banned source", G1, NFT1, 5.0),
-        (">= 3x nftables, 1,000,000 distinct banned sources", GMM, NFTM, 3.0),
-        ("no slowdown 1 -> 1,000,000 bans (1 source; 1M/1 rate, within 10 %)", GM1, G1, 0.9),
+        (
+            ">= 3x nftables, 1,000,000 distinct banned sources",
+            GMM,
+            NFTM,
+            3.0,
+        ),
+        (
+            "no slowdown 1 -> 1,000,000 bans (1 source; 1M/1 rate, within 10 %)",
+            GM1,
+            G1,
+            0.9,
+        ),
     ];
     for (what, case, base, target) in goals {
         report.goal_ratio(what, ratio(case, base), target);

@@ -38,7 +38,10 @@ use report::Report;
 fn main() -> anyhow::Result<()> {
     let mut json = false;
     let (mut micro, mut live) = (true, true);
-    let mut live_opts = live::Options { rounds: 3, threaded_napi: false };
+    let mut live_opts = live::Options {
+        rounds: 3,
+        threaded_napi: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -49,16 +52,27 @@ fn main() -> anyhow::Result<()> {
                 other => bail!("--only takes `micro` or `live`, not {other:?}"),
             },
             "--rounds" => {
-                live_opts.rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).context("--rounds takes a positive number")?;
+                live_opts.rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--rounds takes a positive number")?;
             }
             "--threaded-napi" => live_opts.threaded_napi = true,
             "--guard-object" => {
-                let path = std::path::PathBuf::from(args.next().context("--guard-object takes a path")?);
-                ensure!(path.is_file(), "--guard-object {} is not a file", path.display());
+                let path =
+                    std::path::PathBuf::from(args.next().context("--guard-object takes a path")?);
+                ensure!(
+                    path.is_file(),
+                    "--guard-object {} is not a file",
+                    path.display()
+                );
                 let _ = progs::GUARD_OBJECT.set(path);
             }
             "-h" | "--help" => {
-                println!("usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]   (as root)");
+                println!(
+                    "usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]   (as root)"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),

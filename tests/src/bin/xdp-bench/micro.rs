@@ -57,10 +57,18 @@ fn measure(
     let (mut wall, mut kern) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let b = test_run(base, &f, REPEAT)?;
-        ensure!(b.retval == XDP_DROP, "baseline returned {} instead of XDP_DROP", b.retval);
+        ensure!(
+            b.retval == XDP_DROP,
+            "baseline returned {} instead of XDP_DROP",
+            b.retval
+        );
         s.base_kern.push(b.kernel_ns);
         let r = test_run(prog, &f, REPEAT)?;
-        ensure!(r.retval == expect, "xdp_guard returned {} for {src}, expected {expect}: case set up wrong", r.retval);
+        ensure!(
+            r.retval == expect,
+            "xdp_guard returned {} for {src}, expected {expect}: case set up wrong",
+            r.retval
+        );
         wall.push(r.wall_ns);
         kern.push(r.kernel_ns);
     }
@@ -73,10 +81,13 @@ pub fn run(report: &mut Report) -> anyhow::Result<()> {
     let bench = Bench::load()?;
     let base = xdp(&bench.ebpf, PROG_DROP_ALL)?;
     let mut guard = Guard::load()?;
-    let mut s = Samples { base_kern: Vec::new() };
+    let mut s = Samples {
+        base_kern: Vec::new(),
+    };
     // (case, kernel ns, wall ns)
     let mut results: Vec<(&str, f64, f64)> = Vec::new();
-    let note_fill = |what: &str, t: Instant| format!("{what} loaded in {:.1} s", t.elapsed().as_secs_f64());
+    let note_fill =
+        |what: &str, t: Instant| format!("{what} loaded in {:.1} s", t.elapsed().as_secs_f64());
     let mut fills = Vec::new();
 
     guard.set_flags(0)?;
@@ -99,16 +110,28 @@ pub fn run(report: &mut Report) -> anyhow::Result<()> {
     guard.set_flags(CFG_HAVE_CIDR_V4)?;
     let cidr_src = Ipv4Addr::from(u32::from(CIDR_BASE) + (CIDRS / 2) * 256 + 7);
     let r = measure(&mut s, base, guard.prog()?, cidr_src, XDP_DROP)?;
-    results.push(("guard CIDR drop, 10,000 prefixes (+1M exact bans)", r.0, r.1));
+    results.push((
+        "guard CIDR drop, 10,000 prefixes (+1M exact bans)",
+        r.0,
+        r.1,
+    ));
 
     guard.allow_range(ALLOW_BASE, 24, ALLOWS)?;
     guard.set_flags(CFG_HAVE_CIDR_V4 | CFG_HAVE_ALLOW_V4)?;
     let r = measure(&mut s, base, guard.prog()?, CLEAN, XDP_PASS)?;
-    results.push(("guard pass, maps full (1M bans, 10k CIDR, 1k allow)", r.0, r.1));
+    results.push((
+        "guard pass, maps full (1M bans, 10k CIDR, 1k allow)",
+        r.0,
+        r.1,
+    ));
 
     // Diagnostic: a non-empty allowlist puts an LPM lookup on every ban drop.
     let r = measure(&mut s, base, guard.prog()?, BAN_BASE, XDP_DROP)?;
-    results.push(("guard exact-ban drop, 1M bans, allowlist non-empty", r.0, r.1));
+    results.push((
+        "guard exact-ban drop, 1M bans, allowlist non-empty",
+        r.0,
+        r.1,
+    ));
 
     let b = median(&mut s.base_kern);
     report.setup.push(format!(
@@ -121,9 +144,22 @@ pub fn run(report: &mut Report) -> anyhow::Result<()> {
          wall = syscall wall time / repeat, inflated by other load on the machine"
             .into(),
     );
-    report.row("micro", BASELINE, b, "ns/pkt", "minimal program: XDP_DROP + one per-CPU counter");
+    report.row(
+        "micro",
+        BASELINE,
+        b,
+        "ns/pkt",
+        "minimal program: XDP_DROP + one per-CPU counter",
+    );
     for (case, kern, wall) in results {
-        report.row_vs("micro", case, kern, "ns/pkt", BASELINE, &format!("wall {wall:.0} ns"));
+        report.row_vs(
+            "micro",
+            case,
+            kern,
+            "ns/pkt",
+            BASELINE,
+            &format!("wall {wall:.0} ns"),
+        );
     }
     report.goal(
         "part 1: no slowdown 1 -> 1,000,000 bans (ns 1 ban / ns 1M bans)",

@@ -10,7 +10,8 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::{
-    BanEntry, MAP_ALLOW_V4, MAP_BANS_V4, MAP_CIDR_V4, MAP_CONFIG, MAP_STATS, PROG_XDP_GUARD, XdpConfig,
+    BanEntry, MAP_ALLOW_V4, MAP_BANS_V4, MAP_CIDR_V4, MAP_CONFIG, MAP_STATS, PROG_XDP_GUARD,
+    XdpConfig,
 };
 
 /// The drop-everything baseline in `guard-bench-ebpf`.
@@ -45,7 +46,8 @@ pub struct PinDir(PathBuf);
 impl PinDir {
     fn new() -> anyhow::Result<Self> {
         let path = PathBuf::from("/sys/fs/bpf").join(guard_tests::unique("guard-bench-"));
-        std::fs::create_dir(&path).with_context(|| format!("creating {} (is bpffs mounted?)", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating {} (is bpffs mounted?)", path.display()))?;
         Ok(Self(path))
     }
 }
@@ -56,8 +58,13 @@ impl Drop for PinDir {
     }
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
-    let map = ebpf.take_map(name).with_context(|| format!("no map {name} in the object"))?;
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("no map {name} in the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -70,11 +77,17 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
 }
 
 pub fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
-    Ok(ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    Ok(ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
 }
 
 pub fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
 }
 
 /// One loaded `xdp_guard` with its own (private, initially empty) maps.
@@ -123,7 +136,14 @@ impl Guard {
 
     /// Sets `CONFIG[0].flags` (rate limiting stays off).
     pub fn set_flags(&mut self, flags: u64) -> anyhow::Result<()> {
-        self.config.set(0, XdpConfig { flags, ..XdpConfig::default() }, 0)?;
+        self.config.set(
+            0,
+            XdpConfig {
+                flags,
+                ..XdpConfig::default()
+            },
+            0,
+        )?;
         Ok(())
     }
 
@@ -143,7 +163,9 @@ impl Guard {
         let step = 1u32 << (32 - len);
         for i in 0..count {
             let net = Ipv4Addr::from(u32::from(first) + i * step);
-            self.cidr.insert(&Key::new(len, v4_key(net)), BanEntry::default(), 0).context("inserting a CIDR ban")?;
+            self.cidr
+                .insert(&Key::new(len, v4_key(net)), BanEntry::default(), 0)
+                .context("inserting a CIDR ban")?;
         }
         Ok(())
     }
@@ -153,11 +175,12 @@ impl Guard {
         let step = 1u32 << (32 - len);
         for i in 0..count {
             let net = Ipv4Addr::from(u32::from(first) + i * step);
-            self.allow.insert(&Key::new(len, v4_key(net)), 1, 0).context("inserting an allowlist entry")?;
+            self.allow
+                .insert(&Key::new(len, v4_key(net)), 1, 0)
+                .context("inserting an allowlist entry")?;
         }
         Ok(())
     }
-
 }
 
 /// The benchmark helpers: `xdp_drop_all` with its `DROPPED` counter and `xdp_gen` with `GEN`.
@@ -170,10 +193,16 @@ pub struct Bench {
 impl Bench {
     pub fn load() -> anyhow::Result<Self> {
         let path = object("guard-bench-ebpf")?;
-        let mut ebpf = EbpfLoader::new().load_file(&path).with_context(|| format!("loading {}", path.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .load_file(&path)
+            .with_context(|| format!("loading {}", path.display()))?;
         load_xdp(&mut ebpf, PROG_DROP_ALL)?;
         load_xdp(&mut ebpf, PROG_GEN)?;
-        Ok(Self { dropped: take(&mut ebpf, "DROPPED")?, gen_cfg: take(&mut ebpf, "GEN")?, ebpf })
+        Ok(Self {
+            dropped: take(&mut ebpf, "DROPPED")?,
+            gen_cfg: take(&mut ebpf, "GEN")?,
+            ebpf,
+        })
     }
 
     /// Makes `xdp_gen` cycle through `count` sources from `first`.
@@ -197,7 +226,9 @@ pub fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Add
     ip[9] = 17; // UDP
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let sum = ip.chunks(2).fold(0u32, |acc, w| acc + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = ip.chunks(2).fold(0u32, |acc, w| {
+        acc + u32::from(u16::from_be_bytes([w[0], w[1]]))
+    });
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
@@ -219,7 +250,11 @@ pub struct Run {
 
 pub fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<Run> {
     let start = Instant::now();
-    let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() })?;
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::default()
+    })?;
     let wall: Duration = start.elapsed();
     Ok(Run {
         retval: r.return_value,

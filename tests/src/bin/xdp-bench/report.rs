@@ -27,8 +27,22 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn row(&mut self, part: &'static str, case: &str, value: f64, unit: &'static str, note: &str) {
-        self.rows.push(Row { part, case: case.to_owned(), value, unit, vs: None, note: note.to_owned() });
+    pub fn row(
+        &mut self,
+        part: &'static str,
+        case: &str,
+        value: f64,
+        unit: &'static str,
+        note: &str,
+    ) {
+        self.rows.push(Row {
+            part,
+            case: case.to_owned(),
+            value,
+            unit,
+            vs: None,
+            note: note.to_owned(),
+        });
     }
 
     pub fn value(&self, case: &str) -> Option<f64> {
@@ -36,28 +50,71 @@ impl Report {
     }
 
     /// Adds a row compared with the earlier row `baseline`.
-    pub fn row_vs(&mut self, part: &'static str, case: &str, value: f64, unit: &'static str, baseline: &str, note: &str) {
-        let vs = self.value(baseline).map(|b| (baseline.to_owned(), value / b));
-        self.rows.push(Row { part, case: case.to_owned(), value, unit, vs, note: note.to_owned() });
+    pub fn row_vs(
+        &mut self,
+        part: &'static str,
+        case: &str,
+        value: f64,
+        unit: &'static str,
+        baseline: &str,
+        note: &str,
+    ) {
+        let vs = self
+            .value(baseline)
+            .map(|b| (baseline.to_owned(), value / b));
+        self.rows.push(Row {
+            part,
+            case: case.to_owned(),
+            value,
+            unit,
+            vs,
+            note: note.to_owned(),
+        });
     }
 
     /// Adds a row with a ratio computed by the caller.
     #[expect(clippy::too_many_arguments, reason = "one call per table row")]
-    pub fn row_ratio(&mut self, part: &'static str, case: &str, value: f64, unit: &'static str, baseline: &str, ratio: f64, note: &str) {
+    pub fn row_ratio(
+        &mut self,
+        part: &'static str,
+        case: &str,
+        value: f64,
+        unit: &'static str,
+        baseline: &str,
+        ratio: f64,
+        note: &str,
+    ) {
         let vs = Some((baseline.to_owned(), ratio));
-        self.rows.push(Row { part, case: case.to_owned(), value, unit, vs, note: note.to_owned() });
+        self.rows.push(Row {
+            part,
+            case: case.to_owned(),
+            value,
+            unit,
+            vs,
+            note: note.to_owned(),
+        });
     }
 
     /// A goal "`measured` ≥ `target`" with a ratio computed by the caller.
     pub fn goal_ratio(&mut self, what: &str, measured: f64, target: f64) {
-        self.goals.push(Goal { what: what.to_owned(), measured, target, met: measured >= target });
+        self.goals.push(Goal {
+            what: what.to_owned(),
+            measured,
+            target,
+            met: measured >= target,
+        });
     }
 
     /// A goal "`case` / `baseline` ≥ `target`".
     pub fn goal(&mut self, what: &str, case: &str, baseline: &str, target: f64) {
         if let (Some(c), Some(b)) = (self.value(case), self.value(baseline)) {
             let measured = c / b;
-            self.goals.push(Goal { what: what.to_owned(), measured, target, met: measured >= target });
+            self.goals.push(Goal {
+                what: what.to_owned(),
+                measured,
+                target,
+                met: measured >= target,
+            });
         }
     }
 
@@ -71,27 +128,43 @@ impl Report {
                 part = r.part;
                 println!();
                 match part {
-                    "micro" => println!("Part 1: BPF_PROG_TEST_RUN, 64-byte IPv4/UDP frame (median of the runs)"),
+                    "micro" => println!(
+                        "Part 1: BPF_PROG_TEST_RUN, 64-byte IPv4/UDP frame (median of the runs)"
+                    ),
                     _ => println!(
                         "Part 2: live frames on a veth pair between two namespaces (receiver rate; median of rounds, \
                          ratio = median of per-round ratios)"
                     ),
                 }
-                println!("  {:<58} {:>10} {:<7} {:>9}  vs / note", "case", "value", "unit", "ratio");
+                println!(
+                    "  {:<58} {:>10} {:<7} {:>9}  vs / note",
+                    "case", "value", "unit", "ratio"
+                );
             }
             let (ratio, vs) = match &r.vs {
                 Some((b, x)) => (format!("{x:.2}x"), format!("vs {b}")),
                 None => (String::new(), String::new()),
             };
-            let tail = [vs.as_str(), r.note.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("; ");
-            println!("  {:<58} {:>10.3} {:<7} {:>9}  {}", r.case, r.value, r.unit, ratio, tail);
+            let tail = [vs.as_str(), r.note.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("; ");
+            println!(
+                "  {:<58} {:>10.3} {:<7} {:>9}  {}",
+                r.case, r.value, r.unit, ratio, tail
+            );
         }
         if !self.goals.is_empty() {
             println!();
             println!("Goals");
             for g in &self.goals {
                 let verdict = if g.met { "met" } else { "NOT MET" };
-                println!("  {:<66} {:>7.2}x (target >= {:.2}x)  {verdict}", g.what, g.measured, g.target);
+                println!(
+                    "  {:<66} {:>7.2}x (target >= {:.2}x)  {verdict}",
+                    g.what, g.measured, g.target
+                );
             }
         }
     }
