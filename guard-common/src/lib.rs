@@ -133,8 +133,36 @@ pub struct XdpConfig {
     pub cap_ns: u64,
     /// Minimum ns between two `RateEvent`s of one source.
     pub event_window_ns: u64,
+    /// Bumped by the daemon whenever a ban is removed or changed; invalidates every CPU's
+    /// `HotBan` cache.
+    pub generation: u64,
 }
-const _: () = assert!(size_of::<XdpConfig>() == 32);
+const _: () = assert!(size_of::<XdpConfig>() == 40);
+
+/// Per-CPU cache of the last banned IPv4 source (value of `HOT`): a flood from one source is
+/// dropped without a hash lookup per packet; its counters reach the ban every `HOT_FLUSH`
+/// packets (and when another source takes the slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotBan {
+    /// The cached source (network-order memory); valid only with `generation` current.
+    pub addr: u32,
+    /// 1 = the slot holds a ban.
+    pub valid: u32,
+    /// `XdpConfig::generation` when cached.
+    pub generation: u64,
+    /// The ban's deadline (`BanEntry::expires_ns`, flag-free: flagged bans are never cached).
+    pub expires_ns: u64,
+    /// Packets and bytes dropped since the last flush into the ban entry.
+    pub pending_packets: u64,
+    pub pending_bytes: u64,
+}
+const _: () = assert!(size_of::<HotBan>() == 40);
+
+/// Packets a CPU drops from its cached source before adding them to the ban's counters.
+pub const HOT_FLUSH: u64 = 64;
+/// The per-CPU hot-ban cache: `PerCpuArray<HotBan>`, one slot. Not pinned.
+pub const MAP_HOT: &str = "HOT";
 
 /// Address family tag in `RateEvent::family`.
 pub const FAMILY_V4: u32 = 4;
@@ -195,4 +223,5 @@ mod pod {
     unsafe impl aya::Pod for super::RateBucket {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::RateEvent {}
+    unsafe impl aya::Pod for super::HotBan {}
 }

@@ -13,9 +13,9 @@ use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram, XdpMode as Ay
 use aya::{Ebpf, EbpfLoader};
 use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4,
-    CFG_HAVE_CIDR_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
-    MAP_CIDR_V6, MAP_CONFIG, MAP_EVENTS, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD,
-    STAT_COUNT, XdpConfig as MapConfig,
+    CFG_HAVE_CIDR_V6, HotBan, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
+    MAP_CIDR_V6, MAP_CONFIG, MAP_EVENTS, MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP,
+    PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -92,6 +92,7 @@ pub struct Xdp {
     // Keeps the programs (and unpinned links, if any) alive.
     ebpf: Ebpf,
     tap_ports: Array<MapData, u8>,
+    hot: PerCpuArray<MapData, HotBan>,
     /// Ports currently set in `tap_ports` (the map is created empty with each load).
     tap_set: Vec<u16>,
     bans_v4: HashMap<MapData, u32, BanEntry>,
@@ -188,6 +189,7 @@ impl Xdp {
             stats: take!(ebpf, MAP_STATS),
             events: Some(take!(ebpf, MAP_EVENTS)),
             tap_ports: take!(ebpf, MAP_TAP_PORTS),
+            hot: take!(ebpf, MAP_HOT),
             tap_set: Vec::new(),
             ebpf,
             settings: MapConfig::default(),
@@ -210,6 +212,12 @@ impl Xdp {
             cost_ns,
             cap_ns: cost_ns.saturating_mul(burst),
             event_window_ns: cfg.rate_event_window.as_nanos() as u64,
+            // Past any generation an earlier instance's program has cached against.
+            generation: xdp
+                .config
+                .get(&0, 0)
+                .map_or(0, |c| c.generation)
+                .wrapping_add(1),
         };
         xdp.write_config()?;
         Ok(xdp)
@@ -371,7 +379,12 @@ impl Xdp {
                 let old = self.bans_v4.get(&v4(a), 0).ok();
                 self.bans_v4
                     .insert(v4(a), fresh(old), 0)
-                    .map_err(map_err(MAP_BANS_V4, "insert"))
+                    .map_err(map_err(MAP_BANS_V4, "insert"))?;
+                // A changed ban (deadline, allowlist flag) must not stay cached per CPU.
+                if old.is_some() {
+                    self.invalidate_hot()?;
+                }
+                Ok(())
             }
             (IpAddr::V6(a), true) => {
                 let old = self.bans_v6.get(&a.octets(), 0).ok();
@@ -425,11 +438,32 @@ impl Xdp {
             }
         };
         ignore_missing(r, "remove ban")?;
-        if net.is_host() {
-            Ok(())
-        } else {
-            self.write_config()
+        self.invalidate_hot()
+    }
+
+    /// Bumps the generation that every CPU's hot-ban cache is checked against.
+    fn invalidate_hot(&mut self) -> Result<(), XdpError> {
+        self.settings.generation = self.settings.generation.wrapping_add(1);
+        self.write_config()
+    }
+
+    /// Drops a CPU has counted against a cached ban but not yet added to its entry.
+    fn hot_pending(&self, net: &Net) -> (u64, u64) {
+        let IpAddr::V4(a) = net.addr() else {
+            return (0, 0);
+        };
+        if !net.is_host() {
+            return (0, 0);
         }
+        let Ok(per_cpu) = self.hot.get(&0, 0) else {
+            return (0, 0);
+        };
+        per_cpu
+            .iter()
+            .filter(|h| h.valid != 0 && h.addr == v4(a) && h.generation == self.settings.generation)
+            .fold((0, 0), |(p, b), h| {
+                (p + h.pending_packets, b + h.pending_bytes)
+            })
     }
 
     /// The drop counters of a ban, if it is in the maps.
@@ -450,9 +484,10 @@ impl Xdp {
                 .get(&Key::new(u32::from(net.prefix()), a.octets()), 0)
                 .ok(),
         }?;
+        let (pending_packets, pending_bytes) = self.hot_pending(net);
         Some(BanCounters {
-            packets: e.packets,
-            bytes: e.bytes,
+            packets: e.packets + pending_packets,
+            bytes: e.bytes + pending_bytes,
             last_hit_ns: e.last_hit_ns,
         })
     }

@@ -17,9 +17,9 @@ use aya_ebpf::{
 use guard_common::{
     ALLOW_CAPACITY, BAN_CHECK_ALLOW, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
     CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CIDR_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-    RATE_CAPACITY, RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT, STAT_DROP_BAN_CIDR,
-    STAT_DROP_BAN_EXACT, STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED, STAT_NON_IP,
-    STAT_PASSED, XdpConfig,
+    HOT_FLUSH, HotBan, RATE_CAPACITY, RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT,
+    STAT_DROP_BAN_CIDR, STAT_DROP_BAN_EXACT, STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED,
+    STAT_NON_IP, STAT_PASSED, XdpConfig,
 };
 use guard_ebpf::net::{ETH_P_IP, ETH_P_IPV6, ipv4_source, ipv6_source, l3};
 
@@ -50,6 +50,8 @@ static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+#[map]
+static HOT: PerCpuArray<HotBan> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn xdp_guard(ctx: XdpContext) -> u32 {
@@ -99,7 +101,11 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
         let Some(src) = ipv4_source(ctx, l3) else {
             return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
         };
-        guard_v4(CONFIG.get(0)?, src, len)
+        let cfg = CONFIG.get(0)?;
+        if let Some(action) = hot_v4(cfg, src, len) {
+            return Some(action);
+        }
+        guard_v4(cfg, src, len)
     } else if proto == ETH_P_IPV6 {
         let Some(src) = ipv6_source(ctx, l3) else {
             return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
@@ -110,10 +116,76 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
     }
 }
 
+/// The per-CPU hot-ban cache: drops a packet from the CPU's cached banned source without a
+/// hash lookup. `None`: not cached (or stale) — take the full path.
+#[inline(always)]
+fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
+    let hot = HOT.get_ptr_mut(0)?;
+    let h = unsafe { &mut *hot };
+    if h.valid == 0 || h.addr != addr || h.generation != cfg.generation {
+        return None;
+    }
+    if h.expires_ns != 0 && unsafe { bpf_ktime_get_coarse_ns() } >= h.expires_ns {
+        h.valid = 0;
+        return None;
+    }
+    h.pending_packets += 1;
+    h.pending_bytes += len;
+    if h.pending_packets >= HOT_FLUSH {
+        flush_hot(h);
+    }
+    verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
+}
+
+/// Adds a CPU's pending hot-ban counts to the ban entry (if it still exists).
+#[inline(always)]
+fn flush_hot(h: &mut HotBan) {
+    if h.pending_packets == 0 {
+        return;
+    }
+    if let Some(ban) = BANS_V4.get_ptr_mut(h.addr) {
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        unsafe {
+            (*ban).packets += h.pending_packets;
+            (*ban).bytes += h.pending_bytes;
+            (*ban).last_hit_ns = now;
+        }
+    }
+    h.pending_packets = 0;
+    h.pending_bytes = 0;
+}
+
+/// Remembers a just-dropped exact IPv4 ban in this CPU's cache (not flagged ones: their
+/// verdict depends on the allowlist).
+#[inline(always)]
+fn cache_v4(cfg: &XdpConfig, addr: u32, expires: u64) {
+    if expires & BAN_CHECK_ALLOW != 0 {
+        return;
+    }
+    if let Some(hot) = HOT.get_ptr_mut(0) {
+        let h = unsafe { &mut *hot };
+        if h.valid != 0 && h.generation == cfg.generation && h.addr != addr {
+            flush_hot(h);
+        }
+        *h = HotBan {
+            addr,
+            valid: 1,
+            generation: cfg.generation,
+            expires_ns: expires,
+            pending_packets: 0,
+            pending_bytes: 0,
+        };
+    }
+}
+
+#[inline(always)]
+fn cache_v6(_cfg: &XdpConfig, _addr: [u8; 16], _expires: u64) {}
+
 /// Expands to the per-family decision; the two families differ only in key type and maps.
 macro_rules! guard_family {
     ($name:ident, $key:ty, $bans:ident, $cidr:ident, $allow:ident, $rate:ident,
-     $have_cidr:ident, $have_allow:ident, $family:ident, $to_bytes:expr, $bits:literal) => {
+     $have_cidr:ident, $have_allow:ident, $family:ident, $to_bytes:expr, $bits:literal,
+     $cache:ident) => {
         #[inline(always)]
         fn $name(cfg: &XdpConfig, addr: $key, len: u64) -> Option<u32> {
             let allowed =
@@ -127,6 +199,7 @@ macro_rules! guard_family {
                         return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
                     }
                     charge(ban, len, now);
+                    $cache(cfg, addr, expires);
                     return verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP);
                 }
             }
@@ -206,7 +279,8 @@ guard_family!(
     CFG_HAVE_ALLOW_V4,
     FAMILY_V4,
     v4_bytes,
-    32
+    32,
+    cache_v4
 );
 guard_family!(
     guard_v6,
@@ -219,7 +293,8 @@ guard_family!(
     CFG_HAVE_ALLOW_V6,
     FAMILY_V6,
     v6_bytes,
-    128
+    128,
+    cache_v6
 );
 
 #[inline(always)]

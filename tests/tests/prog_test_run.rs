@@ -86,10 +86,28 @@ impl Loaded {
         .unwrap();
     }
 
+    /// The ban entry with the drops still pending in the per-CPU hot-ban cache added in.
     fn ban_entry_v4(&self, a: Ipv4Addr) -> BanEntry {
         let m: HashMap<&MapData, u32, BanEntry> =
             HashMap::try_from(self.ebpf.map(MAP_BANS_V4).unwrap()).unwrap();
-        m.get(&u32::from_ne_bytes(a.octets()), 0).unwrap()
+        let mut e = m.get(&u32::from_ne_bytes(a.octets()), 0).unwrap();
+        let hot: PerCpuArray<&MapData, HotBan> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_HOT).unwrap()).unwrap();
+        for h in hot.get(&0, 0).unwrap().iter() {
+            if h.valid != 0 && h.addr == u32::from_ne_bytes(a.octets()) {
+                e.packets += h.pending_packets;
+                e.bytes += h.pending_bytes;
+            }
+        }
+        e
+    }
+
+    fn generation(&mut self, generation: u64) {
+        let mut m: Array<&mut MapData, XdpConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
+        let mut c = m.get(&0, 0).unwrap();
+        c.generation = generation;
+        m.set(0, c, 0).unwrap();
     }
 
     fn ban_v6(&mut self, a: Ipv6Addr) {
@@ -214,6 +232,41 @@ fn exact_ipv4_ban_drops_with_and_without_vlan_tags_and_counts() -> anyhow::Resul
 }
 
 #[test]
+fn hot_ban_cache_counts_every_drop_and_follows_the_generation() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    l.ban_v4(A, 0);
+    // 150 drops from one source: the first goes through the hash, the rest through the
+    // per-CPU cache, flushed into the entry every HOT_FLUSH packets.
+    for _ in 0..150 {
+        assert_eq!(l.run(&v4_frame(&[], A))?, XDP_DROP);
+    }
+    assert_eq!(l.ban_entry_v4(A).packets, 150);
+    assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 150);
+    let m: HashMap<&MapData, u32, BanEntry> = HashMap::try_from(l.ebpf.map(MAP_BANS_V4).unwrap())?;
+    let flushed = m.get(&u32::from_ne_bytes(A.octets()), 0)?.packets;
+    assert!(flushed >= HOT_FLUSH && flushed < 150, "flushed {flushed}");
+    // The daemon removes the ban and bumps the generation: the cached verdict is gone.
+    {
+        let mut m: HashMap<&mut MapData, u32, BanEntry> =
+            HashMap::try_from(l.ebpf.map_mut(MAP_BANS_V4).unwrap())?;
+        m.remove(&u32::from_ne_bytes(A.octets()))?;
+    }
+    l.generation(1);
+    assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
+    // Another source in between pushes the first one's pending count into its entry.
+    l.ban_v4(A, 0);
+    l.ban_v4(B, 0);
+    for _ in 0..3 {
+        assert_eq!(l.run(&v4_frame(&[], A))?, XDP_DROP);
+    }
+    assert_eq!(l.run(&v4_frame(&[], B))?, XDP_DROP);
+    let m: HashMap<&MapData, u32, BanEntry> = HashMap::try_from(l.ebpf.map(MAP_BANS_V4).unwrap())?;
+    assert_eq!(m.get(&u32::from_ne_bytes(A.octets()), 0)?.packets, 3);
+    Ok(())
+}
+
+#[test]
 fn three_vlan_tags_are_not_parsed_and_pass() -> anyhow::Result<()> {
     require_root!();
     let mut l = load()?;
@@ -317,7 +370,10 @@ fn allowlist_is_only_consulted_for_flagged_bans() -> anyhow::Result<()> {
         XDP_DROP,
         "unflagged: no allowlist lookup on the drop path"
     );
+    // Changing a ban means bumping the generation (as the daemon does), or a CPU's cached
+    // verdict would outlive it.
     l.ban_v4(A, BAN_CHECK_ALLOW);
+    l.generation(1);
     assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
     // A flagged ban with a deadline still expires.
     l.ban_v4(A, BAN_CHECK_ALLOW | 1);
@@ -388,6 +444,7 @@ fn token_bucket_limits_a_source_and_emits_one_event_per_window() -> anyhow::Resu
         cost_ns: cost,
         cap_ns: 3 * cost,
         event_window_ns: 60_000_000_000,
+        generation: 0,
     });
     let verdicts: Vec<u32> = (0..6)
         .map(|_| l.run(&v4_frame(&[], A)))
@@ -426,6 +483,7 @@ fn rate_limit_spares_allowlisted_sources() -> anyhow::Result<()> {
         cost_ns: cost,
         cap_ns: cost,
         event_window_ns: 1,
+        generation: 0,
     });
     for _ in 0..5 {
         assert_eq!(l.run(&v4_frame(&[], A))?, XDP_PASS);
