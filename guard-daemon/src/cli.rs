@@ -13,6 +13,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version.
     Version,
+    /// Run the request validator on one request or a file of cases (no daemon needed).
+    Inspect(crate::validate::cli::InspectArgs),
 }
 
 /// Runs one parsed command line.
@@ -22,5 +24,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("guard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Inspect(args) => crate::validate::cli::run(&args),
     }
 }

@@ -1,0 +1,284 @@
+//! Detection: run the rules over the normalised views of one value and collect findings.
+//!
+//! A single Aho-Corasick automaton over every rule's trigger literals selects the few rules worth
+//! running on a value; only those run their regex. Base64-looking tokens are decoded (at the three
+//! alignments a keyword can take) and searched for Java deserialisation keywords, and a readable
+//! decoding is inspected like any other value.
+
+use aho_corasick::AhoCorasick;
+use regex::Regex;
+
+use super::extract::{Item, Origin};
+use super::normalise::{self, Normalised};
+use super::rules::{RULES, Rule, Scope};
+use super::{Category, Error, Finding};
+
+/// Keywords of Java deserialisation gadgets and reflection, searched in base64-decoded tokens.
+const BASE64_KEYWORDS: &[&str] = &[
+    "runtime",
+    "processbuilder",
+    "processimpl",
+    "clonetransformer",
+    "forclosure",
+    "instantiatefactory",
+    "instantiatetransformer",
+    "invokertransformer",
+    "prototypeclonefactory",
+    "prototypeserializationfactory",
+    "whileclosure",
+    "chainedtransformer",
+    "constanttransformer",
+    "classloader",
+    "xmldecoder",
+    "objectinputstream",
+    "getruntime",
+    "java.lang",
+    "java.io",
+    "javax.",
+    "templatesimpl",
+    "scriptengine",
+    "\u{ac}\u{ed}\0\u{5}",
+];
+
+/// The compiled rule set, shared by every request.
+#[derive(Debug)]
+pub struct Detector {
+    prefilter: AhoCorasick,
+    /// For each prefilter pattern, the rules it selects.
+    selects: Vec<Vec<usize>>,
+    /// Rules without triggers: always run.
+    always: Vec<usize>,
+    regexes: Vec<Regex>,
+    base64: AhoCorasick,
+}
+
+impl Detector {
+    pub fn new() -> Result<Self, Error> {
+        let mut literals: Vec<&'static str> = Vec::new();
+        let mut selects: Vec<Vec<usize>> = Vec::new();
+        let mut always = Vec::new();
+        let mut regexes = Vec::with_capacity(RULES.len());
+        for (i, rule) in RULES.iter().enumerate() {
+            let re = regex::RegexBuilder::new(rule.pattern)
+                .size_limit(8 << 20)
+                .build()
+                .map_err(|source| Error::Rule {
+                    rule: rule.id,
+                    source,
+                })?;
+            regexes.push(re);
+            if rule.triggers.is_empty() {
+                always.push(i);
+            }
+            for t in rule.triggers {
+                if let Some(at) = literals.iter().position(|l| l == t) {
+                    selects[at].push(i);
+                } else {
+                    literals.push(t);
+                    selects.push(vec![i]);
+                }
+            }
+        }
+        let prefilter =
+            AhoCorasick::new(&literals).map_err(|source| Error::Prefilter { source })?;
+        let base64 =
+            AhoCorasick::new(BASE64_KEYWORDS).map_err(|source| Error::Prefilter { source })?;
+        Ok(Self {
+            prefilter,
+            selects,
+            always,
+            regexes,
+            base64,
+        })
+    }
+
+    /// Inspects one extracted value; findings go to `acc`.
+    pub fn scan(&self, item: &Item<'_>, max_passes: u32, acc: &mut Accumulator) {
+        let norm = normalise::normalise(&item.value, item.origin == Origin::Param, max_passes);
+        tricks(&norm, &item.field, acc);
+        self.scan_text(&norm.text, item, acc);
+        if let Some(j) = &norm.joined {
+            self.scan_text(j, item, acc);
+        }
+        if let Some(s) = &norm.shell {
+            self.scan_text(s, item, acc);
+        }
+        self.scan_base64(&norm.decoded, item, max_passes, acc);
+    }
+
+    fn scan_text(&self, text: &str, item: &Item<'_>, acc: &mut Accumulator) {
+        if text.is_empty() {
+            return;
+        }
+        let mut wanted = vec![false; RULES.len()];
+        for &i in &self.always {
+            wanted[i] = true;
+        }
+        for m in self.prefilter.find_overlapping_iter(text) {
+            for &i in &self.selects[m.pattern().as_usize()] {
+                wanted[i] = true;
+            }
+        }
+        for (i, rule) in RULES.iter().enumerate() {
+            if !wanted[i] || acc.has(rule.id) || !applies(rule, item.origin) {
+                continue;
+            }
+            if let Some(m) = self.regexes[i].find(text) {
+                acc.add(rule.category, rule.id, rule.weight, &item.field, m.as_str());
+            }
+        }
+    }
+
+    fn scan_base64(&self, decoded: &str, item: &Item<'_>, max_passes: u32, acc: &mut Accumulator) {
+        const ID: &str = "code-java-base64";
+        for token in base64_tokens(decoded).take(16) {
+            for offset in 0..4 {
+                let Some(rest) = token.get(offset..) else {
+                    break;
+                };
+                let bytes = base64_decode(rest);
+                let lower: Vec<u8> = bytes.iter().map(u8::to_ascii_lowercase).collect();
+                if !acc.has(ID)
+                    && let Some(m) = self.base64.find(&lower)
+                {
+                    let kw = String::from_utf8_lossy(&lower[m.start()..m.end()]);
+                    acc.add(Category::CodeInjection, ID, 5, &item.field, &format!("{token} → {kw}"));
+                }
+                if offset == 0 && readable(&bytes) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let norm = normalise::normalise(&text, false, max_passes);
+                    let field = format!("{} (base64)", item.field);
+                    let sub = Item {
+                        field,
+                        value: std::borrow::Cow::Borrowed(""),
+                        origin: item.origin,
+                    };
+                    self.scan_text(&norm.text, &sub, acc);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `rule` applies to a value from `origin`.
+fn applies(rule: &Rule, origin: Origin) -> bool {
+    let scope_ok = match rule.scope {
+        Scope::Any => true,
+        Scope::Path => origin == Origin::Path,
+        Scope::Values => origin != Origin::Path,
+        Scope::Headers => origin == Origin::Header,
+    };
+    // Referer and Origin hold URLs by design: a URL there is not SSRF.
+    scope_ok && !(origin == Origin::UrlHeader && rule.category == Category::RfiSsrf)
+}
+
+/// Evasion tricks are findings in themselves.
+fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
+    if norm.tricks.null_byte {
+        acc.add(Category::Protocol, "proto-null-byte", 4, field, "\\0");
+    }
+    if norm.tricks.overlong {
+        acc.add(Category::Protocol, "proto-overlong-encoding", 4, field, "overlong UTF-8 or %u escape");
+    }
+    if norm.tricks.multi_encoded {
+        acc.add(Category::Protocol, "proto-multiple-encoding", 2, field, "percent-encoded more than once");
+    }
+}
+
+/// Runs of base64 alphabet at least 12 long that mix letters and digits or cases (so plain words
+/// are not decoded).
+fn base64_tokens(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '=')))
+        .map(|t| t.trim_end_matches('='))
+        .filter(|t| {
+            t.len() >= 12
+                && t.len() <= 4096
+                && t.bytes().any(|b| b.is_ascii_uppercase())
+                && t.bytes().any(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// Lenient base64 (standard and URL-safe alphabets, no padding needed); stops at the first
+/// character outside the alphabet.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => break,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Mostly printable ASCII text.
+fn readable(bytes: &[u8]) -> bool {
+    bytes.len() >= 6
+        && bytes
+            .iter()
+            .filter(|b| b.is_ascii_graphic() || **b == b' ')
+            .count()
+            * 10
+            >= bytes.len() * 9
+}
+
+/// The findings of one request, one per rule.
+#[derive(Debug)]
+pub struct Accumulator {
+    findings: Vec<Finding>,
+    max_fragment_chars: usize,
+}
+
+impl Accumulator {
+    pub fn new(max_fragment_chars: usize) -> Self {
+        Self {
+            findings: Vec::new(),
+            max_fragment_chars,
+        }
+    }
+
+    /// Whether `rule` already matched in this request.
+    pub fn has(&self, rule: &str) -> bool {
+        self.findings.iter().any(|f| f.rule == rule)
+    }
+
+    /// Records a finding unless its rule already matched.
+    pub fn add(&mut self, category: Category, rule: &'static str, weight: u32, field: &str, fragment: &str) {
+        if self.has(rule) {
+            return;
+        }
+        let truncated = fragment.chars().nth(self.max_fragment_chars).is_some();
+        let mut fragment: String = fragment
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(self.max_fragment_chars)
+            .collect();
+        if truncated {
+            fragment.push('…');
+        }
+        self.findings.push(Finding {
+            category,
+            rule,
+            field: field.to_owned(),
+            fragment,
+            weight,
+        });
+    }
+
+    pub fn into_findings(self) -> Vec<Finding> {
+        self.findings
+    }
+}

@@ -1,0 +1,357 @@
+//! Normalisation: turn one attacker-controlled value into the canonical text the detectors read.
+//!
+//! Every step undoes one way of hiding a payload: repeated percent-encoding (to a bounded
+//! fixpoint, including `%uXXXX` and overlong UTF-8), HTML character references, Unicode
+//! compatibility forms (full-width letters), case, runs of whitespace, null bytes and SQL comments
+//! used to split keywords. The result keeps a few flags (what tricks were seen) because the tricks
+//! themselves are evidence.
+
+use std::borrow::Cow;
+
+use unicode_normalization::UnicodeNormalization;
+
+/// What the normaliser noticed while undoing encodings: evidence of evasion in itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tricks {
+    /// Percent-decoding changed the text at least twice (double encoding).
+    pub multi_encoded: bool,
+    /// A null byte was present (raw or encoded).
+    pub null_byte: bool,
+    /// An overlong UTF-8 sequence (`%c0%af`) or an IIS `%uXXXX` escape was decoded.
+    pub overlong: bool,
+}
+
+/// The views of one value that detectors run over.
+#[derive(Debug, Default)]
+pub struct Normalised {
+    /// Decoded but not case-folded text (base64 tokens are case-sensitive).
+    pub decoded: String,
+    /// Decoded, NFKC-normalised, lower-cased, whitespace collapsed; SQL comments become a space.
+    pub text: String,
+    /// `text` with SQL comments removed entirely (`SEL/**/ECT` → `select`), when it differs.
+    pub joined: Option<String>,
+    /// `text` with shell quoting and escapes removed (`c'a't`, `c\at`, `${IFS}`), when it differs.
+    pub shell: Option<String>,
+    /// Evasion tricks seen on the way.
+    pub tricks: Tricks,
+}
+
+/// Normalises one value. `plus_is_space`: the value came from a query string or a form body,
+/// where `+` encodes a space. `max_passes` bounds the decoding fixpoint.
+pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised {
+    let mut tricks = Tricks::default();
+    let mut cur: Cow<'_, str> = if plus_is_space && raw.contains('+') {
+        Cow::Owned(raw.replace('+', " "))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let mut url_passes = 0;
+    for _ in 0..max_passes.max(1) {
+        let mut changed = false;
+        if let Some(next) = percent_decode(&cur, &mut tricks) {
+            url_passes += 1;
+            cur = Cow::Owned(next);
+            changed = true;
+        }
+        if let Some(next) = html_decode(&cur) {
+            cur = Cow::Owned(next);
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
+    tricks.multi_encoded = url_passes >= 2;
+    if cur.contains('\0') {
+        tricks.null_byte = true;
+    }
+    let decoded = if cur.is_ascii() {
+        cur.into_owned()
+    } else {
+        cur.nfkc().collect::<String>()
+    };
+    let text = fold(&decoded, Comments::Space);
+    let joined = decoded
+        .contains("/*")
+        .then(|| fold(&decoded, Comments::Remove))
+        .filter(|j| *j != text);
+    let shell = shell_view(&text).filter(|s| *s != text);
+    Normalised {
+        decoded,
+        text,
+        joined,
+        shell,
+        tricks,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Comments {
+    Space,
+    Remove,
+}
+
+/// Lower-cases, drops null bytes, collapses whitespace and rewrites SQL block comments.
+/// MySQL's executable comments (`/*!50000select*/`) keep their content.
+fn fold(s: &str, comments: Comments) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut space = false;
+    let push_space = |out: &mut String, space: &mut bool| {
+        if !*space && !out.is_empty() {
+            out.push(' ');
+        }
+        *space = true;
+    };
+    while let Some(c) = chars.next() {
+        if c == '/' && chars.peek() == Some(&'*') {
+            chars.next();
+            if chars.peek() == Some(&'!') {
+                // Executable comment: drop the marker and version digits, keep the content.
+                chars.next();
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                push_space(&mut out, &mut space);
+                continue;
+            }
+            // Skip to the closing `*/` (or the end).
+            let mut prev = '\0';
+            for d in chars.by_ref() {
+                if prev == '*' && d == '/' {
+                    break;
+                }
+                prev = d;
+            }
+            if comments == Comments::Space {
+                push_space(&mut out, &mut space);
+            }
+            continue;
+        }
+        if c == '*' && chars.peek() == Some(&'/') {
+            chars.next();
+            if comments == Comments::Space {
+                push_space(&mut out, &mut space);
+            }
+            continue;
+        }
+        if c == '\0' {
+            continue;
+        }
+        if c.is_whitespace() || c.is_control() {
+            push_space(&mut out, &mut space);
+            continue;
+        }
+        space = false;
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
+/// Removes the shell's ways to split a word: quotes, backslashes, `^` (cmd.exe), `$@`, empty
+/// `$()`/`${}` and `$IFS` (which becomes a space). Returns `None` when nothing applies.
+fn shell_view(text: &str) -> Option<String> {
+    if !text.bytes().any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^' | b'$')) {
+        return None;
+    }
+    let t = text
+        .replace("${ifs}", " ")
+        .replace("$ifs", " ")
+        .replace("$@", "")
+        .replace("$*", "")
+        .replace("$()", "")
+        .replace("${}", "");
+    let out: String = t
+        .chars()
+        .filter(|c| !matches!(c, '\'' | '"' | '\\' | '^'))
+        .collect();
+    Some(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One pass of percent-decoding (`%XX`, `%uXXXX`), with overlong UTF-8 folded to ASCII.
+/// Returns `None` when the input has no valid escape.
+fn percent_decode(s: &str, tricks: &mut Tricks) -> Option<String> {
+    let b = s.as_bytes();
+    if !b.contains(&b'%') {
+        return None;
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                changed = true;
+                continue;
+            }
+            if matches!(b.get(i + 1), Some(b'u' | b'U'))
+                && let Some(v) = b.get(i + 2..i + 6).and_then(|d| {
+                    d.iter()
+                        .try_fold(0u32, |acc, &x| hex(x).map(|h| acc << 4 | u32::from(h)))
+                })
+            {
+                let c = char::from_u32(v).unwrap_or('\u{fffd}');
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                tricks.overlong = true;
+                i += 6;
+                changed = true;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    Some(utf8_lossy_overlong(&out, tricks))
+}
+
+/// Decodes bytes as UTF-8, mapping overlong encodings of ASCII (`C0 AF` = `/`) to their
+/// character instead of U+FFFD.
+fn utf8_lossy_overlong(bytes: &[u8], tricks: &mut Tricks) -> String {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.to_owned();
+    }
+    let mut fixed = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b0 = bytes[i];
+        let cont = |j: usize| bytes.get(j).is_some_and(|&x| x & 0xc0 == 0x80);
+        if (b0 == 0xc0 || b0 == 0xc1) && cont(i + 1) {
+            fixed.push(((b0 & 0x1f) << 6) | (bytes[i + 1] & 0x3f));
+            tricks.overlong = true;
+            i += 2;
+            continue;
+        }
+        if b0 == 0xe0 && cont(i + 1) && cont(i + 2) && bytes[i + 1] < 0xa0 {
+            let v = (u32::from(bytes[i + 1] & 0x3f) << 6) | u32::from(bytes[i + 2] & 0x3f);
+            if v < 0x80 {
+                fixed.push(v as u8);
+                tricks.overlong = true;
+                i += 3;
+                continue;
+            }
+        }
+        fixed.push(b0);
+        i += 1;
+    }
+    String::from_utf8_lossy(&fixed).into_owned()
+}
+
+/// Decodes HTML character references: numeric (`&#60;`, `&#x3c;`, with or without `;`) and the
+/// named ones used to hide markup and script. Returns `None` when nothing was decoded.
+fn html_decode(s: &str) -> Option<String> {
+    if !s.contains('&') {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut changed = false;
+    while let Some(pos) = rest.find('&') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some((c, used)) = entity(after) {
+            out.push(c);
+            rest = &after[used..];
+            changed = true;
+        } else {
+            out.push('&');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+/// Parses one character reference after `&`; returns the character and the bytes consumed.
+fn entity(after: &str) -> Option<(char, usize)> {
+    let b = after.as_bytes();
+    if b.first() == Some(&b'#') {
+        let (radix, start) = if matches!(b.get(1), Some(b'x' | b'X')) {
+            (16, 2)
+        } else {
+            (10, 1)
+        };
+        let digits = b[start..]
+            .iter()
+            .take(8)
+            .take_while(|c| c.is_ascii_hexdigit() && (radix == 16 || c.is_ascii_digit()))
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        let v = u32::from_str_radix(&after[start..start + digits], radix).ok()?;
+        let c = char::from_u32(v).unwrap_or('\u{fffd}');
+        let mut used = start + digits;
+        if b.get(used) == Some(&b';') {
+            used += 1;
+        }
+        return Some((c, used));
+    }
+    let name_len = b
+        .iter()
+        .take(10)
+        .take_while(|c| c.is_ascii_alphabetic())
+        .count();
+    let name = after.get(..name_len)?.to_ascii_lowercase();
+    let c = match name.as_str() {
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "amp" => '&',
+        "colon" => ':',
+        "semi" => ';',
+        "tab" => '\t',
+        "newline" => '\n',
+        "lpar" => '(',
+        "rpar" => ')',
+        "sol" => '/',
+        "bsol" => '\\',
+        "comma" => ',',
+        "period" => '.',
+        "excl" => '!',
+        "num" => '#',
+        "dollar" => '$',
+        "percnt" => '%',
+        "equals" => '=',
+        "nbsp" => ' ',
+        "grave" => '`',
+        "lsqb" | "lbrack" => '[',
+        "rsqb" | "rbrack" => ']',
+        "lcub" | "lbrace" => '{',
+        "rcub" | "rbrace" => '}',
+        _ => return None,
+    };
+    let mut used = name_len;
+    if b.get(used) == Some(&b';') {
+        used += 1;
+    } else if !matches!(name.as_str(), "lt" | "gt" | "quot" | "amp") {
+        // Only the legacy entities are recognised without their semicolon.
+        return None;
+    }
+    Some((c, used))
+}

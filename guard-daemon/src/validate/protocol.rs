@@ -1,0 +1,131 @@
+//! Request-level protocol checks: what is wrong with the request's shape rather than with one
+//! value — methods outside the allowed list, request-smuggling header combinations, abusive Range
+//! headers, charsets used to hide payloads (UTF-7), and session identifiers planted from another
+//! site (session fixation).
+
+use super::detect::Accumulator;
+use super::{Category, Request, ValidatorConfig};
+
+/// Query parameters that carry a session identifier.
+const SESSION_PARAMS: &[&str] = &[
+    "jsessionid",
+    "phpsessid",
+    "aspsessionid",
+    "asp.net_sessionid",
+    "sessionid",
+    "session_id",
+    "sessid",
+    "sid",
+    "jservsession",
+    "cfid",
+    "cftoken",
+    "cakephp",
+    "laravel_session",
+    "_rails_session",
+    "connect.sid",
+    "_session_id",
+];
+
+/// Runs every request-level check.
+pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator) {
+    let p = Category::Protocol;
+    if !config
+        .allowed_methods
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(req.method))
+    {
+        acc.add(p, "proto-method", 5, "method", req.method);
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    if let Some(cl) = header("content-length")
+        && (cl.trim().is_empty() || !cl.trim().bytes().all(|b| b.is_ascii_digit()))
+    {
+        acc.add(p, "proto-content-length", 5, "header:Content-Length", cl);
+    }
+    if let Some(te) = header("transfer-encoding") {
+        if header("content-length").is_some() {
+            acc.add(p, "proto-smuggling", 5, "header:Transfer-Encoding", te);
+        } else if !matches!(te.trim().to_ascii_lowercase().as_str(), "chunked" | "identity") {
+            acc.add(p, "proto-transfer-encoding", 4, "header:Transfer-Encoding", te);
+        }
+    }
+    for name in ["range", "request-range"] {
+        if let Some(range) = header(name) {
+            let lower = range.trim().to_ascii_lowercase();
+            let field = if name == "range" {
+                "header:Range"
+            } else {
+                "header:Request-Range"
+            };
+            if !lower.starts_with("bytes=") {
+                acc.add(p, "proto-range-unit", 4, field, range);
+            } else if lower.split(',').count() > 5 {
+                acc.add(p, "proto-range-many", 5, field, range);
+            }
+        }
+    }
+    charset(req, acc);
+    session_fixation(req, header("referer"), header("host"), acc);
+}
+
+/// Charsets that let a payload hide from byte-level inspection.
+fn charset(req: &Request<'_>, acc: &mut Accumulator) {
+    let bad = |s: &str| {
+        let l = s.to_ascii_lowercase();
+        ["utf-7", "utf7", "utf-32", "ibm037", "ibm500", "cp1026", "cp875"]
+            .iter()
+            .any(|c| l.contains(&format!("charset={c}")) || l.contains(&format!("charset=\"{c}")))
+    };
+    if let Some(ct) = req.content_type
+        && bad(ct)
+    {
+        acc.add(Category::Protocol, "proto-charset", 5, "header:Content-Type", ct);
+    }
+    if req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains("multipart/"))
+    {
+        let head = String::from_utf8_lossy(&req.body[..req.body.len().min(64 * 1024)]);
+        if bad(&head) || head.to_ascii_lowercase().contains("name=\"_charset_\"") {
+            acc.add(Category::Protocol, "proto-charset", 5, "body", "multipart part charset");
+        }
+    }
+}
+
+/// A session identifier in the query string, arriving from another site: session fixation.
+fn session_fixation(
+    req: &Request<'_>,
+    referer: Option<&str>,
+    host: Option<&str>,
+    acc: &mut Accumulator,
+) {
+    let Some(name) = req.query.split('&').find_map(|pair| {
+        let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
+        SESSION_PARAMS.contains(&name.as_str()).then_some(name)
+    }) else {
+        return;
+    };
+    let ref_host = referer.and_then(|r| r.split("://").nth(1)).map(|r| {
+        r.split(['/', '?', '#'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    });
+    let own = host.map(str::to_ascii_lowercase);
+    if let Some(rh) = ref_host
+        && own.as_deref() != Some(rh.as_str())
+    {
+        acc.add(
+            Category::Protocol,
+            "proto-session-fixation",
+            5,
+            &format!("query:{name}"),
+            &format!("session id from {rh}"),
+        );
+    }
+}
