@@ -130,7 +130,7 @@ pub static RULES: &[Rule] = &[
         r"(?:^|[^\w.-])/?etc/+(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|hostname|resolv\.conf|fstab|mtab|profile|bashrc|environment|ssh/|nginx/|apache2?/|httpd/|mysql/|php\w*/)|/proc/+(?:self|\d+|thread-self)/|\bproc/+self/|\b(?:boot|win|system)\.ini\b|\\windows\\|/windows/(?:system32|win\.ini)|\bsystem32\b|\binetpub\b|\.ht(?:access|passwd)\b|\bweb\.config\b|\bwp-config\.php\b|\bid_[rd]sa\b|\bauthorized_keys\b|/var/log/|\.bash_history\b|\bknown_hosts\b|/root/\.|/\.ssh/|/\.aws/|\bc:[/\\]+(?:windows|boot|inetpub|users|winnt)|/dev/(?:tcp|udp|fd|stdin|stdout|null|zero|random)/?"),
     scoped(r("lfi-hidden-path", PathTraversal, 4, &["/."],
         r"(?:^|/)\.(?:git|svn|hg|bzr|cvs|env|aws|ssh|docker|dockerenv|kube|config|npmrc|yarnrc|pypirc|netrc|pgpass|my\.cnf|bash_history|zsh_history|history|htaccess|htpasswd|ds_store|idea|vscode|claude|cursor|n8n|fabric|aiignore|gemini|codex|vault|terraform|gnupg|composer|circleci|github|gitlab-ci|travis|env\.\w+|[\w-]*rc)\b|(?:^|/)\.[\w-]+\.(?:env|ya?ml|json|ini|conf|cfg|toml|key|pem)$"), Scope::Path),
-    scoped(r("lfi-dotfile", PathTraversal, 3, &["/."], r"(?:^|/)\.[a-z][\w.-]*(?:/|$)"), Scope::Path),
+    scoped(r("lfi-dotfile", PathTraversal, 3, &["/."], r"(?:^|/)\.(?:[a-v]|w(?:[a-d]|[f-z]|e[a-k]|e[m-z]|el[a-k]|el[m-z])|[x-z])[\w.-]*(?:/|$)"), Scope::Path),
     r("lfi-php-wrapper", PathTraversal, 5, &["php://", "zip://", "phar://", "expect://", "glob://", "compress.", "zlib:", "data://"],
         r"\b(?:php|zip|phar|expect|glob|data|ogg|rar|ssh2(?:\.\w+)?)://|\bcompress\.(?:zlib|bzip2)://"),
     r("lfi-file-uri", PathTraversal, 5, &["file:", "local_file:", "jar:"], r"\b(?:local_)?file:/|\bjar:(?:file|https?):"),
