@@ -13,32 +13,68 @@ use super::normalise::{self, Normalised};
 use super::rules::{RULES, Rule, Scope};
 use super::{Category, Error, Finding};
 
-/// Keywords of Java deserialisation gadgets and reflection, searched in base64-decoded tokens.
+/// Keywords of Java deserialisation gadgets and reflection, searched for in base64 form.
 const BASE64_KEYWORDS: &[&str] = &[
     "runtime",
+    "Runtime",
     "processbuilder",
+    "ProcessBuilder",
     "processimpl",
+    "ProcessImpl",
     "clonetransformer",
     "forclosure",
     "instantiatefactory",
     "instantiatetransformer",
     "invokertransformer",
+    "InvokerTransformer",
     "prototypeclonefactory",
     "prototypeserializationfactory",
     "whileclosure",
     "chainedtransformer",
+    "ChainedTransformer",
     "constanttransformer",
     "classloader",
+    "ClassLoader",
     "xmldecoder",
+    "XMLDecoder",
     "objectinputstream",
-    "getruntime",
-    "java.lang",
-    "java.io",
-    "javax.",
-    "templatesimpl",
-    "scriptengine",
-    "\u{ac}\u{ed}\0\u{5}",
+    "ObjectInputStream",
+    "getRuntime",
+    "java.lang.",
+    "TemplatesImpl",
 ];
+
+/// The base64 text of `keyword` at each of the three byte alignments it can take inside a longer
+/// encoded string, keeping only the characters that depend on the keyword alone (the way CRS
+/// matches base64-encoded Java gadgets), in the standard and URL-safe alphabets.
+fn base64_forms(keyword: &[u8]) -> Vec<String> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut forms = Vec::new();
+    for shift in 0..3usize {
+        let mut bytes = vec![0u8; shift];
+        bytes.extend_from_slice(keyword);
+        let mut chars = Vec::new();
+        for chunk in bytes.chunks(3) {
+            let mut buf = [0u8; 3];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            let n = (u32::from(buf[0]) << 16) | (u32::from(buf[1]) << 8) | u32::from(buf[2]);
+            for i in 0..4 {
+                chars.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]);
+            }
+        }
+        let first = (shift * 8).div_ceil(6);
+        let last = (bytes.len() * 8) / 6;
+        if let Some(core) = chars.get(first..last) {
+            let s = String::from_utf8_lossy(core).into_owned();
+            let url_safe = s.replace('+', "-").replace('/', "_");
+            if url_safe != s {
+                forms.push(url_safe);
+            }
+            forms.push(s);
+        }
+    }
+    forms
+}
 
 /// The compiled rule set, shared by every request.
 #[derive(Debug)]
@@ -81,8 +117,13 @@ impl Detector {
         }
         let prefilter =
             AhoCorasick::new(&literals).map_err(|source| Error::Prefilter { source })?;
-        let base64 =
-            AhoCorasick::new(BASE64_KEYWORDS).map_err(|source| Error::Prefilter { source })?;
+        let mut forms: Vec<String> = BASE64_KEYWORDS
+            .iter()
+            .flat_map(|k| base64_forms(k.as_bytes()))
+            .collect();
+        // A serialised Java object starts with AC ED 00 05.
+        forms.extend(base64_forms(&[0xac, 0xed, 0x00, 0x05]));
+        let base64 = AhoCorasick::new(&forms).map_err(|source| Error::Prefilter { source })?;
         Ok(Self {
             prefilter,
             selects,
@@ -130,31 +171,28 @@ impl Detector {
     }
 
     fn scan_base64(&self, decoded: &str, item: &Item<'_>, max_passes: u32, acc: &mut Accumulator) {
-        const ID: &str = "code-java-base64";
-        for token in base64_tokens(decoded).take(16) {
-            for offset in 0..4 {
-                let Some(rest) = token.get(offset..) else {
-                    break;
+        if !acc.has("code-java-base64")
+            && let Some(m) = self.base64.find(decoded)
+        {
+            acc.add(
+                Category::CodeInjection,
+                "code-java-base64",
+                5,
+                &item.field,
+                &decoded[m.start()..m.end()],
+            );
+        }
+        for token in base64_tokens(decoded).take(8) {
+            let bytes = base64_decode(token);
+            if readable(&bytes) {
+                let text = String::from_utf8_lossy(&bytes);
+                let norm = normalise::normalise(&text, false, max_passes);
+                let sub = Item {
+                    field: format!("{} (base64)", item.field),
+                    value: std::borrow::Cow::Borrowed(""),
+                    origin: item.origin,
                 };
-                let bytes = base64_decode(rest);
-                let lower: Vec<u8> = bytes.iter().map(u8::to_ascii_lowercase).collect();
-                if !acc.has(ID)
-                    && let Some(m) = self.base64.find(&lower)
-                {
-                    let kw = String::from_utf8_lossy(&lower[m.start()..m.end()]);
-                    acc.add(Category::CodeInjection, ID, 5, &item.field, &format!("{token} → {kw}"));
-                }
-                if offset == 0 && readable(&bytes) {
-                    let text = String::from_utf8_lossy(&bytes);
-                    let norm = normalise::normalise(&text, false, max_passes);
-                    let field = format!("{} (base64)", item.field);
-                    let sub = Item {
-                        field,
-                        value: std::borrow::Cow::Borrowed(""),
-                        origin: item.origin,
-                    };
-                    self.scan_text(&norm.text, &sub, acc);
-                }
+                self.scan_text(&norm.text, &sub, acc);
             }
         }
     }

@@ -145,12 +145,13 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A name is worth inspecting when it is more than a plain identifier.
+/// A name is worth inspecting when it is more than a plain lower-case identifier (mixed case
+/// may be base64).
 fn plain_name(name: &str) -> bool {
     name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'[' | b']'))
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'[' | b']'))
 }
 
 /// A short, readable label for a field name: percent-escapes kept, length bounded.
