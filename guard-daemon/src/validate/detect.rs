@@ -218,6 +218,9 @@ fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
     if norm.tricks.overlong {
         acc.add(Category::Protocol, "proto-overlong-encoding", 4, field, "overlong UTF-8 or %u escape");
     }
+    if norm.tricks.utf7 {
+        acc.add(Category::Protocol, "proto-utf7", 3, field, "UTF-7 encoded run");
+    }
     if norm.tricks.multi_encoded {
         acc.add(Category::Protocol, "proto-multiple-encoding", 2, field, "percent-encoded more than once");
     }

@@ -145,13 +145,13 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A name is worth inspecting when it is more than a plain lower-case identifier (mixed case
-/// may be base64).
+/// A name not worth inspecting on its own: short and made of lower-case letters and digits only
+/// (attackers put payloads in names too, and SQL or Java identifiers carry `_` and `.`).
 fn plain_name(name: &str) -> bool {
-    name.len() <= 64
+    name.len() <= 16
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'[' | b']'))
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A short, readable label for a field name: percent-escapes kept, length bounded.
@@ -238,7 +238,41 @@ fn body<'a>(out: &mut Out<'a>, req: &Request<'a>) {
         }
         return;
     }
+    if trimmed.starts_with('<') {
+        xml(out, trimmed);
+    }
     out.push("body".to_owned(), text, Origin::Other);
+}
+
+/// Pulls attribute values and text nodes out of an XML (or HTML) body, so that each is
+/// inspected on its own as well as within the whole body.
+fn xml(out: &mut Out<'_>, body: &str) {
+    let mut rest = body;
+    while let Some(lt) = rest.find('<') {
+        let text = rest[..lt].trim();
+        if !text.is_empty() {
+            out.push("xml:text".to_owned(), Cow::Owned(text.to_owned()), Origin::Other);
+        }
+        let Some(gt) = rest[lt..].find('>') else {
+            break;
+        };
+        let tag = &rest[lt + 1..lt + gt];
+        let mut attrs = tag;
+        while let Some(eq) = attrs.find("=\"") {
+            let name = attrs[..eq].rsplit([' ', '\t', '\n']).next().unwrap_or("");
+            let after = &attrs[eq + 2..];
+            let Some(end) = after.find('"') else {
+                break;
+            };
+            out.push(
+                format!("xml:@{}", label(name)),
+                Cow::Owned(after[..end].to_owned()),
+                Origin::Other,
+            );
+            attrs = &after[end + 1..];
+        }
+        rest = &rest[lt + gt + 1..];
+    }
 }
 
 /// Walks a JSON value to every string and every non-trivial key. Depth is bounded by

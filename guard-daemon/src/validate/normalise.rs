@@ -19,6 +19,8 @@ pub struct Tricks {
     pub null_byte: bool,
     /// An overlong UTF-8 sequence (`%c0%af`) or an IIS `%uXXXX` escape was decoded.
     pub overlong: bool,
+    /// A run of UTF-7 (`+ADw-`) was decoded.
+    pub utf7: bool,
 }
 
 /// The views of one value that detectors run over.
@@ -54,6 +56,15 @@ pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised 
             changed = true;
         }
         if let Some(next) = html_decode(&cur) {
+            cur = Cow::Owned(next);
+            changed = true;
+        }
+        if let Some(next) = escape_decode(&cur, &mut tricks) {
+            cur = Cow::Owned(next);
+            changed = true;
+        }
+        if let Some(next) = utf7_decode(&cur) {
+            tricks.utf7 = true;
             cur = Cow::Owned(next);
             changed = true;
         }
@@ -138,6 +149,15 @@ fn fold(s: &str, comments: Comments) -> String {
         if c == '\0' {
             continue;
         }
+        if c == '\n' || c == '\r' {
+            // Line breaks separate shell commands and header lines: keep one.
+            if space && out.ends_with(' ') {
+                out.pop();
+            }
+            out.push('\n');
+            space = true;
+            continue;
+        }
         if c.is_whitespace() || c.is_control() {
             push_space(&mut out, &mut space);
             continue;
@@ -149,7 +169,7 @@ fn fold(s: &str, comments: Comments) -> String {
             out.extend(c.to_lowercase());
         }
     }
-    if out.ends_with(' ') {
+    while out.ends_with([' ', '\n']) {
         out.pop();
     }
     out
@@ -164,14 +184,45 @@ fn shell_view(text: &str) -> Option<String> {
     let t = text
         .replace("${ifs}", " ")
         .replace("$ifs", " ")
-        .replace("$@", "")
-        .replace("$*", "")
         .replace("$()", "")
         .replace("${}", "");
-    let out: String = t
-        .chars()
-        .filter(|c| !matches!(c, '\'' | '"' | '\\' | '^'))
-        .collect();
+    let mut out = String::with_capacity(t.len());
+    let mut chars = t.chars().peekable();
+    let mut prev_alpha = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '\\' | '^' => continue,
+            // Special parameters and unset one-letter variables inside a word expand to nothing:
+            // `c$@at`, `c$$at`, `uname$u`.
+            '$' => match chars.peek() {
+                Some('@' | '*' | '$' | '-' | '!' | '#' | '?' | '_' | '0'..='9') => {
+                    chars.next();
+                    continue;
+                }
+                Some(n) if prev_alpha && n.is_ascii_lowercase() => {
+                    chars.next();
+                    continue;
+                }
+                _ => {}
+            },
+            // One-character globs: `/etc/pa[s]swd`.
+            '[' => {
+                let mut look = chars.clone();
+                if let (Some(x), Some(']')) = (look.next(), look.next())
+                    && x.is_ascii_alphanumeric()
+                {
+                    out.push(x);
+                    chars.next();
+                    chars.next();
+                    prev_alpha = true;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        prev_alpha = c.is_ascii_alphabetic();
+        out.push(c);
+    }
     Some(out)
 }
 
@@ -354,4 +405,99 @@ fn entity(after: &str) -> Option<(char, usize)> {
         return None;
     }
     Some((c, used))
+}
+
+/// Decodes JavaScript/PHP/C escapes: `\\xHH`, `\\uHHHH`, `\\u{H…}`. Returns `None` when there
+/// are none.
+fn escape_decode(s: &str, tricks: &mut Tricks) -> Option<String> {
+    if !s.contains('\\') {
+        return None;
+    }
+    let b = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            match b.get(i + 1) {
+                Some(b'x' | b'X') => {
+                    if let (Some(h), Some(l)) = (
+                        b.get(i + 2).copied().and_then(hex),
+                        b.get(i + 3).copied().and_then(hex),
+                    ) {
+                        out.push(h << 4 | l);
+                        i += 4;
+                        changed = true;
+                        continue;
+                    }
+                }
+                Some(b'u' | b'U') => {
+                    let (start, end) = if b.get(i + 2) == Some(&b'{') {
+                        let close = b[i + 3..].iter().take(7).position(|&c| c == b'}');
+                        match close {
+                            Some(n) => (i + 3, i + 3 + n),
+                            None => (0, 0),
+                        }
+                    } else {
+                        (i + 2, i + 6)
+                    };
+                    if end > start
+                        && let Some(v) = b.get(start..end).and_then(|d| {
+                            d.iter()
+                                .try_fold(0u32, |acc, &x| hex(x).map(|h| acc << 4 | u32::from(h)))
+                        })
+                    {
+                        let c = char::from_u32(v).unwrap_or('\u{fffd}');
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        i = if b.get(end) == Some(&b'}') { end + 1 } else { end };
+                        changed = true;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    changed.then(|| utf8_lossy_overlong(&out, tricks))
+}
+
+/// Decodes UTF-7 runs (`+ADw-script+AD4-` → `<script>`), the charset trick that hides markup
+/// from byte-level filters. Only runs that decode to ASCII punctuation or letters are replaced.
+fn utf7_decode(s: &str) -> Option<String> {
+    if !s.contains("+A") {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut changed = false;
+    while let Some(pos) = rest.find('+') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+            .count();
+        let run = &after[..len];
+        let bytes = crate::validate::detect::base64_decode(run);
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+            .collect();
+        let decoded = String::from_utf16(&units).ok().filter(|d| {
+            !d.is_empty() && run.len() >= 3 && d.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        });
+        if let Some(d) = decoded {
+            out.push_str(&d);
+            rest = after[len..].strip_prefix('-').unwrap_or(&after[len..]);
+            changed = true;
+        } else {
+            out.push('+');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
