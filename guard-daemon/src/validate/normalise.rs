@@ -42,7 +42,10 @@ pub struct Normalised {
 /// where `+` encodes a space. `max_passes` bounds the decoding fixpoint.
 pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised {
     let mut tricks = Tricks::default();
-    let mut cur: Cow<'_, str> = if plus_is_space && raw.contains('+') {
+    // `+` is a space in query strings and form bodies, and in any value that is visibly
+    // form-encoded (escapes, no literal spaces).
+    let form_like = raw.contains('%') && !raw.contains(' ');
+    let mut cur: Cow<'_, str> = if (plus_is_space || form_like) && raw.contains('+') {
         Cow::Owned(raw.replace('+', " "))
     } else {
         Cow::Borrowed(raw)
@@ -178,7 +181,10 @@ fn fold(s: &str, comments: Comments) -> String {
 /// Removes the shell's ways to split a word: quotes, backslashes, `^` (cmd.exe), `$@`, empty
 /// `$()`/`${}` and `$IFS` (which becomes a space). Returns `None` when nothing applies.
 fn shell_view(text: &str) -> Option<String> {
-    if !text.bytes().any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^' | b'$')) {
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b'\'' | b'"' | b'\\' | b'^' | b'$' | b'['))
+    {
         return None;
     }
     let t = text
