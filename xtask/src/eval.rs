@@ -44,9 +44,17 @@ struct Tally {
 impl Tally {
     fn add(&mut self, attack: bool, action: &str) {
         let (n, b, t) = if attack {
-            (&mut self.attacks, &mut self.attack_block, &mut self.attack_triage)
+            (
+                &mut self.attacks,
+                &mut self.attack_block,
+                &mut self.attack_triage,
+            )
         } else {
-            (&mut self.benign, &mut self.benign_block, &mut self.benign_triage)
+            (
+                &mut self.benign,
+                &mut self.benign_block,
+                &mut self.benign_triage,
+            )
         };
         *n += 1;
         match action {
@@ -118,13 +126,22 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--quiet", "-p", "guard-daemon", "--bin", "guard"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "guard-daemon",
+            "--bin",
+            "guard",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("building guard in release failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let guard = target.join("release/guard");
     if !guard.is_file() {
         bail!("{} is missing after the build", guard.display());
@@ -144,9 +161,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         let id = c["id"].as_str().unwrap_or_default();
         let attack = c["expect_attack"].as_bool().unwrap_or(false);
         let action = actions.get(id).map_or("missing", String::as_str);
-        let entry = families
-            .entry(family.clone())
-            .or_insert_with(|| (c["family_name"].as_str().unwrap_or("").to_owned(), Tally::default()));
+        let entry = families.entry(family.clone()).or_insert_with(|| {
+            (
+                c["family_name"].as_str().unwrap_or("").to_owned(),
+                Tally::default(),
+            )
+        });
         entry.1.add(attack, action);
         overall.add(attack, action);
         if c["paranoia_level"].as_u64() == Some(1) {
@@ -159,10 +179,21 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         }
     }
 
-    println!("Detection on {} (request side; 95x and 980 left out)", corpus.display());
+    println!(
+        "Detection on {} (request side; 95x and 980 left out)",
+        corpus.display()
+    );
     println!(
         "{:<6} {:<28} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
-        "family", "name", "attacks", "block", "triage", "detected", "near-miss", "nm block", "nm triage"
+        "family",
+        "name",
+        "attacks",
+        "block",
+        "triage",
+        "detected",
+        "near-miss",
+        "nm block",
+        "nm triage"
     );
     let row = |fam: &str, name: &str, t: &Tally| {
         println!(
@@ -217,7 +248,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             .output()
             .context("running guard inspect --bench")?;
         if !out.status.success() {
-            bail!("guard inspect --bench failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "guard inspect --bench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let s: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("parsing the bench output")?;

@@ -65,7 +65,12 @@ impl Case {
             .and_then(|h| h.as_object())
             .map(|o| {
                 o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -109,7 +114,8 @@ struct CaseVerdict<'a> {
 
 /// Runs `guard inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
-    let validator = Validator::new(&ValidatorConfig::default()).context("building the validator")?;
+    let validator =
+        Validator::new(&ValidatorConfig::default()).context("building the validator")?;
     if let Some(path) = &args.cases {
         let cases = read_cases(path)?;
         return if args.bench {
@@ -118,7 +124,13 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
             let mut out = BufWriter::new(std::io::stdout().lock());
             for case in &cases {
                 let verdict = case.inspect(&validator);
-                serde_json::to_writer(&mut out, &CaseVerdict { id: &case.id, verdict: &verdict })?;
+                serde_json::to_writer(
+                    &mut out,
+                    &CaseVerdict {
+                        id: &case.id,
+                        verdict: &verdict,
+                    },
+                )?;
                 out.write_all(b"\n")?;
             }
             out.flush().context("writing verdicts")

@@ -62,7 +62,10 @@ impl Default for ValidatorConfig {
 /// One switch per detection category (`[validator.categories]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-#[expect(clippy::struct_excessive_bools, reason = "one switch per category is the point")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one switch per category is the point"
+)]
 pub struct CategorySwitches {
     /// SQL injection.
     pub sqli: bool,

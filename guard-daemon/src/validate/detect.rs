@@ -216,13 +216,31 @@ fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
         acc.add(Category::Protocol, "proto-null-byte", 4, field, "\\0");
     }
     if norm.tricks.overlong {
-        acc.add(Category::Protocol, "proto-overlong-encoding", 4, field, "overlong UTF-8 or %u escape");
+        acc.add(
+            Category::Protocol,
+            "proto-overlong-encoding",
+            4,
+            field,
+            "overlong UTF-8 or %u escape",
+        );
     }
     if norm.tricks.utf7 {
-        acc.add(Category::Protocol, "proto-utf7", 3, field, "UTF-7 encoded run");
+        acc.add(
+            Category::Protocol,
+            "proto-utf7",
+            3,
+            field,
+            "UTF-7 encoded run",
+        );
     }
     if norm.tricks.multi_encoded {
-        acc.add(Category::Protocol, "proto-multiple-encoding", 2, field, "percent-encoded more than once");
+        acc.add(
+            Category::Protocol,
+            "proto-multiple-encoding",
+            2,
+            field,
+            "percent-encoded more than once",
+        );
     }
 }
 
@@ -235,7 +253,8 @@ fn base64_tokens(s: &str) -> impl Iterator<Item = &str> {
             t.len() >= 12
                 && t.len() <= 4096
                 && t.bytes().any(|b| b.is_ascii_uppercase())
-                && t.bytes().any(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && t.bytes()
+                    .any(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
 }
 
@@ -297,7 +316,14 @@ impl Accumulator {
     }
 
     /// Records a finding unless its rule already matched.
-    pub fn add(&mut self, category: Category, rule: &'static str, weight: u32, field: &str, fragment: &str) {
+    pub fn add(
+        &mut self,
+        category: Category,
+        rule: &'static str,
+        weight: u32,
+        field: &str,
+        fragment: &str,
+    ) {
         if self.has(rule) {
             return;
         }

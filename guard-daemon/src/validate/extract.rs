@@ -97,9 +97,17 @@ pub fn extract<'a>(req: &Request<'a>, limits: &Limits) -> Vec<Item<'a>> {
         if name.eq_ignore_ascii_case("cookie") {
             cookies(&mut out, value);
         } else if name.eq_ignore_ascii_case("referer") || name.eq_ignore_ascii_case("origin") {
-            out.push(format!("header:{name}"), Cow::Borrowed(value), Origin::UrlHeader);
+            out.push(
+                format!("header:{name}"),
+                Cow::Borrowed(value),
+                Origin::UrlHeader,
+            );
         } else if !SKIP_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s)) {
-            out.push(format!("header:{name}"), Cow::Borrowed(value), Origin::Header);
+            out.push(
+                format!("header:{name}"),
+                Cow::Borrowed(value),
+                Origin::Header,
+            );
         }
     }
     if !limits.skip_body && !req.body.is_empty() {
@@ -251,7 +259,11 @@ fn xml(out: &mut Out<'_>, body: &str) {
     while let Some(lt) = rest.find('<') {
         let text = rest[..lt].trim();
         if !text.is_empty() {
-            out.push("xml:text".to_owned(), Cow::Owned(text.to_owned()), Origin::Other);
+            out.push(
+                "xml:text".to_owned(),
+                Cow::Owned(text.to_owned()),
+                Origin::Other,
+            );
         }
         let Some(gt) = rest[lt..].find('>') else {
             break;
@@ -301,7 +313,11 @@ fn json(out: &mut Out<'_>, v: &serde_json::Value, path: &mut String, depth: usiz
                     path.push_str(label(k));
                 }
                 if !plain_name(k) {
-                    out.push(format!("json-key:{path}"), Cow::Owned(k.clone()), Origin::Other);
+                    out.push(
+                        format!("json-key:{path}"),
+                        Cow::Owned(k.clone()),
+                        Origin::Other,
+                    );
                 }
                 json(out, x, path, depth + 1);
                 path.truncate(len);
@@ -316,9 +332,10 @@ pub fn boundary(content_type: &str) -> Option<String> {
     let lower = content_type.to_ascii_lowercase();
     let at = lower.find("boundary=")? + "boundary=".len();
     let rest = &content_type[at..];
-    let b = rest
-        .strip_prefix('"')
-        .map_or_else(|| rest.split([';', ',', ' ']).next(), |q| q.split('"').next())?;
+    let b = rest.strip_prefix('"').map_or_else(
+        || rest.split([';', ',', ' ']).next(),
+        |q| q.split('"').next(),
+    )?;
     (!b.is_empty()).then(|| b.to_owned())
 }
 
@@ -329,7 +346,10 @@ fn multipart(out: &mut Out<'_>, body: &str, boundary: &str) {
         if part.starts_with("--") {
             break;
         }
-        let part = part.strip_prefix("\r\n").or_else(|| part.strip_prefix('\n')).unwrap_or(part);
+        let part = part
+            .strip_prefix("\r\n")
+            .or_else(|| part.strip_prefix('\n'))
+            .unwrap_or(part);
         let (head, content) = part
             .split_once("\r\n\r\n")
             .or_else(|| part.split_once("\n\n"))
@@ -341,12 +361,24 @@ fn multipart(out: &mut Out<'_>, body: &str, boundary: &str) {
         let name = disposition_param(head, "name").unwrap_or_default();
         let filename = disposition_param(head, "filename");
         if let Some(f) = filename {
-            out.push(format!("multipart-filename:{name}"), Cow::Owned(f), Origin::Other);
+            out.push(
+                format!("multipart-filename:{name}"),
+                Cow::Owned(f),
+                Origin::Other,
+            );
         } else {
-            out.push(format!("multipart:{name}"), Cow::Owned(content.to_owned()), Origin::Other);
+            out.push(
+                format!("multipart:{name}"),
+                Cow::Owned(content.to_owned()),
+                Origin::Other,
+            );
         }
         if !plain_name(&name) {
-            out.push(format!("multipart-name:{name}"), Cow::Owned(name.clone()), Origin::Other);
+            out.push(
+                format!("multipart-name:{name}"),
+                Cow::Owned(name.clone()),
+                Origin::Other,
+            );
         }
     }
 }

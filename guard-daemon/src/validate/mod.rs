@@ -27,7 +27,9 @@ pub use config::{CategorySwitches, PathException, ValidatorConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The thresholds are inconsistent.
-    #[error("validator.triage_threshold ({triage}) must be at most validator.block_threshold ({block}), and block_threshold above 0")]
+    #[error(
+        "validator.triage_threshold ({triage}) must be at most validator.block_threshold ({block}), and block_threshold above 0"
+    )]
     Thresholds { triage: u32, block: u32 },
     /// A built-in rule failed to compile (a bug, caught by the unit tests).
     #[error("validator rule {rule} does not compile")]

@@ -456,7 +456,11 @@ fn escape_decode(s: &str, tricks: &mut Tricks) -> Option<String> {
                         let c = char::from_u32(v).unwrap_or('\u{fffd}');
                         let mut buf = [0u8; 4];
                         out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        i = if b.get(end) == Some(&b'}') { end + 1 } else { end };
+                        i = if b.get(end) == Some(&b'}') {
+                            end + 1
+                        } else {
+                            end
+                        };
                         changed = true;
                         continue;
                     }

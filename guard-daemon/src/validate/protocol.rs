@@ -50,8 +50,17 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
     if let Some(te) = header("transfer-encoding") {
         if header("content-length").is_some() {
             acc.add(p, "proto-smuggling", 5, "header:Transfer-Encoding", te);
-        } else if !matches!(te.trim().to_ascii_lowercase().as_str(), "chunked" | "identity") {
-            acc.add(p, "proto-transfer-encoding", 4, "header:Transfer-Encoding", te);
+        } else if !matches!(
+            te.trim().to_ascii_lowercase().as_str(),
+            "chunked" | "identity"
+        ) {
+            acc.add(
+                p,
+                "proto-transfer-encoding",
+                4,
+                "header:Transfer-Encoding",
+                te,
+            );
         }
     }
     for name in ["range", "request-range"] {
@@ -77,14 +86,22 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
 fn charset(req: &Request<'_>, acc: &mut Accumulator) {
     let bad = |s: &str| {
         let l = s.to_ascii_lowercase();
-        ["utf-7", "utf7", "utf-32", "ibm037", "ibm500", "cp1026", "cp875"]
-            .iter()
-            .any(|c| l.contains(&format!("charset={c}")) || l.contains(&format!("charset=\"{c}")))
+        [
+            "utf-7", "utf7", "utf-32", "ibm037", "ibm500", "cp1026", "cp875",
+        ]
+        .iter()
+        .any(|c| l.contains(&format!("charset={c}")) || l.contains(&format!("charset=\"{c}")))
     };
     if let Some(ct) = req.content_type
         && bad(ct)
     {
-        acc.add(Category::Protocol, "proto-charset", 5, "header:Content-Type", ct);
+        acc.add(
+            Category::Protocol,
+            "proto-charset",
+            5,
+            "header:Content-Type",
+            ct,
+        );
     }
     if req
         .content_type
@@ -92,7 +109,13 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
     {
         let head = String::from_utf8_lossy(&req.body[..req.body.len().min(64 * 1024)]);
         if bad(&head) || head.to_ascii_lowercase().contains("name=\"_charset_\"") {
-            acc.add(Category::Protocol, "proto-charset", 5, "body", "multipart part charset");
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                5,
+                "body",
+                "multipart part charset",
+            );
         }
     }
 }
