@@ -123,9 +123,24 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .benign
         .clone()
         .unwrap_or_else(|| root.join("guard-daemon/tests/data/benign.jsonl"));
+    let guard = build_guard(&root)?;
+    let mut details = String::new();
+    corpus_report(&guard, &corpus, &mut details)?;
+    benign_report(&guard, &benign, &mut details)?;
+    if let Some(path) = &args.details {
+        std::fs::write(path, details).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !args.no_bench {
+        bench_report(&guard, &corpus)?;
+    }
+    Ok(())
+}
+
+/// Builds `guard` in release and returns the binary's path.
+fn build_guard(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .current_dir(&root)
+        .current_dir(root)
         .args([
             "build",
             "--release",
@@ -146,13 +161,31 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if !guard.is_file() {
         bail!("{} is missing after the build", guard.display());
     }
+    Ok(guard)
+}
 
-    let cases = read_jsonl(&corpus)?;
-    let actions = verdicts(&guard, &corpus)?;
+fn print_row(fam: &str, name: &str, t: &Tally) {
+    println!(
+        "{:<6} {:<36} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>9}",
+        fam,
+        name,
+        t.attacks,
+        pct(t.attack_block, t.attacks),
+        pct(t.attack_triage, t.attacks),
+        pct(t.attack_block + t.attack_triage, t.attacks),
+        t.benign,
+        pct(t.benign_block, t.benign),
+        pct(t.benign_triage, t.benign),
+    );
+}
+
+/// Per-family detection on the CRS corpus.
+fn corpus_report(guard: &Path, corpus: &Path, details: &mut String) -> anyhow::Result<()> {
+    let cases = read_jsonl(corpus)?;
+    let actions = verdicts(guard, corpus)?;
     let mut families: BTreeMap<String, (String, Tally)> = BTreeMap::new();
     let mut overall = Tally::default();
     let mut pl1 = Tally::default();
-    let mut details = String::new();
     for c in &cases {
         let family = c["rule_family"].as_str().unwrap_or("?").to_owned();
         if family.starts_with("95") || family == "980" {
@@ -178,13 +211,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             let _ = writeln!(details, "near-miss-{action} {family} {id}");
         }
     }
-
     println!(
         "Detection on {} (request side; 95x and 980 left out)",
         corpus.display()
     );
     println!(
-        "{:<6} {:<28} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "{:<6} {:<36} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>9}",
         "family",
         "name",
         "attacks",
@@ -195,32 +227,22 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         "nm block",
         "nm triage"
     );
-    let row = |fam: &str, name: &str, t: &Tally| {
-        println!(
-            "{:<6} {:<28} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
-            fam,
-            name,
-            t.attacks,
-            pct(t.attack_block, t.attacks),
-            pct(t.attack_triage, t.attacks),
-            pct(t.attack_block + t.attack_triage, t.attacks),
-            t.benign,
-            pct(t.benign_block, t.benign),
-            pct(t.benign_triage, t.benign),
-        );
-    };
     for (fam, (name, t)) in &families {
-        row(fam, name, t);
+        print_row(fam, name, t);
     }
-    row("all", "overall", &overall);
-    row("PL1", "rules at paranoia level 1", &pl1);
+    print_row("all", "overall", &overall);
+    print_row("PL1", "rules at paranoia level 1", &pl1);
+    Ok(())
+}
 
-    let benign_cases = read_jsonl(&benign)?;
-    let benign_actions = verdicts(&guard, &benign)?;
+/// False positives on the realistic benign set.
+fn benign_report(guard: &Path, benign: &Path, details: &mut String) -> anyhow::Result<()> {
+    let cases = read_jsonl(benign)?;
+    let actions = verdicts(guard, benign)?;
     let mut b = Tally::default();
-    for c in &benign_cases {
+    for c in &cases {
         let id = c["id"].as_str().unwrap_or_default();
-        let action = benign_actions.get(id).map_or("missing", String::as_str);
+        let action = actions.get(id).map_or("missing", String::as_str);
         b.add(false, action);
         if action != "allow" {
             let _ = writeln!(details, "benign-{action} {id}");
@@ -228,7 +250,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "Realistic benign set {}: {} requests, {} blocked ({}), {} to triage ({}), false positives (block or triage) {}",
+        "Realistic benign set {}: {} requests, {} blocked ({}), {} to triage ({}), block or triage {}",
         benign.display(),
         b.benign,
         b.benign_block,
@@ -237,39 +259,38 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         pct(b.benign_triage, b.benign),
         pct(b.benign_block + b.benign_triage, b.benign),
     );
-    if let Some(path) = &args.details {
-        std::fs::write(path, details).with_context(|| format!("writing {}", path.display()))?;
-    }
+    Ok(())
+}
 
-    if !args.no_bench {
-        let out = Command::new(&guard)
-            .args(["inspect", "--bench", "--cases"])
-            .arg(&corpus)
-            .output()
-            .context("running guard inspect --bench")?;
-        if !out.status.success() {
-            bail!(
-                "guard inspect --bench failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let s: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("parsing the bench output")?;
-        println!();
-        println!(
-            "Speed over the whole corpus ({} requests in {:.2} s, one thread): {:.0} requests/s per core",
-            s["requests"],
-            s["seconds"].as_f64().unwrap_or(0.0),
-            s["req_per_sec_per_core"].as_f64().unwrap_or(0.0)
-        );
-        println!(
-            "Slowest single request: {:.1} µs ({}); 1 MB body: {:.1} µs, verdict {} (inspection cap {} bytes)",
-            s["worst_request_us"].as_f64().unwrap_or(0.0),
-            s["worst_request_id"].as_str().unwrap_or("?"),
-            s["one_mb_body_us"].as_f64().unwrap_or(0.0),
-            s["one_mb_body_action"],
-            s["max_body_bytes"],
+/// Throughput, the slowest request and the 1 MB body, measured in-process by `guard`.
+fn bench_report(guard: &Path, corpus: &Path) -> anyhow::Result<()> {
+    let out = Command::new(guard)
+        .args(["inspect", "--bench", "--cases"])
+        .arg(corpus)
+        .output()
+        .context("running guard inspect --bench")?;
+    if !out.status.success() {
+        bail!(
+            "guard inspect --bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
+    let s: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing the bench output")?;
+    println!();
+    println!(
+        "Speed over the whole corpus ({} requests in {:.2} s, one thread): {:.0} requests/s per core",
+        s["requests"],
+        s["seconds"].as_f64().unwrap_or(0.0),
+        s["req_per_sec_per_core"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "Slowest single request: {:.1} µs ({}); 1 MB body: {:.1} µs, verdict {} (inspection cap {} bytes)",
+        s["worst_request_us"].as_f64().unwrap_or(0.0),
+        s["worst_request_id"].as_str().unwrap_or("?"),
+        s["one_mb_body_us"].as_f64().unwrap_or(0.0),
+        s["one_mb_body_action"],
+        s["max_body_bytes"],
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! and the path itself. Everything is bounded by [`Limits`].
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use super::Request;
 
@@ -288,7 +289,7 @@ fn xml(out: &mut Out<'_>, body: &str) {
 }
 
 /// Walks a JSON value to every string and every non-trivial key. Depth is bounded by
-/// serde_json's own recursion limit (128); the path label is bounded here.
+/// `serde_json`'s own recursion limit (128); the path label is bounded here.
 fn json(out: &mut Out<'_>, v: &serde_json::Value, path: &mut String, depth: usize) {
     use serde_json::Value;
     if out.items.len() >= out.limits.max_values {
@@ -300,7 +301,7 @@ fn json(out: &mut Out<'_>, v: &serde_json::Value, path: &mut String, depth: usiz
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
                 if depth < 16 {
-                    path.push_str(&format!("[{i}]"));
+                    let _ = write!(path, "[{i}]");
                 }
                 json(out, x, path, depth + 1);
                 path.truncate(len);

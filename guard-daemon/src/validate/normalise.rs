@@ -12,6 +12,10 @@ use unicode_normalization::UnicodeNormalization;
 
 /// What the normaliser noticed while undoing encodings: evidence of evasion in itself.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent flags, one per trick"
+)]
 pub struct Tricks {
     /// Percent-decoding changed the text at least twice (double encoding).
     pub multi_encoded: bool,
@@ -106,7 +110,7 @@ enum Comments {
 }
 
 /// Lower-cases, drops null bytes, collapses whitespace and rewrites SQL block comments.
-/// MySQL's executable comments (`/*!50000select*/`) keep their content.
+/// `MySQL`'s executable comments (`/*!50000select*/`) keep their content.
 fn fold(s: &str, comments: Comments) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();

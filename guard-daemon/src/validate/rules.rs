@@ -25,7 +25,7 @@ pub enum Scope {
 }
 
 /// One detection rule.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Rule {
     /// Stable id, shown in findings.
     pub id: &'static str,

@@ -529,7 +529,7 @@ fn body_beyond_the_cap_is_not_inspected() {
     let ct = [("Content-Type", "application/x-www-form-urlencoded")];
     assert_allowed(&check(&v, "POST", "/post", &ct, &body));
     // A 1 MB body of attacks costs no more than the cap.
-    let big = "q=1' or 1=1 -- <script>&".repeat(1 << 20 / 24);
+    let big = "q=1' or 1=1 -- <script>&".repeat((1 << 20) / 24);
     let t = std::time::Instant::now();
     let verdict = check(&v, "POST", "/post", &ct, &big);
     assert_eq!(verdict.action, Action::Block);
