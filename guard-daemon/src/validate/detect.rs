@@ -224,6 +224,9 @@ fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
             "overlong UTF-8 or %u escape",
         );
     }
+    if norm.tricks.control {
+        acc.add(Category::Protocol, "proto-control-char", 2, field, "control character or invalid UTF-8");
+    }
     if norm.tricks.utf7 {
         acc.add(
             Category::Protocol,

@@ -25,6 +25,8 @@ pub struct Tricks {
     pub overlong: bool,
     /// A run of UTF-7 (`+ADw-`) was decoded.
     pub utf7: bool,
+    /// Control characters (other than tab and line breaks) or invalid UTF-8 after decoding.
+    pub control: bool,
 }
 
 /// The views of one value that detectors run over.
@@ -83,6 +85,9 @@ pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised 
     if cur.contains('\0') {
         tricks.null_byte = true;
     }
+    tricks.control = cur
+        .chars()
+        .any(|c| (c.is_control() && !matches!(c, '\0' | '\t' | '\n' | '\r')) || c == '\u{fffd}');
     let decoded = if cur.is_ascii() {
         cur.into_owned()
     } else {

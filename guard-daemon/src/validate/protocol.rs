@@ -63,6 +63,11 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
             );
         }
     }
+    if let Some(rr) = header("request-range") {
+        // Obsolete since HTTP/1.1; only range-abuse tools still send it.
+        acc.add(p, "proto-request-range", 4, "header:Request-Range", rr);
+    }
+    method_override(req, config, &header, acc);
     for name in ["range", "request-range"] {
         if let Some(range) = header(name) {
             let lower = range.trim().to_ascii_lowercase();
@@ -73,13 +78,38 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
             };
             if !lower.starts_with("bytes=") {
                 acc.add(p, "proto-range-unit", 4, field, range);
-            } else if lower.split(',').count() > 5 {
+            } else if lower.split(',').count() > 10 {
                 acc.add(p, "proto-range-many", 5, field, range);
             }
         }
     }
     charset(req, acc);
     session_fixation(req, header("referer"), header("host"), acc);
+}
+
+/// Method overrides (`_method=`, `X-HTTP-Method-Override`) smuggle a method past method checks.
+fn method_override<'a>(
+    req: &Request<'a>,
+    config: &ValidatorConfig,
+    header: &dyn Fn(&str) -> Option<&'a str>,
+    acc: &mut Accumulator,
+) {
+    let from_query = req
+        .query
+        .split('&')
+        .find_map(|p| p.strip_prefix("_method="))
+        .map(|m| ("query:_method", m));
+    let from_header = ["x-http-method-override", "x-http-method", "x-method-override"]
+        .iter()
+        .find_map(|h| header(h).map(|m| ("header:X-HTTP-Method-Override", m)));
+    if let Some((field, m)) = from_query.or(from_header) {
+        let _ = config;
+        let dangerous = ["trace", "track", "connect", "debug"]
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(m.trim()));
+        let weight = if dangerous { 5 } else { 3 };
+        acc.add(Category::Protocol, "proto-method-override", weight, field, m);
+    }
 }
 
 /// Charsets that let a payload hide from byte-level inspection.
@@ -92,16 +122,21 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
         .iter()
         .any(|c| l.contains(&format!("charset={c}")) || l.contains(&format!("charset=\"{c}")))
     };
-    if let Some(ct) = req.content_type
-        && bad(ct)
-    {
-        acc.add(
-            Category::Protocol,
-            "proto-charset",
-            5,
-            "header:Content-Type",
-            ct,
-        );
+    if let Some(ct) = req.content_type {
+        let lower = ct.to_ascii_lowercase();
+        let declared = lower
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("charset="))
+            .map(|c| c.trim().trim_matches(['"', '\'']));
+        let known = declared.is_none_or(|c| {
+            ["utf-8", "utf8", "iso-8859-1", "iso-8859-15", "us-ascii", "windows-1252", "latin1"]
+                .contains(&c)
+        });
+        if bad(ct) {
+            acc.add(Category::Protocol, "proto-charset", 5, "header:Content-Type", ct);
+        } else if !known {
+            acc.add(Category::Protocol, "proto-charset", 4, "header:Content-Type", ct);
+        }
     }
     if req
         .content_type
@@ -109,15 +144,57 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
     {
         let head = String::from_utf8_lossy(&req.body[..req.body.len().min(64 * 1024)]);
         if bad(&head) || head.to_ascii_lowercase().contains("name=\"_charset_\"") {
-            acc.add(
-                Category::Protocol,
-                "proto-charset",
-                5,
-                "body",
-                "multipart part charset",
-            );
+            acc.add(Category::Protocol, "proto-charset", 5, "body", "multipart part charset");
+        }
+        multipart_names(&head, acc);
+    }
+}
+
+/// Multipart field and file names with quotes, `;` or `=` inside: parser-confusion evasions.
+fn multipart_names(body: &str, acc: &mut Accumulator) {
+    for line in body.lines() {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("content-disposition") {
+            continue;
+        }
+        for key in ["name=\"", "filename=\""] {
+            let mut from = 0;
+            while let Some(pos) = lower[from..].find(key) {
+                let start = from + pos + key.len();
+                let rest = &line[start..];
+                let end = rest.find("\"").unwrap_or(rest.len());
+                // Character references (`&aring;`) are not separators.
+                let value = strip_entities(&rest[..end]);
+                if value.contains([';', '\'', '\\']) || rest[end..].starts_with("\"\"") {
+                    acc.add(Category::Protocol, "proto-multipart-name", 4, "body", line);
+                    return;
+                }
+                from = start;
+            }
         }
     }
+}
+
+/// `value` without HTML character references.
+fn strip_entities(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let name = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'#')
+            .count();
+        if name > 0 && after.as_bytes().get(name) == Some(&b';') {
+            rest = &after[name + 1..];
+        } else {
+            out.push('&');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A session identifier in the query string, arriving from another site: session fixation.

@@ -582,8 +582,9 @@ pub static RULES: &[Rule] = &[
         ),
         Scope::Path,
     ),
-    r(
-        "lfi-php-wrapper",
+    scoped(r("lfi-restricted-extension", PathTraversal, 4, &["."],
+        r"\.(?:asa|asax|ascx|backup|bak|bck|cdx|cfg|cmd|conf|config|csproj|csr|dat|db|dbf|dll|dump|htr|htw|ida|idc|idq|inc|ini|key|licx|lnk|log|mdb|old|orig|pass|pdb|pem|pol|printer|pwd|rdb|resources|resx|sql|sqlite|swp|sys|vb|vbs|vbproj|vsdisco|webinfo|xsd|xsx)$|~$"), Scope::Path),
+    r("lfi-php-wrapper",
         PathTraversal,
         5,
         &[
