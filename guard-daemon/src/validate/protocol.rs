@@ -197,6 +197,15 @@ fn strip_entities(value: &str) -> String {
     out
 }
 
+/// Whether a parameter name carries a session identifier.
+fn session_name(name: &str) -> bool {
+    SESSION_PARAMS.contains(&name)
+        || name.contains("sess")
+        || name.ends_with("sid")
+        || name.ends_with("session-token")
+        || name.ends_with("session_token")
+}
+
 /// A session identifier in the query string, arriving from another site: session fixation.
 fn session_fixation(
     req: &Request<'_>,
@@ -204,9 +213,17 @@ fn session_fixation(
     host: Option<&str>,
     acc: &mut Accumulator,
 ) {
-    let Some(name) = req.query.split('&').find_map(|pair| {
+    let form = req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
+    let body = if form {
+        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
+    } else {
+        ""
+    };
+    let Some(name) = req.query.split('&').chain(body.split('&')).find_map(|pair| {
         let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-        SESSION_PARAMS.contains(&name.as_str()).then_some(name)
+        session_name(&name).then_some(name)
     }) else {
         return;
     };
