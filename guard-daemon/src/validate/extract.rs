@@ -178,7 +178,7 @@ fn params<'a>(out: &mut Out<'a>, kind: &str, s: &'a str) {
                 Origin::Param,
             );
         }
-        if !plain_name(name) {
+        if !name.is_empty() {
             out.push(
                 format!("{kind}-name:{}", label(name)),
                 Cow::Borrowed(name),
