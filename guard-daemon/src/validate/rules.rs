@@ -81,14 +81,14 @@ pub static RULES: &[Rule] = &[
         Sqli,
         5,
         &["or", "and", "xor", "||", "&&", "not"],
-        r#"(?:^|[\s'"`)(])(?:or|and|xor|not|\|\||&&)[\s(]*(?:\d+|'[^']{0,40}'|"[^"]{0,40}"|true|false|null)\s*(?:=|<=>|!=|<>|<=?|>=?|\blike\b|\bis\b|\brlike\b|\bregexp\b|\bsounds\s+like\b)\s*[\s(]*(?:\d|'|"|true\b|false\b|null\b)"#,
+        r#"(?:^|[\s'"`)(=,])(?:or|and|xor|not|\|\||&&)[\s(]*(?:\d+|'[^']{0,40}'|"[^"]{0,40}"|true|false|null)\s*(?:=|<=>|!=|<>|<=?|>=?|\blike\b|\bis\b|\brlike\b|\bregexp\b|\bsounds\s+like\b)\s*[\s(]*(?:\d|'|"|true\b|false\b|null\b)"#,
     ),
     r(
         "sqli-boolean-compare",
         Sqli,
         2,
         &["or", "and", "xor", "||", "&&"],
-        r#"(?:^|[\s'"`)(])(?:or|and|xor|\|\||&&)[\s(]*[a-z_]\w*\s*(?:=|<=>|!=|<>|<=?|>=?|\blike\b|\brlike\b|\bregexp\b)\s*[\s(]*(?:\d|'|"|true\b|false\b|null\b)"#,
+        r#"(?:^|[\s'"`)(=,])(?:or|and|xor|\|\||&&)[\s(]*[a-z_]\w*\s*(?:=|<=>|!=|<>|<=?|>=?|\blike\b|\brlike\b|\bregexp\b)\s*[\s(]*(?:\d|'|"|true\b|false\b|null\b)"#,
     ),
     r(
         "sqli-quote-boolean",
