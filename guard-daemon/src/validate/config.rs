@@ -24,6 +24,9 @@ pub struct ValidatorConfig {
     pub max_fragment_chars: usize,
     /// Methods that are not a protocol finding; anything else scores.
     pub allowed_methods: Vec<String>,
+    /// Request body media types that are not a protocol finding (parameters ignored; any
+    /// `+json`/`+xml` structured suffix is accepted too).
+    pub allowed_content_types: Vec<String>,
     /// Detection categories, each on or off.
     pub categories: CategorySwitches,
     /// Per-path exceptions, first matching prefix wins.
@@ -51,6 +54,18 @@ impl Default for ValidatorConfig {
             allowed_methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
                 .map(String::from)
                 .to_vec(),
+            // Forms, multipart, JSON and XML: what web applications and APIs accept.
+            allowed_content_types: [
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+                "multipart/related",
+                "application/json",
+                "application/xml",
+                "text/xml",
+                "application/soap+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
             // Every category on.
             categories: CategorySwitches::default(),
             // No exceptions.

@@ -63,11 +63,12 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
             );
         }
     }
+    content_type(req, config, header("transfer-encoding"), acc);
     if let Some(rr) = header("request-range") {
         // Obsolete since HTTP/1.1; only range-abuse tools still send it.
         acc.add(p, "proto-request-range", 4, "header:Request-Range", rr);
     }
-    method_override(req, config, &header, acc);
+    method_override(req, &header, acc);
     for name in ["range", "request-range"] {
         if let Some(range) = header(name) {
             let lower = range.trim().to_ascii_lowercase();
@@ -90,7 +91,6 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
 /// Method overrides (`_method=`, `X-HTTP-Method-Override`) smuggle a method past method checks.
 fn method_override<'a>(
     req: &Request<'a>,
-    config: &ValidatorConfig,
     header: &dyn Fn(&str) -> Option<&'a str>,
     acc: &mut Accumulator,
 ) {
@@ -103,12 +103,42 @@ fn method_override<'a>(
         .iter()
         .find_map(|h| header(h).map(|m| ("header:X-HTTP-Method-Override", m)));
     if let Some((field, m)) = from_query.or(from_header) {
-        let _ = config;
         let dangerous = ["trace", "track", "connect", "debug"]
             .iter()
             .any(|d| d.eq_ignore_ascii_case(m.trim()));
         let weight = if dangerous { 5 } else { 3 };
         acc.add(Category::Protocol, "proto-method-override", weight, field, m);
+    }
+}
+
+/// Bodies where none belongs (GET, HEAD) and media types the application does not accept.
+fn content_type(
+    req: &Request<'_>,
+    config: &ValidatorConfig,
+    transfer_encoding: Option<&str>,
+    acc: &mut Accumulator,
+) {
+    let bodyless = ["GET", "HEAD"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(req.method));
+    if bodyless && (!req.body.is_empty() || transfer_encoding.is_some()) {
+        acc.add(Category::Protocol, "proto-body-without-method", 4, "body", req.method);
+    }
+    if req.body.is_empty() {
+        return;
+    }
+    let Some(ct) = req.content_type else {
+        return;
+    };
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let allowed = media.ends_with("+json")
+        || media.ends_with("+xml")
+        || config
+            .allowed_content_types
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&media));
+    if !allowed {
+        acc.add(Category::Protocol, "proto-content-type", 3, "header:Content-Type", ct);
     }
 }
 

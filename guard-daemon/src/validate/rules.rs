@@ -62,7 +62,7 @@ const fn scoped(rule: Rule, scope: Scope) -> Rule {
 /// Shell commands attackers run first (reconnaissance, download, reverse shells).
 macro_rules! cmds {
     () => {
-        "(?:(?:/usr)?(?:/local)?/s?bin/)?(?:cat|tac|nl|ls|dir|id|whoami|uname|wget|curl|fetch|nc|ncat|netcat|socat|telnet|ssh|scp|ftp|tftp|bash|sh|zsh|ksh|csh|tcsh|dash|ash|busybox|python[23]?|perl|ruby|php|node|lua|irb|nmap|ping|nslookup|dig|traceroute|chmod|chown|rm|mv|cp|echo|printf|kill|killall|pkill|ps|sleep|base64|xxd|od|awk|gawk|sed|grep|egrep|find|head|tail|more|less|env|printenv|export|eval|exec|sudo|su|crontab|ifconfig|ipconfig|netstat|ss|systeminfo|powershell|pwsh|cmd|certutil|bitsadmin|wmic|tasklist|taskkill|mkfifo|xterm|tar|gzip|gunzip|zip|unzip|dd|xargs|tee|touch|mknod|ln|vi|vim|nano|pwd|hostname|useradd|passwd|shutdown|reboot|halt|systemctl|service|apt|apt-get|yum|dnf|pip|npm|gcc|cc|make|chattr|setfacl|openssl|rev|expr|time|nohup|timeout|strings|file|stat|diff|cut|sort|uniq|wc|top|w|who|last|lsof|pgrep|mount|umount|fdisk|iptables|alias|source|history|jobs|bg|fg|at|batch|net|reg|type|start|call|set|del|copy|move|ren|attrib|icacls|schtasks|sc|route|arp|getent|groups|locate|whereis|which|man|ldd|strace|gdb|docker|kubectl|mysql|psql|sqlite3|redis-cli|mongo|cd|comm|base32|visudo|tr|ll|gcc\\d*|ansible[\\w-]*|chef-[\\w-]*|knife|puppet|salt)"
+        "(?:(?:/usr)?(?:/local)?/s?bin/)?(?:cat|tac|nl|ls|dir|id|whoami|uname|wget|curl|fetch|nc|ncat|netcat|socat|telnet|ssh|scp|ftp|tftp|bash|sh|zsh|ksh|csh|tcsh|dash|ash|busybox|python[23]?|perl|ruby|php|node|lua|irb|nmap|ping|nslookup|dig|traceroute|chmod|chown|rm|mv|cp|echo|printf|kill|killall|pkill|ps|sleep|base64|xxd|od|awk|gawk|sed|grep|egrep|find|head|tail|more|less|env|printenv|export|eval|exec|sudo|su|crontab|ifconfig|ipconfig|netstat|ss|systeminfo|powershell|pwsh|cmd|certutil|bitsadmin|wmic|tasklist|taskkill|mkfifo|xterm|tar|gzip|gunzip|zip|unzip|dd|xargs|tee|touch|mknod|ln|vi|vim|nano|pwd|hostname|useradd|passwd|shutdown|reboot|halt|systemctl|service|apt|apt-get|yum|dnf|pip|npm|gcc|cc|make|chattr|setfacl|openssl|rev|expr|time|nohup|timeout|strings|file|stat|diff|cut|sort|uniq|wc|top|w|who|last|lsof|pgrep|mount|umount|fdisk|iptables|alias|source|history|jobs|bg|fg|at|batch|net|reg|type|start|call|set|del|copy|move|ren|attrib|icacls|schtasks|sc|route|arp|getent|groups|locate|whereis|which|man|ldd|strace|gdb|docker|kubectl|mysql|psql|sqlite3|redis-cli|mongo|cd|comm|base32|visudo|iwr|irm|iex|regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown|tr|ll|gcc\\d*|ansible[\\w-]*|chef-[\\w-]*|knife|puppet|salt)"
     };
 }
 
@@ -770,13 +770,15 @@ pub static RULES: &[Rule] = &[
         "cmd-windows",
         CommandInjection,
         4,
-&["cmd", "%", "for ", "if ", "if/", "reg ", "net ", "wmic", "rundll32", "regsvr32", "mshta",
+&["cmd", "%", "for ", "if ", "if/", "regedit", "bcd", "vssadmin", "wevtutil", "diskpart", "netsh", "takeown", "sc ", "schtasks", "cipher", "reg ", "net ", "wmic", "rundll32", "regsvr32", "mshta",
             "cscript", "wscript", "type ",
         ],
-        r"\bcmd(?:\.exe)?\s*/[ckr]\b|%(?:systemroot|comspec|windir|userprofile|temp|appdata|programfiles|path|username|computername|os)%|\bfor\s+/[fldr]\b|\bfor\s+(?:/[fldr]\s+)?%{1,2}\S+\s+in\s*\(|\bif\s+(?:/i\s+)?(?:not\s+)?(?:defined|exist|errorlevel)\b|\bif\s+\S.{0,60}==.{0,60}\b(?:echo|do|goto|call|set)\b|\bif\s*/i\b|\bif\s+(?:/i\s+)?(?:not\s+)?\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s+\S+|\)\s*do\s+(?:cmd|echo|call|set|start)\b|\b(?:rundll32|regsvr32|mshta|cscript|wscript)(?:\.exe)?\b|\bwmic\s+(?:process|os|useraccount|shadowcopy)\b|\breg\s+(?:add|query|delete)\s+hk|\bnet\s+(?:user|localgroup|share|use|view)\b|\btype\s+[a-z]:\\",
+        r"\bcmd(?:\.exe)?\s*/[ckr]\b|%(?:systemroot|comspec|windir|userprofile|temp|appdata|programfiles|path|username|computername|os)%|\bfor\s+/[fldr]\b|\bfor\s+(?:/[fldr]\s+)?%{1,2}\S+\s+in\s*\(|\bif\s+(?:/i\s+)?(?:not\s+)?(?:defined|exist|errorlevel)\b|\bif\s+\S.{0,60}==.{0,60}\b(?:echo|do|goto|call|set)\b|\bif\s*/i\b|\bif\s+(?:/i\s+)?(?:not\s+)?\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s+\S+|\)\s*do\s+(?:cmd|echo|call|set|start)\b|\b(?:rundll32|regsvr32|mshta|cscript|wscript)(?:\.exe)?\b|\bwmic\s+(?:process|os|useraccount|shadowcopy)\b|\breg\s+(?:add|query|delete)\s+hk|\bnet\s+(?:user|localgroup|share|use|view)\b|\btype\s+[a-z]:\\|\b(?:regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown)\b(?:\.exe)?\s+/?\w|\bsc\s+(?:create|config|start|stop)\s|\bschtasks\s+/|\bcipher\s+/w",
     ),
     r("cmd-shell-expansion", CommandInjection, 4, &["$[", "$((", "<(", ">(", "[", "${"],
         r"\$\[|\$\(\(|[<>]\(\s*[a-z]|/[a-z]*\[[a-z0-9]-[a-z0-9]\][a-z]|\$\{[a-z_]+[#%:/^,]"),
+    r("cmd-brace-list", CommandInjection, 4, &["{"], r"\{,[a-z]|[a-z]\{[a-z]*,[a-z]*\}[a-z]"),
+    r("cmd-glob-path", CommandInjection, 3, &["?", "*"], r"(?:/[\w.-]*[?*][\w.?*-]*){2,}"),
     r("cmd-shellshock",
         CommandInjection,
         5,
@@ -805,8 +807,8 @@ pub static RULES: &[Rule] = &[
         "cmd-interpreter-inline",
         CommandInjection,
         4,
-        &["sh", "python", "perl", "ruby", "php", "node", "lua"],
-        r"\b(?:ba|k|z|c|tc|da|a)?sh[\s,]+-c\b|\bpython[23]?\s+-c\b|\bperl\s+-e\b|\bruby\s+-e\b|\bphp\s+-r\b|\bnode\s+-e\b|\blua\s+-e\b",
+        &["sh", "python", "perl", "ruby", "php", "node", "lua", "busybox"],
+        r"\b(?:ba|k|z|c|tc|da|a)?sh[\s,]+-c\b|\bpython[23]?\s+-c\b|\bperl\s+-e\b|\bruby\s+-e\b|\bphp\s+-r\b|\bnode\s+-e\b|\blua\s+-e\b|\bbusybox\s+[a-z-]",
     ),
     r(
         "cmd-recon",
@@ -827,7 +829,7 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         3,
         &["alias"],
-        r"\balias\s+[\w.-]+\s*=\s*['\x22]?\s*\w",
+        r"\balias\s+(?:[-+]\w+\s+)*[\w.-]+\s*=\s*['\x22]?\s*\w",
     ),
     r(
         "cmd-mail-injection",
