@@ -44,8 +44,8 @@ impl Default for ValidatorConfig {
             max_body_bytes: 64 * 1024,
             // 8 KiB per value.
             max_value_bytes: 8 * 1024,
-            // 512 values per request (a JSON body with more strings is inspected partly).
-            max_values: 512,
+            // 256 values per request (a JSON body with more strings is inspected partly).
+            max_values: 256,
             // Four decoding rounds undo triple encoding and then some.
             max_decode_passes: 4,
             // 80 characters of matched text in each finding.

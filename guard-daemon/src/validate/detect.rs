@@ -6,11 +6,11 @@
 //! decoding is inspected like any other value.
 
 use aho_corasick::AhoCorasick;
-use regex::Regex;
+use regex::bytes::Regex;
 
 use super::extract::{Item, Origin};
 use super::normalise::{self, Normalised};
-use super::rules::{RULES, Rule, Scope};
+use super::rules::{self, Rule, Scope};
 use super::{Category, Error, Finding};
 
 /// Keywords of Java deserialisation gadgets and reflection, searched for in base64 form.
@@ -79,6 +79,8 @@ fn base64_forms(keyword: &[u8]) -> Vec<String> {
 /// The compiled rule set, shared by every request.
 #[derive(Debug)]
 pub struct Detector {
+    /// Every rule, in table order.
+    rules: Vec<&'static Rule>,
     prefilter: AhoCorasick,
     /// For each prefilter pattern, the rules it selects.
     selects: Vec<Vec<usize>>,
@@ -93,9 +95,13 @@ impl Detector {
         let mut literals: Vec<&'static str> = Vec::new();
         let mut selects: Vec<Vec<usize>> = Vec::new();
         let mut always = Vec::new();
-        let mut regexes = Vec::with_capacity(RULES.len());
-        for (i, rule) in RULES.iter().enumerate() {
-            let re = regex::RegexBuilder::new(rule.pattern)
+        let rules: Vec<&'static Rule> = rules::all().collect();
+        let mut regexes = Vec::with_capacity(rules.len());
+        for (i, rule) in rules.iter().enumerate() {
+            // ASCII classes and word boundaries: the text is already folded, and Unicode word
+            // boundaries would force the slow engine on any non-ASCII input.
+            let re = regex::bytes::RegexBuilder::new(rule.pattern)
+                .unicode(false)
                 .size_limit(8 << 20)
                 .build()
                 .map_err(|source| Error::Rule {
@@ -125,6 +131,7 @@ impl Detector {
         forms.extend(base64_forms(&[0xac, 0xed, 0x00, 0x05]));
         let base64 = AhoCorasick::new(&forms).map_err(|source| Error::Prefilter { source })?;
         Ok(Self {
+            rules,
             prefilter,
             selects,
             always,
@@ -151,7 +158,7 @@ impl Detector {
         if text.is_empty() {
             return;
         }
-        let mut wanted = vec![false; RULES.len()];
+        let mut wanted = vec![false; self.rules.len()];
         for &i in &self.always {
             wanted[i] = true;
         }
@@ -160,12 +167,13 @@ impl Detector {
                 wanted[i] = true;
             }
         }
-        for (i, rule) in RULES.iter().enumerate() {
+        for (i, rule) in self.rules.iter().enumerate() {
             if !wanted[i] || acc.has(rule.id) || !applies(rule, item.origin) {
                 continue;
             }
-            if let Some(m) = self.regexes[i].find(text) {
-                acc.add(rule.category, rule.id, rule.weight, &item.field, m.as_str());
+            if let Some(m) = self.regexes[i].find(text.as_bytes()) {
+                let fragment = String::from_utf8_lossy(m.as_bytes());
+                acc.add(rule.category, rule.id, rule.weight, &item.field, &fragment);
             }
         }
     }
@@ -225,7 +233,13 @@ fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
         );
     }
     if norm.tricks.control {
-        acc.add(Category::Protocol, "proto-control-char", 2, field, "control character or invalid UTF-8");
+        acc.add(
+            Category::Protocol,
+            "proto-control-char",
+            2,
+            field,
+            "control character or invalid UTF-8",
+        );
     }
     if norm.tricks.utf7 {
         acc.add(
@@ -346,6 +360,11 @@ impl Accumulator {
             fragment,
             weight,
         });
+    }
+
+    /// Sum of the weights found so far.
+    pub fn score(&self) -> u32 {
+        self.findings.iter().map(|f| f.weight).sum()
     }
 
     pub fn into_findings(self) -> Vec<Finding> {

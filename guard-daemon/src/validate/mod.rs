@@ -177,7 +177,13 @@ impl Validator {
                 skip_query: exception.is_some_and(|e| e.skip_query),
             },
         );
+        // Enough evidence ends the inspection early: a hostile request stuffed with payloads
+        // costs no more than the first few of them.
+        let enough = self.config.block_threshold.saturating_mul(3);
         for item in &items {
+            if acc.score() >= enough {
+                break;
+            }
             self.detector
                 .scan(item, self.config.max_decode_passes, &mut acc);
         }

@@ -99,15 +99,25 @@ fn method_override<'a>(
         .split('&')
         .find_map(|p| p.strip_prefix("_method="))
         .map(|m| ("query:_method", m));
-    let from_header = ["x-http-method-override", "x-http-method", "x-method-override"]
-        .iter()
-        .find_map(|h| header(h).map(|m| ("header:X-HTTP-Method-Override", m)));
+    let from_header = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .find_map(|h| header(h).map(|m| ("header:X-HTTP-Method-Override", m)));
     if let Some((field, m)) = from_query.or(from_header) {
         let dangerous = ["trace", "track", "connect", "debug"]
             .iter()
             .any(|d| d.eq_ignore_ascii_case(m.trim()));
         let weight = if dangerous { 5 } else { 3 };
-        acc.add(Category::Protocol, "proto-method-override", weight, field, m);
+        acc.add(
+            Category::Protocol,
+            "proto-method-override",
+            weight,
+            field,
+            m,
+        );
     }
 }
 
@@ -122,7 +132,13 @@ fn content_type(
         .iter()
         .any(|m| m.eq_ignore_ascii_case(req.method));
     if bodyless && (!req.body.is_empty() || transfer_encoding.is_some()) {
-        acc.add(Category::Protocol, "proto-body-without-method", 4, "body", req.method);
+        acc.add(
+            Category::Protocol,
+            "proto-body-without-method",
+            4,
+            "body",
+            req.method,
+        );
     }
     if req.body.is_empty() {
         return;
@@ -130,7 +146,12 @@ fn content_type(
     let Some(ct) = req.content_type else {
         return;
     };
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let allowed = media.ends_with("+json")
         || media.ends_with("+xml")
         || config
@@ -138,7 +159,13 @@ fn content_type(
             .iter()
             .any(|a| a.eq_ignore_ascii_case(&media));
     if !allowed {
-        acc.add(Category::Protocol, "proto-content-type", 3, "header:Content-Type", ct);
+        acc.add(
+            Category::Protocol,
+            "proto-content-type",
+            3,
+            "header:Content-Type",
+            ct,
+        );
     }
 }
 
@@ -159,13 +186,33 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
             .find_map(|p| p.trim().strip_prefix("charset="))
             .map(|c| c.trim().trim_matches(['"', '\'']));
         let known = declared.is_none_or(|c| {
-            ["utf-8", "utf8", "iso-8859-1", "iso-8859-15", "us-ascii", "windows-1252", "latin1"]
-                .contains(&c)
+            [
+                "utf-8",
+                "utf8",
+                "iso-8859-1",
+                "iso-8859-15",
+                "us-ascii",
+                "windows-1252",
+                "latin1",
+            ]
+            .contains(&c)
         });
         if bad(ct) {
-            acc.add(Category::Protocol, "proto-charset", 5, "header:Content-Type", ct);
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                5,
+                "header:Content-Type",
+                ct,
+            );
         } else if !known {
-            acc.add(Category::Protocol, "proto-charset", 4, "header:Content-Type", ct);
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                4,
+                "header:Content-Type",
+                ct,
+            );
         }
     }
     if req
@@ -174,7 +221,13 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
     {
         let head = String::from_utf8_lossy(&req.body[..req.body.len().min(64 * 1024)]);
         if bad(&head) || head.to_ascii_lowercase().contains("name=\"_charset_\"") {
-            acc.add(Category::Protocol, "proto-charset", 5, "body", "multipart part charset");
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                5,
+                "body",
+                "multipart part charset",
+            );
         }
         multipart_names(&head, acc);
     }
@@ -251,10 +304,15 @@ fn session_fixation(
     } else {
         ""
     };
-    let Some(name) = req.query.split('&').chain(body.split('&')).find_map(|pair| {
-        let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-        session_name(&name).then_some(name)
-    }) else {
+    let Some(name) = req
+        .query
+        .split('&')
+        .chain(body.split('&'))
+        .find_map(|pair| {
+            let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
+            session_name(&name).then_some(name)
+        })
+    else {
         return;
     };
     let ref_host = referer.and_then(|r| r.split("://").nth(1)).map(|r| {
