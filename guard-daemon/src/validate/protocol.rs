@@ -245,7 +245,7 @@ fn multipart_names(body: &str, acc: &mut Accumulator) {
             while let Some(pos) = lower[from..].find(key) {
                 let start = from + pos + key.len();
                 let rest = &line[start..];
-                let end = rest.find("\"").unwrap_or(rest.len());
+                let end = rest.find('"').unwrap_or(rest.len());
                 // Character references (`&aring;`) are not separators.
                 let value = strip_entities(&rest[..end]);
                 if value.contains([';', '\'', '\\']) || rest[end..].starts_with("\"\"") {

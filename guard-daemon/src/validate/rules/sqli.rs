@@ -1,5 +1,5 @@
 //! SQL injection: UNION and stacked queries, tautologies, string breaks, SQL functions and
-//! schema names, time-based probes, NoSQL operators and ORM lookups.
+//! schema names, time-based probes, `NoSQL` operators and ORM lookups.
 
 use super::{Rule, r};
 use crate::validate::Category::{CodeInjection, Sqli};

@@ -1,5 +1,5 @@
 //! Cross-site scripting: script tags, event handlers, script URIs, dangerous tags, DOM sinks,
-//! JSFuck and CSS expressions.
+//! `JSFuck` and CSS expressions.
 
 use super::{Rule, r};
 use crate::validate::Category::Xss;
