@@ -123,6 +123,13 @@ pub static RULES: &[Rule] = &[
         r"(?:/[\w.-]*[?*][\w.?*-]*){2,}",
     ),
     r(
+        "cmd-variable-command",
+        CommandInjection,
+        4,
+        &["$", "-exec"],
+        r"(?:[;&|]|^)\s*\$\{?[a-z_]\w*\}?\s+\$\{?[a-z_]|\bfind\s+\S+.{0,60}\s-exec\b",
+    ),
+    r(
         "cmd-shellshock",
         CommandInjection,
         5,

@@ -300,7 +300,7 @@ pub static RULES: &[Rule] = &[
         Sqli,
         3,
         &["as"],
-        r#"\bas\s+[\w"'`]+\s+from\s+[\w"`]"#,
+        r#"\bas\s+[\w"'`]+\s+from\s+[\w"`]|(?:\)|`|\d)\s*as\s+[\w"'`]+\s+from\b"#,
     ),
     r(
         "sqli-boolean-literal",
@@ -335,6 +335,13 @@ pub static RULES: &[Rule] = &[
             ".e",
         ],
         r"\b(?:429496729[56]|2\.2250738585072011e-308|922337203685477580[78]|18446744073709551615)\b|\d\.e[.(]",
+    ),
+    r(
+        "sqli-clause-shape",
+        Sqli,
+        3,
+        &["having", "from", "order", "group"],
+        r"\bhaving\s+\d+\s*[=<>]|\bfrom\s+`?\w+`?\.`?\w+`?\s+(?:limit|where|order|group)\b|\bfrom\s+\S+\s+(?:group|order)\s+by\b|\(\s*case\s+when\b|^\s*(?:order|group)\s+by\s*$",
     ),
     r(
         "sqli-nosql-key",
