@@ -279,10 +279,12 @@ fn bench_report(guard: &Path, corpus: &Path) -> anyhow::Result<()> {
         serde_json::from_slice(&out.stdout).context("parsing the bench output")?;
     println!();
     println!(
-        "Speed over the whole corpus ({} requests in {:.2} s, one thread): {:.0} requests/s per core",
+        "Speed over the whole corpus ({} requests, {:.2} s CPU, {:.2} s wall, one thread): {:.0} requests/s per core ({:.0}/s wall clock)",
         s["requests"],
+        s["cpu_seconds"].as_f64().unwrap_or(0.0),
         s["seconds"].as_f64().unwrap_or(0.0),
-        s["req_per_sec_per_core"].as_f64().unwrap_or(0.0)
+        s["req_per_sec_per_core"].as_f64().unwrap_or(0.0),
+        s["req_per_sec_wall"].as_f64().unwrap_or(0.0),
     );
     println!(
         "Slowest single request: {:.1} µs ({}); 1 MB body: {:.1} µs, verdict {} (inspection cap {} bytes)",
