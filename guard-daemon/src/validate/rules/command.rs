@@ -1,7 +1,7 @@
 //! Shell command injection: separators followed by commands, substitutions, `$IFS` and brace
 //! tricks, reverse shells, download-and-run, Windows `cmd`, mail protocol injection.
 
-use super::{Rule, r};
+use super::{Rule, Scope, r, scoped};
 use crate::validate::Category::CommandInjection;
 
 /// The rules of this family.
@@ -128,6 +128,16 @@ pub static RULES: &[Rule] = &[
         4,
         &["$", "-exec"],
         r"(?:[;&|]|^)\s*\$\{?[a-z_]\w*\}?\s+\$\{?[a-z_]|\bfind\s+\S+.{0,60}\s-exec\b",
+    ),
+    scoped(
+        r(
+            "cmd-in-header",
+            CommandInjection,
+            3,
+            &[],
+            concat!(r"^\s*['\x22]?", cmds!(), r"['\x22]?(?:\s+\S|\s*$)"),
+        ),
+        Scope::Headers,
     ),
     r(
         "cmd-shellshock",
