@@ -220,7 +220,15 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
         .is_some_and(|c| c.to_ascii_lowercase().contains("multipart/"))
     {
         let head = String::from_utf8_lossy(&req.body[..req.body.len().min(64 * 1024)]);
-        if bad(&head) || head.to_ascii_lowercase().contains("name=\"_charset_\"") {
+        // Browsers send a `_charset_` field naming the form's charset; only an evasive one counts.
+        let lower = head.to_ascii_lowercase();
+        let charset_field = lower.find("name=\"_charset_\"").is_some_and(|at| {
+            let after = &lower[at..lower.len().min(at + 120)];
+            ["utf-7", "utf7", "utf-32", "ibm0", "ibm5", "cp10", "cp87"]
+                .iter()
+                .any(|c| after.contains(c))
+        });
+        if bad(&head) || charset_field {
             acc.add(
                 Category::Protocol,
                 "proto-charset",

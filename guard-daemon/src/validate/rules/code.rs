@@ -123,7 +123,7 @@ pub static RULES: &[Rule] = &[
         CodeInjection,
         4,
         &["sess_"],
-        r"(?:^|/)sess_[\w-]{10,}",
+        r"/sess_[\w-]{10,}|^sess_[\w-]{10,}\s*$",
     ),
     r(
         "code-php-function-embedded",

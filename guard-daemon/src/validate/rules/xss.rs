@@ -75,7 +75,7 @@ pub static RULES: &[Rule] = &[
             "<portal",
             "<xml",
         ],
-        r"<\s*(?:iframe|object|embed|applet|frameset|frame|meta|base|isindex|xss|import|portal|set|animate)\b|<\s*(?:svg|math|form|link|style|img|body|video|audio|details|marquee|input|button|textarea|keygen|template|image|a|x|html|xml)\b[^>]{0,200}?\b(?:src|href|action|formaction|data|xlink:href|style|background|dynsrc|lowsrc|srcdoc|poster|open|autofocus)\s*=",
+        r"<\s*(?:iframe|object|embed|applet|frameset|frame|meta|base|isindex|xss|import|portal|set|animate)\b|<\s*(?:svg|math|form|link|style|img|body|video|audio|details|marquee|input|button|textarea|keygen|template|image|x|html|xml)\b[^>]{0,200}?\b(?:src|href|action|formaction|data|xlink:href|style|background|dynsrc|lowsrc|srcdoc|poster|open|autofocus)\s*=",
     ),
     r(
         "xss-js-sink",
