@@ -221,7 +221,7 @@ fn bench(validator: &Validator, cases: &[Case]) -> anyhow::Result<()> {
     // Per core: CPU time of this thread when the kernel reports it (the machine may be busy with
     // other work), wall time otherwise.
     let cpu = match (cpu_start, thread_cpu_time()) {
-        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        (Some(a), Some(b)) if b > a => b.saturating_sub(a).as_secs_f64(),
         _ => elapsed,
     };
     let mut worst = (Duration::ZERO, "");
