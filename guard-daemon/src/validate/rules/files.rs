@@ -130,7 +130,7 @@ pub static RULES: &[Rule] = &[
         RfiSsrf,
         4,
         &["://"],
-        r"\b(?:https?|ftp|gopher|dict|ldaps?|rmi|tftp|sftp|ws|wss|jdbc:\w+)://(?:[^/@\s]*@)?(?:\[[0-9a-f:.%\w-]*\]|(?:\d{1,3}\.){3}\d{1,3}|localhost\b|0x[0-9a-f]+\b|0+\b|\d{8,10}\b|[\w.-]*\.(?:internal|local|localdomain|localtest\.me|nip\.io|xip\.io|burpcollaborator\.net|oast\.\w+|interact\.sh)\b|metadata\b)",
+        r"\b(?:[a-z][\w+.-]{1,15}|jdbc:\w+)://(?:[^/@\s]*@)?(?:\[[0-9a-f:.%\w-]*\]|(?:\d{1,3}\.){3}\d{1,3}|localhost\b|0x[0-9a-f]+\b|0+\b|\d{8,10}\b|[\w.-]*\.(?:internal|local|localdomain|localtest\.me|nip\.io|xip\.io|burpcollaborator\.net|oast\.\w+|interact\.sh)\b|metadata\b)",
     ),
     r(
         "ssrf-metadata",
@@ -206,7 +206,7 @@ pub static RULES: &[Rule] = &[
         RfiSsrf,
         4,
         &["://"],
-        r"\b[a-z][\w+.-]{1,15}://(?:[^/@\s]*@)?(?:(?:0x[0-9a-f]+|0[0-7]+|\d{8,10})(?:\.(?:0x[0-9a-f]+|\d+)){0,3}|\d+(?:\.(?:0x[0-9a-f]+|0[0-7]+)){1,3})(?:[:/?#]|$)",
+        r"\b[a-z][\w+.-]{1,15}://(?:[^/@\s]*@)?(?:(?:0x[0-9a-f]+|0[0-7]+|\d{8,10})(?:\.(?:0x[0-9a-f]+|\d+)){0,3}|\d+(?:\.(?:0x[0-9a-f]+|0[0-7]+)){1,3}|\d{1,3}(?:\.\d{1,3}){0,2}\.\d{4,10})(?:[:/?#]|$)|://[^\s/]*@\s*(?:\d{1,3}\.){3}\d{1,3}\b",
     ),
     scoped(
         r(

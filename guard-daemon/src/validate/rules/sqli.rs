@@ -344,6 +344,27 @@ pub static RULES: &[Rule] = &[
         r"\bhaving\s+\d+\s*[=<>]|\bfrom\s+`?\w+`?\.`?\w+`?\s+(?:limit|where|order|group)\b|\bfrom\s+\S+\s+(?:group|order)\s+by\b|\(\s*case\s+when\b|^\s*(?:order|group)\s+by\s*$",
     ),
     r(
+        "sqli-dangerous-identifier",
+        Sqli,
+        4,
+        &["xp_", "sp_", "utl_", "openrowset", "opendatasource", "dbms_"],
+        r"\b(?:xp_(?:cmdshell|dirtree|regread|regwrite|fileexist|availablemedia|servicecontrol|subdirs|loginconfig)|sp_(?:password|executesql|oacreate|oamethod|makewebtask|addextendedproc|configure|addsrvrolemember)|utl_(?:http|inaddr|file|smtp|tcp)|openrowset|opendatasource|dbms_(?:java|pipe|lock|xmlquery|scheduler|output))\b",
+    ),
+    r(
+        "sqli-quote-comment-end",
+        Sqli,
+        3,
+        &["--", "#"],
+        r"(?:^|\w)'[^'\s]{0,20}(?:\s+[^'\s]{1,20}){0,2}(?:--|#)\s*$",
+    ),
+    r(
+        "sqli-leading-operator",
+        Sqli,
+        3,
+        &["or", "and"],
+        r#"^\s*['"]?\s*(?:x?or|and)\s+['"\w]+['"]?\s*[<>=!-]"#,
+    ),
+    r(
         "sqli-nosql-key",
         Sqli,
         4,
