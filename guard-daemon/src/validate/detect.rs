@@ -212,7 +212,7 @@ fn applies(rule: &Rule, origin: Origin) -> bool {
         Scope::Any => true,
         Scope::Path => origin == Origin::Path,
         Scope::Values => origin != Origin::Path,
-        Scope::Headers => origin == Origin::Header,
+        Scope::Headers => matches!(origin, Origin::Header | Origin::UrlHeader),
     };
     // Referer and Origin hold URLs by design: a URL there is not SSRF.
     scope_ok && !(origin == Origin::UrlHeader && rule.category == Category::RfiSsrf)

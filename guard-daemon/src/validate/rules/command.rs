@@ -127,7 +127,7 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         4,
         &["$", "-exec"],
-        r"(?:[;&|]|^)\s*\$\{?[a-z_]\w*\}?\s+\$\{?[a-z_]|\bfind\s+\S+.{0,60}\s-exec\b",
+        r"(?:[;&|]|^)\s*\$\{?[a-z_]\w*\}?\s+(?:\$\{?[a-z_]|-{1,2}[a-z])|\bfind\s+\S+.{0,60}\s-exec\b|\(\s*(?:ba|z|k|c|da)?sh\s*\)",
     ),
     scoped(
         r(
@@ -138,6 +138,13 @@ pub static RULES: &[Rule] = &[
             concat!(r"^\s*['\x22]?", cmds!(), r"['\x22]?(?:\s+\S|\s*$)"),
         ),
         Scope::Headers,
+    ),
+    r(
+        "cmd-wrapper-command",
+        CommandInjection,
+        3,
+        &["time", "nohup", "timeout", "nice", "sudo", "env", "xargs", "exec"],
+        concat!(r"(?:^|[;|&\n])\s*(?:time|nohup|timeout\s+\d+|nice|sudo|env|xargs|exec)\s+", cmds!(), r"\b"),
     ),
     r(
         "cmd-shellshock",
