@@ -143,8 +143,14 @@ pub static RULES: &[Rule] = &[
         "cmd-wrapper-command",
         CommandInjection,
         3,
-        &["time", "nohup", "timeout", "nice", "sudo", "env", "xargs", "exec"],
-        concat!(r"(?:^|[;|&\n])\s*(?:time|nohup|timeout\s+\d+|nice|sudo|env|xargs|exec)\s+", cmds!(), r"\b"),
+        &[
+            "time", "nohup", "timeout", "nice", "sudo", "env", "xargs", "exec",
+        ],
+        concat!(
+            r"(?:^|[;|&\n])\s*(?:time|nohup|timeout\s+\d+|nice|sudo|env|xargs|exec)\s+",
+            cmds!(),
+            r"\b"
+        ),
     ),
     r(
         "cmd-shellshock",

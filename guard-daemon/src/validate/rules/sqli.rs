@@ -347,7 +347,14 @@ pub static RULES: &[Rule] = &[
         "sqli-dangerous-identifier",
         Sqli,
         4,
-        &["xp_", "sp_", "utl_", "openrowset", "opendatasource", "dbms_"],
+        &[
+            "xp_",
+            "sp_",
+            "utl_",
+            "openrowset",
+            "opendatasource",
+            "dbms_",
+        ],
         r"\b(?:xp_(?:cmdshell|dirtree|regread|regwrite|fileexist|availablemedia|servicecontrol|subdirs|loginconfig)|sp_(?:password|executesql|oacreate|oamethod|makewebtask|addextendedproc|configure|addsrvrolemember)|utl_(?:http|inaddr|file|smtp|tcp)|openrowset|opendatasource|dbms_(?:java|pipe|lock|xmlquery|scheduler|output))\b",
     ),
     r(

@@ -191,3 +191,50 @@ fn random_input_never_panics() {
         }
     }
 }
+
+#[test]
+fn xml_values_and_names_are_inspected() {
+    let v = check(
+        &validator(),
+        "POST",
+        "/soap",
+        &[("Content-Type", "application/xml")],
+        r#"<?xml version="1.0"?><root><a probe="1' union select password from users--"></a></root>"#,
+    );
+    assert!(v.findings.iter().any(|f| f.field == "xml:@probe"), "{v:#?}");
+    // A payload in a parameter name.
+    let v = get("/get?java.lang.Runtime=1");
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.field.starts_with("query-name:")),
+        "{v:#?}"
+    );
+}
+
+#[test]
+fn session_fixation_needs_a_foreign_referer() {
+    let v = validator();
+    let foreign = check(
+        &v,
+        "GET",
+        "/login?PHPSESSID=abc123",
+        &[
+            ("Host", "shop.example.com"),
+            ("Referer", "https://evil.example/"),
+        ],
+        "",
+    );
+    assert_blocked(&foreign, Category::Protocol);
+    let own = check(
+        &v,
+        "GET",
+        "/login?PHPSESSID=abc123",
+        &[
+            ("Host", "shop.example.com"),
+            ("Referer", "https://shop.example.com/"),
+        ],
+        "",
+    );
+    assert_allowed(&own);
+}
