@@ -11,8 +11,8 @@ pub static RULES: &[Rule] = &[
         "code-php-tag",
         CodeInjection,
         5,
-        &["<?", "[php]"],
-        r"<\?(?:php\b|=|\s)|<\?$|\[php\]|<\?xml\s*:",
+        &["<?", "[php]", "[/php]"],
+        r"<\?(?:php\b|=|\s)|<\?$|\[/?php\]|<\?xml\s*:",
     ),
     r(
         "code-php-function",
@@ -90,7 +90,7 @@ pub static RULES: &[Rule] = &[
         CodeInjection,
         3,
         &["$"],
-        r"\$\w+(?:\s*\[[^\]]{0,40}\])*\s*\(|\$\{\s*@?\w+\s*\}\s*\(|::\s*\$\w+\s*\(",
+        r"\$\w+(?:\s*[\[{][^()]{0,60}[\]}])?\s*\(|\$\s*\{[^}]{1,40}\}\s*\(|::\s*\$\w+\s*\(",
     ),
     r(
         "code-php-function-string",
@@ -194,6 +194,20 @@ pub static RULES: &[Rule] = &[
             "short_open_tag",
         ],
         r"\b(?:session|mbstring|zend|opcache|pcre|mysqli?|pdo_?\w*|sqlite3|phar|xdebug|assert)\.\w+\s*=|\b(?:unserialize_max_depth|allow_url_\w+|auto_(?:prepend|append)_file|extension|display_errors|error_log|include_path|open_basedir|disable_\w+|memory_limit|max_execution_time|upload_tmp_dir|sendmail_path|short_open_tag)\s*=",
+    ),
+    r(
+        "code-php-string-building",
+        CodeInjection,
+        3,
+        &["'", "\"", "$"],
+        r#"(?:['"][a-z_]+['"]\s*\.\s*)+['"][a-z_]+['"]|\(\s*\$\w+\s*\)\s*\(|\)\s*\(\s*['"@$][\w-]+['"]?\s*\)\s*;|\$_\w*\s+\w+\s*\[\s*['"]"#,
+    ),
+    r(
+        "xxe-entity",
+        CodeInjection,
+        5,
+        &["<!doctype", "<!entity", "!entity"],
+        r"<!doctype[^>]{0,200}\[|<?!entity\s+%?\s*\w+\s+(?:system|public)\b",
     ),
     r(
         "code-php-superglobal",
@@ -373,11 +387,7 @@ pub static RULES: &[Rule] = &[
         "code-upload-script",
         CodeInjection,
         4,
-        &[
-            ".php",
-            ". php",
-            ". jsp",
-            ". asp",
+&[".php", ". php", ". phtml", ". phar", ". pht", ". jsp", ". asp",
             ".phtml",
             ".phar",
             ".jsp",
@@ -390,6 +400,6 @@ pub static RULES: &[Rule] = &[
             ".shtml",
             ".htaccess",
         ],
-        r"\.(?:php[0-9s]?\d*|phtml|phar|pht|jspx?|aspx?|ashx|asmx|cer|cgi|pl|py|sh|exe|bat|shtml|htaccess)(?:\s*\.\s*\w+)?[\s.]*$|\.\s+(?:php|jsp|asp)\b",
+        r"\.(?:php[0-9s]?\d*|phtml|phar|pht|jspx?|aspx?|ashx|asmx|cer|cgi|pl|py|sh|exe|bat|shtml|htaccess)(?:\s*\.\s*\w+)?[\s.]*$|\.\s+(?:php\d*|phtml|phar|pht|jspx?|aspx?)\b",
     ),
 ];

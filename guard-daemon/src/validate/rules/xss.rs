@@ -119,7 +119,14 @@ pub static RULES: &[Rule] = &[
         Xss,
         4,
         &["<"],
-        r"<\s*[a-z]+:[a-z]+\b[^>]{0,200}\b(?:src|href|style|on\w+)\s*=|<\?import\b|<\s*v:(?:vmlframe|image|rect|shape|fill)\b",
+        r"<\s*[a-z]+:[a-z]+\b[^>]{0,200}\b(?:src|href|style|on\w+)\s*=|<\?import\b|<\s*v:(?:vmlframe|image|rect|shape|fill)\b|<\s*[a-z]+\s*:\s*script\b",
+    ),
+    r(
+        "xss-dangerous-attribute",
+        Xss,
+        3,
+        &["formaction", "srcdoc", "xlink:href", "dynsrc", "lowsrc", "schemalocation"],
+        r"(?:^|[\s\x22'/])(?:formaction|srcdoc|xlink:href|dynsrc|lowsrc)\s*=|\bxsi:schemalocation\s*=",
     ),
     r(
         "xss-spaced-tag",

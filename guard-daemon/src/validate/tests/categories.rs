@@ -227,6 +227,10 @@ fn code_injection_positive() {
         &post_json(r#"{"x": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}"#),
         Category::CodeInjection,
     );
+    // XML external entity.
+    let xxe = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#;
+    let v = check(&validator(), "POST", "/xml", &[("Content-Type", "application/xml")], xxe);
+    assert_blocked(&v, Category::CodeInjection);
     // Base64 of a Java gadget keyword.
     assert_blocked(
         &post_form("data=cHJvY2Vzc2J1aWxkZXI"),
