@@ -199,7 +199,7 @@ fn cookies<'a>(out: &mut Out<'a>, header: &'a str) {
             out.push(
                 format!("cookie:{}", label(name)),
                 Cow::Borrowed(value),
-                Origin::Other,
+                Origin::Header,
             );
         }
         if !plain_name(name) {

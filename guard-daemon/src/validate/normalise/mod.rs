@@ -167,6 +167,12 @@ fn fold(s: &str, comments: Comments) -> String {
         if c == '\0' {
             continue;
         }
+        // Ideographic full stops stand in for dots in host names (`169。254。169。254`).
+        let c = if matches!(c, '\u{3002}' | '\u{ff61}') {
+            '.'
+        } else {
+            c
+        };
         if c == '\n' || c == '\r' {
             // Line breaks separate shell commands and header lines: keep one.
             if space && out.ends_with(' ') {

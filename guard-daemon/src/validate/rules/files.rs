@@ -92,7 +92,7 @@ pub static RULES: &[Rule] = &[
         &[
             "etc/", "proc/", "sys/", "/.", "backup", ".sql", ".bak", ".dump", "0x",
         ],
-        r"(?:^|[\s/=:'\x22])/?etc/[a-z_][a-z0-9_.-]+|(?:^|[\s=:'\x22/])/proc/(?:net|sys|interrupts|cpuinfo|meminfo|version|mounts|cmdline|environ|\d+)\b|(?:^|[\s=:'\x22/])/sys/(?:class|kernel|devices|firmware|power|module|block|bus)\b|/\.(?:docker|ssh|aws|git|kube|gnupg|config|npm|m2|gradle)/|\b[\w-]+\.(?:sql|bak|backup|dump|old)(?:\.(?:zip|gz|tgz|tar|7z|rar|bz2))?$|(?:0x2e){2}|0x5c0x2e|0x2e0x2e|\.0x2f",
+        r"(?:^|[\s/=:'\x22])/?etc/[a-z_][a-z0-9_.-]+|/proc/(?:net|sys|interrupts|cpuinfo|meminfo|version|mounts|cmdline|environ|\d+)\b|/sys/(?:class|kernel|devices|firmware|power|module|block|bus)\b|/\.(?:docker|ssh|aws|git|kube|gnupg|config|npm|m2|gradle)/|\b[\w-]+\.(?:sql|bak|backup|dump|old)(?:\.(?:zip|gz|tgz|tar|7z|rar|bz2))?$|(?:0x2e){2}|0x5c0x2e|0x2e0x2e|\.0x2f",
     ),
     r(
         "lfi-php-wrapper",
@@ -155,7 +155,7 @@ pub static RULES: &[Rule] = &[
             "http:",
             "https:",
         ],
-        r"\bkubernetes\.default\b|\.svc\.cluster\.local\b|\bhost\.(?:docker|containers)\.internal\b|\blvh\.me\b|\blocaltest\.me\b|\.nip\.io\b|\.sslip\.io\b|\.localhost\b|\b(?:https?|ftp):\s*(?:\d{1,3}\.){3}\d{1,3}",
+        r"\bkubernetes\.default\b|\.svc\.cluster\.local\b|\bhost\.(?:docker|containers)\.internal\b|\blvh\.me\b|\blocaltest\.me\b|\.nip\.io\b|\.sslip\.io\b|\.localhost\b|\b(?:https?|ftp):\s*(?:(?:\d{1,3}\.){3}\d{1,3}|\d{8,10}\b|0x[0-9a-f]{6,}\b|\[[0-9a-f:.]+\])",
     ),
     scoped(
         r(

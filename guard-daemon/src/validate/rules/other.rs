@@ -81,6 +81,33 @@ pub static RULES: &[Rule] = &[
         &["http/"],
         r"\b(?:get|post|put|head|delete|options|connect|trace|patch|propfind)\s+(?:[a-z]+://\S+|/\S*|\*)\s+http/\d",
     ),
+    scoped(
+        r(
+            "proto-newline-in-header",
+            Protocol,
+            5,
+            &["\n", "\r"],
+            r"[\n\r]",
+        ),
+        Scope::Headers,
+    ),
+    scoped(
+        r(
+            "proto-newline-in-path",
+            Protocol,
+            5,
+            &["\n", "\r"],
+            r"[\n\r]",
+        ),
+        Scope::Path,
+    ),
+    r(
+        "proto-newline-parameter",
+        Protocol,
+        4,
+        &["\n", "\r"],
+        r"[\n\r]\s*[a-z_][\w-]*=",
+    ),
     r(
         "proto-html-entity-obfuscation",
         Protocol,

@@ -125,7 +125,14 @@ pub static RULES: &[Rule] = &[
         "xss-dangerous-attribute",
         Xss,
         3,
-        &["formaction", "srcdoc", "xlink:href", "dynsrc", "lowsrc", "schemalocation"],
+        &[
+            "formaction",
+            "srcdoc",
+            "xlink:href",
+            "dynsrc",
+            "lowsrc",
+            "schemalocation",
+        ],
         r"(?:^|[\s\x22'/])(?:formaction|srcdoc|xlink:href|dynsrc|lowsrc)\s*=|\bxsi:schemalocation\s*=",
     ),
     r(

@@ -228,8 +228,15 @@ fn code_injection_positive() {
         Category::CodeInjection,
     );
     // XML external entity.
-    let xxe = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#;
-    let v = check(&validator(), "POST", "/xml", &[("Content-Type", "application/xml")], xxe);
+    let xxe =
+        r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#;
+    let v = check(
+        &validator(),
+        "POST",
+        "/xml",
+        &[("Content-Type", "application/xml")],
+        xxe,
+    );
     assert_blocked(&v, Category::CodeInjection);
     // Base64 of a Java gadget keyword.
     assert_blocked(
