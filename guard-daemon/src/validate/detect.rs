@@ -76,6 +76,9 @@ fn base64_forms(keyword: &[u8]) -> Vec<String> {
     forms
 }
 
+/// Upper bound on the number of rules (the per-value selection is a fixed bitset).
+const MAX_RULES: usize = 512;
+
 /// The compiled rule set, shared by every request.
 #[derive(Debug)]
 pub struct Detector {
@@ -95,7 +98,7 @@ impl Detector {
         let mut literals: Vec<&'static str> = Vec::new();
         let mut selects: Vec<Vec<usize>> = Vec::new();
         let mut always = Vec::new();
-        let rules: Vec<&'static Rule> = rules::all().collect();
+        let rules: Vec<&'static Rule> = rules::all().take(MAX_RULES).collect();
         let mut regexes = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             // ASCII classes and word boundaries: the text is already folded, and Unicode word
@@ -144,6 +147,12 @@ impl Detector {
     pub fn scan(&self, item: &Item<'_>, max_passes: u32, acc: &mut Accumulator) {
         let norm = normalise::normalise(&item.value, item.origin == Origin::Param, max_passes);
         tricks(&norm, &item.field, acc);
+        if opaque(&norm.decoded) {
+            // A long token of the base64 alphabet (an image, a key, a signature) cannot hold a
+            // textual payload: only its decoding is worth inspecting.
+            self.scan_base64(&norm.decoded, item, max_passes, acc);
+            return;
+        }
         self.scan_text(&norm.text, item, acc);
         if let Some(j) = &norm.joined {
             self.scan_text(j, item, acc);
@@ -158,17 +167,21 @@ impl Detector {
         if text.is_empty() {
             return;
         }
-        let mut wanted = vec![false; self.rules.len()];
+        // One bit per rule, on the stack.
+        let mut wanted = [0u64; MAX_RULES / 64];
         for &i in &self.always {
-            wanted[i] = true;
+            wanted[i / 64] |= 1 << (i % 64);
         }
         for m in self.prefilter.find_overlapping_iter(text) {
             for &i in &self.selects[m.pattern().as_usize()] {
-                wanted[i] = true;
+                wanted[i / 64] |= 1 << (i % 64);
             }
         }
         for (i, rule) in self.rules.iter().enumerate() {
-            if !wanted[i] || acc.has(rule.id) || !applies(rule, item.origin) {
+            if wanted[i / 64] & (1 << (i % 64)) == 0
+                || acc.has(rule.id)
+                || !applies(rule, item.origin)
+            {
                 continue;
             }
             if let Some(m) = self.regexes[i].find(text.as_bytes()) {
@@ -191,6 +204,10 @@ impl Detector {
             );
         }
         for token in base64_tokens(decoded).take(8) {
+            // Decode a prefix first: most tokens are binary and are dropped there.
+            if !readable(&base64_decode(&token[..token.len().min(64)])) {
+                continue;
+            }
             let bytes = base64_decode(token);
             if readable(&bytes) {
                 let text = String::from_utf8_lossy(&bytes);
@@ -204,6 +221,18 @@ impl Detector {
             }
         }
     }
+}
+
+/// A long value made only of the base64 alphabet, possibly behind a `data:…;base64,` prefix.
+fn opaque(decoded: &str) -> bool {
+    let body = decoded
+        .strip_prefix("data:")
+        .and_then(|d| d.split_once(";base64,"))
+        .map_or(decoded, |(_, b)| b);
+    body.len() >= 64
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
 }
 
 /// Whether `rule` applies to a value from `origin`.
