@@ -167,6 +167,11 @@ impl Detector {
         if text.is_empty() {
             return;
         }
+        if !acc.has("sqli-token-density")
+            && let Some(f) = super::sqltok::fragment(text)
+        {
+            acc.add(Category::Sqli, "sqli-token-density", 3, &item.field, f);
+        }
         // One bit per rule, on the stack.
         let mut wanted = [0u64; MAX_RULES / 64];
         for &i in &self.always {

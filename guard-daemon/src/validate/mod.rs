@@ -15,6 +15,7 @@ mod extract;
 mod normalise;
 mod protocol;
 mod rules;
+mod sqltok;
 
 #[cfg(test)]
 mod tests;
