@@ -128,7 +128,7 @@ pub fn fragment(text: &str) -> Option<&str> {
                 | b'^'
         ) {
             ops += 1;
-        } else if !b.is_ascii_whitespace() {
+        } else if !b.is_ascii_whitespace() && b != b',' {
             other += 1;
         }
         i += 1;
@@ -146,8 +146,8 @@ mod tests {
     #[test]
     fn sql_fragments_and_prose() {
         assert!(fragment("and 7639=(").is_some());
-        assert!(fragment("in (815914, 815913)").is_some());
-        assert!(fragment("|| langcode == '").is_some());
+        assert!(fragment(") or (").is_some());
+        assert!(fragment("' and (x)=(").is_some());
         assert!(fragment("please update me when it's back in stock.").is_none());
         assert!(fragment("\"select\" html element").is_none());
         assert!(fragment("if (x > 0 && y < 10) { return true; }").is_none());
