@@ -212,6 +212,8 @@ fn shell_view(text: &str) -> Option<String> {
         .replace("${ifs}", " ")
         .replace("$ifs", " ")
         .replace("$()", "")
+        .replace("<()", "")
+        .replace(">()", "")
         .replace("${}", "");
     let mut out = String::with_capacity(t.len());
     let mut chars = t.chars().peekable();
@@ -226,9 +228,14 @@ fn shell_view(text: &str) -> Option<String> {
                     chars.next();
                     continue;
                 }
-                Some(n) if prev_alpha && n.is_ascii_lowercase() => {
-                    chars.next();
-                    continue;
+                Some(n) if n.is_ascii_lowercase() => {
+                    // `uname$u`, `$u wget`: a one-letter variable, almost surely unset.
+                    let mut look = chars.clone();
+                    look.next();
+                    if prev_alpha || !look.peek().is_some_and(char::is_ascii_alphanumeric) {
+                        chars.next();
+                        continue;
+                    }
                 }
                 _ => {}
             },

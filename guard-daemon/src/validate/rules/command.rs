@@ -15,7 +15,7 @@ pub static RULES: &[Rule] = &[
         concat!(
             r"(?:[;|`\n\r]|\$\(|\|\||&&|<\(|>\()\s*(?:\{\s*)?",
             cmds!(),
-            r"(?:\s+(?:-{1,2}\w|/|\$|\.\.?/|~|\w+\.\w|\w+\s*[|;>])|\s*$|\s*[;|&`)>]|\s*<|\$\{?ifs)"
+            r"(?:\s+(?:-{1,2}\w|/|\$|\.\.?/|~|\w+\.\w|\w+://|\w+\s*[|;>])|\s*$|\s*[;|&`)>]|\s*<|\$\{?ifs)"
         ),
     ),
     r(
@@ -197,8 +197,8 @@ pub static RULES: &[Rule] = &[
         "cmd-fork-bomb",
         CommandInjection,
         5,
-        &[":"],
-        r":\s*\(\s*\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:",
+        &[":", "(){", "() {"],
+        r":\s*\(\s*\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:|\b\w+\s*\(\s*\)\s*\{\s*\w+\s*(?:\(\s*\))?\s*\|\s*\w+",
     ),
     r(
         "cmd-alias",
@@ -212,6 +212,6 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         4,
         &["\n", "\r"],
-        r"[\n\r]\s*(?:auth\s+\w+|mail\s+from\s*:|rcpt\s+to\s*:|ehlo\s|helo\s|\.\s*[\n\r]|quit\s*$|a\d+\s+(?:login|select|fetch|capability|list|append|examine|logout|noop|store|copy|search|status|authenticate)\b|(?:user|pass)\s+\S+\s*$)",
+        r"[\n\r]\s*(?:auth\s+\w+|mail\s+from\s*:|rcpt\s+to\s*:|ehlo\s|helo\s|\.\s*[\n\r]|quit\s*$|a\d+\s+(?:login|select|fetch|capability|list|append|examine|logout|noop|store|copy|search|status|authenticate)\b|(?:user|pass)\s+\S+\s*$)|^\n\s*(?:data|help|top|noop|rset|vrfy|expn|stat|retr|dele|uidl|apop|capa|quit|list|starttls)\b",
     ),
 ];
