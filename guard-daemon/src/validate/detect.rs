@@ -247,6 +247,7 @@ fn applies(rule: &Rule, origin: Origin) -> bool {
         Scope::Path => origin == Origin::Path,
         Scope::Values => origin != Origin::Path,
         Scope::Headers => matches!(origin, Origin::Header | Origin::UrlHeader),
+        Scope::NotMarkup => origin != Origin::Markup,
     };
     // Referer and Origin hold URLs by design: a URL there is not SSRF.
     scope_ok && !(origin == Origin::UrlHeader && rule.category == Category::RfiSsrf)

@@ -28,8 +28,10 @@ pub enum Origin {
     Path,
     /// A query or form parameter (`+` is a space).
     Param,
-    /// A header (not a cookie).
+    /// A header or a cookie.
     Header,
+    /// A whole XML body: tags are expected there.
+    Markup,
     /// A cookie, JSON string, multipart field or raw body.
     Other,
     /// A header whose value is a URL by design (Referer, Origin): no SSRF/RFI rules.
@@ -247,10 +249,13 @@ fn body<'a>(out: &mut Out<'a>, req: &Request<'a>) {
         }
         return;
     }
-    if trimmed.starts_with('<') {
+    let origin = if trimmed.starts_with('<') {
         xml(out, trimmed);
-    }
-    out.push("body".to_owned(), text, Origin::Other);
+        Origin::Markup
+    } else {
+        Origin::Other
+    };
+    out.push("body".to_owned(), text, origin);
 }
 
 /// Pulls attribute values and text nodes out of an XML (or HTML) body, so that each is

@@ -144,15 +144,20 @@ fn fold(s: &str, comments: Comments) -> String {
                 push_space(&mut out, &mut space);
                 continue;
             }
-            // Skip to the closing `*/` (or the end).
+            // Skip to the closing `*/` (or the end). In the joined view only an empty comment
+            // joins (`SEL/**/ECT`); one with text in it still separates words.
             let mut prev = '\0';
+            let mut empty = true;
             for d in chars.by_ref() {
                 if prev == '*' && d == '/' {
                     break;
                 }
+                if d != '*' {
+                    empty = false;
+                }
                 prev = d;
             }
-            if comments == Comments::Space {
+            if comments == Comments::Space || !empty {
                 push_space(&mut out, &mut space);
             }
             continue;
@@ -168,10 +173,12 @@ fn fold(s: &str, comments: Comments) -> String {
             continue;
         }
         // Ideographic full stops stand in for dots in host names (`169。254。169。254`).
-        let c = if matches!(c, '\u{3002}' | '\u{ff61}') {
-            '.'
-        } else {
-            c
+        let c = match c {
+            '\u{3002}' | '\u{ff61}' => '.',
+            // Typographic quotes are read as the ASCII quotes they imitate.
+            '\u{2018}' | '\u{2019}' | '\u{201b}' | '\u{2032}' | '\u{02bc}' => '\'',
+            '\u{201c}' | '\u{201d}' | '\u{201f}' | '\u{2033}' => '"',
+            other => other,
         };
         if c == '\n' || c == '\r' {
             // Line breaks separate shell commands and header lines: keep one.

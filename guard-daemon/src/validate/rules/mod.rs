@@ -19,6 +19,8 @@ pub enum Scope {
     Values,
     /// Only headers (User-Agent and the like).
     Headers,
+    /// Everything but a markup (XML) body, where tags are expected.
+    NotMarkup,
 }
 
 /// One detection rule.

@@ -386,6 +386,23 @@ pub static RULES: &[Rule] = &[
         r"(?:^|[;>=])\s*set\s+@@?\w+",
     ),
     r(
+        "sqli-statement-fragment",
+        Sqli,
+        4,
+        &["drop", "or", "and"],
+        r"\bdrop\s+[a-z_]\w*\s*;\s*(?:--|#)|\b(?:or|and)\s+\d+\s*(?:#|--)",
+    ),
+    r(
+        "sqli-quote-keyword",
+        Sqli,
+        3,
+        &[
+            "select", "union", "alter", "drop", "insert", "update", "delete", "glob", "exec",
+            "declare", "create", "truncate", "having", "where",
+        ],
+        r#"^\s*['`]\s*(?:select|union|alter|drop|insert|update|delete|glob|exec|declare|create|truncate|having|where)\b(?:\s+[\w@*.]+)?\s*(?:$|[;(,=*@'"`]|--|#)"#,
+    ),
+    r(
         "sqli-nosql-key",
         Sqli,
         4,

@@ -1,7 +1,7 @@
 //! Cross-site scripting: script tags, event handlers, script URIs, dangerous tags, DOM sinks,
 //! `JSFuck` and CSS expressions.
 
-use super::{Rule, r};
+use super::{Rule, Scope, r, scoped};
 use crate::validate::Category::Xss;
 
 /// The rules of this family.
@@ -162,12 +162,15 @@ pub static RULES: &[Rule] = &[
         &["[]", "!+", "+!"],
         r"[!+\[\]()]{10,}",
     ),
-    r(
-        "xss-html-comment-markup",
-        Xss,
-        2,
-        &["<!--", "-->", "<![cdata["],
-        r"<!--|-->|<!\[cdata\[",
+    scoped(
+        r(
+            "xss-html-comment-markup",
+            Xss,
+            2,
+            &["<!--", "-->", "<![cdata["],
+            r"<!--|-->|<!\[cdata\[",
+        ),
+        Scope::NotMarkup,
     ),
     r(
         "xss-css-expression",
@@ -176,11 +179,14 @@ pub static RULES: &[Rule] = &[
         &["expression", "url", "behavior", "-moz-binding", "@import"],
         r"\bexpression\s*\(|\burl\s*\(\s*['\x22]?\s*(?:java|vb)script|\bbehavior\s*:\s*url|-moz-binding\s*:|@import\s+(?:url|['\x22])",
     ),
-    r(
-        "xss-tag-open",
-        Xss,
-        2,
-        &["<"],
-        r"<\s*[a-z]+[\s/][^>]{0,200}?>|<\s*/?\s*[a-z]+\s*>",
+    scoped(
+        r(
+            "xss-tag-open",
+            Xss,
+            2,
+            &["<"],
+            r"<\s*[a-z]+[\s/][^>]{0,200}?>|<\s*/?\s*[a-z]+\s*>",
+        ),
+        Scope::NotMarkup,
     ),
 ];
