@@ -12,7 +12,7 @@ pub static RULES: &[Rule] = &[
         CodeInjection,
         5,
         &["<?", "[php]", "[/php]"],
-        r"<\?(?:php\b|=|\s)|<\?$|\[/?php\]|<\?xml\s*:",
+        r"<\?(?:php\b|=)|<\?\s*$|<\?\s*(?:[a-z_]\w*\s*\(|\$|echo\b|print\b|include\b|require\b)|\[/?php\]|<\?xml\s*:",
     ),
     r(
         "code-php-function",
