@@ -69,7 +69,13 @@ fn pct(part: u32, whole: u32) -> String {
     if whole == 0 {
         "-".to_owned()
     } else {
-        format!("{:.1}%", f64::from(part) * 100.0 / f64::from(whole))
+        let p = f64::from(part) * 100.0 / f64::from(whole);
+        // Small rates (false positives) need the second decimal.
+        if p > 0.0 && p < 1.0 {
+            format!("{p:.2}%")
+        } else {
+            format!("{p:.1}%")
+        }
     }
 }
 
