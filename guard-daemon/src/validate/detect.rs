@@ -271,7 +271,7 @@ fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
         acc.add(
             Category::Protocol,
             "proto-control-char",
-            2,
+            3,
             field,
             "control character or invalid UTF-8",
         );
@@ -289,7 +289,7 @@ fn tricks(norm: &Normalised, field: &str, acc: &mut Accumulator) {
         acc.add(
             Category::Protocol,
             "proto-multiple-encoding",
-            2,
+            3,
             field,
             "percent-encoded more than once",
         );

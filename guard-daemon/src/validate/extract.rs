@@ -61,7 +61,6 @@ const SKIP_HEADERS: &[&str] = &[
     "proxy-authorization",
     "connection",
     "content-length",
-    "content-type",
     "cache-control",
     "pragma",
     "if-modified-since",

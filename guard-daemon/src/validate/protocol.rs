@@ -64,6 +64,11 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
         }
     }
     content_type(req, config, header("transfer-encoding"), acc);
+    host(header("host"), acc);
+    if req.path.contains('#') {
+        // Browsers never send the fragment.
+        acc.add(p, "proto-fragment-in-path", 3, "path", req.path);
+    }
     if let Some(rr) = header("request-range") {
         // Obsolete since HTTP/1.1; only range-abuse tools still send it.
         acc.add(p, "proto-request-range", 4, "header:Request-Range", rr);
@@ -166,6 +171,34 @@ fn content_type(
             "header:Content-Type",
             ct,
         );
+    }
+}
+
+/// A missing, empty or numeric Host: clients that name the site send its name.
+fn host(host: Option<&str>, acc: &mut Accumulator) {
+    let p = Category::Protocol;
+    match host.map(str::trim) {
+        None | Some("") => acc.add(p, "proto-host-missing", 3, "header:Host", ""),
+        Some(h) => {
+            let name = h.rsplit_once(':').map_or(h, |(n, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    n
+                } else {
+                    h
+                }
+            });
+            let numeric = name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok();
+            if numeric {
+                acc.add(p, "proto-host-ip", 3, "header:Host", h);
+            } else if h.bytes().any(|b| b.is_ascii_control() || b == b'%') {
+                acc.add(p, "proto-host-invalid", 4, "header:Host", h);
+            }
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub static RULES: &[Rule] = &[
             PathTraversal,
             4,
             &["."],
-            r"\.(?:asa|asax|ascx|backup|bak|bck|cdx|cfg|cmd|conf|config|csproj|csr|dat|db|dbf|dll|dump|htr|htw|ida|idc|idq|inc|ini|key|licx|lnk|log|mdb|old|orig|pass|pdb|pem|pol|printer|pwd|rdb|resources|resx|sql|sqlite|swp|sys|vb|vbs|vbproj|vsdisco|webinfo|xsd|xsx)$|~$",
+            r"\.(?:asa|asax|ascx|backup|bak|bck|cdx|cfg|cmd|conf|config|csproj|csr|dat|db|dbf|dll|dump|htr|htw|ida|idc|idq|inc|ini|key|licx|lnk|log|mdb|old|orig|pass|pdb|pem|pol|printer|pwd|rdb|resources|resx|sql|sqlite|swp|sys|vb|vbs|vbproj|vsdisco|webinfo|xsd|xsx)$|~(?:/|$)",
         ),
         Scope::Path,
     ),

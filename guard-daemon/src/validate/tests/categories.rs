@@ -308,6 +308,28 @@ fn seed_false_positive_json_ending_in_semicolon() {
 }
 
 #[test]
+fn host_header_checks() {
+    let v = validator();
+    let no_host = v.inspect(&Request {
+        method: "GET",
+        path: "/",
+        ..Request::default()
+    });
+    assert_eq!(no_host.action, Action::Triage, "{no_host:#?}");
+    assert_flagged(
+        &check(&v, "GET", "/", &[("Host", "203.0.113.7")], ""),
+        Category::Protocol,
+    );
+    assert_allowed(&check(
+        &v,
+        "GET",
+        "/",
+        &[("Host", "shop.example.com:8443")],
+        "",
+    ));
+}
+
+#[test]
 fn scanner_user_agent() {
     let v = check(
         &validator(),

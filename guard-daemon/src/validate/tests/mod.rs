@@ -11,8 +11,14 @@ fn validator() -> Validator {
     Validator::new(&ValidatorConfig::default()).expect("default config builds")
 }
 
-/// Inspects a request given as method, URI, headers and body.
+/// Inspects a request given as method, URI, headers and body; a `Host` is added when the
+/// headers have none (every HTTP/1.1 request carries one).
 fn check(v: &Validator, method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Verdict {
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !all.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        all.insert(0, ("Host", "shop.example.com"));
+    }
+    let headers = all.as_slice();
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     let content_type = headers
         .iter()
