@@ -208,6 +208,13 @@ pub static RULES: &[Rule] = &[
         r"\balias\s+(?:[-+]\w+\s+)*[\w.-]+\s*=\s*['\x22]?\s*\w",
     ),
     r(
+        "cmd-bare-risky",
+        CommandInjection,
+        3,
+        &[],
+        r"^\s*(?:(?:/usr)?/s?bin/)?(?:wget|curl|nc|ncat|netcat|bash|sh|zsh|ksh|dash|python[23]?(?:\.\d+)?|perl|ruby|php|powershell|pwsh|certutil|busybox|socat|telnet|nmap|chmod|chown|sudo|su|crontab|useradd|env|time|nohup|ansible[\w-]*|chef-[\w-]*|cscli|pipx|perf|vi|vim|ex)\s+(?:-{1,2}[a-z]|/|https?://|\$)",
+    ),
+    r(
         "cmd-mail-injection",
         CommandInjection,
         4,
