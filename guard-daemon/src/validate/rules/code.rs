@@ -238,6 +238,13 @@ pub static RULES: &[Rule] = &[
         r"\{\{\s*\d+\s*[*+/-]\s*\d+\s*\}\}|\$\{\s*\d+\s*[*+/-]\s*\d+\s*\}|<%=?\s*\d+\s*[*+/-]\s*\d+\s*%>|#\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\*\{\s*\d+\s*[*+/-]\s*\d+\s*\}|@\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\{\{[^}]{0,200}(?:__class__|__globals__|__builtins__|__subclasses__|__mro__|__init__|__import__|config\.|self\.|request\.|lipsum|cycler|joiner|namespace|constructor|\|attr\()|\{%[^%]{0,200}(?:import|include|exec|system|popen|for\s+\w+\s+in\b)[^%]{0,200}%\}|<%[^%]{0,200}(?:runtime|exec|system|request|response|process|eval|include|import)",
     ),
     r(
+        "code-template-logic",
+        CodeInjection,
+        3,
+        &["{%", "<%"],
+        r"\{%-?\s*(?:if|for|set|include|import|macro|block|extends|raw|endif|endfor|with|call|filter)\b|<%[=-]?\s*(?:if|for|end|each|while|unless|case)\b",
+    ),
+    r(
         "code-template-weak",
         CodeInjection,
         2,
@@ -353,7 +360,7 @@ pub static RULES: &[Rule] = &[
         CodeInjection,
         3,
         &["while", "function", "console", "constructor"],
-        r"\bwhile\s*\([^)]{0,30}\)\s*(?:;|\{\s*\}|$)|\bconsole\s*\[\s*['\x22]\w+['\x22]\s*\]\s*\(|\bconstructor\s*(?:\.|\[)\s*prototype\b",
+        r"\bwhile\s*\([^)]{0,30}\)\s*(?:;|\{\s*\}|$)|\bconsole\s*\[\s*['\x22]\w+['\x22]\s*\]\s*\(|\bconstructor\s*\]?\s*(?:\.|\[)\s*prototype\b",
     ),
     r(
         "code-js-loop",

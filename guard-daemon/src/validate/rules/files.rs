@@ -145,6 +145,9 @@ pub static RULES: &[Rule] = &[
         4,
         &[
             "kubernetes",
+            "ip6-",
+            "ipv6-",
+            "docker.internal",
             "cluster.local",
             ".internal",
             "lvh.me",
@@ -155,7 +158,7 @@ pub static RULES: &[Rule] = &[
             "http:",
             "https:",
         ],
-        r"\bkubernetes\.default\b|\.svc\.cluster\.local\b|\bhost\.(?:docker|containers)\.internal\b|\blvh\.me\b|\blocaltest\.me\b|\.nip\.io\b|\.sslip\.io\b|\.localhost\b|\b(?:https?|ftp):\s*(?:(?:\d{1,3}\.){3}\d{1,3}|\d{8,10}\b|0x[0-9a-f]{6,}\b|\[[0-9a-f:.]+\])",
+        r"\bkubernetes\.default\b|\bip6-(?:localhost|loopback)\b|\bipv6-localhost\b|\b(?:gateway|kubernetes|host)\.docker\.internal\b|\b(?:https?|ftp):/?(?:\d{8,10}\b|0\d+(?:\.0?\d+){3}\b)|\.svc\.cluster\.local\b|\bhost\.(?:docker|containers)\.internal\b|\blvh\.me\b|\blocaltest\.me\b|\.nip\.io\b|\.sslip\.io\b|\.localhost\b|\b(?:https?|ftp):\s*(?:(?:\d{1,3}\.){3}\d{1,3}|\d{8,10}\b|0x[0-9a-f]{6,}\b|\[[0-9a-f:.]+\])",
     ),
     scoped(
         r(

@@ -32,8 +32,8 @@ pub static RULES: &[Rule] = &[
         "xss-js-uri",
         Xss,
         5,
-        &["script", "data:"],
-        r"\b(?:java|vb|live|j|ecma|moz-)script\s*:|\bj\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:|\bdata\s*:\s*(?:text/html|text/xml|image/svg|application/(?:x-)?(?:javascript|ecmascript|xhtml))",
+        &["script", "data:", "t:"],
+        r"\b(?:java|vb|live|j|ecma|moz-)script\s*:|\bj\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:|\bv\s*b\s*s\s*c\s*r\s*i\s*p\s*t\s*:|\bdata\s*:\s*(?:text/html|text/xml|image/svg|application/(?:x-)?(?:javascript|ecmascript|xhtml))",
     ),
     r(
         "xss-dangerous-tag",
@@ -41,6 +41,7 @@ pub static RULES: &[Rule] = &[
         4,
         &[
             "<iframe",
+            "<noscript",
             "<object",
             "<embed",
             "<applet",
@@ -75,7 +76,7 @@ pub static RULES: &[Rule] = &[
             "<portal",
             "<xml",
         ],
-        r"<\s*(?:iframe|object|embed|applet|frameset|frame|meta|base|isindex|xss|import|portal|set|animate)\b|<\s*(?:svg|math|form|link|style|img|body|video|audio|details|marquee|input|button|textarea|keygen|template|image|x|html|xml)\b[^>]{0,200}?\b(?:src|href|action|formaction|data|xlink:href|style|background|dynsrc|lowsrc|srcdoc|poster|open|autofocus)\s*=",
+        r"<\s*(?:iframe|object|embed|applet|frameset|frame|meta|base|isindex|xss|import\w*|portal|set|animate|style|noscript|link)\b|<\s*(?:svg|math|form|link|style|img|body|video|audio|details|marquee|input|button|textarea|keygen|template|image|x|html|xml)\b[^>]{0,200}?\b(?:src|href|action|formaction|data|xlink:href|style|background|dynsrc|lowsrc|srcdoc|poster|open|autofocus)\s*=",
     ),
     r(
         "xss-js-sink",
@@ -84,6 +85,12 @@ pub static RULES: &[Rule] = &[
         &[
             "document",
             "window",
+            "self",
+            "top",
+            "parent",
+            "frames",
+            "globalthis",
+            "btoa",
             "innerhtml",
             "outerhtml",
             "eval",
@@ -98,7 +105,7 @@ pub static RULES: &[Rule] = &[
             "constructor",
             "import(",
         ],
-        r#"\bdocument\s*\)?\s*(?:\.|\[\s*['"`])\s*(?:cookie|domain|write|writeln|location|body|forms|url)\b|\b(?:window|self|top|parent|frames|globalthis)\s*\)?\s*(?:\.|\[\s*['"`])\s*(?:location|eval|name|open|document|alert|atob)\b|\.\s*(?:inner|outer)html\s*=|\b(?:alert|prompt|confirm|eval|settimeout|setinterval|atob|execscript|msgbox)\s*(?:\(|`|&#)|string\s*\.\s*fromcharcode\s*\(|\blocation\s*(?:\.\s*(?:href|hash|search)\s*)?=|\.constructor\s*\(|\bimport\s*\(\s*['"`]"#,
+        r#"\bdocument\s*\)?\s*(?:\.|\[\s*['"`])\s*(?:cookie|domain|write|writeln|location|body|forms|url)\b|\b(?:window|self|top|parent|frames|globalthis)\s*\)?\s*(?:\.|\[\s*['"`])\s*(?:location|eval|name|open|document|alert|atob)\b|\.\s*(?:inner|outer)html\s*=|\b(?:window|self|top|parent|globalthis|frames)\s*\[\s*['"`]|\b(?:alert|prompt|confirm|eval|settimeout|setinterval|atob|btoa|execscript|msgbox)\s*(?:\(|`|&#)|string\s*\.\s*fromcharcode\s*\(|\blocation\s*(?:\.\s*(?:href|hash|search)\s*)?=|\.constructor\s*\(|\bimport\s*\(\s*['"`]"#,
     ),
     r(
         "xss-event-handler-generic",
@@ -160,7 +167,7 @@ pub static RULES: &[Rule] = &[
         Xss,
         4,
         &["[]", "!+", "+!"],
-        r"[!+\[\]()]{10,}",
+        r"(?:[!+\[\]()]\s*){10,}",
     ),
     scoped(
         r(
