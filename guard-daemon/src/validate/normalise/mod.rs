@@ -97,7 +97,9 @@ pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised 
     let decoded = if cur.is_ascii() {
         cur.into_owned()
     } else {
-        cur.nfkc().collect::<String>()
+        // The acute accent stands in for a quote; NFKC would split it into a space and a
+        // combining mark.
+        cur.replace('\u{b4}', "'").nfkc().collect::<String>()
     };
     let text = fold(&decoded, Comments::Space);
     let joined = decoded

@@ -403,6 +403,13 @@ pub static RULES: &[Rule] = &[
         r#"^\s*['`]\s*(?:select|union|alter|drop|insert|update|delete|glob|exec|declare|create|truncate|having|where)\b(?:\s+[\w@*.]+)?\s*(?:$|[;(,=*@'"`]|--|#)"#,
     ),
     r(
+        "sqli-quoted-tautology",
+        Sqli,
+        4,
+        &["'", "having", "values"],
+        r"'\w{0,10}'\s*=\s*'\w{0,10}'|\bgroup\s+by\s+\S+\s+having\b|\bhaving\s+(?:count|sum|avg|min|max)\s*\(|\b(?:except|intersect|union)\s+(?:all\s+)?values\s*\(",
+    ),
+    r(
         "sqli-nosql-key",
         Sqli,
         4,
