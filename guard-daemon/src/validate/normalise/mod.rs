@@ -248,17 +248,33 @@ fn shell_view(text: &str) -> Option<String> {
                 }
                 _ => {}
             },
-            // One-character globs: `/etc/pa[s]swd`.
+            // Bracket globs: `/etc/pa[s]swd`, `/[e//]tc`, `[!q]asswd` (stands for one character).
             '[' => {
-                let mut look = chars.clone();
-                if let (Some(x), Some(']')) = (look.next(), look.next())
-                    && x.is_ascii_alphanumeric()
+                let inner: String = chars.clone().take(8).take_while(|&d| d != ']').collect();
+                let letters: Vec<char> =
+                    inner.chars().filter(char::is_ascii_alphanumeric).collect();
+                let closed = chars.clone().nth(inner.chars().count()) == Some(']');
+                if closed
+                    && !inner.is_empty()
+                    && inner
+                        .chars()
+                        .all(|d| d.is_ascii_alphanumeric() || matches!(d, '/' | '!'))
                 {
-                    out.push(x);
-                    chars.next();
-                    chars.next();
-                    prev_alpha = true;
-                    continue;
+                    let one = if inner.starts_with('!') {
+                        Some('?')
+                    } else if letters.len() == 1 {
+                        Some(letters[0])
+                    } else {
+                        None
+                    };
+                    if let Some(x) = one {
+                        out.push(x);
+                        for _ in 0..=inner.chars().count() {
+                            chars.next();
+                        }
+                        prev_alpha = x.is_ascii_alphabetic();
+                        continue;
+                    }
                 }
             }
             _ => {}

@@ -99,7 +99,7 @@ pub static RULES: &[Rule] = &[
             "netsh", "takeown", "sc ", "schtasks", "cipher", "reg ", "net ", "wmic", "rundll32",
             "regsvr32", "mshta", "cscript", "wscript", "type ",
         ],
-        r"\bcmd(?:\.exe)?\s*/[ckr]\b|%(?:systemroot|comspec|windir|userprofile|temp|appdata|programfiles|path|username|computername|os)%|\bfor\s+/[fldr]\b|\bfor\s+(?:/[fldr]\s+)?%{1,2}\S+\s+in\s*\(|\bif\s+(?:/i\s+)?(?:not\s+)?(?:defined|exist|errorlevel)\b|\bif\s+\S.{0,60}==.{0,60}\b(?:echo|do|goto|call|set)\b|\bif\s*/i\b|\bif\s+(?:/i\s+)?(?:not\s+)?\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s+\S+|\)\s*do\s+(?:cmd|echo|call|set|start)\b|\b(?:rundll32|regsvr32|mshta|cscript|wscript)(?:\.exe)?\b|\bwmic\s+(?:process|os|useraccount|shadowcopy)\b|\breg\s+(?:add|query|delete)\s+hk|\bnet\s+(?:user|localgroup|share|use|view)\b|\btype\s+[a-z]:\\|\b(?:regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown)\b(?:\.exe)?\s+/?\w|\bsc\s+(?:create|config|start|stop)\s|\bschtasks\s+/|\bcipher\s+/w",
+        r"\bcmd(?:\.exe)?\s*/[ckr]\b|%(?:systemroot|comspec|windir|userprofile|temp|appdata|programfiles|path|username|computername|os)%|\bfor\s+/[fldr]\b|\bfor\s+(?:/[fldr]\s+)?%{1,2}\S+\s+in\s*\(|\bif\s+(?:/i\s+)?(?:not\s+)?(?:defined|exist|errorlevel)\b|\bif\s+\S.{0,60}==.{0,60}\b(?:echo|do|goto|call|set)\b|\bif\s*/i\b|\bif\s+(?:not\s+)?%\d|\bif\s+(?:/i\s+)?(?:not\s+)?\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s+\S+|\)\s*do\s+(?:cmd|echo|call|set|start)\b|\b(?:rundll32|regsvr32|mshta|cscript|wscript)(?:\.exe)?\b|\bwmic\s+(?:process|os|useraccount|shadowcopy)\b|\breg\s+(?:add|query|delete)\s+hk|\bnet\s+(?:user|localgroup|share|use|view)\b|\btype\s+[a-z]:\\|\b(?:regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown)\b(?:\.exe)?\s+/?\w|\bsc\s+(?:create|config|start|stop)\s|\bschtasks\s+/|\bcipher\s+/w",
     ),
     r(
         "cmd-shell-expansion",
@@ -151,6 +151,13 @@ pub static RULES: &[Rule] = &[
             cmds!(),
             r"\b"
         ),
+    ),
+    r(
+        "cmd-glob-system-path",
+        CommandInjection,
+        4,
+        &["?", "*"],
+        r"/(?:e[?*]c|e\*|[?*]tc|et[?*]|e[?*]{2}|[?*]{3})/|(?:pa[?*]{2}wd|[?*]asswd|p[?*]sswd|/\*wd|passw[?*]|sha[?*]ow)",
     ),
     r(
         "cmd-shellshock",
