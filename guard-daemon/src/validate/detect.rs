@@ -182,16 +182,20 @@ impl Detector {
                 wanted[i / 64] |= 1 << (i % 64);
             }
         }
-        for (i, rule) in self.rules.iter().enumerate() {
-            if wanted[i / 64] & (1 << (i % 64)) == 0
-                || acc.has(rule.id)
-                || !applies(rule, item.origin)
-            {
-                continue;
-            }
-            if let Some(m) = self.regexes[i].find(text.as_bytes()) {
-                let fragment = String::from_utf8_lossy(m.as_bytes());
-                acc.add(rule.category, rule.id, rule.weight, &item.field, &fragment);
+        // Visit only the selected rules, in table order.
+        for (word_index, &word) in wanted.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let i = word_index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let rule = self.rules[i];
+                if acc.has(rule.id) || !applies(rule, item.origin) {
+                    continue;
+                }
+                if let Some(m) = self.regexes[i].find(text.as_bytes()) {
+                    let fragment = String::from_utf8_lossy(m.as_bytes());
+                    acc.add(rule.category, rule.id, rule.weight, &item.field, &fragment);
+                }
             }
         }
     }

@@ -86,6 +86,30 @@ pub fn fragment(text: &str) -> Option<&str> {
     if text.len() > 200 || text.contains(['{', '}']) {
         return None;
     }
+    // Cheap first pass: without two operators there is nothing to weigh.
+    let operators = text
+        .bytes()
+        .filter(|b| {
+            matches!(
+                b,
+                b'=' | b'<'
+                    | b'>'
+                    | b'!'
+                    | b'|'
+                    | b'&'
+                    | b'('
+                    | b')'
+                    | b';'
+                    | b'@'
+                    | b'#'
+                    | b'~'
+                    | b'^'
+            )
+        })
+        .count();
+    if operators < 2 {
+        return None;
+    }
     let (mut keywords, mut ops, mut quotes, mut other) = (0u32, 0u32, 0u32, 0u32);
     let bytes = text.as_bytes();
     let mut i = 0;
