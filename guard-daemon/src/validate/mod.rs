@@ -180,7 +180,7 @@ impl Validator {
         );
         // Enough evidence ends the inspection early: a hostile request stuffed with payloads
         // costs no more than the first few of them.
-        let enough = self.config.block_threshold.saturating_mul(3);
+        let enough = self.config.block_threshold.saturating_mul(4);
         for item in &items {
             if acc.score() >= enough {
                 break;
