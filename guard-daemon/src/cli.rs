@@ -45,6 +45,8 @@ pub enum Command {
     Status(JsonFlag),
     /// Query the request log.
     Logs(LogsArgs),
+    /// Run the request validator on one request or a file of cases (no daemon needed).
+    Inspect(crate::validate::cli::InspectArgs),
     /// AI triage set-up.
     Ai {
         #[command(subcommand)]
@@ -174,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(f) => status(f.json, &socket_path(socket)),
         Command::Logs(args) => logs(args, &socket_path(socket)),
         Command::Ai { command } => crate::ai::cli::run(command),
+        Command::Inspect(args) => crate::validate::cli::run(&args),
     }
 }
 

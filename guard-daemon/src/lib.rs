@@ -11,4 +11,5 @@ pub mod net;
 pub mod pipeline;
 pub mod store;
 pub mod tap;
+pub mod validate;
 pub mod xdp;

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: what cargo cannot do alone — set up the eBPF toolchain, build the eBPF
 //! objects into a known place, run guard as root, run every test (unit, `BPF_PROG_TEST_RUN`,
 //! namespace end-to-end) and the benchmarks.
+mod eval;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Measure the request validator on the CRS corpus and the benign set.
+    Eval(eval::EvalArgs),
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
     Bench { what: String },
 }
@@ -171,6 +174,11 @@ fn main() -> anyhow::Result<()> {
             run(c.args(&full), "guard run")
         }
         Task::Test { filter } => test(filter.as_deref()),
+        Task::Eval(args) => {
+            // guard embeds the eBPF object: build it before eval builds guard.
+            build_ebpf()?;
+            eval::run(&args)
+        }
         Task::Bench { what } => match what.as_str() {
             "xdp" => bench_xdp(),
             "tap" => bench_tap(),

@@ -1,0 +1,377 @@
+//! Request-level protocol checks: what is wrong with the request's shape rather than with one
+//! value — methods outside the allowed list, request-smuggling header combinations, abusive Range
+//! headers, charsets used to hide payloads (UTF-7), and session identifiers planted from another
+//! site (session fixation).
+
+use super::detect::Accumulator;
+use super::{Category, Request, ValidatorConfig};
+
+/// Query parameters that carry a session identifier.
+const SESSION_PARAMS: &[&str] = &[
+    "jsessionid",
+    "phpsessid",
+    "aspsessionid",
+    "asp.net_sessionid",
+    "sessionid",
+    "session_id",
+    "sessid",
+    "sid",
+    "jservsession",
+    "cfid",
+    "cftoken",
+    "cakephp",
+    "laravel_session",
+    "_rails_session",
+    "connect.sid",
+    "_session_id",
+];
+
+/// Runs every request-level check.
+pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator) {
+    let p = Category::Protocol;
+    if !config
+        .allowed_methods
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(req.method))
+    {
+        acc.add(p, "proto-method", 5, "method", req.method);
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    if let Some(cl) = header("content-length")
+        && (cl.trim().is_empty() || !cl.trim().bytes().all(|b| b.is_ascii_digit()))
+    {
+        acc.add(p, "proto-content-length", 5, "header:Content-Length", cl);
+    }
+    if let Some(te) = header("transfer-encoding") {
+        if header("content-length").is_some() {
+            acc.add(p, "proto-smuggling", 5, "header:Transfer-Encoding", te);
+        } else if !matches!(
+            te.trim().to_ascii_lowercase().as_str(),
+            "chunked" | "identity"
+        ) {
+            acc.add(
+                p,
+                "proto-transfer-encoding",
+                4,
+                "header:Transfer-Encoding",
+                te,
+            );
+        }
+    }
+    content_type(req, config, header("transfer-encoding"), acc);
+    host(header("host"), acc);
+    if req.path.contains('#') {
+        // Browsers never send the fragment.
+        acc.add(p, "proto-fragment-in-path", 3, "path", req.path);
+    }
+    if let Some(rr) = header("request-range") {
+        // Obsolete since HTTP/1.1; only range-abuse tools still send it.
+        acc.add(p, "proto-request-range", 4, "header:Request-Range", rr);
+    }
+    method_override(req, &header, acc);
+    for name in ["range", "request-range"] {
+        if let Some(range) = header(name) {
+            let lower = range.trim().to_ascii_lowercase();
+            let field = if name == "range" {
+                "header:Range"
+            } else {
+                "header:Request-Range"
+            };
+            if !lower.starts_with("bytes=") {
+                acc.add(p, "proto-range-unit", 4, field, range);
+            } else if lower.split(',').count() > 10 {
+                acc.add(p, "proto-range-many", 5, field, range);
+            }
+        }
+    }
+    charset(req, acc);
+    session_fixation(req, header("referer"), header("host"), acc);
+}
+
+/// Method overrides (`_method=`, `X-HTTP-Method-Override`) smuggle a method past method checks.
+fn method_override<'a>(
+    req: &Request<'a>,
+    header: &dyn Fn(&str) -> Option<&'a str>,
+    acc: &mut Accumulator,
+) {
+    let from_query = req
+        .query
+        .split('&')
+        .find_map(|p| p.strip_prefix("_method="))
+        .map(|m| ("query:_method", m));
+    let from_header = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .find_map(|h| header(h).map(|m| ("header:X-HTTP-Method-Override", m)));
+    if let Some((field, m)) = from_query.or(from_header) {
+        let dangerous = ["trace", "track", "connect", "debug"]
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(m.trim()));
+        let weight = if dangerous { 5 } else { 3 };
+        acc.add(
+            Category::Protocol,
+            "proto-method-override",
+            weight,
+            field,
+            m,
+        );
+    }
+}
+
+/// Bodies where none belongs (GET, HEAD) and media types the application does not accept.
+fn content_type(
+    req: &Request<'_>,
+    config: &ValidatorConfig,
+    transfer_encoding: Option<&str>,
+    acc: &mut Accumulator,
+) {
+    let bodyless = ["GET", "HEAD"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(req.method));
+    if bodyless && (!req.body.is_empty() || transfer_encoding.is_some()) {
+        acc.add(
+            Category::Protocol,
+            "proto-body-without-method",
+            4,
+            "body",
+            req.method,
+        );
+    }
+    if req.body.is_empty() {
+        return;
+    }
+    let Some(ct) = req.content_type else {
+        return;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let allowed = media.ends_with("+json")
+        || media.ends_with("+xml")
+        || config
+            .allowed_content_types
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&media));
+    if !allowed {
+        acc.add(
+            Category::Protocol,
+            "proto-content-type",
+            3,
+            "header:Content-Type",
+            ct,
+        );
+    }
+}
+
+/// A missing, empty or numeric Host: clients that name the site send its name.
+fn host(host: Option<&str>, acc: &mut Accumulator) {
+    let p = Category::Protocol;
+    match host.map(str::trim) {
+        None | Some("") => acc.add(p, "proto-host-missing", 3, "header:Host", ""),
+        Some(h) => {
+            let name = h.rsplit_once(':').map_or(h, |(n, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    n
+                } else {
+                    h
+                }
+            });
+            let numeric = name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok();
+            if numeric {
+                acc.add(p, "proto-host-ip", 3, "header:Host", h);
+            } else if h.bytes().any(|b| b.is_ascii_control() || b == b'%') {
+                acc.add(p, "proto-host-invalid", 4, "header:Host", h);
+            }
+        }
+    }
+}
+
+/// Charsets that let a payload hide from byte-level inspection.
+fn charset(req: &Request<'_>, acc: &mut Accumulator) {
+    let bad = |s: &str| {
+        let l = s.to_ascii_lowercase();
+        [
+            "utf-7", "utf7", "utf-32", "ibm037", "ibm500", "cp1026", "cp875",
+        ]
+        .iter()
+        .any(|c| l.contains(&format!("charset={c}")) || l.contains(&format!("charset=\"{c}")))
+    };
+    if let Some(ct) = req.content_type {
+        let lower = ct.to_ascii_lowercase();
+        let declared = lower
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("charset="))
+            .map(|c| c.trim().trim_matches(['"', '\'']));
+        let known = declared.is_none_or(|c| {
+            [
+                "utf-8",
+                "utf8",
+                "iso-8859-1",
+                "iso-8859-15",
+                "us-ascii",
+                "windows-1252",
+                "latin1",
+            ]
+            .contains(&c)
+        });
+        if bad(ct) {
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                5,
+                "header:Content-Type",
+                ct,
+            );
+        } else if !known {
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                4,
+                "header:Content-Type",
+                ct,
+            );
+        }
+    }
+    if req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains("multipart/"))
+    {
+        let head = String::from_utf8_lossy(&req.body[..req.body.len().min(64 * 1024)]);
+        // Browsers send a `_charset_` field naming the form's charset; only an evasive one counts.
+        let lower = head.to_ascii_lowercase();
+        let charset_field = lower.find("name=\"_charset_\"").is_some_and(|at| {
+            let after = &lower[at..lower.len().min(at + 120)];
+            ["utf-7", "utf7", "utf-32", "ibm0", "ibm5", "cp10", "cp87"]
+                .iter()
+                .any(|c| after.contains(c))
+        });
+        if bad(&head) || charset_field {
+            acc.add(
+                Category::Protocol,
+                "proto-charset",
+                5,
+                "body",
+                "multipart part charset",
+            );
+        }
+        multipart_names(&head, acc);
+    }
+}
+
+/// Multipart field and file names with quotes, `;` or `=` inside: parser-confusion evasions.
+fn multipart_names(body: &str, acc: &mut Accumulator) {
+    for line in body.lines() {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("content-disposition") {
+            continue;
+        }
+        for key in ["name=\"", "filename=\""] {
+            let mut from = 0;
+            while let Some(pos) = lower[from..].find(key) {
+                let start = from + pos + key.len();
+                let rest = &line[start..];
+                let end = rest.find('"').unwrap_or(rest.len());
+                // Character references (`&aring;`) are not separators.
+                let value = strip_entities(&rest[..end]);
+                if value.contains([';', '\'', '\\']) || rest[end..].starts_with("\"\"") {
+                    acc.add(Category::Protocol, "proto-multipart-name", 4, "body", line);
+                    return;
+                }
+                from = start;
+            }
+        }
+    }
+}
+
+/// `value` without HTML character references.
+fn strip_entities(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let name = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'#')
+            .count();
+        if name > 0 && after.as_bytes().get(name) == Some(&b';') {
+            rest = &after[name + 1..];
+        } else {
+            out.push('&');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether a parameter name carries a session identifier.
+fn session_name(name: &str) -> bool {
+    SESSION_PARAMS.contains(&name)
+        || name.contains("sess")
+        || name.ends_with("sid")
+        || name.ends_with("session-token")
+        || name.ends_with("session_token")
+}
+
+/// A session identifier in the query string, arriving from another site: session fixation.
+fn session_fixation(
+    req: &Request<'_>,
+    referer: Option<&str>,
+    host: Option<&str>,
+    acc: &mut Accumulator,
+) {
+    let form = req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
+    let body = if form {
+        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
+    } else {
+        ""
+    };
+    let Some(name) = req
+        .query
+        .split('&')
+        .chain(body.split('&'))
+        .find_map(|pair| {
+            let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
+            session_name(&name).then_some(name)
+        })
+    else {
+        return;
+    };
+    let ref_host = referer.and_then(|r| r.split("://").nth(1)).map(|r| {
+        r.split(['/', '?', '#'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    });
+    let own = host.map(str::to_ascii_lowercase);
+    if let Some(rh) = ref_host
+        && own.as_deref() != Some(rh.as_str())
+    {
+        acc.add(
+            Category::Protocol,
+            "proto-session-fixation",
+            5,
+            &format!("query:{name}"),
+            &format!("session id from {rh}"),
+        );
+    }
+}
