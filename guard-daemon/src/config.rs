@@ -223,10 +223,10 @@ impl Config {
             return invalid("tap.http_ports", "port 0 is not a port");
         }
         // No ports means no capture; otherwise the tap's own bounds must make sense.
-        if !self.tap.http_ports.is_empty() {
-            if let Err(e) = self.tap.validate() {
-                return invalid("tap", &e.to_string());
-            }
+        if !self.tap.http_ports.is_empty()
+            && let Err(e) = self.tap.validate()
+        {
+            return invalid("tap", &e.to_string());
         }
         for name in &self.xdp.interfaces {
             if name.is_empty() || name.len() > 15 || name.contains('/') {

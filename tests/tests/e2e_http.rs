@@ -58,6 +58,10 @@ fn request(path: &str) -> Vec<u8> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: every kind of request, then one check of the whole log"
+)]
 fn logs_show_exactly_the_requests_made() -> anyhow::Result<()> {
     require_root!();
     let (link, d, dst) = setup("")?;

@@ -245,7 +245,7 @@ fn hot_ban_cache_counts_every_drop_and_follows_the_generation() -> anyhow::Resul
     assert_eq!(l.stat(STAT_DROP_BAN_EXACT), 150);
     let m: HashMap<&MapData, u32, BanEntry> = HashMap::try_from(l.ebpf.map(MAP_BANS_V4).unwrap())?;
     let flushed = m.get(&u32::from_ne_bytes(A.octets()), 0)?.packets;
-    assert!(flushed >= HOT_FLUSH && flushed < 150, "flushed {flushed}");
+    assert!((HOT_FLUSH..150).contains(&flushed), "flushed {flushed}");
     // The daemon removes the ban and bumps the generation: the cached verdict is gone.
     {
         let mut m: HashMap<&mut MapData, u32, BanEntry> =
