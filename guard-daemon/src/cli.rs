@@ -45,6 +45,9 @@ pub enum Command {
     Status(JsonFlag),
     /// Query the request log.
     Logs(LogsArgs),
+    /// The HTTP tap.
+    #[command(subcommand)]
+    Tap(TapCommand),
     /// Run the request validator on one request or a file of cases (no daemon needed).
     Inspect(crate::validate::cli::InspectArgs),
     /// AI triage set-up.
@@ -52,6 +55,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::ai::cli::AiCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TapCommand {
+    /// Show the protected HTTP ports, or replace them (takes effect at once).
+    Ports { ports: Vec<u16> },
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +184,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(f) => stats(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
         Command::Logs(args) => logs(args, &socket_path(socket)),
+        Command::Tap(TapCommand::Ports { ports }) => {
+            let ports = (!ports.is_empty()).then_some(ports);
+            let now = control::call(&socket_path(socket), &Request::TapPorts { ports })?;
+            println!("HTTP tap ports: {now}");
+            Ok(())
+        }
         Command::Ai { command } => crate::ai::cli::run(command),
         Command::Inspect(args) => crate::validate::cli::run(&args),
     }

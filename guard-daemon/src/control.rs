@@ -59,6 +59,10 @@ pub enum Request {
     Stats,
     Status,
     Logs(LogsRequest),
+    /// Reads (`None`) or replaces the protected HTTP ports of the running tap.
+    TapPorts {
+        ports: Option<Vec<u16>>,
+    },
 }
 
 /// Filters of `guard logs` as sent over the socket (see `store::logs::LogQuery`).

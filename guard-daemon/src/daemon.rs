@@ -345,8 +345,31 @@ fn handle(shared: &Shared, req: Request) -> Response {
         Request::Stats => Ok(stats(shared)),
         Request::Status => Ok(status(shared)),
         Request::Logs(q) => return logs(shared, q),
+        Request::TapPorts { ports } => return tap_ports(shared, ports),
     };
     result.unwrap_or_else(Response::err)
+}
+
+fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
+    let pipeline = shared
+        .pipeline
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let Some(p) = pipeline.as_ref() else {
+        return Response::err(
+            "the HTTP tap is not running (tap.http_ports was empty at start, or capture failed)",
+        );
+    };
+    if let Some(ports) = ports {
+        if ports.is_empty() || ports.contains(&0) {
+            return Response::err("give at least one port, none of them 0");
+        }
+        if let Err(e) = p.set_ports(shared.bans().xdp_mut(), &ports) {
+            return Response::err(e);
+        }
+        info!(?ports, "HTTP tap ports changed");
+    }
+    Response::ok(p.ports())
 }
 
 fn logs(shared: &Shared, q: LogsRequest) -> Response {

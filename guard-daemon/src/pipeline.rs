@@ -1,7 +1,7 @@
 //! The HTTP observation pipeline: one thread per guarded interface reads the capture ring,
 //! feeds the tap (reassembly, HTTP parsing, pairing) and hands each finished request to the
 //! batching log writer — never blocking on it: a record that does not fit is counted and dropped.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct PipelineStats {
 /// The running pipeline threads.
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
+    /// Ports the threads should use, and a version bumped on each change.
+    ports: Arc<(Mutex<Vec<u16>>, AtomicU64)>,
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<Mutex<PipelineStats>>>,
 }
@@ -45,6 +47,7 @@ impl Pipeline {
                 source: std::io::Error::other(e.to_string()),
             })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let ports = Arc::new((Mutex::new(config.http_ports.clone()), AtomicU64::new(0)));
         let mut threads = Vec::new();
         let mut all_stats = Vec::new();
         for iface in interfaces {
@@ -65,6 +68,7 @@ impl Pipeline {
                 config.clone(),
             );
             let name = iface.clone();
+            let ports2 = Arc::clone(&ports);
             let thread = std::thread::Builder::new()
                 .name(format!("guard-tap-{iface}"))
                 .spawn(move || {
@@ -75,6 +79,7 @@ impl Pipeline {
                         &stats2,
                         &writer,
                         &name,
+                        &ports2,
                     );
                 })
                 .map_err(|source| CaptureError::Sys {
@@ -87,9 +92,28 @@ impl Pipeline {
         }
         Ok(Self {
             stop,
+            ports,
             threads,
             stats: all_stats,
         })
+    }
+
+    /// The protected ports now.
+    #[must_use]
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the protected ports: the kernel filter (through `xdp`) and every thread's tap.
+    pub fn set_ports(&self, xdp: &mut Xdp, ports: &[u16]) -> Result<(), crate::xdp::XdpError> {
+        xdp.set_tap_ports(ports)?;
+        *self.ports.0.lock().unwrap_or_else(PoisonError::into_inner) = ports.to_vec();
+        self.ports.1.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     /// A snapshot of every interface's counters.
@@ -123,7 +147,14 @@ fn run(
     stats: &Mutex<PipelineStats>,
     writer: &LogWriter,
     iface: &str,
+    ports: &(Mutex<Vec<u16>>, AtomicU64),
 ) {
+    let mut ports_seen = 0;
+    let mut known_ports = ports
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let mut out: Vec<RequestEvent> = Vec::new();
     let mut requests = 0u64;
     let mut last_tick = Instant::now();
@@ -136,6 +167,25 @@ fn run(
     };
     while !stop.load(Ordering::Relaxed) {
         let polled = capture.poll(Duration::from_millis(100), |ts, frame| {
+            // Checked per packet: the first segments on a newly protected port may already be
+            // in the batch that was being waited for when the ports changed. The tap keeps every
+            // port protected so far: the kernel filter alone decides what is captured, and
+            // segments of a just-removed port captured before the change still parse.
+            let version = ports.1.load(Ordering::Acquire);
+            if version != ports_seen {
+                ports_seen = version;
+                for p in ports
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                {
+                    if !known_ports.contains(p) {
+                        known_ports.push(*p);
+                    }
+                }
+                tap.set_http_ports(&known_ports);
+            }
             tap.on_frame(Duration::from_nanos(ts), frame, &mut out);
         });
         if let Err(e) = polled {

@@ -311,3 +311,46 @@ fn malformed_input_never_stalls_and_is_counted() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn protected_ports_change_at_run_time() -> anyhow::Result<()> {
+    require_root!();
+    let (link, d, dst) = setup("")?;
+    start_server(&link.near, 8081)?;
+    let other = SocketAddr::new(link.near_v4, 8081);
+    let get = |to: SocketAddr, path: &'static str| {
+        Client::with(&link.far, to, move |c| {
+            c.send(&request(path))?;
+            c.responses(1)
+        })
+    };
+    assert_eq!(get(dst, "/before/8080")?, [200]);
+    assert_eq!(get(other, "/before/8081")?, [200]);
+    let out = d
+        .cli(&["tap", "ports", "8081"])
+        .map_err(anyhow::Error::msg)?;
+    assert!(out.contains("8081") && !out.contains("8080"), "{out}");
+    assert_eq!(get(dst, "/after/8080")?, [200]);
+    assert_eq!(get(other, "/after/8081")?, [200]);
+    assert!(
+        wait_until(Duration::from_secs(5), || logs(&d)
+            .iter()
+            .any(|r| r["path"] == "/after/8081"))
+        .is_some(),
+        "not logged after the change: {:?} {}",
+        d.json(&["stats"]).map(|s| s["tap"].clone()),
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let paths: Vec<String> = logs(&d)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/before/8080", "/after/8081"],
+        "only the protected port at each moment is logged"
+    );
+    assert!(d.cli(&["tap", "ports", "0"]).is_err(), "port 0 refused");
+    Ok(())
+}

@@ -195,6 +195,11 @@ pub struct Tap {
 }
 
 impl Tap {
+    /// Changes the protected HTTP ports at run time; flows already tracked continue.
+    pub fn set_http_ports(&mut self, ports: &[u16]) {
+        self.settings.http_ports = ports.to_vec();
+    }
+
     #[must_use]
     pub fn new(config: &TapConfig) -> Self {
         let settings = Settings {
