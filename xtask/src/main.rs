@@ -4,6 +4,8 @@
 mod eval;
 mod setup;
 
+use setup::{is_root, run};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,27 +55,10 @@ fn step(msg: &str) {
     eprintln!("[xtask] {msg}");
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 fn cargo() -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root());
     c
-}
-
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("{what}: cannot start"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
 }
 
 /// Directory the eBPF objects are copied to; `.cargo/config.toml` points `GUARD_EBPF_DIR` here.
@@ -273,28 +258,28 @@ fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds a benchmark binary of guard-tests in release and runs it as root, with `GUARD_BIN`
+/// pointing at the release guard.
+fn run_bench_bin(name: &str) -> anyhow::Result<()> {
+    step(&format!("building {name} (release)"));
+    run(
+        cargo().args(["build", "--release", "-p", "guard-tests", "--bin", name]),
+        &format!("building {name}"),
+    )?;
+    run(
+        Command::new(root().join("target/release").join(name))
+            .env("GUARD_BIN", root().join("target/release/guard")),
+        name,
+    )
+}
+
 fn bench_xdp() -> anyhow::Result<()> {
     if as_root(&["bench", "xdp"])? {
         return Ok(());
     }
     setup::test_tools()?;
     build_ebpf()?;
-    step("building the XDP benchmark (release)");
-    run(
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "guard-tests",
-            "--bin",
-            "xdp-bench",
-        ]),
-        "building xdp-bench",
-    )?;
-    run(
-        &mut Command::new(root().join("target/release/xdp-bench")),
-        "xdp-bench",
-    )
+    run_bench_bin("xdp-bench")
 }
 
 fn bench_tap() -> anyhow::Result<()> {
@@ -309,20 +294,5 @@ fn bench_tap() -> anyhow::Result<()> {
         "tap throughput benchmark",
     )?;
     step("tap under 10,000 requests/s across namespaces");
-    run(
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "guard-tests",
-            "--bin",
-            "tap-load",
-        ]),
-        "building tap-load",
-    )?;
-    run(
-        Command::new(root().join("target/release/tap-load"))
-            .env("GUARD_BIN", root().join("target/release/guard")),
-        "tap-load",
-    )
+    run_bench_bin("tap-load")
 }

@@ -78,7 +78,8 @@ fn say(msg: &str) {
     eprintln!("[setup] {msg}");
 }
 
-fn is_root() -> bool {
+/// True when running as root.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -101,7 +102,8 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+/// Runs a command to completion, failing with `what` if it does not succeed.
+pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("{what}: cannot start"))?;
