@@ -1,0 +1,150 @@
+//! What the rules look for in a request: the path decoded the way a server would read it,
+//! prefix and substring lists, static assets, trailing numeric ids, traversal sequences.
+use std::borrow::Cow;
+
+/// Percent-decoding passes: a double- or triple-encoded `%252e%252e%252f` still decodes to `../`.
+const DECODE_PASSES: usize = 3;
+
+/// The path (or query) percent-decoded up to [`DECODE_PASSES`] times, `+` left alone,
+/// backslashes turned into slashes, repeated slashes collapsed and lower-cased; bytes that are
+/// not UTF-8 are replaced.
+#[must_use]
+pub fn normalise(raw: &str) -> String {
+    let mut bytes: Cow<'_, [u8]> = Cow::Borrowed(raw.as_bytes());
+    for _ in 0..DECODE_PASSES {
+        if !bytes.contains(&b'%') {
+            break;
+        }
+        let decoded = percent_decode(&bytes);
+        if decoded.len() == bytes.len() {
+            break;
+        }
+        bytes = Cow::Owned(decoded);
+    }
+    let mut out = String::with_capacity(bytes.len());
+    let mut last_slash = false;
+    for c in String::from_utf8_lossy(&bytes).chars() {
+        let c = if c == '\\' {
+            '/'
+        } else {
+            c.to_ascii_lowercase()
+        };
+        if c == '/' && last_slash {
+            continue;
+        }
+        last_slash = c == '/';
+        out.push(c);
+    }
+    out
+}
+
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                input.get(i + 1).and_then(|b| hex(*b)),
+                input.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// True if `path` is `prefix` or continues it with a new segment or an extension
+/// (`/admin`, `/admin/users`, `/admin.php` for `/admin`; not `/administrators`).
+#[must_use]
+pub fn has_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '.', ';']))
+}
+
+/// True if any of `prefixes` matches `path` (see [`has_prefix`]).
+#[must_use]
+pub fn any_prefix(path: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| has_prefix(path, p))
+}
+
+/// True if `text` contains any of `needles`.
+#[must_use]
+pub fn any_substring(text: &str, needles: &[String]) -> bool {
+    needles
+        .iter()
+        .any(|n| !n.is_empty() && text.contains(n.as_str()))
+}
+
+/// True if the last segment of `path` ends in one of `extensions` (given without the dot).
+#[must_use]
+pub fn is_static(path: &str, extensions: &[String]) -> bool {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    last.rsplit_once('.')
+        .is_some_and(|(_, ext)| extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
+/// Sequences that walk out of the document root or name files outside it, in a normalised
+/// (decoded, slash-folded, lower-case) path or query.
+const TRAVERSAL: &[&str] = &[
+    "../",
+    "/..;/",
+    "/etc/passwd",
+    "/etc/shadow",
+    "/proc/self/",
+    "c:/windows/",
+    "win.ini",
+    "boot.ini",
+    "..\u{fffd}",
+];
+
+/// True if the normalised path or query tries a path traversal. A path ending in `/..` counts
+/// too; overlong UTF-8 slashes (`%c0%af`) decode to replacement characters and are caught.
+#[must_use]
+pub fn is_traversal(path: &str, query: &str) -> bool {
+    let hit = |s: &str| TRAVERSAL.iter().any(|t| s.contains(t)) || s.ends_with("/..");
+    hit(path) || hit(query) || query.starts_with("..")
+}
+
+/// The number a path ends in (`/users/42`, `/users/42/`), as the seed's `(\d+)$`, with the
+/// prefix before it. Numbers longer than 18 digits are not ids.
+#[must_use]
+pub fn trailing_id(path: &str) -> Option<(&str, u64)> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let start = trimmed
+        .bytes()
+        .rposition(|b| !b.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let digits = &trimmed[start..];
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    Some((&trimmed[..start], digits.parse().ok()?))
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+#[must_use]
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
