@@ -231,7 +231,7 @@ impl Default for Weights {
 
 /// `[engine.scenarios]`: probing scenarios of the `CrowdSec` kind, each banning directly. The
 /// counted ones are leaky buckets: each hit adds one, one leaks out every `*_leak`, and the
-/// client is banned when the level reaches `*_hits`.
+/// client is banned when the level reaches `*_hits`. Leaks count in whole seconds.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScenarioConfig {
@@ -457,8 +457,8 @@ impl EngineConfig {
                 self.bans.strike_leak,
             ),
         ] {
-            if hits > 0 && leak.is_zero() {
-                return bad(key, "must be more than 0s");
+            if hits > 0 && leak < Duration::from_secs(1) {
+                return bad(key, "at least 1s");
             }
         }
         if s.probing_window.is_zero() || s.probing_window > Duration::from_hours(1) {

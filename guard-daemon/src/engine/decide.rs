@@ -202,8 +202,8 @@ impl Core {
             if hits == 0 {
                 return;
             }
-            let level = bucket.hit(t, leak.as_secs_f32());
-            if level >= hits as f32 && found.is_none() {
+            let level = bucket.hit(t, secs(leak));
+            if level >= hits && found.is_none() {
                 bucket.reset();
                 found = Some(Finding {
                     rule,
@@ -369,8 +369,8 @@ impl Core {
         self.hit(found.rule);
         let strikes = self.cfg.bans.block_strikes;
         if strikes > 0 {
-            let level = st.strikes.hit(t, self.cfg.bans.strike_leak.as_secs_f32());
-            if level >= strikes as f32 {
+            let level = st.strikes.hit(t, secs(self.cfg.bans.strike_leak));
+            if level >= strikes {
                 self.hit(Rule::RepeatedBlocks);
                 let reason = format!("{strikes} blocked requests, the last: {}", found.reason);
                 let extra =

@@ -52,32 +52,33 @@ impl<const N: usize> Buckets<N> {
     }
 }
 
-/// A leaky bucket: each hit adds one, one leaks out per `leak` seconds.
+/// A leaky bucket: each hit adds one, one leaks out every `leak` whole seconds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Leaky {
-    level: f32,
+    level: u32,
+    /// When the next leak is counted from.
     at: u32,
 }
 
 impl Leaky {
     /// Adds a hit at `t` and returns the level after it.
-    pub fn hit(&mut self, t: u32, leak_secs: f32) -> f32 {
-        self.drain(t, leak_secs);
-        self.level += 1.0;
-        self.level
-    }
-
-    fn drain(&mut self, t: u32, leak_secs: f32) {
-        if t > self.at {
-            let leaked = (t - self.at) as f32 / leak_secs.max(0.001);
-            self.level = (self.level - leaked).max(0.0);
+    pub fn hit(&mut self, t: u32, leak_secs: u32) -> u32 {
+        let leak = leak_secs.max(1);
+        if self.level > 0 && t > self.at {
+            let leaked = (t - self.at) / leak;
+            self.level = self.level.saturating_sub(leaked);
+            self.at += leaked * leak;
+        }
+        if self.level == 0 {
             self.at = t;
         }
+        self.level += 1;
+        self.level
     }
 
     /// Empties the bucket (after it made a ban).
     pub fn reset(&mut self) {
-        self.level = 0.0;
+        self.level = 0;
     }
 }
 
@@ -133,7 +134,7 @@ impl Ring {
 
     /// Entries newer than `window` seconds before `t`, oldest first.
     pub fn within(&self, t: u32, window: u32) -> impl DoubleEndedIterator<Item = &Entry> {
-        self.iter().filter(move |e| e.t + window > t)
+        self.iter().filter(move |e| e.t.saturating_add(window) > t)
     }
 
     /// Distinct paths among the entries within `window` having all of `flags`.
@@ -295,7 +296,7 @@ impl ClientState {
     pub fn recent_paths(&self, t: u32, window: u32) -> Vec<String> {
         self.samples
             .iter()
-            .filter(|(at, _)| at + window > t)
+            .filter(|(at, _)| at.saturating_add(window) > t)
             .map(|(_, p)| p.to_string())
             .collect()
     }
