@@ -19,6 +19,7 @@ mod config;
 mod decide;
 mod offenders;
 pub mod patterns;
+mod score;
 mod state;
 mod table;
 

@@ -267,3 +267,10 @@ fn paths_are_decoded_like_a_server_would() {
     assert!(is_traversal("/x/..;/admin", ""));
     assert!(!is_traversal("/docs/v1.2/..notes", "q=a.b"));
 }
+
+#[test]
+fn the_example_file_documents_the_defaults() {
+    let text = include_str!("../../../guard.example.toml");
+    let c = crate::config::Config::parse(text, Path::new("guard.example.toml")).unwrap();
+    assert_eq!(c.engine, EngineConfig::default());
+}
