@@ -8,9 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::offenders::{PendingTriage, secs};
-use super::patterns::{
-    any_prefix, any_substring, cut, is_static, is_traversal, normalise, trailing_id,
-};
+use super::patterns::{any_prefix, cut, is_static, is_traversal, normalise, trailing_id};
 use super::state::{ClientState, Entry, HAS_ID, PROBE};
 use super::table::ClientKey;
 use super::{Core, Decision, Mode, Rule, ValidatorHint};
@@ -211,7 +209,7 @@ impl Core {
                 });
             }
         };
-        if any_substring(&f.path, &s.backdoors) {
+        if self.backdoors.is_match(&f.path) {
             charge(
                 &mut st.backdoor,
                 s.backdoor_hits,
@@ -227,7 +225,7 @@ impl Core {
                 Rule::Traversal,
             );
         }
-        if any_substring(&f.path, &s.sensitive_files) {
+        if self.sensitive_files.is_match(&f.path) {
             charge(
                 &mut st.sensitive,
                 s.sensitive_file_hits,

@@ -34,6 +34,7 @@ use crate::ai::{ClientBehaviour, Judgement};
 use crate::net::Net;
 use crate::tap::RequestEvent;
 use offenders::{Offenders, Pending, secs};
+use patterns::Matcher;
 use state::ClientState;
 use table::{ClientKey, Table};
 
@@ -200,6 +201,10 @@ struct Core {
     pending: Pending,
     stats: EngineStats,
     rule_hits: Vec<u64>,
+    /// `scenarios.backdoors`, `scenarios.sensitive_files`, `grey.suspicious_user_agents`.
+    backdoors: Matcher,
+    sensitive_files: Matcher,
+    user_agents: Matcher,
 }
 
 /// The engine. See the module documentation.
@@ -223,6 +228,9 @@ impl Engine {
                 pending: Pending::new(config.max_pending_triage),
                 stats: EngineStats::default(),
                 rule_hits: vec![0; Rule::ALL.len()],
+                backdoors: Matcher::new(&config.scenarios.backdoors, true),
+                sensitive_files: Matcher::new(&config.scenarios.sensitive_files, true),
+                user_agents: Matcher::new(&config.grey.suspicious_user_agents, true),
             },
             table: Table::new(config.max_clients),
         }

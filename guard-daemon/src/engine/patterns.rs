@@ -1,6 +1,7 @@
 //! What the rules look for in a request: the path decoded the way a server would read it,
 //! prefix and substring lists, static assets, trailing numeric ids, traversal sequences.
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 /// Percent-decoding passes: a double- or triple-encoded `%252e%252e%252f` still decodes to `../`.
 const DECODE_PASSES: usize = 3;
@@ -82,12 +83,83 @@ pub fn any_prefix(path: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|p| has_prefix(path, p))
 }
 
-/// True if `text` contains any of `needles`.
-#[must_use]
-pub fn any_substring(text: &str, needles: &[String]) -> bool {
-    needles
-        .iter()
-        .any(|n| !n.is_empty() && text.contains(n.as_str()))
+/// Many substrings searched in one pass over the text: a table with one bit per byte pair that
+/// starts a needle finds the candidates, which are then compared. Optionally ASCII
+/// case-insensitive.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    needles: Vec<Vec<u8>>,
+    /// One bit per byte pair (as a big-endian `u16`) that starts a needle of 2 bytes or more.
+    pairs: Box<[u64]>,
+    /// (first pair, needle index), sorted.
+    by_pair: Vec<(u16, usize)>,
+    /// Needles of one byte.
+    single: Vec<u8>,
+    ignore_case: bool,
+}
+
+impl Matcher {
+    #[must_use]
+    pub fn new<S: AsRef<str>>(needles: &[S], ignore_case: bool) -> Self {
+        let mut m = Self {
+            needles: Vec::new(),
+            pairs: vec![0u64; 1024].into_boxed_slice(),
+            by_pair: Vec::new(),
+            single: Vec::new(),
+            ignore_case,
+        };
+        for needle in needles {
+            let mut bytes = needle.as_ref().as_bytes().to_vec();
+            if ignore_case {
+                bytes.make_ascii_lowercase();
+            }
+            match bytes.len() {
+                0 => {}
+                1 => m.single.push(bytes[0]),
+                _ => {
+                    let pair = u16::from_be_bytes([bytes[0], bytes[1]]);
+                    m.pairs[usize::from(pair >> 6)] |= 1 << (pair & 63);
+                    m.by_pair.push((pair, m.needles.len()));
+                    m.needles.push(bytes);
+                }
+            }
+        }
+        m.by_pair.sort_unstable();
+        m
+    }
+
+    /// True if `text` contains any needle.
+    #[must_use]
+    pub fn is_match(&self, text: &str) -> bool {
+        let h = text.as_bytes();
+        let fold = |b: u8| {
+            if self.ignore_case {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            }
+        };
+        if !self.single.is_empty() && h.iter().any(|b| self.single.contains(&fold(*b))) {
+            return true;
+        }
+        for i in 0..h.len().saturating_sub(1) {
+            let pair = u16::from_be_bytes([fold(h[i]), fold(h[i + 1])]);
+            if self.pairs[usize::from(pair >> 6)] & (1 << (pair & 63)) == 0 {
+                continue;
+            }
+            let first = self.by_pair.partition_point(|(p, _)| *p < pair);
+            for &(_, n) in self.by_pair[first..].iter().take_while(|(p, _)| *p == pair) {
+                let needle = &self.needles[n];
+                if let Some(window) = h.get(i..i + needle.len())
+                    && (window == needle.as_slice()
+                        || (self.ignore_case && window.eq_ignore_ascii_case(needle)))
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
 /// True if the last segment of `path` ends in one of `extensions` (given without the dot).
@@ -116,7 +188,8 @@ const TRAVERSAL: &[&str] = &[
 /// too; overlong UTF-8 slashes (`%c0%af`) decode to replacement characters and are caught.
 #[must_use]
 pub fn is_traversal(path: &str, query: &str) -> bool {
-    let hit = |s: &str| TRAVERSAL.iter().any(|t| s.contains(t)) || s.ends_with("/..");
+    static MATCHER: LazyLock<Matcher> = LazyLock::new(|| Matcher::new(TRAVERSAL, false));
+    let hit = |s: &str| MATCHER.is_match(s) || s.ends_with("/..");
     hit(path) || hit(query) || query.starts_with("..")
 }
 

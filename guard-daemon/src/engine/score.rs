@@ -64,7 +64,7 @@ impl Core {
         let w = &g.weights;
         let mut rules = Vec::new();
         let ua = ev.headers.user_agent.as_deref().unwrap_or("");
-        if g.suspicious_user_agents.iter().any(|k| contains_ci(ua, k)) {
+        if self.user_agents.is_match(ua) {
             rules.push((Rule::SuspiciousUserAgent, w.suspicious_user_agent));
         }
         let n10 = st.req_10s.sum(t);
@@ -105,10 +105,4 @@ impl Core {
         let score = rules.iter().map(|(_, w)| w).sum();
         (score, rules.into_iter().map(|(r, _)| r).collect())
     }
-}
-
-/// Case-insensitive substring test for an ASCII needle (the keyword lists are ASCII).
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    !n.is_empty() && h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }

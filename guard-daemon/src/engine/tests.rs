@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::patterns::{has_prefix, is_static, is_traversal, normalise, trailing_id};
+use super::patterns::{Matcher, has_prefix, is_static, is_traversal, normalise, trailing_id};
 use super::{Decision, Engine, EngineConfig, EngineError, Mode, Rule};
 use crate::tap::{RequestEvent, RequestHeaders, UserId, UserSource};
 
@@ -273,4 +273,21 @@ fn the_example_file_documents_the_defaults() {
     let text = include_str!("../../../guard.example.toml");
     let c = crate::config::Config::parse(text, Path::new("guard.example.toml")).unwrap();
     assert_eq!(c.engine, EngineConfig::default());
+}
+
+#[test]
+fn matcher_finds_any_needle_in_one_pass() {
+    let m = Matcher::new(&["shell.php", "/.git/", "x", "", "b374k"], false);
+    assert!(m.is_match("/uploads/shell.php"));
+    assert!(m.is_match("/a/.git/config"));
+    assert!(m.is_match("/box"));
+    assert!(m.is_match("b374k"));
+    assert!(!m.is_match("/shell.ph"));
+    assert!(!m.is_match(""));
+    assert!(!m.is_match("/b374"));
+    let ua = Matcher::new(&["Python-Requests", "curl"], true);
+    assert!(ua.is_match("python-requests/2.31"));
+    assert!(ua.is_match("CURL/8"));
+    assert!(!ua.is_match("Mozilla/5.0 (X11; Linux x86_64)"));
+    assert!(!ua.is_match("cur"));
 }
