@@ -358,9 +358,9 @@ impl Engine {
         let mut stats = self.core.stats.clone();
         stats.clients = self.table.len() as u64;
         stats.offenders = self.core.offenders.len() as u64;
-        stats.offenders_evicted = self.core.offenders.evicted;
+        stats.offenders_evicted = self.core.offenders.evicted();
         stats.pending_triage = self.core.pending.len() as u64;
-        stats.pending_evicted = self.core.pending.evicted;
+        stats.pending_evicted = self.core.pending.evicted();
         stats.rules = Rule::ALL
             .iter()
             .zip(&self.core.rule_hits)

@@ -229,3 +229,30 @@ fn idle_clients_expire_but_banned_ones_stay() {
     sim.engine.expire(sim.now);
     assert_eq!(sim.engine.stats().clients, 1, "still banned: kept");
 }
+
+#[test]
+fn offender_memory_is_bounded() {
+    let cfg = EngineConfig {
+        bans: super::super::EngineBansConfig {
+            max_offenders: 3,
+            ..super::super::EngineBansConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(&cfg);
+    for i in 1..=5 {
+        assert!(is_ban(&probe_backdoors(&mut sim, &format!("192.0.2.{i}"))));
+    }
+    let stats = sim.engine.stats();
+    assert_eq!((stats.offenders, stats.offenders_evicted), (3, 2));
+    sim.advance(Duration::from_hours(2));
+    // The first two were forgotten: a first offence again. The fifth is remembered.
+    assert_eq!(
+        ttl_of(&probe_backdoors(&mut sim, "192.0.2.1")),
+        Duration::from_hours(1)
+    );
+    assert_eq!(
+        ttl_of(&probe_backdoors(&mut sim, "192.0.2.5")),
+        Duration::from_hours(4)
+    );
+}
