@@ -1,6 +1,7 @@
 //! The rules themselves: scenarios that ban, BLACK rules and validator blocks that block (and
 //! strike), the grace period, the GREY score that triages or blocks, and how bans are made
 //! (escalating duration, evidence, shadow mode).
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -26,10 +27,10 @@ const MAX_CATEGORY: usize = 64;
     clippy::struct_excessive_bools,
     reason = "independent facts about one request"
 )]
-pub(super) struct Facts {
+pub(super) struct Facts<'a> {
     /// Decoded, slash-folded, lower-case path.
-    pub(super) path: String,
-    pub(super) query: String,
+    pub(super) path: Cow<'a, str>,
+    pub(super) query: Cow<'a, str>,
     pub(super) is_static: bool,
     pub(super) authenticated: bool,
     pub(super) empty_user_agent: bool,
@@ -73,7 +74,7 @@ impl Core {
         }
     }
 
-    pub(super) fn facts(&self, ev: &RequestEvent) -> Facts {
+    pub(super) fn facts<'a>(&self, ev: &'a RequestEvent) -> Facts<'a> {
         let path = normalise(&ev.path);
         let is_static = is_static(&path, &self.cfg.static_extensions);
         let status = ev.status.unwrap_or(0);
@@ -99,7 +100,7 @@ impl Core {
     fn entry(&self, t: u32, f: &Facts) -> Entry {
         let mut entry = Entry {
             t,
-            path: self.hasher.hash_one(&f.path) as u32,
+            path: self.hasher.hash_one(&*f.path) as u32,
             ..Entry::default()
         };
         if let Some((prefix, id)) = trailing_id(&f.path) {

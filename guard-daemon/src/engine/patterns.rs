@@ -9,8 +9,16 @@ const DECODE_PASSES: usize = 3;
 /// The path (or query) percent-decoded up to [`DECODE_PASSES`] times, `+` left alone,
 /// backslashes turned into slashes, repeated slashes collapsed and lower-cased; bytes that are
 /// not UTF-8 are replaced.
+/// Borrowed when there is nothing to change (the common case).
 #[must_use]
-pub fn normalise(raw: &str) -> String {
+pub fn normalise(raw: &str) -> Cow<'_, str> {
+    let plain = raw
+        .bytes()
+        .all(|b| !(b == b'%' || b == b'\\' || b.is_ascii_uppercase() || b >= 0x80))
+        && !raw.contains("//");
+    if plain {
+        return Cow::Borrowed(raw);
+    }
     let mut bytes: Cow<'_, [u8]> = Cow::Borrowed(raw.as_bytes());
     for _ in 0..DECODE_PASSES {
         if !bytes.contains(&b'%') {
@@ -36,7 +44,7 @@ pub fn normalise(raw: &str) -> String {
         last_slash = c == '/';
         out.push(c);
     }
-    out
+    Cow::Owned(out)
 }
 
 fn percent_decode(input: &[u8]) -> Vec<u8> {
