@@ -37,6 +37,7 @@ pub struct Config {
     pub tap: crate::tap::TapConfig,
     pub logs: LogsConfig,
     pub ai: crate::ai::AiConfig,
+    pub engine: crate::engine::EngineConfig,
 }
 
 /// `[logs]`: the request log.
@@ -159,7 +160,8 @@ impl Default for BansConfig {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// A duration as a number of seconds or text like `1h30m` (shared by the sections' modules).
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -227,6 +229,11 @@ impl Config {
             && let Err(e) = self.tap.validate()
         {
             return invalid("tap", &e.to_string());
+        }
+        if let Err(crate::engine::EngineError::InvalidConfig { key, reason }) =
+            self.engine.validate()
+        {
+            return invalid(key, &reason);
         }
         for name in &self.xdp.interfaces {
             if name.is_empty() || name.len() > 15 || name.contains('/') {

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod engine;
 pub mod net;
 pub mod pipeline;
 pub mod store;

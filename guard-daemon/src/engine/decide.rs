@@ -1,0 +1,408 @@
+//! The rules themselves: scenarios that ban, BLACK rules and validator blocks that block (and
+//! strike), the grace period, the GREY score that triages or blocks, and how bans are made
+//! (escalating duration, evidence, shadow mode).
+use std::borrow::Cow;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::offenders::{PendingTriage, secs};
+use super::patterns::{any_prefix, cut, is_static, is_traversal, normalise, trailing_id};
+use super::state::{ClientState, Entry, HAS_ID, PROBE};
+use super::table::ClientKey;
+use super::{Core, Decision, Mode, Rule, ValidatorHint};
+use crate::ai::ClientBehaviour;
+use crate::net::Net;
+use crate::tap::RequestEvent;
+
+/// Seconds of the seed's one-minute windows (distinct paths, sequential ids, recent paths).
+pub(super) const MINUTE: u32 = 60;
+/// Longest validator category put in a reason.
+const MAX_CATEGORY: usize = 64;
+
+/// What the rules read from one request, computed once.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one request"
+)]
+pub(super) struct Facts<'a> {
+    /// Decoded, slash-folded, lower-case path.
+    pub(super) path: Cow<'a, str>,
+    pub(super) query: Cow<'a, str>,
+    pub(super) is_static: bool,
+    pub(super) authenticated: bool,
+    pub(super) empty_user_agent: bool,
+    pub(super) error: bool,
+    /// Answered 401 or 403.
+    pub(super) auth_failure: bool,
+    /// Not static and answered 400, 403 or 404.
+    pub(super) probe: bool,
+}
+
+/// What a strike or ban is about.
+pub(super) struct Finding {
+    pub(super) rule: Rule,
+    pub(super) status: u16,
+    pub(super) reason: String,
+    pub(super) extra: Value,
+}
+
+impl Core {
+    pub(super) fn allowlisted(&self, ip: IpAddr) -> bool {
+        self.allowlist.iter().any(|n| n.contains(ip))
+    }
+
+    pub(super) fn hit(&mut self, rule: Rule) {
+        self.rule_hits[rule as usize] += 1;
+    }
+
+    pub(super) fn count(&mut self, d: &Decision) {
+        let s = &mut self.stats;
+        match d {
+            Decision::Allow => s.allowed += 1,
+            Decision::Block { .. } => s.blocked += 1,
+            Decision::Ban { shadow, .. } => {
+                if *shadow {
+                    s.shadow_bans += 1;
+                } else {
+                    s.bans += 1;
+                }
+            }
+            Decision::Triage { .. } => s.triages += 1,
+        }
+    }
+
+    pub(super) fn facts<'a>(&self, ev: &'a RequestEvent) -> Facts<'a> {
+        let path = normalise(&ev.path);
+        let is_static = is_static(&path, &self.cfg.static_extensions);
+        let status = ev.status.unwrap_or(0);
+        Facts {
+            query: ev.query.as_deref().map(normalise).unwrap_or_default(),
+            is_static,
+            authenticated: ev
+                .user
+                .as_ref()
+                .is_some_and(|u| u.verified || self.cfg.trust_unverified_users),
+            empty_user_agent: ev
+                .headers
+                .user_agent
+                .as_deref()
+                .is_none_or(|ua| ua.trim().is_empty()),
+            error: (400..500).contains(&status) || (self.cfg.count_server_errors && status >= 500),
+            auth_failure: matches!(status, 401 | 403),
+            probe: !is_static && matches!(status, 400 | 403 | 404),
+            path,
+        }
+    }
+
+    fn entry(&self, t: u32, f: &Facts) -> Entry {
+        let mut entry = Entry {
+            t,
+            path: self.hasher.hash_one(&*f.path) as u32,
+            ..Entry::default()
+        };
+        if let Some((prefix, id)) = trailing_id(&f.path) {
+            entry.id = id as u32;
+            entry.prefix = self.hasher.hash_one(prefix) as u16;
+            entry.flags |= HAS_ID;
+        }
+        if f.probe {
+            entry.flags |= PROBE;
+        }
+        entry
+    }
+
+    /// Records the request in the client's state and decides.
+    pub(super) fn decide(
+        &mut self,
+        t: u32,
+        ev: &RequestEvent,
+        f: &Facts,
+        key: &ClientKey,
+        st: &mut ClientState,
+        hint: Option<&ValidatorHint>,
+    ) -> Decision {
+        let entry = (!f.is_static).then(|| self.entry(t, f));
+        st.record(t, secs(self.cfg.grey.idle_gap), entry, f.error);
+        if !f.is_static {
+            st.sample(
+                t,
+                cut(&ev.path, self.cfg.sample_path_max),
+                self.cfg.sample_paths,
+            );
+        }
+        if st.banned_until > t {
+            self.stats.banned_requests += 1;
+            return Decision::Block {
+                status: 403,
+                reason: "banned".to_owned(),
+            };
+        }
+        if let Some(found) = self.scenarios(t, f, st) {
+            self.hit(found.rule);
+            return self.ban(
+                t,
+                ev.client,
+                key,
+                st,
+                found.rule,
+                &found.reason,
+                found.extra,
+            );
+        }
+        let block = hint
+            .filter(|h| h.block)
+            .map(|h| Finding {
+                rule: Rule::ValidatorBlock,
+                status: 403,
+                reason: format!(
+                    "validator: {} (score {})",
+                    cut(&h.category, MAX_CATEGORY),
+                    h.score
+                ),
+                extra: json!({ "validator_category": cut(&h.category, MAX_CATEGORY),
+                               "validator_score": h.score }),
+            })
+            .or_else(|| self.black(t, f, st));
+        if let Some(found) = block {
+            return self.strike(t, ev.client, key, st, found);
+        }
+        if st.req_24h.sum(t / 3600) < self.cfg.grey.grace_requests_24h {
+            return Decision::Allow;
+        }
+        let (score, rules) = self.grey(t, ev, f, st, hint.is_some_and(|h| h.triage));
+        for r in &rules {
+            self.hit(*r);
+        }
+        if score >= self.cfg.grey.hard_block {
+            let found = Finding {
+                rule: Rule::HardBlock,
+                status: 403,
+                reason: format!("suspicion score {score}"),
+                extra: json!({ "score": score, "score_rules": rules }),
+            };
+            return self.strike(t, ev.client, key, st, found);
+        }
+        if score >= self.cfg.grey.threshold {
+            return self.triage(t, ev, f, key, st, score, rules);
+        }
+        Decision::Allow
+    }
+
+    /// The probing scenarios; each matching one is charged, the first that overflows bans.
+    fn scenarios(&mut self, t: u32, f: &Facts, st: &mut ClientState) -> Option<Finding> {
+        let s = &self.cfg.scenarios;
+        let mut found = None;
+        let mut charge = |bucket: &mut super::state::Leaky, hits: u32, leak: Duration, rule| {
+            if hits == 0 {
+                return;
+            }
+            let level = bucket.hit(t, secs(leak));
+            if level >= hits && found.is_none() {
+                bucket.reset();
+                found = Some(Finding {
+                    rule,
+                    status: 403,
+                    reason: format!("{}: {hits} hits", rule.name()),
+                    extra: json!({ "hits": hits, "leak_secs": leak.as_secs() }),
+                });
+            }
+        };
+        if self.backdoors.is_match(&f.path) {
+            charge(
+                &mut st.backdoor,
+                s.backdoor_hits,
+                s.backdoor_leak,
+                Rule::Backdoor,
+            );
+        }
+        if is_traversal(&f.path, &f.query) {
+            charge(
+                &mut st.traversal,
+                s.traversal_hits,
+                s.traversal_leak,
+                Rule::Traversal,
+            );
+        }
+        if self.sensitive_files.is_match(&f.path) {
+            charge(
+                &mut st.sensitive,
+                s.sensitive_file_hits,
+                s.sensitive_file_leak,
+                Rule::SensitiveFiles,
+            );
+        }
+        if f.auth_failure && any_prefix(&f.path, &s.login_paths) {
+            charge(
+                &mut st.brute_force,
+                s.brute_force_hits,
+                s.brute_force_leak,
+                Rule::BruteForce,
+            );
+        }
+        if found.is_none() && f.probe && s.probing_distinct_paths > 0 {
+            let n = st.ring.distinct(t, secs(s.probing_window), PROBE);
+            if n >= s.probing_distinct_paths {
+                found = Some(Finding {
+                    rule: Rule::Probing,
+                    status: 404,
+                    reason: format!(
+                        "probing: {n} distinct paths answered 400/403/404 in {} s",
+                        s.probing_window.as_secs()
+                    ),
+                    extra: json!({ "distinct_probe_paths": n }),
+                });
+            }
+        }
+        found
+    }
+
+    /// A blocked request: a strike against the client; enough strikes make a ban.
+    fn strike(
+        &mut self,
+        t: u32,
+        client: IpAddr,
+        key: &ClientKey,
+        st: &mut ClientState,
+        found: Finding,
+    ) -> Decision {
+        self.hit(found.rule);
+        let strikes = self.cfg.bans.block_strikes;
+        if strikes > 0 {
+            let level = st.strikes.hit(t, secs(self.cfg.bans.strike_leak));
+            if level >= strikes {
+                self.hit(Rule::RepeatedBlocks);
+                let reason = format!("{strikes} blocked requests, the last: {}", found.reason);
+                let extra =
+                    json!({ "last_block_rule": found.rule, "last_block_details": found.extra });
+                return self.ban(t, client, key, st, Rule::RepeatedBlocks, &reason, extra);
+            }
+        }
+        Decision::Block {
+            status: found.status,
+            reason: found.reason,
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one decision, kept apart for the borrow checker"
+    )]
+    fn triage(
+        &mut self,
+        t: u32,
+        ev: &RequestEvent,
+        f: &Facts,
+        key: &ClientKey,
+        st: &mut ClientState,
+        score: u32,
+        rules: Vec<Rule>,
+    ) -> Decision {
+        let interval = secs(self.cfg.triage_interval);
+        if st.last_triage != 0 && t.saturating_sub(st.last_triage) < interval {
+            self.stats.triages_suppressed += 1;
+            return Decision::Allow;
+        }
+        st.last_triage = t;
+        let total = st.req_2min.sum(t / 10);
+        let errors = st.err_2min.sum(t / 10);
+        let behaviour = ClientBehaviour {
+            client: ev.client,
+            user_agent: ev.headers.user_agent.clone().unwrap_or_default(),
+            authenticated: f.authenticated,
+            current_path: ev.path.clone(),
+            recent_paths: st.recent_paths(t, MINUTE),
+            requests_10s: st.req_10s.sum(t),
+            distinct_paths_1min: st.ring.distinct(t, MINUTE, 0),
+            requests_2min: total,
+            error_rate_2min_percent: (errors * 100).checked_div(total).unwrap_or(0).min(100) as u8,
+        };
+        let pending = PendingTriage {
+            at: t,
+            key: key.clone(),
+            score,
+            rules: rules.clone(),
+            evidence: counts(t, st),
+        };
+        self.pending.insert(ev.client, pending);
+        Decision::Triage {
+            behaviour,
+            score,
+            rules,
+        }
+    }
+
+    /// Bans `client`: duration escalated by its past bans, evidence attached, shadow per mode.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one decision, kept apart for the borrow checker"
+    )]
+    pub(super) fn ban(
+        &mut self,
+        t: u32,
+        client: IpAddr,
+        key: &ClientKey,
+        st: &mut ClientState,
+        rule: Rule,
+        reason: &str,
+        extra: Value,
+    ) -> Decision {
+        if self.allowlisted(client) {
+            self.stats.allowlist_refusals += 1;
+            return Decision::Allow;
+        }
+        let before = self.offenders.record(client, t);
+        let ttl = escalated_ttl(&self.cfg.bans, before);
+        st.banned_until = t.saturating_add(secs(ttl));
+        st.strikes.reset();
+        let shadow = self.cfg.mode == Mode::Shadow;
+        let mut evidence = json!({
+            "rule": rule,
+            "client": client.to_string(),
+            "user": match key { ClientKey::User(u) => Some(&**u), ClientKey::Addr(_) => None },
+            "offence": before + 1,
+            "ttl_secs": ttl.as_secs(),
+            "shadow": shadow,
+            "counts": counts(t, st),
+            "sample_paths": st.recent_paths(t, u32::MAX),
+        });
+        if let (Value::Object(map), Value::Object(more)) = (&mut evidence, extra) {
+            map.extend(more);
+        }
+        Decision::Ban {
+            target: Net::host(client),
+            ttl,
+            reason: format!("{}: {reason}", rule.name()),
+            evidence,
+            shadow,
+        }
+    }
+}
+
+/// `base * factor^before`, at most `max_ttl`.
+pub(super) fn escalated_ttl(b: &super::EngineBansConfig, before: u32) -> Duration {
+    let mut ttl = b.ttl;
+    for _ in 0..before {
+        ttl = ttl.saturating_mul(b.factor);
+        if ttl >= b.max_ttl {
+            break;
+        }
+    }
+    ttl.min(b.max_ttl)
+}
+
+/// The client's window counts, for evidence.
+fn counts(t: u32, st: &mut ClientState) -> Value {
+    json!({
+        "requests_10s": st.req_10s.sum(t),
+        "all_requests_10s": st.all_10s.sum(t),
+        "requests_2min": st.req_2min.sum(t / 10),
+        "errors_2min": st.err_2min.sum(t / 10),
+        "requests_24h": st.req_24h.sum(t / 3600),
+        "distinct_paths_1min": st.ring.distinct(t, MINUTE, 0),
+        "probe_paths_1min": st.ring.distinct(t, MINUTE, PROBE),
+        "sequential_ids_1min": st.ring.sequential_run(t, MINUTE),
+    })
+}

@@ -1,0 +1,379 @@
+//! The engine: decides, request by request, what to do about each client. Pure and synchronous:
+//! a [`RequestEvent`] (and the validator's finding on it) and the time go in, a [`Decision`]
+//! comes out, and the daemon's shell applies it (log, block in inline mode, ban, AI triage).
+//!
+//! It ports the seed's anomaly detector (BLACK rules that block, a GREY score that asks the AI
+//! between `threshold` and `hard_block` and blocks above, a grace period for new clients) over
+//! in-memory sliding windows instead of database queries, and adds probing scenarios of the
+//! `CrowdSec` kind that ban directly (404 probing, sensitive files, backdoors, path traversal,
+//! login brute force). Blocks are strikes: enough of them in a short time make a ban. Bans
+//! escalate for repeat offenders, carry their evidence, are never made against the allowlist,
+//! and in shadow mode are marked and not meant to be pushed. Every bound is in
+//! [`EngineConfig`] and every overflow is counted in [`EngineStats`].
+use std::collections::BTreeMap;
+use std::hash::RandomState;
+use std::net::IpAddr;
+use std::time::Duration;
+
+mod config;
+mod decide;
+mod offenders;
+pub mod patterns;
+mod score;
+mod state;
+mod table;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    BlackConfig, EngineBansConfig, EngineConfig, GreyConfig, Mode, ScenarioConfig, Weights,
+};
+
+use crate::ai::{ClientBehaviour, Judgement};
+use crate::net::Net;
+use crate::tap::RequestEvent;
+use offenders::{Offenders, Pending, secs};
+use patterns::Matcher;
+use state::ClientState;
+use table::{ClientKey, Table};
+
+/// Errors of the engine's configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("invalid setting `{key}`: {reason}")]
+    InvalidConfig { key: &'static str, reason: String },
+}
+
+/// What the request validator (another module) found in a request, as the engine needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidatorHint {
+    /// The request is hostile by the validator's rules: a strike against the client.
+    pub block: bool,
+    /// The request is borderline: adds the `validator` weight to the client's grey score.
+    pub triage: bool,
+    /// The validator's own score, for reasons and evidence.
+    pub score: u32,
+    /// The validator's category (guard's own identifier, not client text).
+    pub category: String,
+}
+
+/// What the shell should do about a request or a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow,
+    /// Refuse this request (inline mode) with this status; in tap mode, log it.
+    Block {
+        status: u16,
+        reason: String,
+    },
+    /// Ban the client's address for `ttl`. With `shadow`, only log and count it.
+    Ban {
+        target: Net,
+        ttl: Duration,
+        reason: String,
+        /// Rule, counts and sample paths, for `guard ban ls` and the log.
+        evidence: serde_json::Value,
+        shadow: bool,
+    },
+    /// Let the request through and ask the AI about the client (off the request path); pass its
+    /// [`Judgement`] back to [`Engine::ai_verdict`]. The score and rules are for the log only:
+    /// the model sees the raw behaviour, as in the seed.
+    Triage {
+        behaviour: ClientBehaviour,
+        score: u32,
+        rules: Vec<Rule>,
+    },
+}
+
+/// Decisions from least to most severe, for [`crate::ai::Escalation::raise`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Allow,
+    Triage,
+    Block,
+    Ban,
+}
+
+impl Decision {
+    #[must_use]
+    pub fn severity(&self) -> Severity {
+        match self {
+            Self::Allow => Severity::Allow,
+            Self::Triage { .. } => Severity::Triage,
+            Self::Block { .. } => Severity::Block,
+            Self::Ban { .. } => Severity::Ban,
+        }
+    }
+}
+
+macro_rules! rules {
+    ($($(#[$doc:meta])* $name:ident = $text:literal,)*) => {
+        /// The engine's rules, named in reasons, evidence and counters.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Rule { $($(#[$doc])* $name,)* }
+
+        impl Rule {
+            pub const ALL: &[Rule] = &[$(Rule::$name,)*];
+
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self { $(Rule::$name => $text,)* }
+            }
+        }
+    };
+}
+
+rules! {
+    /// Black: no `User-Agent`.
+    EmptyUserAgent = "empty_user_agent",
+    /// Black: too many requests in 10 s.
+    RequestRate = "request_rate",
+    /// Black: too many requests of any kind (static included) in 10 s.
+    Flood = "flood",
+    /// Black: too many errors in 2 min.
+    ErrorRate = "error_rate",
+    SuspiciousUserAgent = "suspicious_user_agent",
+    ElevatedRate = "elevated_rate",
+    ModerateErrorRate = "moderate_error_rate",
+    SensitivePath = "sensitive_path",
+    EndpointScanning = "endpoint_scanning",
+    SequentialIds = "sequential_ids",
+    IdleBurst = "idle_burst",
+    Unauthenticated = "unauthenticated",
+    /// Grey: the validator asked for a look.
+    ValidatorSuspicious = "validator_suspicious",
+    /// The grey score reached `hard_block`.
+    HardBlock = "hard_block",
+    /// The validator blocked the request.
+    ValidatorBlock = "validator_block",
+    /// Scenario: 400/403/404 on many distinct paths.
+    Probing = "probing",
+    SensitiveFiles = "sensitive_files",
+    Backdoor = "backdoor",
+    Traversal = "traversal",
+    BruteForce = "brute_force",
+    /// Enough blocked requests in a short time.
+    RepeatedBlocks = "repeated_blocks",
+    /// The AI judged a triaged client hostile.
+    AiVerdict = "ai_verdict",
+}
+
+/// Counters of the engine's work; gauges say what is held now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    pub requests: u64,
+    pub allowed: u64,
+    pub blocked: u64,
+    /// Requests of clients the engine already banned (shadow mode, or before XDP applied it).
+    pub banned_requests: u64,
+    pub bans: u64,
+    /// Bans decided in shadow mode (not pushed).
+    pub shadow_bans: u64,
+    /// Bans (either mode) made on an AI verdict.
+    pub ai_bans: u64,
+    pub triages: u64,
+    /// Triages skipped because the client was triaged less than `triage_interval` ago.
+    pub triages_suppressed: u64,
+    /// Requests of allowlisted clients (never judged).
+    pub allowlisted: u64,
+    /// Bans not made because the client is allowlisted (an AI verdict after allowlisting).
+    pub allowlist_refusals: u64,
+    pub clients: u64,
+    pub clients_evicted: u64,
+    pub clients_expired: u64,
+    pub offenders: u64,
+    pub offenders_evicted: u64,
+    pub pending_triage: u64,
+    pub pending_evicted: u64,
+    /// Times each rule fired.
+    pub rules: BTreeMap<&'static str, u64>,
+}
+
+/// The engine's state apart from the client table.
+#[derive(Debug)]
+struct Core {
+    cfg: EngineConfig,
+    hasher: RandomState,
+    allowlist: Vec<Net>,
+    offenders: Offenders,
+    pending: Pending,
+    stats: EngineStats,
+    rule_hits: Vec<u64>,
+    /// `scenarios.backdoors`, `scenarios.sensitive_files`, `grey.suspicious_user_agents`.
+    backdoors: Matcher,
+    sensitive_files: Matcher,
+    user_agents: Matcher,
+}
+
+/// The engine. See the module documentation.
+#[derive(Debug)]
+pub struct Engine {
+    core: Core,
+    table: Table,
+}
+
+impl Engine {
+    /// An engine with `config` (validate it first with [`EngineConfig::validate`]) and an empty
+    /// allowlist.
+    #[must_use]
+    pub fn new(config: &EngineConfig) -> Self {
+        Self {
+            core: Core {
+                cfg: config.clone(),
+                hasher: RandomState::new(),
+                allowlist: Vec::new(),
+                offenders: Offenders::new(config.bans.offender_memory, config.bans.max_offenders),
+                pending: Pending::new(config.max_pending_triage),
+                stats: EngineStats::default(),
+                rule_hits: vec![0; Rule::ALL.len()],
+                backdoors: Matcher::new(&config.scenarios.backdoors, true),
+                sensitive_files: Matcher::new(&config.scenarios.sensitive_files, true),
+                user_agents: Matcher::new(&config.grey.suspicious_user_agents, true),
+            },
+            table: Table::new(config.max_clients),
+        }
+    }
+
+    /// Replaces the allowlist: clients inside these networks are never judged nor banned.
+    pub fn set_allowlist(&mut self, nets: Vec<Net>) {
+        self.core.allowlist = nets;
+    }
+
+    /// Whether `ip` is allowlisted.
+    #[must_use]
+    pub fn is_allowlisted(&self, ip: IpAddr) -> bool {
+        self.core.allowlisted(ip)
+    }
+
+    /// Judges one request at `now` (wall clock since the Unix epoch) with the validator's
+    /// finding on it, if any.
+    pub fn observe(
+        &mut self,
+        now: Duration,
+        ev: &RequestEvent,
+        finding: Option<&ValidatorHint>,
+    ) -> Decision {
+        let t = secs(now);
+        self.core.stats.requests += 1;
+        if self.core.allowlisted(ev.client) {
+            self.core.stats.allowlisted += 1;
+            return Decision::Allow;
+        }
+        let facts = self.core.facts(ev);
+        let key = match &ev.user {
+            Some(u) if facts.authenticated => ClientKey::User(u.id.as_str().into()),
+            _ => ClientKey::Addr(ev.client),
+        };
+        let history = self.core.cfg.history;
+        let (state, evicted) = self
+            .table
+            .get_or_insert(key.clone(), || ClientState::new(history));
+        if evicted {
+            self.core.stats.clients_evicted += 1;
+        }
+        let decision = self.core.decide(t, ev, &facts, &key, state, finding);
+        self.core.count(&decision);
+        decision
+    }
+
+    /// Turns the AI's judgement of a triaged client into a decision. Only a BLOCK does anything
+    /// (a ban, through [`crate::ai::Escalation::raise`]); ALLOW and unsure change nothing, and
+    /// an allowlisted or already banned client is left alone.
+    pub fn ai_verdict(&mut self, now: Duration, client: IpAddr, judgement: &Judgement) -> Decision {
+        let Some(escalation) = judgement.escalation() else {
+            return Decision::Allow;
+        };
+        if escalation.raise(Severity::Allow, Severity::Ban) != Severity::Ban {
+            return Decision::Allow;
+        }
+        if self.core.allowlisted(client) {
+            self.core.stats.allowlist_refusals += 1;
+            return Decision::Allow;
+        }
+        let t = secs(now);
+        let pending = self.core.pending.take(client, t);
+        let key = pending
+            .as_ref()
+            .map_or(ClientKey::Addr(client), |p| p.key.clone());
+        let history = self.core.cfg.history;
+        let (state, evicted) = self
+            .table
+            .get_or_insert(key.clone(), || ClientState::new(history));
+        if evicted {
+            self.core.stats.clients_evicted += 1;
+        }
+        if state.banned_until > t {
+            return Decision::Allow;
+        }
+        let extra = match pending {
+            Some(p) => serde_json::json!({
+                "triage_score": p.score,
+                "triage_rules": p.rules,
+                "triage_counts": p.evidence,
+                "triaged_secs_ago": t.saturating_sub(p.at),
+            }),
+            None => {
+                serde_json::json!({ "triage": "no pending triage record (expired or evicted)" })
+            }
+        };
+        let reason = "the AI judged the client's behaviour hostile";
+        self.core.hit(Rule::AiVerdict);
+        let decision = self
+            .core
+            .ban(t, client, &key, state, Rule::AiVerdict, reason, extra);
+        if matches!(decision, Decision::Ban { .. }) {
+            self.core.stats.ai_bans += 1;
+        }
+        self.core.count(&decision);
+        decision
+    }
+
+    /// The operator lifted the ban of `client`: the engine forgets that it banned it (by address;
+    /// a client keyed by user keeps its state until it expires).
+    pub fn unbanned(&mut self, client: IpAddr) {
+        if let Some(state) = self.table.get_mut(&ClientKey::Addr(client)) {
+            state.banned_until = 0;
+            state.strikes.reset();
+        }
+    }
+
+    /// Drops clients idle for `client_expiry` (unless banned), past offences older than
+    /// `offender_memory` and triages that never got a verdict. Call it now and then (a minute).
+    pub fn expire(&mut self, now: Duration) {
+        let t = secs(now);
+        let idle = secs(self.core.cfg.client_expiry);
+        let removed = self
+            .table
+            .retain(|s| t.saturating_sub(s.last_seen) < idle || s.banned_until > t);
+        self.core.stats.clients_expired += removed as u64;
+        self.core.offenders.expire(t);
+        self.core.pending.expire(t);
+    }
+
+    /// A snapshot of the counters.
+    #[must_use]
+    pub fn stats(&self) -> EngineStats {
+        let mut stats = self.core.stats.clone();
+        stats.clients = self.table.len() as u64;
+        stats.offenders = self.core.offenders.len() as u64;
+        stats.offenders_evicted = self.core.offenders.evicted();
+        stats.pending_triage = self.core.pending.len() as u64;
+        stats.pending_evicted = self.core.pending.evicted();
+        stats.rules = Rule::ALL
+            .iter()
+            .zip(&self.core.rule_hits)
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (r.name(), *n))
+            .collect();
+        stats
+    }
+
+    /// Approximate heap bytes of the client table (slots, index, per-client buffers), for the
+    /// benchmark and metrics.
+    #[must_use]
+    pub fn approx_table_bytes(&self) -> usize {
+        self.table.approx_bytes()
+    }
+}

@@ -1,0 +1,258 @@
+//! Bans: the allowlist, escalation for repeat offenders, evidence, shadow mode, users, the
+//! bounded client table and expiry.
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::super::table::ClientKey;
+use super::super::{Decision, EngineConfig, Mode};
+use super::{Sim, ban_rule, is_ban, req};
+use crate::ai::{Escalation, EscalationCause, Judgement};
+use crate::net::Net;
+
+/// Two backdoor probes: a ban.
+fn probe_backdoors(sim: &mut Sim, client: &str) -> Decision {
+    sim.send(&req(client, "/shell.php").status(404));
+    sim.advance(Duration::from_secs(1));
+    sim.send(&req(client, "/wso.php").status(404))
+}
+
+#[test]
+fn the_allowlist_is_never_banned() {
+    let mut sim = Sim::default();
+    sim.engine.set_allowlist(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "2001:db8:1::/48".parse().unwrap(),
+    ]);
+    for client in ["10.9.8.7", "2001:db8:1::5"] {
+        let mut ds = vec![probe_backdoors(&mut sim, client)];
+        ds.extend(sim.send_n(&req(client, "/").ua(None), 100, Duration::from_millis(10)));
+        let probes: Vec<_> = (0..20)
+            .map(|i| sim.send(&req(client, &format!("/x{i}/.git/config")).status(404)))
+            .collect();
+        ds.extend(probes);
+        assert!(ds.iter().all(|d| *d == Decision::Allow), "{client}");
+        let ip: IpAddr = client.parse().unwrap();
+        let verdict = Judgement::Block(Escalation::new(EscalationCause::HostileClient));
+        assert_eq!(
+            sim.engine.ai_verdict(sim.now, ip, &verdict),
+            Decision::Allow
+        );
+    }
+    // Outside the allowlist the same probes ban.
+    assert!(is_ban(&probe_backdoors(&mut sim, "11.0.0.1")));
+    let stats = sim.engine.stats();
+    assert_eq!(stats.allowlist_refusals, 2);
+    assert_eq!(stats.bans, 1);
+    assert_eq!(stats.clients, 1, "allowlisted clients keep no state");
+}
+
+fn ttl_of(d: &Decision) -> Duration {
+    match d {
+        Decision::Ban { ttl, .. } => *ttl,
+        other => panic!("not a ban: {other:?}"),
+    }
+}
+
+#[test]
+fn repeat_offenders_get_longer_bans_up_to_the_maximum() {
+    let mut sim = Sim::default();
+    let c = "192.0.2.77";
+    let mut ttls = Vec::new();
+    for offence in 1..=6 {
+        let d = probe_backdoors(&mut sim, c);
+        let Decision::Ban { evidence, .. } = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(evidence["offence"], offence);
+        ttls.push(ttl_of(&d));
+        // While banned, the engine does not ban again.
+        sim.advance(Duration::from_secs(1));
+        assert_eq!(
+            sim.send(&req(c, "/shell.php")),
+            Decision::Block {
+                status: 403,
+                reason: "banned".into()
+            }
+        );
+        sim.advance(ttl_of(&d));
+    }
+    let h = Duration::from_hours;
+    assert_eq!(ttls, vec![h(1), h(4), h(16), h(64), h(168), h(168)]);
+    // After the offender memory (30 days) the count starts again.
+    sim.advance(Duration::from_hours(31 * 24));
+    assert_eq!(ttl_of(&probe_backdoors(&mut sim, c)), h(1));
+}
+
+#[test]
+fn bans_carry_their_evidence_and_target_the_host() {
+    let mut sim = Sim::default();
+    let d = probe_backdoors(&mut sim, "2001:db8::42");
+    let Decision::Ban {
+        target,
+        reason,
+        evidence,
+        shadow,
+        ..
+    } = &d
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(*target, "2001:db8::42/128".parse::<Net>().unwrap());
+    assert!(target.is_host());
+    assert!(!shadow);
+    assert!(reason.starts_with("backdoor:"), "{reason}");
+    assert_eq!(evidence["rule"], "backdoor");
+    assert_eq!(evidence["client"], "2001:db8::42");
+    assert_eq!(evidence["sample_paths"][0], "/shell.php");
+    assert_eq!(evidence["sample_paths"][1], "/wso.php");
+    assert_eq!(evidence["counts"]["probe_paths_1min"], 2);
+    assert_eq!(evidence["hits"], 2);
+    let d = probe_backdoors(&mut sim, "192.0.2.9");
+    let Decision::Ban { target, .. } = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(target.to_string(), "192.0.2.9");
+    assert_eq!(target.prefix(), 32);
+}
+
+#[test]
+fn shadow_mode_marks_bans_and_counts_them() {
+    let cfg = EngineConfig {
+        mode: Mode::Shadow,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(&cfg);
+    let d = probe_backdoors(&mut sim, "192.0.2.78");
+    assert!(matches!(&d, Decision::Ban { shadow: true, .. }), "{d:?}");
+    assert_eq!(ban_rule(&d).as_deref(), Some("backdoor"));
+    sim.advance(Duration::from_secs(1));
+    assert!(matches!(
+        sim.send(&req("192.0.2.78", "/")),
+        Decision::Block { .. }
+    ));
+    let stats = sim.engine.stats();
+    assert_eq!(
+        (stats.shadow_bans, stats.bans, stats.banned_requests),
+        (1, 0, 1)
+    );
+    assert_eq!(stats.rules.get("backdoor"), Some(&1));
+}
+
+#[test]
+fn unbanning_clears_the_engines_ban() {
+    let mut sim = Sim::default();
+    assert!(is_ban(&probe_backdoors(&mut sim, "192.0.2.79")));
+    sim.engine.unbanned("192.0.2.79".parse().unwrap());
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.send(&req("192.0.2.79", "/")), Decision::Allow);
+}
+
+#[test]
+fn verified_users_are_one_client_across_addresses() {
+    let mut sim = Sim::default();
+    let ds: Vec<_> = (0..50)
+        .map(|i| {
+            sim.advance(Duration::from_millis(100));
+            let ip = format!("192.0.2.{}", 100 + i % 5);
+            sim.send(&req(&ip, "/api/feed").user("mallory", true))
+        })
+        .collect();
+    assert!(ds[..49].iter().all(|d| *d == Decision::Allow));
+    assert!(
+        matches!(ds[49], Decision::Block { status: 429, .. }),
+        "{:?}",
+        ds[49]
+    );
+    // Unverified ids are only claims: counted per address.
+    let mut sim = Sim::default();
+    let ds: Vec<_> = (0..50)
+        .map(|i| {
+            sim.advance(Duration::from_millis(100));
+            let ip = format!("192.0.2.{}", 100 + i % 5);
+            sim.send(&req(&ip, "/api/feed").user("mallory", false))
+        })
+        .collect();
+    assert!(ds.iter().all(|d| *d == Decision::Allow));
+    // The ban of a user names the address the request came from, and the user.
+    let mut sim = Sim::default();
+    sim.send(&req("192.0.2.1", "/shell.php").user("eve", true));
+    let d = sim.send(&req("192.0.2.2", "/c99.php").user("eve", true));
+    let Decision::Ban {
+        target, evidence, ..
+    } = &d
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(target.to_string(), "192.0.2.2");
+    assert_eq!(evidence["user"], "eve");
+}
+
+#[test]
+fn the_client_table_is_bounded() {
+    let cfg = EngineConfig {
+        max_clients: 100,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(&cfg);
+    let hot = "203.0.113.1";
+    for i in 0..1000u32 {
+        sim.advance(Duration::from_millis(10));
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+        sim.send(&req(&ip, "/"));
+        sim.send(&req(hot, "/"));
+    }
+    let stats = sim.engine.stats();
+    assert_eq!(stats.clients, 100);
+    assert_eq!(stats.clients_evicted, 901);
+    // The client used all along survived every sweep.
+    let key = ClientKey::Addr(hot.parse().unwrap());
+    assert!(sim.engine.table.get_mut(&key).is_some());
+}
+
+#[test]
+fn idle_clients_expire_but_banned_ones_stay() {
+    let mut sim = Sim::default();
+    sim.send(&req("192.0.2.30", "/"));
+    assert!(is_ban(&probe_backdoors(&mut sim, "192.0.2.31")));
+    sim.advance(Duration::from_hours(25));
+    sim.send(&req("192.0.2.32", "/"));
+    // The ban (1 h) is over too: both idle clients go, the fresh one stays.
+    sim.engine.expire(sim.now);
+    let stats = sim.engine.stats();
+    assert_eq!((stats.clients, stats.clients_expired), (1, 2));
+    let mut cfg = EngineConfig::default();
+    cfg.bans.ttl = Duration::from_hours(48);
+    cfg.bans.max_ttl = Duration::from_hours(48);
+    let mut sim = Sim::new(&cfg);
+    assert!(is_ban(&probe_backdoors(&mut sim, "192.0.2.31")));
+    sim.advance(Duration::from_hours(25));
+    sim.engine.expire(sim.now);
+    assert_eq!(sim.engine.stats().clients, 1, "still banned: kept");
+}
+
+#[test]
+fn offender_memory_is_bounded() {
+    let cfg = EngineConfig {
+        bans: super::super::EngineBansConfig {
+            max_offenders: 3,
+            ..super::super::EngineBansConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(&cfg);
+    for i in 1..=5 {
+        assert!(is_ban(&probe_backdoors(&mut sim, &format!("192.0.2.{i}"))));
+    }
+    let stats = sim.engine.stats();
+    assert_eq!((stats.offenders, stats.offenders_evicted), (3, 2));
+    sim.advance(Duration::from_hours(2));
+    // The first two were forgotten: a first offence again. The fifth is remembered.
+    assert_eq!(
+        ttl_of(&probe_backdoors(&mut sim, "192.0.2.1")),
+        Duration::from_hours(1)
+    );
+    assert_eq!(
+        ttl_of(&probe_backdoors(&mut sim, "192.0.2.5")),
+        Duration::from_hours(4)
+    );
+}

@@ -1,0 +1,152 @@
+//! Probing scenarios that ban directly, whatever the grace period: 404 probing, sensitive
+//! files, backdoors, path traversal, login brute force.
+use std::time::Duration;
+
+use super::super::Decision;
+use super::{Sim, ban_rule, is_ban, req};
+
+const C: &str = "192.0.2.50";
+
+fn paths(sim: &mut Sim, paths: &[&str], status: u16, gap: Duration) -> Vec<Decision> {
+    paths
+        .iter()
+        .map(|p| {
+            sim.advance(gap);
+            let (path, query) = p.split_once('?').unwrap_or((p, ""));
+            let mut r = req(C, path).status(status);
+            if !query.is_empty() {
+                r = r.query(query);
+            }
+            sim.send(&r)
+        })
+        .collect()
+}
+
+#[test]
+fn probing_ten_distinct_missing_paths_bans() {
+    let mut sim = Sim::default();
+    let probes: Vec<String> = (0..10).map(|i| format!("/old-{i}/index.php")).collect();
+    let probes: Vec<&str> = probes.iter().map(String::as_str).collect();
+    let ds = paths(&mut sim, &probes, 404, Duration::from_secs(3));
+    assert!(ds[..9].iter().all(|d| *d == Decision::Allow), "{ds:?}");
+    assert_eq!(ban_rule(&ds[9]).as_deref(), Some("probing"));
+    let Decision::Ban { evidence, .. } = &ds[9] else {
+        unreachable!()
+    };
+    assert_eq!(evidence["distinct_probe_paths"], 10);
+    assert_eq!(evidence["sample_paths"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn missing_static_files_and_slow_probing_do_not_ban() {
+    let mut sim = Sim::default();
+    let assets: Vec<String> = (0..40).map(|i| format!("/static/img/{i}.png")).collect();
+    let assets: Vec<&str> = assets.iter().map(String::as_str).collect();
+    let ds = paths(&mut sim, &assets, 404, Duration::from_millis(300));
+    assert!(ds.iter().all(|d| *d == Decision::Allow), "{ds:?}");
+    // One miss every ten minutes, among normal pages.
+    for i in 0..20 {
+        sim.advance(Duration::from_mins(10));
+        assert_eq!(
+            sim.send(&req(C, &format!("/missing-{i}")).status(404)),
+            Decision::Allow
+        );
+        for _ in 0..3 {
+            sim.advance(Duration::from_secs(20));
+            assert_eq!(sim.send(&req(C, "/catalogue")), Decision::Allow);
+        }
+    }
+}
+
+#[test]
+fn sensitive_files_ban_on_the_third() {
+    let mut sim = Sim::default();
+    let ds = paths(
+        &mut sim,
+        &["/.env", "/%2Egit/config", "/wp-admin/install.php"],
+        404,
+        Duration::from_secs(2),
+    );
+    assert_eq!(&ds[..2], &[Decision::Allow, Decision::Allow]);
+    assert_eq!(ban_rule(&ds[2]).as_deref(), Some("sensitive_files"));
+    let Decision::Ban { reason, .. } = &ds[2] else {
+        unreachable!()
+    };
+    assert!(reason.starts_with("sensitive_files:"), "{reason}");
+}
+
+#[test]
+fn sensitive_files_leak_away_when_rare() {
+    let mut sim = Sim::default();
+    let ds = paths(
+        &mut sim,
+        &["/.env", "/.env", "/.env", "/.env"],
+        404,
+        Duration::from_mins(3),
+    );
+    assert!(!ds.iter().any(is_ban), "{ds:?}");
+}
+
+#[test]
+fn backdoor_probes_ban_on_the_second() {
+    let mut sim = Sim::default();
+    let ds = paths(
+        &mut sim,
+        &["/wp-content/plugins/x/shell.php", "/uploads/C99.php"],
+        404,
+        Duration::from_secs(20),
+    );
+    assert_eq!(ds[0], Decision::Allow);
+    assert_eq!(ban_rule(&ds[1]).as_deref(), Some("backdoor"));
+}
+
+#[test]
+fn path_traversal_probes_ban_on_the_third() {
+    let mut sim = Sim::default();
+    let ds = paths(
+        &mut sim,
+        &[
+            "/static/..%252f..%252fetc/passwd",
+            "/download?file=..%2F..%2F..%2Fetc%2Fshadow",
+            "/cgi-bin/.%2e/.%2e/bin/sh",
+        ],
+        400,
+        Duration::from_secs(5),
+    );
+    assert_eq!(&ds[..2], &[Decision::Allow, Decision::Allow]);
+    assert_eq!(ban_rule(&ds[2]).as_deref(), Some("traversal"));
+}
+
+#[test]
+fn login_brute_force_bans() {
+    let mut sim = Sim::default();
+    let r = req(C, "/login").post().status(401);
+    let ds = sim.send_n(&r, 10, Duration::from_secs(2));
+    assert!(ds[..9].iter().all(|d| *d == Decision::Allow), "{ds:?}");
+    assert_eq!(ban_rule(&ds[9]).as_deref(), Some("brute_force"));
+    // 403 on an API token endpoint counts as well.
+    let mut sim = Sim::default();
+    let r = req(C, "/api/token").post().status(403);
+    let ds = sim.send_n(&r, 10, Duration::from_secs(2));
+    assert_eq!(ban_rule(&ds[9]).as_deref(), Some("brute_force"));
+}
+
+#[test]
+fn a_user_mistyping_a_password_is_not_brute_force() {
+    let mut sim = Sim::default();
+    // Three failures and a success, once an hour, for a day.
+    for _ in 0..24 {
+        let ds = sim.send_n(
+            &req(C, "/login").post().status(401),
+            3,
+            Duration::from_secs(15),
+        );
+        assert!(ds.iter().all(|d| *d == Decision::Allow));
+        sim.advance(Duration::from_secs(15));
+        assert_eq!(
+            sim.send(&req(C, "/login").post().status(302)),
+            Decision::Allow
+        );
+        sim.advance(Duration::from_hours(1));
+    }
+}
