@@ -38,6 +38,7 @@ pub struct Config {
     pub logs: LogsConfig,
     pub ai: crate::ai::AiConfig,
     pub engine: crate::engine::EngineConfig,
+    pub validator: crate::validate::ValidatorConfig,
 }
 
 /// `[logs]`: the request log.

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::bans::{BanError, BanRequest, Bans};
 use crate::config::Config;
 use crate::control::{self, LogsRequest, Request, Response};
+use crate::judge::{BanQueue, Judge};
 use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
@@ -33,6 +34,7 @@ struct Counters {
 
 struct Shared {
     bans: Mutex<Bans>,
+    judge: Arc<Judge>,
     logs: LogStore,
     writer: Arc<LogWriter>,
     pipeline: Mutex<Option<Pipeline>>,
@@ -50,6 +52,10 @@ impl Shared {
 }
 
 /// Runs the daemon until a termination signal.
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up and shut-down in order, each step one call"
+)]
 pub fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
         format!(
@@ -70,13 +76,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         LogWriter::spawn(logs.clone(), config.logs.queue, config.logs.batch)
             .context("starting the log writer")?,
     );
+    let allowlist: Vec<Net> = store
+        .allows()
+        .context("reading the allowlist")?
+        .into_iter()
+        .map(|a| a.target)
+        .collect();
+    let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096)
+        .context("building the validator and engine")?;
+    let judge = Arc::new(judge);
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
         None
     } else {
         let names: Vec<String> = xdp.interfaces().iter().map(|(n, _)| n.clone()).collect();
         // Fail open: without the tap guard still enforces bans; say so loudly.
-        match Pipeline::start(&mut xdp, &names, &config.tap, &writer) {
+        match Pipeline::start(&mut xdp, &names, &config.tap, &writer, &judge) {
             Ok(p) => Some(p),
             Err(e) => {
                 error!("HTTP capture unavailable, continuing without it: {e}");
@@ -93,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let shared = Arc::new(Shared {
         bans: Mutex::new(bans),
+        judge,
         logs,
         writer,
         pipeline: Mutex::new(pipeline),
@@ -105,9 +121,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let applier_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let applier = {
+        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&applier_stop));
+        std::thread::Builder::new()
+            .name("guard-ban-applier".into())
+            .spawn(move || apply_bans(&shared, &ban_queue, &stop))
+            .context("starting the ban applier")?
+    };
     let result = runtime.block_on(serve(Arc::clone(&shared), events));
     drop(runtime);
 
+    // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
+    // first, then the applier ends when the queue's sender is gone.
+    if let Some(p) = shared
+        .pipeline
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        p.stop();
+    }
+    applier_stop.store(true, Ordering::Relaxed);
+    if applier.join().is_err() {
+        warn!("the ban applier panicked");
+    }
     let shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
     if let Some(p) = shared
@@ -298,6 +336,27 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
     }
 }
 
+/// Applies the engine's ban orders: sled first, then the XDP maps (through `Bans`).
+fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(order) = queue.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let target = order.target;
+        if matches!(shared.bans().store().ban(&target), Ok(Some(_))) {
+            continue;
+        }
+        let reason = order.reason.clone();
+        match shared.bans().ban(order) {
+            Ok(view) => {
+                info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
+            }
+            Err(BanError::Allowlisted { .. }) => info!(%target, "engine ban refused: allowlisted"),
+            Err(e) => warn!(%target, "engine ban failed: {e}"),
+        }
+    }
+}
+
 fn handle(shared: &Shared, req: Request) -> Response {
     let result = match req {
         Request::BanAdd {
@@ -336,11 +395,19 @@ fn handle(shared: &Shared, req: Request) -> Response {
                 Response::ok(json!({"banned": banned, "refused": refused}))
             })
         }
-        Request::AllowAdd { target, reason } => shared
-            .bans()
-            .allow(target, reason.unwrap_or_default())
-            .map(Response::ok),
-        Request::AllowRm { target } => shared.bans().disallow(&target).map(Response::ok),
+        Request::AllowAdd { target, reason } => {
+            let r = shared
+                .bans()
+                .allow(target, reason.unwrap_or_default())
+                .map(Response::ok);
+            sync_allowlist(shared);
+            r
+        }
+        Request::AllowRm { target } => {
+            let r = shared.bans().disallow(&target).map(Response::ok);
+            sync_allowlist(shared);
+            r
+        }
         Request::AllowLs => shared.bans().allows().map(Response::ok),
         Request::Stats => Ok(stats(shared)),
         Request::Status => Ok(status(shared)),
@@ -348,6 +415,14 @@ fn handle(shared: &Shared, req: Request) -> Response {
         Request::TapPorts { ports } => return tap_ports(shared, ports),
     };
     result.unwrap_or_else(Response::err)
+}
+
+fn sync_allowlist(shared: &Shared) {
+    if let Ok(allows) = shared.bans().allows() {
+        shared
+            .judge
+            .set_allowlist(allows.into_iter().map(|a| a.target).collect());
+    }
 }
 
 fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
@@ -415,6 +490,7 @@ fn stats(shared: &Shared) -> Response {
     Response::ok(json!({
         "xdp": xdp,
         "tap": tap,
+        "engine": &shared.judge.stats,
         "logs": {
             "written": w.written.load(Ordering::Relaxed),
             "dropped": w.dropped.load(Ordering::Relaxed),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod engine;
+pub mod judge;
 pub mod net;
 pub mod pipeline;
 pub mod store;

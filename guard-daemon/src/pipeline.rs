@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::capture::{Capture, CaptureError, CaptureStats, RingSize};
+use crate::judge::Judge;
 use crate::store::logs::{LogRecord, LogWriter};
 use crate::tap::{RequestEvent, Tap, TapConfig, TapStats};
 use crate::xdp::Xdp;
@@ -40,6 +41,7 @@ impl Pipeline {
         interfaces: &[String],
         config: &TapConfig,
         writer: &Arc<LogWriter>,
+        judge: &Arc<Judge>,
     ) -> Result<Self, CaptureError> {
         xdp.set_tap_ports(&config.http_ports)
             .map_err(|e| CaptureError::Sys {
@@ -69,6 +71,7 @@ impl Pipeline {
             );
             let name = iface.clone();
             let ports2 = Arc::clone(&ports);
+            let judge = Arc::clone(judge);
             let thread = std::thread::Builder::new()
                 .name(format!("guard-tap-{iface}"))
                 .spawn(move || {
@@ -80,6 +83,7 @@ impl Pipeline {
                         &writer,
                         &name,
                         &ports2,
+                        &judge,
                     );
                 })
                 .map_err(|source| CaptureError::Sys {
@@ -148,6 +152,7 @@ fn run(
     writer: &LogWriter,
     iface: &str,
     ports: &(Mutex<Vec<u16>>, AtomicU64),
+    judge: &Judge,
 ) {
     let mut ports_seen = 0;
     let mut known_ports = ports
@@ -161,8 +166,9 @@ fn run(
     let emit = |out: &mut Vec<RequestEvent>, requests: &mut u64| {
         for e in out.drain(..) {
             *requests += 1;
+            let (blocked, reason) = judge.judge(&e);
             // A full queue drops the record; the writer counts it.
-            let _ = writer.try_log(LogRecord::from_event(&e, false, None));
+            let _ = writer.try_log(LogRecord::from_event(&e, blocked, reason));
         }
     };
     while !stop.load(Ordering::Relaxed) {
@@ -196,6 +202,7 @@ fn run(
         if last_tick.elapsed() >= Duration::from_millis(250) {
             last_tick = Instant::now();
             tap.on_tick(wall_now(), &mut out);
+            judge.expire(wall_now());
             emit(&mut out, &mut requests);
             let cap = capture.stats();
             let mut s = stats.lock().unwrap_or_else(PoisonError::into_inner);

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::Netns;
 
-/// Starts the server on `port` in `ns`. `GET /missing*` answers 404, `/error*` 500, anything
-/// else 200 with a body naming the method and path.
+/// Starts the server on `port` in `ns`. `/missing*` and probe-like paths (dot-files, `.php`,
+/// `wp-`, `admin`, backups, `/scan/`) answer 404, `/error*` 500, anything else 200 with a body
+/// naming the method and path.
 pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     ns.spawn(move || {
@@ -88,7 +89,11 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
             body = length;
         }
-        let status = if target.starts_with("/missing") {
+        // Probe-like paths do not exist here, as on most sites.
+        let probe = ["/.", ".php", "wp-", "admin", ".bak", ".sql", "/scan/"]
+            .iter()
+            .any(|p| target.contains(p));
+        let status = if target.starts_with("/missing") || probe {
             "404 Not Found"
         } else if target.starts_with("/error") {
             "500 Internal Server Error"
@@ -120,8 +125,22 @@ impl Client {
         dst: SocketAddr,
         f: impl FnOnce(&mut Client) -> std::io::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
+        Self::with_from(ns, None, dst, f)
+    }
+
+    /// Like [`Client::with`], from a chosen source address of the namespace.
+    pub fn with_from<T: Send + 'static>(
+        ns: &Netns,
+        src: Option<std::net::IpAddr>,
+        dst: SocketAddr,
+        f: impl FnOnce(&mut Client) -> std::io::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
         Ok(ns.run(move || -> std::io::Result<T> {
-            let stream = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+            let stream = match src {
+                None => TcpStream::connect_timeout(&dst, Duration::from_secs(3))?,
+                Some(src) => crate::connect_from(src, dst, Duration::from_secs(3))
+                    .ok_or_else(|| std::io::Error::other("connect failed"))?,
+            };
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             stream.set_nodelay(true)?;
             f(&mut Client { stream })

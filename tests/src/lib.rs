@@ -268,6 +268,12 @@ pub fn tcp_ok(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Duratio
 }
 
 fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
+    connect_from(src, dst, timeout).is_some()
+}
+
+/// A TCP connection from a chosen source address (std cannot bind before connecting).
+#[must_use]
+pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Option<TcpStream> {
     // std cannot bind before connect; use a raw socket for the source address.
     let domain = if dst.is_ipv4() {
         libc::AF_INET
@@ -278,13 +284,13 @@ fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
     unsafe {
         let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return false;
+            return None;
         }
         let stream = std::os::fd::FromRawFd::from_raw_fd(fd);
         let stream: TcpStream = stream;
         let (sa, len) = sockaddr(SocketAddr::new(src, 0));
         if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
-            return false;
+            return None;
         }
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as i64,
@@ -298,9 +304,7 @@ fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
             size_of::<libc::timeval>() as u32,
         );
         let (sa, len) = sockaddr(dst);
-        let ok = libc::connect(fd, (&raw const sa).cast(), len) == 0;
-        drop(stream);
-        ok
+        (libc::connect(fd, (&raw const sa).cast(), len) == 0).then_some(stream)
     }
 }
 

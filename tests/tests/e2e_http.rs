@@ -12,10 +12,12 @@ const PORT: u16 = 8080;
 fn setup(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
     let link = Link::new()?;
     start_server(&link.near, PORT)?;
+    // These tests are about capture and logging: the engine only watches (shadow mode), so
+    // the odd clients below (malformed input, half-open floods) are not banned mid-test.
     let daemon = Daemon::start(
         &link.near,
         &link.near_if,
-        &format!("[tap]\nhttp_ports = [{PORT}]\n{extra}"),
+        &format!("[engine]\nmode = \"shadow\"\n\n[tap]\nhttp_ports = [{PORT}]\n{extra}"),
     )?;
     let dst = SocketAddr::new(link.near_v4, PORT);
     Ok((link, daemon, dst))
@@ -205,7 +207,7 @@ fn reordered_segments_are_reassembled() -> anyhow::Result<()> {
         let reply = link.far.run(move || -> anyhow::Result<Vec<u8>> {
             let mut c = guard_tests::rawtcp::RawTcp::connect(src, dst, PORT)?;
             let req = format!(
-                "POST /reorder/{i} HTTP/1.1\r\nHost: guard.test\r\nContent-Length: 40\r\n\r\n{}",
+                "POST /reorder/{i} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: e2e-raw\r\nContent-Length: 40\r\n\r\n{}",
                 "y".repeat(40)
             );
             let bytes = req.as_bytes();

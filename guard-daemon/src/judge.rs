@@ -1,0 +1,190 @@
+//! The engine's shell in the capture pipeline: every request the tap finishes is inspected by
+//! the validator, scored by the engine, logged with the verdict, and a ban decision is queued
+//! for the daemon to store in sled and push into the XDP maps. Nothing here waits: the ban
+//! queue is bounded and a full queue drops (and counts) the order; the engine re-decides on the
+//! client's next request.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::bans::BanRequest;
+use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
+use crate::net::Net;
+use crate::tap::RequestEvent;
+use crate::validate::{Action, Request, Validator, ValidatorConfig};
+
+/// Errors building the judge.
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error("validator")]
+    Validator(#[from] crate::validate::Error),
+    #[error("engine")]
+    Engine(#[from] EngineError),
+}
+
+/// Counters of the judge, shown by `guard stats`.
+#[derive(Debug, Default, Serialize)]
+pub struct JudgeStats {
+    pub inspected: AtomicU64,
+    pub validator_block: AtomicU64,
+    pub validator_triage: AtomicU64,
+    pub engine_block: AtomicU64,
+    pub bans_ordered: AtomicU64,
+    pub bans_shadow: AtomicU64,
+    pub bans_dropped: AtomicU64,
+    pub triage: AtomicU64,
+}
+
+/// Validator and engine, shared by the capture threads.
+pub struct Judge {
+    validator: Validator,
+    engine: Mutex<Engine>,
+    bans: SyncSender<BanRequest>,
+    pub stats: JudgeStats,
+}
+
+/// Ban orders waiting for the daemon.
+pub type BanQueue = Receiver<BanRequest>;
+
+impl Judge {
+    /// Builds the judge and the queue of ban orders it fills (bounded to `queue` orders).
+    pub fn new(
+        validator: &ValidatorConfig,
+        engine: &EngineConfig,
+        allowlist: Vec<Net>,
+        queue: usize,
+    ) -> Result<(Self, BanQueue), JudgeError> {
+        engine.validate()?;
+        let mut e = Engine::new(engine);
+        e.set_allowlist(allowlist);
+        let (tx, rx) = sync_channel(queue.max(1));
+        Ok((
+            Self {
+                validator: Validator::new(validator)?,
+                engine: Mutex::new(e),
+                bans: tx,
+                stats: JudgeStats::default(),
+            },
+            rx,
+        ))
+    }
+
+    /// Keeps the engine's allowlist in step with the store.
+    pub fn set_allowlist(&self, nets: Vec<Net>) {
+        self.engine().set_allowlist(nets);
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets idle clients.
+    pub fn expire(&self, now: Duration) {
+        self.engine().expire(now);
+    }
+
+    /// Judges one finished request; returns the log's (blocked, reason).
+    pub fn judge(&self, ev: &RequestEvent) -> (bool, Option<String>) {
+        let s = &self.stats;
+        s.inspected.fetch_add(1, Ordering::Relaxed);
+        let h = &ev.headers;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(6);
+        for (name, value) in [
+            ("Host", &h.host),
+            ("User-Agent", &h.user_agent),
+            ("Referer", &h.referer),
+            ("X-Forwarded-For", &h.x_forwarded_for),
+            ("Forwarded", &h.forwarded),
+            ("Content-Type", &h.content_type),
+        ] {
+            if let Some(v) = value {
+                headers.push((name, v));
+            }
+        }
+        let verdict = self.validator.inspect(&Request {
+            method: &ev.method,
+            path: &ev.path,
+            query: ev.query.as_deref().unwrap_or(""),
+            headers: &headers,
+            body: &ev.body,
+            content_type: h.content_type.as_deref(),
+        });
+        let hint = match verdict.action {
+            Action::Allow => None,
+            action => {
+                let block = action == Action::Block;
+                if block {
+                    s.validator_block.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    s.validator_triage.fetch_add(1, Ordering::Relaxed);
+                }
+                let category = verdict
+                    .findings
+                    .first()
+                    .and_then(|f| serde_json::to_value(f.category).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Some(ValidatorHint {
+                    block,
+                    triage: !block,
+                    score: verdict.score,
+                    category,
+                })
+            }
+        };
+        let decision = self.engine().observe(ev.ts, ev, hint.as_ref());
+        match decision {
+            Decision::Allow => match hint {
+                Some(h) if h.block => (
+                    true,
+                    Some(format!("validator: {} (score {})", h.category, h.score)),
+                ),
+                _ => (false, None),
+            },
+            Decision::Block { reason, .. } => {
+                s.engine_block.fetch_add(1, Ordering::Relaxed);
+                (true, Some(reason))
+            }
+            Decision::Triage { score, .. } => {
+                // The AI judge is not wired into the daemon yet: triage is logged and counted.
+                s.triage.fetch_add(1, Ordering::Relaxed);
+                (false, Some(format!("triage (grey score {score})")))
+            }
+            Decision::Ban {
+                target,
+                ttl,
+                reason,
+                evidence,
+                shadow,
+            } => {
+                if shadow {
+                    s.bans_shadow.fetch_add(1, Ordering::Relaxed);
+                    info!(%target, ?ttl, %reason, "shadow mode: would ban");
+                    return (true, Some(format!("shadow ban: {reason}")));
+                }
+                let order = BanRequest {
+                    target,
+                    ttl: Some(ttl),
+                    reason: reason.clone(),
+                    origin: "engine".into(),
+                    force: false,
+                    evidence: Some(evidence),
+                };
+                match self.bans.try_send(order) {
+                    Ok(()) => {
+                        s.bans_ordered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                        s.bans_dropped.fetch_add(1, Ordering::Relaxed);
+                        warn!(%target, "ban queue full: order dropped");
+                    }
+                }
+                (true, Some(format!("banned: {reason}")))
+            }
+        }
+    }
+}

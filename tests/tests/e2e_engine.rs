@@ -1,0 +1,184 @@
+//! End to end for the engine: scripted hostile clients across a veth pair, seen through the real
+//! tap, judged by the validator and the engine, banned into XDP — and benign clients beside them
+//! that are never banned. Prints the time from the first hostile request to the ban.
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use guard_tests::http::{Client, start_server};
+use guard_tests::{Daemon, Link, require_root, tcp_ok, wait_until};
+
+const PORT: u16 = 8080;
+
+fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
+    d.json(&["ban", "ls"])
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == addr.to_string())
+        .cloned()
+}
+
+/// Sends `paths` one per connection from `src` until the client is cut off, while watching
+/// `guard ban ls`; returns how many requests got an answer and the time from the first request
+/// to the ban (None: never banned).
+fn attack(
+    link: &Link,
+    d: &Daemon,
+    src: IpAddr,
+    dst: SocketAddr,
+    paths: Vec<String>,
+    agent: &'static str,
+) -> (usize, Option<Duration>) {
+    let ns = link.far.path();
+    let start = Instant::now();
+    let client = std::thread::spawn(move || {
+        let _ = guard_tests::enter(&ns);
+        let mut answered = 0;
+        for path in paths {
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: {agent}\r\n\r\n");
+            let Some(s) = guard_tests::connect_from(src, dst, Duration::from_secs(1)) else {
+                break;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut c = Client { stream: s };
+            if c.send(req.as_bytes())
+                .and_then(|()| c.responses(1))
+                .is_err()
+            {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    });
+    let t =
+        wait_until(Duration::from_secs(10), || banned(d, src).is_some()).map(|_| start.elapsed());
+    let answered = client.join().unwrap_or(0);
+    (answered, t)
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: three attackers and a reader at once, then the checks"
+)]
+fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    let scanner = link.far_v4;
+    let prober = link.add_far_v4(30)?;
+    let sqli = link.add_far_v4(31)?;
+    let reader = link.add_far_v4(40)?;
+
+    // A benign reader pages through /items slowly, all along.
+    let reader_ns = link.far.path();
+    let benign = std::thread::spawn(move || -> usize {
+        let _ = guard_tests::enter(&reader_ns);
+        let mut ok = 0;
+        for i in 1..=20 {
+            let req = format!(
+                "GET /items/{i} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0\r\nCookie: s=1\r\n\r\n"
+            );
+            if let Some(mut s) = guard_tests::connect_from(reader, dst, Duration::from_secs(2)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 512];
+                if s.write_all(req.as_bytes()).is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
+                    ok += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        ok
+    });
+
+    let mut report = Vec::new();
+    // A sensitive-file prober.
+    let files: Vec<String> = [
+        "/.env",
+        "/.git/config",
+        "/wp-admin/",
+        "/backup.sql",
+        "/.aws/credentials",
+        "/config.php.bak",
+        "/.htpasswd",
+        "/phpinfo.php",
+    ]
+    .iter()
+    .map(|p| (*p).to_owned())
+    .collect();
+    let (_, t) = attack(&link, &d, prober, dst, files, "curl/8.0");
+    report.push(("sensitive-file prober", t));
+    // A path scanner: hundreds of distinct paths, mostly 404.
+    let paths: Vec<String> = (0..300).map(|i| format!("/scan/{i}/index.html")).collect();
+    let (answered, t) = attack(
+        &link,
+        &d,
+        scanner,
+        dst,
+        paths,
+        "Mozilla/5.0 (compatible; scanner)",
+    );
+    report.push(("path scanner", t));
+    // SQL injection in the query string.
+    let attacks: Vec<String> = (0..10)
+        .map(|i| format!("/items?id={i}%27%20UNION%20SELECT%20password%20FROM%20users--"))
+        .collect();
+    let (_, t) = attack(&link, &d, sqli, dst, attacks, "sqlmap/1.7");
+    report.push(("sqli in query", t));
+
+    for ((name, t), addr) in report.iter().zip([prober, scanner, sqli]) {
+        let reason = banned(&d, addr)
+            .map(|b| b["reason"].to_string())
+            .unwrap_or_default();
+        println!(
+            "time from first hostile request to ban: {name}: {} ({reason})",
+            t.map_or("not banned".into(), |t| format!("{} ms", t.as_millis()))
+        );
+    }
+    for (name, t) in &report {
+        assert!(t.is_some(), "{name} was not banned: {}", d.log_text());
+    }
+    assert!(answered < 300, "the scanner was cut off before finishing");
+    // Banned means dropped by XDP: new connections fail, and the ban counters move.
+    for addr in [scanner, prober, sqli] {
+        assert!(
+            !tcp_ok(&link.far, Some(addr), dst, Duration::from_millis(300)),
+            "{addr} still connects"
+        );
+        let ban = banned(&d, addr).expect("ban");
+        assert_eq!(ban["origin"], "engine");
+        assert!(
+            ban["packets"].as_u64() >= Some(1),
+            "no drops counted for {addr}: {ban}"
+        );
+        assert!(!ban["evidence"].is_null(), "ban without evidence: {ban}");
+    }
+    let ok = benign
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    assert_eq!(ok, 20, "the benign reader must get every page");
+    assert!(banned(&d, reader).is_none(), "the benign reader was banned");
+    assert!(tcp_ok(
+        &link.far,
+        Some(reader),
+        dst,
+        Duration::from_millis(500)
+    ));
+    let blocked = d
+        .cli(&["logs", "--json", "--blocked"])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        blocked.lines().count() >= 3,
+        "hostile requests are marked blocked in the log"
+    );
+    Ok(())
+}
