@@ -63,29 +63,18 @@ impl Pipeline {
                 interface: iface.clone(),
                 ..Default::default()
             }));
-            let (stop, stats2, writer, tap_config) = (
-                Arc::clone(&stop),
-                Arc::clone(&stats),
-                Arc::clone(writer),
-                config.clone(),
-            );
-            let name = iface.clone();
-            let ports2 = Arc::clone(&ports);
-            let judge = Arc::clone(judge);
+            let worker = Worker {
+                stop: Arc::clone(&stop),
+                stats: Arc::clone(&stats),
+                writer: Arc::clone(writer),
+                iface: iface.clone(),
+                ports: Arc::clone(&ports),
+                judge: Arc::clone(judge),
+            };
+            let tap = Tap::new(config);
             let thread = std::thread::Builder::new()
                 .name(format!("guard-tap-{iface}"))
-                .spawn(move || {
-                    run(
-                        capture,
-                        Tap::new(&tap_config),
-                        &stop,
-                        &stats2,
-                        &writer,
-                        &name,
-                        &ports2,
-                        &judge,
-                    );
-                })
+                .spawn(move || run(capture, tap, &worker))
                 .map_err(|source| CaptureError::Sys {
                     call: "spawning the capture thread",
                     source,
@@ -144,16 +133,25 @@ fn wall_now() -> Duration {
         .unwrap_or_default()
 }
 
-fn run(
-    mut capture: Capture,
-    mut tap: Tap,
-    stop: &AtomicBool,
-    stats: &Mutex<PipelineStats>,
-    writer: &LogWriter,
-    iface: &str,
-    ports: &(Mutex<Vec<u16>>, AtomicU64),
-    judge: &Judge,
-) {
+/// What one capture thread shares with the rest of the daemon.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<PipelineStats>>,
+    writer: Arc<LogWriter>,
+    iface: String,
+    ports: Arc<(Mutex<Vec<u16>>, AtomicU64)>,
+    judge: Arc<Judge>,
+}
+
+fn run(mut capture: Capture, mut tap: Tap, w: &Worker) {
+    let (stop, stats, writer, iface, ports, judge) = (
+        &*w.stop,
+        &*w.stats,
+        &*w.writer,
+        w.iface.as_str(),
+        &*w.ports,
+        &*w.judge,
+    );
     let mut ports_seen = 0;
     let mut known_ports = ports
         .0
