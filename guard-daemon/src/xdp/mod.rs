@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::xdp::XdpLink;
-use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram, XdpMode as AyaMode};
+use aya::programs::links::PinnedLink;
+use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4,
@@ -19,7 +18,11 @@ use guard_common::{
 };
 use tracing::{info, warn};
 
-use crate::config::{XdpConfig, XdpMode};
+mod attach;
+pub use attach::default_route_interface;
+use attach::{attach, ensure_bpffs};
+
+use crate::config::XdpConfig;
 use crate::net::Net;
 
 /// The eBPF object, built by `cargo xtask build` into `$GUARD_EBPF_DIR` (checked by build.rs).
@@ -563,182 +566,5 @@ fn ignore_missing(r: Result<(), MapError>, op: &'static str) -> Result<(), XdpEr
     }
 }
 
-/// Attaches `prog` to `iface`, replacing the program of a link pinned there by an earlier
-/// instance, and pins the new link. Returns the pinned link and the mode name.
-fn attach(
-    prog: &mut XdpProgram,
-    iface: &str,
-    mode: XdpMode,
-    pin_dir: &Path,
-) -> Result<(PinnedLink, &'static str), XdpError> {
-    let ifindex = {
-        let c = std::ffi::CString::new(iface)
-            .map_err(|_| XdpError::UnknownInterface { name: iface.into() })?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    };
-    if ifindex == 0 {
-        return Err(XdpError::UnknownInterface {
-            name: iface.to_owned(),
-        });
-    }
-    let pin = pin_dir.join(format!("link_{iface}"));
-    let mode_file = pin_dir.join(format!("link_{iface}.mode"));
-    // An earlier instance left its link pinned: swap our program into it atomically.
-    if let Ok(old) = PinnedLink::from_pin(&pin) {
-        let replaced = old
-            .unpin()
-            .map_err(|e| e.to_string())
-            .and_then(|fd| XdpLink::try_from(fd).map_err(|e| e.to_string()))
-            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
-        match replaced {
-            Ok(id) => {
-                let mode = std::fs::read_to_string(&mode_file)
-                    .ok()
-                    .map_or("native", |m| {
-                        if m.trim() == "generic" {
-                            "generic"
-                        } else {
-                            "native"
-                        }
-                    });
-                return Ok((pin_link(prog, id, &pin)?, mode));
-            }
-            Err(e) => warn!(
-                interface = iface,
-                "pinned link unusable ({e}); attaching afresh"
-            ),
-        }
-    }
-    let (id, name) = match mode {
-        XdpMode::Generic => (
-            try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?,
-            "generic",
-        ),
-        XdpMode::Native => (
-            try_attach(prog, ifindex, iface, AyaMode::Driver, "native")?,
-            "native",
-        ),
-        XdpMode::Auto => match prog.attach_to_if_index(ifindex, AyaMode::Driver) {
-            Ok(id) => (id, "native"),
-            Err(e) => {
-                warn!(
-                    interface = iface,
-                    "native XDP unavailable ({e}); falling back to generic mode"
-                );
-                (
-                    try_attach(prog, ifindex, iface, AyaMode::Skb, "generic")?,
-                    "generic",
-                )
-            }
-        },
-    };
-    let _ = std::fs::write(&mode_file, name);
-    Ok((pin_link(prog, id, &pin)?, name))
-}
-
-fn try_attach(
-    prog: &mut XdpProgram,
-    ifindex: u32,
-    iface: &str,
-    mode: AyaMode,
-    name: &'static str,
-) -> Result<aya::programs::xdp::XdpLinkId, XdpError> {
-    prog.attach_to_if_index(ifindex, mode)
-        .map_err(|source| XdpError::Attach {
-            iface: iface.to_owned(),
-            mode: name,
-            source,
-        })
-}
-
-fn pin_link(
-    prog: &mut XdpProgram,
-    id: aya::programs::xdp::XdpLinkId,
-    pin: &Path,
-) -> Result<PinnedLink, XdpError> {
-    let err = |source: Box<dyn std::error::Error + Send + Sync>| XdpError::Pin {
-        path: pin.to_owned(),
-        source,
-    };
-    let link = prog.take_link(id).map_err(|e| err(Box::new(e)))?;
-    let fd = FdLink::try_from(link).map_err(|e| err(Box::new(e)))?;
-    fd.pin(pin).map_err(|e| err(Box::new(e)))
-}
-
-/// Makes sure `dir` lies on a bpffs, mounting one at /sys/fs/bpf if nothing is mounted there.
-fn ensure_bpffs(dir: &Path) -> Result<(), XdpError> {
-    let mut probe = dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    if fs_magic(&probe) == Some(BPF_FS_MAGIC) {
-        return Ok(());
-    }
-    let root = Path::new("/sys/fs/bpf");
-    if dir.starts_with(root) && fs_magic(root) != Some(BPF_FS_MAGIC) {
-        let _ = std::fs::create_dir_all(root);
-        // SAFETY: plain mount(2) call with NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc == 0 {
-            info!("mounted bpffs at /sys/fs/bpf");
-            return Ok(());
-        }
-        return Err(XdpError::Bpffs {
-            message: format!(
-                "cannot mount bpffs at /sys/fs/bpf: {}",
-                std::io::Error::last_os_error()
-            ),
-        });
-    }
-    Err(XdpError::Bpffs {
-        message: format!(
-            "{} is not on a bpffs mount (set xdp.pin_dir under /sys/fs/bpf)",
-            dir.display()
-        ),
-    })
-}
-
-fn fs_magic(path: &Path) -> Option<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs writes into the zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0).then_some(st.f_type as i64)
-}
-
-/// The interface of the IPv4 default route, from /proc/net/route.
-pub fn default_route_interface() -> Result<String, XdpError> {
-    let table = std::fs::read_to_string("/proc/net/route").map_err(|_| XdpError::NoDefaultRoute)?;
-    parse_default_route(&table).ok_or(XdpError::NoDefaultRoute)
-}
-
-fn parse_default_route(table: &str) -> Option<String> {
-    table.lines().skip(1).find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (iface, dest) = (f.next()?, f.next()?);
-        (dest == "00000000").then(|| iface.to_owned())
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn default_route_from_proc_table() {
-        let table = "Iface\tDestination\tGateway \tFlags\n\
-                     eth1\t0002A8C0\t00000000\t0001\n\
-                     eth0\t00000000\t0102A8C0\t0003\n";
-        assert_eq!(super::parse_default_route(table).as_deref(), Some("eth0"));
-        assert_eq!(super::parse_default_route("Iface\tDestination\n"), None);
-    }
-}
+mod tests;
