@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::Netns;
 
 /// Starts the server on `port` in `ns`. `/missing*` and probe-like paths (dot-files, `.php`,
-/// `wp-`, `admin`, backups, `/scan/`) answer 404, `/error*` 500, anything else 200 with a body
-/// naming the method and path.
+/// `wp-`, `admin`, backups, `/scan/`) answer 404, `/login*` 401, `/error*` 500, anything else
+/// 200 with a body naming the method and path.
 pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     ns.spawn(move || {
@@ -95,6 +95,9 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             .any(|p| target.contains(p));
         let status = if target.starts_with("/missing") || probe {
             "404 Not Found"
+        } else if target.starts_with("/login") {
+            // Every password is wrong.
+            "401 Unauthorized"
         } else if target.starts_with("/error") {
             "500 Internal Server Error"
         } else {

@@ -29,14 +29,31 @@ fn attack(
     paths: Vec<String>,
     agent: &'static str,
 ) -> (usize, Option<Duration>) {
+    let requests = paths
+        .into_iter()
+        .map(|path| {
+            format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: {agent}\r\n\r\n")
+        })
+        .collect();
+    attack_raw(link, d, src, dst, requests, Duration::ZERO)
+}
+
+/// Like [`attack`] with whole requests, `pause` apart.
+fn attack_raw(
+    link: &Link,
+    d: &Daemon,
+    src: IpAddr,
+    dst: SocketAddr,
+    requests: Vec<String>,
+    pause: Duration,
+) -> (usize, Option<Duration>) {
     let ns = link.far.path();
     let start = Instant::now();
     let client = std::thread::spawn(move || {
         let _ = guard_tests::enter(&ns);
         let mut answered = 0;
-        for path in paths {
-            let req =
-                format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: {agent}\r\n\r\n");
+        for req in requests {
+            std::thread::sleep(pause);
             let Some(s) = guard_tests::connect_from(src, dst, Duration::from_secs(1)) else {
                 break;
             };
@@ -180,5 +197,155 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
         blocked.lines().count() >= 3,
         "hostile requests are marked blocked in the log"
     );
+    Ok(())
+}
+
+/// A benign client: `requests` (path, pause after) from `src`, each on its own connection, with
+/// browser-like headers; returns how many got a 2xx/3xx/4xx answer.
+fn browse(
+    link: &Link,
+    src: IpAddr,
+    dst: SocketAddr,
+    requests: Vec<(String, Duration)>,
+    extra: &'static str,
+) -> std::thread::JoinHandle<usize> {
+    let ns = link.far.path();
+    std::thread::spawn(move || {
+        let _ = guard_tests::enter(&ns);
+        let mut ok = 0;
+        for (path, pause) in requests {
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0\r\nReferer: http://guard.test/\r\n{extra}\r\n"
+            );
+            if let Some(s) = guard_tests::connect_from(src, dst, Duration::from_secs(2)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut c = Client { stream: s };
+                if c.send(req.as_bytes())
+                    .and_then(|()| c.responses(1))
+                    .is_ok_and(|s| s.first().is_some_and(|s| *s < 500))
+                {
+                    ok += 1;
+                }
+            }
+            std::thread::sleep(pause);
+        }
+        ok
+    })
+}
+
+#[test]
+fn brute_force_enumeration_and_floods_are_banned_while_browsers_and_api_clients_are_not()
+-> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    let (brute, enumerator, flooder) = (
+        link.add_far_v4(50)?,
+        link.add_far_v4(51)?,
+        link.add_far_v4(52)?,
+    );
+    let (browser, api, typo) = (
+        link.add_far_v4(60)?,
+        link.add_far_v4(61)?,
+        link.add_far_v4(62)?,
+    );
+
+    // Benign clients run all along: a browser loading two pages with their assets, an API
+    // client polling with a token, a user who mistypes a few URLs.
+    let mut page = vec![("/".to_owned(), Duration::ZERO)];
+    for i in 0..30 {
+        let ext = ["js", "css", "png", "woff2"][i % 4];
+        page.push((format!("/static/asset{i}.{ext}"), Duration::ZERO));
+    }
+    page.push(("/about".to_owned(), Duration::from_millis(500)));
+    page.extend((30..45).map(|i| (format!("/static/asset{i}.png"), Duration::ZERO)));
+    let b = browse(&link, browser, dst, page, "Cookie: session=abc\r\n");
+    let a = browse(
+        &link,
+        api,
+        dst,
+        (0..20)
+            .map(|_| ("/api/v1/status".to_owned(), Duration::from_millis(150)))
+            .collect(),
+        "Authorization: Bearer t0ken\r\n",
+    );
+    let t = browse(
+        &link,
+        typo,
+        dst,
+        [
+            "/",
+            "/prodcts",
+            "/products",
+            "/missing/abuot",
+            "/about",
+            "/contcat",
+            "/contact",
+        ]
+        .iter()
+        .map(|p| ((*p).to_owned(), Duration::from_millis(200)))
+        .collect(),
+        "",
+    );
+
+    let mut report = Vec::new();
+    let logins = (0..15)
+        .map(|i| format!("POST /login HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: python-requests/2.31\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\nuser=admin&pass=guess{i:04}", 24))
+        .collect();
+    report.push((
+        "login brute force",
+        brute,
+        attack_raw(&link, &d, brute, dst, logins, Duration::from_millis(20)).1,
+    ));
+    let ids = (1..=80).map(|i| format!("GET /api/users/{i} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: python-requests/2.31\r\n\r\n")).collect();
+    report.push((
+        "sequential-ID enumerator",
+        enumerator,
+        attack_raw(&link, &d, enumerator, dst, ids, Duration::from_millis(30)).1,
+    ));
+    let flood = (0..300)
+        .map(|_| "GET / HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: Mozilla/5.0\r\n\r\n".to_owned())
+        .collect();
+    report.push((
+        "HTTP flood",
+        flooder,
+        attack_raw(&link, &d, flooder, dst, flood, Duration::ZERO).1,
+    ));
+
+    for (name, addr, t) in &report {
+        let reason = banned(&d, *addr)
+            .map(|b| b["reason"].to_string())
+            .unwrap_or_default();
+        println!(
+            "time from first hostile request to ban: {name}: {} ({reason})",
+            t.map_or("not banned".into(), |t| format!("{} ms", t.as_millis()))
+        );
+    }
+    for (name, addr, t) in &report {
+        assert!(t.is_some(), "{name} was not banned");
+        assert!(
+            !tcp_ok(&link.far, Some(*addr), dst, Duration::from_millis(300)),
+            "{name} still connects"
+        );
+    }
+    let (b, a, t) = (
+        b.join().unwrap_or(0),
+        a.join().unwrap_or(0),
+        t.join().unwrap_or(0),
+    );
+    assert_eq!((b, a, t), (47, 20, 7), "every benign request answered");
+    for addr in [browser, api, typo] {
+        assert!(
+            banned(&d, addr).is_none(),
+            "benign client {addr} banned: {:?}",
+            banned(&d, addr)
+        );
+    }
     Ok(())
 }
