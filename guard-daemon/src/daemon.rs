@@ -82,7 +82,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .into_iter()
         .map(|a| a.target)
         .collect();
-    let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // The AI second opinion; without it (disabled, or a bad set-up) grey clients are only
+    // logged: guard fails open.
+    let ai = if config.ai.enabled {
+        let _entered = runtime.enter();
+        match crate::ai::AiClient::from_config(config.ai.clone()) {
+            Ok(client) => {
+                info!(base_url = %config.ai.base_url, model = %config.ai.model, "AI triage enabled");
+                Some(client)
+            }
+            Err(e) => {
+                error!("AI triage disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096, ai)
         .context("building the validator and engine")?;
     let judge = Arc::new(judge);
     let pipeline = if config.tap.http_ports.is_empty() {
@@ -117,10 +138,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         started: Instant::now(),
     });
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let applier_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let applier = {
         let (shared, stop) = (Arc::clone(&shared), Arc::clone(&applier_stop));
@@ -490,7 +507,7 @@ fn stats(shared: &Shared) -> Response {
     Response::ok(json!({
         "xdp": xdp,
         "tap": tap,
-        "engine": &shared.judge.stats,
+        "engine": &*shared.judge.stats,
         "logs": {
             "written": w.written.load(Ordering::Relaxed),
             "dropped": w.dropped.load(Ordering::Relaxed),

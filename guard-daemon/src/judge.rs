@@ -5,7 +5,7 @@
 //! client's next request.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -37,14 +37,21 @@ pub struct JudgeStats {
     pub bans_shadow: AtomicU64,
     pub bans_dropped: AtomicU64,
     pub triage: AtomicU64,
+    /// AI judgements asked for, and what came back.
+    pub ai_asked: AtomicU64,
+    pub ai_block: AtomicU64,
+    pub ai_allow: AtomicU64,
+    pub ai_unsure: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
 pub struct Judge {
     validator: Validator,
-    engine: Mutex<Engine>,
+    engine: Arc<Mutex<Engine>>,
     bans: SyncSender<BanRequest>,
-    pub stats: JudgeStats,
+    pub stats: Arc<JudgeStats>,
+    /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
+    ai: Option<crate::ai::AiClient>,
 }
 
 /// Ban orders waiting for the daemon.
@@ -57,6 +64,7 @@ impl Judge {
         engine: &EngineConfig,
         allowlist: Vec<Net>,
         queue: usize,
+        ai: Option<crate::ai::AiClient>,
     ) -> Result<(Self, BanQueue), JudgeError> {
         engine.validate()?;
         let mut e = Engine::new(engine);
@@ -65,9 +73,10 @@ impl Judge {
         Ok((
             Self {
                 validator: Validator::new(validator)?,
-                engine: Mutex::new(e),
+                engine: Arc::new(Mutex::new(e)),
                 bans: tx,
-                stats: JudgeStats::default(),
+                stats: Arc::new(JudgeStats::default()),
+                ai,
             },
             rx,
         ))
@@ -88,6 +97,7 @@ impl Judge {
     }
 
     /// Judges one finished request; returns the log's (blocked, reason).
+    #[must_use]
     pub fn judge(&self, ev: &RequestEvent) -> (bool, Option<String>) {
         let s = &self.stats;
         s.inspected.fetch_add(1, Ordering::Relaxed);
@@ -149,42 +159,86 @@ impl Judge {
                 s.engine_block.fetch_add(1, Ordering::Relaxed);
                 (true, Some(reason))
             }
-            Decision::Triage { score, .. } => {
-                // The AI judge is not wired into the daemon yet: triage is logged and counted.
+            Decision::Triage {
+                score, behaviour, ..
+            } => {
                 s.triage.fetch_add(1, Ordering::Relaxed);
+                self.ask_ai(ev.client, &behaviour);
                 (false, Some(format!("triage (grey score {score})")))
             }
-            Decision::Ban {
-                target,
-                ttl,
-                reason,
-                evidence,
-                shadow,
-            } => {
-                if shadow {
-                    s.bans_shadow.fetch_add(1, Ordering::Relaxed);
-                    info!(%target, ?ttl, %reason, "shadow mode: would ban");
-                    return (true, Some(format!("shadow ban: {reason}")));
-                }
-                let order = BanRequest {
-                    target,
-                    ttl: Some(ttl),
-                    reason: reason.clone(),
-                    origin: "engine".into(),
-                    force: false,
-                    evidence: Some(evidence),
-                };
-                match self.bans.try_send(order) {
-                    Ok(()) => {
-                        s.bans_ordered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                        s.bans_dropped.fetch_add(1, Ordering::Relaxed);
-                        warn!(%target, "ban queue full: order dropped");
-                    }
-                }
-                (true, Some(format!("banned: {reason}")))
-            }
+            ban @ Decision::Ban { .. } => (true, Some(order_ban(ban, &self.bans, s))),
         }
     }
+
+    /// Asks the AI about a grey client without waiting: the answer arrives on the runtime and
+    /// can only escalate (an AI BLOCK becomes a ban through the engine); Allow and Unsure change
+    /// nothing but the counters.
+    fn ask_ai(&self, client: std::net::IpAddr, behaviour: &crate::ai::ClientBehaviour) {
+        let Some(ai) = &self.ai else { return };
+        self.stats.ai_asked.fetch_add(1, Ordering::Relaxed);
+        let pending = ai.try_submit_judgement(behaviour);
+        let (engine, bans, stats) = (
+            Arc::clone(&self.engine),
+            self.bans.clone(),
+            Arc::clone(&self.stats),
+        );
+        ai.runtime().spawn(async move {
+            let judgement = pending.await;
+            let counter = match &judgement {
+                crate::ai::Judgement::Block(_) => &stats.ai_block,
+                crate::ai::Judgement::Allow => &stats.ai_allow,
+                crate::ai::Judgement::Unsure(_) => &stats.ai_unsure,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let decision = engine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ai_verdict(now, client, &judgement);
+            if matches!(decision, Decision::Ban { .. }) {
+                let reason = order_ban(decision, &bans, &stats);
+                info!(%client, %reason, "the AI judged the client hostile");
+            }
+        });
+    }
+}
+
+/// Queues a ban decision for the daemon (or only counts it in shadow mode); returns the reason
+/// for the log. Anything but a ban is ignored.
+fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) -> String {
+    let Decision::Ban {
+        target,
+        ttl,
+        reason,
+        evidence,
+        shadow,
+    } = decision
+    else {
+        return String::new();
+    };
+    if shadow {
+        s.bans_shadow.fetch_add(1, Ordering::Relaxed);
+        info!(%target, ?ttl, %reason, "shadow mode: would ban");
+        return format!("shadow ban: {reason}");
+    }
+    let order = BanRequest {
+        target,
+        ttl: Some(ttl),
+        reason: reason.clone(),
+        origin: "engine".into(),
+        force: false,
+        evidence: Some(evidence),
+    };
+    match bans.try_send(order) {
+        Ok(()) => {
+            s.bans_ordered.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            s.bans_dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(%target, "ban queue full: order dropped");
+        }
+    }
+    format!("banned: {reason}")
 }

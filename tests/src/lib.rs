@@ -1,6 +1,7 @@
 //! Helpers for guard's end-to-end tests and benchmarks: network namespaces, veth pairs, the
 //! daemon process and its CLI, and real traffic — each behind an RAII guard that removes what it
 //! made, also when a test fails. Everything stays inside namespaces the test created.
+pub mod ai_server;
 pub mod http;
 pub mod rawtcp;
 

@@ -234,6 +234,10 @@ fn browse(
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: three attackers and three benign clients at once"
+)]
 fn brute_force_enumeration_and_floods_are_banned_while_browsers_and_api_clients_are_not()
 -> anyhow::Result<()> {
     require_root!();
@@ -347,5 +351,88 @@ fn brute_force_enumeration_and_floods_are_banned_while_browsers_and_api_clients_
             banned(&d, addr)
         );
     }
+    Ok(())
+}
+
+/// A grey client: past the grace period, a script user agent, unauthenticated, 20+ requests in
+/// 10 s on one page — grey score 6, between the AI threshold (4) and the hard block (8).
+fn grey_client(link: &Link, d: &Daemon, src: IpAddr, dst: SocketAddr) -> Option<Duration> {
+    let requests = (0..26)
+        .map(|_| {
+            "GET /catalog HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.4.0\r\n\r\n".to_owned()
+        })
+        .collect();
+    attack_raw(link, d, src, dst, requests, Duration::from_millis(40)).1
+}
+
+#[test]
+fn grey_clients_are_banned_only_on_an_ai_block() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let ai = guard_tests::ai_server::AiServer::start(&link.near, 18_181)?;
+    let config = format!(
+        "[tap]\nhttp_ports = [{PORT}]\n\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
+         response_format = \"json_object\"\nmax_retries = 0\nrequest_timeout_ms = 2000\nbreaker_failures = 100\ncache_ttl_secs = 0\n"
+    );
+    let d = Daemon::start(&link.near, &link.near_if, &config)?;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    let engine = |d: &Daemon| {
+        d.json(&["stats"])
+            .map(|s| s["engine"].clone())
+            .unwrap_or_default()
+    };
+
+    // The model says BLOCK: the grey client is banned, through the engine, into XDP.
+    ai.answer(guard_tests::ai_server::Answer::Block);
+    let blocked = link.add_far_v4(70)?;
+    let t = grey_client(&link, &d, blocked, dst);
+    assert!(
+        t.is_some(),
+        "AI BLOCK did not ban: {} / {}",
+        engine(&d),
+        d.log_text()
+    );
+    println!(
+        "grey client judged BLOCK by the AI: banned {} ms after its first request ({})",
+        t.map_or(0, |t| t.as_millis()),
+        banned(&d, blocked)
+            .map(|b| b["reason"].to_string())
+            .unwrap_or_default()
+    );
+    assert!(!tcp_ok(
+        &link.far,
+        Some(blocked),
+        dst,
+        Duration::from_millis(300)
+    ));
+    let calls = ai.calls();
+    assert!(calls >= 1);
+
+    // ALLOW and a failing model leave grey clients alone; only the counters move.
+    for (answer, host) in [
+        (guard_tests::ai_server::Answer::Allow, 71),
+        (guard_tests::ai_server::Answer::ServerError, 72),
+    ] {
+        ai.answer(answer);
+        let client = link.add_far_v4(host)?;
+        let before = ai.calls();
+        assert!(
+            grey_client(&link, &d, client, dst).is_none(),
+            "{answer:?} must not ban: {:?}",
+            banned(&d, client)
+        );
+        assert!(ai.calls() > before, "{answer:?}: the model was not asked");
+        assert!(tcp_ok(
+            &link.far,
+            Some(client),
+            dst,
+            Duration::from_millis(500)
+        ));
+    }
+    let stats = engine(&d);
+    assert!(stats["ai_block"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["ai_allow"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["ai_unsure"].as_u64() >= Some(1), "{stats}");
     Ok(())
 }

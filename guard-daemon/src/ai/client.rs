@@ -202,6 +202,12 @@ impl AiClient {
         })
     }
 
+    /// The runtime the calls run on (callers may spawn their follow-ups there).
+    #[must_use]
+    pub fn runtime(&self) -> &Handle {
+        &self.inner.runtime
+    }
+
     /// The settings in use.
     #[must_use]
     pub fn config(&self) -> &AiConfig {
