@@ -1,7 +1,7 @@
 //! A loopback stand-in for an OpenAI-compatible chat-completions server, speaking the real
 //! protocol over real HTTP: it answers every `POST /v1/chat/completions` with the verdict the
 //! test sets (`BLOCK`, `ALLOW`) or a 500, and counts the calls.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -74,19 +74,7 @@ impl AiServer {
             if reader.read_line(&mut line)? == 0 {
                 return Ok(());
             }
-            let mut length = 0u64;
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h)?;
-                let h = h.trim_end().to_ascii_lowercase();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some(v) = h.strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
+            crate::http::skip_message(&mut reader)?;
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.answer.load(Ordering::SeqCst) == Answer::Down as u8 {
                 return Ok(());

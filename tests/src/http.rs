@@ -116,6 +116,24 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// Reads the rest of a message head (after its first line) and skips its Content-Length body.
+pub fn skip_message(reader: &mut impl BufRead) -> std::io::Result<()> {
+    let mut length = 0u64;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end().to_ascii_lowercase();
+        if h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    std::io::copy(&mut reader.take(length), &mut std::io::sink())?;
+    Ok(())
+}
+
 /// A client connection from inside a namespace (open on a thread that entered it).
 pub struct Client {
     pub stream: TcpStream,
@@ -167,19 +185,7 @@ impl Client {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let mut length = 0u64;
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h)?;
-                let h = h.trim_end().to_ascii_lowercase();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some(v) = h.strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
+            skip_message(&mut reader)?;
             statuses.push(status);
         }
         Ok(statuses)
