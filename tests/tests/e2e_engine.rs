@@ -9,6 +9,20 @@ use guard_tests::{Daemon, Link, require_root, tcp_ok, wait_until};
 
 const PORT: u16 = 8080;
 
+/// A veth pair with the test HTTP server on the near side and guard watching it, with `extra`
+/// config appended.
+fn setup(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n{extra}"),
+    )?;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    Ok((link, d, dst))
+}
+
 fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
     d.json(&["ban", "ls"])
         .ok()?
@@ -82,14 +96,7 @@ fn attack_raw(
 )]
 fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Result<()> {
     require_root!();
-    let link = Link::new()?;
-    start_server(&link.near, PORT)?;
-    let d = Daemon::start(
-        &link.near,
-        &link.near_if,
-        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
-    )?;
-    let dst = SocketAddr::new(link.near_v4, PORT);
+    let (link, d, dst) = setup("")?;
     let scanner = link.far_v4;
     let prober = link.add_far_v4(30)?;
     let sqli = link.add_far_v4(31)?;
@@ -247,21 +254,10 @@ fn browse(
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: three attackers and three benign clients at once"
-)]
 fn brute_force_enumeration_and_floods_are_banned_while_browsers_and_api_clients_are_not()
 -> anyhow::Result<()> {
     require_root!();
-    let link = Link::new()?;
-    start_server(&link.near, PORT)?;
-    let d = Daemon::start(
-        &link.near,
-        &link.near_if,
-        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
-    )?;
-    let dst = SocketAddr::new(link.near_v4, PORT);
+    let (link, d, dst) = setup("")?;
     let (brute, enumerator, flooder) = (
         link.add_far_v4(50)?,
         link.add_far_v4(51)?,
@@ -381,15 +377,12 @@ fn grey_client(link: &Link, d: &Daemon, src: IpAddr, dst: SocketAddr) -> Option<
 #[test]
 fn grey_clients_are_banned_only_on_an_ai_block() -> anyhow::Result<()> {
     require_root!();
-    let link = Link::new()?;
-    start_server(&link.near, PORT)?;
+    // The daemon asks the model only once a client turns grey: the server may start after it.
+    let (link, d, dst) = setup(
+        "\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
+         response_format = \"json_object\"\nmax_retries = 0\nrequest_timeout_ms = 2000\nbreaker_failures = 100\ncache_ttl_secs = 0\n",
+    )?;
     let ai = guard_tests::ai_server::AiServer::start(&link.near, 18_181)?;
-    let config = format!(
-        "[tap]\nhttp_ports = [{PORT}]\n\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
-         response_format = \"json_object\"\nmax_retries = 0\nrequest_timeout_ms = 2000\nbreaker_failures = 100\ncache_ttl_secs = 0\n"
-    );
-    let d = Daemon::start(&link.near, &link.near_if, &config)?;
-    let dst = SocketAddr::new(link.near_v4, PORT);
     let engine = |d: &Daemon| {
         d.json(&["stats"])
             .map(|s| s["engine"].clone())

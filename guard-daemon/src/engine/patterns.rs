@@ -216,16 +216,3 @@ pub fn trailing_id(path: &str) -> Option<(&str, u64)> {
     }
     Some((&trimmed[..start], digits.parse().ok()?))
 }
-
-/// `s` cut to at most `max` bytes at a character boundary.
-#[must_use]
-pub fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}

@@ -144,6 +144,7 @@ impl<'a> Out<'a> {
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+#[must_use]
 pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;

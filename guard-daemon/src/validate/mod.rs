@@ -12,6 +12,7 @@ pub mod cli;
 mod config;
 mod detect;
 mod extract;
+pub use extract::truncate;
 mod normalise;
 mod protocol;
 mod rules;

@@ -27,6 +27,7 @@ use guard_common::{PROG_XDP_GUARD, STAT_DROP_BAN_EXACT};
 use guard_tests::{Link, Netns, enter, sh};
 
 use crate::micro::{BAN_BASE, MILLION};
+use crate::nft::Nft;
 use crate::progs::{Bench, Guard, PROG_DROP_ALL, PROG_GEN, udp_frame, xdp, xdp_mut};
 use crate::report::Report;
 
@@ -39,7 +40,7 @@ const BATCH: u32 = 64;
 /// Frames per `BPF_PROG_RUN` call: far more than a window needs; the call is interrupted.
 const GEN_REPEAT: u32 = 1 << 30;
 /// nftables table made in the receiver namespace.
-const NFT_TABLE: &str = "guard_bench";
+pub const NFT_TABLE: &str = "guard_bench";
 
 // Case names (also the keys of the goals).
 const DROP1: &str = "baseline: xdp_drop_all, 1 source";
@@ -70,7 +71,7 @@ fn iface(ns: &Netns, name: &str) -> anyhow::Result<Iface> {
 
 /// Packets the interface received (`ip -s`: for veth this counts frames arriving as XDP
 /// frames too, before the stack sees them).
-fn rx_packets(ns: &Netns, name: &str) -> anyhow::Result<u64> {
+pub fn rx_packets(ns: &Netns, name: &str) -> anyhow::Result<u64> {
     let out = ns.ip(&["-s", "-j", "link", "show", "dev", name])?;
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("parsing ip -s -j link")?;
@@ -159,6 +160,18 @@ struct Generator<'a> {
     ns: &'a Path,
 }
 
+impl<'a> Generator<'a> {
+    /// The live-frame generator of `bench`, sending `frame` out of the veth `ifindex` in `ns`.
+    fn new(bench: &'a Bench, frame: &[u8], ifindex: u32, ns: &'a Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            prog: xdp(&bench.ebpf, PROG_GEN)?,
+            frame: frame.to_vec(),
+            ifindex,
+            ns,
+        })
+    }
+}
+
 /// Receiver packets per second over `WINDOW` while the generator runs; `count` reads the
 /// receiver's counter. Returns (pps, packets counted in the window).
 fn measure(
@@ -228,117 +241,6 @@ fn measure(
         );
         Ok((pps, n))
     })
-}
-
-/// The nftables baseline: a netdev ingress chain on the receiver veth with a set of banned
-/// sources and a named drop counter. Lives in the receiver namespace; deleted on drop.
-struct Nft<'a> {
-    ns: &'a Netns,
-    dev: &'a str,
-    file: std::path::PathBuf,
-    /// Receiver rx count when the table was made.
-    rx_start: u64,
-}
-
-impl<'a> Nft<'a> {
-    fn new(ns: &'a Netns, dev: &'a str) -> anyhow::Result<Self> {
-        let file = std::env::temp_dir().join(guard_tests::unique("guard-bench-nft-"));
-        let nft = Self {
-            ns,
-            dev,
-            file,
-            rx_start: rx_packets(ns, dev)?,
-        };
-        nft.load(&format!(
-            "table netdev {NFT_TABLE} {{\n  counter dropped {{ }}\n  set banned {{ type ipv4_addr; size {}; }}\n  \
-             chain ingress {{\n    type filter hook ingress device \"{dev}\" priority 0; policy accept;\n    \
-             ip saddr @banned counter name \"dropped\" drop\n  }}\n}}\n",
-            2 * MILLION
-        ))?;
-        Ok(nft)
-    }
-
-    fn load(&self, text: &str) -> anyhow::Result<()> {
-        std::fs::write(&self.file, text)?;
-        let out = self
-            .ns
-            .command("nft")
-            .arg("-f")
-            .arg(&self.file)
-            .output()
-            .context("running nft")?;
-        ensure!(
-            out.status.success(),
-            "nft -f failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
-    }
-
-    /// Adds `count` consecutive addresses from `first` to the set.
-    fn ban_range(&self, first: Ipv4Addr, count: u32) -> anyhow::Result<()> {
-        use std::fmt::Write;
-        let mut text = String::with_capacity(count as usize * 18);
-        let first = u32::from(first);
-        for chunk in (0..count).collect::<Vec<_>>().chunks(50_000) {
-            let _ = write!(text, "add element netdev {NFT_TABLE} banned {{ ");
-            for i in chunk {
-                let _ = write!(text, "{}, ", Ipv4Addr::from(first + i));
-            }
-            text.push_str("}\n");
-        }
-        self.load(&text)
-    }
-
-    /// Frames that reached the receiver since the table was made. Every generated source is
-    /// in the set, so this is the drop rate; it is read instead of the rule's counter because
-    /// `nft list` fetches the whole set (about 20 s with 1M elements). [`Nft::verify`]
-    /// checks afterwards that the counter agrees.
-    fn received(&self) -> anyhow::Result<u64> {
-        Ok(rx_packets(self.ns, self.dev)? - self.rx_start)
-    }
-
-    /// Empties the set (so that listing is fast) and checks that the drop counter accounts for
-    /// (nearly) every frame received since the table was made.
-    fn verify(&self) -> anyhow::Result<()> {
-        self.load(&format!("flush set netdev {NFT_TABLE} banned\n"))?;
-        let (dropped, received) = (self.dropped()?, self.received()?);
-        ensure!(
-            dropped as f64 >= 0.99 * received as f64,
-            "nftables dropped {dropped} of {received} received frames: the set does not match the generated sources"
-        );
-        Ok(())
-    }
-
-    fn dropped(&self) -> anyhow::Result<u64> {
-        let out = self
-            .ns
-            .command("nft")
-            .args(["-j", "list", "counter", "netdev", NFT_TABLE, "dropped"])
-            .output()
-            .context("running nft")?;
-        ensure!(
-            out.status.success(),
-            "nft list counter: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        v["nftables"]
-            .as_array()
-            .and_then(|a| a.iter().find_map(|e| e["counter"]["packets"].as_u64()))
-            .context("no packet count in nft output")
-    }
-}
-
-impl Drop for Nft<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .ns
-            .command("nft")
-            .args(["delete", "table", "netdev", NFT_TABLE])
-            .output();
-        let _ = std::fs::remove_file(&self.file);
-    }
 }
 
 fn set_gro(ns: &Netns, dev: &str, on: bool) -> anyhow::Result<()> {
@@ -436,12 +338,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
             )?;
             for (case, sources) in [(DROP1, 1), (DROPM, MILLION)] {
                 bench.set_sources(BAN_BASE, sources)?;
-                let g = Generator {
-                    prog: xdp(&bench.ebpf, PROG_GEN)?,
-                    frame: frame.clone(),
-                    ifindex: far.index,
-                    ns: &far_ns,
-                };
+                let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
                 push(
                     case,
                     measure(&g, || Ok(dropped.get(&0, 0)?.iter().sum()))?.0,
@@ -458,12 +355,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
             let attached = Attached::new(prog, &near_ns, &link.near_if)?;
             for &(case, sources) in cases {
                 bench.set_sources(BAN_BASE, sources)?;
-                let g = Generator {
-                    prog: xdp(&bench.ebpf, PROG_GEN)?,
-                    frame: frame.clone(),
-                    ifindex: far.index,
-                    ns: &far_ns,
-                };
+                let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
                 let count = || Ok(stats.get(&STAT_DROP_BAN_EXACT, 0)?.iter().sum());
                 push(case, measure(&g, count)?.0);
             }
@@ -473,24 +365,14 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         let nft = Nft::new(&link.near, &link.near_if)?;
         nft.ban_range(BAN_BASE, 1)?;
         bench.set_sources(BAN_BASE, 1)?;
-        let g = Generator {
-            prog: xdp(&bench.ebpf, PROG_GEN)?,
-            frame: frame.clone(),
-            ifindex: far.index,
-            ns: &far_ns,
-        };
+        let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
         push(NFT1, measure(&g, || nft.received())?.0);
         progress!("loading the 1,000,000-element nftables set");
         let t = Instant::now();
         nft.ban_range(Ipv4Addr::from(u32::from(BAN_BASE) + 1), MILLION - 1)?;
         nft_fill = t.elapsed();
         bench.set_sources(BAN_BASE, MILLION)?;
-        let g = Generator {
-            prog: xdp(&bench.ebpf, PROG_GEN)?,
-            frame: frame.clone(),
-            ifindex: far.index,
-            ns: &far_ns,
-        };
+        let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
         push(NFTM, measure(&g, || nft.received())?.0);
         nft.verify()?;
         drop(nft);

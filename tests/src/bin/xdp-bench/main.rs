@@ -28,6 +28,7 @@ fn started() -> Instant {
 
 mod live;
 mod micro;
+mod nft;
 mod progs;
 mod report;
 
