@@ -36,7 +36,7 @@ pub const MAP_STATS: &str = "STATS";
 /// Ring buffer of `RateEvent`s.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Every map the XDP program declares, in the order the daemon opens them.
-pub const XDP_MAPS: [&str; 11] = [
+pub const XDP_MAPS: [&str; 14] = [
     MAP_BANS_V4,
     MAP_BANS_V6,
     MAP_CIDR_V4,
@@ -48,6 +48,9 @@ pub const XDP_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_STATS,
     MAP_EVENTS,
+    MAP_DENSE_INDEX,
+    MAP_DENSE,
+    MAP_DENSE_HITS,
 ];
 
 /// Name of the socket filter of the HTTP capture socket.
@@ -164,6 +167,90 @@ pub const HOT_FLUSH: u64 = 64;
 /// The per-CPU hot-ban cache: `PerCpuArray<HotBan>`, one slot. Not pinned.
 pub const MAP_HOT: &str = "HOT";
 
+/// Flag: the dense IPv4 tier has blocks (skip its lookup otherwise).
+pub const CFG_HAVE_DENSE_V4: u64 = 1 << 4;
+
+/// Dense IPv4 tier: the /24 blocks that hold many exact bans get a 256-bit map of their
+/// banned addresses, looked up by block number instead of hashing each address. A million
+/// sources spread over a few thousand /24s then cost the program a cached block per packet
+/// instead of two cache misses in a two-million-bucket hash. The exact ban map stays the
+/// source of truth: a set bit is a shortcut to a drop, a clear bit falls through to it.
+///
+/// `HashMap<u32, u32>`: block number (the host-order address shifted right by 8) → slot.
+pub const MAP_DENSE_INDEX: &str = "DENSE_INDEX";
+/// `Array<DenseBlock>` of `DENSE_SLOTS`, memory-mapped by the daemon (`BPF_F_MMAPABLE`).
+pub const MAP_DENSE: &str = "DENSE";
+/// `Array<DenseHits>` of `DENSE_SLOTS`, memory-mapped: the drop counters of a block's
+/// addresses while it is in the tier.
+pub const MAP_DENSE_HITS: &str = "DENSE_HITS";
+/// Per-CPU cache of the last block looked up: `PerCpuArray<HotDense>`, one slot. Not pinned.
+pub const MAP_HOT_DENSE: &str = "HOT_DENSE";
+/// Blocks the dense tier can hold (4096 × 256 = 1,048,576 addresses).
+pub const DENSE_SLOTS: u32 = 4096;
+/// A /24 joins the tier when it holds this many exact IPv4 bans...
+pub const DENSE_MIN: u32 = 16;
+/// ...and leaves it when it falls below this many.
+pub const DENSE_KEEP: u32 = 8;
+
+/// One /24 block of the dense tier (value of `DENSE`). Written only by the daemon, through
+/// its memory mapping, one aligned word at a time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenseBlock {
+    /// Block number + 1 while the slot is in use; 0 = free. The program compares it with the
+    /// block it looked up, so a slot that was freed (and, at least a second later, reused)
+    /// never answers for another block.
+    pub tag: u32,
+    /// Explicit padding; always 0.
+    pub pad: u32,
+    /// The earliest deadline among the block's set bits, `CLOCK_MONOTONIC` ns; 0 = none
+    /// expires. From then on the program ignores the bits and asks the exact map, which
+    /// checks each ban's own deadline, until the daemon has swept the expired ban.
+    pub min_expires_ns: u64,
+    /// Bit `i` set: `block.i` has a live exact ban that does not overlap the allowlist.
+    pub bits: [u64; 4],
+}
+const _: () = assert!(size_of::<DenseBlock>() == 48);
+
+/// Drop counters of one address of a dense block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenseHit {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `CLOCK_MONOTONIC` ns (coarse clock); 0 = never.
+    pub last_hit_ns: u64,
+}
+const _: () = assert!(size_of::<DenseHit>() == 24);
+
+/// Drop counters of a dense block's 256 addresses (value of `DENSE_HITS`). Added to the
+/// exact ban's own counters when read, and folded into them when the block leaves the tier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseHits {
+    pub hits: [DenseHit; 256],
+}
+const _: () = assert!(size_of::<DenseHits>() == 24 * 256);
+
+impl Default for DenseHits {
+    fn default() -> Self {
+        Self {
+            hits: [DenseHit::default(); 256],
+        }
+    }
+}
+
+/// Per-CPU cache of the dense block last looked up (value of `HOT_DENSE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotDense {
+    /// `DenseBlock::tag` of the cached block; 0 = empty.
+    pub tag: u32,
+    /// Its slot.
+    pub slot: u32,
+}
+const _: () = assert!(size_of::<HotDense>() == 8);
+
 /// Address family tag in `RateEvent::family`.
 pub const FAMILY_V4: u32 = 4;
 /// Address family tag in `RateEvent::family`.
@@ -218,10 +305,16 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)], Copy, made only of integers, without padding (asserted).
+    // SAFETY: all of them are #[repr(C)], Copy, made only of integers, without padding (asserted).
     unsafe impl aya::Pod for super::BanEntry {}
     unsafe impl aya::Pod for super::RateBucket {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::RateEvent {}
     unsafe impl aya::Pod for super::HotBan {}
+    unsafe impl aya::Pod for super::DenseBlock {}
+    unsafe impl aya::Pod for super::DenseHits {}
+    unsafe impl aya::Pod for super::HotDense {}
 }
+
+#[cfg(feature = "user")]
+pub mod dense;

@@ -492,6 +492,9 @@ fn stats(shared: &Shared) -> Response {
             for (name, v) in STAT_NAMES.iter().zip(values) {
                 xdp.insert((*name).into(), v.into());
             }
+            let (blocks, full) = bans.xdp().dense();
+            xdp.insert("dense_blocks".into(), blocks.into());
+            xdp.insert("dense_blocks_refused".into(), full.into());
         }
         Err(e) => return Response::err(e),
     }

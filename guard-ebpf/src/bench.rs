@@ -1,7 +1,8 @@
 //! Benchmark-only XDP programs, never loaded by guard itself:
 //! - `xdp_drop_all`: the baseline, drops every frame and counts it;
 //! - `xdp_gen`: run with `BPF_PROG_RUN` in live-frame mode, rewrites the IPv4 source of the
-//!   test frame to cycle through `GEN.count` addresses from `GEN.base` and transmits it.
+//!   test frame to cycle through `GEN.count` addresses `GEN.base + i * GEN.stride` and
+//!   transmits it.
 #![no_std]
 #![no_main]
 
@@ -17,9 +18,10 @@ use guard_ebpf::net::{ETH_HLEN, ptr_at_mut};
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Generator settings: index 0 = number of distinct sources, 1 = first source (host order).
+/// Generator settings: index 0 = number of distinct sources, 1 = first source (host order),
+/// 2 = step between sources (0 or 1: consecutive; an odd step scatters them over the space).
 #[map]
-static GEN: Array<u32> = Array::with_max_entries(2, 0);
+static GEN: Array<u32> = Array::with_max_entries(3, 0);
 
 /// Per-CPU position in the source cycle.
 #[map]
@@ -35,7 +37,8 @@ pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn xdp_gen(ctx: XdpContext) -> u32 {
-    let (Some(count), Some(base), Some(seq)) = (GEN.get(0), GEN.get(1), GEN_SEQ.get_ptr_mut(0))
+    let (Some(count), Some(base), Some(stride), Some(seq)) =
+        (GEN.get(0), GEN.get(1), GEN.get(2), GEN_SEQ.get_ptr_mut(0))
     else {
         return xdp_action::XDP_TX;
     };
@@ -49,7 +52,8 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
                 next = 0;
             }
             *seq = next;
-            src.write_unaligned((base + next).to_be());
+            let step = if *stride == 0 { 1 } else { *stride };
+            src.write_unaligned(base.wrapping_add(next.wrapping_mul(step)).to_be());
         }
     }
     xdp_action::XDP_TX

@@ -8,7 +8,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use guard_common::{
     ALLOW_CAPACITY, BAN_CHECK_ALLOW, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
-    CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CIDR_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-    HOT_FLUSH, HotBan, RATE_CAPACITY, RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT,
-    STAT_DROP_BAN_CIDR, STAT_DROP_BAN_EXACT, STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED,
-    STAT_NON_IP, STAT_PASSED, XdpConfig,
+    CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, CIDR_CAPACITY, DENSE_SLOTS, DenseBlock,
+    DenseHits, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HOT_FLUSH, HotBan, HotDense, RATE_CAPACITY,
+    RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT, STAT_DROP_BAN_CIDR, STAT_DROP_BAN_EXACT,
+    STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED, STAT_NON_IP, STAT_PASSED, XdpConfig,
 };
 use guard_ebpf::net::{ETH_P_IP, ETH_P_IPV6, ipv4_source, ipv6_source, l3};
 
@@ -52,6 +52,15 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
 static HOT: PerCpuArray<HotBan> = PerCpuArray::with_max_entries(1, 0);
+// The dense IPv4 tier (see `guard_common::MAP_DENSE_INDEX`).
+#[map]
+static DENSE_INDEX: HashMap<u32, u32> = HashMap::pinned(DENSE_SLOTS, BPF_F_NO_PREALLOC);
+#[map]
+static DENSE: Array<DenseBlock> = Array::pinned(DENSE_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static DENSE_HITS: Array<DenseHits> = Array::pinned(DENSE_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static HOT_DENSE: PerCpuArray<HotDense> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn xdp_guard(ctx: XdpContext) -> u32 {
@@ -105,6 +114,11 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
         if let Some(action) = hot_v4(cfg, src, len) {
             return Some(action);
         }
+        if cfg.flags & CFG_HAVE_DENSE_V4 != 0 {
+            if let Some(action) = dense_v4(src, len) {
+                return Some(action);
+            }
+        }
         guard_v4(cfg, src, len)
     } else if proto == ETH_P_IPV6 {
         let Some(src) = ipv6_source(ctx, l3) else {
@@ -134,6 +148,47 @@ fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     if h.pending_packets >= HOT_FLUSH {
         flush_hot(h);
     }
+    verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
+}
+
+/// The dense tier: drops a source whose /24 block is in the tier with the source's bit set
+/// (and no deadline of the block passed). `None`: not decided here — take the exact path.
+#[inline(always)]
+fn dense_v4(addr: u32, len: u64) -> Option<u32> {
+    let host = u32::from_be(addr);
+    let number = host >> 8;
+    let tag = number + 1;
+    let idx = (host & 0xff) as usize;
+    let hot = unsafe { &mut *HOT_DENSE.get_ptr_mut(0)? };
+    let slot = if hot.tag == tag {
+        hot.slot
+    } else {
+        let slot = *unsafe { DENSE_INDEX.get(&number) }?;
+        hot.tag = tag;
+        hot.slot = slot;
+        slot
+    };
+    let block = DENSE.get(slot)?;
+    // The daemon writes the block while this runs; a slot is only reused for another block
+    // a second after it was freed, so a matching tag means the bits are this block's.
+    if unsafe { core::ptr::read_volatile(&raw const block.tag) } != tag {
+        hot.tag = 0;
+        return None;
+    }
+    let word = unsafe { core::ptr::read_volatile(&raw const block.bits[idx >> 6]) };
+    if (word >> (idx & 63)) & 1 == 0 {
+        return None;
+    }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let min = unsafe { core::ptr::read_volatile(&raw const block.min_expires_ns) };
+    if min != 0 && now >= min {
+        return None;
+    }
+    let hits = DENSE_HITS.get_ptr_mut(slot)?;
+    let hit = unsafe { &mut (*hits).hits[idx] };
+    hit.packets += 1;
+    hit.bytes += len;
+    hit.last_hit_ns = now;
     verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
 }
 

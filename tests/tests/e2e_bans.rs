@@ -277,6 +277,78 @@ fn restart_keeps_every_ban_and_enforces_while_down() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Twenty bans in one /24 put the block in the dense tier: its bans drop through it and are
+/// counted per ban across a restart, a neighbour in the block is untouched, and falling below
+/// the threshold takes the block out without losing a count.
+#[test]
+fn dense_block_of_bans_drops_counts_survives_restart_and_leaves() -> anyhow::Result<()> {
+    require_root!();
+    let mut s = setup("")?;
+    let (far, near) = (&s.link.far, s.link.near_v4);
+    let far_addr = s.link.far_v4.to_string();
+    let neighbour = s.link.add_far_v4(77)?;
+    let prefix = far_addr.rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+    let others: Vec<String> = (100..119).map(|h| format!("{prefix}.{h}")).collect();
+    let list = std::iter::once(far_addr.clone())
+        .chain(others.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = std::env::temp_dir().join(format!("guard-dense-{}.txt", std::process::id()));
+    std::fs::write(&file, list)?;
+    let out = s
+        .daemon
+        .cli(&["ban", "import", file.to_str().unwrap_or_default()])
+        .map_err(anyhow::Error::msg);
+    std::fs::remove_file(&file)?;
+    assert!(out?.contains("imported 20 of 20"));
+    assert_eq!(s.daemon.xdp_stat("dense_blocks")?, 1);
+    assert!(
+        none_ok(far, near),
+        "a ban in a dense block let traffic through"
+    );
+    let to = SocketAddr::new(near, PORT);
+    assert!(
+        tcp_ok(far, Some(neighbour), to, SLOW),
+        "an address of the block without a ban was dropped"
+    );
+    let dropped = ban_packets(&s.daemon, &far_addr)?;
+    assert!(dropped >= 3, "the ban shows {dropped} dropped packets");
+
+    s.daemon.stop()?;
+    assert!(!ping_ok(far, near), "dropped while guard is down");
+    s.daemon.spawn()?;
+    assert_eq!(
+        s.daemon.xdp_stat("dense_blocks")?,
+        1,
+        "block kept on restart"
+    );
+    let after_restart = ban_packets(&s.daemon, &far_addr)?;
+    assert!(
+        after_restart > dropped,
+        "counts kept over the restart: {dropped} then {after_restart}"
+    );
+    assert!(none_ok(far, near));
+    assert!(tcp_ok(far, Some(neighbour), to, SLOW));
+
+    // Down to seven bans: the block leaves the tier, the exact map keeps dropping, and the
+    // ban's count includes what the tier counted.
+    for addr in &others[..13] {
+        s.daemon
+            .cli(&["ban", "rm", addr])
+            .map_err(anyhow::Error::msg)?;
+    }
+    assert_eq!(s.daemon.xdp_stat("dense_blocks")?, 0);
+    let before = ban_packets(&s.daemon, &far_addr)?;
+    assert!(before >= after_restart, "{before} < {after_restart}");
+    assert!(none_ok(far, near));
+    assert!(ban_packets(&s.daemon, &far_addr)? > before);
+    s.daemon
+        .cli(&["ban", "rm", &far_addr])
+        .map_err(anyhow::Error::msg)?;
+    assert!(all_ok(far, near), "traffic back after ban rm");
+    Ok(())
+}
+
 #[test]
 fn flood_from_one_source_is_rate_limited_while_another_gets_through() -> anyhow::Result<()> {
     require_root!();

@@ -92,8 +92,13 @@ fn build_ebpf() -> anyhow::Result<()> {
         // Copy only when changed, so an unchanged object does not force a daemon rebuild.
         let dst = ebpf_dir().join(name);
         if std::fs::read(&src)? == std::fs::read(&dst).unwrap_or_default() {
-            // Same bytes from newer sources: mark the copy as fresh for guard-daemon's build.rs.
-            let built = std::fs::metadata(&src)?.modified()?;
+            // Same bytes from newer sources (cargo rebuilt nothing, or rebuilt to the same
+            // object): mark the copy as fresh for guard-daemon's build.rs, which compares it
+            // with every source file, including ones the BPF build does not compile.
+            let built = std::fs::metadata(&src)?
+                .modified()?
+                .max(newest(&root().join("guard-ebpf/src")))
+                .max(newest(&root().join("guard-common/src")));
             let file = std::fs::File::options().write(true).open(&dst)?;
             if file.metadata()?.modified()? < built {
                 file.set_modified(built)?;
@@ -103,6 +108,21 @@ fn build_ebpf() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The newest modification time under `dir` (the epoch if none).
+fn newest(dir: &Path) -> std::time::SystemTime {
+    let mut best = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).unwrap_or(best)
+        };
+        best = best.max(t);
+    }
+    best
 }
 
 fn build(release: bool) -> anyhow::Result<()> {

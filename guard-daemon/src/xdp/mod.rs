@@ -10,11 +10,13 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf
 use aya::programs::links::PinnedLink;
 use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram};
 use aya::{Ebpf, EbpfLoader};
+use guard_common::dense::{DenseError, DenseTier};
 use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4,
-    CFG_HAVE_CIDR_V6, HotBan, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
-    MAP_CIDR_V6, MAP_CONFIG, MAP_EVENTS, MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP,
-    PROG_XDP_GUARD, STAT_COUNT, XdpConfig as MapConfig,
+    CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, HotBan, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4,
+    MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG, MAP_DENSE, MAP_DENSE_HITS, MAP_DENSE_INDEX,
+    MAP_EVENTS, MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT,
+    XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -69,6 +71,8 @@ pub enum XdpError {
         #[source]
         source: ProgramError,
     },
+    #[error(transparent)]
+    Dense(#[from] DenseError),
     #[error("bpffs: {message}")]
     Bpffs { message: String },
     #[error("no interface given and no default route found in /proc/net/route")]
@@ -107,6 +111,8 @@ pub struct Xdp {
     config: Array<MapData, MapConfig>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// The dense IPv4 tier: /24 blocks with many exact bans, looked up by block.
+    dense: DenseTier,
     settings: MapConfig,
     /// CIDR bans and allowlist entries in the maps, mirrored here: an LPM lookup returns the
     /// longest match, so only this tells whether an exact prefix is present, and the counts
@@ -181,7 +187,15 @@ impl Xdp {
                 links.push((iface, link));
             }
         }
+        let dense = {
+            let mut map = |name| {
+                ebpf.take_map(name)
+                    .ok_or(XdpError::Missing { what: "map", name })
+            };
+            DenseTier::open(map(MAP_DENSE_INDEX)?, map(MAP_DENSE)?, map(MAP_DENSE_HITS)?)?
+        };
         let mut xdp = Self {
+            dense,
             bans_v4: take!(ebpf, MAP_BANS_V4),
             bans_v6: take!(ebpf, MAP_BANS_V6),
             cidr_v4: take!(ebpf, MAP_CIDR_V4),
@@ -292,6 +306,9 @@ impl Xdp {
                 flags |= if net.addr().is_ipv4() { v4_bit } else { v6_bit };
             }
         }
+        if self.dense.active() {
+            flags |= CFG_HAVE_DENSE_V4;
+        }
         self.settings.flags = flags;
         self.config
             .set(0, self.settings, 0)
@@ -319,7 +336,36 @@ impl Xdp {
         for (net, deadline) in bans {
             self.put_ban(net, *deadline)?;
         }
+        self.rebuild_dense(bans)?;
         self.write_config()
+    }
+
+    /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them).
+    fn rebuild_dense(&mut self, bans: &[(Net, u64)]) -> Result<(), XdpError> {
+        let v4: Vec<(u32, u64)> = bans
+            .iter()
+            .filter(|(net, _)| net.is_host())
+            .filter_map(|(net, deadline)| match net.addr() {
+                IpAddr::V4(a) => Some((v4(a), *deadline | self.allow_flag(net))),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        self.dense.rebuild(&mut self.bans_v4, v4.iter().copied())?;
+        info!(
+            blocks = self.dense.blocks(),
+            "dense tier: /24 blocks with at least {} bans",
+            guard_common::DENSE_MIN
+        );
+        Ok(())
+    }
+
+    /// `BAN_CHECK_ALLOW` if `net` overlaps the allowlist, else 0.
+    fn allow_flag(&self, net: &Net) -> u64 {
+        if self.allows.iter().any(|a| a.overlaps(net)) {
+            BAN_CHECK_ALLOW
+        } else {
+            0
+        }
     }
 
     fn ban_keys(&self) -> Result<HashSet<Net>, XdpError> {
@@ -367,12 +413,7 @@ impl Xdp {
     /// Inserts or updates a ban; an existing entry keeps its counters.
     pub fn put_ban(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
         // Only a ban that overlaps the allowlist makes the program look the allowlist up.
-        let flag = if self.allows.iter().any(|a| a.overlaps(net)) {
-            BAN_CHECK_ALLOW
-        } else {
-            0
-        };
-        let expires_ns = expires_ns | flag;
+        let expires_ns = expires_ns | self.allow_flag(net);
         let fresh = |old: Option<BanEntry>| BanEntry {
             expires_ns,
             ..old.unwrap_or_default()
@@ -383,9 +424,18 @@ impl Xdp {
                 self.bans_v4
                     .insert(v4(a), fresh(old), 0)
                     .map_err(map_err(MAP_BANS_V4, "insert"))?;
+                let was_active = self.dense.active();
+                self.dense.added(
+                    &mut self.bans_v4,
+                    v4(a),
+                    expires_ns,
+                    old.map(|e| e.expires_ns),
+                )?;
                 // A changed ban (deadline, allowlist flag) must not stay cached per CPU.
                 if old.is_some() {
                     self.invalidate_hot()?;
+                } else if was_active != self.dense.active() {
+                    self.write_config()?;
                 }
                 Ok(())
             }
@@ -427,7 +477,12 @@ impl Xdp {
     /// Removes a ban; absent is not an error.
     pub fn remove_ban(&mut self, net: &Net) -> Result<(), XdpError> {
         let r = match (net.addr(), net.is_host()) {
-            (IpAddr::V4(a), true) => self.bans_v4.remove(&v4(a)),
+            (IpAddr::V4(a), true) => {
+                // The dense bit goes first: a set bit must always have its exact ban.
+                let old = self.bans_v4.get(&v4(a), 0).ok().map(|e| e.expires_ns);
+                self.dense.removing(&mut self.bans_v4, v4(a), old)?;
+                self.bans_v4.remove(&v4(a))
+            }
             (IpAddr::V6(a), true) => self.bans_v6.remove(&a.octets()),
             (IpAddr::V4(a), false) => {
                 self.cidrs.remove(net);
@@ -488,10 +543,14 @@ impl Xdp {
                 .ok(),
         }?;
         let (pending_packets, pending_bytes) = self.hot_pending(net);
+        let dense = match (net.addr(), net.is_host()) {
+            (IpAddr::V4(a), true) => self.dense.hits(v4(a)).unwrap_or_default(),
+            _ => guard_common::DenseHit::default(),
+        };
         Some(BanCounters {
-            packets: e.packets + pending_packets,
-            bytes: e.bytes + pending_bytes,
-            last_hit_ns: e.last_hit_ns,
+            packets: e.packets + pending_packets + dense.packets,
+            bytes: e.bytes + pending_bytes + dense.bytes,
+            last_hit_ns: e.last_hit_ns.max(dense.last_hit_ns),
         })
     }
 
@@ -528,6 +587,12 @@ impl Xdp {
         self.allows.remove(net);
         ignore_missing(r, "remove allow")?;
         self.write_config()
+    }
+
+    /// /24 blocks in the dense tier, and how often a block qualified but every slot was taken.
+    #[must_use]
+    pub fn dense(&self) -> (usize, u64) {
+        (self.dense.blocks(), self.dense.full())
     }
 
     /// Global counters summed over CPUs, indexed by `STAT_*`.

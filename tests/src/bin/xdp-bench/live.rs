@@ -50,6 +50,11 @@ const NFTM: &str = "baseline: nftables set drop, 1,000,000 banned sources";
 const G1: &str = "guard, 1 ban, 1 banned source";
 const GM1: &str = "guard, 1,000,000 bans, 1 banned source";
 const GMM: &str = "guard, 1,000,000 bans, 1,000,000 banned sources";
+const DROPS: &str = "baseline: xdp_drop_all, 1,000,000 scattered sources";
+const GSS: &str = "guard, 1,000,000 scattered bans and sources";
+/// Step between the scattered sources: odd, so `BAN_BASE + i * SCATTER` visits a million
+/// distinct addresses spread over the whole IPv4 space (almost never two in one /24).
+const SCATTER: u32 = 2_654_435_761;
 
 /// Interface facts read with `ip -j link`.
 struct Iface {
@@ -313,11 +318,16 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     let mut guard_million = Guard::load()?;
     guard_million.set_flags(0)?;
     guard_million.ban_range(BAN_BASE, MILLION)?;
+    progress!("part 2: loading 1,000,000 scattered bans");
+    let mut guard_scatter = Guard::load()?;
+    guard_scatter.set_flags(0)?;
+    guard_scatter.ban_spread(BAN_BASE, MILLION, SCATTER)?;
+    let dense_blocks = (guard_million.dense_blocks(), guard_scatter.dense_blocks());
 
     // The generator's frame: sender MAC -> receiver MAC, BAN_BASE (rewritten by xdp_gen when
     // it cycles through more sources) -> the receiver's address.
     let frame = udp_frame(near.mac, far.mac, BAN_BASE, dst);
-    let mut samples: Vec<(&str, Vec<f64>)> = [DROP1, DROPM, G1, GM1, GMM, NFT1, NFTM]
+    let mut samples: Vec<(&str, Vec<f64>)> = [DROP1, DROPM, DROPS, G1, GM1, GMM, GSS, NFT1, NFTM]
         .iter()
         .map(|c| (*c, Vec::new()))
         .collect();
@@ -336,8 +346,12 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
                 &near_ns,
                 &link.near_if,
             )?;
-            for (case, sources) in [(DROP1, 1), (DROPM, MILLION)] {
-                bench.set_sources(BAN_BASE, sources)?;
+            for (case, sources, stride) in [
+                (DROP1, 1, 1),
+                (DROPM, MILLION, 1),
+                (DROPS, MILLION, SCATTER),
+            ] {
+                bench.set_sources(BAN_BASE, sources, stride)?;
                 let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
                 push(
                     case,
@@ -347,14 +361,15 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
             drop(attached);
         }
         for (guard, cases) in [
-            (&mut guard_one, &[(G1, 1)][..]),
-            (&mut guard_million, &[(GM1, 1), (GMM, MILLION)][..]),
+            (&mut guard_one, &[(G1, 1, 1)][..]),
+            (&mut guard_million, &[(GM1, 1, 1), (GMM, MILLION, 1)][..]),
+            (&mut guard_scatter, &[(GSS, MILLION, SCATTER)][..]),
         ] {
             let stats = &guard.stats;
             let prog = xdp_mut(&mut guard.ebpf, PROG_XDP_GUARD)?;
             let attached = Attached::new(prog, &near_ns, &link.near_if)?;
-            for &(case, sources) in cases {
-                bench.set_sources(BAN_BASE, sources)?;
+            for &(case, sources, stride) in cases {
+                bench.set_sources(BAN_BASE, sources, stride)?;
                 let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
                 let count = || Ok(stats.get(&STAT_DROP_BAN_EXACT, 0)?.iter().sum());
                 push(case, measure(&g, count)?.0);
@@ -364,14 +379,14 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         // nftables: no XDP program on the receiver.
         let nft = Nft::new(&link.near, &link.near_if)?;
         nft.ban_range(BAN_BASE, 1)?;
-        bench.set_sources(BAN_BASE, 1)?;
+        bench.set_sources(BAN_BASE, 1, 1)?;
         let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
         push(NFT1, measure(&g, || nft.received())?.0);
         progress!("loading the 1,000,000-element nftables set");
         let t = Instant::now();
         nft.ban_range(Ipv4Addr::from(u32::from(BAN_BASE) + 1), MILLION - 1)?;
         nft_fill = t.elapsed();
-        bench.set_sources(BAN_BASE, MILLION)?;
+        bench.set_sources(BAN_BASE, MILLION, 1)?;
         let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
         push(NFTM, measure(&g, || nft.received())?.0);
         nft.verify()?;
@@ -382,12 +397,15 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
 
     report.setup.push(format!(
         "part 2: {} round(s) of all cases, median per case; {:.1} s window after {:.1} s warm-up; generator batch {BATCH}; \
-         receiver NAPI {}; 1,000,000-element nft set loaded in {:.1} s",
+         receiver NAPI {}; 1,000,000-element nft set loaded in {:.1} s; dense tier: {} /24 blocks for \
+         the consecutive million, {} for the scattered one",
         opts.rounds,
         WINDOW.as_secs_f64(),
         WARMUP.as_secs_f64(),
         if opts.threaded_napi { "threaded" } else { "in softirq (shares the generator's CPU)" },
-        nft_fill.as_secs_f64()
+        nft_fill.as_secs_f64(),
+        dense_blocks.0,
+        dense_blocks.1,
     ));
     // Rates drift between rounds on a shared machine: each ratio is the median of the
     // per-round ratios (both rates of a round were measured seconds apart).
@@ -417,6 +435,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     for (case, what) in [
         (DROP1, "drop-everything XDP program"),
         (DROPM, "generator cycling 1M sources"),
+        (DROPS, "generator cycling 1M scattered sources"),
         (NFT1, "netdev ingress, set of 1"),
         (NFTM, "netdev ingress, set of 1M"),
     ] {
@@ -432,6 +451,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         (G1, G1, DROP1),
         (GM1, GM1, DROP1),
         (GMM, GMM, DROPM),
+        (GSS, GSS, DROPS),
         ("guard, 1 ban, 1 banned source (vs nft)", G1, NFT1),
         ("guard, 1M bans, 1M banned sources (vs nft)", GMM, NFTM),
         ("ceiling: xdp_drop_all vs nft, 1 source", DROP1, NFT1),

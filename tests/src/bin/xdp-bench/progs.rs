@@ -9,9 +9,10 @@ use anyhow::{Context, ensure};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
+use guard_common::dense::DenseTier;
 use guard_common::{
-    BanEntry, MAP_ALLOW_V4, MAP_BANS_V4, MAP_CIDR_V4, MAP_CONFIG, MAP_STATS, PROG_XDP_GUARD,
-    XdpConfig,
+    BanEntry, CFG_HAVE_DENSE_V4, MAP_ALLOW_V4, MAP_BANS_V4, MAP_CIDR_V4, MAP_CONFIG, MAP_DENSE,
+    MAP_DENSE_HITS, MAP_DENSE_INDEX, MAP_STATS, PROG_XDP_GUARD, XdpConfig,
 };
 
 /// The drop-everything baseline in `guard-bench-ebpf`.
@@ -98,6 +99,10 @@ pub struct Guard {
     pub allow: LpmTrie<MapData, u32, u32>,
     pub config: Array<MapData, XdpConfig>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// The dense tier, kept as the daemon keeps it.
+    dense: DenseTier,
+    /// Every exact ban added, for the tier's rebuild.
+    banned: Vec<u32>,
     /// Last field: the pins are removed after the maps are closed.
     _pins: PinDir,
 }
@@ -119,7 +124,14 @@ impl Guard {
             .load_file(&path)
             .with_context(|| format!("loading {}", path.display()))?;
         load_xdp(&mut ebpf, PROG_XDP_GUARD)?;
+        let mut map = |name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("no map {name} in the object"))
+        };
+        let dense = DenseTier::open(map(MAP_DENSE_INDEX)?, map(MAP_DENSE)?, map(MAP_DENSE_HITS)?)?;
         Ok(Self {
+            dense,
+            banned: Vec::new(),
             bans: take(&mut ebpf, MAP_BANS_V4)?,
             cidr: take(&mut ebpf, MAP_CIDR_V4)?,
             allow: take(&mut ebpf, MAP_ALLOW_V4)?,
@@ -136,10 +148,15 @@ impl Guard {
 
     /// Sets `CONFIG[0].flags` (rate limiting stays off).
     pub fn set_flags(&mut self, flags: u64) -> anyhow::Result<()> {
+        let dense = if self.dense.active() {
+            CFG_HAVE_DENSE_V4
+        } else {
+            0
+        };
         self.config.set(
             0,
             XdpConfig {
-                flags,
+                flags: flags | dense,
                 ..XdpConfig::default()
             },
             0,
@@ -149,13 +166,29 @@ impl Guard {
 
     /// Bans `count` consecutive addresses from `first` (never expiring).
     pub fn ban_range(&mut self, first: Ipv4Addr, count: u32) -> anyhow::Result<()> {
+        self.ban_spread(first, count, 1)
+    }
+
+    /// Bans `count` addresses `first + i * stride` (never expiring), then rebuilds the dense
+    /// tier from every ban as the daemon does after loading its bans.
+    pub fn ban_spread(&mut self, first: Ipv4Addr, count: u32, stride: u32) -> anyhow::Result<()> {
         let first = u32::from(first);
         for i in 0..count {
+            let key = v4_key(Ipv4Addr::from(first.wrapping_add(i.wrapping_mul(stride))));
             self.bans
-                .insert(v4_key(Ipv4Addr::from(first + i)), BanEntry::default(), 0)
+                .insert(key, BanEntry::default(), 0)
                 .context("inserting a ban")?;
+            self.banned.push(key);
         }
-        Ok(())
+        self.dense
+            .rebuild(&mut self.bans, self.banned.iter().map(|&k| (k, 0)))?;
+        let flags = self.config.get(&0, 0)?.flags & !CFG_HAVE_DENSE_V4;
+        self.set_flags(flags)
+    }
+
+    /// /24 blocks in the dense tier.
+    pub fn dense_blocks(&self) -> usize {
+        self.dense.blocks()
     }
 
     /// Adds `count` CIDR bans `first/len`, `first + 2^(32-len)/len`, …
@@ -205,10 +238,11 @@ impl Bench {
         })
     }
 
-    /// Makes `xdp_gen` cycle through `count` sources from `first`.
-    pub fn set_sources(&mut self, first: Ipv4Addr, count: u32) -> anyhow::Result<()> {
+    /// Makes `xdp_gen` cycle through `count` sources `first + i * stride`.
+    pub fn set_sources(&mut self, first: Ipv4Addr, count: u32, stride: u32) -> anyhow::Result<()> {
         self.gen_cfg.set(0, count, 0)?;
         self.gen_cfg.set(1, u32::from(first), 0)?;
+        self.gen_cfg.set(2, stride, 0)?;
         Ok(())
     }
 }
