@@ -12,8 +12,9 @@
 //! generated batch, on the generator's CPU. Every frame then costs generator + receiver on one
 //! core and nothing is lost in the veth ring; the generator's share is the same in every case,
 //! so a ratio between cases understates the receiver's own difference (it is pulled towards 1).
-//! `--threaded-napi` moves the receiver into a kernel thread that can run on the other core;
-//! on a machine busy with other work that mostly measures the scheduler.
+//! `--threaded-napi` moves the receiver into a kernel thread pinned to the second CPU, with the
+//! generator pinned to the first: each side then has a core of its own and a rate is the
+//! slower side's (on a machine busy with other work it also measures the scheduler).
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,11 +189,20 @@ fn measure(
     let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel();
+    if let Some(dev) = PIN_NAPI.get() {
+        ensure!(
+            pin_napi_threads(dev, 1)? > 0,
+            "no NAPI thread of {dev} found to pin"
+        );
+    }
     std::thread::scope(|s| -> anyhow::Result<(f64, u64)> {
         let (stop, ctx) = (&stop, &ctx);
         let gen_thread = s.spawn(move || -> anyhow::Result<()> {
             // SAFETY: pthread_self has no preconditions.
             let _ = tx.send(unsafe { libc::pthread_self() });
+            if PIN_NAPI.get().is_some() {
+                pin(0, 0)?;
+            }
             enter(g.ns)?;
             while !stop.load(Ordering::Relaxed) {
                 let opts = TestRunOptions {
@@ -246,6 +256,41 @@ fn measure(
         );
         Ok((pps, n))
     })
+}
+
+/// With `--threaded-napi`: the receiver veth whose NAPI thread is pinned to CPU 1 (the
+/// generator pins itself to CPU 0).
+static PIN_NAPI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn pin(pid: libc::pid_t, cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        ensure!(
+            libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &raw const set) == 0,
+            "sched_setaffinity({pid}, cpu {cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Pins the NAPI kernel threads of `dev` (named `napi/<dev>-<id>`, cut to 15 bytes) to `cpu`.
+fn pin_napi_threads(dev: &str, cpu: usize) -> anyhow::Result<usize> {
+    let want: String = format!("napi/{dev}-").chars().take(15).collect();
+    let mut pinned = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&want) {
+            pin(pid, cpu)?;
+            pinned += 1;
+        }
+    }
+    Ok(pinned)
 }
 
 fn set_gro(ns: &Netns, dev: &str, on: bool) -> anyhow::Result<()> {
@@ -303,7 +348,14 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     // threaded, and it does not touch frames an XDP program drops.
     set_gro(&link.near, &link.near_if, true)?;
     if opts.threaded_napi {
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        ensure!(
+            cpus >= 2,
+            "--threaded-napi needs two CPUs, this machine has {cpus}"
+        );
         set_threaded_napi(&link.near, &link.near_if, true)?;
+        let _ = PIN_NAPI.set(link.near_if.clone());
     }
     let near_ns = link.near.path();
     let far_ns = link.far.path();
@@ -402,7 +454,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         opts.rounds,
         WINDOW.as_secs_f64(),
         WARMUP.as_secs_f64(),
-        if opts.threaded_napi { "threaded" } else { "in softirq (shares the generator's CPU)" },
+        if opts.threaded_napi { "threaded on CPU 1, generator on CPU 0" } else { "in softirq (shares the generator's CPU)" },
         nft_fill.as_secs_f64(),
         dense_blocks.0,
         dense_blocks.1,
