@@ -20,7 +20,8 @@ use std::vec::Vec;
 use aya::maps::{HashMap, Map, MapData, MapError};
 
 use crate::{
-    BAN_CHECK_ALLOW, BanEntry, DENSE_KEEP, DENSE_MIN, DENSE_SLOTS, DenseBlock, DenseHit, DenseHits,
+    BAN_CHECK_ALLOW, BanEntry, DENSE_KEEP, DENSE_MIN, DENSE_SLOTS, DENSE_V16_WORDS, DenseBlock,
+    DenseHit, DenseHits,
 };
 
 /// A slot that left the tier is reused for another block only after this long: every
@@ -65,6 +66,7 @@ impl std::error::Error for DenseError {
 /// A `BPF_F_MMAPABLE` array mapped shared and writable.
 struct Mapped<T> {
     ptr: NonNull<T>,
+    entries: u32,
     bytes: usize,
     _map: MapData,
 }
@@ -76,13 +78,13 @@ unsafe impl<T> Send for Mapped<T> {}
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T> Mapped<T> {
-    fn new(map: Map, name: &'static str) -> Result<Self, DenseError> {
+    fn new(map: Map, name: &'static str, entries: u32) -> Result<Self, DenseError> {
         let Map::Array(map) = map else {
             return Err(DenseError::MapType(name));
         };
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (DENSE_SLOTS as usize * size_of::<T>()).div_ceil(page) * page;
+        let bytes = (entries as usize * size_of::<T>()).div_ceil(page) * page;
         let fd = map.fd().as_fd();
         // SAFETY: a fresh shared mapping of the map's own pages; the kernel checks the size.
         let ptr = unsafe {
@@ -101,14 +103,15 @@ impl<T> Mapped<T> {
         let ptr = NonNull::new(ptr.cast::<T>()).ok_or(DenseError::MapType(name))?;
         Ok(Self {
             ptr,
+            entries,
             bytes,
             _map: map,
         })
     }
 
-    /// Pointer to slot `i` (< `DENSE_SLOTS`: the mapping holds them all).
+    /// Pointer to entry `i` (the mapping holds them all).
     fn at(&self, i: u32) -> *mut T {
-        assert!(i < DENSE_SLOTS, "dense slot {i} out of range");
+        assert!(i < self.entries, "dense tier entry {i} out of range");
         // SAFETY: in bounds of the mapping.
         unsafe { self.ptr.as_ptr().add(i as usize) }
     }
@@ -175,6 +178,10 @@ pub struct DenseTier {
     index: HashMap<MapData, u32, u32>,
     blocks: Mapped<DenseBlock>,
     hits: Mapped<DenseHits>,
+    /// One bit per /16 with a block in the tier.
+    v16: Mapped<u64>,
+    /// Blocks in the tier per /16 number.
+    per_v16: StdHashMap<u32, u32>,
     /// Eligible exact bans per block number, for every block with at least one.
     counts: StdHashMap<u32, u32>,
     /// Blocks in the tier, by number.
@@ -186,19 +193,22 @@ pub struct DenseTier {
 }
 
 impl DenseTier {
-    /// Opens the tier on the program's `DENSE_INDEX`, `DENSE` and `DENSE_HITS` maps, adopting
+    /// Opens the tier on the program's `DENSE_INDEX`, `DENSE`, `DENSE_HITS` and `DENSE_V16` maps, adopting
     /// the blocks an earlier instance left in pinned maps (their deadlines are taken as the
     /// block's earliest one until [`rebuild`](Self::rebuild) sets the real ones).
-    pub fn open(index: Map, blocks: Map, hits: Map) -> Result<Self, DenseError> {
+    pub fn open(index: Map, blocks: Map, hits: Map, v16: Map) -> Result<Self, DenseError> {
         let index: HashMap<MapData, u32, u32> = index
             .try_into()
             .map_err(|_| DenseError::MapType(crate::MAP_DENSE_INDEX))?;
-        let blocks = Mapped::<DenseBlock>::new(blocks, crate::MAP_DENSE)?;
-        let hits = Mapped::<DenseHits>::new(hits, crate::MAP_DENSE_HITS)?;
+        let blocks = Mapped::<DenseBlock>::new(blocks, crate::MAP_DENSE, DENSE_SLOTS)?;
+        let hits = Mapped::<DenseHits>::new(hits, crate::MAP_DENSE_HITS, DENSE_SLOTS)?;
+        let v16 = Mapped::<u64>::new(v16, crate::MAP_DENSE_V16, DENSE_V16_WORDS)?;
         let mut tier = Self {
             index,
             blocks,
             hits,
+            v16,
+            per_v16: StdHashMap::new(),
             counts: StdHashMap::new(),
             dense: StdHashMap::new(),
             free: Vec::new(),
@@ -234,6 +244,15 @@ impl DenseTier {
                     let _ = tier.index.remove(&number);
                 }
             }
+        }
+        let mut words = [0u64; DENSE_V16_WORDS as usize];
+        for &number in tier.dense.keys() {
+            let n16 = number >> 8;
+            *tier.per_v16.entry(n16).or_insert(0) += 1;
+            words[(n16 >> 6) as usize] |= 1 << (n16 & 63);
+        }
+        for (i, &w) in words.iter().enumerate() {
+            tier.v16_word(i as u32).store(w, Ordering::Release);
         }
         for slot in (0..DENSE_SLOTS).rev() {
             if !used[slot as usize] {
@@ -429,6 +448,34 @@ impl DenseTier {
         }
     }
 
+    /// Word `i` of the /16 filter.
+    fn v16_word(&self, i: u32) -> &AtomicU64 {
+        // SAFETY: an aligned word of the mapping, alive as long as `self`.
+        unsafe { AtomicU64::from_ptr(self.v16.at(i)) }
+    }
+
+    /// Counts a block in (`joined`) or out of its /16, setting or clearing the /16's bit.
+    fn track_v16(&mut self, number: u32, joined: bool) {
+        let n16 = number >> 8;
+        let count = self.per_v16.entry(n16).or_insert(0);
+        if joined {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let bit = 1u64 << (n16 & 63);
+        let empty = *count == 0;
+        if empty {
+            self.per_v16.remove(&n16);
+        }
+        let word = self.v16_word(n16 >> 6);
+        if empty {
+            word.fetch_and(!bit, Ordering::Release);
+        } else {
+            word.fetch_or(bit, Ordering::Release);
+        }
+    }
+
     fn clear_hit(&self, slot: u32, idx: usize) {
         // SAFETY: a write of the mapping (counters).
         unsafe { (&raw mut (*self.hits.at(slot)).hits[idx]).write_volatile(DenseHit::default()) };
@@ -473,7 +520,9 @@ impl DenseTier {
             });
             AtomicU32::from_ptr(&raw mut (*b).tag).store(number + 1, Ordering::Release);
         }
+        self.track_v16(number, true);
         if let Err(e) = self.index.insert(number, slot, 0) {
+            self.track_v16(number, false);
             // SAFETY: as above.
             unsafe { AtomicU32::from_ptr(&raw mut (*b).tag).store(0, Ordering::Release) };
             self.cooling.push_back((Instant::now(), slot));
@@ -496,6 +545,7 @@ impl DenseTier {
         // SAFETY: an aligned word of the mapping.
         unsafe { AtomicU32::from_ptr(&raw mut (*b).tag).store(0, Ordering::Release) };
         let _ = self.index.remove(&number);
+        self.track_v16(number, false);
         self.cooling.push_back((Instant::now(), block.slot));
         // SAFETY: a read of the mapping; the program no longer counts into this slot.
         let hits = unsafe { self.hits.at(block.slot).read_volatile() };

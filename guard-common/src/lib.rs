@@ -36,7 +36,7 @@ pub const MAP_STATS: &str = "STATS";
 /// Ring buffer of `RateEvent`s.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Every map the XDP program declares, in the order the daemon opens them.
-pub const XDP_MAPS: [&str; 14] = [
+pub const XDP_MAPS: [&str; 15] = [
     MAP_BANS_V4,
     MAP_BANS_V6,
     MAP_CIDR_V4,
@@ -51,6 +51,7 @@ pub const XDP_MAPS: [&str; 14] = [
     MAP_DENSE_INDEX,
     MAP_DENSE,
     MAP_DENSE_HITS,
+    MAP_DENSE_V16,
 ];
 
 /// Name of the socket filter of the HTTP capture socket.
@@ -164,7 +165,8 @@ const _: () = assert!(size_of::<HotBan>() == 40);
 
 /// Packets a CPU drops from its cached source before adding them to the ban's counters.
 pub const HOT_FLUSH: u64 = 64;
-/// The per-CPU hot-ban cache: `PerCpuArray<HotBan>`, one slot. Not pinned.
+/// The per-CPU hot-ban cache: `PerCpuArray<HotBan>`, one slot. Pinned, so that drops counted
+/// in it survive a restart of the daemon.
 pub const MAP_HOT: &str = "HOT";
 
 /// Flag: the dense IPv4 tier has blocks (skip its lookup otherwise).
@@ -183,6 +185,12 @@ pub const MAP_DENSE: &str = "DENSE";
 /// `Array<DenseHits>` of `DENSE_SLOTS`, memory-mapped: the drop counters of a block's
 /// addresses while it is in the tier.
 pub const MAP_DENSE_HITS: &str = "DENSE_HITS";
+/// `Array<u64>` of `DENSE_V16_WORDS`, memory-mapped: bit `n` set while /16 number `n` (the
+/// host-order address shifted right by 16) has a block in the tier. Sources from any other /16
+/// skip the index lookup.
+pub const MAP_DENSE_V16: &str = "DENSE_V16";
+/// Words of `DENSE_V16`: one bit per /16.
+pub const DENSE_V16_WORDS: u32 = 1 << 10;
 /// Per-CPU cache of the last block looked up: `PerCpuArray<HotDense>`, one slot. Not pinned.
 pub const MAP_HOT_DENSE: &str = "HOT_DENSE";
 /// Blocks the dense tier can hold (4096 × 256 = 1,048,576 addresses).
@@ -248,8 +256,14 @@ pub struct HotDense {
     pub tag: u32,
     /// Its slot.
     pub slot: u32,
+    /// The source (host order) of the last drop through the tier: a second drop in a row from
+    /// the same source moves it into the `HotBan` cache, so a one-source flood from a dense
+    /// block skips the tier as well.
+    pub last: u32,
+    /// Explicit padding; always 0.
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<HotDense>() == 8);
+const _: () = assert!(size_of::<HotDense>() == 16);
 
 /// Address family tag in `RateEvent::family`.
 pub const FAMILY_V4: u32 = 4;

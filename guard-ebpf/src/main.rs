@@ -16,10 +16,11 @@ use aya_ebpf::{
 };
 use guard_common::{
     ALLOW_CAPACITY, BAN_CHECK_ALLOW, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
-    CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, CIDR_CAPACITY, DENSE_SLOTS, DenseBlock,
-    DenseHits, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HOT_FLUSH, HotBan, HotDense, RATE_CAPACITY,
-    RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT, STAT_DROP_BAN_CIDR, STAT_DROP_BAN_EXACT,
-    STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED, STAT_NON_IP, STAT_PASSED, XdpConfig,
+    CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, CIDR_CAPACITY, DENSE_SLOTS,
+    DENSE_V16_WORDS, DenseBlock, DenseHits, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HOT_FLUSH, HotBan,
+    HotDense, RATE_CAPACITY, RateBucket, RateEvent, STAT_ALLOWLISTED, STAT_COUNT,
+    STAT_DROP_BAN_CIDR, STAT_DROP_BAN_EXACT, STAT_DROP_RATE, STAT_EVENTS_LOST, STAT_MALFORMED,
+    STAT_NON_IP, STAT_PASSED, XdpConfig,
 };
 use guard_ebpf::net::{ETH_P_IP, ETH_P_IPV6, ipv4_source, ipv6_source, l3};
 
@@ -51,7 +52,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
-static HOT: PerCpuArray<HotBan> = PerCpuArray::with_max_entries(1, 0);
+static HOT: PerCpuArray<HotBan> = PerCpuArray::pinned(1, 0);
 // The dense IPv4 tier (see `guard_common::MAP_DENSE_INDEX`).
 #[map]
 static DENSE_INDEX: HashMap<u32, u32> = HashMap::pinned(DENSE_SLOTS, BPF_F_NO_PREALLOC);
@@ -59,6 +60,8 @@ static DENSE_INDEX: HashMap<u32, u32> = HashMap::pinned(DENSE_SLOTS, BPF_F_NO_PR
 static DENSE: Array<DenseBlock> = Array::pinned(DENSE_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static DENSE_HITS: Array<DenseHits> = Array::pinned(DENSE_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static DENSE_V16: Array<u64> = Array::pinned(DENSE_V16_WORDS, BPF_F_MMAPABLE);
 #[map]
 static HOT_DENSE: PerCpuArray<HotDense> = PerCpuArray::with_max_entries(1, 0);
 
@@ -115,7 +118,7 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
             return Some(action);
         }
         if cfg.flags & CFG_HAVE_DENSE_V4 != 0 {
-            if let Some(action) = dense_v4(src, len) {
+            if let Some(action) = dense_v4(cfg, src, len) {
                 return Some(action);
             }
         }
@@ -136,10 +139,14 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
 fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     let hot = HOT.get_ptr_mut(0)?;
     let h = unsafe { &mut *hot };
-    if h.valid == 0 || h.addr != addr || h.generation != cfg.generation {
+    if h.valid == 0 || h.addr != addr {
         return None;
     }
-    if h.expires_ns != 0 && unsafe { bpf_ktime_get_coarse_ns() } >= h.expires_ns {
+    if h.generation != cfg.generation
+        || (h.expires_ns != 0 && unsafe { bpf_ktime_get_coarse_ns() } >= h.expires_ns)
+    {
+        // Stale: the counts so far still belong to the ban, if it is there.
+        flush_hot(h);
         h.valid = 0;
         return None;
     }
@@ -154,7 +161,7 @@ fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
 /// The dense tier: drops a source whose /24 block is in the tier with the source's bit set
 /// (and no deadline of the block passed). `None`: not decided here — take the exact path.
 #[inline(always)]
-fn dense_v4(addr: u32, len: u64) -> Option<u32> {
+fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     let host = u32::from_be(addr);
     let number = host >> 8;
     let tag = number + 1;
@@ -163,6 +170,12 @@ fn dense_v4(addr: u32, len: u64) -> Option<u32> {
     let slot = if hot.tag == tag {
         hot.slot
     } else {
+        // Most sources come from a /16 without any dense block: one cached bit says so.
+        let n16 = host >> 16;
+        let word = unsafe { core::ptr::read_volatile(DENSE_V16.get(n16 >> 6)?) };
+        if (word >> (n16 & 63)) & 1 == 0 {
+            return None;
+        }
         let slot = *unsafe { DENSE_INDEX.get(&number) }?;
         hot.tag = tag;
         hot.slot = slot;
@@ -189,6 +202,11 @@ fn dense_v4(addr: u32, len: u64) -> Option<u32> {
     hit.packets += 1;
     hit.bytes += len;
     hit.last_hit_ns = now;
+    if hot.last == host {
+        // The block's earliest deadline bounds this ban's; the cache honours it.
+        cache_v4(cfg, addr, min);
+    }
+    hot.last = host;
     verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
 }
 
@@ -219,7 +237,7 @@ fn cache_v4(cfg: &XdpConfig, addr: u32, expires: u64) {
     }
     if let Some(hot) = HOT.get_ptr_mut(0) {
         let h = unsafe { &mut *hot };
-        if h.valid != 0 && h.generation == cfg.generation && h.addr != addr {
+        if h.valid != 0 {
             flush_hot(h);
         }
         *h = HotBan {

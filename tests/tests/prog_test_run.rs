@@ -510,6 +510,7 @@ impl Dense {
             take(MAP_DENSE_INDEX)?,
             take(MAP_DENSE)?,
             take(MAP_DENSE_HITS)?,
+            take(MAP_DENSE_V16)?,
         )?;
         let exact = HashMap::try_from(take(MAP_BANS_V4)?)?;
         Ok(Self { tier, exact })
@@ -681,7 +682,8 @@ fn dense_tier_rebuild_matches_the_bans_and_reopen_adopts_the_blocks() -> anyhow:
     let index = aya::maps::Map::HashMap(MapData::from_pin(pins.join(MAP_DENSE_INDEX))?);
     let blocks = aya::maps::Map::Array(MapData::from_pin(pins.join(MAP_DENSE))?);
     let hits = aya::maps::Map::Array(MapData::from_pin(pins.join(MAP_DENSE_HITS))?);
-    let again = guard_common::dense::DenseTier::open(index, blocks, hits)?;
+    let v16 = aya::maps::Map::Array(MapData::from_pin(pins.join(MAP_DENSE_V16))?);
+    let again = guard_common::dense::DenseTier::open(index, blocks, hits, v16)?;
     assert_eq!(again.blocks(), 1);
     assert_eq!(
         again
@@ -690,5 +692,43 @@ fn dense_tier_rebuild_matches_the_bans_and_reopen_adopts_the_blocks() -> anyhow:
         Some(1)
     );
     assert_eq!(l.run(&v4_frame(&[], in_block(77)))?, XDP_DROP);
+    Ok(())
+}
+
+#[test]
+fn one_source_flood_from_a_dense_block_moves_to_the_hot_cache_and_counts_every_drop()
+-> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    let mut d = Dense::open(&mut l)?;
+    for h in 0..20 {
+        d.ban(in_block(h), 0)?;
+    }
+    l.set_config(XdpConfig {
+        flags: CFG_HAVE_DENSE_V4,
+        ..Default::default()
+    });
+    for _ in 0..100 {
+        assert_eq!(l.run(&v4_frame(&[], in_block(4)))?, XDP_DROP);
+    }
+    let hot: PerCpuArray<&MapData, HotBan> =
+        PerCpuArray::try_from(l.ebpf.map(MAP_HOT).expect("HOT"))?;
+    let key = u32::from_ne_bytes(in_block(4).octets());
+    let cached = hot
+        .get(&0, 0)?
+        .iter()
+        .find(|h| h.valid != 0 && h.addr == key)
+        .copied();
+    let cached = cached.ok_or_else(|| anyhow::anyhow!("the flood never reached the hot cache"))?;
+    assert_eq!(
+        d.hits(in_block(4)),
+        2,
+        "two drops through the tier, then the cache"
+    );
+    assert_eq!(
+        d.hits(in_block(4)) + d.exact_packets(in_block(4)) + cached.pending_packets,
+        100,
+        "every drop counted once"
+    );
     Ok(())
 }

@@ -15,8 +15,8 @@ use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4,
     CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, HotBan, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4,
     MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG, MAP_DENSE, MAP_DENSE_HITS, MAP_DENSE_INDEX,
-    MAP_EVENTS, MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT,
-    XdpConfig as MapConfig,
+    MAP_DENSE_V16, MAP_EVENTS, MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD,
+    STAT_COUNT, XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
@@ -192,7 +192,12 @@ impl Xdp {
                 ebpf.take_map(name)
                     .ok_or(XdpError::Missing { what: "map", name })
             };
-            DenseTier::open(map(MAP_DENSE_INDEX)?, map(MAP_DENSE)?, map(MAP_DENSE_HITS)?)?
+            DenseTier::open(
+                map(MAP_DENSE_INDEX)?,
+                map(MAP_DENSE)?,
+                map(MAP_DENSE_HITS)?,
+                map(MAP_DENSE_V16)?,
+            )?
         };
         let mut xdp = Self {
             dense,
@@ -518,7 +523,9 @@ impl Xdp {
         };
         per_cpu
             .iter()
-            .filter(|h| h.valid != 0 && h.addr == v4(a) && h.generation == self.settings.generation)
+            // Any generation: stale counts are still flushed into the ban (the map is pinned, so
+            // this includes drops counted by an earlier instance's program).
+            .filter(|h| h.valid != 0 && h.addr == v4(a))
             .fold((0, 0), |(p, b), h| {
                 (p + h.pending_packets, b + h.pending_bytes)
             })

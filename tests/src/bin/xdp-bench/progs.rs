@@ -12,7 +12,7 @@ use aya::{Ebpf, EbpfLoader};
 use guard_common::dense::DenseTier;
 use guard_common::{
     BanEntry, CFG_HAVE_DENSE_V4, MAP_ALLOW_V4, MAP_BANS_V4, MAP_CIDR_V4, MAP_CONFIG, MAP_DENSE,
-    MAP_DENSE_HITS, MAP_DENSE_INDEX, MAP_STATS, PROG_XDP_GUARD, XdpConfig,
+    MAP_DENSE_HITS, MAP_DENSE_INDEX, MAP_DENSE_V16, MAP_STATS, PROG_XDP_GUARD, XdpConfig,
 };
 
 /// The drop-everything baseline in `guard-bench-ebpf`.
@@ -128,7 +128,12 @@ impl Guard {
             ebpf.take_map(name)
                 .with_context(|| format!("no map {name} in the object"))
         };
-        let dense = DenseTier::open(map(MAP_DENSE_INDEX)?, map(MAP_DENSE)?, map(MAP_DENSE_HITS)?)?;
+        let dense = DenseTier::open(
+            map(MAP_DENSE_INDEX)?,
+            map(MAP_DENSE)?,
+            map(MAP_DENSE_HITS)?,
+            map(MAP_DENSE_V16)?,
+        )?;
         Ok(Self {
             dense,
             banned: Vec::new(),
