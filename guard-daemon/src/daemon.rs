@@ -392,7 +392,10 @@ fn handle(shared: &Shared, req: Request) -> Response {
                 evidence: None,
             })
             .map(Response::ok),
-        Request::BanRm { target } => shared.bans().unban(&target).map(Response::ok),
+        Request::BanRm { target } => shared.bans().unban(&target).map(|removed| {
+            shared.judge.unbanned(&target);
+            Response::ok(removed)
+        }),
         Request::BanLs => shared.bans().list().map(Response::ok),
         Request::BanImport { entries, force } => {
             let reqs = entries

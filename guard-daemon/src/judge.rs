@@ -91,6 +91,14 @@ impl Judge {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The operator lifted the ban of `target`: the engine forgets it banned that address, so
+    /// that it is judged (and banned) afresh if it misbehaves again.
+    pub fn unbanned(&self, target: &Net) {
+        if target.is_host() {
+            self.engine().unbanned(target.addr());
+        }
+    }
+
     /// Forgets idle clients.
     pub fn expire(&self, now: Duration) {
         self.engine().expire(now);

@@ -217,6 +217,23 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
         blocked.lines().count() >= 3,
         "hostile requests are marked blocked in the log"
     );
+    // The operator lifts the SQL injector's ban; it attacks again and is banned again.
+    d.cli(&["ban", "rm", &sqli.to_string()])
+        .map_err(anyhow::Error::msg)?;
+    assert!(tcp_ok(
+        &link.far,
+        Some(sqli),
+        dst,
+        Duration::from_millis(500)
+    ));
+    let again: Vec<String> = (0..10)
+        .map(|i| format!("/items?id={i}%27%20OR%201%3D1--"))
+        .collect();
+    let (_, t) = attack(&link, &d, sqli, dst, again, "sqlmap/1.7");
+    assert!(
+        t.is_some(),
+        "an attacker whose ban was lifted was not banned again"
+    );
     Ok(())
 }
 
