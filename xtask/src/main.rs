@@ -41,7 +41,13 @@ enum Task {
     /// Measure the request validator on the CRS corpus and the benign set.
     Eval(eval::EvalArgs),
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
-    Bench { what: String },
+    /// Arguments after `xdp` go to the benchmark (`--rounds N`, `--threaded-napi`, `--only
+    /// micro|live`, `--json`).
+    Bench {
+        what: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -184,9 +190,10 @@ fn main() -> anyhow::Result<()> {
             build_ebpf()?;
             eval::run(&args)
         }
-        Task::Bench { what } => match what.as_str() {
-            "xdp" => bench_xdp(),
-            "tap" => bench_tap(),
+        Task::Bench { what, args } => match what.as_str() {
+            "xdp" => bench_xdp(&args),
+            "tap" if args.is_empty() => bench_tap(),
+            "tap" => bail!("`bench tap` takes no arguments"),
             other => bail!("unknown benchmark {other:?}: try `xdp` or `tap`"),
         },
     }
@@ -280,7 +287,7 @@ fn run_tests(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
 
 /// Builds a benchmark binary of guard-tests in release and runs it as root, with `GUARD_BIN`
 /// pointing at the release guard.
-fn run_bench_bin(name: &str) -> anyhow::Result<()> {
+fn run_bench_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
     step(&format!("building {name} (release)"));
     run(
         cargo().args(["build", "--release", "-p", "guard-tests", "--bin", name]),
@@ -288,18 +295,21 @@ fn run_bench_bin(name: &str) -> anyhow::Result<()> {
     )?;
     run(
         Command::new(root().join("target/release").join(name))
+            .args(args)
             .env("GUARD_BIN", root().join("target/release/guard")),
         name,
     )
 }
 
-fn bench_xdp() -> anyhow::Result<()> {
-    if as_root(&["bench", "xdp"])? {
+fn bench_xdp(args: &[String]) -> anyhow::Result<()> {
+    let mut again = vec!["bench", "xdp"];
+    again.extend(args.iter().map(String::as_str));
+    if as_root(&again)? {
         return Ok(());
     }
     setup::test_tools()?;
     build_ebpf()?;
-    run_bench_bin("xdp-bench")
+    run_bench_bin("xdp-bench", args)
 }
 
 fn bench_tap() -> anyhow::Result<()> {
@@ -314,5 +324,5 @@ fn bench_tap() -> anyhow::Result<()> {
         "tap throughput benchmark",
     )?;
     step("tap under 10,000 requests/s across namespaces");
-    run_bench_bin("tap-load")
+    run_bench_bin("tap-load", &[])
 }
