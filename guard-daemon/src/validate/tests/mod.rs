@@ -26,6 +26,7 @@ fn check(v: &Validator, method: &str, uri: &str, headers: &[(&str, &str)], body:
         .map(|(_, v)| *v);
     v.inspect(&Request {
         method,
+        version: Some("HTTP/1.1"),
         path,
         query,
         headers,
