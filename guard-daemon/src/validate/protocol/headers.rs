@@ -2,7 +2,8 @@
 //! request targets that are not a path, contradictory `Connection` options, malformed ranges,
 //! headers that ordinary clients never send (`WebDAV` locks, `Proxy`, URL overrides), charsets
 //! and codings nobody asks for, `Content-Type` parameters that smuggle a second media type, and
-//! malformed or oversized parameters.
+//! malformed or oversized parameters; at higher paranoia, bodies without a type, unusual
+//! `Cache-Control` directives, repeated parameters and URLs of other sites in parameters.
 
 use super::super::detect::Accumulator;
 use super::super::{Category, Request};
@@ -220,6 +221,40 @@ pub fn accept(req: &Request<'_>, paranoia: u8, acc: &mut Accumulator) {
     }
 }
 
+/// A body without a `Content-Type` (paranoia 2): browsers always name what they send, scripts
+/// often do not.
+pub fn body_type(req: &Request<'_>, paranoia: u8, acc: &mut Accumulator) {
+    if paranoia >= 2 && !req.body.is_empty() && req.content_type.is_none() {
+        acc.add(P, "proto-body-without-type", 3, "body", "no Content-Type");
+    }
+}
+
+/// Request `Cache-Control` directives (paranoia 3): anything but the request directives of
+/// RFC 9111 is a client probing caches.
+pub fn cache_control(req: &Request<'_>, paranoia: u8, acc: &mut Accumulator) {
+    if paranoia < 3 {
+        return;
+    }
+    let Some(cc) = header(req, "cache-control") else {
+        return;
+    };
+    let valid = cc.split(',').all(|d| {
+        let d = d.trim().to_ascii_lowercase();
+        let (name, value) = d.split_once('=').unwrap_or((d.as_str(), ""));
+        match name {
+            "max-age" | "min-fresh" | "stale-if-error" => {
+                !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())
+            }
+            "max-stale" => value.bytes().all(|b| b.is_ascii_digit()),
+            "no-cache" | "no-store" | "no-transform" | "only-if-cached" => value.is_empty(),
+            _ => false,
+        }
+    });
+    if !valid {
+        acc.add(P, "proto-cache-control", 3, "header:Cache-Control", cc);
+    }
+}
+
 /// `Content-Type` parameters: each is `name=value`, and a boundary or charset whose value is
 /// itself a media type tries to make two parsers read the body differently.
 pub fn content_type_syntax(content_type: &str, acc: &mut Accumulator) {
@@ -271,7 +306,7 @@ pub fn cookie_version(req: &Request<'_>, acc: &mut Accumulator) {
 /// Query and form parameters: malformed percent-escapes (a decoder that skips them lets a
 /// payload through another that does not), line breaks in names, names too long to be real,
 /// and more parameters than any form has.
-pub fn parameters(req: &Request<'_>, max_body_bytes: usize, acc: &mut Accumulator) {
+pub fn parameters(req: &Request<'_>, max_body_bytes: usize, paranoia: u8, acc: &mut Accumulator) {
     let form = req
         .content_type
         .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
@@ -282,6 +317,8 @@ pub fn parameters(req: &Request<'_>, max_body_bytes: usize, acc: &mut Accumulato
         ""
     };
     let mut count = 0usize;
+    let mut names: Vec<&str> = Vec::new();
+    let own_host = header(req, "host").map(str::to_ascii_lowercase);
     for (kind, s) in [("query", req.query), ("form", body)] {
         if let Some(at) = bad_escape(s) {
             let end = (at + 3).min(s.len());
@@ -307,6 +344,24 @@ pub fn parameters(req: &Request<'_>, max_body_bytes: usize, acc: &mut Accumulato
             if name.len() > 100 {
                 acc.add(P, "proto-long-name", 3, kind, name);
             }
+            if let Some((_, value)) = pair.split_once('=') {
+                if include_name(&lower) && remote_url(value) {
+                    acc.add(Category::RfiSsrf, "rfi-include-parameter", 4, kind, pair);
+                }
+                if paranoia >= 2
+                    && let Some(host) = remote_host(value)
+                    && own_host.as_deref() != Some(host.as_str())
+                {
+                    acc.add(Category::RfiSsrf, "rfi-offsite-url", 3, kind, pair);
+                }
+            }
+            // The same parameter twice (paranoia 3): frameworks disagree on which one counts.
+            if paranoia >= 3 && !name.ends_with("[]") && !name.ends_with("%5B%5D") {
+                if names.contains(&name) {
+                    acc.add(P, "proto-duplicate-parameter", 3, kind, name);
+                }
+                names.push(name);
+            }
         }
     }
     if count > 255 {
@@ -318,6 +373,51 @@ pub fn parameters(req: &Request<'_>, max_body_bytes: usize, acc: &mut Accumulato
             "more than 255 parameters",
         );
     }
+}
+
+/// A parameter name that says "a file or directory to load" (`mosConfig_absolute_path`,
+/// `_CONF[path]`, `include`, `template`): a URL there is remote file inclusion.
+fn include_name(lower: &str) -> bool {
+    lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .flat_map(|w| w.split('_'))
+        .any(|w| {
+            matches!(
+                w,
+                "path"
+                    | "dir"
+                    | "basedir"
+                    | "include"
+                    | "inc"
+                    | "require"
+                    | "template"
+                    | "tpl"
+                    | "module"
+                    | "lib"
+                    | "conf"
+                    | "config"
+                    | "root"
+                    | "absolute"
+            ) || w.ends_with("path")
+                || w.ends_with("dir")
+        })
+}
+
+/// A parameter value (still percent-encoded) that is an http(s) or ftp URL.
+fn remote_url(value: &str) -> bool {
+    remote_host(value).is_some()
+}
+
+/// The host (with port) of a parameter value that is an http(s) or ftp URL.
+fn remote_host(value: &str) -> Option<String> {
+    let lower = value.trim().to_ascii_lowercase();
+    let lower = lower.replace("%3a", ":").replace("%2f", "/");
+    let rest = ["http://", "https://", "ftp://", "ftps://"]
+        .iter()
+        .find_map(|s| lower.strip_prefix(s))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(host.to_owned())
 }
 
 /// `s` without trailing line breaks, raw or percent-encoded.

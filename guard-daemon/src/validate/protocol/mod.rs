@@ -51,7 +51,9 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
         headers::content_type_syntax(ct, acc);
     }
     headers::cookie_version(req, acc);
-    headers::parameters(req, config.max_body_bytes, acc);
+    headers::parameters(req, config.max_body_bytes, config.paranoia, acc);
+    headers::body_type(req, config.paranoia, acc);
+    headers::cache_control(req, config.paranoia, acc);
     if let Some(cl) = header("content-length")
         && (cl.trim().is_empty() || !cl.trim().bytes().all(|b| b.is_ascii_digit()))
     {

@@ -1,7 +1,7 @@
 //! Code injection: PHP tags and functions, template injection, Python dunders, JNDI/log4shell,
 //! Java classes and gadgets, OGNL/SpEL, Node.js, Ruby/Perl, script uploads, LDAP filters.
 
-use super::{Rule, paranoid, r};
+use super::{Rule, Scope, paranoid, r, scoped};
 use crate::validate::Category::CodeInjection;
 
 /// The rules of this family.
@@ -404,32 +404,36 @@ pub static RULES: &[Rule] = &[
         ],
         r"\bkernel\s*\.\s*(?:exec|system|open|spawn|eval|`)|\bio\s*\.\s*(?:popen|readlines|read)\b|\bopen\s*\(\s*['\x22]\|\|?|%x[({\[]|@\{\[.{0,200}\]\}|\bsyscall\s*\(|\b(?:instance|class|module)_eval\b|\.send\s*\(\s*:(?:system|exec|eval|spawn)|\bperl\s+-e\b|\bspawn\s*\(",
     ),
-    r(
-        "code-upload-script",
-        CodeInjection,
-        4,
-        &[
-            ".php",
-            ". php",
-            ". phtml",
-            ". phar",
-            ". pht",
-            ". jsp",
-            ". asp",
-            ".phtml",
-            ".phar",
-            ".pht",
-            ".jsp",
-            ".asp",
-            ".cgi",
-            ".pl",
-            ".py",
-            ".sh",
-            ".exe",
-            ".shtml",
-            ".htaccess",
-        ],
-        r"\.(?:php[0-9st]?\d*|phtml|phar|pht|jspx?|aspx?|ashx|asmx|cer|cgi|pl|py|sh|exe|bat|shtml|htaccess)(?:\s*\.\s*\w+)?[\s.]*$|\.\s+(?:php\d*|phtml|phar|pht|jspx?|aspx?)\b",
+    // Not the path: requesting `/index.php` or `/login.jsp` is how those sites work.
+    scoped(
+        r(
+            "code-upload-script",
+            CodeInjection,
+            4,
+            &[
+                ".php",
+                ". php",
+                ". phtml",
+                ". phar",
+                ". pht",
+                ". jsp",
+                ". asp",
+                ".phtml",
+                ".phar",
+                ".pht",
+                ".jsp",
+                ".asp",
+                ".cgi",
+                ".pl",
+                ".py",
+                ".sh",
+                ".exe",
+                ".shtml",
+                ".htaccess",
+            ],
+            r"\.(?:php[0-9st]?\d*|phtml|phar|pht|jspx?|aspx?|ashx|asmx|cer|cgi|pl|py|sh|exe|bat|shtml|htaccess)(?:\s*\.\s*\w+)?[\s.]*$|\.\s+(?:php\d*|phtml|phar|pht|jspx?|aspx?)\b",
+        ),
+        Scope::Values,
     ),
     r(
         "code-php-function-call",

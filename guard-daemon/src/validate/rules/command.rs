@@ -1,7 +1,7 @@
 //! Shell command injection: separators followed by commands, substitutions, `$IFS` and brace
 //! tricks, reverse shells, download-and-run, Windows `cmd`, mail protocol injection.
 
-use super::{Rule, Scope, r, scoped};
+use super::{Rule, Scope, paranoid, r, scoped};
 use crate::validate::Category::CommandInjection;
 
 /// The rules of this family.
@@ -234,7 +234,7 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         3,
         &["''", "\"\"", "``", "$()", "${}", "<()", ">()", "$@"],
-        r#"[a-z](?:''|""|``|\$\(\)|\$\{\}|[<>]\(\)|\$@)+[a-z]"#,
+        r#"[a-z](?:''|""|``|\$\(\)|\$\{\}|[<>]\(\)|\$@)+[a-z]|[a-z](?:``|\$\(\)|\$\{\}|[<>]\(\))+\s"#,
     ),
     r(
         "cmd-tilde-expansion",
@@ -306,5 +306,35 @@ pub static RULES: &[Rule] = &[
             r#"^\s*['"]?(?:ansible(?:-[a-z]+)?|chef-[a-z]+|knife|cscli|visudo|pip[23x]|ssh-[a-z-]+|strace|ltrace|bsdtar|aptitude|apt-get|nmap|netcat|ncat|socat|crontab|useradd|usermod|userdel|iptables|systemctl|journalctl|kubectl|powershell|pwsh|certutil|bitsadmin|wmic|whoami|uname|ifconfig|ipconfig|netstat|nslookup|tcpdump|busybox|sudo|wget|tftp|lastlog|mkfs|fdisk|modprobe|insmod|rmmod|python[23]\.\d+)['"]?(?:\s*$|\s+(?:[^\n]{0,60}\s)?(?:-{1,2}[a-z]|/|~/|\.{1,2}/|[\w-]+\.[a-z]{1,4}\b))"#,
         ),
         Scope::Params,
+    ),
+    // Paranoia 2: a command at the start of a value with any argument; search boxes of sites
+    // about system administration see these too.
+    paranoid(
+        scoped(
+            r(
+                "cmd-bare-command-argument",
+                CommandInjection,
+                3,
+                &[],
+                concat!(
+                    r#"^\s*['"]?(?:ansible(?:-[a-z]+)?|chef(?:-[a-z]+)?|knife|cscli|pip[23x]?|ssh-[a-z-]+|strace|aptitude|shutdown|reboot|visudo|python[23](?:\.\d+)?)['"]?\s+[\w-]|^\s*['"]?"#,
+                    cmds!(),
+                    r#"['"]?\s+(?:/|~/)[\w.-]"#
+                ),
+            ),
+            Scope::Params,
+        ),
+        2,
+    ),
+    // Paranoia 3: a single quoted letter glued to the rest of a word (`'c'url`).
+    paranoid(
+        r(
+            "cmd-quoted-letter",
+            CommandInjection,
+            3,
+            &["'", "\""],
+            r#"(?:^|[\s;|&])(?:'[a-z]'|"[a-z]")[a-z]{2,}"#,
+        ),
+        3,
     ),
 ];

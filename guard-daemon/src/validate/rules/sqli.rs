@@ -1,7 +1,7 @@
 //! SQL injection: UNION and stacked queries, tautologies, string breaks, SQL functions and
 //! schema names, time-based probes, `NoSQL` operators and ORM lookups.
 
-use super::{Rule, r};
+use super::{Rule, paranoid, r};
 use crate::validate::Category::{CodeInjection, Sqli};
 
 /// The rules of this family.
@@ -464,5 +464,34 @@ pub static RULES: &[Rule] = &[
         3,
         &["create"],
         r"\bcreate\s+(?:temporary\s+)?table\s+(?:if\s+not\s+exists\s+)?[\w.`\x22\[\]]+\s*(?:\(|$|\bas\b|;)",
+    ),
+    r(
+        "sqli-type-cast",
+        Sqli,
+        3,
+        &["::"],
+        r"(?:\)|\b\w+)\s*::\s*(?:int[248]?|integer|bigint|smallint|text|varchar|char|character|bool|boolean|numeric|decimal|double\s+precision|real|float[48]?|jsonb?|regclass|oid|bytea|date|timestamp|uuid|xml)\b",
+    ),
+    // Paranoia 3: a value that is nothing but an SQL operator, the probe of a blind injection.
+    paranoid(
+        r(
+            "sqli-bare-operator",
+            Sqli,
+            3,
+            &[],
+            r"^\s*(?:<=>|<>|!=|>=|<=|<<|>>|&&|\|\||==|xor|rlike|regexp|(?:is|like)\s+(?:not\s+)?null|not\s+null)\s*$",
+        ),
+        3,
+    ),
+    // Paranoia 4: runs of SQL/shell punctuation that ordinary text does not have.
+    paranoid(
+        r(
+            "sqli-special-character-run",
+            Sqli,
+            3,
+            &[],
+            r#"[~!@#$%^&*()=+{}\[\]|:;"'<>`\\-]{6,}"#,
+        ),
+        4,
     ),
 ];
