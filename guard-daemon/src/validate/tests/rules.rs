@@ -254,3 +254,21 @@ fn postgres_type_casts() {
     assert_flagged(&get("/get?id=1+current_user::int"), Category::Sqli);
     assert_allowed(&post_form("code=std::string+name%3B"));
 }
+
+#[test]
+fn authorization_credentials_are_inspected() {
+    let auth = |value: &str| check(&validator(), "GET", "/api", &[("Authorization", value)], "");
+    // `admin' or '1'='1'--:x` in Basic.
+    let v = auth("Basic YWRtaW4nIG9yICcxJz0nMSctLTp4");
+    assert_blocked(&v, Category::Sqli);
+    assert!(
+        v.findings.iter().any(|f| f.field == "authorization:user"),
+        "{v:#?}"
+    );
+    assert_blocked(&auth("Bearer <script>alert(1)</script>"), Category::Xss);
+    // `alice:S3cr3t!pass`, and an ordinary JWT.
+    assert_allowed(&auth("Basic YWxpY2U6UzNjcjN0IXBhc3M="));
+    assert_allowed(&auth(
+        "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    ));
+}
