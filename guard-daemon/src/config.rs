@@ -231,6 +231,9 @@ impl Config {
         {
             return invalid("tap", &e.to_string());
         }
+        if !(1..=4).contains(&self.validator.paranoia) {
+            return invalid("validator.paranoia", "must be 1, 2, 3 or 4");
+        }
         if let Err(crate::engine::EngineError::InvalidConfig { key, reason }) =
             self.engine.validate()
         {
@@ -269,6 +272,7 @@ mod tests {
         let text = include_str!("../../guard.example.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.xdp.rate_event_window, Duration::from_secs(10));
+        assert_eq!(c.validator, crate::validate::ValidatorConfig::default());
     }
 
     #[test]
@@ -293,6 +297,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xdp.rate_limit_burst"), "{e}");
+        let e = parse("[validator]\nparanoia = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("validator.paranoia"), "{e}");
         let e = parse("[xdp]\nmode = \"turbo\"\n").unwrap_err().to_string();
         assert!(e.contains("turbo") && e.contains("line 2"), "{e}");
     }

@@ -125,6 +125,11 @@ impl Judge {
         }
         let verdict = self.validator.inspect(&Request {
             method: &ev.method,
+            version: Some(if ev.http_minor == 0 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            }),
             path: &ev.path,
             query: ev.query.as_deref().unwrap_or(""),
             headers: &headers,

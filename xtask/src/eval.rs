@@ -4,7 +4,8 @@
 //! (`../shared/corpus/crs-regression.jsonl`, response-side families 95x and 980 left out) and over
 //! the realistic benign set (`guard-daemon/tests/data/benign.jsonl`), and prints per family and
 //! overall the share of attacks blocked or sent to triage, the share of near-miss benign requests
-//! blocked, the benign set's false-positive rate, and the throughput figures of `--bench`.
+//! blocked, the benign set's false-positive rate, and the throughput figures of `--bench`, all at
+//! the default paranoia level; then the headline figures at each of the four levels.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -85,11 +86,19 @@ fn root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// Runs `guard inspect --cases FILE` and returns id → action.
-fn verdicts(guard: &Path, cases: &Path) -> anyhow::Result<HashMap<String, String>> {
-    let out = Command::new(guard)
-        .args(["inspect", "--cases"])
-        .arg(cases)
+/// Runs `guard inspect --cases FILE` (at `paranoia`, or the default level) and returns
+/// id → action.
+fn verdicts(
+    guard: &Path,
+    cases: &Path,
+    paranoia: Option<u8>,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut cmd = Command::new(guard);
+    cmd.args(["inspect", "--cases"]).arg(cases);
+    if let Some(level) = paranoia {
+        cmd.arg("--paranoia").arg(level.to_string());
+    }
+    let out = cmd
         .output()
         .with_context(|| format!("running {}", guard.display()))?;
     if !out.status.success() {
@@ -133,6 +142,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut details = String::new();
     corpus_report(&guard, &corpus, &mut details)?;
     benign_report(&guard, &benign, &mut details)?;
+    levels_report(&guard, &corpus, &benign)?;
     if let Some(path) = &args.details {
         std::fs::write(path, details).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -188,7 +198,7 @@ fn print_row(fam: &str, name: &str, t: &Tally) {
 /// Per-family detection on the CRS corpus.
 fn corpus_report(guard: &Path, corpus: &Path, details: &mut String) -> anyhow::Result<()> {
     let cases = read_jsonl(corpus)?;
-    let actions = verdicts(guard, corpus)?;
+    let actions = verdicts(guard, corpus, None)?;
     let mut families: BTreeMap<String, (String, Tally)> = BTreeMap::new();
     let mut overall = Tally::default();
     let mut pl1 = Tally::default();
@@ -244,7 +254,7 @@ fn corpus_report(guard: &Path, corpus: &Path, details: &mut String) -> anyhow::R
 /// False positives on the realistic benign set.
 fn benign_report(guard: &Path, benign: &Path, details: &mut String) -> anyhow::Result<()> {
     let cases = read_jsonl(benign)?;
-    let actions = verdicts(guard, benign)?;
+    let actions = verdicts(guard, benign, None)?;
     let mut b = Tally::default();
     for c in &cases {
         let id = c["id"].as_str().unwrap_or_default();
@@ -265,6 +275,54 @@ fn benign_report(guard: &Path, benign: &Path, details: &mut String) -> anyhow::R
         pct(b.benign_triage, b.benign),
         pct(b.benign_block + b.benign_triage, b.benign),
     );
+    Ok(())
+}
+
+/// The headline figures at each paranoia level.
+fn levels_report(guard: &Path, corpus: &Path, benign: &Path) -> anyhow::Result<()> {
+    let cases = read_jsonl(corpus)?;
+    let benign_cases = read_jsonl(benign)?;
+    println!();
+    println!(
+        "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "paranoia", "detected", "PL1 det.", "nm block", "benign bl", "benign tr"
+    );
+    for level in 1..=4u8 {
+        let actions = verdicts(guard, corpus, Some(level))?;
+        let mut overall = Tally::default();
+        let mut pl1 = Tally::default();
+        for c in &cases {
+            let family = c["rule_family"].as_str().unwrap_or("?");
+            if family.starts_with("95") || family == "980" {
+                continue;
+            }
+            let id = c["id"].as_str().unwrap_or_default();
+            let attack = c["expect_attack"].as_bool().unwrap_or(false);
+            let action = actions.get(id).map_or("missing", String::as_str);
+            overall.add(attack, action);
+            if c["paranoia_level"].as_u64() == Some(1) {
+                pl1.add(attack, action);
+            }
+        }
+        let actions = verdicts(guard, benign, Some(level))?;
+        let mut b = Tally::default();
+        for c in &benign_cases {
+            let id = c["id"].as_str().unwrap_or_default();
+            b.add(false, actions.get(id).map_or("missing", String::as_str));
+        }
+        println!(
+            "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            level,
+            pct(
+                overall.attack_block + overall.attack_triage,
+                overall.attacks
+            ),
+            pct(pl1.attack_block + pl1.attack_triage, pl1.attacks),
+            pct(overall.benign_block, overall.benign),
+            pct(b.benign_block, b.benign),
+            pct(b.benign_triage, b.benign),
+        );
+    }
     Ok(())
 }
 

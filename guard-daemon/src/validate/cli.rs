@@ -17,6 +17,12 @@ pub struct InspectArgs {
     /// Request method.
     #[arg(long, default_value = "GET")]
     pub method: String,
+    /// Protocol version of the request line.
+    #[arg(long, default_value = "HTTP/1.1")]
+    pub version: String,
+    /// Paranoia level (1–4); the default is the configuration's default.
+    #[arg(long)]
+    pub paranoia: Option<u8>,
     /// Request target: path and optional query (`/search?q=x`).
     #[arg(long, default_value = "/")]
     pub uri: String,
@@ -44,6 +50,8 @@ pub struct InspectArgs {
 struct Case {
     id: String,
     method: String,
+    /// `None` when the case does not say.
+    version: Option<String>,
     path: String,
     query: String,
     headers: Vec<(String, String)>,
@@ -77,6 +85,7 @@ impl Case {
         Self {
             id,
             method: s("method"),
+            version: v.get("version").and_then(|x| x.as_str()).map(str::to_owned),
             path: path.to_owned(),
             query: query.to_owned(),
             headers,
@@ -96,6 +105,7 @@ impl Case {
             .map(|(_, v)| *v);
         v.inspect(&Request {
             method: &self.method,
+            version: self.version.as_deref(),
             path: &self.path,
             query: &self.query,
             headers: &headers,
@@ -114,8 +124,11 @@ struct CaseVerdict<'a> {
 
 /// Runs `guard inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
-    let validator =
-        Validator::new(&ValidatorConfig::default()).context("building the validator")?;
+    let mut config = ValidatorConfig::default();
+    if let Some(level) = args.paranoia {
+        config.paranoia = level;
+    }
+    let validator = Validator::new(&config).context("building the validator")?;
     if let Some(path) = &args.cases {
         let cases = read_cases(path)?;
         return if args.bench {
@@ -152,6 +165,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let case = Case {
         id: String::new(),
         method: args.method.clone(),
+        version: Some(args.version.clone()),
         path: path.to_owned(),
         query: query.to_owned(),
         headers,
@@ -245,6 +259,7 @@ fn bench(validator: &Validator, cases: &[Case]) -> anyhow::Result<()> {
     let big_case = Case {
         id: "1MB".to_owned(),
         method: "POST".to_owned(),
+        version: Some("HTTP/1.1".to_owned()),
         path: "/post".to_owned(),
         query: String::new(),
         headers: vec![(

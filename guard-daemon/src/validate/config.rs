@@ -8,6 +8,10 @@ use super::Category;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValidatorConfig {
+    /// How suspicious the validator is, 1 to 4 (like the paranoia levels of the OWASP CRS):
+    /// each level adds checks that catch more evasive attacks and also match more unusual but
+    /// legitimate traffic.
+    pub paranoia: u8,
     /// Score at or above which a request is blocked.
     pub block_threshold: u32,
     /// Score at or above which (and below `block_threshold`) a request goes to AI triage.
@@ -36,6 +40,8 @@ pub struct ValidatorConfig {
 impl Default for ValidatorConfig {
     fn default() -> Self {
         Self {
+            // Level 1: the checks that ordinary web traffic (browsers, API clients) does not trip.
+            paranoia: 1,
             // One strong signature (weight 5) or several weaker ones block.
             block_threshold: 5,
             // One medium finding (weight 3–4) asks the AI, as the seed did for 1–2 pattern hits.

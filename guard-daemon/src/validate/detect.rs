@@ -91,14 +91,25 @@ pub struct Detector {
     always: Vec<usize>,
     regexes: Vec<Regex>,
     base64: AhoCorasick,
+    /// SQL comments used to hide keywords, over the decoded, lower-cased text (the normalised
+    /// views have the comments rewritten already).
+    sql_comment: Regex,
 }
 
+/// A block comment glued to an SQL keyword (`DROP/*x*/t`, `*/FROM`), or `MySQL`'s executable
+/// comment in front of SQL (`/*!50000SELECT`).
+const SQL_COMMENT: &str = r"\b(?:select|union|insert|update|delete|drop|alter|create|truncate|from|where|and|or|order|group|having|exec|declare|sleep|benchmark|table|into|values|limit)/\*|\*/(?:select|union|insert|update|delete|drop|alter|create|truncate|from|where|and|or|order|group|having|exec|into|values|limit)\b|/\*!\d{0,5}\s*(?:select|union|and|or|from|where|insert|update|delete|drop|concat|sleep|benchmark|order|group|having|limit|\d)";
+
 impl Detector {
-    pub fn new() -> Result<Self, Error> {
+    /// Compiles the rules that run at `paranoia`.
+    pub fn new(paranoia: u8) -> Result<Self, Error> {
         let mut literals: Vec<&'static str> = Vec::new();
         let mut selects: Vec<Vec<usize>> = Vec::new();
         let mut always = Vec::new();
-        let rules: Vec<&'static Rule> = rules::all().take(MAX_RULES).collect();
+        let rules: Vec<&'static Rule> = rules::all()
+            .filter(|r| r.level <= paranoia)
+            .take(MAX_RULES)
+            .collect();
         let mut regexes = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             // ASCII classes and word boundaries: the text is already folded, and Unicode word
@@ -133,6 +144,13 @@ impl Detector {
         // A serialised Java object starts with AC ED 00 05.
         forms.extend(base64_forms(&[0xac, 0xed, 0x00, 0x05]));
         let base64 = AhoCorasick::new(&forms).map_err(|source| Error::Prefilter { source })?;
+        let sql_comment = regex::bytes::RegexBuilder::new(SQL_COMMENT)
+            .unicode(false)
+            .build()
+            .map_err(|source| Error::Rule {
+                rule: "sqli-comment-evasion",
+                source,
+            })?;
         Ok(Self {
             rules,
             prefilter,
@@ -140,6 +158,7 @@ impl Detector {
             always,
             regexes,
             base64,
+            sql_comment,
         })
     }
 
@@ -147,27 +166,45 @@ impl Detector {
     pub fn scan(&self, item: &Item<'_>, max_passes: u32, acc: &mut Accumulator) {
         let norm = normalise::normalise(&item.value, item.origin == Origin::Param, max_passes);
         tricks(&norm, &item.field, acc);
+        if !acc.has("sqli-comment-evasion")
+            && (norm.decoded.contains("/*") || norm.decoded.contains("*/"))
+        {
+            let lower = norm.decoded.to_ascii_lowercase();
+            if let Some(m) = self.sql_comment.find(lower.as_bytes()) {
+                let fragment = String::from_utf8_lossy(m.as_bytes());
+                acc.add(
+                    Category::Sqli,
+                    "sqli-comment-evasion",
+                    4,
+                    &item.field,
+                    &fragment,
+                );
+            }
+        }
         if opaque(&norm.decoded) {
             // A long token of the base64 alphabet (an image, a key, a signature) cannot hold a
             // textual payload: only its decoding is worth inspecting.
             self.scan_base64(&norm.decoded, item, max_passes, acc);
             return;
         }
-        self.scan_text(&norm.text, item, acc);
+        self.scan_text(&norm.text, item, true, acc);
         if let Some(j) = &norm.joined {
-            self.scan_text(j, item, acc);
+            self.scan_text(j, item, true, acc);
         }
         if let Some(s) = &norm.shell {
-            self.scan_text(s, item, acc);
+            self.scan_text(s, item, !norm.shell_keeps_comments, acc);
         }
         self.scan_base64(&norm.decoded, item, max_passes, acc);
     }
 
-    fn scan_text(&self, text: &str, item: &Item<'_>, acc: &mut Accumulator) {
+    /// Runs the selected rules over one view of a value; `sqli`: whether SQL rules apply to
+    /// this view.
+    fn scan_text(&self, text: &str, item: &Item<'_>, sqli: bool, acc: &mut Accumulator) {
         if text.is_empty() {
             return;
         }
-        if !acc.has("sqli-token-density")
+        if sqli
+            && !acc.has("sqli-token-density")
             && let Some(f) = super::sqltok::fragment(text)
         {
             acc.add(Category::Sqli, "sqli-token-density", 3, &item.field, f);
@@ -189,7 +226,10 @@ impl Detector {
                 let i = word_index * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let rule = self.rules[i];
-                if acc.has(rule.id) || !applies(rule, item.origin) {
+                if acc.has(rule.id)
+                    || !applies(rule, item.origin)
+                    || (!sqli && rule.category == Category::Sqli)
+                {
                     continue;
                 }
                 if let Some(m) = self.regexes[i].find(text.as_bytes()) {
@@ -226,7 +266,7 @@ impl Detector {
                     value: std::borrow::Cow::Borrowed(""),
                     origin: item.origin,
                 };
-                self.scan_text(&norm.text, &sub, acc);
+                self.scan_text(&norm.text, &sub, true, acc);
             }
         }
     }
@@ -252,6 +292,7 @@ fn applies(rule: &Rule, origin: Origin) -> bool {
         Scope::Values => origin != Origin::Path,
         Scope::Headers => matches!(origin, Origin::Header | Origin::UrlHeader),
         Scope::NotMarkup => origin != Origin::Markup,
+        Scope::Params => !matches!(origin, Origin::Path | Origin::Header | Origin::UrlHeader),
     };
     // Referer and Origin hold URLs by design: a URL there is not SSRF.
     scope_ok && !(origin == Origin::UrlHeader && rule.category == Category::RfiSsrf)

@@ -3,8 +3,9 @@
 //! Each value is inspected where it lives so that a finding can say `query:id` or
 //! `json:$.user.name` rather than "somewhere in the request": query and form parameters (names
 //! too, when they are not plain identifiers), JSON bodies walked to every string and key,
-//! multipart fields (file contents skipped, file names kept), cookies, the headers attackers use,
-//! and the path itself. Everything is bounded by [`Limits`].
+//! multipart fields (file contents skipped, file names kept), cookies, Authorization credentials
+//! (Basic decoded), the headers attackers use, and the path itself. Everything is bounded by
+//! [`Limits`].
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -57,7 +58,6 @@ const SKIP_HEADERS: &[&str] = &[
     "accept-encoding",
     "accept-language",
     "accept-charset",
-    "authorization",
     "proxy-authorization",
     "connection",
     "content-length",
@@ -98,6 +98,8 @@ pub fn extract<'a>(req: &Request<'a>, limits: &Limits) -> Vec<Item<'a>> {
     for &(name, value) in req.headers {
         if name.eq_ignore_ascii_case("cookie") {
             cookies(&mut out, value);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization(&mut out, value);
         } else if name.eq_ignore_ascii_case("referer") || name.eq_ignore_ascii_case("origin") {
             out.push(
                 format!("header:{name}"),
@@ -211,6 +213,34 @@ fn cookies<'a>(out: &mut Out<'a>, header: &'a str) {
                 Origin::Other,
             );
         }
+    }
+}
+
+/// The credentials of an `Authorization` header: Basic's user name and password decoded, any
+/// other scheme's token as sent (a JWT's parts are decoded by the base64 scan).
+fn authorization<'a>(out: &mut Out<'a>, value: &'a str) {
+    let value = value.trim();
+    let (scheme, credentials) = value.split_once(' ').unwrap_or(("", value));
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = super::detect::base64_decode(credentials.trim());
+        let text = String::from_utf8_lossy(&decoded).into_owned();
+        let (user, password) = text.split_once(':').unwrap_or((text.as_str(), ""));
+        out.push(
+            "authorization:user".to_owned(),
+            Cow::Owned(user.to_owned()),
+            Origin::Other,
+        );
+        out.push(
+            "authorization:password".to_owned(),
+            Cow::Owned(password.to_owned()),
+            Origin::Other,
+        );
+    } else {
+        out.push(
+            "header:Authorization".to_owned(),
+            Cow::Borrowed(credentials.trim()),
+            Origin::Other,
+        );
     }
 }
 

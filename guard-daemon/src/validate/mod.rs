@@ -33,6 +33,9 @@ pub enum Error {
         "validator.triage_threshold ({triage}) must be at most validator.block_threshold ({block}), and block_threshold above 0"
     )]
     Thresholds { triage: u32, block: u32 },
+    /// The paranoia level is out of range.
+    #[error("validator.paranoia ({level}) must be 1, 2, 3 or 4")]
+    Paranoia { level: u8 },
     /// A built-in rule failed to compile (a bug, caught by the unit tests).
     #[error("validator rule {rule} does not compile")]
     Rule {
@@ -77,6 +80,9 @@ pub enum Category {
 pub struct Request<'a> {
     /// Method as sent (`GET`).
     pub method: &'a str,
+    /// Protocol version as sent in the request line (`HTTP/1.1`); `Some("")` when the request
+    /// line had none (HTTP/0.9), `None` when the caller does not know it.
+    pub version: Option<&'a str>,
     /// Path, still percent-encoded, without the query (`/a/b`).
     pub path: &'a str,
     /// Query string without the `?`, still percent-encoded.
@@ -143,9 +149,14 @@ impl Validator {
                 block: config.block_threshold,
             });
         }
+        if !(1..=4).contains(&config.paranoia) {
+            return Err(Error::Paranoia {
+                level: config.paranoia,
+            });
+        }
         Ok(Self {
             config: config.clone(),
-            detector: detect::Detector::new()?,
+            detector: detect::Detector::new(config.paranoia)?,
         })
     }
 

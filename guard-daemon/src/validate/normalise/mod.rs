@@ -46,6 +46,8 @@ pub struct Normalised {
     pub joined: Option<String>,
     /// `text` with shell quoting and escapes removed (`c'a't`, `c\at`, `${IFS}`), when it differs.
     pub shell: Option<String>,
+    /// `shell` keeps block comments as text (globs such as `/et*/*wd`): SQL rules skip it.
+    pub shell_keeps_comments: bool,
     /// Evasion tricks seen on the way.
     pub tricks: Tricks,
 }
@@ -106,20 +108,33 @@ pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised 
         .contains("/*")
         .then(|| fold(&decoded, Comments::Remove))
         .filter(|j| *j != text);
-    let shell = shell_view(&text).filter(|s| *s != text);
+    // Globs like `/et*/*wd` look like SQL comments to `fold`: the shell view keeps them.
+    let shell_keeps_comments = decoded.contains("/*") || decoded.contains("*/");
+    let shell = if shell_keeps_comments {
+        let kept = fold(&decoded, Comments::Keep);
+        shell_view(&kept).or(Some(kept))
+    } else {
+        shell_view(&text)
+    }
+    .filter(|s| *s != text);
     Normalised {
         decoded,
         text,
         joined,
         shell,
+        shell_keeps_comments,
         tricks,
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Comments {
+    /// Block comments become a space.
     Space,
+    /// Empty block comments vanish (`SEL/**/ECT`), others become a space.
     Remove,
+    /// Block comments are ordinary text.
+    Keep,
 }
 
 /// Lower-cases, drops null bytes, collapses whitespace and rewrites SQL block comments.
@@ -135,7 +150,7 @@ fn fold(s: &str, comments: Comments) -> String {
         *space = true;
     };
     while let Some(c) = chars.next() {
-        if c == '/' && chars.peek() == Some(&'*') {
+        if comments != Comments::Keep && c == '/' && chars.peek() == Some(&'*') {
             chars.next();
             if chars.peek() == Some(&'!') {
                 // Executable comment: drop the marker and version digits, keep the content.
@@ -164,7 +179,7 @@ fn fold(s: &str, comments: Comments) -> String {
             }
             continue;
         }
-        if c == '*' && chars.peek() == Some(&'/') {
+        if comments != Comments::Keep && c == '*' && chars.peek() == Some(&'/') {
             chars.next();
             if comments == Comments::Space {
                 push_space(&mut out, &mut space);
@@ -250,7 +265,7 @@ fn shell_view(text: &str) -> Option<String> {
             },
             // Bracket globs: `/etc/pa[s]swd`, `/[e//]tc`, `[!q]asswd` (stands for one character).
             '[' => {
-                let inner: String = chars.clone().take(8).take_while(|&d| d != ']').collect();
+                let inner: String = chars.clone().take(17).take_while(|&d| d != ']').collect();
                 let letters: Vec<char> =
                     inner.chars().filter(char::is_ascii_alphanumeric).collect();
                 let closed = chars.clone().nth(inner.chars().count()) == Some(']');
@@ -258,9 +273,9 @@ fn shell_view(text: &str) -> Option<String> {
                     && !inner.is_empty()
                     && inner
                         .chars()
-                        .all(|d| d.is_ascii_alphanumeric() || matches!(d, '/' | '!'))
+                        .all(|d| d.is_ascii_alphanumeric() || matches!(d, '/' | '!' | '?' | '*'))
                 {
-                    let one = if inner.starts_with('!') {
+                    let one = if inner.starts_with('!') || inner == "?" || inner == "*" {
                         Some('?')
                     } else if letters.len() == 1 {
                         Some(letters[0])

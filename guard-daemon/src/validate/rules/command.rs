@@ -1,7 +1,7 @@
 //! Shell command injection: separators followed by commands, substitutions, `$IFS` and brace
 //! tricks, reverse shells, download-and-run, Windows `cmd`, mail protocol injection.
 
-use super::{Rule, Scope, r, scoped};
+use super::{Rule, Scope, paranoid, r, scoped};
 use crate::validate::Category::CommandInjection;
 
 /// The rules of this family.
@@ -13,7 +13,8 @@ pub static RULES: &[Rule] = &[
         5,
         &[";", "|", "&", "`", "$(", "\n", "\r", "<", ">"],
         concat!(
-            r"(?:[;|`\n\r]|\$\(|\|\||&&|<\(|>\()\s*(?:\{\s*)?",
+            // A lone `&` only when glued to the command (`&bcdboot`): `Ben & Jerry` is prose.
+            r"(?:(?:[;|`\n\r]|&&|\$\(|<\(|>\()\s*|&)(?:\{\s*)?",
             cmds!(),
             r"(?:\s+(?:-{1,2}\w|/|\$|\.\.?/|~|\w+\.\w|\w+://|\w+\s*[|;>])|\s*$|\s*[;|&`)>]|\s*<|\$\{?ifs)"
         ),
@@ -99,7 +100,7 @@ pub static RULES: &[Rule] = &[
             "netsh", "takeown", "sc ", "schtasks", "cipher", "reg ", "net ", "wmic", "rundll32",
             "regsvr32", "mshta", "cscript", "wscript", "type ",
         ],
-        r"\bcmd(?:\.exe)?\s*/[ckr]\b|%(?:systemroot|comspec|windir|userprofile|temp|appdata|programfiles|path|username|computername|os)%|\bfor\s+/[fldr]\b|\bfor\s+(?:/[fldr]\s+)?%{1,2}\S+\s+in\s*\(|\bif\s+(?:/i\s+)?(?:not\s+)?(?:defined|exist|errorlevel)\b|\bif\s+\S.{0,60}==.{0,60}\b(?:echo|do|goto|call|set)\b|\bif\s*/i\b|\bif\s+(?:not\s+)?%\d|\bif\s+(?:/i\s+)?(?:not\s+)?\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s+\S+|\)\s*do\s+(?:cmd|echo|call|set|start)\b|\b(?:rundll32|regsvr32|mshta|cscript|wscript)(?:\.exe)?\b|\bwmic\s+(?:process|os|useraccount|shadowcopy)\b|\breg\s+(?:add|query|delete)\s+hk|\bnet\s+(?:user|localgroup|share|use|view)\b|\btype\s+[a-z]:\\|\b(?:regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown)\b(?:\.exe)?\s+/?\w|\bsc\s+(?:create|config|start|stop)\s|\bschtasks\s+/|\bcipher\s+/w",
+        r"\bcmd(?:\.exe)?\s*/[ckr]\b|%(?:systemroot|systemdrive|comspec|windir|userprofile|temp|tmp|appdata|localappdata|programdata|programfiles|allusersprofile|homedrive|homepath|public|path|username|computername|os)%|\bfor\s+/[fldr]\b|\bfor\s+(?:/[fldr]\s+)?%{1,2}\S+\s+in\s*\(|\bif\s+(?:/i\s+)?(?:not\s+)?(?:defined|exist|errorlevel|cmdextversion)\b|\bif\s+(?:not\s+)?[^\s=]{1,40}\s*==\s*[^\s=]{1,40}\s+[a-z]|\bif\s+\S.{0,60}==.{0,60}\b(?:echo|do|goto|call|set)\b|\bif\s*/i\b|\bif\s+(?:not\s+)?%\d|\bif\s+(?:/i\s+)?(?:not\s+)?\S+\s+(?:equ|neq|lss|leq|gtr|geq)\s+\S+|\)\s*do\s+(?:cmd|echo|call|set|start)\b|\b(?:rundll32|regsvr32|mshta|cscript|wscript)(?:\.exe)?\b|\bwmic\s+(?:process|os|useraccount|shadowcopy)\b|\breg\s+(?:add|query|delete)\s+hk|\bnet\s+(?:user|localgroup|share|use|view)\b|\btype\s+[a-z]:\\|\b(?:regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown)\b(?:\.exe)?\s+/?\w|\bsc\s+(?:create|config|start|stop)\s|\bschtasks\s+/|\bcipher\s+/w",
     ),
     r(
         "cmd-shell-expansion",
@@ -127,7 +128,7 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         4,
         &["$", "-exec"],
-        r"(?:[;&|]|^)\s*\$\{?[a-z_]\w*\}?\s+(?:\$\{?[a-z_]|-{1,2}[a-z])|\bfind\s+\S+.{0,60}\s-exec\b|\(\s*(?:ba|z|k|c|da)?sh\s*\)",
+        r"(?:[;&|]|^)\s*\$\{?[a-z_]\w*\}?\s+(?:\$\{?[a-z_]|-{1,2}[a-z])|\bfind\s+\S+.{0,60}\s-exec\b|\(\s*(?:ba|z|k|c|da)?sh\s*\)|\b[a-z_]\w*=[^\s;]*;\s*\$\{?[a-z_]\w*\}?(?:\s|$)",
     ),
     scoped(
         r(
@@ -205,7 +206,7 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         5,
         &[":", "(){", "() {"],
-        r":\s*\(\s*\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:|\b\w+\s*\(\s*\)\s*\{\s*\w+\s*(?:\(\s*\))?\s*\|\s*\w+",
+        r":\s*\(\s*\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:|\b\w+\s*\(\s*\)\s*\{\s*\w+\s*(?:\(\s*\))?\s*\|\s*\w+|(?:^|[\s;&|])[\w.:]+\s*\(\s*\)\s*\{[^}]*[|&][^}]*\}\s*;\s*[\w.:]+\s*(?:\(\s*\)\s*)?$",
     ),
     r(
         "cmd-alias",
@@ -226,6 +227,114 @@ pub static RULES: &[Rule] = &[
         CommandInjection,
         4,
         &["\n", "\r"],
-        r"[\n\r]\s*(?:auth\s+\w+|mail\s+from\s*:|rcpt\s+to\s*:|ehlo\s|helo\s|\.\s*[\n\r]|quit\s*$|a\d+\s+(?:login|select|fetch|capability|list|append|examine|logout|noop|store|copy|search|status|authenticate)\b|(?:user|pass)\s+\S+\s*$)|^\n\s*(?:data|help|top|noop|rset|vrfy|expn|stat|retr|dele|uidl|apop|capa|quit|list|starttls)\b",
+        r"[\n\r]\s*(?:auth\s+\w+|mail\s+from\s*:|rcpt\s+to\s*:|ehlo\s|helo\s|\.\s*[\n\r]|quit\s*$|[a-z]\d+\s+(?:uid\s+)?(?:login|select|fetch|capability|list|append|examine|logout|noop|store|copy|search|status|authenticate|expunge|subscribe|rename|quit)\b|(?:user|pass)\s+\S+\s*$)|^\n\s*(?:data|help|top|noop|rset|vrfy|expn|stat|retr|dele|uidl|apop|capa|quit|list|starttls)\b",
+    ),
+    r(
+        "cmd-split-word",
+        CommandInjection,
+        3,
+        &["''", "\"\"", "``", "$()", "${}", "<()", ">()", "$@"],
+        r#"[a-z](?:''|""|``|\$\(\)|\$\{\}|[<>]\(\)|\$@)+[a-z]|[a-z](?:``|\$\(\)|\$\{\}|[<>]\(\))+\s"#,
+    ),
+    r(
+        "cmd-tilde-expansion",
+        CommandInjection,
+        3,
+        &["~+", "~-"],
+        r"(?:^|[\s;|&])~[+-]\d*(?:[\s/;|&]|$)",
+    ),
+    r(
+        "cmd-history-expansion",
+        CommandInjection,
+        3,
+        &["!-"],
+        r"(?:^|[\s;|&])!-\d+",
+    ),
+    r(
+        "cmd-brace-word",
+        CommandInjection,
+        4,
+        &["{"],
+        r"(?:^|[\s;|&])\{[\w-]*,[\w-]*\}[a-z]",
+    ),
+    r(
+        "cmd-variable-concat",
+        CommandInjection,
+        4,
+        &["$"],
+        r"(?:\$\{?[a-z_]\w*\}?){3,}",
+    ),
+    r(
+        "cmd-pipe-to-shell",
+        CommandInjection,
+        5,
+        &["|"],
+        r"\|\s*(?:/usr)?(?:/bin/)?(?:ba|z|k|c|da|tc)?sh(?:\s|$|;|\|)|\|\s*(?:python[23]?|perl|ruby|php|node)\s*(?:-\s*)?$",
+    ),
+    r(
+        "cmd-bracket-glob",
+        CommandInjection,
+        3,
+        &["["],
+        r"/[\w.-]*\[[\w/!?*^-]{1,16}\][\w.-]*(?:/|\s|$)",
+    ),
+    r(
+        "cmd-sqlite-dot-command",
+        CommandInjection,
+        4,
+        &[
+            ".databases",
+            ".tables",
+            ".dump",
+            ".schema",
+            ".shell",
+            ".system",
+            ".import",
+            ".output",
+            ".once",
+            ".read",
+            ".load",
+        ],
+        r"(?:^|[;\n])\s*\.(?:databases|tables|dump|schema|shell|system|import|output|once|read|load)\b",
+    ),
+    scoped(
+        r(
+            "cmd-bare-tool",
+            CommandInjection,
+            3,
+            &[],
+            r#"^\s*['"]?(?:ansible(?:-[a-z]+)?|chef-[a-z]+|knife|cscli|visudo|pip[23x]|ssh-[a-z-]+|strace|ltrace|bsdtar|aptitude|apt-get|nmap|netcat|ncat|socat|crontab|useradd|usermod|userdel|iptables|systemctl|journalctl|kubectl|powershell|pwsh|certutil|bitsadmin|wmic|whoami|uname|ifconfig|ipconfig|netstat|nslookup|tcpdump|busybox|sudo|wget|tftp|lastlog|mkfs|fdisk|modprobe|insmod|rmmod|python[23]\.\d+)['"]?(?:\s*$|\s+(?:[^\n]{0,60}\s)?(?:-{1,2}[a-z]|/|~/|\.{1,2}/|[\w-]+\.[a-z]{1,4}\b))"#,
+        ),
+        Scope::Params,
+    ),
+    // Paranoia 2: a command at the start of a value with any argument; search boxes of sites
+    // about system administration see these too.
+    paranoid(
+        scoped(
+            r(
+                "cmd-bare-command-argument",
+                CommandInjection,
+                3,
+                &[],
+                concat!(
+                    r#"^\s*['"]?(?:ansible(?:-[a-z]+)?|chef(?:-[a-z]+)?|knife|cscli|pip[23x]?|ssh-[a-z-]+|strace|aptitude|shutdown|reboot|visudo|python[23](?:\.\d+)?)['"]?\s+[\w-]|^\s*['"]?"#,
+                    cmds!(),
+                    r#"['"]?\s+(?:/|~/)[\w.-]"#
+                ),
+            ),
+            Scope::Params,
+        ),
+        2,
+    ),
+    // Paranoia 3: a single quoted letter glued to the rest of a word (`'c'url`).
+    paranoid(
+        r(
+            "cmd-quoted-letter",
+            CommandInjection,
+            3,
+            &["'", "\""],
+            r#"(?:^|[\s;|&])(?:'[a-z]'|"[a-z]")[a-z]{2,}"#,
+        ),
+        3,
     ),
 ];

@@ -53,7 +53,7 @@ pub static RULES: &[Rule] = &[
             "/home/",
             "c:",
         ],
-        r"(?:^|[^\w.-])/?etc/+(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|hostname|resolv\.conf|fstab|mtab|profile|bashrc|environment|ssh/|nginx/|apache2?/|httpd/|mysql/|php\w*/)|/proc/+(?:self|\d+|thread-self)/|\bproc/+self/|\b(?:boot|win|system)\.ini\b|\\windows\\|/windows/(?:system32|win\.ini)|\bsystem32\b|\binetpub\b|\.ht(?:access|passwd)\b|\bweb\.config\b|\bwp-config\.php\b|\bid_[rd]sa\b|\bauthorized_keys\b|/var/log/|\.bash_history\b|\bknown_hosts\b|/root/\.|/\.ssh/|/\.aws/|\bc:[/\\]+(?:windows|boot|inetpub|users|winnt)|/dev/(?:tcp|udp|fd|stdin|stdout|null|zero|random)/?",
+        r"(?:^|[^\w.-])/?etc/+(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|hostname|resolv\.conf|fstab|mtab|profile|bashrc|environment|ssh/|nginx/|apache2?/|httpd/|mysql/|php\w*/)|/proc/+(?:self|\d+|thread-self)/|\bproc/+self/|\b(?:boot|win|system)\.ini\b|/windows/win\.ini|\binetpub\b|\.ht(?:access|passwd)\b|\bweb\.config\b|\bwp-config\.php\b|\bid_[rd]sa\b|\bauthorized_keys\b|/var/log/|\.bash_history\b|\bknown_hosts\b|/root/\.|/\.ssh/|/\.aws/|/dev/(?:tcp|udp|fd|stdin|stdout|null|zero|random)/?",
     ),
     scoped(
         r(
@@ -84,6 +84,14 @@ pub static RULES: &[Rule] = &[
             r"\.(?:asa|asax|ascx|backup|bak|bck|cdx|cfg|cmd|conf|config|csproj|csr|dat|db|dbf|dll|dump|htr|htw|ida|idc|idq|inc|ini|key|licx|lnk|log|mdb|old|orig|pass|pdb|pem|pol|printer|pwd|rdb|resources|resx|sql|sqlite|swp|sys|vb|vbs|vbproj|vsdisco|webinfo|xsd|xsx)$|~(?:/|$)",
         ),
         Scope::Path,
+    ),
+    // A Windows system directory: support messages name them too, so alone it only asks for a look.
+    r(
+        "lfi-windows-path",
+        PathTraversal,
+        4,
+        &["windows", "system32", "c:", "winnt"],
+        r"\\windows\\|/windows/system32\b|\bsystem32\b|\bc:[/\\]+(?:windows|boot|inetpub|winnt)\b",
     ),
     r(
         "lfi-system-path",
@@ -185,8 +193,8 @@ pub static RULES: &[Rule] = &[
             "rfi-url-with-query-end",
             RfiSsrf,
             4,
-            &["://"],
-            r"^\s*(?:https?|ftps?)://[^\s]+\?+$|^\s*(?:https?|ftps?)://[^\s?]+\.(?:php\d?|txt|phtml|jsp|asp|aspx|pl|cgi|sh|gif|jpg)\?",
+            &["://", "?"],
+            r"^\s*(?:https?|ftps?)://[^\s]+\?+$|^\s*(?:file|ftps?|https?)(?::\S*)?\?+$|^\s*(?:https?|ftps?)://[^\s?]+\.(?:php\d?|txt|phtml|jsp|asp|aspx|pl|cgi|sh|gif|jpg)\?",
         ),
         Scope::Values,
     ),
@@ -220,5 +228,19 @@ pub static RULES: &[Rule] = &[
             r"^(?:localhost\d*(?:\.localdomain\d*)?|localtest\.me|127\.\d+\.\d+\.\d+|0\.0\.0\.0|\[::1?\])(?:[:/]|$)",
         ),
         Scope::Values,
+    ),
+    r(
+        "ssrf-unix-socket",
+        RfiSsrf,
+        5,
+        &["unix:"],
+        r"\bunix:[^|\s]{0,2000}\|\s*(?:https?|h2c?|wss?|ftp|fcgi|ajp|uwsgi|scgi)://",
+    ),
+    r(
+        "ssrf-url-confusion",
+        RfiSsrf,
+        4,
+        &["@"],
+        r"\b[a-z][\w+.-]{1,15}://[^/\n]*@[^/\n]*@|\b[a-z][\w+.-]{1,15}://[^/@\s]*\s+[&#]?\s*@",
     ),
 ];

@@ -21,6 +21,8 @@ pub enum Scope {
     Headers,
     /// Everything but a markup (XML) body, where tags are expected.
     NotMarkup,
+    /// Parameters and bodies: not the path, headers or cookies (which have rules of their own).
+    Params,
 }
 
 /// One detection rule.
@@ -35,6 +37,8 @@ pub struct Rule {
     pub triggers: &'static [&'static str],
     /// The pattern, over lower-cased normalised text.
     pub pattern: &'static str,
+    /// The lowest paranoia level (`[validator] paranoia`) at which the rule runs.
+    pub level: u8,
 }
 
 const fn r(
@@ -51,6 +55,7 @@ const fn r(
         scope: Scope::Any,
         triggers,
         pattern,
+        level: 1,
     }
 }
 
@@ -58,10 +63,15 @@ const fn scoped(rule: Rule, scope: Scope) -> Rule {
     Rule { scope, ..rule }
 }
 
+/// A rule that only runs at paranoia `level` and above: it also matches some ordinary traffic.
+const fn paranoid(rule: Rule, level: u8) -> Rule {
+    Rule { level, ..rule }
+}
+
 /// Shell commands attackers run first (reconnaissance, download, reverse shells).
 macro_rules! cmds {
     () => {
-        "(?:(?:/usr)?(?:/local)?/s?bin/)?(?:cat|tac|nl|ls|dir|id|whoami|uname|wget|curl|fetch|nc|ncat|netcat|socat|telnet|ssh|scp|ftp|tftp|bash|sh|zsh|ksh|csh|tcsh|dash|ash|busybox|python[23]?|perl|ruby|php|node|lua|irb|nmap|ping|nslookup|dig|traceroute|chmod|chown|rm|mv|cp|echo|printf|kill|killall|pkill|ps|sleep|base64|xxd|od|awk|gawk|sed|grep|egrep|find|head|tail|more|less|env|printenv|export|eval|exec|sudo|su|crontab|ifconfig|ipconfig|netstat|ss|systeminfo|powershell|pwsh|cmd|certutil|bitsadmin|wmic|tasklist|taskkill|mkfifo|xterm|tar|gzip|gunzip|zip|unzip|dd|xargs|tee|touch|mknod|ln|vi|vim|nano|pwd|hostname|useradd|passwd|shutdown|reboot|halt|systemctl|service|apt|apt-get|yum|dnf|pip|npm|gcc|cc|make|chattr|setfacl|openssl|rev|expr|time|nohup|timeout|strings|file|stat|diff|cut|sort|uniq|wc|top|w|who|last|lsof|pgrep|mount|umount|fdisk|iptables|alias|source|history|jobs|bg|fg|at|batch|net|reg|type|start|call|set|del|copy|move|ren|attrib|icacls|schtasks|sc|route|arp|getent|groups|locate|whereis|which|man|ldd|strace|gdb|docker|kubectl|mysql|psql|sqlite3|redis-cli|mongo|cd|comm|base32|visudo|iwr|irm|iex|regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown|tr|ll|gcc\\d*|ansible[\\w-]*|chef-[\\w-]*|knife|puppet|salt|lastlog|rmt(?:-dump)?|uconv|adduser|userdel|usermod)"
+        "(?:(?:/usr)?(?:/local)?/s?bin/)?(?:cat|tac|nl|ls|dir|id|whoami|uname|wget|curl|fetch|nc|ncat|netcat|socat|telnet|ssh|scp|ftp|tftp|bash|sh|zsh|ksh|csh|tcsh|dash|ash|busybox|python[23]?|perl|ruby|php|node|lua|irb|nmap|ping|nslookup|dig|traceroute|chmod|chown|rm|mv|cp|echo|printf|kill|killall|pkill|ps|sleep|base64|xxd|od|awk|gawk|sed|grep|egrep|find|head|tail|more|less|env|printenv|export|eval|exec|sudo|su|crontab|ifconfig|ipconfig|netstat|ss|systeminfo|powershell|pwsh|cmd|certutil|bitsadmin|wmic|tasklist|taskkill|mkfifo|xterm|tar|gzip|gunzip|zip|unzip|dd|xargs|tee|touch|mknod|ln|vi|vim|nano|pwd|hostname|useradd|passwd|shutdown|reboot|halt|systemctl|service|apt|apt-get|yum|dnf|pip|npm|gcc|cc|make|chattr|setfacl|openssl|rev|expr|time|nohup|timeout|strings|file|stat|diff|cut|sort|uniq|wc|top|w|who|last|lsof|pgrep|mount|umount|fdisk|iptables|alias|source|history|jobs|bg|fg|at|batch|net|reg|type|start|call|set|del|copy|move|ren|attrib|icacls|schtasks|sc|route|arp|getent|groups|locate|whereis|which|man|ldd|strace|gdb|docker|kubectl|mysql|psql|sqlite3|redis-cli|mongo|cd|comm|base32|visudo|iwr|irm|iex|regedit|bcdboot|bcdedit|vssadmin|wevtutil|diskpart|netsh|takeown|tr|ll|gcc\\d*|ansible[\\w-]*|chef-[\\w-]*|knife|puppet|salt|lastlog\\w*|rmt(?:-\\w+)?|uconv|adduser|userdel|usermod|perf|trap|date|aptitude|cscli|pipx|pip\\d|bsdtar|ssh-[a-z-]+|aa-[a-z-]+|ltrace|journalctl|tcpdump|modprobe|insmod|rmmod|mkfs(?:\\.\\w+)?|iwmi|gwmi|icm|saps)"
     };
 }
 

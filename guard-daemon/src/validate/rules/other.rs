@@ -72,7 +72,7 @@ pub static RULES: &[Rule] = &[
         Protocol,
         5,
         &["\n", "\r"],
-        r"[\n\r]\s*(?:content-(?:type|length|disposition)|set-cookie|location|host|transfer-encoding|refresh|x-[\w-]+)\s*:|[\n\r]\s*http/\d|[\n\r]\s*(?:get|post|put|head|delete|options|connect|trace|patch)\s+\S+(?:\s+http/\d)?",
+        r"[\n\r]\s*(?:content-(?:type|length|disposition)|set-cookie|location|host|transfer-encoding|refresh|x-[\w-]+)\s*:[ \t]*[^\s]|[\n\r]\s*http/\d|[\n\r]\s*(?:get|post|put|head|delete|options|connect|trace|patch)\s+(?:/|\*|[a-z]+://)\S*\s+http/\d",
     ),
     r(
         "proto-request-line",

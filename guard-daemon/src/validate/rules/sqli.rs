@@ -1,7 +1,7 @@
 //! SQL injection: UNION and stacked queries, tautologies, string breaks, SQL functions and
 //! schema names, time-based probes, `NoSQL` operators and ORM lookups.
 
-use super::{Rule, r};
+use super::{Rule, paranoid, r};
 use crate::validate::Category::{CodeInjection, Sqli};
 
 /// The rules of this family.
@@ -35,14 +35,14 @@ pub static RULES: &[Rule] = &[
         &[
             "or", "and", "xor", "||", "&&", "div", "like", "regexp", "having",
         ],
-        r#"(?:^|[\w)])['"`]\s*\)*\s*(?:\b(?:or|and|xor|div|like|rlike|regexp|having)\b|\|\||&&)\s*(?:['"`(\d@-]|not\b|\w+\s*\(|\w+\s*(?:[=<>~]|like\b|ilike\b|is\b|in\b|regexp\b|between\b))|(?:^|[\w)])['"`]\s*(?:collate|union|order\s+by|group\s+by|procedure|into)\b"#,
+        r#"(?:^|[\w)\\])['"`]\s*\)*\s*(?:\b(?:or|and|xor|div|like|rlike|regexp|having)\b|\|\||&&)\s*(?:['"`(\d@-]|not\b|\w+\s*\(|\w+\s*(?:[=<>~\[]|like\b|ilike\b|is\b|in\b|regexp\b|between\b|glob\b|similar\b|not\b|match\b))|(?:^|[\w)\\])['"`]\s*(?:collate|union|order\s+by|group\s+by|procedure|into)\b"#,
     ),
     r(
         "sqli-quote-comment",
         Sqli,
         4,
         &["--", "#", "/*", ";"],
-        r#"(?:^|[\w)])'\s*\)*\s*(?:--(?:\s|-|$)|#|/\*|;\s*(?:--|#))|["`]\s*\)*\s*(?:--\s*$|#|/\*|;\s*(?:--|#))"#,
+        r#"(?:^|[\w)\\])'\s*\)*\s*(?:--(?:\s|-|$)|#|/\*|;\s*(?:--|#))|["`]\s*\)*\s*(?:--\s*$|#|/\*|;\s*(?:--|#))"#,
     ),
     r(
         "sqli-stacked-ddl",
@@ -101,7 +101,7 @@ pub static RULES: &[Rule] = &[
             "all_tables",
             "user_tables",
         ],
-        r"\b(?:load_file|extractvalue|updatexml|group_concat|name_const|concat_ws|utl_inaddr\.\w+|utl_http\.\w+|dbms_\w+\.\w+|xp_cmdshell|xp_regread|xp_dirtree|sp_executesql|sp_oacreate|sp_password|pg_read_file|pg_ls_dir|json_keys)\s*\(|\binto\s+(?:out|dump)file\b|\b(?:information_schema|sysobjects|syscolumns|mysql\.user|pg_catalog|pg_shadow|sqlite_master|sqlite_schema|msysaccessobjects|all_tables|user_tables|sys\.tables|sys\.objects)\b|@@(?:version|datadir|hostname|basedir|servername|user|tmpdir)\b",
+        r"\b(?:load_file|extractvalue|updatexml|group_concat|name_const|concat_ws|utl_inaddr\.\w+|utl_http\.\w+|dbms_\w+\.\w+|xp_cmdshell|xp_regread|xp_dirtree|sp_executesql|sp_oacreate|sp_password|pg_read_file|pg_ls_dir|json_keys)\s*\(|\binto\s+(?:out|dump)file\b|\b(?:information_schema|sysobjects|syscolumns|mysql\.(?:user|db|host|proc|func|tables_priv|columns_priv)|pg_catalog|pg_shadow|sqlite_master|sqlite_schema|msysaccessobjects|all_tables|user_tables|sys\.tables|sys\.objects)\b|@@(?:version|datadir|hostname|basedir|servername|user|tmpdir)\b",
     ),
     r(
         "sqli-select-from",
@@ -400,7 +400,7 @@ pub static RULES: &[Rule] = &[
             "select", "union", "alter", "drop", "insert", "update", "delete", "glob", "exec",
             "declare", "create", "truncate", "having", "where",
         ],
-        r#"^\s*['`]\s*(?:select|union|alter|drop|insert|update|delete|glob|exec|declare|create|truncate|having|where)\b(?:\s+[\w@*.]+)?\s*(?:$|[;(,=*@'"`]|--|#)"#,
+        r#"^\s*['`]\s*(?:select|union|alter|drop|insert|update|delete|glob|exec|declare|create|truncate|having|where)\b(?:\s+[\w@*.]+)?\s*(?:$|[;(,=*@'"`/]|--|#)"#,
     ),
     r(
         "sqli-quoted-tautology",
@@ -428,6 +428,70 @@ pub static RULES: &[Rule] = &[
         CodeInjection,
         4,
         &[")(", "(", "*)"],
-        r"\)\s*\(\s*[|&!]|\*\)\s*\(|\(\s*[|&!]?\s*\(?\s*(?:objectclass|cn|uid|mail|sn|ou|dc|userpassword|samaccountname)\s*[=~<>]|\)\s*\(\s*(?:objectclass|cn|uid|mail)\b",
+        r"\)\s*\(\s*[|&!]|\*\)\s*\(|\(\s*[|&!]?\s*\(?\s*(?:objectclass|cn|uid|mail|sn|ou|dc|userpassword|samaccountname)\s*[=~<>]|\)\s*\(\s*(?:objectclass|cn|uid|mail)\b|\)\s*\(\s*[a-z][\w.-]*\s*[<>~]?=",
+    ),
+    r(
+        "sqli-quote-boolean-comment",
+        Sqli,
+        4,
+        &["--", "#"],
+        r#"(?:^|[\w)\\])['"`]\s*\)*\s*(?:\b(?:or|and|xor)\b|\|\||&&)[^'"\n]+(?:--|#)\s*$"#,
+    ),
+    r(
+        "sqli-subquery",
+        Sqli,
+        4,
+        &["select"],
+        r"\b(?:in|exists|any|all|some)\s*\(\s*select\b|\b(?:except|intersect|minus)\s+(?:all\s+)?\(?\s*select\b",
+    ),
+    r(
+        "sqli-literal-compare",
+        Sqli,
+        3,
+        &["=", "like", "is not", "regexp", "glob"],
+        r#"(?:^|[,(])\s*(?:\d+|'[^']{0,20}'|"[^"]{0,20}")\s*(?:=|<=>|!=|<>|\blike\b|\bis\s+not\b|\bnot\s+regexp\b|\bregexp\b|\brlike\b|\bglob\b)\s*(?:\d+|'[^']{0,20}'|"[^"]{0,20}")\s*(?:$|--|#|;)"#,
+    ),
+    r(
+        "sqli-conditional",
+        Sqli,
+        3,
+        &["if"],
+        r"\b(?:if|iif)\(\s*(?:\d+|'[^']{0,20}')\s*(?:[=<>!]|\bis\b|\blike\b)",
+    ),
+    r(
+        "sqli-create-table",
+        Sqli,
+        3,
+        &["create"],
+        r"\bcreate\s+(?:temporary\s+)?table\s+(?:if\s+not\s+exists\s+)?[\w.`\x22\[\]]+\s*(?:\(|$|\bas\b|;)",
+    ),
+    r(
+        "sqli-type-cast",
+        Sqli,
+        3,
+        &["::"],
+        r"(?:\)|\b\w+)\s*::\s*(?:int[248]?|integer|bigint|smallint|text|varchar|char|character|bool|boolean|numeric|decimal|double\s+precision|real|float[48]?|jsonb?|regclass|oid|bytea|date|timestamp|uuid|xml)\b",
+    ),
+    // Paranoia 3: a value that is nothing but an SQL operator, the probe of a blind injection.
+    paranoid(
+        r(
+            "sqli-bare-operator",
+            Sqli,
+            3,
+            &[],
+            r"^\s*(?:<=>|<>|!=|>=|<=|<<|>>|&&|\|\||==|xor|rlike|regexp|(?:is|like)\s+(?:not\s+)?null|not\s+null)\s*$",
+        ),
+        3,
+    ),
+    // Paranoia 4: runs of SQL/shell punctuation that ordinary text does not have.
+    paranoid(
+        r(
+            "sqli-special-character-run",
+            Sqli,
+            3,
+            &[],
+            r#"[~!@#$%^&*()=+{}\[\]|:;"'<>`\\-]{6,}"#,
+        ),
+        4,
     ),
 ];

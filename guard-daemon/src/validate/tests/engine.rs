@@ -182,6 +182,7 @@ fn random_input_never_panics() {
         ] {
             let _ = v.inspect(&Request {
                 method: "POST",
+                version: Some(&text),
                 path: &text,
                 query: &text,
                 headers: &headers,

@@ -1,11 +1,14 @@
 //! Unit tests of the validator: helpers here, every category in `categories` (positive and
 //! negative, the seed's false positives and the bypasses it missed), extraction, configuration,
-//! bounds and random input in `engine`.
+//! bounds and random input in `engine`, request-line and header checks and the paranoia
+//! setting in `protocol`, and the rules for evasive payloads in `rules`.
 
 use super::*;
 
 mod categories;
 mod engine;
+mod protocol;
+mod rules;
 
 fn validator() -> Validator {
     Validator::new(&ValidatorConfig::default()).expect("default config builds")
@@ -26,6 +29,7 @@ fn check(v: &Validator, method: &str, uri: &str, headers: &[(&str, &str)], body:
         .map(|(_, v)| *v);
     v.inspect(&Request {
         method,
+        version: Some("HTTP/1.1"),
         path,
         query,
         headers,
@@ -79,6 +83,22 @@ fn assert_flagged(v: &Verdict, category: Category) {
     assert!(
         v.findings.iter().any(|f| f.category == category),
         "expected a {category:?} finding: {v:#?}"
+    );
+}
+
+#[track_caller]
+fn assert_fired(v: &Verdict, rule: &str) {
+    assert!(
+        v.findings.iter().any(|f| f.rule == rule),
+        "expected {rule}: {v:#?}"
+    );
+}
+
+#[track_caller]
+fn assert_not_fired(v: &Verdict, rule: &str) {
+    assert!(
+        !v.findings.iter().any(|f| f.rule == rule),
+        "unexpected {rule}: {v:#?}"
     );
 }
 

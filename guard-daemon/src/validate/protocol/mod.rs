@@ -1,10 +1,13 @@
 //! Request-level protocol checks: what is wrong with the request's shape rather than with one
 //! value — methods outside the allowed list, request-smuggling header combinations, abusive Range
 //! headers, charsets used to hide payloads (UTF-7), and session identifiers planted from another
-//! site (session fixation).
+//! site (session fixation). The request line and header syntax checks are in [`headers`].
+
+mod headers;
 
 use super::detect::Accumulator;
 use super::{Category, Request, ValidatorConfig};
+use headers::{KNOWN_CHARSETS, header};
 
 /// Query parameters that carry a session identifier.
 const SESSION_PARAMS: &[&str] = &[
@@ -36,12 +39,21 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
     {
         acc.add(p, "proto-method", 5, "method", req.method);
     }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-    };
+    let header = |name: &str| header(req, name);
+    headers::version(req.version, acc);
+    headers::target(req, acc);
+    if let Some(c) = header("connection") {
+        headers::connection(c, acc);
+    }
+    headers::restricted(req, config.paranoia, acc);
+    headers::accept(req, config.paranoia, acc);
+    if let Some(ct) = req.content_type {
+        headers::content_type_syntax(ct, acc);
+    }
+    headers::cookie_version(req, acc);
+    headers::parameters(req, config.max_body_bytes, config.paranoia, acc);
+    headers::body_type(req, config.paranoia, acc);
+    headers::cache_control(req, config.paranoia, acc);
     if let Some(cl) = header("content-length")
         && (cl.trim().is_empty() || !cl.trim().bytes().all(|b| b.is_ascii_digit()))
     {
@@ -74,19 +86,12 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
         acc.add(p, "proto-request-range", 4, "header:Request-Range", rr);
     }
     method_override(req, &header, acc);
-    for name in ["range", "request-range"] {
+    for (name, field) in [
+        ("range", "header:Range"),
+        ("request-range", "header:Request-Range"),
+    ] {
         if let Some(range) = header(name) {
-            let lower = range.trim().to_ascii_lowercase();
-            let field = if name == "range" {
-                "header:Range"
-            } else {
-                "header:Request-Range"
-            };
-            if !lower.starts_with("bytes=") {
-                acc.add(p, "proto-range-unit", 4, field, range);
-            } else if lower.split(',').count() > 10 {
-                acc.add(p, "proto-range-many", 5, field, range);
-            }
+            headers::range(range, field, acc);
         }
     }
     charset(req, acc);
@@ -99,11 +104,24 @@ fn method_override<'a>(
     header: &dyn Fn(&str) -> Option<&'a str>,
     acc: &mut Accumulator,
 ) {
+    let form = req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
+    let body = if form {
+        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
+    } else {
+        ""
+    };
     let from_query = req
         .query
         .split('&')
         .find_map(|p| p.strip_prefix("_method="))
-        .map(|m| ("query:_method", m));
+        .map(|m| ("query:_method", m))
+        .or_else(|| {
+            body.split('&')
+                .find_map(|p| p.strip_prefix("_method="))
+                .map(|m| ("form:_method", m))
+        });
     let from_header = [
         "x-http-method-override",
         "x-http-method",
@@ -218,18 +236,7 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
             .split(';')
             .find_map(|p| p.trim().strip_prefix("charset="))
             .map(|c| c.trim().trim_matches(['"', '\'']));
-        let known = declared.is_none_or(|c| {
-            [
-                "utf-8",
-                "utf8",
-                "iso-8859-1",
-                "iso-8859-15",
-                "us-ascii",
-                "windows-1252",
-                "latin1",
-            ]
-            .contains(&c)
-        });
+        let known = declared.is_none_or(|c| KNOWN_CHARSETS.contains(&c));
         if bad(ct) {
             acc.add(
                 Category::Protocol,
@@ -269,9 +276,25 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
                 "body",
                 "multipart part charset",
             );
+        } else if let Some(c) = part_charsets(&lower).find(|c| !KNOWN_CHARSETS.contains(c)) {
+            acc.add(Category::Protocol, "proto-charset", 4, "body", c);
         }
         multipart_names(&head, acc);
     }
+}
+
+/// The charsets declared by the `Content-Type` lines of a (lower-cased) multipart body.
+fn part_charsets(lower: &str) -> impl Iterator<Item = &str> {
+    lower
+        .lines()
+        .filter(|l| l.starts_with("content-type:"))
+        .filter_map(|l| l.split_once("charset="))
+        .map(|(_, c)| {
+            c.split([';', ' ', ','])
+                .next()
+                .unwrap_or("")
+                .trim_matches(['"', '\''])
+        })
 }
 
 /// Multipart field and file names with quotes, `;` or `=` inside: parser-confusion evasions.
@@ -289,7 +312,13 @@ fn multipart_names(body: &str, acc: &mut Accumulator) {
                 let end = rest.find('"').unwrap_or(rest.len());
                 // Character references (`&aring;`) are not separators.
                 let value = strip_entities(&rest[..end]);
-                if value.contains([';', '\'', '\\']) || rest[end..].starts_with("\"\"") {
+                // `=` too in a file name: `filename="a=.php"` splits where parsers disagree.
+                let separators: &[char] = if key == "filename=\"" {
+                    &[';', '\'', '\\', '=']
+                } else {
+                    &[';', '\'', '\\']
+                };
+                if value.contains(separators) || rest[end..].starts_with("\"\"") {
                     acc.add(Category::Protocol, "proto-multipart-name", 4, "body", line);
                     return;
                 }
@@ -321,6 +350,21 @@ fn strip_entities(value: &str) -> String {
     out
 }
 
+/// The object keys of a JSON text: quoted strings followed by `:` (escaped quotes are rare in
+/// keys and only cost a missed key).
+fn object_keys(json: &str) -> impl Iterator<Item = &str> {
+    let mut parts = json.split('"').skip(1);
+    std::iter::from_fn(move || {
+        loop {
+            let candidate = parts.next()?;
+            let after = parts.next()?;
+            if after.trim_start().starts_with(':') {
+                return Some(candidate);
+            }
+        }
+    })
+}
+
 /// Whether a parameter name carries a session identifier.
 fn session_name(name: &str) -> bool {
     SESSION_PARAMS.contains(&name)
@@ -328,6 +372,8 @@ fn session_name(name: &str) -> bool {
         || name.ends_with("sid")
         || name.ends_with("session-token")
         || name.ends_with("session_token")
+        || name.ends_with("login_token")
+        || name.ends_with("login-token")
 }
 
 /// A session identifier in the query string, arriving from another site: session fixation.
@@ -345,13 +391,27 @@ fn session_fixation(
     } else {
         ""
     };
-    let Some(name) = req
+    let json = req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains("json"));
+    // A JSON body's keys, as `"name":` pairs (no full parse for this one check).
+    let json_keys = if json {
+        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
+    } else {
+        ""
+    };
+    let Some((name, from_query)) = req
         .query
         .split('&')
-        .chain(body.split('&'))
-        .find_map(|pair| {
-            let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-            session_name(&name).then_some(name)
+        .map(|pair| (pair.split('=').next().unwrap_or(""), true))
+        .chain(
+            body.split('&')
+                .map(|pair| (pair.split('=').next().unwrap_or(""), false)),
+        )
+        .chain(object_keys(json_keys).map(|k| (k, false)))
+        .find_map(|(name, from_query)| {
+            let name = name.to_ascii_lowercase();
+            session_name(&name).then_some((name, from_query))
         })
     else {
         return;
@@ -363,15 +423,23 @@ fn session_fixation(
             .to_ascii_lowercase()
     });
     let own = host.map(str::to_ascii_lowercase);
-    if let Some(rh) = ref_host
-        && own.as_deref() != Some(rh.as_str())
-    {
-        acc.add(
+    match ref_host {
+        Some(rh) if own.as_deref() != Some(rh.as_str()) => acc.add(
             Category::Protocol,
             "proto-session-fixation",
             5,
-            &format!("query:{name}"),
+            &format!("param:{name}"),
             &format!("session id from {rh}"),
-        );
+        ),
+        // A session id in the URL with no referer at all: a link from a mail or a chat (API
+        // clients send session ids in headers or bodies, not in the query).
+        None if from_query => acc.add(
+            Category::Protocol,
+            "proto-session-no-referer",
+            3,
+            &format!("param:{name}"),
+            "session id without a referer",
+        ),
+        _ => {}
     }
 }
