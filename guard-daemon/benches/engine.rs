@@ -80,6 +80,7 @@ fn event(path: &str, query: Option<&str>, status: u16, ua: Option<&str>) -> Requ
             host: Some("shop.example".to_owned()),
             ..RequestHeaders::default()
         },
+        all_headers: guard_daemon::tap::http::HeaderList::default(),
         body: Vec::new(),
         body_len: 0,
         status: Some(status),

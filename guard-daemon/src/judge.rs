@@ -110,19 +110,7 @@ impl Judge {
         let s = &self.stats;
         s.inspected.fetch_add(1, Ordering::Relaxed);
         let h = &ev.headers;
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(6);
-        for (name, value) in [
-            ("Host", &h.host),
-            ("User-Agent", &h.user_agent),
-            ("Referer", &h.referer),
-            ("X-Forwarded-For", &h.x_forwarded_for),
-            ("Forwarded", &h.forwarded),
-            ("Content-Type", &h.content_type),
-        ] {
-            if let Some(v) = value {
-                headers.push((name, v));
-            }
-        }
+        let headers: Vec<(&str, &str)> = ev.all_headers.iter().collect();
         let verdict = self.validator.inspect(&Request {
             method: &ev.method,
             version: Some(if ev.http_minor == 0 {
@@ -254,4 +242,80 @@ fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) 
         }
     }
     format!("banned: {reason}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tap::{RequestEvent, RequestHeaders};
+
+    const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0";
+
+    fn event(client: &str, headers: &[(&str, &str)]) -> RequestEvent {
+        let mut all = crate::tap::http::HeaderList::default();
+        all.push("User-Agent", UA.as_bytes());
+        for (name, value) in headers {
+            all.push(name, value.as_bytes());
+        }
+        RequestEvent {
+            conn_id: 1,
+            ts: Duration::from_secs(1_700_000_000),
+            client: client.parse().expect("address"),
+            peer: "192.0.2.7:40000".parse().expect("address"),
+            server: "192.0.2.1:80".parse().expect("address"),
+            user: None,
+            method: "GET".into(),
+            path: "/account".into(),
+            query: None,
+            http_minor: 1,
+            headers: RequestHeaders {
+                host: Some("example.test".into()),
+                user_agent: Some(UA.into()),
+                ..RequestHeaders::default()
+            },
+            all_headers: all,
+            body: Vec::new(),
+            body_len: 0,
+            status: Some(200),
+            latency: None,
+            bytes_in: 100,
+            bytes_out: 100,
+            response_content_type: None,
+        }
+    }
+
+    /// Attacks in headers the tap does not otherwise keep (Cookie, Authorization) reach the
+    /// validator.
+    #[test]
+    fn attacks_in_any_header_are_judged() {
+        let (judge, _queue) = Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            16,
+            None,
+        )
+        .expect("judge");
+        let (blocked, _) = judge.judge(&event(
+            "192.0.2.7",
+            &[
+                ("Host", "example.test"),
+                (
+                    "Cookie",
+                    "session=abc; id=1' UNION SELECT password FROM users--",
+                ),
+            ],
+        ));
+        assert!(blocked, "SQL injection in a cookie was not blocked");
+        let (blocked, reason) = judge.judge(&event(
+            "192.0.2.8",
+            &[
+                ("Host", "example.test"),
+                ("Cookie", "session=abc; theme=dark"),
+                ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+            ],
+        ));
+        assert!(!blocked, "an ordinary cookie and token were blocked: {reason:?}");
+        assert_eq!(judge.stats.validator_block.load(Ordering::Relaxed), 1);
+    }
 }

@@ -89,6 +89,7 @@ impl Req {
                 user_agent: self.ua.clone(),
                 ..RequestHeaders::default()
             },
+            all_headers: crate::tap::http::HeaderList::default(),
             body: Vec::new(),
             body_len: 0,
             status: Some(self.status),

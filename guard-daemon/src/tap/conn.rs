@@ -430,6 +430,7 @@ impl Exchange {
                 forwarded: h.forwarded,
                 referer: h.referer,
             },
+            all_headers: h.all,
             body: p.body,
             body_len: p.body_len,
             status,
@@ -471,6 +472,7 @@ fn pending_size(h: &RequestHead, body: &[u8]) -> usize {
         + opt(&h.forwarded)
         + opt(&h.referer)
         + opt(&h.user_header)
+        + h.all.size()
         + body.len()
 }
 

@@ -13,7 +13,7 @@ mod head;
 mod tests;
 
 use chunked::{Chunk, chunk_byte};
-pub use head::{Head, RequestHead, ResponseHead};
+pub use head::{Head, HeaderList, RequestHead, ResponseHead};
 use head::{check_head, parse_head};
 
 /// Why a direction stopped being parsed.

@@ -67,6 +67,10 @@ pub struct RequestEvent {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub http_minor: u8,
     pub headers: RequestHeaders,
+    /// Every request header as sent, for the validator. Never logged: it holds credentials
+    /// and cookies.
+    #[serde(skip)]
+    pub all_headers: http::HeaderList,
     /// The first `body_inspect_cap` bytes of the (de-chunked) request body.
     pub body: Vec<u8>,
     /// Full request body length.

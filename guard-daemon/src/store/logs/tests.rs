@@ -260,6 +260,7 @@ fn records_from_tap_events() {
             user_agent: Some("x".into()),
             ..RequestHeaders::default()
         },
+        all_headers: crate::tap::http::HeaderList::default(),
         body: Vec::new(),
         body_len: 0,
         status: Some(401),

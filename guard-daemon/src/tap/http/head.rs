@@ -30,6 +30,62 @@ pub struct RequestHead {
     pub has_cookie: bool,
     /// Value of the configured user header.
     pub user_header: Option<String>,
+    /// Every header as sent, for the validator (never logged).
+    pub all: HeaderList,
+}
+
+/// All headers of a request in one buffer: names and values (cut at `MAX_VALUE`), in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderList {
+    text: String,
+    /// (start, name length, value length) in `text`.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl HeaderList {
+    fn with_capacity(bytes: usize, headers: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            spans: Vec::with_capacity(headers),
+        }
+    }
+
+    /// Appends a header (the value is decoded lossily and trimmed).
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        let value = String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE)]);
+        let value = value.trim();
+        let start = self.text.len() as u32;
+        self.text.push_str(name);
+        self.text.push_str(value);
+        self.spans
+            .push((start, name.len() as u32, value.len() as u32));
+    }
+
+    /// (name, value) pairs in the order they were sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.spans.iter().map(|&(start, name, value)| {
+            let (s, n, v) = (start as usize, name as usize, value as usize);
+            (&self.text[s..s + n], &self.text[s + n..s + n + v])
+        })
+    }
+
+    /// Number of headers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True without headers.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes held.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.text.len() + self.spans.len() * 12
+    }
 }
 
 /// The parts of a response head guard looks at.
@@ -80,7 +136,9 @@ pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<He
                 return Err(HttpError::UnsupportedTransferEncoding);
             }
             head.content_type = common.content_type;
+            head.all = HeaderList::with_capacity(bytes.len(), req.headers.len());
             for h in req.headers.iter() {
+                head.all.push(h.name, h.value);
                 let name = h.name;
                 let slot = if name.eq_ignore_ascii_case("host") {
                     &mut head.host

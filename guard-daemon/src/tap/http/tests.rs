@@ -207,3 +207,21 @@ fn check_head_finds_the_blank_line_at_every_offset() {
         );
     }
 }
+
+#[test]
+fn every_request_header_is_kept_in_order_for_the_validator() {
+    let input = b"GET / HTTP/1.1\r\nHost: h\r\nCookie: id=1' OR '1'='1\r\nAuthorization: Basic YTpi\r\nRange: bytes=0-1\r\nX-Odd:  spaced  \r\n\r\n";
+    let (msgs, err) = run(Kind::Request, input, input.len());
+    assert!(err.is_none());
+    let all: Vec<(&str, &str)> = request(&msgs[0]).all.iter().collect();
+    assert_eq!(
+        all,
+        [
+            ("Host", "h"),
+            ("Cookie", "id=1' OR '1'='1"),
+            ("Authorization", "Basic YTpi"),
+            ("Range", "bytes=0-1"),
+            ("X-Odd", "spaced"),
+        ]
+    );
+}
