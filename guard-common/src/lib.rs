@@ -144,8 +144,9 @@ pub struct XdpConfig {
 const _: () = assert!(size_of::<XdpConfig>() == 40);
 
 /// Per-CPU cache of the last banned IPv4 source (value of `HOT`): a flood from one source is
-/// dropped without a hash lookup per packet; its counters reach the ban every `HOT_FLUSH`
-/// packets (and when another source takes the slot).
+/// dropped without a hash lookup per packet; its counters reach the ban, and the
+/// `STAT_DROP_BAN_EXACT` statistic, every `HOT_FLUSH` packets (and when another source takes
+/// the slot). Readers add the pending counts of valid slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HotBan {

@@ -315,7 +315,10 @@ mod tests {
                 ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
             ],
         ));
-        assert!(!blocked, "an ordinary cookie and token were blocked: {reason:?}");
+        assert!(
+            !blocked,
+            "an ordinary cookie and token were blocked: {reason:?}"
+        );
         assert_eq!(judge.stats.validator_block.load(Ordering::Relaxed), 1);
     }
 }

@@ -150,12 +150,13 @@ fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
         h.valid = 0;
         return None;
     }
+    // Counted in the global statistics at the flush too: one per-CPU update per packet less.
     h.pending_packets += 1;
     h.pending_bytes += len;
     if h.pending_packets >= HOT_FLUSH {
         flush_hot(h);
     }
-    verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
+    Some(xdp_action::XDP_DROP)
 }
 
 /// The dense tier: drops a source whose /24 block is in the tier with the source's bit set
@@ -223,6 +224,9 @@ fn flush_hot(h: &mut HotBan) {
             (*ban).bytes += h.pending_bytes;
             (*ban).last_hit_ns = now;
         }
+    }
+    if let Some(slot) = STATS.get_ptr_mut(STAT_DROP_BAN_EXACT) {
+        unsafe { *slot += h.pending_packets };
     }
     h.pending_packets = 0;
     h.pending_bytes = 0;

@@ -60,10 +60,24 @@ impl Loaded {
         Ok(r.return_value)
     }
 
+    /// A global counter as the daemon reports it: exact-ban drops include those the hot-ban
+    /// cache has not flushed yet.
     fn stat(&self, idx: u32) -> u64 {
         let m: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map(MAP_STATS).unwrap()).unwrap();
-        m.get(&idx, 0).unwrap().iter().sum()
+        let mut n = m.get(&idx, 0).unwrap().iter().sum();
+        if idx == STAT_DROP_BAN_EXACT {
+            let hot: PerCpuArray<&MapData, HotBan> =
+                PerCpuArray::try_from(self.ebpf.map(MAP_HOT).unwrap()).unwrap();
+            n += hot
+                .get(&0, 0)
+                .unwrap()
+                .iter()
+                .filter(|h| h.valid != 0)
+                .map(|h| h.pending_packets)
+                .sum::<u64>();
+        }
+        n
     }
 
     fn set_config(&mut self, cfg: XdpConfig) {

@@ -602,7 +602,8 @@ impl Xdp {
         (self.dense.blocks(), self.dense.full())
     }
 
-    /// Global counters summed over CPUs, indexed by `STAT_*`.
+    /// Global counters summed over CPUs, indexed by `STAT_*` (with the drops the hot-ban
+    /// cache has not flushed yet).
     pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize], XdpError> {
         let mut out = [0u64; STAT_COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -611,6 +612,13 @@ impl Xdp {
                 .get(&(i as u32), 0)
                 .map_err(map_err(MAP_STATS, "get"))?;
             *slot = values.iter().sum();
+        }
+        if let Ok(hot) = self.hot.get(&0, 0) {
+            out[guard_common::STAT_DROP_BAN_EXACT as usize] += hot
+                .iter()
+                .filter(|h| h.valid != 0)
+                .map(|h| h.pending_packets)
+                .sum::<u64>();
         }
         Ok(out)
     }
