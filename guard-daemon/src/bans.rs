@@ -24,6 +24,21 @@ pub enum BanError {
     NotAllowed { target: Net },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The ban is enforced, but the store (disk full, I/O error) did not take it.
+    #[error(
+        "{target} is banned in XDP now, but the ban store could not record it ({source}); the ban is lost when guard restarts. Free disk space and restart guard: after a write error the store takes no more writes until then"
+    )]
+    NotSaved { target: Net, source: StoreError },
+    /// Like `NotSaved`, for a batch.
+    #[error(
+        "{count} bans are enforced in XDP now, but the ban store could not record them ({source}); they are lost when guard restarts. Free disk space and restart guard"
+    )]
+    BatchNotSaved { count: usize, source: StoreError },
+    /// The ban is lifted, but the store did not record it.
+    #[error(
+        "{target} is no longer banned in XDP, but the ban store could not record the removal ({source}); the ban comes back when guard restarts. Free disk space and restart guard"
+    )]
+    RemovalNotSaved { target: Net, source: StoreError },
     #[error(transparent)]
     Xdp(#[from] XdpError),
 }
@@ -139,8 +154,11 @@ impl Bans {
 
     /// Bans (or re-bans, replacing reason and deadline) a target.
     pub fn ban(&mut self, req: BanRequest) -> Result<BanView, BanError> {
+        let target = req.target;
         self.ban_no_flush(req).and_then(|v| {
-            self.store.flush()?;
+            self.store
+                .flush()
+                .map_err(|source| BanError::NotSaved { target, source })?;
             Ok(v)
         })
     }
@@ -168,11 +186,22 @@ impl Bans {
             expires_at: (!ttl.is_zero()).then(|| now.saturating_add(ttl.as_millis() as u64)),
             evidence: req.evidence,
         };
-        if let Some(old) = self.store.put_ban(&record)?
-            && let Some(t) = old.expires_at
-        {
-            self.deadlines.remove(&(t, old.target));
-        }
+        // A store that cannot write (disk full) does not stop the ban: it is enforced, and the
+        // caller is told it is not saved.
+        let saved = match self.store.put_ban(&record) {
+            Ok(old) => {
+                if let Some(old) = old
+                    && let Some(t) = old.expires_at
+                {
+                    self.deadlines.remove(&(t, old.target));
+                }
+                Ok(())
+            }
+            Err(source) => Err(BanError::NotSaved {
+                target: record.target,
+                source,
+            }),
+        };
         if let Some(t) = record.expires_at {
             self.deadlines.insert((t, record.target));
         }
@@ -180,36 +209,54 @@ impl Bans {
             .expires_at
             .map_or(0, |t| wall_to_mono(t, now, mono_ns()));
         self.xdp.put_ban(&record.target, deadline)?;
+        saved?;
         Ok(self.view(record))
     }
 
     /// Bans many targets, flushing once. Returns per-line results.
     pub fn import(&mut self, reqs: Vec<BanRequest>) -> Result<Vec<Result<Net, String>>, BanError> {
         let mut out = Vec::with_capacity(reqs.len());
+        let mut refused = 0;
         for req in reqs {
             let target = req.target;
             match self.ban_no_flush(req) {
                 Ok(_) => out.push(Ok(target)),
-                Err(e @ BanError::Allowlisted { .. }) => out.push(Err(e.to_string())),
+                Err(e @ BanError::Allowlisted { .. }) => {
+                    refused += 1;
+                    out.push(Err(e.to_string()));
+                }
+                Err(e @ BanError::NotSaved { .. }) => out.push(Err(e.to_string())),
                 Err(e) => return Err(e),
             }
         }
-        self.store.flush()?;
+        if let Err(source) = self.store.flush() {
+            // Every line but the refused ones is enforced; none is known to be on disk.
+            let count = out.len() - refused;
+            return Err(BanError::BatchNotSaved { count, source });
+        }
         Ok(out)
     }
 
     /// Lifts a ban.
     pub fn unban(&mut self, target: &Net) -> Result<BanView, BanError> {
-        let record = self
-            .store
-            .remove_ban(target)?
-            .ok_or(BanError::NotBanned { target: *target })?;
+        let not_saved = |source| BanError::RemovalNotSaved {
+            target: *target,
+            source,
+        };
+        let record = match self.store.remove_ban(target) {
+            Ok(record) => record.ok_or(BanError::NotBanned { target: *target })?,
+            Err(source) => {
+                // The operator wants it lifted: lift it, and say the store did not follow.
+                self.xdp.remove_ban(target)?;
+                return Err(not_saved(source));
+            }
+        };
         if let Some(t) = record.expires_at {
             self.deadlines.remove(&(t, record.target));
         }
         let view = self.view(record);
         self.xdp.remove_ban(target)?;
-        self.store.flush()?;
+        self.store.flush().map_err(not_saved)?;
         Ok(view)
     }
 
@@ -253,8 +300,10 @@ impl Bans {
             self.deadlines.pop_first();
             // The stored record decides: it may have been replaced by a later ban.
             if self.store.ban(&target)?.is_some_and(|b| b.expired(now)) {
-                self.store.remove_ban(&target)?;
+                // The maps first: a store that cannot write must not keep an expired ban in
+                // them (the program ignores it anyway, but the counters and `ban ls` would not).
                 self.xdp.remove_ban(&target)?;
+                self.store.remove_ban(&target)?;
                 gone.push(target);
             }
         }

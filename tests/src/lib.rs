@@ -388,10 +388,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts guard on `iface` inside `ns` with extra TOML config appended.
     pub fn start(ns: &Netns, iface: &str, extra_config: &str) -> anyhow::Result<Self> {
+        let mut d = Self::prepare(ns, iface, extra_config)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Like [`Daemon::start`] without starting the process (call [`Daemon::spawn`]): its
+    /// directories can be set up first.
+    pub fn prepare(ns: &Netns, iface: &str, extra_config: &str) -> anyhow::Result<Self> {
         let id = unique("d");
         let base = std::env::temp_dir().join(format!("guard-test-{id}"));
         std::fs::create_dir_all(&base)?;
-        let mut d = Self {
+        let d = Self {
             child: None,
             socket: base.join("guard.sock"),
             state_dir: base.join("state"),
@@ -402,7 +410,7 @@ impl Daemon {
             iface: iface.to_owned(),
         };
         std::fs::write(&d.config, extra_config)?;
-        d.spawn()?;
+        std::fs::create_dir_all(&d.state_dir)?;
         Ok(d)
     }
 
@@ -521,6 +529,56 @@ impl Drop for Daemon {
         if let Some(base) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(base);
         }
+    }
+}
+
+/// A small tmpfs mounted over a directory (a disk that fills up); lazily unmounted on drop.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                &path.to_string_lossy(),
+            ],
+        )?;
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    pub fn fill(&self) -> anyhow::Result<PathBuf> {
+        use std::io::Write as _;
+        let file = self.path.join("filler");
+        let mut f = std::fs::File::create(&file)?;
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Whatever is left of a partial block too.
+        while f.write(&[0u8]).is_ok_and(|n| n == 1) {}
+        Ok(file)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = sh("umount", &["-l", &self.path.to_string_lossy()]);
     }
 }
 

@@ -1,10 +1,11 @@
 //! End to end: guard attached to one end of a veth pair between two namespaces, real TCP, UDP
 //! and ICMP from the far side, everything driven through the `guard` CLI.
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use guard_tests::{
-    Daemon, Link, Netns, ping_ok, require_root, start_servers, tcp_ok, udp_ok, wait_until,
+    Daemon, Link, Netns, Tmpfs, ping_ok, require_root, start_servers, tcp_ok, udp_ok, wait_until,
 };
 
 const PORT: u16 = 7070;
@@ -346,6 +347,90 @@ fn dense_block_of_bans_drops_counts_survives_restart_and_leaves() -> anyhow::Res
         .cli(&["ban", "rm", &far_addr])
         .map_err(anyhow::Error::msg)?;
     assert!(all_ok(far, near), "traffic back after ban rm");
+    Ok(())
+}
+
+/// A full disk: guard keeps running and enforcing every ban, enforces new bans while saying
+/// clearly that they are not saved, lets other traffic through, and after space is freed and a
+/// restart every ban saved before the disk filled is back.
+#[test]
+fn full_disk_keeps_enforcing_and_says_what_is_not_saved() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_servers(&link.near, PORT)?;
+    let mut d = Daemon::prepare(&link.near, &link.near_if, "")?;
+    let disk = Tmpfs::mount(&d.state_dir, "4m")?;
+    d.spawn()?;
+    let (far, near) = (&link.far, link.near_v4);
+    let saved = link.far_v4.to_string();
+    d.cli(&["ban", "add", &saved, "--reason", "before the disk filled"])
+        .map_err(anyhow::Error::msg)?;
+    let late = link.add_far_v4(60)?;
+    let bystander = link.add_far_v4(61)?;
+
+    let filler = disk.fill()?;
+    // Far more than the store has room for, the last line from an address we can test.
+    let prefix = saved.rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+    let mut csv = String::new();
+    let reason = "r".repeat(300);
+    for i in 0..6000u32 {
+        let (a, b, c) = (64 + i / 65536, (i / 256) % 256, i % 256);
+        writeln!(csv, "100.{a}.{b}.{c},1h,{reason}")?;
+    }
+    writeln!(csv, "{prefix}.60,1h,late")?;
+    let file = std::env::temp_dir().join(format!("guard-full-{}.csv", std::process::id()));
+    std::fs::write(&file, csv)?;
+    let out = d.cli(&["ban", "import", file.to_str().unwrap_or_default()]);
+    std::fs::remove_file(&file)?;
+    let err = out.expect_err("an import onto a full disk must report an error");
+    assert!(
+        err.contains("6001 bans are enforced")
+            && err.contains("No space left on device")
+            && err.contains("lost when guard restarts"),
+        "unclear error: {err}"
+    );
+    println!("import onto a full disk: {}", err.trim());
+    let err = d
+        .cli(&["ban", "add", "192.0.2.200"])
+        .expect_err("a ban onto a full disk must report an error");
+    assert!(
+        err.contains("banned in XDP now") && err.contains("No space left on device"),
+        "unclear error: {err}"
+    );
+    println!("ban add onto a full disk: {}", err.trim());
+    // Still running, still enforcing the saved ban and the unsaved ones, and other traffic
+    // passes.
+    d.cli(&["status"]).map_err(anyhow::Error::msg)?;
+    assert!(none_ok(far, near), "the saved ban stopped being enforced");
+    let to = SocketAddr::new(near, PORT);
+    assert!(
+        !tcp_ok(far, Some(late), to, QUICK),
+        "a ban made while the disk was full is not enforced"
+    );
+    assert!(
+        tcp_ok(far, Some(bystander), to, SLOW),
+        "other traffic is dropped"
+    );
+
+    // Space back, restart: the saved ban is there and enforced.
+    std::fs::remove_file(filler)?;
+    d.stop()?;
+    d.spawn()?;
+    assert!(ban_packets(&d, &saved).is_ok());
+    let list = d.json(&["ban", "ls"])?;
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|b| b["addr"] == saved.as_str())),
+        "the ban saved before the disk filled is gone: {list}"
+    );
+    assert!(none_ok(far, near));
+    assert!(
+        !d.log_text().contains("panicked"),
+        "guard panicked: {}",
+        d.log_text()
+    );
+    d.cli(&["ban", "add", "192.0.2.201"])
+        .map_err(anyhow::Error::msg)?;
     Ok(())
 }
 

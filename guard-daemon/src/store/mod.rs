@@ -14,13 +14,13 @@ use crate::net::Net;
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database in {path}")]
+    #[error("cannot open the database in {path}: {}", sled_message(.source))]
     Open {
         path: std::path::PathBuf,
         #[source]
         source: sled::Error,
     },
-    #[error("database error")]
+    #[error("database error: {}", sled_message(.0))]
     Sled(#[from] sled::Error),
     #[error("corrupt record in tree {tree}")]
     Corrupt {
@@ -28,6 +28,31 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// sled's message, with I/O errors as the OS words them ("No space left on device (os error
+/// 28)") rather than sled's debug form.
+fn sled_message(e: &sled::Error) -> String {
+    let sled::Error::Io(io) = e else {
+        return e.to_string();
+    };
+    // sled wraps the OS error, sometimes as its debug text: find the OS error number.
+    let inner = io
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<std::io::Error>())
+        .unwrap_or(io);
+    let code = inner.raw_os_error().or_else(|| {
+        let text = inner.to_string();
+        let rest = text.split("code: ").nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    });
+    match code {
+        Some(code) => format!("I/O error: {}", std::io::Error::from_raw_os_error(code)),
+        None => format!("I/O error: {inner}"),
+    }
 }
 
 /// Name of the bans tree.
