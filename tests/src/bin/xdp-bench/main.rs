@@ -8,7 +8,7 @@
 //! nftables tables inside them, bpffs pins) is removed when it ends, also on error.
 //!
 //! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]`.
-//! `--rounds` repeats part 2's cases (median per case, default 3); `--threaded-napi` moves the
+//! `--rounds` repeats part 2's cases (median per case, default 5); `--threaded-napi` moves the
 //! receiver's NAPI from softirq context on the generator's CPU (the veth default) into a kernel thread;
 //! `--guard-object` benchmarks another build of `guard-ebpf` (same program and map names).
 use std::sync::OnceLock;
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let mut json = false;
     let (mut micro, mut live) = (true, true);
     let mut live_opts = live::Options {
-        rounds: 3,
+        rounds: 5,
         threaded_napi: false,
     };
     let mut args = std::env::args().skip(1);
