@@ -407,8 +407,13 @@ impl Drop for LogWriter {
     }
 }
 
+/// At most one warning about lost batches per this interval (a full disk fails every batch).
+const FAILURE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn write_loop(store: &LogStore, rx: &Receiver<LogRecord>, max_batch: usize, c: &WriterCounters) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut last_warning: Option<std::time::Instant> = None;
+    let mut lost_since = 0u64;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -423,7 +428,16 @@ fn write_loop(store: &LogStore, rx: &Receiver<LogRecord>, max_batch: usize, c: &
             }
             Err(e) => {
                 c.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, records = batch.len(), "request log batch lost");
+                lost_since += batch.len() as u64;
+                if last_warning.is_none_or(|t| t.elapsed() >= FAILURE_WARN_EVERY) {
+                    tracing::warn!(
+                        error = %e,
+                        records = lost_since,
+                        "request log records lost (further failures are summed into one warning a minute)"
+                    );
+                    last_warning = Some(std::time::Instant::now());
+                    lost_since = 0;
+                }
             }
         }
         batch.clear();
