@@ -408,7 +408,7 @@ impl Drop for LogWriter {
 }
 
 /// At most one warning about lost batches per this interval (a full disk fails every batch).
-const FAILURE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const FAILURE_WARN_EVERY: std::time::Duration = std::time::Duration::from_mins(1);
 
 fn write_loop(store: &LogStore, rx: &Receiver<LogRecord>, max_batch: usize, c: &WriterCounters) {
     let mut batch = Vec::with_capacity(max_batch);
