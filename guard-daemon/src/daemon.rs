@@ -105,6 +105,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096, ai)
         .context("building the validator and engine")?;
+    // Repeat offenders survive restarts: their next ban is escalated.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(config.engine.bans.offender_memory)
+        .as_secs();
+    match store.offences(since) {
+        Ok(list) => {
+            let list: Vec<_> = list
+                .into_iter()
+                .map(|(ip, r)| (ip, r.count, r.last))
+                .collect();
+            judge.restore_offenders(&list);
+            info!(
+                offenders = list.len(),
+                "repeat offenders restored from the store"
+            );
+        }
+        Err(e) => warn!("repeat offenders not restored: {e}"),
+    }
     let judge = Arc::new(judge);
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
@@ -364,9 +384,25 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
             continue;
         }
         let reason = order.reason.clone();
-        match shared.bans().ban(order) {
+        let offence = order
+            .evidence
+            .as_ref()
+            .and_then(|e| e["offence"].as_u64())
+            .and_then(|n| u32::try_from(n).ok());
+        // The ban table's lock is released before the offence is stored.
+        let result = shared.bans().ban(order);
+        match result {
             Ok(view) => {
                 info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
+                if let Some(count) = offence.filter(|_| target.is_host()) {
+                    let record = crate::store::OffenceRecord {
+                        count,
+                        last: view.created_at / 1000,
+                    };
+                    if let Err(e) = shared.bans().store().put_offence(target.addr(), record) {
+                        warn!(%target, "repeat offence not stored: {e}");
+                    }
+                }
             }
             Err(BanError::Allowlisted { .. }) => info!(%target, "engine ban refused: allowlisted"),
             Err(e) => warn!(%target, "engine ban failed: {e}"),

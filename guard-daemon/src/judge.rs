@@ -99,6 +99,14 @@ impl Judge {
         }
     }
 
+    /// Restores the repeat offenders an earlier run stored (address, bans, last in Unix seconds).
+    pub fn restore_offenders(&self, offenders: &[(std::net::IpAddr, u32, u64)]) {
+        let mut engine = self.engine();
+        for &(ip, count, last) in offenders {
+            engine.restore_offender(ip, count, Duration::from_secs(last));
+        }
+    }
+
     /// Forgets idle clients.
     pub fn expire(&self, now: Duration) {
         self.engine().expire(now);

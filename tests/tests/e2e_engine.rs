@@ -96,7 +96,7 @@ fn attack_raw(
 )]
 fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Result<()> {
     require_root!();
-    let (link, d, dst) = setup("")?;
+    let (link, mut d, dst) = setup("")?;
     let scanner = link.far_v4;
     let prober = link.add_far_v4(30)?;
     let sqli = link.add_far_v4(31)?;
@@ -229,10 +229,24 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
     let again: Vec<String> = (0..10)
         .map(|i| format!("/items?id={i}%27%20OR%201%3D1--"))
         .collect();
-    let (_, t) = attack(&link, &d, sqli, dst, again, "sqlmap/1.7");
+    let (_, t) = attack(&link, &d, sqli, dst, again.clone(), "sqlmap/1.7");
     assert!(
         t.is_some(),
         "an attacker whose ban was lifted was not banned again"
+    );
+    let offence = |d: &Daemon| banned(d, sqli).map(|b| b["evidence"]["offence"].clone());
+    assert_eq!(offence(&d), Some(serde_json::json!(2)), "second offence");
+    // Repeat offenders outlive a restart: lifted again after one, the third ban escalates.
+    d.stop()?;
+    d.spawn()?;
+    d.cli(&["ban", "rm", &sqli.to_string()])
+        .map_err(anyhow::Error::msg)?;
+    let (_, t) = attack(&link, &d, sqli, dst, again, "sqlmap/1.7");
+    assert!(t.is_some(), "not banned after the restart");
+    assert_eq!(
+        offence(&d),
+        Some(serde_json::json!(3)),
+        "the offence count was lost in the restart"
     );
     Ok(())
 }

@@ -330,6 +330,13 @@ impl Engine {
         decision
     }
 
+    /// Restores a repeat offender an earlier run recorded: `count` bans, the last at `last`
+    /// (wall clock since the Unix epoch). Its next ban is escalated as if guard had never
+    /// restarted; records older than the offender memory are forgotten at the next expiry.
+    pub fn restore_offender(&mut self, ip: IpAddr, count: u32, last: Duration) {
+        self.core.offenders.restore(ip, secs(last), count);
+    }
+
     /// The operator lifted the ban of `client`: the engine forgets that it banned it (by address;
     /// a client keyed by user keeps its state until it expires).
     pub fn unbanned(&mut self, client: IpAddr) {

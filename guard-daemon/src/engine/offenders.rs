@@ -107,6 +107,13 @@ impl Offenders {
     pub fn expire(&mut self, t: u32) {
         self.bans.expire(t.saturating_sub(self.memory));
     }
+
+    /// Restores what an earlier run knew: `count` bans of `ip`, the last at `t`.
+    pub fn restore(&mut self, ip: IpAddr, t: u32, count: u32) {
+        if count > 0 {
+            self.bans.insert(ip, t, count);
+        }
+    }
 }
 
 /// A triage sent to the AI: what the engine saw, for the evidence of the ban a BLOCK makes.

@@ -5,6 +5,7 @@
 //! address in network order (4 or 16 bytes), one byte prefix length. Values are JSON.
 pub mod logs;
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,18 @@ pub const TREE_BANS: &str = "bans";
 pub const TREE_LOGS: &str = "logs";
 /// Name of the allowlist tree.
 pub const TREE_ALLOW: &str = "allow";
+/// Name of the tree of repeat offenders (address → bans so far, last one), which lets the
+/// engine escalate across restarts.
+pub const TREE_OFFENCES: &str = "offences";
+
+/// What the store remembers of an address the engine banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffenceRecord {
+    /// Engine bans so far (within the engine's offender memory).
+    pub count: u32,
+    /// The last one, seconds since the Unix epoch.
+    pub last: u64,
+}
 
 /// A ban as stored: what, why, since when, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +218,43 @@ impl Store {
             .transpose()
     }
 
+    /// Records that the engine banned `ip` for the `count`th time at `last` (Unix seconds).
+    pub fn put_offence(&self, ip: IpAddr, record: OffenceRecord) -> Result<(), StoreError> {
+        self.db
+            .open_tree(TREE_OFFENCES)?
+            .insert(net_key(&Net::host(ip)), to_json(&record))?;
+        Ok(())
+    }
+
+    /// Repeat offenders whose last ban is at or after `since` (Unix seconds); older ones are
+    /// removed.
+    pub fn offences(&self, since: u64) -> Result<Vec<(IpAddr, OffenceRecord)>, StoreError> {
+        let tree = self.db.open_tree(TREE_OFFENCES)?;
+        let mut out = Vec::new();
+        for entry in &tree {
+            let (key, value) = entry?;
+            let record: OffenceRecord = from_json(TREE_OFFENCES, &value)?;
+            let ip = match key.as_ref() {
+                [4, a @ ..] if a.len() >= 4 => IpAddr::from([a[0], a[1], a[2], a[3]]),
+                [6, a @ ..] if a.len() >= 16 => {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(&a[..16]);
+                    IpAddr::from(b)
+                }
+                _ => {
+                    tree.remove(key)?;
+                    continue;
+                }
+            };
+            if record.last < since {
+                tree.remove(key)?;
+            } else {
+                out.push((ip, record));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every allowlist entry.
     pub fn allows(&self) -> Result<Vec<AllowRecord>, StoreError> {
         self.allow
@@ -240,6 +290,72 @@ mod tests {
             expires_at: exp,
             evidence: None,
         }
+    }
+
+    #[test]
+    fn offences_survive_reopen_and_old_ones_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("guard-offence-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (v4, v6, old): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.5".parse().unwrap(),
+            "2001:db8::5".parse().unwrap(),
+            "192.0.2.6".parse().unwrap(),
+        );
+        {
+            let s = Store::open(&dir).unwrap();
+            s.put_offence(
+                v4,
+                OffenceRecord {
+                    count: 1,
+                    last: 1_000,
+                },
+            )
+            .unwrap();
+            s.put_offence(
+                v4,
+                OffenceRecord {
+                    count: 2,
+                    last: 2_000,
+                },
+            )
+            .unwrap();
+            s.put_offence(
+                v6,
+                OffenceRecord {
+                    count: 3,
+                    last: 1_500,
+                },
+            )
+            .unwrap();
+            s.put_offence(old, OffenceRecord { count: 9, last: 10 })
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let mut got = s.offences(1_000).unwrap();
+        got.sort_by_key(|(ip, _)| *ip);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    v4,
+                    OffenceRecord {
+                        count: 2,
+                        last: 2_000
+                    }
+                ),
+                (
+                    v6,
+                    OffenceRecord {
+                        count: 3,
+                        last: 1_500
+                    }
+                ),
+            ]
+        );
+        assert_eq!(s.offences(0).unwrap().len(), 2, "the old one was removed");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -83,6 +83,35 @@ fn repeat_offenders_get_longer_bans_up_to_the_maximum() {
     assert_eq!(ttl_of(&probe_backdoors(&mut sim, c)), h(1));
 }
 
+/// What the store kept from an earlier run: the next ban continues the escalation.
+#[test]
+fn restored_offenders_continue_their_escalation() {
+    let mut sim = Sim::default();
+    let c = "192.0.2.78";
+    sim.engine.restore_offender(
+        c.parse().unwrap(),
+        2,
+        sim.now.saturating_sub(Duration::from_hours(3)),
+    );
+    let d = probe_backdoors(&mut sim, c);
+    let Decision::Ban { evidence, .. } = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(evidence["offence"], 3);
+    assert_eq!(ttl_of(&d), Duration::from_hours(16));
+    // A record older than the offender memory counts for nothing.
+    let stale = "192.0.2.79";
+    sim.engine.restore_offender(
+        stale.parse().unwrap(),
+        5,
+        sim.now.saturating_sub(Duration::from_hours(31 * 24)),
+    );
+    assert_eq!(
+        ttl_of(&probe_backdoors(&mut sim, stale)),
+        Duration::from_hours(1)
+    );
+}
+
 #[test]
 fn bans_carry_their_evidence_and_target_the_host() {
     let mut sim = Sim::default();
