@@ -127,14 +127,34 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "guard did not answer on {path} within {} s (it may be stuck; see its log)",
+        .timeout.as_secs()
+    )]
+    NoAnswer {
+        path: PathBuf,
+        timeout: std::time::Duration,
+    },
     #[error("the daemon sent an unreadable answer")]
     BadResponse(#[source] serde_json::Error),
     #[error("{0}")]
     Daemon(String),
 }
 
+/// How long the CLI waits for an answer (an import of a million bans takes a few seconds).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(2);
+
 /// Sends one request and waits for its answer. An error answer becomes `ControlError::Daemon`.
 pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    call_within(socket, request, ANSWER_TIMEOUT)
+}
+
+/// [`call`], waiting at most `timeout` for the answer.
+fn call_within(
+    socket: &Path,
+    request: &Request,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, ControlError> {
     let io = |source| ControlError::Io {
         path: socket.to_owned(),
         source,
@@ -154,7 +174,18 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, Contr
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                ControlError::NoAnswer {
+                    path: socket.to_owned(),
+                    timeout,
+                }
+            }
+            _ => io(e),
+        })?;
     let response: Response = serde_json::from_str(&answer).map_err(ControlError::BadResponse)?;
     if response.ok {
         Ok(response.data)
@@ -236,4 +267,26 @@ where
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that accepts and never answers: the CLI gives up with a message, not a hang.
+    #[test]
+    fn a_silent_daemon_is_an_error_not_a_hang() {
+        let path = std::env::temp_dir().join(format!("guard-silent-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let request = Request::Status;
+        let t = std::time::Instant::now();
+        let err = call_within(&path, &request, std::time::Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, ControlError::NoAnswer { .. }), "{err:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        drop(held.join());
+        let _ = std::fs::remove_file(&path);
+    }
 }
