@@ -41,7 +41,7 @@ enum Task {
     /// Measure the request validator on the CRS corpus and the benign set.
     Eval(eval::EvalArgs),
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
-    /// Arguments after `xdp` go to the benchmark (`--rounds N`, `--threaded-napi`, `--only
+    /// Arguments after `xdp` go to the benchmark (`--rounds N`, `--batch FRAMES`, `--threaded-napi`, `--only
     /// micro|live`, `--json`).
     Bench {
         what: String,

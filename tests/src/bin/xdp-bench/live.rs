@@ -36,8 +36,8 @@ use crate::report::Report;
 const WARMUP: Duration = Duration::from_millis(400);
 /// Measurement window per case.
 const WINDOW: Duration = Duration::from_millis(1500);
-/// Frames per live-frame batch (the kernel's maximum is 256).
-const BATCH: u32 = 64;
+/// Frames per live-frame batch by default (the kernel's default; its maximum is 256).
+pub const DEFAULT_BATCH: u32 = 64;
 /// Frames per `BPF_PROG_RUN` call: far more than a window needs; the call is interrupted.
 const GEN_REPEAT: u32 = 1 << 30;
 /// nftables table made in the receiver namespace.
@@ -164,16 +164,24 @@ struct Generator<'a> {
     /// Sender veth index: live frames sent with `XDP_TX` leave through it.
     ifindex: u32,
     ns: &'a Path,
+    batch: u32,
 }
 
 impl<'a> Generator<'a> {
     /// The live-frame generator of `bench`, sending `frame` out of the veth `ifindex` in `ns`.
-    fn new(bench: &'a Bench, frame: &[u8], ifindex: u32, ns: &'a Path) -> anyhow::Result<Self> {
+    fn new(
+        bench: &'a Bench,
+        frame: &[u8],
+        ifindex: u32,
+        ns: &'a Path,
+        batch: u32,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             prog: xdp(&bench.ebpf, PROG_GEN)?,
             frame: frame.to_vec(),
             ifindex,
             ns,
+            batch,
         })
     }
 }
@@ -209,7 +217,7 @@ fn measure(
                     data_in: Some(&g.frame),
                     ctx_in: Some(ctx),
                     repeat: GEN_REPEAT,
-                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    attrs: TestRunAttrs::new().xdp_live_frames(g.batch),
                     ..TestRunOptions::default()
                 };
                 if let Err(e) = g.prog.test_run(opts) {
@@ -318,6 +326,8 @@ fn set_threaded_napi(ns: &Netns, dev: &str, on: bool) -> anyhow::Result<()> {
 pub struct Options {
     pub rounds: usize,
     pub threaded_napi: bool,
+    /// Frames per live-frame batch, 1..=256.
+    pub batch: u32,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -404,7 +414,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
                 (DROPS, MILLION, SCATTER),
             ] {
                 bench.set_sources(BAN_BASE, sources, stride)?;
-                let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
+                let g = Generator::new(&bench, &frame, far.index, &far_ns, opts.batch)?;
                 push(
                     case,
                     measure(&g, || Ok(dropped.get(&0, 0)?.iter().sum()))?.0,
@@ -422,7 +432,7 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
             let attached = Attached::new(prog, &near_ns, &link.near_if)?;
             for &(case, sources, stride) in cases {
                 bench.set_sources(BAN_BASE, sources, stride)?;
-                let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
+                let g = Generator::new(&bench, &frame, far.index, &far_ns, opts.batch)?;
                 let count = || Ok(stats.get(&STAT_DROP_BAN_EXACT, 0)?.iter().sum());
                 push(case, measure(&g, count)?.0);
             }
@@ -432,14 +442,14 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
         let nft = Nft::new(&link.near, &link.near_if)?;
         nft.ban_range(BAN_BASE, 1)?;
         bench.set_sources(BAN_BASE, 1, 1)?;
-        let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
+        let g = Generator::new(&bench, &frame, far.index, &far_ns, opts.batch)?;
         push(NFT1, measure(&g, || nft.received())?.0);
         progress!("loading the 1,000,000-element nftables set");
         let t = Instant::now();
         nft.ban_range(Ipv4Addr::from(u32::from(BAN_BASE) + 1), MILLION - 1)?;
         nft_fill = t.elapsed();
         bench.set_sources(BAN_BASE, MILLION, 1)?;
-        let g = Generator::new(&bench, &frame, far.index, &far_ns)?;
+        let g = Generator::new(&bench, &frame, far.index, &far_ns, opts.batch)?;
         push(NFTM, measure(&g, || nft.received())?.0);
         nft.verify()?;
         drop(nft);
@@ -448,12 +458,13 @@ pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     progress!("part 2: cleaning up");
 
     report.setup.push(format!(
-        "part 2: {} round(s) of all cases, median per case; {:.1} s window after {:.1} s warm-up; generator batch {BATCH}; \
+        "part 2: {} round(s) of all cases, median per case; {:.1} s window after {:.1} s warm-up; generator batch {}; \
          receiver NAPI {}; 1,000,000-element nft set loaded in {:.1} s; dense tier: {} /24 blocks for \
          the consecutive million, {} for the scattered one",
         opts.rounds,
         WINDOW.as_secs_f64(),
         WARMUP.as_secs_f64(),
+        opts.batch,
         if opts.threaded_napi { "threaded on CPU 1, generator on CPU 0" } else { "in softirq (shares the generator's CPU)" },
         nft_fill.as_secs_f64(),
         dense_blocks.0,

@@ -7,7 +7,7 @@
 //! nftables netdev-ingress set drop. Needs root; everything it creates (namespaces, veth,
 //! nftables tables inside them, bpffs pins) is removed when it ends, also on error.
 //!
-//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]`.
+//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--batch FRAMES] [--threaded-napi] [--guard-object PATH]`.
 //! `--rounds` repeats part 2's cases (median per case, default 5); `--threaded-napi` moves the
 //! receiver's NAPI from softirq context on the generator's CPU (the veth default) into a kernel thread;
 //! `--guard-object` benchmarks another build of `guard-ebpf` (same program and map names).
@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     let mut live_opts = live::Options {
         rounds: 5,
         threaded_napi: false,
+        batch: live::DEFAULT_BATCH,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -60,6 +61,13 @@ fn main() -> anyhow::Result<()> {
                     .context("--rounds takes a positive number")?;
             }
             "--threaded-napi" => live_opts.threaded_napi = true,
+            "--batch" => {
+                live_opts.batch = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=256).contains(n))
+                    .context("--batch takes a number of frames from 1 to 256")?;
+            }
             "--guard-object" => {
                 let path =
                     std::path::PathBuf::from(args.next().context("--guard-object takes a path")?);
@@ -72,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--threaded-napi] [--guard-object PATH]   (as root)"
+                    "usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--batch FRAMES] [--threaded-napi] [--guard-object PATH]   (as root)"
                 );
                 return Ok(());
             }
