@@ -263,8 +263,13 @@ pub struct HotDense {
     pub last: u32,
     /// Explicit padding; always 0.
     pub pad: u32,
+    /// `jiffies` when `now_ns` was read.
+    pub jiffies: u64,
+    /// The coarse monotonic clock read at `jiffies`: that clock only moves at a tick, so while
+    /// `jiffies` has not changed the program reuses it instead of calling the helper per packet.
+    pub now_ns: u64,
 }
-const _: () = assert!(size_of::<HotDense>() == 16);
+const _: () = assert!(size_of::<HotDense>() == 32);
 
 /// Address family tag in `RateEvent::family`.
 pub const FAMILY_V4: u32 = 4;

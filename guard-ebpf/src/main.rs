@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, xdp_action},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -142,9 +142,7 @@ fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     if h.valid == 0 || h.addr != addr {
         return None;
     }
-    if h.generation != cfg.generation
-        || (h.expires_ns != 0 && unsafe { bpf_ktime_get_coarse_ns() } >= h.expires_ns)
-    {
+    if h.generation != cfg.generation || (h.expires_ns != 0 && clock() >= h.expires_ns) {
         // Stale: the counts so far still belong to the ban, if it is there.
         flush_hot(h);
         h.valid = 0;
@@ -193,7 +191,7 @@ fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     if (word >> (idx & 63)) & 1 == 0 {
         return None;
     }
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = coarse_now(hot);
     let min = unsafe { core::ptr::read_volatile(&raw const block.min_expires_ns) };
     if min != 0 && now >= min {
         return None;
@@ -211,6 +209,29 @@ fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
 }
 
+/// The coarse monotonic clock, read through the CPU's cache: the clock only moves at a tick, and
+/// `bpf_jiffies64` (a plain load once the verifier inlines it) says whether one has passed. The
+/// value can lag by the moment between the tick's `jiffies` and clock updates, never by more
+/// than a tick — the coarse clock's own resolution.
+#[inline(always)]
+fn coarse_now(hot: &mut HotDense) -> u64 {
+    let jiffies = unsafe { bpf_jiffies64() };
+    if jiffies != hot.jiffies || hot.now_ns == 0 {
+        hot.jiffies = jiffies;
+        hot.now_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    hot.now_ns
+}
+
+/// [`coarse_now`] through this CPU's `HOT_DENSE` entry (the helper itself if it is missing).
+#[inline(always)]
+fn clock() -> u64 {
+    match HOT_DENSE.get_ptr_mut(0) {
+        Some(hot) => coarse_now(unsafe { &mut *hot }),
+        None => unsafe { bpf_ktime_get_coarse_ns() },
+    }
+}
+
 /// Adds a CPU's pending hot-ban counts to the ban entry (if it still exists).
 #[inline(always)]
 fn flush_hot(h: &mut HotBan) {
@@ -218,7 +239,7 @@ fn flush_hot(h: &mut HotBan) {
         return;
     }
     if let Some(ban) = BANS_V4.get_ptr_mut(h.addr) {
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let now = clock();
         unsafe {
             (*ban).packets += h.pending_packets;
             (*ban).bytes += h.pending_bytes;
@@ -268,7 +289,7 @@ macro_rules! guard_family {
             let allowed =
                 || cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some();
             if let Some(ban) = $bans.get_ptr_mut(addr) {
-                let now = unsafe { bpf_ktime_get_coarse_ns() };
+                let now = clock();
                 let expires = unsafe { (*ban).expires_ns };
                 if live(expires, now) {
                     // Only bans that overlap the allowlist carry the flag (set by the daemon).
@@ -283,7 +304,7 @@ macro_rules! guard_family {
             if cfg.flags & $have_cidr != 0 {
                 if let Some(ban) = $cidr.get(Key::new($bits, addr)) {
                     let ban = core::ptr::from_ref(ban).cast_mut();
-                    let now = unsafe { bpf_ktime_get_coarse_ns() };
+                    let now = clock();
                     let expires = unsafe { (*ban).expires_ns };
                     if live(expires, now) {
                         if expires & BAN_CHECK_ALLOW != 0 && allowed() {

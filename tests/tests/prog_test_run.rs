@@ -407,6 +407,55 @@ fn expired_ban_is_ignored() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `CLOCK_MONOTONIC_COARSE`, the clock ban deadlines are written in.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The program reads the clock through a per-CPU cache refreshed at each tick: under a steady
+/// stream that keeps the cache warm, a ban still stops dropping within a tick of its deadline.
+#[test]
+fn a_ban_expires_on_time_under_a_steady_stream() -> anyhow::Result<()> {
+    require_root!();
+    let mut l = load()?;
+    let deadline = coarse_now_ns() + 150_000_000;
+    l.ban_v4(A, deadline);
+    let frame = v4_frame(&[], A);
+    let mut dropped = 0u64;
+    let passed_at = loop {
+        let verdict = l.run(&frame)?;
+        let now = coarse_now_ns();
+        if verdict == XDP_PASS {
+            assert!(
+                now >= deadline,
+                "passed {} ns before its deadline",
+                deadline - now
+            );
+            break now;
+        }
+        assert_eq!(verdict, XDP_DROP);
+        dropped += 1;
+        assert!(
+            now < deadline + 1_000_000_000,
+            "still dropped a second after the deadline"
+        );
+    };
+    assert!(dropped > 10, "only {dropped} drops before the deadline");
+    // One tick is at most 10 ms (HZ >= 100); the user-side clock read adds at most another.
+    let late = passed_at - deadline;
+    assert!(
+        late <= 25_000_000,
+        "still dropped {late} ns after the deadline"
+    );
+    Ok(())
+}
+
 #[test]
 fn truncated_and_malformed_frames_pass_and_are_counted() -> anyhow::Result<()> {
     require_root!();
