@@ -254,6 +254,32 @@ async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
     }
+    // A clean stop that cannot finish (a stuck thread) must not leave guard running forever;
+    // a normal exit ends the process, and this thread with it, long before.
+    arm_watchdog(SHUTDOWN_LIMIT, || {
+        error!(
+            "shutdown did not finish within {} s; exiting without it (bans are in the store, and XDP \
+             keeps enforcing them if it stays attached)",
+            SHUTDOWN_LIMIT.as_secs()
+        );
+        std::process::exit(1);
+    });
+}
+
+/// How long a clean shutdown may take after SIGTERM or SIGINT.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `give_up` on a thread of its own after `limit`, unless the process has exited by then.
+fn arm_watchdog(limit: Duration, give_up: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("guard-shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            give_up();
+        });
+    if let Err(e) = spawned {
+        warn!("no shutdown watchdog: {e}");
+    }
 }
 
 async fn sweep_loop(shared: Arc<Shared>) {
@@ -581,4 +607,26 @@ fn status(shared: &Shared) -> Response {
         "rate_limit_pps": cfg.xdp.rate_limit_pps,
         "keep_attached": cfg.xdp.keep_attached,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_gives_up_after_its_limit_and_not_before() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let start = Instant::now();
+        arm_watchdog(Duration::from_millis(200), move || {
+            let _ = tx.send(Instant::now());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "gave up early"
+        );
+        let fired = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("never gave up");
+        assert!(fired.duration_since(start) >= Duration::from_millis(200));
+    }
 }
