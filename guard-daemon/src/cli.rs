@@ -2,13 +2,14 @@
 //! talk to `guard run` over the control socket; output is a human table, or JSON with `--json`.
 use std::fmt::Write as _;
 use std::io::Read;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::bans::BanView;
+use crate::bans::{BanFilter, BanSort, BanView};
 use crate::clock::{format_utc, now_ms, parse_duration};
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::control::{self, ImportEntry, Request};
@@ -120,6 +121,31 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct BanLsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Only bans that cover this address (its own and every CIDR containing it).
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<IpAddr>,
+    /// Only bans inside this network.
+    #[arg(long, value_name = "CIDR")]
+    pub range: Option<String>,
+    /// Only bans of this origin: cli, import, rate-limit, engine.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Only bans whose reason contains TEXT (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Order of the list.
+    #[arg(long, value_enum, default_value_t = BanSort::Addr)]
+    pub sort: BanSort,
+    /// Show at most N bans (after sorting).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Machine-readable output.
     #[arg(long)]
@@ -144,7 +170,7 @@ pub enum BanCommand {
     /// Lift a ban.
     Rm { target: String },
     /// List bans with their drop counters.
-    Ls(JsonFlag),
+    Ls(BanLsArgs),
     /// Ban many: one address/CIDR a line, or CSV `value,duration,reason`; FILE or - for stdin.
     Import {
         file: String,
@@ -271,7 +297,20 @@ fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
             println!("unbanned {target}");
         }
         BanCommand::Ls(f) => {
-            let data = control::call(socket, &Request::BanLs)?;
+            let filter = BanFilter {
+                ip: f.ip,
+                range: f
+                    .range
+                    .as_deref()
+                    .map(parse_target)
+                    .transpose()
+                    .context("--range")?,
+                origin: f.origin,
+                reason: f.reason,
+                sort: f.sort,
+                limit: f.limit,
+            };
+            let data = control::call(socket, &Request::BanLs { filter })?;
             if f.json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
             } else {

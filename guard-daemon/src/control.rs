@@ -42,7 +42,10 @@ pub enum Request {
     BanRm {
         target: Net,
     },
-    BanLs,
+    BanLs {
+        #[serde(default)]
+        filter: crate::bans::BanFilter,
+    },
     BanImport {
         entries: Vec<ImportEntry>,
         #[serde(default)]

@@ -143,7 +143,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let bans = Bans::new(store, xdp, config.bans.default_ttl)
         .context("rebuilding the XDP maps from the store")?;
     {
-        let n = bans.list().map_or(0, |l| l.len());
+        let n = bans.count();
         let a = bans.allows().map_or(0, |l| l.len());
         info!(bans = n, allowlist = a, "bans restored from the store");
     }
@@ -458,7 +458,7 @@ fn handle(shared: &Shared, req: Request) -> Response {
             shared.judge.unbanned(&target);
             Response::ok(removed)
         }),
-        Request::BanLs => shared.bans().list().map(Response::ok),
+        Request::BanLs { filter } => shared.bans().list(&filter).map(Response::ok),
         Request::BanImport { entries, force } => {
             let reqs = entries
                 .into_iter()
@@ -602,7 +602,7 @@ fn status(shared: &Shared) -> Response {
         "pin_dir": bans.xdp().pin_dir(),
         "state_dir": cfg.daemon.state_dir,
         "socket": cfg.daemon.socket,
-        "bans": bans.list().map_or(0, |l| l.len()),
+        "bans": bans.count(),
         "allowlist": bans.allows().map_or(0, |l| l.len()),
         "rate_limit_pps": cfg.xdp.rate_limit_pps,
         "keep_attached": cfg.xdp.keep_attached,

@@ -116,6 +116,44 @@ fn cidr_ban_drops_every_address_inside() -> anyhow::Result<()> {
         ".77 is inside the /25"
     );
     assert!(s.daemon.xdp_stat("dropped_ban_cidr")? >= 2);
+    // `ban ls` filters: an exact ban inside the /25 beside it.
+    let second_s = second.to_string();
+    s.daemon
+        .cli(&["ban", "add", &second_s, "--reason", "Noisy neighbour"])
+        .map_err(anyhow::Error::msg)?;
+    let addrs = |args: &[&str]| -> anyhow::Result<Vec<String>> {
+        let mut a = vec!["ban", "ls"];
+        a.extend_from_slice(args);
+        Ok(s.daemon
+            .json(&a)?
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|b| b["addr"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    assert_eq!(
+        addrs(&["--ip", &second_s])?,
+        [net.as_str(), second_s.as_str()]
+    );
+    assert_eq!(
+        addrs(&["--ip", &s.link.far_v4.to_string()])?,
+        [net.as_str()]
+    );
+    assert_eq!(addrs(&["--reason", "noisy"])?, [second_s.as_str()]);
+    assert_eq!(addrs(&["--range", &s.link.v4_subnet()])?.len(), 2);
+    assert_eq!(addrs(&["--origin", "cli", "--limit", "1"])?.len(), 1);
+    assert!(addrs(&["--origin", "engine"])?.is_empty());
+    let err = s
+        .daemon
+        .cli(&["ban", "ls", "--range", "nonsense"])
+        .expect_err("a bad --range is an error");
+    assert!(err.contains("--range"), "{err}");
+    s.daemon
+        .cli(&["ban", "rm", &second_s])
+        .map_err(anyhow::Error::msg)?;
     s.daemon
         .cli(&["ban", "rm", &net])
         .map_err(anyhow::Error::msg)?;

@@ -195,6 +195,12 @@ impl Store {
             .transpose()
     }
 
+    /// How many bans are stored.
+    #[must_use]
+    pub fn ban_count(&self) -> usize {
+        self.bans.len()
+    }
+
     /// Every ban, ordered by family, address, prefix.
     pub fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.bans
