@@ -34,6 +34,11 @@ pub enum BanError {
         "{count} bans are enforced in XDP now, but the ban store could not record them ({source}); they are lost when guard restarts. Free disk space and restart guard"
     )]
     BatchNotSaved { count: usize, source: StoreError },
+    /// Like `RemovalNotSaved`, for a batch.
+    #[error(
+        "{count} bans are lifted in XDP, but the ban store could not record the removals ({source}); they come back when guard restarts. Free disk space and restart guard"
+    )]
+    BatchRemovalNotSaved { count: usize, source: StoreError },
     /// The ban is lifted, but the store did not record it.
     #[error(
         "{target} is no longer banned in XDP, but the ban store could not record the removal ({source}); the ban comes back when guard restarts. Free disk space and restart guard"
@@ -324,6 +329,34 @@ impl Bans {
         self.xdp.remove_ban(target)?;
         self.store.flush().map_err(not_saved)?;
         Ok(view)
+    }
+
+    /// Lifts every ban `filter` selects (its order and limit apply), with one store flush for
+    /// all; returns the targets lifted.
+    pub fn unban_matching(&mut self, filter: &BanFilter) -> Result<Vec<Net>, BanError> {
+        let targets: Vec<Net> = self.list(filter)?.into_iter().map(|v| v.addr).collect();
+        let mut failure = None;
+        for target in &targets {
+            match self.store.remove_ban(target) {
+                Ok(Some(record)) => {
+                    if let Some(t) = record.expires_at {
+                        self.deadlines.remove(&(t, record.target));
+                    }
+                }
+                Ok(None) => {}
+                // Lifted anyway; the error is reported once for the batch.
+                Err(e) => failure = failure.or(Some(e)),
+            }
+            self.xdp.remove_ban(target)?;
+        }
+        let flushed = self.store.flush();
+        if let Some(source) = failure.or(flushed.err()) {
+            return Err(BanError::BatchRemovalNotSaved {
+                count: targets.len(),
+                source,
+            });
+        }
+        Ok(targets)
     }
 
     /// How many bans there are.

@@ -146,6 +146,24 @@ pub struct BanLsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BanRmArgs {
+    /// The banned address or CIDR (exactly as banned).
+    pub target: Option<String>,
+    /// Instead of a target: lift every ban covering this address (its own and every CIDR).
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<IpAddr>,
+    /// Instead of a target: lift every ban inside this network.
+    #[arg(long, value_name = "CIDR")]
+    pub range: Option<String>,
+    /// Instead of a target: lift every ban of this origin (cli, import, rate-limit, engine).
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Instead of a target: lift every ban whose reason contains TEXT (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Machine-readable output.
     #[arg(long)]
@@ -167,8 +185,8 @@ pub enum BanCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Lift a ban.
-    Rm { target: String },
+    /// Lift a ban, or every ban the filters select.
+    Rm(BanRmArgs),
     /// List bans with their drop counters.
     Ls(BanLsArgs),
     /// Ban many: one address/CIDR a line, or CSV `value,duration,reason`; FILE or - for stdin.
@@ -287,28 +305,12 @@ fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
                 view.expires_at.map_or("forever".into(), format_utc)
             );
         }
-        BanCommand::Rm { target } => {
-            control::call(
-                socket,
-                &Request::BanRm {
-                    target: parse_target(&target)?,
-                },
-            )?;
-            println!("unbanned {target}");
-        }
+        BanCommand::Rm(args) => ban_rm(args, socket)?,
         BanCommand::Ls(f) => {
             let filter = BanFilter {
-                ip: f.ip,
-                range: f
-                    .range
-                    .as_deref()
-                    .map(parse_target)
-                    .transpose()
-                    .context("--range")?,
-                origin: f.origin,
-                reason: f.reason,
                 sort: f.sort,
                 limit: f.limit,
+                ..ban_filter(f.ip, f.range.as_deref(), f.origin, f.reason)?
             };
             let data = control::call(socket, &Request::BanLs { filter })?;
             if f.json {
@@ -339,6 +341,51 @@ fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The selection shared by `ban ls` and `ban rm`.
+fn ban_filter(
+    ip: Option<IpAddr>,
+    range: Option<&str>,
+    origin: Option<String>,
+    reason: Option<String>,
+) -> anyhow::Result<BanFilter> {
+    Ok(BanFilter {
+        ip,
+        range: range.map(parse_target).transpose().context("--range")?,
+        origin,
+        reason,
+        ..BanFilter::default()
+    })
+}
+
+/// `guard ban rm`: one ban by its target, or every ban the filters select.
+fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
+    let filtered =
+        args.ip.is_some() || args.range.is_some() || args.origin.is_some() || args.reason.is_some();
+    match (args.target, filtered) {
+        (Some(target), false) => {
+            control::call(
+                socket,
+                &Request::BanRm {
+                    target: parse_target(&target)?,
+                },
+            )?;
+            println!("unbanned {target}");
+        }
+        (None, true) => {
+            let filter = ban_filter(args.ip, args.range.as_deref(), args.origin, args.reason)?;
+            let data = control::call(socket, &Request::BanRmMatching { filter })?;
+            println!("unbanned {} bans", data["removed"].as_u64().unwrap_or(0));
+        }
+        (Some(_), true) => bail!(
+            "give either an address/CIDR or filters (--ip, --range, --origin, --reason), not both"
+        ),
+        (None, false) => bail!(
+            "name the ban to lift (an address or CIDR) or select bans with --ip, --range, --origin or --reason"
+        ),
     }
     Ok(())
 }

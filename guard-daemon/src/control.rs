@@ -42,6 +42,10 @@ pub enum Request {
     BanRm {
         target: Net,
     },
+    /// Lifts every ban the filter selects.
+    BanRmMatching {
+        filter: crate::bans::BanFilter,
+    },
     BanLs {
         #[serde(default)]
         filter: crate::bans::BanFilter,

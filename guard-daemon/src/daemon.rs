@@ -458,6 +458,15 @@ fn handle(shared: &Shared, req: Request) -> Response {
             shared.judge.unbanned(&target);
             Response::ok(removed)
         }),
+        Request::BanRmMatching { filter } => {
+            let result = shared.bans().unban_matching(&filter);
+            result.map(|lifted| {
+                for target in &lifted {
+                    shared.judge.unbanned(target);
+                }
+                Response::ok(json!({ "removed": lifted.len() }))
+            })
+        }
         Request::BanLs { filter } => shared.bans().list(&filter).map(Response::ok),
         Request::BanImport { entries, force } => {
             let reqs = entries

@@ -151,12 +151,20 @@ fn cidr_ban_drops_every_address_inside() -> anyhow::Result<()> {
         .cli(&["ban", "ls", "--range", "nonsense"])
         .expect_err("a bad --range is an error");
     assert!(err.contains("--range"), "{err}");
-    s.daemon
-        .cli(&["ban", "rm", &second_s])
+    // Lifting by filter: both bans at once; a bare `ban rm` or a target with filters is refused.
+    for bad in [
+        &["ban", "rm"][..],
+        &["ban", "rm", &second_s, "--origin", "cli"][..],
+    ] {
+        let err = s.daemon.cli(bad).expect_err("refused");
+        assert!(err.contains("--origin"), "{err}");
+    }
+    let out = s
+        .daemon
+        .cli(&["ban", "rm", "--range", &s.link.v4_subnet()])
         .map_err(anyhow::Error::msg)?;
-    s.daemon
-        .cli(&["ban", "rm", &net])
-        .map_err(anyhow::Error::msg)?;
+    assert!(out.contains("unbanned 2 bans"), "{out}");
+    assert!(addrs(&[])?.is_empty(), "bans left after rm --range");
     assert!(tcp_ok(&s.link.far, Some(second), dst, SLOW));
     Ok(())
 }
