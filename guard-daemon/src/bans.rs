@@ -360,9 +360,8 @@ impl Bans {
     }
 
     /// How many bans there are.
-    #[must_use]
-    pub fn count(&self) -> usize {
-        self.store.ban_count()
+    pub fn count(&self) -> Result<usize, BanError> {
+        Ok(self.store.ban_count()?)
     }
 
     /// The bans `filter` selects, with their counters, in its order.

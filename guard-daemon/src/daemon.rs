@@ -143,7 +143,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let bans = Bans::new(store, xdp, config.bans.default_ttl)
         .context("rebuilding the XDP maps from the store")?;
     {
-        let n = bans.count();
+        let n = bans.count().unwrap_or(0);
         let a = bans.allows().map_or(0, |l| l.len());
         info!(bans = n, allowlist = a, "bans restored from the store");
     }
@@ -611,7 +611,7 @@ fn status(shared: &Shared) -> Response {
         "pin_dir": bans.xdp().pin_dir(),
         "state_dir": cfg.daemon.state_dir,
         "socket": cfg.daemon.socket,
-        "bans": bans.count(),
+        "bans": bans.count().unwrap_or(0),
         "allowlist": bans.allows().map_or(0, |l| l.len()),
         "rate_limit_pps": cfg.xdp.rate_limit_pps,
         "keep_attached": cfg.xdp.keep_attached,

@@ -264,10 +264,11 @@ impl LogStore {
         Ok(())
     }
 
-    /// Number of records.
+    /// Number of records, counted up to the first read error (not `Tree::len`: after an I/O
+    /// error sled's iterator can keep yielding the error, and counting it would never end).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.tree.iter().keys().take_while(Result::is_ok).count()
     }
 
     /// True when the log is empty.

@@ -195,10 +195,15 @@ impl Store {
             .transpose()
     }
 
-    /// How many bans are stored.
-    #[must_use]
-    pub fn ban_count(&self) -> usize {
-        self.bans.len()
+    /// How many bans are stored. (Not `Tree::len`: after an I/O error sled's iterator can keep
+    /// yielding the error, and counting items would never end; the first error ends this.)
+    pub fn ban_count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.bans.iter().keys() {
+            key?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Every ban, ordered by family, address, prefix.
@@ -287,6 +292,23 @@ fn from_json<T: for<'de> Deserialize<'de>>(
 mod tests {
     use super::*;
 
+    /// Opens `dir` again in this process: sled's flusher thread may hold the file lock for a
+    /// moment after the previous handle is dropped (a new process, like a restarted daemon,
+    /// never meets this).
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening {}: {e}", dir.display()),
+            }
+        }
+    }
+
     fn ban(t: &str, exp: Option<u64>) -> BanRecord {
         BanRecord {
             target: t.parse().unwrap(),
@@ -337,7 +359,7 @@ mod tests {
                 .unwrap();
             s.flush().unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         let mut got = s.offences(1_000).unwrap();
         got.sort_by_key(|(ip, _)| *ip);
         assert_eq!(
@@ -376,7 +398,7 @@ mod tests {
             assert!(s.put_ban(&ban("10.0.0.1", Some(9))).unwrap().is_some());
             s.flush().unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         let all = s.bans().unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(
