@@ -125,18 +125,8 @@ pub struct BanLsArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Only bans that cover this address (its own and every CIDR containing it).
-    #[arg(long, value_name = "ADDR")]
-    pub ip: Option<IpAddr>,
-    /// Only bans inside this network.
-    #[arg(long, value_name = "CIDR")]
-    pub range: Option<String>,
-    /// Only bans of this origin: cli, import, rate-limit, engine.
-    #[arg(long)]
-    pub origin: Option<String>,
-    /// Only bans whose reason contains TEXT (case-insensitive).
-    #[arg(long, value_name = "TEXT")]
-    pub reason: Option<String>,
+    #[command(flatten)]
+    pub select: BanSelect,
     /// Order of the list.
     #[arg(long, value_enum, default_value_t = BanSort::Addr)]
     pub sort: BanSort,
@@ -145,22 +135,50 @@ pub struct BanLsArgs {
     pub limit: Option<usize>,
 }
 
+/// Which bans `ban ls` shows and `ban rm` lifts.
 #[derive(Debug, Args)]
-pub struct BanRmArgs {
-    /// The banned address or CIDR (exactly as banned).
-    pub target: Option<String>,
-    /// Instead of a target: lift every ban covering this address (its own and every CIDR).
+pub struct BanSelect {
+    /// Bans covering this address (its own and every CIDR containing it).
     #[arg(long, value_name = "ADDR")]
     pub ip: Option<IpAddr>,
-    /// Instead of a target: lift every ban inside this network.
+    /// Bans inside this network.
     #[arg(long, value_name = "CIDR")]
     pub range: Option<String>,
-    /// Instead of a target: lift every ban of this origin (cli, import, rate-limit, engine).
+    /// Bans of this origin: cli, import, rate-limit, engine.
     #[arg(long)]
     pub origin: Option<String>,
-    /// Instead of a target: lift every ban whose reason contains TEXT (case-insensitive).
+    /// Bans whose reason contains TEXT (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+impl BanSelect {
+    fn is_empty(&self) -> bool {
+        self.ip.is_none() && self.range.is_none() && self.origin.is_none() && self.reason.is_none()
+    }
+
+    fn filter(self) -> anyhow::Result<BanFilter> {
+        Ok(BanFilter {
+            ip: self.ip,
+            range: self
+                .range
+                .as_deref()
+                .map(parse_target)
+                .transpose()
+                .context("--range")?,
+            origin: self.origin,
+            reason: self.reason,
+            ..BanFilter::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BanRmArgs {
+    /// The banned address or CIDR (exactly as banned); or, instead, filters selecting bans.
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub select: BanSelect,
 }
 
 #[derive(Debug, Args)]
@@ -310,7 +328,7 @@ fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
             let filter = BanFilter {
                 sort: f.sort,
                 limit: f.limit,
-                ..ban_filter(f.ip, f.range.as_deref(), f.origin, f.reason)?
+                ..f.select.filter()?
             };
             let data = control::call(socket, &Request::BanLs { filter })?;
             if f.json {
@@ -345,27 +363,9 @@ fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The selection shared by `ban ls` and `ban rm`.
-fn ban_filter(
-    ip: Option<IpAddr>,
-    range: Option<&str>,
-    origin: Option<String>,
-    reason: Option<String>,
-) -> anyhow::Result<BanFilter> {
-    Ok(BanFilter {
-        ip,
-        range: range.map(parse_target).transpose().context("--range")?,
-        origin,
-        reason,
-        ..BanFilter::default()
-    })
-}
-
 /// `guard ban rm`: one ban by its target, or every ban the filters select.
 fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
-    let filtered =
-        args.ip.is_some() || args.range.is_some() || args.origin.is_some() || args.reason.is_some();
-    match (args.target, filtered) {
+    match (args.target, !args.select.is_empty()) {
         (Some(target), false) => {
             control::call(
                 socket,
@@ -376,7 +376,7 @@ fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
             println!("unbanned {target}");
         }
         (None, true) => {
-            let filter = ban_filter(args.ip, args.range.as_deref(), args.origin, args.reason)?;
+            let filter = args.select.filter()?;
             let data = control::call(socket, &Request::BanRmMatching { filter })?;
             println!("unbanned {} bans", data["removed"].as_u64().unwrap_or(0));
         }
