@@ -307,15 +307,7 @@ pub fn cookie_version(req: &Request<'_>, acc: &mut Accumulator) {
 /// payload through another that does not), line breaks in names, names too long to be real,
 /// and more parameters than any form has.
 pub fn parameters(req: &Request<'_>, max_body_bytes: usize, paranoia: u8, acc: &mut Accumulator) {
-    let form = req
-        .content_type
-        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
-    let body = if form {
-        let raw = &req.body[..req.body.len().min(max_body_bytes)];
-        std::str::from_utf8(raw).unwrap_or("")
-    } else {
-        ""
-    };
+    let body = super::body_text(req, "x-www-form-urlencoded", max_body_bytes);
     let mut count = 0usize;
     let mut names: Vec<&str> = Vec::new();
     let own_host = header(req, "host").map(str::to_ascii_lowercase);

@@ -98,20 +98,29 @@ pub fn check(req: &Request<'_>, config: &ValidatorConfig, acc: &mut Accumulator)
     session_fixation(req, header("referer"), header("host"), acc);
 }
 
+/// Body bytes the checks here look at.
+const SCANNED_BODY: usize = 8192;
+
+/// The body's first `limit` bytes as text when the content type contains `kind` (lower case);
+/// "" for another type or bytes that are not UTF-8.
+fn body_text<'a>(req: &Request<'a>, kind: &str, limit: usize) -> &'a str {
+    if req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().contains(kind))
+    {
+        std::str::from_utf8(&req.body[..req.body.len().min(limit)]).unwrap_or("")
+    } else {
+        ""
+    }
+}
+
 /// Method overrides (`_method=`, `X-HTTP-Method-Override`) smuggle a method past method checks.
 fn method_override<'a>(
     req: &Request<'a>,
     header: &dyn Fn(&str) -> Option<&'a str>,
     acc: &mut Accumulator,
 ) {
-    let form = req
-        .content_type
-        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
-    let body = if form {
-        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
-    } else {
-        ""
-    };
+    let body = body_text(req, "x-www-form-urlencoded", SCANNED_BODY);
     let from_query = req
         .query
         .split('&')
@@ -383,23 +392,9 @@ fn session_fixation(
     host: Option<&str>,
     acc: &mut Accumulator,
 ) {
-    let form = req
-        .content_type
-        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
-    let body = if form {
-        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
-    } else {
-        ""
-    };
-    let json = req
-        .content_type
-        .is_some_and(|c| c.to_ascii_lowercase().contains("json"));
+    let body = body_text(req, "x-www-form-urlencoded", SCANNED_BODY);
     // A JSON body's keys, as `"name":` pairs (no full parse for this one check).
-    let json_keys = if json {
-        std::str::from_utf8(&req.body[..req.body.len().min(8192)]).unwrap_or("")
-    } else {
-        ""
-    };
+    let json_keys = body_text(req, "json", SCANNED_BODY);
     let Some((name, from_query)) = req
         .query
         .split('&')
