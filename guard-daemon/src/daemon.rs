@@ -106,17 +106,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096, ai)
         .context("building the validator and engine")?;
     // Repeat offenders survive restarts: their next ban is escalated.
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
+    let since = Duration::from_millis(crate::clock::now_ms())
         .saturating_sub(config.engine.bans.offender_memory)
         .as_secs();
     match store.offences(since) {
         Ok(list) => {
-            let list: Vec<_> = list
-                .into_iter()
-                .map(|(ip, r)| (ip, r.count, r.last))
-                .collect();
             judge.restore_offenders(&list);
             info!(
                 offenders = list.len(),

@@ -99,11 +99,11 @@ impl Judge {
         }
     }
 
-    /// Restores the repeat offenders an earlier run stored (address, bans, last in Unix seconds).
-    pub fn restore_offenders(&self, offenders: &[(std::net::IpAddr, u32, u64)]) {
+    /// Restores the repeat offenders an earlier run stored.
+    pub fn restore_offenders(&self, offenders: &[(std::net::IpAddr, crate::store::OffenceRecord)]) {
         let mut engine = self.engine();
-        for &(ip, count, last) in offenders {
-            engine.restore_offender(ip, count, Duration::from_secs(last));
+        for (ip, r) in offenders {
+            engine.restore_offender(*ip, r.count, Duration::from_secs(r.last));
         }
     }
 
