@@ -47,47 +47,27 @@ struct Samples {
 /// Measures `prog` on a frame from `src`, interleaved with the baseline; returns the median
 /// (kernel ns, wall ns).
 fn measure(
-    s: &mut Samples,
+    acc: &mut Samples,
     base: &Xdp,
     prog: &Xdp,
     src: Ipv4Addr,
     expect: u32,
 ) -> anyhow::Result<(f64, f64)> {
-    let f = frame(src);
-    let (mut wall, mut kern) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let b = test_run(base, &f, REPEAT)?;
-        ensure!(
-            b.retval == XDP_DROP,
-            "baseline returned {} instead of XDP_DROP",
-            b.retval
-        );
-        s.base_kern.push(b.kernel_ns);
-        let r = test_run(prog, &f, REPEAT)?;
-        ensure!(
-            r.retval == expect,
-            "xdp_guard returned {} for {src}, expected {expect}: case set up wrong",
-            r.retval
-        );
-        wall.push(r.wall_ns);
-        kern.push(r.kernel_ns);
-    }
-    let r = (median(&mut kern), median(&mut wall));
-    progress!("part 1: {src}: {:.0} ns/pkt", r.0);
+    let [r] = measure_side_by_side(acc, base, [prog], src, expect)?;
     Ok(r)
 }
 
-/// Like [`measure`] for two programs at once, interleaved round by round (baseline, `a`, `b`),
-/// so a comparison between them sees the same machine load.
-fn measure_pair(
+/// Like [`measure`] for several programs at once, interleaved round by round (baseline, then
+/// each program), so a comparison between them sees the same machine load.
+fn measure_side_by_side<const N: usize>(
     acc: &mut Samples,
     base: &Xdp,
-    (first, second): (&Xdp, &Xdp),
+    progs: [&Xdp; N],
     src: Ipv4Addr,
     expect: u32,
-) -> anyhow::Result<[(f64, f64); 2]> {
+) -> anyhow::Result<[(f64, f64); N]> {
     let bytes = frame(src);
-    let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    let mut samples: [(Vec<f64>, Vec<f64>); N] = std::array::from_fn(|_| Default::default());
     for _ in 0..ROUNDS {
         let run = test_run(base, &bytes, REPEAT)?;
         ensure!(
@@ -96,7 +76,7 @@ fn measure_pair(
             run.retval
         );
         acc.base_kern.push(run.kernel_ns);
-        for (prog, (kern, wall)) in [first, second].into_iter().zip(samples.iter_mut()) {
+        for (prog, (kern, wall)) in progs.into_iter().zip(samples.iter_mut()) {
             let run = test_run(prog, &bytes, REPEAT)?;
             ensure!(
                 run.retval == expect,
@@ -107,12 +87,9 @@ fn measure_pair(
             wall.push(run.wall_ns);
         }
     }
-    let [(mut ka, mut wa), (mut kb, mut wb)] = samples;
-    let out = [
-        (median(&mut ka), median(&mut wa)),
-        (median(&mut kb), median(&mut wb)),
-    ];
-    progress!("part 1: {src}: {:.0} / {:.0} ns/pkt", out[0].0, out[1].0);
+    let out = samples.map(|(mut kern, mut wall)| (median(&mut kern), median(&mut wall)));
+    let ns: Vec<String> = out.iter().map(|r| format!("{:.0}", r.0)).collect();
+    progress!("part 1: {src}: {} ns/pkt", ns.join(" / "));
     Ok(out)
 }
 
@@ -141,10 +118,10 @@ pub fn run(report: &mut Report) -> anyhow::Result<()> {
     let t = Instant::now();
     guard.ban_range(Ipv4Addr::from(u32::from(BAN_BASE) + 1), MILLION - 1)?;
     fills.push(note_fill("1,000,000 exact bans", t));
-    let [r1, rm] = measure_pair(
+    let [r1, rm] = measure_side_by_side(
         &mut s,
         base,
-        (one.prog()?, guard.prog()?),
+        [one.prog()?, guard.prog()?],
         BAN_BASE,
         XDP_DROP,
     )?;
