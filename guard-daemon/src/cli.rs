@@ -1,20 +1,19 @@
 //! The command line: argument definitions and dispatch to each subcommand. Daemon commands
 //! talk to `guard run` over the control socket; output is a human table, or JSON with `--json`.
 use std::fmt::Write as _;
-use std::io::Read;
-use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::bans::{BanFilter, BanSort, BanView};
 use crate::clock::{format_utc, now_ms, parse_duration};
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::control::{self, ImportEntry, Request};
+use crate::control::{self, Request};
 use crate::net::Net;
 use crate::store::AllowRecord;
+
+mod ban;
+pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
 #[derive(Debug, Parser)]
@@ -121,99 +120,10 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct BanLsArgs {
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub select: BanSelect,
-    /// Order of the list.
-    #[arg(long, value_enum, default_value_t = BanSort::Addr)]
-    pub sort: BanSort,
-    /// Show at most N bans (after sorting).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-}
-
-/// Which bans `ban ls` shows and `ban rm` lifts.
-#[derive(Debug, Args)]
-pub struct BanSelect {
-    /// Bans covering this address (its own and every CIDR containing it).
-    #[arg(long, value_name = "ADDR")]
-    pub ip: Option<IpAddr>,
-    /// Bans inside this network.
-    #[arg(long, value_name = "CIDR")]
-    pub range: Option<String>,
-    /// Bans of this origin: cli, import, rate-limit, engine.
-    #[arg(long)]
-    pub origin: Option<String>,
-    /// Bans whose reason contains TEXT (case-insensitive).
-    #[arg(long, value_name = "TEXT")]
-    pub reason: Option<String>,
-}
-
-impl BanSelect {
-    fn is_empty(&self) -> bool {
-        self.ip.is_none() && self.range.is_none() && self.origin.is_none() && self.reason.is_none()
-    }
-
-    fn filter(self) -> anyhow::Result<BanFilter> {
-        Ok(BanFilter {
-            ip: self.ip,
-            range: self
-                .range
-                .as_deref()
-                .map(parse_target)
-                .transpose()
-                .context("--range")?,
-            origin: self.origin,
-            reason: self.reason,
-            ..BanFilter::default()
-        })
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct BanRmArgs {
-    /// The banned address or CIDR (exactly as banned); or, instead, filters selecting bans.
-    pub target: Option<String>,
-    #[command(flatten)]
-    pub select: BanSelect,
-}
-
-#[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BanCommand {
-    /// Ban an address or CIDR block.
-    Add {
-        target: String,
-        /// Duration (e.g. 30m, 4h, 7d); 0 = permanent. Default: `bans.default_ttl`.
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Why (shown in `ban ls`).
-        #[arg(long)]
-        reason: Option<String>,
-        /// Ban even if the target overlaps the allowlist (the allowlist still wins in XDP).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Lift a ban, or every ban the filters select.
-    Rm(BanRmArgs),
-    /// List bans with their drop counters.
-    Ls(BanLsArgs),
-    /// Ban many: one address/CIDR a line, or CSV `value,duration,reason`; FILE or - for stdin.
-    Import {
-        file: String,
-        /// Ban entries that overlap the allowlist too.
-        #[arg(long)]
-        force: bool,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,7 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = config;
             Ok(())
         }
-        Command::Ban(cmd) => ban(cmd, &socket_path(socket)),
+        Command::Ban(cmd) => ban::ban(cmd, &socket_path(socket)),
         Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
         Command::Stats(f) => stats(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
@@ -302,134 +212,6 @@ fn ttl_secs(text: Option<&str>) -> anyhow::Result<Option<u64>> {
     .map_err(Into::into)
 }
 
-fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
-    match cmd {
-        BanCommand::Add {
-            target,
-            ttl,
-            reason,
-            force,
-        } => {
-            let req = Request::BanAdd {
-                target: parse_target(&target)?,
-                ttl_secs: ttl_secs(ttl.as_deref())?,
-                reason,
-                force,
-            };
-            let view: BanView = serde_json::from_value(control::call(socket, &req)?)?;
-            println!(
-                "banned {} until {}",
-                view.addr,
-                view.expires_at.map_or("forever".into(), format_utc)
-            );
-        }
-        BanCommand::Rm(args) => ban_rm(args, socket)?,
-        BanCommand::Ls(f) => {
-            let filter = BanFilter {
-                sort: f.sort,
-                limit: f.limit,
-                ..f.select.filter()?
-            };
-            let data = control::call(socket, &Request::BanLs { filter })?;
-            if f.json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
-            } else {
-                let bans: Vec<BanView> = serde_json::from_value(data)?;
-                print_bans(&bans);
-            }
-        }
-        BanCommand::Import { file, force } => {
-            let text = if file == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading standard input")?;
-                s
-            } else {
-                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
-            };
-            let entries = parse_import(&text)?;
-            let n = entries.len();
-            let data = control::call(socket, &Request::BanImport { entries, force })?;
-            let banned = data["banned"].as_u64().unwrap_or(0);
-            println!("imported {banned} of {n} bans");
-            if let Some(refused) = data["refused"].as_array() {
-                for r in refused {
-                    eprintln!("refused: {}", r.as_str().unwrap_or_default());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `guard ban rm`: one ban by its target, or every ban the filters select.
-fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
-    match (args.target, !args.select.is_empty()) {
-        (Some(target), false) => {
-            control::call(
-                socket,
-                &Request::BanRm {
-                    target: parse_target(&target)?,
-                },
-            )?;
-            println!("unbanned {target}");
-        }
-        (None, true) => {
-            let filter = args.select.filter()?;
-            let data = control::call(socket, &Request::BanRmMatching { filter })?;
-            println!("unbanned {} bans", data["removed"].as_u64().unwrap_or(0));
-        }
-        (Some(_), true) => bail!(
-            "give either an address/CIDR or filters (--ip, --range, --origin, --reason), not both"
-        ),
-        (None, false) => bail!(
-            "name the ban to lift (an address or CIDR) or select bans with --ip, --range, --origin or --reason"
-        ),
-    }
-    Ok(())
-}
-
-/// Parses `guard ban import` input: `ADDR[/LEN]` or `ADDR[/LEN],DURATION,REASON` a line;
-/// blank lines and `#` comments are skipped. Errors name the line.
-pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportEntry>> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.splitn(3, ',').map(str::trim);
-        let target = fields.next().unwrap_or_default();
-        let target: Net = match target.parse() {
-            Ok(t) => t,
-            Err(e) if i == 0 && !target.contains(['.', ':']) => {
-                let _ = e;
-                continue; // a CSV header line
-            }
-            Err(e) => bail!("line {}: {e}", i + 1),
-        };
-        let ttl = match fields.next().filter(|s| !s.is_empty()) {
-            Some(d) => Some(
-                ttl_secs(Some(d))
-                    .with_context(|| format!("line {}", i + 1))?
-                    .unwrap_or(0),
-            ),
-            None => None,
-        };
-        let reason = fields
-            .next()
-            .filter(|s| !s.is_empty())
-            .map(|s| s.trim_matches('"').to_owned());
-        out.push(ImportEntry {
-            target,
-            ttl_secs: ttl,
-            reason,
-        });
-    }
-    Ok(out)
-}
-
 fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         AllowCommand::Add { target, reason } => {
@@ -472,42 +254,6 @@ fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn print_bans(bans: &[BanView]) {
-    let now = now_ms();
-    let rows: Vec<Vec<String>> = bans
-        .iter()
-        .map(|b| {
-            vec![
-                b.addr.to_string(),
-                b.reason.clone(),
-                b.origin.clone(),
-                format_utc(b.created_at),
-                b.expires_at.map_or_else(
-                    || "never".into(),
-                    |t| {
-                        format!(
-                            "{} (in {})",
-                            format_utc(t),
-                            crate::clock::format_duration(std::time::Duration::from_millis(
-                                t.saturating_sub(now)
-                            ))
-                        )
-                    },
-                ),
-                b.packets.to_string(),
-                b.bytes.to_string(),
-                b.last_hit.map_or_else(|| "-".into(), format_utc),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "PACKETS", "BYTES", "LAST HIT",
-        ],
-        &rows,
-    );
 }
 
 /// Prints left-aligned columns separated by two spaces.
