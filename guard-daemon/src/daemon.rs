@@ -8,20 +8,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
-use guard_common::{FAMILY_V4, RateEvent, STAT_NAMES};
+use guard_common::{FAMILY_V4, RateEvent};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
 use crate::bans::{BanError, BanRequest, Bans};
 use crate::config::Config;
-use crate::control::{self, LogsRequest, Request, Response};
+use crate::control::{self, Request};
 use crate::judge::{BanQueue, Judge};
 use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
-use crate::store::logs::{LogQuery, LogStore, LogWriter};
+use crate::store::logs::{LogStore, LogWriter};
 use crate::xdp::Xdp;
+
+mod requests;
+use requests::handle;
 
 /// Daemon-level counters shown by `guard stats`.
 #[derive(Default)]
@@ -428,188 +431,6 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
             Err(e) => warn!(%target, "engine ban failed: {e}"),
         }
     }
-}
-
-fn handle(shared: &Shared, req: Request) -> Response {
-    let result = match req {
-        Request::BanAdd {
-            target,
-            ttl_secs,
-            reason,
-            force,
-        } => shared
-            .bans()
-            .ban(BanRequest {
-                target,
-                ttl: ttl_secs.map(Duration::from_secs),
-                reason: reason.unwrap_or_else(|| "manual".into()),
-                origin: "cli".into(),
-                force,
-                evidence: None,
-            })
-            .map(Response::ok),
-        Request::BanRm { target } => shared.bans().unban(&target).map(|removed| {
-            shared.judge.unbanned(&target);
-            Response::ok(removed)
-        }),
-        Request::BanRmMatching { filter } => {
-            let result = shared.bans().unban_matching(&filter);
-            result.map(|lifted| {
-                for target in &lifted {
-                    shared.judge.unbanned(target);
-                }
-                Response::ok(json!({ "removed": lifted.len() }))
-            })
-        }
-        Request::BanLs { filter } => shared.bans().list(&filter).map(Response::ok),
-        Request::BanImport { entries, force } => {
-            let reqs = entries
-                .into_iter()
-                .map(|e| BanRequest {
-                    target: e.target,
-                    ttl: e.ttl_secs.map(Duration::from_secs),
-                    reason: e.reason.unwrap_or_else(|| "imported".into()),
-                    origin: "import".into(),
-                    force,
-                    evidence: None,
-                })
-                .collect();
-            shared.bans().import(reqs).map(|results| {
-                let banned = results.iter().filter(|r| r.is_ok()).count();
-                let refused: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-                Response::ok(json!({"banned": banned, "refused": refused}))
-            })
-        }
-        Request::AllowAdd { target, reason } => {
-            let r = shared
-                .bans()
-                .allow(target, reason.unwrap_or_default())
-                .map(Response::ok);
-            sync_allowlist(shared);
-            r
-        }
-        Request::AllowRm { target } => {
-            let r = shared.bans().disallow(&target).map(Response::ok);
-            sync_allowlist(shared);
-            r
-        }
-        Request::AllowLs => shared.bans().allows().map(Response::ok),
-        Request::Stats => Ok(stats(shared)),
-        Request::Status => Ok(status(shared)),
-        Request::Logs(q) => return logs(shared, q),
-        Request::TapPorts { ports } => return tap_ports(shared, ports),
-    };
-    result.unwrap_or_else(Response::err)
-}
-
-fn sync_allowlist(shared: &Shared) {
-    if let Ok(allows) = shared.bans().allows() {
-        shared
-            .judge
-            .set_allowlist(allows.into_iter().map(|a| a.target).collect());
-    }
-}
-
-fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
-    let pipeline = shared
-        .pipeline
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let Some(p) = pipeline.as_ref() else {
-        return Response::err(
-            "the HTTP tap is not running (tap.http_ports was empty at start, or capture failed)",
-        );
-    };
-    if let Some(ports) = ports {
-        if ports.is_empty() || ports.contains(&0) {
-            return Response::err("give at least one port, none of them 0");
-        }
-        if let Err(e) = p.set_ports(shared.bans().xdp_mut(), &ports) {
-            return Response::err(e);
-        }
-        info!(?ports, "HTTP tap ports changed");
-    }
-    Response::ok(p.ports())
-}
-
-fn logs(shared: &Shared, q: LogsRequest) -> Response {
-    let status = match q.status.as_deref().map(str::parse).transpose() {
-        Ok(s) => s,
-        Err(e) => return Response::err(e),
-    };
-    let query = LogQuery {
-        since: q.since_ns.map(Duration::from_nanos),
-        until: q.until_ns.map(Duration::from_nanos),
-        ip: q.ip,
-        path_prefix: q.path_prefix,
-        status,
-        blocked: q.blocked.then_some(true),
-        limit: q.limit,
-    };
-    match shared.logs.query(&query) {
-        Ok(records) => Response::ok(records),
-        Err(e) => Response::err(e),
-    }
-}
-
-fn stats(shared: &Shared) -> Response {
-    let bans = shared.bans();
-    let mut xdp = serde_json::Map::new();
-    match bans.xdp().stats() {
-        Ok(values) => {
-            for (name, v) in STAT_NAMES.iter().zip(values) {
-                xdp.insert((*name).into(), v.into());
-            }
-            let (blocks, full) = bans.xdp().dense();
-            xdp.insert("dense_blocks".into(), blocks.into());
-            xdp.insert("dense_blocks_refused".into(), full.into());
-        }
-        Err(e) => return Response::err(e),
-    }
-    let c = &shared.counters;
-    let tap = shared
-        .pipeline
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-        .map(Pipeline::stats)
-        .unwrap_or_default();
-    let w = shared.writer.counters();
-    Response::ok(json!({
-        "xdp": xdp,
-        "tap": tap,
-        "engine": &*shared.judge.stats,
-        "logs": {
-            "written": w.written.load(Ordering::Relaxed),
-            "dropped": w.dropped.load(Ordering::Relaxed),
-            "failed_batches": w.failed_batches.load(Ordering::Relaxed),
-            "stored": shared.logs.len(),
-        },
-        "daemon": {
-            "rate_events": c.rate_events.load(Ordering::Relaxed),
-            "rate_bans": c.rate_bans.load(Ordering::Relaxed),
-            "bans_expired": c.expired.load(Ordering::Relaxed),
-            "control_requests": c.control_requests.load(Ordering::Relaxed),
-        }
-    }))
-}
-
-fn status(shared: &Shared) -> Response {
-    let bans = shared.bans();
-    let cfg = &shared.config;
-    Response::ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_secs": shared.started.elapsed().as_secs(),
-        "interfaces": bans.xdp().interfaces().iter().map(|(n, m)| json!({"name": n, "mode": m})).collect::<Vec<_>>(),
-        "pin_dir": bans.xdp().pin_dir(),
-        "state_dir": cfg.daemon.state_dir,
-        "socket": cfg.daemon.socket,
-        "bans": bans.count().unwrap_or(0),
-        "allowlist": bans.allows().map_or(0, |l| l.len()),
-        "rate_limit_pps": cfg.xdp.rate_limit_pps,
-        "keep_attached": cfg.xdp.keep_attached,
-    }))
 }
 
 #[cfg(test)]
