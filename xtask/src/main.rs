@@ -41,8 +41,8 @@ enum Task {
     /// Measure the request validator on the CRS corpus and the benign set.
     Eval(eval::EvalArgs),
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
-    /// Arguments after `xdp` go to the benchmark (`--rounds N`, `--batch FRAMES`, `--threaded-napi`, `--only
-    /// micro|live`, `--json`).
+    /// Arguments after `xdp` go to the benchmark (`--cycles N`, `--batch FRAMES`, `--napi
+    /// softirq|threaded|both`, `--only micro|live`, `--json`).
     Bench {
         what: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

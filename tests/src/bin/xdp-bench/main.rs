@@ -7,9 +7,10 @@
 //! nftables netdev-ingress set drop. Needs root; everything it creates (namespaces, veth,
 //! nftables tables inside them, bpffs pins) is removed when it ends, also on error.
 //!
-//! Usage: `xdp-bench [--json] [--only micro|live] [--rounds N] [--batch FRAMES] [--threaded-napi] [--guard-object PATH]`.
-//! `--rounds` repeats part 2's cases (median per case, default 5); `--threaded-napi` moves the
-//! receiver's NAPI from softirq context on the generator's CPU (the veth default) into a kernel thread;
+//! Usage: `xdp-bench [--json] [--only micro|live] [--cycles N] [--batch FRAMES] [--napi softirq|threaded|both]
+//! [--guard-object PATH]`. `--cycles` sets how often part 2 goes through each group of cases (default 12);
+//! `--napi` where the receiver's NAPI runs: in softirq on the generator's CPU (veth's default), in a kernel
+//! thread on a CPU of its own, or both one after the other (the default with two CPUs or more);
 //! `--guard-object` benchmarks another build of `guard-ebpf` (same program and map names).
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -27,10 +28,12 @@ fn started() -> Instant {
 }
 
 mod live;
+mod live_report;
 mod micro;
 mod nft;
 mod progs;
 mod report;
+mod veth;
 
 use anyhow::{Context, bail, ensure};
 
@@ -40,8 +43,8 @@ fn main() -> anyhow::Result<()> {
     let mut json = false;
     let (mut micro, mut live) = (true, true);
     let mut live_opts = live::Options {
-        rounds: 5,
-        threaded_napi: false,
+        cycles: 12,
+        napi: Vec::new(),
         batch: live::DEFAULT_BATCH,
     };
     let mut args = std::env::args().skip(1);
@@ -53,14 +56,21 @@ fn main() -> anyhow::Result<()> {
                 Some("live") => micro = false,
                 other => bail!("--only takes `micro` or `live`, not {other:?}"),
             },
-            "--rounds" => {
-                live_opts.rounds = args
+            "--cycles" => {
+                live_opts.cycles = args
                     .next()
                     .and_then(|n| n.parse().ok())
                     .filter(|&n| n > 0)
-                    .context("--rounds takes a positive number")?;
+                    .context("--cycles takes a positive number")?;
             }
-            "--threaded-napi" => live_opts.threaded_napi = true,
+            "--napi" => {
+                live_opts.napi = match args.next().as_deref() {
+                    Some("softirq") => vec![live::Napi::Softirq],
+                    Some("threaded") => vec![live::Napi::Threaded],
+                    Some("both") => vec![live::Napi::Softirq, live::Napi::Threaded],
+                    other => bail!("--napi takes `softirq`, `threaded` or `both`, not {other:?}"),
+                };
+            }
             "--batch" => {
                 live_opts.batch = args
                     .next()
@@ -80,12 +90,22 @@ fn main() -> anyhow::Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: xdp-bench [--json] [--only micro|live] [--rounds N] [--batch FRAMES] [--threaded-napi] [--guard-object PATH]   (as root)"
+                    "usage: xdp-bench [--json] [--only micro|live] [--cycles N] [--batch FRAMES] [--napi softirq|threaded|both] [--guard-object PATH]   (as root)"
                 );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if live_opts.napi.is_empty() {
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        live_opts.napi = if cpus >= 2 {
+            vec![live::Napi::Softirq, live::Napi::Threaded]
+        } else {
+            eprintln!("one CPU: part 2 runs with the receiver's NAPI in softirq only");
+            vec![live::Napi::Softirq]
+        };
     }
     if let Some(why) = guard_tests::skip_reason() {
         bail!("cannot run: {why}");

@@ -243,11 +243,18 @@ impl Bench {
         })
     }
 
-    /// Makes `xdp_gen` cycle through `count` sources `first + i * stride`.
-    pub fn set_sources(&mut self, first: Ipv4Addr, count: u32, stride: u32) -> anyhow::Result<()> {
-        self.gen_cfg.set(0, count, 0)?;
-        self.gen_cfg.set(1, u32::from(first), 0)?;
-        self.gen_cfg.set(2, stride, 0)?;
+    /// Makes `xdp_gen` (configured by `gen_cfg`, the `GEN` map) cycle through `count` sources
+    /// `first + i * stride`; a function of the map alone so that it can be called while the
+    /// program is borrowed.
+    pub fn set_sources(
+        gen_cfg: &mut Array<MapData, u32>,
+        first: Ipv4Addr,
+        count: u32,
+        stride: u32,
+    ) -> anyhow::Result<()> {
+        gen_cfg.set(0, count, 0)?;
+        gen_cfg.set(1, u32::from(first), 0)?;
+        gen_cfg.set(2, stride, 0)?;
         Ok(())
     }
 }

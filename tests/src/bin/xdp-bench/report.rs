@@ -131,9 +131,13 @@ impl Report {
                     "micro" => println!(
                         "Part 1: BPF_PROG_TEST_RUN, 64-byte IPv4/UDP frame (median of the runs)"
                     ),
+                    "live-threaded" => println!(
+                        "Part 2, threaded: live frames on a veth pair, the receiver's NAPI in a thread on CPU 1 and \
+                         the generator on CPU 0 (median of slices; ratio = median of per-cycle ratios)"
+                    ),
                     _ => println!(
-                        "Part 2: live frames on a veth pair between two namespaces (receiver rate; median of rounds, \
-                         ratio = median of per-round ratios)"
+                        "Part 2, softirq: live frames on a veth pair, the receiver's NAPI in softirq on the \
+                         generator's CPU (median of slices; ratio = median of per-cycle ratios)"
                     ),
                 }
                 println!(
