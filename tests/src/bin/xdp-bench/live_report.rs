@@ -156,7 +156,7 @@ pub fn report_mode(report: &mut Report, napi: Napi, s: &Samples) {
             0.85,
         ),
         (
-            "ban drop >= 85 % of drop-all, 1M sources (1M bans)".to_owned(),
+            "(stricter) ban drop >= 85 % of drop-all, 1M distinct sources".to_owned(),
             GMM,
             DROPM,
             0.85,
