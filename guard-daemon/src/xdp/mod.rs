@@ -2,25 +2,24 @@
 //! BPF maps. Maps and links are pinned under the configured bpffs directory so that a restarted
 //! daemon picks them up again (no window without enforcement) and several instances never collide.
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::PinnedLink;
 use aya::programs::{ProgramError, SocketFilter, Xdp as XdpProgram};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::dense::{DenseError, DenseTier};
 use guard_common::{
-    BAN_CHECK_ALLOW, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4,
-    CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, HotBan, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4,
-    MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6, MAP_CONFIG, MAP_DENSE, MAP_DENSE_HITS, MAP_DENSE_INDEX,
-    MAP_DENSE_V16, MAP_EVENTS, MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD,
-    STAT_COUNT, XdpConfig as MapConfig,
+    BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6,
+    CFG_HAVE_DENSE_V4, HotBan, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
+    MAP_CIDR_V6, MAP_CONFIG, MAP_DENSE, MAP_DENSE_HITS, MAP_DENSE_INDEX, MAP_DENSE_V16, MAP_EVENTS,
+    MAP_HOT, MAP_STATS, MAP_TAP_PORTS, PROG_HTTP_TAP, PROG_XDP_GUARD, STAT_COUNT,
+    XdpConfig as MapConfig,
 };
 use tracing::{info, warn};
 
 mod attach;
+mod maps;
 pub use attach::default_route_interface;
 use attach::{attach, ensure_bpffs};
 
@@ -320,288 +319,6 @@ impl Xdp {
             .map_err(map_err(MAP_CONFIG, "set"))
     }
 
-    /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
-    /// without ever removing an entry that stays: enforcement has no gap during a restart.
-    pub fn reconcile(&mut self, bans: &[(Net, u64)], allows: &[Net]) -> Result<(), XdpError> {
-        let have = self.ban_keys()?;
-        self.cidrs = have.iter().filter(|n| !n.is_host()).copied().collect();
-        self.allows = self.allow_keys()?;
-        // The allowlist first: each ban's BAN_CHECK_ALLOW flag depends on it.
-        let want: HashSet<Net> = allows.iter().copied().collect();
-        for net in self.allows.clone().difference(&want) {
-            self.remove_allow(net)?;
-        }
-        for net in allows {
-            self.put_allow(net)?;
-        }
-        let want: HashSet<Net> = bans.iter().map(|(n, _)| *n).collect();
-        for net in have.difference(&want) {
-            self.remove_ban(net)?;
-        }
-        for (net, deadline) in bans {
-            self.put_ban(net, *deadline)?;
-        }
-        self.rebuild_dense(bans)?;
-        self.write_config()
-    }
-
-    /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them).
-    fn rebuild_dense(&mut self, bans: &[(Net, u64)]) -> Result<(), XdpError> {
-        let v4: Vec<(u32, u64)> = bans
-            .iter()
-            .filter(|(net, _)| net.is_host())
-            .filter_map(|(net, deadline)| match net.addr() {
-                IpAddr::V4(a) => Some((v4(a), *deadline | self.allow_flag(net))),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        self.dense.rebuild(&mut self.bans_v4, v4.iter().copied())?;
-        info!(
-            blocks = self.dense.blocks(),
-            "dense tier: /24 blocks with at least {} bans",
-            guard_common::DENSE_MIN
-        );
-        Ok(())
-    }
-
-    /// `BAN_CHECK_ALLOW` if `net` overlaps the allowlist, else 0.
-    fn allow_flag(&self, net: &Net) -> u64 {
-        if self.allows.iter().any(|a| a.overlaps(net)) {
-            BAN_CHECK_ALLOW
-        } else {
-            0
-        }
-    }
-
-    fn ban_keys(&self) -> Result<HashSet<Net>, XdpError> {
-        let mut out = HashSet::new();
-        for k in self.bans_v4.keys() {
-            out.insert(Net::host(IpAddr::from(
-                k.map_err(map_err(MAP_BANS_V4, "iterate"))?.to_ne_bytes(),
-            )));
-        }
-        for k in self.bans_v6.keys() {
-            out.insert(Net::host(IpAddr::from(
-                k.map_err(map_err(MAP_BANS_V6, "iterate"))?,
-            )));
-        }
-        for k in self.cidr_v4.keys() {
-            let k = k.map_err(map_err(MAP_CIDR_V4, "iterate"))?;
-            out.insert(Net::new(
-                IpAddr::from(k.data().to_ne_bytes()),
-                k.prefix_len() as u8,
-            ));
-        }
-        for k in self.cidr_v6.keys() {
-            let k = k.map_err(map_err(MAP_CIDR_V6, "iterate"))?;
-            out.insert(Net::new(IpAddr::from(k.data()), k.prefix_len() as u8));
-        }
-        Ok(out)
-    }
-
-    fn allow_keys(&self) -> Result<HashSet<Net>, XdpError> {
-        let mut out = HashSet::new();
-        for k in self.allow_v4.keys() {
-            let k = k.map_err(map_err(MAP_ALLOW_V4, "iterate"))?;
-            out.insert(Net::new(
-                IpAddr::from(k.data().to_ne_bytes()),
-                k.prefix_len() as u8,
-            ));
-        }
-        for k in self.allow_v6.keys() {
-            let k = k.map_err(map_err(MAP_ALLOW_V6, "iterate"))?;
-            out.insert(Net::new(IpAddr::from(k.data()), k.prefix_len() as u8));
-        }
-        Ok(out)
-    }
-
-    /// Inserts or updates a ban; an existing entry keeps its counters.
-    pub fn put_ban(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
-        // Only a ban that overlaps the allowlist makes the program look the allowlist up.
-        let expires_ns = expires_ns | self.allow_flag(net);
-        let fresh = |old: Option<BanEntry>| BanEntry {
-            expires_ns,
-            ..old.unwrap_or_default()
-        };
-        match (net.addr(), net.is_host()) {
-            (IpAddr::V4(a), true) => {
-                let old = self.bans_v4.get(&v4(a), 0).ok();
-                self.bans_v4
-                    .insert(v4(a), fresh(old), 0)
-                    .map_err(map_err(MAP_BANS_V4, "insert"))?;
-                let was_active = self.dense.active();
-                self.dense.added(
-                    &mut self.bans_v4,
-                    v4(a),
-                    expires_ns,
-                    old.map(|e| e.expires_ns),
-                )?;
-                // A changed ban (deadline, allowlist flag) must not stay cached per CPU.
-                if old.is_some() {
-                    self.invalidate_hot()?;
-                } else if was_active != self.dense.active() {
-                    self.write_config()?;
-                }
-                Ok(())
-            }
-            (IpAddr::V6(a), true) => {
-                let old = self.bans_v6.get(&a.octets(), 0).ok();
-                self.bans_v6
-                    .insert(a.octets(), fresh(old), 0)
-                    .map_err(map_err(MAP_BANS_V6, "insert"))
-            }
-            (IpAddr::V4(a), false) => {
-                let key = Key::new(u32::from(net.prefix()), v4(a));
-                let old = self
-                    .cidrs
-                    .contains(net)
-                    .then(|| self.cidr_v4.get(&key, 0).ok())
-                    .flatten();
-                self.cidr_v4
-                    .insert(&key, fresh(old), 0)
-                    .map_err(map_err(MAP_CIDR_V4, "insert"))?;
-                self.cidrs.insert(*net);
-                self.write_config()
-            }
-            (IpAddr::V6(a), false) => {
-                let key = Key::new(u32::from(net.prefix()), a.octets());
-                let old = self
-                    .cidrs
-                    .contains(net)
-                    .then(|| self.cidr_v6.get(&key, 0).ok())
-                    .flatten();
-                self.cidr_v6
-                    .insert(&key, fresh(old), 0)
-                    .map_err(map_err(MAP_CIDR_V6, "insert"))?;
-                self.cidrs.insert(*net);
-                self.write_config()
-            }
-        }
-    }
-
-    /// Removes a ban; absent is not an error.
-    pub fn remove_ban(&mut self, net: &Net) -> Result<(), XdpError> {
-        let r = match (net.addr(), net.is_host()) {
-            (IpAddr::V4(a), true) => {
-                // The dense bit goes first: a set bit must always have its exact ban.
-                let old = self.bans_v4.get(&v4(a), 0).ok().map(|e| e.expires_ns);
-                self.dense.removing(&mut self.bans_v4, v4(a), old)?;
-                self.bans_v4.remove(&v4(a))
-            }
-            (IpAddr::V6(a), true) => self.bans_v6.remove(&a.octets()),
-            (IpAddr::V4(a), false) => {
-                self.cidrs.remove(net);
-                self.cidr_v4
-                    .remove(&Key::new(u32::from(net.prefix()), v4(a)))
-            }
-            (IpAddr::V6(a), false) => {
-                self.cidrs.remove(net);
-                self.cidr_v6
-                    .remove(&Key::new(u32::from(net.prefix()), a.octets()))
-            }
-        };
-        ignore_missing(r, "remove ban")?;
-        self.invalidate_hot()
-    }
-
-    /// Bumps the generation that every CPU's hot-ban cache is checked against.
-    fn invalidate_hot(&mut self) -> Result<(), XdpError> {
-        self.settings.generation = self.settings.generation.wrapping_add(1);
-        self.write_config()
-    }
-
-    /// Drops a CPU has counted against a cached ban but not yet added to its entry.
-    fn hot_pending(&self, net: &Net) -> (u64, u64) {
-        let IpAddr::V4(a) = net.addr() else {
-            return (0, 0);
-        };
-        if !net.is_host() {
-            return (0, 0);
-        }
-        let Ok(per_cpu) = self.hot.get(&0, 0) else {
-            return (0, 0);
-        };
-        per_cpu
-            .iter()
-            // Any generation: stale counts are still flushed into the ban (the map is pinned, so
-            // this includes drops counted by an earlier instance's program).
-            .filter(|h| h.valid != 0 && h.addr == v4(a))
-            .fold((0, 0), |(p, b), h| {
-                (p + h.pending_packets, b + h.pending_bytes)
-            })
-    }
-
-    /// The drop counters of a ban, if it is in the maps.
-    #[must_use]
-    pub fn ban_counters(&self, net: &Net) -> Option<BanCounters> {
-        if !net.is_host() && !self.cidrs.contains(net) {
-            return None;
-        }
-        let e = match (net.addr(), net.is_host()) {
-            (IpAddr::V4(a), true) => self.bans_v4.get(&v4(a), 0).ok(),
-            (IpAddr::V6(a), true) => self.bans_v6.get(&a.octets(), 0).ok(),
-            (IpAddr::V4(a), false) => self
-                .cidr_v4
-                .get(&Key::new(u32::from(net.prefix()), v4(a)), 0)
-                .ok(),
-            (IpAddr::V6(a), false) => self
-                .cidr_v6
-                .get(&Key::new(u32::from(net.prefix()), a.octets()), 0)
-                .ok(),
-        }?;
-        let (pending_packets, pending_bytes) = self.hot_pending(net);
-        let dense = match (net.addr(), net.is_host()) {
-            (IpAddr::V4(a), true) => self.dense.hits(v4(a)).unwrap_or_default(),
-            _ => guard_common::DenseHit::default(),
-        };
-        Some(BanCounters {
-            packets: e.packets + pending_packets + dense.packets,
-            bytes: e.bytes + pending_bytes + dense.bytes,
-            last_hit_ns: e.last_hit_ns.max(dense.last_hit_ns),
-        })
-    }
-
-    /// Adds an allowlist entry.
-    pub fn put_allow(&mut self, net: &Net) -> Result<(), XdpError> {
-        match net.addr() {
-            IpAddr::V4(a) => {
-                let key = Key::new(u32::from(net.prefix()), v4(a));
-                self.allow_v4
-                    .insert(&key, 1, 0)
-                    .map_err(map_err(MAP_ALLOW_V4, "insert"))?;
-            }
-            IpAddr::V6(a) => {
-                let key = Key::new(u32::from(net.prefix()), a.octets());
-                self.allow_v6
-                    .insert(&key, 1, 0)
-                    .map_err(map_err(MAP_ALLOW_V6, "insert"))?;
-            }
-        }
-        self.allows.insert(*net);
-        self.write_config()
-    }
-
-    /// Removes an allowlist entry; absent is not an error.
-    pub fn remove_allow(&mut self, net: &Net) -> Result<(), XdpError> {
-        let r = match net.addr() {
-            IpAddr::V4(a) => self
-                .allow_v4
-                .remove(&Key::new(u32::from(net.prefix()), v4(a))),
-            IpAddr::V6(a) => self
-                .allow_v6
-                .remove(&Key::new(u32::from(net.prefix()), a.octets())),
-        };
-        self.allows.remove(net);
-        ignore_missing(r, "remove allow")?;
-        self.write_config()
-    }
-
-    /// /24 blocks in the dense tier, and how often a block qualified but every slot was taken.
-    #[must_use]
-    pub fn dense(&self) -> (usize, u64) {
-        (self.dense.blocks(), self.dense.full())
-    }
-
     /// Global counters summed over CPUs, indexed by `STAT_*` (with the drops the hot-ban
     /// cache has not flushed yet).
     pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize], XdpError> {
@@ -635,14 +352,6 @@ impl Xdp {
         if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
             warn!(dir = %self.pin_dir.display(), "cannot remove pins: {e}");
         }
-    }
-}
-
-fn ignore_missing(r: Result<(), MapError>, op: &'static str) -> Result<(), XdpError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other.map_err(map_err("ban/allow", op)),
     }
 }
 
