@@ -81,15 +81,10 @@ impl Xdp {
             )));
         }
         for k in self.cidr_v4.keys() {
-            let k = k.map_err(map_err(MAP_CIDR_V4, "iterate"))?;
-            out.insert(Net::new(
-                IpAddr::from(k.data().to_ne_bytes()),
-                k.prefix_len() as u8,
-            ));
+            out.insert(v4_prefix(k.map_err(map_err(MAP_CIDR_V4, "iterate"))?));
         }
         for k in self.cidr_v6.keys() {
-            let k = k.map_err(map_err(MAP_CIDR_V6, "iterate"))?;
-            out.insert(Net::new(IpAddr::from(k.data()), k.prefix_len() as u8));
+            out.insert(v6_prefix(k.map_err(map_err(MAP_CIDR_V6, "iterate"))?));
         }
         Ok(out)
     }
@@ -97,15 +92,10 @@ impl Xdp {
     fn allow_keys(&self) -> Result<HashSet<Net>, XdpError> {
         let mut out = HashSet::new();
         for k in self.allow_v4.keys() {
-            let k = k.map_err(map_err(MAP_ALLOW_V4, "iterate"))?;
-            out.insert(Net::new(
-                IpAddr::from(k.data().to_ne_bytes()),
-                k.prefix_len() as u8,
-            ));
+            out.insert(v4_prefix(k.map_err(map_err(MAP_ALLOW_V4, "iterate"))?));
         }
         for k in self.allow_v6.keys() {
-            let k = k.map_err(map_err(MAP_ALLOW_V6, "iterate"))?;
-            out.insert(Net::new(IpAddr::from(k.data()), k.prefix_len() as u8));
+            out.insert(v6_prefix(k.map_err(map_err(MAP_ALLOW_V6, "iterate"))?));
         }
         Ok(out)
     }
@@ -304,4 +294,14 @@ fn ignore_missing(r: Result<(), MapError>, op: &'static str) -> Result<(), XdpEr
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other.map_err(map_err("ban/allow", op)),
     }
+}
+
+/// The prefix an IPv4 LPM key stands for (the address is in network order in memory).
+fn v4_prefix(k: Key<u32>) -> Net {
+    Net::new(IpAddr::from(k.data().to_ne_bytes()), k.prefix_len() as u8)
+}
+
+/// The prefix an IPv6 LPM key stands for.
+fn v6_prefix(k: Key<[u8; 16]>) -> Net {
+    Net::new(IpAddr::from(k.data()), k.prefix_len() as u8)
 }

@@ -203,12 +203,6 @@ impl Receiver<'_> {
     }
 }
 
-impl Drop for Receiver<'_> {
-    fn drop(&mut self) {
-        drop(self.link.take());
-    }
-}
-
 /// One case's slice.
 pub struct Sample {
     /// Frames the receiver counted per second.
@@ -363,20 +357,21 @@ impl Samples {
 /// A loaded program attached to the receiver in a slice, and how to read its drop count.
 struct Dropper<'a> {
     prog: &'a mut Xdp,
-    count: Box<dyn Fn() -> anyhow::Result<u64> + 'a>,
+    /// The per-CPU counter array and the index of the drops in it.
+    stats: &'a PerCpuArray<MapData, u64>,
+    index: u32,
 }
 
 impl<'a> Dropper<'a> {
     fn new(prog: &'a mut Xdp, stats: &'a PerCpuArray<MapData, u64>, index: u32) -> Self {
-        Self {
-            prog,
-            count: Box::new(move || Ok(stats.get(&index, 0)?.iter().sum())),
-        }
+        Self { prog, stats, index }
     }
 
     fn member(&mut self, case: &'static str) -> Member<'_> {
-        let count = &self.count;
-        Member::new(case, Target::Xdp(&mut *self.prog), count)
+        let (stats, index) = (self.stats, self.index);
+        Member::new(case, Target::Xdp(&mut *self.prog), move || {
+            Ok(stats.get(&index, 0)?.iter().sum())
+        })
     }
 }
 

@@ -1,14 +1,6 @@
 //! Part 2's rows and goals for one NAPI mode, from its slices.
 use crate::live::{DROP1, DROPM, DROPS, G1, GM1, GMM, GSS, NFT1, NFTM, Napi, Samples};
-use crate::report::Report;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use crate::report::{Report, median};
 
 /// The range of the middle half of `v` (divided by `scale`): how much slices or cycles scattered.
 fn middle_half(mut v: Vec<f64>, scale: f64, digits: usize) -> String {
@@ -32,7 +24,7 @@ pub fn report_mode(report: &mut Report, napi: Napi, s: &Samples) {
     };
     let tag = format!("[{}]", napi.label());
     let rates = |case: &str| s.series(case, |x| Some(x.pps));
-    let mpps = |case: &str| median(rates(case)) / 1e6;
+    let mpps = |case: &str| median(&mut rates(case)) / 1e6;
     // Per-cycle ratios: a case and its baseline were measured within one cycle.
     let ratios = |case: &str, base: &str| -> Vec<f64> {
         rates(case)
@@ -41,7 +33,7 @@ pub fn report_mode(report: &mut Report, napi: Napi, s: &Samples) {
             .map(|(c, b)| c / b)
             .collect()
     };
-    let ratio = |case: &str, base: &str| median(ratios(case, base));
+    let ratio = |case: &str, base: &str| median(&mut ratios(case, base));
     for (case, what) in [
         (DROP1, "drop-everything XDP program"),
         (NFT1, "netdev ingress, set of 1"),
@@ -92,20 +84,23 @@ pub fn report_mode(report: &mut Report, napi: Napi, s: &Samples) {
             (GMM, Some(DROPM)),
             (NFTM, Some(DROPM)),
         ] {
-            let busy = s.series(case, |x| Some(x.receiver_ns? * x.pps / 1e7));
+            let mut busy = s.series(case, |x| Some(x.receiver_ns? * x.pps / 1e7));
             let label = format!("receiver CPU/frame: {case}");
-            let note = format!("receiver thread busy {:.0} % of the slice", median(busy));
-            let ns = median(cpu(case));
+            let note = format!(
+                "receiver thread busy {:.0} % of the slice",
+                median(&mut busy)
+            );
+            let ns = median(&mut cpu(case));
             match base {
                 // Ratio: frames per CPU-second against the baseline's, per cycle.
                 Some(base) => {
-                    let r = cpu(base)
+                    let mut r: Vec<f64> = cpu(base)
                         .iter()
                         .zip(cpu(case))
                         .map(|(b, c)| b / c)
                         .collect();
                     let base_label = format!("receiver CPU/frame: {base}");
-                    report.row_ratio(part, &label, ns, "ns", &base_label, median(r), &note);
+                    report.row_ratio(part, &label, ns, "ns", &base_label, median(&mut r), &note);
                 }
                 None => report.row(part, &label, ns, "ns", &note),
             }
@@ -115,13 +110,12 @@ pub fn report_mode(report: &mut Report, napi: Napi, s: &Samples) {
     // mixes the generator's share in. The time a receiver adds to each frame over the
     // drop-everything program isolates it (median of per-cycle differences).
     let extra_ns = |case: &str, base: &str| {
-        median(
-            rates(case)
-                .iter()
-                .zip(rates(base))
-                .map(|(c, b)| 1e9 / c - 1e9 / b)
-                .collect(),
-        )
+        let mut d: Vec<f64> = rates(case)
+            .iter()
+            .zip(rates(base))
+            .map(|(c, b)| 1e9 / c - 1e9 / b)
+            .collect();
+        median(&mut d)
     };
     for (guard_case, nft_case, base, what) in [
         (G1, NFT1, DROP1, "1 banned source"),

@@ -11,7 +11,7 @@ use aya::programs::Xdp;
 use guard_common::{CFG_HAVE_ALLOW_V4, CFG_HAVE_CIDR_V4};
 
 use crate::progs::{Bench, Guard, PROG_DROP_ALL, XDP_DROP, XDP_PASS, test_run, udp_frame, xdp};
-use crate::report::Report;
+use crate::report::{Report, median};
 
 /// Runs per case (odd: the median is one of them).
 const ROUNDS: usize = 7;
@@ -30,11 +30,6 @@ const ALLOWS: u32 = 1_000;
 const CLEAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const DST: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 const BASELINE: &str = "baseline: xdp_drop_all";
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn frame(src: Ipv4Addr) -> Vec<u8> {
     udp_frame([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2], src, DST)

@@ -1,6 +1,15 @@
 //! The results table and the goal verdicts, as text or JSON.
 use serde_json::json;
 
+/// The median of `v` (sorted in place); NaN for no values.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 pub struct Row {
     pub part: &'static str,
     pub case: String,
