@@ -224,6 +224,13 @@ fn run_group(
     mut push: impl FnMut(&'static str, Sample),
 ) -> anyhow::Result<()> {
     rx.switch(&mut members[0].target)?;
+    // Pinned before the generator starts, so that the warm-up already runs with the receiver
+    // on its own core (a thread just switched to threaded mode starts anywhere).
+    let napi = if rx.threaded {
+        pin_napi_threads(rx.dev, 1)?
+    } else {
+        Vec::new()
+    };
     let stop = AtomicBool::new(false);
     let (tx, thread_rx) = mpsc::channel();
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -242,11 +249,6 @@ fn run_group(
                     let m = &mut members[if cycle % 2 == 0 { i } else { n - 1 - i }];
                     rx.switch(&mut m.target)?;
                     std::thread::sleep(SETTLE);
-                    let napi = if rx.threaded {
-                        pin_napi_threads(rx.dev, 1)?
-                    } else {
-                        Vec::new()
-                    };
                     let t0 = Instant::now();
                     let (c0, cpu0) = ((m.count)()?, run_time_ns(&napi)?);
                     let t0 = t0 + t0.elapsed() / 2;
