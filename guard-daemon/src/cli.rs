@@ -49,7 +49,7 @@ pub enum Command {
     #[command(subcommand)]
     Tap(TapCommand),
     /// Run the request validator on one request or a file of cases (no daemon needed).
-    Inspect(crate::validate::cli::InspectArgs),
+    Inspect(crate::inspect::InspectArgs),
     /// AI triage set-up.
     Ai {
         #[command(subcommand)]
@@ -163,7 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ai { command } => crate::ai::cli::run(command),
-        Command::Inspect(args) => crate::validate::cli::run(&args),
+        Command::Inspect(args) => crate::inspect::run(&args),
     }
 }
 

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
-
-use crate::clock::parse_duration;
+use serde::Deserialize;
 
 /// Errors reading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -161,19 +159,7 @@ impl Default for BansConfig {
     }
 }
 
-/// A duration as a number of seconds or text like `1h30m` (shared by the sections' modules).
-pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
-}
+pub(crate) use guard_core::time::de_duration;
 
 impl Config {
     /// Reads and validates a config file.
@@ -301,6 +287,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("validator.paranoia"), "{e}");
+        let e = parse("[engine.grey]\nhard_block = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.grey.hard_block"), "{e}");
         let e = parse("[xdp]\nmode = \"turbo\"\n").unwrap_err().to_string();
         assert!(e.contains("turbo") && e.contains("line 2"), "{e}");
     }

@@ -60,6 +60,13 @@ impl Shared {
     reason = "start-up and shut-down in order, each step one call"
 )]
 pub fn run(config: Config) -> anyhow::Result<()> {
+    if crate::xdp::EBPF_STUB {
+        anyhow::bail!(
+            "this guard binary was built without its eBPF programs (no BPF toolchain at build \
+             time), so it cannot run the daemon; build the real programs with `cargo xtask build` \
+             (or start guard with `cargo xtask run`), which sets up the toolchain first"
+        );
+    }
     std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
         format!(
             "creating state directory {}",

@@ -205,7 +205,7 @@ impl Judge {
             let decision = engine
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .ai_verdict(now, client, &judgement);
+                .ai_verdict(now, client, judgement.opinion());
             if matches!(decision, Decision::Ban { .. }) {
                 let reason = order_ban(decision, &bans, &stats);
                 info!(%client, %reason, "the AI judged the client hostile");

@@ -7,11 +7,11 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod engine;
+pub mod inspect;
 pub mod judge;
-pub mod net;
 pub mod pipeline;
 pub mod store;
-pub mod tap;
-pub mod validate;
 pub mod xdp;
+
+// The pure core's modules under their old paths, so `crate::tap` and friends read as before.
+pub use guard_core::{engine, net, tap, validate};

@@ -3,8 +3,15 @@
 //! - `xdp_gen`: run with `BPF_PROG_RUN` in live-frame mode, rewrites the IPv4 source of the
 //!   test frame to cycle through `GEN.count` addresses `GEN.base + i * GEN.stride` and
 //!   transmits it.
-#![no_std]
-#![no_main]
+// The programs only run in the kernel (`--target bpfel-unknown-none`, built by `cargo xtask
+// build`). On the host the crate still compiles as an ordinary binary with an empty `main`, so
+// `cargo check --workspace` and `cargo clippy --workspace` cover it with stable Rust alone.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -59,10 +66,15 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("guard's eBPF programs run in the kernel: build them with `cargo xtask build`");
 }
 
 #[unsafe(link_section = "license")]

@@ -4,8 +4,19 @@
 //! Order of checks, cheapest first and each skipped when its map is empty (flags in `CONFIG`):
 //! exact ban (hash) ▸ CIDR ban (LPM) ▸ per-source token bucket (LRU). The allowlist is only
 //! consulted when a packet would be dropped, so the pass path never pays for it.
-#![no_std]
-#![no_main]
+// The programs only run in the kernel (`--target bpfel-unknown-none`, built by `cargo xtask
+// build`). On the host the crate still compiles as an ordinary binary with an empty `main`, so
+// `cargo check --workspace` and `cargo clippy --workspace` cover it with stable Rust alone.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF programs are verified as one function: every helper is inlined on purpose"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, xdp_action},
@@ -80,6 +91,10 @@ fn count(stat: u32) {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "ends the `Option` chains of `try_guard`: `return verdict(..)`"
+)]
 fn verdict(stat: u32, action: u32) -> Option<u32> {
     count(stat);
     Some(action)
@@ -117,10 +132,10 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
         if let Some(action) = hot_v4(cfg, src, len) {
             return Some(action);
         }
-        if cfg.flags & CFG_HAVE_DENSE_V4 != 0 {
-            if let Some(action) = dense_v4(cfg, src, len) {
-                return Some(action);
-            }
+        if cfg.flags & CFG_HAVE_DENSE_V4 != 0
+            && let Some(action) = dense_v4(cfg, src, len)
+        {
+            return Some(action);
         }
         guard_v4(cfg, src, len)
     } else if proto == ETH_P_IPV6 {
@@ -165,33 +180,33 @@ fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     let number = host >> 8;
     let tag = number + 1;
     let idx = (host & 0xff) as usize;
-    let hot = unsafe { &mut *HOT_DENSE.get_ptr_mut(0)? };
-    let slot = if hot.tag == tag {
-        hot.slot
+    let cache = unsafe { &mut *HOT_DENSE.get_ptr_mut(0)? };
+    let slot = if cache.tag == tag {
+        cache.slot
     } else {
         // Most sources come from a /16 without any dense block: one cached bit says so.
-        let n16 = host >> 16;
-        let word = unsafe { core::ptr::read_volatile(DENSE_V16.get(n16 >> 6)?) };
-        if (word >> (n16 & 63)) & 1 == 0 {
+        let block16 = host >> 16;
+        let word = unsafe { core::ptr::read_volatile(DENSE_V16.get(block16 >> 6)?) };
+        if (word >> (block16 & 63)) & 1 == 0 {
             return None;
         }
-        let slot = *unsafe { DENSE_INDEX.get(&number) }?;
-        hot.tag = tag;
-        hot.slot = slot;
+        let slot = *unsafe { DENSE_INDEX.get(number) }?;
+        cache.tag = tag;
+        cache.slot = slot;
         slot
     };
     let block = DENSE.get(slot)?;
     // The daemon writes the block while this runs; a slot is only reused for another block
     // a second after it was freed, so a matching tag means the bits are this block's.
     if unsafe { core::ptr::read_volatile(&raw const block.tag) } != tag {
-        hot.tag = 0;
+        cache.tag = 0;
         return None;
     }
     let word = unsafe { core::ptr::read_volatile(&raw const block.bits[idx >> 6]) };
     if (word >> (idx & 63)) & 1 == 0 {
         return None;
     }
-    let now = coarse_now(hot);
+    let now = coarse_now(cache);
     let min = unsafe { core::ptr::read_volatile(&raw const block.min_expires_ns) };
     if min != 0 && now >= min {
         return None;
@@ -201,11 +216,11 @@ fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     hit.packets += 1;
     hit.bytes += len;
     hit.last_hit_ns = now;
-    if hot.last == host {
+    if cache.last == host {
         // The block's earliest deadline bounds this ban's; the cache honours it.
         cache_v4(cfg, addr, min);
     }
-    hot.last = host;
+    cache.last = host;
     verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
 }
 
@@ -407,10 +422,15 @@ fn v6_bytes(addr: [u8; 16]) -> [u8; 16] {
     addr
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("guard's eBPF programs run in the kernel: build them with `cargo xtask build`");
 }
 
 #[unsafe(link_section = "license")]

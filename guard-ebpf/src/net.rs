@@ -13,12 +13,13 @@ pub const ETH_P_IP: u16 = 0x0800_u16.to_be();
 pub const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
 /// Ethertype of an 802.1Q VLAN tag, network order.
 pub const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
-/// Ethertype of an 802.1ad (QinQ) service tag, network order.
+/// Ethertype of an 802.1ad (`QinQ`) service tag, network order.
 pub const ETH_P_8021AD: u16 = 0x88A8_u16.to_be();
 
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `None` if the packet is
 /// too short. The only way this crate reads packet memory.
 #[inline(always)]
+#[must_use]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
@@ -30,13 +31,15 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 
 /// Mutable variant of [`ptr_at`].
 #[inline(always)]
+#[must_use]
 pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
+    ptr_at::<T>(ctx, offset).map(<*const T>::cast_mut)
 }
 
 /// Parses Ethernet and up to two VLAN tags. Returns the ethertype (network order) and the
 /// offset of the layer-3 header; `None` if the frame is truncated.
 #[inline(always)]
+#[must_use]
 pub fn l3(ctx: &XdpContext) -> Option<(u16, usize)> {
     let mut proto: u16 = unsafe { *ptr_at::<u16>(ctx, 12)? };
     let mut l3 = ETH_HLEN;
@@ -55,6 +58,7 @@ pub fn l3(ctx: &XdpContext) -> Option<(u16, usize)> {
 /// The IPv4 source address (a `u32` whose memory is in network order) of the header at `l3`;
 /// `None` if truncated or not a valid IPv4 header.
 #[inline(always)]
+#[must_use]
 pub fn ipv4_source(ctx: &XdpContext, l3: usize) -> Option<u32> {
     // One bounds check covers the version/IHL byte and the source at offset 12.
     let hdr = ptr_at::<[u32; 5]>(ctx, l3)?.cast::<u32>();
@@ -67,6 +71,7 @@ pub fn ipv4_source(ctx: &XdpContext, l3: usize) -> Option<u32> {
 
 /// The IPv6 source address of the header at `l3`; `None` if truncated or not IPv6.
 #[inline(always)]
+#[must_use]
 pub fn ipv6_source(ctx: &XdpContext, l3: usize) -> Option<[u8; 16]> {
     let hdr = ptr_at::<[u8; 40]>(ctx, l3)?.cast::<u8>();
     if unsafe { *hdr } >> 4 != 6 {

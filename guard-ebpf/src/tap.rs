@@ -1,4 +1,4 @@
-//! `http_tap`: a socket filter for guard's AF_PACKET capture socket. It keeps only TCP segments
+//! `http_tap`: a socket filter for guard's `AF_PACKET` capture socket. It keeps only TCP segments
 //! to or from a protected HTTP port (the `TAP_PORTS` array, written by the daemon at run time)
 //! that carry payload, open the connection (SYN: the reassembler learns the initial sequence
 //! number, so even a reordered first data segment is placed right) or close it (FIN/RST, which

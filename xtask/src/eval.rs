@@ -1,8 +1,8 @@
 //! `cargo xtask eval`: measure the request validator's detection and speed.
 //!
 //! Builds `guard` in release, runs `guard inspect --cases` over the OWASP CRS regression corpus
-//! (`../shared/corpus/crs-regression.jsonl`, response-side families 95x and 980 left out) and over
-//! the realistic benign set (`guard-daemon/tests/data/benign.jsonl`), and prints per family and
+//! (`corpus/crs-regression.jsonl`, response-side families 95x and 980 left out) and over
+//! the realistic benign set (`corpus/benign.jsonl`), and prints per family and
 //! overall the share of attacks blocked or sent to triage, the share of near-miss benign requests
 //! blocked, the benign set's false-positive rate, and the throughput figures of `--bench`, all at
 //! the default paranoia level; then the headline figures at each of the four levels.
@@ -17,10 +17,10 @@ use anyhow::{Context, bail};
 /// Arguments of `cargo xtask eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// The CRS corpus (default: ../shared/corpus/crs-regression.jsonl next to the workspace).
+    /// The CRS corpus (default: corpus/crs-regression.jsonl).
     #[arg(long)]
     corpus: Option<PathBuf>,
-    /// The realistic benign set (default: guard-daemon/tests/data/benign.jsonl).
+    /// The realistic benign set (default: corpus/benign.jsonl).
     #[arg(long)]
     benign: Option<PathBuf>,
     /// Write the ids of missed attacks and blocked benign requests to this file.
@@ -133,11 +133,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let corpus = args
         .corpus
         .clone()
-        .unwrap_or_else(|| root.join("../shared/corpus/crs-regression.jsonl"));
+        .unwrap_or_else(|| root.join("corpus/crs-regression.jsonl"));
     let benign = args
         .benign
         .clone()
-        .unwrap_or_else(|| root.join("guard-daemon/tests/data/benign.jsonl"));
+        .unwrap_or_else(|| root.join("corpus/benign.jsonl"));
     let guard = build_guard(&root)?;
     let mut details = String::new();
     corpus_report(&guard, &corpus, &mut details)?;

@@ -320,7 +320,7 @@ fn bench_tap() -> anyhow::Result<()> {
     build(true)?;
     step("tap throughput per core against plain httparse (release)");
     run(
-        cargo().args(["bench", "-p", "guard-daemon", "--bench", "tap"]),
+        cargo().args(["bench", "-p", "guard-core", "--bench", "tap"]),
         "tap throughput benchmark",
     )?;
     step("tap under 10,000 requests/s across namespaces");

@@ -2,6 +2,8 @@
 //! by the client and therefore never trusted (see `prompt` for how it is marked as data).
 use std::net::IpAddr;
 
+pub use guard_core::engine::ClientBehaviour;
+
 /// A borderline request, as the validator saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriageRequest {
@@ -19,24 +21,6 @@ pub struct TriageRequest {
     /// Names of the validator rules that matched: guard's own identifiers, shown to the model
     /// (the seed told the model that nothing matched when something had).
     pub matched_rules: Vec<String>,
-}
-
-/// The raw behaviour of a grey client: counts guard measured plus what the client sent. No
-/// score and no labels, as in the seed, so the model judges the behaviour itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientBehaviour {
-    /// The client address, charged against its daily budget; never put in the prompt.
-    pub client: IpAddr,
-    pub user_agent: String,
-    pub authenticated: bool,
-    pub current_path: String,
-    /// Paths of the last minute, oldest first.
-    pub recent_paths: Vec<String>,
-    pub requests_10s: u32,
-    pub distinct_paths_1min: u32,
-    pub requests_2min: u32,
-    /// Share of 4xx/5xx answers in the last two minutes, in per cent.
-    pub error_rate_2min_percent: u8,
 }
 
 /// One day of traffic, aggregated by the report.

@@ -5,6 +5,8 @@
 use std::cmp;
 use std::fmt;
 
+use guard_core::engine::SecondOpinion;
+
 /// Why an operation has no answer. The caller takes no action on any of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnsureReason {
@@ -163,6 +165,17 @@ pub enum Judgement {
 }
 
 impl Judgement {
+    /// The engine's view of this answer: only a BLOCK, which carries an escalation, maps to
+    /// [`SecondOpinion::Block`].
+    #[must_use]
+    pub fn opinion(&self) -> SecondOpinion {
+        match self {
+            Self::Block(_) => SecondOpinion::Block,
+            Self::Allow => SecondOpinion::Allow,
+            Self::Unsure(_) => SecondOpinion::Unsure,
+        }
+    }
+
     /// The escalation this judgement allows, if any.
     #[must_use]
     pub fn escalation(&self) -> Option<Escalation> {

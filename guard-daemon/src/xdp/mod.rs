@@ -26,8 +26,13 @@ use attach::{attach, ensure_bpffs};
 use crate::config::XdpConfig;
 use crate::net::Net;
 
-/// The eBPF object, built by `cargo xtask build` into `$GUARD_EBPF_DIR` (checked by build.rs).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("GUARD_EBPF_DIR"), "/guard-ebpf"));
+/// The eBPF object, built by `cargo xtask build` into `$GUARD_EBPF_DIR`; build.rs embeds an empty
+/// stub instead when it is missing or stale (see [`EBPF_STUB`]).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
+
+/// Whether this binary was built without the eBPF programs (stable Rust only): it can check
+/// configs, inspect requests and talk to a daemon, but refuses `guard run`.
+pub const EBPF_STUB: bool = cfg!(guard_ebpf_stub);
 
 /// `statfs` magic of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

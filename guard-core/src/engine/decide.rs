@@ -12,11 +12,10 @@ use super::offenders::{PendingTriage, secs};
 use super::patterns::{any_prefix, is_static, is_traversal, normalise, trailing_id};
 use super::state::{ClientState, Entry, HAS_ID, PROBE};
 use super::table::ClientKey;
-use super::{Core, Decision, Mode, Rule, ValidatorHint};
-use crate::ai::ClientBehaviour;
+use super::{ClientBehaviour, Core, Decision, Mode, Rule, ValidatorHint};
 use crate::net::Net;
 use crate::tap::RequestEvent;
-use crate::validate::truncate as cut;
+use crate::text::truncate as cut;
 
 /// Seconds of the seed's one-minute windows (distinct paths, sequential ids, recent paths).
 pub(super) const MINUTE: u32 = 60;

@@ -8,11 +8,9 @@
 //! [`detect`] runs a literal prefilter and then the [`rules`] it selected; the scores of distinct
 //! rules add up and the thresholds of [`ValidatorConfig`] decide.
 
-pub mod cli;
 mod config;
 mod detect;
 mod extract;
-pub use extract::truncate;
 mod normalise;
 mod protocol;
 mod rules;

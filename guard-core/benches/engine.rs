@@ -19,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use guard_daemon::engine::{Decision, Engine, EngineConfig};
-use guard_daemon::tap::{RequestEvent, RequestHeaders};
+use guard_core::engine::{Decision, Engine, EngineConfig};
+use guard_core::tap::{RequestEvent, RequestHeaders};
 
 /// The system allocator, counting live bytes.
 struct Counting;
@@ -80,7 +80,7 @@ fn event(path: &str, query: Option<&str>, status: u16, ua: Option<&str>) -> Requ
             host: Some("shop.example".to_owned()),
             ..RequestHeaders::default()
         },
-        all_headers: guard_daemon::tap::http::HeaderList::default(),
+        all_headers: guard_core::tap::http::HeaderList::default(),
         body: Vec::new(),
         body_len: 0,
         status: Some(status),

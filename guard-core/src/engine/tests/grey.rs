@@ -2,9 +2,8 @@
 //! block, and the AI verdict.
 use std::time::Duration;
 
-use super::super::{Decision, EngineConfig, Rule, ValidatorHint};
+use super::super::{Decision, EngineConfig, Rule, SecondOpinion, ValidatorHint};
 use super::{Sim, ban_rule, is_ban, is_block, req, scoring_config, triage_of};
-use crate::ai::{Escalation, EscalationCause, Judgement, Unsure, UnsureReason};
 
 const C: &str = "203.0.113.10";
 const USER: &str = "alice";
@@ -219,8 +218,8 @@ fn hard_block_at_eight_without_the_ai() {
     assert_eq!(sim.engine.stats().triages_suppressed, 18);
 }
 
-fn block_verdict() -> Judgement {
-    Judgement::Block(Escalation::new(EscalationCause::HostileClient))
+fn block_verdict() -> SecondOpinion {
+    SecondOpinion::Block
 }
 
 #[test]
@@ -250,12 +249,14 @@ fn triage_band_asks_the_ai_and_only_block_bans() {
 
     let ip = C.parse().unwrap();
     assert_eq!(
-        sim.engine.ai_verdict(sim.now, ip, &Judgement::Allow),
+        sim.engine.ai_verdict(sim.now, ip, SecondOpinion::Allow),
         Decision::Allow
     );
-    let unsure = Judgement::Unsure(Unsure(UnsureReason::Timeout));
-    assert_eq!(sim.engine.ai_verdict(sim.now, ip, &unsure), Decision::Allow);
-    let d = sim.engine.ai_verdict(sim.now, ip, &block_verdict());
+    assert_eq!(
+        sim.engine.ai_verdict(sim.now, ip, SecondOpinion::Unsure),
+        Decision::Allow
+    );
+    let d = sim.engine.ai_verdict(sim.now, ip, block_verdict());
     assert_eq!(ban_rule(&d).as_deref(), Some("ai_verdict"));
     let Decision::Ban {
         ttl,
@@ -272,7 +273,7 @@ fn triage_band_asks_the_ai_and_only_block_bans() {
     assert_eq!(evidence["triage_rules"][1], "sensitive_path");
     // Already banned: a second verdict changes nothing.
     assert_eq!(
-        sim.engine.ai_verdict(sim.now, ip, &block_verdict()),
+        sim.engine.ai_verdict(sim.now, ip, block_verdict()),
         Decision::Allow
     );
     let stats = sim.engine.stats();

@@ -12,6 +12,7 @@ use super::extract::{Item, Origin};
 use super::normalise::{self, Normalised};
 use super::rules::{self, Rule, Scope};
 use super::{Category, Error, Finding};
+use crate::text::base64_decode;
 
 /// Keywords of Java deserialisation gadgets and reflection, searched for in base64 form.
 const BASE64_KEYWORDS: &[&str] = &[
@@ -353,32 +354,6 @@ fn base64_tokens(s: &str) -> impl Iterator<Item = &str> {
                 && t.bytes()
                     .any(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
-}
-
-/// Lenient base64 (standard and URL-safe alphabets, no padding needed); stops at the first
-/// character outside the alphabet.
-pub fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for b in s.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => break,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
 
 /// Mostly printable ASCII text.

@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use guard_daemon::tap::synth::Conversation;
-use guard_daemon::tap::{Tap, TapConfig};
+use guard_core::tap::synth::Conversation;
+use guard_core::tap::{Tap, TapConfig};
 
 const CONNECTIONS: usize = 256;
 const REQUESTS_PER_CONNECTION: usize = 8;

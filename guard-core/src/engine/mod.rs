@@ -30,7 +30,6 @@ pub use config::{
     BlackConfig, EngineBansConfig, EngineConfig, GreyConfig, Mode, ScenarioConfig, Weights,
 };
 
-use crate::ai::{ClientBehaviour, Judgement};
 use crate::net::Net;
 use crate::tap::RequestEvent;
 use offenders::{Offenders, Pending, secs};
@@ -77,7 +76,7 @@ pub enum Decision {
         shadow: bool,
     },
     /// Let the request through and ask the AI about the client (off the request path); pass its
-    /// [`Judgement`] back to [`Engine::ai_verdict`]. The score and rules are for the log only:
+    /// [`SecondOpinion`] back to [`Engine::ai_verdict`]. The score and rules are for the log only:
     /// the model sees the raw behaviour, as in the seed.
     Triage {
         behaviour: ClientBehaviour,
@@ -86,7 +85,38 @@ pub enum Decision {
     },
 }
 
-/// Decisions from least to most severe, for [`crate::ai::Escalation::raise`].
+/// The raw behaviour of a grey client: counts guard measured plus what the client sent. No
+/// score and no labels, as in the seed, so the model judges the behaviour itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientBehaviour {
+    /// The client address, charged against its daily budget; never put in the prompt.
+    pub client: IpAddr,
+    pub user_agent: String,
+    pub authenticated: bool,
+    pub current_path: String,
+    /// Paths of the last minute, oldest first.
+    pub recent_paths: Vec<String>,
+    pub requests_10s: u32,
+    pub distinct_paths_1min: u32,
+    pub requests_2min: u32,
+    /// Share of 4xx/5xx answers in the last two minutes, in per cent.
+    pub error_rate_2min_percent: u8,
+}
+
+/// The AI's answer about a triaged client, as the engine takes it. Only `Block` changes
+/// anything (it can only raise a decision, never lower one); the AI client maps its own answers
+/// to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondOpinion {
+    /// The model judged the client hostile.
+    Block,
+    /// The model saw no reason to block: not a reason to lower, unban or allowlist.
+    Allow,
+    /// No answer (disabled, budget, breaker, timeout, unusable reply).
+    Unsure,
+}
+
+/// Decisions from least to most severe (an AI answer may only raise one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Allow,
@@ -279,13 +309,15 @@ impl Engine {
     }
 
     /// Turns the AI's judgement of a triaged client into a decision. Only a BLOCK does anything
-    /// (a ban, through [`crate::ai::Escalation::raise`]); ALLOW and unsure change nothing, and
-    /// an allowlisted or already banned client is left alone.
-    pub fn ai_verdict(&mut self, now: Duration, client: IpAddr, judgement: &Judgement) -> Decision {
-        let Some(escalation) = judgement.escalation() else {
-            return Decision::Allow;
-        };
-        if escalation.raise(Severity::Allow, Severity::Ban) != Severity::Ban {
+    /// (a ban); ALLOW and unsure change nothing, and an allowlisted or already banned client is
+    /// left alone.
+    pub fn ai_verdict(
+        &mut self,
+        now: Duration,
+        client: IpAddr,
+        opinion: SecondOpinion,
+    ) -> Decision {
+        if opinion != SecondOpinion::Block {
             return Decision::Allow;
         }
         if self.core.allowlisted(client) {

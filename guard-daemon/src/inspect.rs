@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use super::{Action, Request, Validator, ValidatorConfig, Verdict};
+use crate::validate::{Action, Request, Validator, ValidatorConfig, Verdict};
 
 /// Arguments of `guard inspect`.
 #[derive(Debug, clap::Args)]

@@ -3,7 +3,7 @@
 (id, method, uri, headers, body), used by `cargo xtask eval` to measure the validator's false
 positives. Deterministic (fixed seed): re-run after editing and commit both files.
 
-    python3 guard-daemon/tests/data/gen_benign.py > guard-daemon/tests/data/benign.jsonl
+    python3 corpus/gen_benign.py > corpus/benign.jsonl
 """
 import base64
 import json

@@ -263,7 +263,7 @@ pub(super) fn utf7_decode(s: &str) -> Option<String> {
             .take_while(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
             .count();
         let run = &after[..len];
-        let bytes = crate::validate::detect::base64_decode(run);
+        let bytes = crate::text::base64_decode(run);
         let units: Vec<u16> = bytes
             .chunks_exact(2)
             .map(|p| u16::from_be_bytes([p[0], p[1]]))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::EngineError;
-use crate::config::de_duration;
+use crate::time::de_duration;
 
 /// What the engine does with a ban it decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -4,9 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::super::table::ClientKey;
-use super::super::{Decision, EngineConfig, Mode};
+use super::super::{Decision, EngineConfig, Mode, SecondOpinion};
 use super::{Sim, ban_rule, is_ban, req};
-use crate::ai::{Escalation, EscalationCause, Judgement};
 use crate::net::Net;
 
 /// Two backdoor probes: a ban.
@@ -32,9 +31,8 @@ fn the_allowlist_is_never_banned() {
         ds.extend(probes);
         assert!(ds.iter().all(|d| *d == Decision::Allow), "{client}");
         let ip: IpAddr = client.parse().unwrap();
-        let verdict = Judgement::Block(Escalation::new(EscalationCause::HostileClient));
         assert_eq!(
-            sim.engine.ai_verdict(sim.now, ip, &verdict),
+            sim.engine.ai_verdict(sim.now, ip, SecondOpinion::Block),
             Decision::Allow
         );
     }

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use super::Request;
+use crate::text::truncate;
 
 /// Bounds and switches for one extraction.
 #[derive(Debug, Clone, Copy)]
@@ -145,19 +146,6 @@ impl<'a> Out<'a> {
     }
 }
 
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-#[must_use]
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// A name not worth inspecting on its own: short and made of lower-case letters and digits only
 /// (attackers put payloads in names too, and SQL or Java identifiers carry `_` and `.`).
 fn plain_name(name: &str) -> bool {
@@ -222,7 +210,7 @@ fn authorization<'a>(out: &mut Out<'a>, value: &'a str) {
     let value = value.trim();
     let (scheme, credentials) = value.split_once(' ').unwrap_or(("", value));
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = super::detect::base64_decode(credentials.trim());
+        let decoded = crate::text::base64_decode(credentials.trim());
         let text = String::from_utf8_lossy(&decoded).into_owned();
         let (user, password) = text.split_once(':').unwrap_or((text.as_str(), ""));
         out.push(
