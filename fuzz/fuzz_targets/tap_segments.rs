@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use guard_daemon::tap::{Segment, Tap, TapConfig, TcpFlags};
+use guard_core::tap::{Segment, Tap, TapConfig, TcpFlags};
 use libfuzzer_sys::fuzz_target;
 
 struct Input<'a>(&'a [u8]);

@@ -37,6 +37,9 @@ enum Task {
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
+        /// Pass even when root-only tests were skipped (as root, a skip fails the run).
+        #[arg(long)]
+        allow_skips: bool,
     },
     /// Measure the request validator on the CRS corpus and the benign set.
     Eval(eval::EvalArgs),
@@ -67,6 +70,11 @@ fn cargo() -> Command {
     c
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set, else `target/` in the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 /// Directory the eBPF objects are copied to; `.cargo/config.toml` points `GUARD_EBPF_DIR` here.
 fn ebpf_dir() -> PathBuf {
     root().join("target/guard-ebpf")
@@ -88,7 +96,7 @@ fn build_ebpf() -> anyhow::Result<()> {
         ])
         .args(chain.build_args());
     run(&mut c, "building guard-ebpf")?;
-    let out = root().join("target/bpfel-unknown-none/release");
+    let out = target_dir().join("bpfel-unknown-none/release");
     std::fs::create_dir_all(ebpf_dir())?;
     for name in ["guard-ebpf", "guard-bench-ebpf"] {
         let src = out.join(name);
@@ -168,7 +176,7 @@ fn main() -> anyhow::Result<()> {
             build(true)?;
             let mut full = vec!["run"];
             full.extend(args.iter().map(String::as_str));
-            let bin = root().join("target/release/guard");
+            let bin = target_dir().join("release/guard");
             let mut c = if is_root() {
                 Command::new(&bin)
             } else {
@@ -184,7 +192,10 @@ fn main() -> anyhow::Result<()> {
             step(&format!("starting: guard {}", full.join(" ")));
             run(c.args(&full), "guard run")
         }
-        Task::Test { filter } => test(filter.as_deref()),
+        Task::Test {
+            filter,
+            allow_skips,
+        } => test(filter.as_deref(), allow_skips),
         Task::Eval(args) => {
             // guard embeds the eBPF object: build it before eval builds guard.
             build_ebpf()?;
@@ -199,16 +210,21 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn test(filter: Option<&str>) -> anyhow::Result<()> {
+fn test(filter: Option<&str>, allow_skips: bool) -> anyhow::Result<()> {
     let mut args = vec!["test"];
     if let Some(f) = filter {
         args.push(f);
+    }
+    if allow_skips {
+        args.push("--allow-skips");
     }
     if as_root(&args)? {
         return Ok(());
     }
     setup::test_tools()?;
+    core_is_pure()?;
     build(false)?;
+    fuzz_targets_compile()?;
     let mut total = Tally::default();
     step("unit tests (no root needed)");
     let mut c = cargo();
@@ -228,7 +244,7 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     step("BPF_PROG_TEST_RUN and namespace end-to-end tests (guard-tests, as root)");
     let mut c = cargo();
     c.args(["test", "-p", "guard-tests", "--no-fail-fast"])
-        .env("GUARD_BIN", root().join("target/debug/guard"));
+        .env("GUARD_BIN", target_dir().join("debug/guard"));
     if let Some(f) = filter {
         c.arg(f);
     }
@@ -241,7 +257,81 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         total.failed
     );
     unit.context("unit tests")?;
-    e2e.context("end-to-end tests")
+    e2e.context("end-to-end tests")?;
+    if skipped > 0 && !allow_skips {
+        bail!(
+            "{skipped} test(s) skipped as root (see their SKIPPED: lines): a root-only test that \
+             cannot run here is a failure, not a pass; `--allow-skips` accepts it"
+        );
+    }
+    Ok(())
+}
+
+/// Crates that do I/O, which must never enter `guard-core`'s dependency tree.
+const IO_CRATES: &[&str] = &["aya", "sled", "tokio", "reqwest", "libc"];
+
+/// Fails if `cargo tree -p guard-core` lists one of [`IO_CRATES`] (the pure core stays pure
+/// because the build says so, not by discipline).
+fn core_is_pure() -> anyhow::Result<()> {
+    step("checking that guard-core depends on no I/O crate");
+    let out = cargo()
+        .args([
+            "tree",
+            "-p",
+            "guard-core",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree -p guard-core failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found = impure(&tree);
+    if !found.is_empty() {
+        bail!(
+            "guard-core must not depend on I/O crates, but its tree has: {}",
+            found.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The [`IO_CRATES`] named in a `cargo tree --prefix none` listing.
+fn impure(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| IO_CRATES.contains(name))
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Compiles the fuzz targets (stable Rust, without linking libFuzzer) so they never rot.
+fn fuzz_targets_compile() -> anyhow::Result<()> {
+    step("compiling the fuzz targets (fuzz/, without libFuzzer)");
+    run(
+        cargo()
+            .args([
+                "check",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--no-default-features",
+                "--bins",
+                "--target-dir",
+            ])
+            .arg(target_dir()),
+        "compiling the fuzz targets",
+    )
 }
 
 /// Test counts summed over every `cargo test` binary.
@@ -294,9 +384,9 @@ fn run_bench_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
         &format!("building {name}"),
     )?;
     run(
-        Command::new(root().join("target/release").join(name))
+        Command::new(target_dir().join("release").join(name))
             .args(args)
-            .env("GUARD_BIN", root().join("target/release/guard")),
+            .env("GUARD_BIN", target_dir().join("release/guard")),
         name,
     )
 }
@@ -325,4 +415,17 @@ fn bench_tap() -> anyhow::Result<()> {
     )?;
     step("tap under 10,000 requests/s across namespaces");
     run_bench_bin("tap-load", &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::impure;
+
+    #[test]
+    fn the_purity_check_names_io_crates_only() {
+        let tree = "guard-core v0.1.0 (/w/guard-core)\nregex v1.12.2\ntokio v1.48.0\n\
+                    libc v0.2.177\nlibc v0.2.177\nserde v1.0.228\n";
+        assert_eq!(impure(tree), ["libc", "tokio"]);
+        assert!(impure("guard-core v0.1.0\nthiserror v2.0.17\n").is_empty());
+    }
 }
