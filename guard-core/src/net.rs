@@ -86,9 +86,14 @@ impl Net {
         self.prefix == Self::max_prefix(self.addr)
     }
 
-    /// True if `ip` lies inside this network.
+    /// True if `ip` lies inside this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+    /// as a dual-stack socket reports an IPv4 peer) is the IPv4 address it carries.
     #[must_use]
     pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) if self.addr.is_ipv4() => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            other => other,
+        };
         match (self.addr, ip) {
             (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
                 Self::new(ip, self.prefix).addr == self.addr
@@ -172,6 +177,9 @@ mod tests {
         assert!(n.contains("10.200.0.1".parse().unwrap()));
         assert!(!n.contains("11.0.0.1".parse().unwrap()));
         assert!(!n.contains("::1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.9.0.1".parse().unwrap()));
+        let v6: Net = "::/0".parse().unwrap();
+        assert!(!v6.contains("10.9.0.1".parse().unwrap()));
         let h: Net = "192.0.2.7".parse().unwrap();
         assert!(h.is_host());
         assert_eq!(h.to_string(), "192.0.2.7");

@@ -1,11 +1,10 @@
 //! The `[tap]` section of the TOML config: which ports carry HTTP, and every bound the tap works
 //! within (flows, buffers, head and body sizes), plus how clients and users are identified.
-use std::fmt;
-use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::net::Net;
 
 #[cfg(test)]
 mod tests;
@@ -34,7 +33,7 @@ pub struct TapConfig {
     /// Requests waiting for their response on one connection (pipelining) before it is abandoned.
     pub max_pipelined: usize,
     /// Peers whose X-Forwarded-For / Forwarded headers are believed (CIDRs, e.g. "10.0.0.0/8").
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<Net>,
     /// Header carrying the user id (set by an auth proxy), e.g. "X-User-Id".
     pub user_header: Option<String>,
     /// HS256 key: bearer JWTs whose signature checks with it give a verified user id.
@@ -117,80 +116,4 @@ impl TapConfig {
 
 fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
-}
-
-/// Why a CIDR string did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CidrError {
-    #[error("bad address in cidr {text:?}")]
-    Address { text: String },
-    #[error("bad prefix length in cidr {text:?}")]
-    Prefix { text: String },
-}
-
-/// An address block, `addr/len` (a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    /// True when `ip` is inside the block (IPv4-mapped IPv6 addresses match IPv4 blocks).
-    #[must_use]
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 @ IpAddr::V4(_) => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| CidrError::Address { text: s.to_owned() })?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match l {
-            None => max,
-            Some(l) => l
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&l| l <= max)
-                .ok_or_else(|| CidrError::Prefix { text: s.to_owned() })?,
-        };
-        Ok(Self { addr, len })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::config::Cidr;
+use crate::net::Net;
 
 /// Longest JWT we decode; longer tokens are ignored (no user id).
 const MAX_JWT: usize = 8192;
@@ -33,7 +33,7 @@ pub struct UserId {
     pub source: UserSource,
 }
 
-fn trusted(ip: IpAddr, proxies: &[Cidr]) -> bool {
+fn trusted(ip: IpAddr, proxies: &[Net]) -> bool {
     proxies.iter().any(|c| c.contains(ip))
 }
 
@@ -44,7 +44,7 @@ pub fn client_ip(
     peer: IpAddr,
     xff: Option<&str>,
     forwarded: Option<&str>,
-    proxies: &[Cidr],
+    proxies: &[Net],
 ) -> IpAddr {
     if !trusted(peer, proxies) {
         return peer;

@@ -24,10 +24,11 @@ pub mod synth;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Cidr, TapConfig};
+pub use config::TapConfig;
 pub use identity::{UserId, UserSource};
 pub use packet::{PacketError, Segment, TcpFlags};
 
+use crate::net::Net;
 use conn::{After, Conn, Ctx, Dir};
 
 /// Headers of a request that guard's checks use.
@@ -155,7 +156,7 @@ struct Settings {
     limits: reassembly::Limits,
     max_total_buffer: usize,
     http: http::Limits,
-    trusted_proxies: Vec<Cidr>,
+    trusted_proxies: Vec<Net>,
     jwt_key: Option<Vec<u8>>,
 }
 

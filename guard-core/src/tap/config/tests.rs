@@ -20,7 +20,8 @@ fn tap_section_parses_with_defaults_for_missing_keys() {
     assert_eq!(f.tap.http_ports, [8000]);
     assert_eq!(f.tap.idle_timeout, Duration::from_secs(30));
     assert_eq!(f.tap.max_flows, TapConfig::default().max_flows);
-    assert_eq!(f.tap.trusted_proxies[1].to_string(), "2001:db8::1/128");
+    assert_eq!(f.tap.trusted_proxies[1].to_string(), "2001:db8::1");
+    assert!(f.tap.trusted_proxies[1].is_host());
     assert!(f.tap.validate().is_ok());
     assert!(TapConfig::default().validate().is_ok());
 }
@@ -56,14 +57,14 @@ fn validation_names_the_key() {
 
 #[test]
 fn cidr_membership() {
-    let net: Cidr = "10.1.0.0/16".parse().unwrap();
+    let net: Net = "10.1.0.0/16".parse().unwrap();
     assert!(net.contains("10.1.200.3".parse().unwrap()));
     assert!(!net.contains("10.2.0.1".parse().unwrap()));
     assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
-    let all: Cidr = "0.0.0.0/0".parse().unwrap();
+    let all: Net = "0.0.0.0/0".parse().unwrap();
     assert!(all.contains("203.0.113.1".parse().unwrap()));
-    let v6: Cidr = "2001:db8::/32".parse().unwrap();
+    let v6: Net = "2001:db8::/32".parse().unwrap();
     assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
     assert!(!v6.contains("10.1.0.9".parse().unwrap()));
-    assert!("nope/8".parse::<Cidr>().is_err());
+    assert!("nope/8".parse::<Net>().is_err());
 }
