@@ -65,6 +65,63 @@ macro_rules! require_root {
     };
 }
 
+/// How a namespace test shares the machine with the others (threads of this test binary, and
+/// other test processes on the host): see [`MachineLock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Runs beside other shared tests.
+    Shared,
+    /// Runs alone: floods, and tests that measure a time.
+    Exclusive,
+}
+
+/// A reader-writer lock over the namespace tests of the whole host, on two files in the temp
+/// directory: shared tests run together, an exclusive one (a packet flood, a timing window)
+/// runs alone, so neither disturbs the other on a small machine. A waiting exclusive test
+/// holds the gate, so new shared tests queue behind it instead of starving it. Released on drop.
+pub struct MachineLock {
+    _held: std::fs::File,
+}
+
+impl MachineLock {
+    /// Waits for the lock in `mode`.
+    pub fn acquire(mode: Share) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir();
+        let gate = lock_file(&dir.join("guard-tests.gate"))?;
+        let held = lock_file(&dir.join("guard-tests.lock"))?;
+        let op = match mode {
+            Share::Shared => libc::LOCK_SH,
+            Share::Exclusive => libc::LOCK_EX,
+        };
+        flock(&gate, op)?;
+        flock(&held, op)?;
+        // The gate is released when `gate` closes here; `held` stays locked.
+        Ok(Self { _held: held })
+    }
+}
+
+fn lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn flock(file: &std::fs::File, op: i32) -> anyhow::Result<()> {
+    loop {
+        // SAFETY: flock on an fd this function borrows for the call's duration.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).context("flock on the test lock");
+        }
+    }
+}
+
 /// A network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -161,10 +218,23 @@ pub struct Link {
     pub near_v6: IpAddr,
     pub far_v6: IpAddr,
     subnet: u32,
+    /// Held while the namespaces exist (dropped last).
+    _machine: MachineLock,
 }
 
 impl Link {
+    /// A link for a test that runs beside other shared tests.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with(Share::Shared)
+    }
+
+    /// A link for a test that must run alone (a flood, a timing window).
+    pub fn exclusive() -> anyhow::Result<Self> {
+        Self::with(Share::Exclusive)
+    }
+
+    fn with(share: Share) -> anyhow::Result<Self> {
+        let machine = MachineLock::acquire(share)?;
         let near = Netns::new("gn")?;
         let far = Netns::new("gf")?;
         let near_if = unique("gvn");
@@ -211,6 +281,7 @@ impl Link {
             near_if,
             far_if,
             subnet,
+            _machine: machine,
         })
     }
 
@@ -220,6 +291,39 @@ impl Link {
         self.far
             .ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
         Ok(a.parse()?)
+    }
+
+    /// Adds `10.<net>.N.<host>/24` on the far side, in a /24 of its own (`net` other than 201),
+    /// with a route to it from the near side; returns the address.
+    pub fn add_far_v4_in(&self, net: u8, host: u8) -> anyhow::Result<IpAddr> {
+        let a = format!("10.{net}.{}.{host}", self.subnet);
+        self.far
+            .ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
+        let route = format!("10.{net}.{}.0/24", self.subnet);
+        self.near
+            .ip(&["route", "replace", &route, "dev", &self.near_if])?;
+        Ok(a.parse()?)
+    }
+
+    /// Adds another IPv6 address (`fd20:N::<suffix>`) on the far side and returns it.
+    pub fn add_far_v6(&self, suffix: &str) -> anyhow::Result<IpAddr> {
+        let a = format!("fd20:{}::{suffix}", self.subnet);
+        self.far.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/64"),
+            "dev",
+            &self.far_if,
+            "nodad",
+        ])?;
+        Ok(a.parse()?)
+    }
+
+    /// The /64 of this link's IPv6 addresses, without the length (`fd20:N::`).
+    #[must_use]
+    pub fn v6_prefix(&self) -> String {
+        format!("fd20:{}::", self.subnet)
     }
 
     /// The /24 of this link's IPv4 addresses.
