@@ -486,6 +486,7 @@ fn reboot_rebuilds_every_ban_cidr_allowlist_and_dense_block_from_the_store() -> 
     std::fs::remove_dir_all(&s.daemon.pin_dir)?;
     if xdp_attached(&link.near, &link.near_if)? {
         // A program attached without a link (netlink) outlives its pins; detach it by hand.
+        println!("the program outlived its pins (no bpf_link): detaching it by hand");
         for mode in ["xdpgeneric", "xdpdrv"] {
             let _ = link
                 .near
