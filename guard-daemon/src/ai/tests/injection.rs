@@ -128,6 +128,9 @@ fn event(client: IpAddr, path: &str, ua: &str, now: Duration) -> RequestEvent {
     }
 }
 
+/// A Thursday in 2027, wall clock seconds since the Unix epoch.
+const T0: u64 = 1_800_000_000;
+
 const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 
 /// The engine with its seeded rules, no grace period and no triage interval, so that one
@@ -213,7 +216,7 @@ async fn no_answer_can_lower_the_engines_decision() {
     let server = TestServer::start(script).await;
     let ai = client(test_config(&server.base_url));
     let (grey, hostile, allowed) = (ip(20), ip(21), ip(22));
-    let now = Duration::from_secs(1_800_000_000);
+    let now = Duration::from_secs(T0);
     let severities = [
         Severity::Allow,
         Severity::Triage,
