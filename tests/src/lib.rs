@@ -363,39 +363,69 @@ pub fn start_servers(ns: &Netns, port: u16) -> anyhow::Result<()> {
 }
 
 /// Does a TCP connection from `ns` (optionally from `src`) to `dst` succeed within `timeout`?
+///
+/// Only an unanswered SYN reads as `false`. A probe that cannot run (no such namespace, a
+/// source address the far side does not have) or that the server refuses (nothing listens:
+/// the packet got through) fails the test instead, so a broken setup never passes for a drop.
+///
+/// # Panics
+/// When the probe cannot run or is refused, as above.
 #[must_use]
 pub fn tcp_ok(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> bool {
-    ns.run(move || match src {
-        None => TcpStream::connect_timeout(&dst, timeout).is_ok(),
-        Some(src) => bound_connect(src, dst, timeout),
-    })
-    .unwrap_or(false)
+    let probe = ns
+        .run(move || try_connect(src, dst, timeout).map(|s| s.is_some()))
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    match probe {
+        Ok(connected) => connected,
+        Err(e) => panic!("the TCP probe from {src:?} to {dst} did not run: {e:#}"),
+    }
 }
 
-fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
-    connect_from(src, dst, timeout).is_some()
-}
-
-/// A TCP connection from a chosen source address (std cannot bind before connecting).
+/// A TCP connection from a chosen source address (std cannot bind before connecting); `None`
+/// when it fails for any reason.
 #[must_use]
 pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Option<TcpStream> {
-    // std cannot bind before connect; use a raw socket for the source address.
+    try_connect(Some(src), dst, timeout).ok().flatten()
+}
+
+/// Connects to `dst` (from `src` if given): `Ok(None)` when the attempt goes unanswered
+/// within `timeout`, an error when the socket cannot be made or bound or the server refuses.
+fn try_connect(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<Option<TcpStream>> {
+    let unanswered = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("{dst} refused the connection: nothing listens there"),
+            ))
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(src) = src else {
+        return TcpStream::connect_timeout(&dst, timeout).map_or_else(unanswered, |s| Ok(Some(s)));
+    };
     let domain = if dst.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
+    let last = std::io::Error::last_os_error;
     // SAFETY: plain socket syscalls on an fd we own and close.
     unsafe {
         let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return None;
+            return Err(last());
         }
         let stream = std::os::fd::FromRawFd::from_raw_fd(fd);
         let stream: TcpStream = stream;
         let (sa, len) = sockaddr(SocketAddr::new(src, 0));
         if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
-            return None;
+            let e = last();
+            return Err(std::io::Error::new(e.kind(), format!("binding {src}: {e}")));
         }
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as i64,
@@ -409,7 +439,11 @@ pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Option<T
             size_of::<libc::timeval>() as u32,
         );
         let (sa, len) = sockaddr(dst);
-        (libc::connect(fd, (&raw const sa).cast(), len) == 0).then_some(stream)
+        if libc::connect(fd, (&raw const sa).cast(), len) == 0 {
+            Ok(Some(stream))
+        } else {
+            unanswered(last())
+        }
     }
 }
 
@@ -438,32 +472,53 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-/// Does a UDP datagram from `ns` to `dst` come back echoed within `timeout`?
+/// Does a UDP datagram from `ns` to `dst` come back echoed within `timeout`? A probe that
+/// cannot run, or that meets no server (an ICMP port unreachable: the packet got through),
+/// fails the test, as with [`tcp_ok`].
+///
+/// # Panics
+/// When the probe cannot run or meets no server.
 #[must_use]
 pub fn udp_ok(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
-    ns.run(move || {
-        let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let Ok(s) = UdpSocket::bind(bind) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(timeout));
-        let mut buf = [0u8; 64];
-        s.send_to(b"guard-probe", dst).is_ok()
-            && s.recv_from(&mut buf)
-                .is_ok_and(|(n, _)| &buf[..n] == b"guard-probe")
-    })
-    .unwrap_or(false)
+    let probe = ns
+        .run(move || -> std::io::Result<bool> {
+            let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.connect(dst)?;
+            s.send(b"guard-probe")?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Ok(n) => Ok(&buf[..n] == b"guard-probe"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(e),
+                Err(_) => Ok(false),
+            }
+        })
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    match probe {
+        Ok(echoed) => echoed,
+        Err(e) => panic!("the UDP probe to {dst} did not run: {e:#}"),
+    }
 }
 
-/// Does one ping from `ns` to `dst` get an answer within a second?
+/// Does one ping from `ns` to `dst` get an answer within a second? A ping that cannot run
+/// (exit status other than 0 or 1) fails the test.
+///
+/// # Panics
+/// When ping cannot run or fails for another reason than a missing answer.
 #[must_use]
 pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
-    ns.command("ping")
+    let status = ns
+        .command("ping")
         .args(["-c", "1", "-W", "1", "-q", &dst.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .status();
+    match status.map(|s| s.code()) {
+        Ok(Some(0)) => true,
+        Ok(Some(1)) => false,
+        other => panic!("ping {dst} in {} did not run: {other:?}", ns.name),
+    }
 }
 
 /// Path of the `guard` binary under test (set by `cargo xtask test`).

@@ -337,6 +337,11 @@ fn restart_keeps_every_ban_and_enforces_while_down() -> anyhow::Result<()> {
         "the drop while down was counted"
     );
     assert!(none_ok(far, near));
+    let neighbour = s.link.add_far_v4(77)?;
+    assert!(
+        tcp_ok(far, Some(neighbour), SocketAddr::new(near, PORT), SLOW),
+        "an unbanned neighbour is dropped after the restart"
+    );
     Ok(())
 }
 
@@ -693,6 +698,10 @@ fn full_disk_keeps_enforcing_and_says_what_is_not_saved() -> anyhow::Result<()> 
         "the ban saved before the disk filled is gone: {list}"
     );
     assert!(none_ok(far, near));
+    assert!(
+        tcp_ok(far, Some(bystander), to, SLOW),
+        "other traffic is dropped after the restart"
+    );
     assert!(
         !d.log_text().contains("panicked"),
         "guard panicked: {}",

@@ -303,9 +303,10 @@ fn malformed_input_never_stalls_and_is_counted() -> anyhow::Result<()> {
         over > 0,
         "max_flows = 64 must have evicted or refused flows: {tap}"
     );
+    let open = tap["flows_open"].as_u64();
     assert!(
-        tap["flows_open"].as_u64() <= Some(64),
-        "flow table over its bound: {tap}"
+        open.is_some_and(|n| n <= 64),
+        "flow table over its bound (or not reported): {tap}"
     );
     assert!(
         !logs(&d).iter().any(|r| r["path"] == "/long"),
