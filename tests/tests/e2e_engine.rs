@@ -33,10 +33,14 @@ fn setup_on(link: Link, extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr
     Ok((link, d, dst))
 }
 
+/// The ban of `addr` in `guard ban ls`, if any. A CLI that fails fails the test: read as "not
+/// banned", it would pass every check that a benign client was left alone.
 fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
-    d.json(&["ban", "ls"])
-        .ok()?
-        .as_array()?
+    let list = d
+        .json(&["ban", "ls"])
+        .unwrap_or_else(|e| panic!("guard ban ls: {e:#}"));
+    list.as_array()
+        .unwrap_or_else(|| panic!("ban ls is not a list: {list}"))
         .iter()
         .find(|b| b["addr"] == addr.to_string())
         .cloned()
@@ -422,21 +426,23 @@ const AI_CONFIG: &str = "\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:1
 
 /// The judge's counters (`guard stats`, section `engine`).
 fn judge_stats(d: &Daemon) -> serde_json::Value {
-    d.json(&["stats"])
-        .map(|s| s["engine"].clone())
-        .unwrap_or_default()
+    let stats = d
+        .json(&["stats"])
+        .unwrap_or_else(|e| panic!("guard stats: {e:#}"));
+    assert!(stats["engine"].is_object(), "no engine section: {stats}");
+    stats["engine"].clone()
 }
 
-/// How much each of `names` moved between two snapshots of [`judge_stats`].
+/// How much each of `names` moved between two snapshots of [`judge_stats`]; a counter missing
+/// from either fails the test (read as 0, it would pass every "did not move").
 fn moved(before: &serde_json::Value, after: &serde_json::Value, names: &[&str]) -> Vec<u64> {
+    let get = |s: &serde_json::Value, n: &str| {
+        s[n].as_u64()
+            .unwrap_or_else(|| panic!("no counter {n} in {s}"))
+    };
     names
         .iter()
-        .map(|n| {
-            after[*n]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(before[*n].as_u64().unwrap_or(0))
-        })
+        .map(|n| get(after, n).saturating_sub(get(before, n)))
         .collect()
 }
 
