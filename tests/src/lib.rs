@@ -84,19 +84,25 @@ pub struct MachineLock {
 }
 
 impl MachineLock {
-    /// Waits for the lock in `mode`.
+    /// Waits for the host's lock in `mode`.
     pub fn acquire(mode: Share) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir();
+        Self::acquire_in(&std::env::temp_dir(), mode, true)
+            .and_then(|l| l.context("a blocking flock returned without the lock"))
+    }
+
+    /// The lock whose files are in `dir`; with `wait` false, `None` when it is taken.
+    pub fn acquire_in(dir: &Path, mode: Share, wait: bool) -> anyhow::Result<Option<Self>> {
         let gate = lock_file(&dir.join("guard-tests.gate"))?;
         let held = lock_file(&dir.join("guard-tests.lock"))?;
         let op = match mode {
             Share::Shared => libc::LOCK_SH,
             Share::Exclusive => libc::LOCK_EX,
-        };
-        flock(&gate, op)?;
-        flock(&held, op)?;
+        } | if wait { 0 } else { libc::LOCK_NB };
+        if !flock(&gate, op)? || !flock(&held, op)? {
+            return Ok(None);
+        }
         // The gate is released when `gate` closes here; `held` stays locked.
-        Ok(Self { _held: held })
+        Ok(Some(Self { _held: held }))
     }
 }
 
@@ -109,15 +115,18 @@ fn lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-fn flock(file: &std::fs::File, op: i32) -> anyhow::Result<()> {
+/// `flock(2)`: `false` when `op` has `LOCK_NB` and the lock is taken.
+fn flock(file: &std::fs::File, op: i32) -> anyhow::Result<bool> {
     loop {
         // SAFETY: flock on an fd this function borrows for the call's duration.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err).context("flock on the test lock");
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(err).context("flock on the test lock"),
         }
     }
 }
@@ -751,4 +760,38 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MachineLock, Share};
+
+    #[test]
+    fn shared_tests_run_together_an_exclusive_one_alone_and_a_waiting_one_goes_first() {
+        let dir = std::env::temp_dir().join(format!("guard-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let take = |mode| MachineLock::acquire_in(&dir, mode, false).expect("flock");
+        let a = take(Share::Shared).expect("free");
+        let b = take(Share::Shared).expect("shared beside shared");
+        assert!(take(Share::Exclusive).is_none(), "exclusive beside shared");
+        drop((a, b));
+        let x = take(Share::Exclusive).expect("free again");
+        assert!(take(Share::Shared).is_none(), "shared beside exclusive");
+        assert!(take(Share::Exclusive).is_none(), "two exclusive");
+        drop(x);
+        // An exclusive test waiting for the lock holds the gate: no new shared test gets in.
+        let waiting = std::fs::File::open(dir.join("guard-tests.gate")).expect("gate");
+        // SAFETY: flock on an fd we own.
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&waiting), libc::LOCK_EX) },
+            0
+        );
+        assert!(
+            take(Share::Shared).is_none(),
+            "a shared test overtook a waiting one"
+        );
+        drop(waiting);
+        assert!(take(Share::Shared).is_some());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }
