@@ -79,6 +79,9 @@ pub enum Share {
 /// directory: shared tests run together, an exclusive one (a packet flood, a timing window)
 /// runs alone, so neither disturbs the other on a small machine. A waiting exclusive test
 /// holds the gate, so new shared tests queue behind it instead of starving it. Released on drop.
+///
+/// A test takes one (through its one [`Link`]); taking a second while holding the first can
+/// wait forever behind an exclusive test that waits for the first.
 pub struct MachineLock {
     _held: std::fs::File,
 }
