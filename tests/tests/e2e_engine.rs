@@ -99,7 +99,7 @@ fn attack_raw(
     });
     let t =
         wait_until(Duration::from_secs(10), || banned(d, src).is_some()).map(|_| start.elapsed());
-    let answered = client.join().unwrap_or(0);
+    let answered = client.join().expect("the client thread panicked");
     (answered, t)
 }
 
