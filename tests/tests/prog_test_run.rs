@@ -249,7 +249,8 @@ fn coarse_now_ns() -> u64 {
 fn a_ban_expires_on_time_under_a_steady_stream() -> anyhow::Result<()> {
     require_root!();
     let mut l = load()?;
-    let deadline = coarse_now_ns() + 150_000_000;
+    // Far enough ahead that even a descheduled test thread makes many runs before it.
+    let deadline = coarse_now_ns() + 300_000_000;
     l.ban_v4(A, deadline);
     let frame = v4_frame(&[], A);
     // One tick is at most 10 ms (HZ >= 100); twice that leaves room for the coarse clock's own
