@@ -16,7 +16,7 @@ pub enum Answer {
     Block = 0,
     Allow = 1,
     ServerError = 2,
-    /// Accept the connection and close it without a word: the AI is down.
+    /// Read the request, then close the connection without a word: the AI is down.
     Down = 3,
 }
 

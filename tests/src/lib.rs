@@ -65,6 +65,75 @@ macro_rules! require_root {
     };
 }
 
+/// How a namespace test shares the machine with the others (threads of this test binary, and
+/// other test processes on the host): see [`MachineLock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Runs beside other shared tests.
+    Shared,
+    /// Runs alone: floods, and tests that measure a time.
+    Exclusive,
+}
+
+/// A reader-writer lock over the namespace tests of the whole host, on two files in the temp
+/// directory: shared tests run together, an exclusive one (a packet flood, a timing window)
+/// runs alone, so neither disturbs the other on a small machine. A waiting exclusive test
+/// holds the gate, so new shared tests queue behind it instead of starving it. Released on drop.
+///
+/// A test takes one (through its one [`Link`]); taking a second while holding the first can
+/// wait forever behind an exclusive test that waits for the first.
+pub struct MachineLock {
+    _held: std::fs::File,
+}
+
+impl MachineLock {
+    /// Waits for the host's lock in `mode`.
+    pub fn acquire(mode: Share) -> anyhow::Result<Self> {
+        Self::acquire_in(&std::env::temp_dir(), mode, true)
+            .and_then(|l| l.context("a blocking flock returned without the lock"))
+    }
+
+    /// The lock whose files are in `dir`; with `wait` false, `None` when it is taken.
+    pub fn acquire_in(dir: &Path, mode: Share, wait: bool) -> anyhow::Result<Option<Self>> {
+        let gate = lock_file(&dir.join("guard-tests.gate"))?;
+        let held = lock_file(&dir.join("guard-tests.lock"))?;
+        let op = match mode {
+            Share::Shared => libc::LOCK_SH,
+            Share::Exclusive => libc::LOCK_EX,
+        } | if wait { 0 } else { libc::LOCK_NB };
+        if !flock(&gate, op)? || !flock(&held, op)? {
+            return Ok(None);
+        }
+        // The gate is released when `gate` closes here; `held` stays locked.
+        Ok(Some(Self { _held: held }))
+    }
+}
+
+fn lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// `flock(2)`: `false` when `op` has `LOCK_NB` and the lock is taken.
+fn flock(file: &std::fs::File, op: i32) -> anyhow::Result<bool> {
+    loop {
+        // SAFETY: flock on an fd this function borrows for the call's duration.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(err).context("flock on the test lock"),
+        }
+    }
+}
+
 /// A network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -161,10 +230,23 @@ pub struct Link {
     pub near_v6: IpAddr,
     pub far_v6: IpAddr,
     subnet: u32,
+    /// Held while the namespaces exist (dropped last).
+    _machine: MachineLock,
 }
 
 impl Link {
+    /// A link for a test that runs beside other shared tests.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with(Share::Shared)
+    }
+
+    /// A link for a test that must run alone (a flood, a timing window).
+    pub fn exclusive() -> anyhow::Result<Self> {
+        Self::with(Share::Exclusive)
+    }
+
+    fn with(share: Share) -> anyhow::Result<Self> {
+        let machine = MachineLock::acquire(share)?;
         let near = Netns::new("gn")?;
         let far = Netns::new("gf")?;
         let near_if = unique("gvn");
@@ -211,6 +293,7 @@ impl Link {
             near_if,
             far_if,
             subnet,
+            _machine: machine,
         })
     }
 
@@ -220,6 +303,39 @@ impl Link {
         self.far
             .ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
         Ok(a.parse()?)
+    }
+
+    /// Adds `10.<net>.N.<host>/24` on the far side, in a /24 of its own (`net` other than 201),
+    /// with a route to it from the near side; returns the address.
+    pub fn add_far_v4_in(&self, net: u8, host: u8) -> anyhow::Result<IpAddr> {
+        let a = format!("10.{net}.{}.{host}", self.subnet);
+        self.far
+            .ip(&["addr", "add", &format!("{a}/24"), "dev", &self.far_if])?;
+        let route = format!("10.{net}.{}.0/24", self.subnet);
+        self.near
+            .ip(&["route", "replace", &route, "dev", &self.near_if])?;
+        Ok(a.parse()?)
+    }
+
+    /// Adds another IPv6 address (`fd20:N::<suffix>`) on the far side and returns it.
+    pub fn add_far_v6(&self, suffix: &str) -> anyhow::Result<IpAddr> {
+        let a = format!("fd20:{}::{suffix}", self.subnet);
+        self.far.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/64"),
+            "dev",
+            &self.far_if,
+            "nodad",
+        ])?;
+        Ok(a.parse()?)
+    }
+
+    /// The /64 of this link's IPv6 addresses, without the length (`fd20:N::`).
+    #[must_use]
+    pub fn v6_prefix(&self) -> String {
+        format!("fd20:{}::", self.subnet)
     }
 
     /// The /24 of this link's IPv4 addresses.
@@ -259,39 +375,69 @@ pub fn start_servers(ns: &Netns, port: u16) -> anyhow::Result<()> {
 }
 
 /// Does a TCP connection from `ns` (optionally from `src`) to `dst` succeed within `timeout`?
+///
+/// Only an unanswered SYN reads as `false`. A probe that cannot run (no such namespace, a
+/// source address the far side does not have) or that the server refuses (nothing listens:
+/// the packet got through) fails the test instead, so a broken setup never passes for a drop.
+///
+/// # Panics
+/// When the probe cannot run or is refused, as above.
 #[must_use]
 pub fn tcp_ok(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> bool {
-    ns.run(move || match src {
-        None => TcpStream::connect_timeout(&dst, timeout).is_ok(),
-        Some(src) => bound_connect(src, dst, timeout),
-    })
-    .unwrap_or(false)
+    let probe = ns
+        .run(move || try_connect(src, dst, timeout).map(|s| s.is_some()))
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    match probe {
+        Ok(connected) => connected,
+        Err(e) => panic!("the TCP probe from {src:?} to {dst} did not run: {e:#}"),
+    }
 }
 
-fn bound_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
-    connect_from(src, dst, timeout).is_some()
-}
-
-/// A TCP connection from a chosen source address (std cannot bind before connecting).
+/// A TCP connection from a chosen source address (std cannot bind before connecting); `None`
+/// when it fails for any reason.
 #[must_use]
 pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Option<TcpStream> {
-    // std cannot bind before connect; use a raw socket for the source address.
+    try_connect(Some(src), dst, timeout).ok().flatten()
+}
+
+/// Connects to `dst` (from `src` if given): `Ok(None)` when the attempt goes unanswered
+/// within `timeout`, an error when the socket cannot be made or bound or the server refuses.
+fn try_connect(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<Option<TcpStream>> {
+    let unanswered = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("{dst} refused the connection: nothing listens there"),
+            ))
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(src) = src else {
+        return TcpStream::connect_timeout(&dst, timeout).map_or_else(unanswered, |s| Ok(Some(s)));
+    };
     let domain = if dst.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
+    let last = std::io::Error::last_os_error;
     // SAFETY: plain socket syscalls on an fd we own and close.
     unsafe {
         let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return None;
+            return Err(last());
         }
         let stream = std::os::fd::FromRawFd::from_raw_fd(fd);
         let stream: TcpStream = stream;
         let (sa, len) = sockaddr(SocketAddr::new(src, 0));
         if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
-            return None;
+            let e = last();
+            return Err(std::io::Error::new(e.kind(), format!("binding {src}: {e}")));
         }
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as i64,
@@ -305,7 +451,11 @@ pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Option<T
             size_of::<libc::timeval>() as u32,
         );
         let (sa, len) = sockaddr(dst);
-        (libc::connect(fd, (&raw const sa).cast(), len) == 0).then_some(stream)
+        if libc::connect(fd, (&raw const sa).cast(), len) == 0 {
+            Ok(Some(stream))
+        } else {
+            unanswered(last())
+        }
     }
 }
 
@@ -334,32 +484,53 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-/// Does a UDP datagram from `ns` to `dst` come back echoed within `timeout`?
+/// Does a UDP datagram from `ns` to `dst` come back echoed within `timeout`? A probe that
+/// cannot run, or that meets no server (an ICMP port unreachable: the packet got through),
+/// fails the test, as with [`tcp_ok`].
+///
+/// # Panics
+/// When the probe cannot run or meets no server.
 #[must_use]
 pub fn udp_ok(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
-    ns.run(move || {
-        let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let Ok(s) = UdpSocket::bind(bind) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(timeout));
-        let mut buf = [0u8; 64];
-        s.send_to(b"guard-probe", dst).is_ok()
-            && s.recv_from(&mut buf)
-                .is_ok_and(|(n, _)| &buf[..n] == b"guard-probe")
-    })
-    .unwrap_or(false)
+    let probe = ns
+        .run(move || -> std::io::Result<bool> {
+            let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.connect(dst)?;
+            s.send(b"guard-probe")?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Ok(n) => Ok(&buf[..n] == b"guard-probe"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(e),
+                Err(_) => Ok(false),
+            }
+        })
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    match probe {
+        Ok(echoed) => echoed,
+        Err(e) => panic!("the UDP probe to {dst} did not run: {e:#}"),
+    }
 }
 
-/// Does one ping from `ns` to `dst` get an answer within a second?
+/// Does one ping from `ns` to `dst` get an answer within a second? A ping that cannot run
+/// (exit status other than 0 or 1) fails the test.
+///
+/// # Panics
+/// When ping cannot run or fails for another reason than a missing answer.
 #[must_use]
 pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
-    ns.command("ping")
+    let status = ns
+        .command("ping")
         .args(["-c", "1", "-W", "1", "-q", &dst.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .status();
+    match status.map(|s| s.code()) {
+        Ok(Some(0)) => true,
+        Ok(Some(1)) => false,
+        other => panic!("ping {dst} in {} did not run: {other:?}", ns.name),
+    }
 }
 
 /// Path of the `guard` binary under test (set by `cargo xtask test`).
@@ -592,4 +763,38 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MachineLock, Share};
+
+    #[test]
+    fn shared_tests_run_together_an_exclusive_one_alone_and_a_waiting_one_goes_first() {
+        let dir = std::env::temp_dir().join(format!("guard-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let take = |mode| MachineLock::acquire_in(&dir, mode, false).expect("flock");
+        let a = take(Share::Shared).expect("free");
+        let b = take(Share::Shared).expect("shared beside shared");
+        assert!(take(Share::Exclusive).is_none(), "exclusive beside shared");
+        drop((a, b));
+        let x = take(Share::Exclusive).expect("free again");
+        assert!(take(Share::Shared).is_none(), "shared beside exclusive");
+        assert!(take(Share::Exclusive).is_none(), "two exclusive");
+        drop(x);
+        // An exclusive test waiting for the lock holds the gate: no new shared test gets in.
+        let waiting = std::fs::File::open(dir.join("guard-tests.gate")).expect("gate");
+        // SAFETY: flock on an fd we own.
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&waiting), libc::LOCK_EX) },
+            0
+        );
+        assert!(
+            take(Share::Shared).is_none(),
+            "a shared test overtook a waiting one"
+        );
+        drop(waiting);
+        assert!(take(Share::Shared).is_some());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use guard_tests::ai_server::{AiServer, Answer};
 use guard_tests::http::{Client, start_server};
 use guard_tests::{Daemon, Link, require_root, tcp_ok, wait_until};
 
@@ -12,7 +13,16 @@ const PORT: u16 = 8080;
 /// A veth pair with the test HTTP server on the near side and guard watching it, with `extra`
 /// config appended.
 fn setup(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
-    let link = Link::new()?;
+    setup_on(Link::new()?, extra)
+}
+
+/// Like [`setup`] for a test that runs alone: it floods, or its benign clients must get every
+/// answer within a timeout that a neighbour's flood would stretch.
+fn setup_alone(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
+    setup_on(Link::exclusive()?, extra)
+}
+
+fn setup_on(link: Link, extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
     start_server(&link.near, PORT)?;
     let d = Daemon::start(
         &link.near,
@@ -23,10 +33,14 @@ fn setup(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
     Ok((link, d, dst))
 }
 
+/// The ban of `addr` in `guard ban ls`, if any. A CLI that fails fails the test: read as "not
+/// banned", it would pass every check that a benign client was left alone.
 fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
-    d.json(&["ban", "ls"])
-        .ok()?
-        .as_array()?
+    let list = d
+        .json(&["ban", "ls"])
+        .unwrap_or_else(|e| panic!("guard ban ls: {e:#}"));
+    list.as_array()
+        .unwrap_or_else(|| panic!("ban ls is not a list: {list}"))
         .iter()
         .find(|b| b["addr"] == addr.to_string())
         .cloned()
@@ -85,7 +99,7 @@ fn attack_raw(
     });
     let t =
         wait_until(Duration::from_secs(10), || banned(d, src).is_some()).map(|_| start.elapsed());
-    let answered = client.join().unwrap_or(0);
+    let answered = client.join().expect("the client thread panicked");
     (answered, t)
 }
 
@@ -96,7 +110,7 @@ fn attack_raw(
 )]
 fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Result<()> {
     require_root!();
-    let (link, mut d, dst) = setup("")?;
+    let (link, mut d, dst) = setup_alone("")?;
     let scanner = link.far_v4;
     let prober = link.add_far_v4(30)?;
     let sqli = link.add_far_v4(31)?;
@@ -289,7 +303,7 @@ fn browse(
 fn brute_force_enumeration_and_floods_are_banned_while_browsers_and_api_clients_are_not()
 -> anyhow::Result<()> {
     require_root!();
-    let (link, d, dst) = setup("")?;
+    let (link, d, dst) = setup_alone("")?;
     let (brute, enumerator, flooder) = (
         link.add_far_v4(50)?,
         link.add_far_v4(51)?,
@@ -406,29 +420,48 @@ fn grey_client(link: &Link, d: &Daemon, src: IpAddr, dst: SocketAddr) -> Option<
     attack_raw(link, d, src, dst, requests, Duration::from_millis(40)).1
 }
 
+/// The daemon's settings for a model server at 127.0.0.1:18181 (no retries, no cache).
+const AI_CONFIG: &str = "\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
+     response_format = \"json_object\"\nmax_retries = 0\nrequest_timeout_ms = 2000\nbreaker_failures = 100\ncache_ttl_secs = 0\n";
+
+/// The judge's counters (`guard stats`, section `engine`).
+fn judge_stats(d: &Daemon) -> serde_json::Value {
+    let stats = d
+        .json(&["stats"])
+        .unwrap_or_else(|e| panic!("guard stats: {e:#}"));
+    assert!(stats["engine"].is_object(), "no engine section: {stats}");
+    stats["engine"].clone()
+}
+
+/// How much each of `names` moved between two snapshots of [`judge_stats`]; a counter missing
+/// from either fails the test (read as 0, it would pass every "did not move").
+fn moved(before: &serde_json::Value, after: &serde_json::Value, names: &[&str]) -> Vec<u64> {
+    let get = |s: &serde_json::Value, n: &str| {
+        s[n].as_u64()
+            .unwrap_or_else(|| panic!("no counter {n} in {s}"))
+    };
+    names
+        .iter()
+        .map(|n| get(after, n).saturating_sub(get(before, n)))
+        .collect()
+}
+
 #[test]
 fn grey_clients_are_banned_only_on_an_ai_block() -> anyhow::Result<()> {
     require_root!();
     // The daemon asks the model only once a client turns grey: the server may start after it.
-    let (link, d, dst) = setup(
-        "\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
-         response_format = \"json_object\"\nmax_retries = 0\nrequest_timeout_ms = 2000\nbreaker_failures = 100\ncache_ttl_secs = 0\n",
-    )?;
-    let ai = guard_tests::ai_server::AiServer::start(&link.near, 18_181)?;
-    let engine = |d: &Daemon| {
-        d.json(&["stats"])
-            .map(|s| s["engine"].clone())
-            .unwrap_or_default()
-    };
+    let (link, d, dst) = setup(AI_CONFIG)?;
+    let ai = AiServer::start(&link.near, 18_181)?;
 
     // The model says BLOCK: the grey client is banned, through the engine, into XDP.
-    ai.answer(guard_tests::ai_server::Answer::Block);
+    ai.answer(Answer::Block);
     let blocked = link.add_far_v4(70)?;
+    let before = judge_stats(&d);
     let t = grey_client(&link, &d, blocked, dst);
     assert!(
         t.is_some(),
         "AI BLOCK did not ban: {} / {}",
-        engine(&d),
+        judge_stats(&d),
         d.log_text()
     );
     println!(
@@ -444,23 +477,28 @@ fn grey_clients_are_banned_only_on_an_ai_block() -> anyhow::Result<()> {
         dst,
         Duration::from_millis(300)
     ));
-    let calls = ai.calls();
-    assert!(calls >= 1);
+    assert!(ai.calls() >= 1);
+    let counters = ["ai_block", "ai_allow", "ai_unsure"];
+    let [block, _, _] = moved(&before, &judge_stats(&d), &counters)[..] else {
+        unreachable!("three counters")
+    };
+    assert!(block >= 1, "the BLOCK answer was not counted");
 
-    // ALLOW and a failing model leave grey clients alone; only the counters move.
-    for (answer, host) in [
-        (guard_tests::ai_server::Answer::Allow, 71),
-        (guard_tests::ai_server::Answer::ServerError, 72),
-    ] {
+    // ALLOW and a failing model leave grey clients alone; only their own counter moves.
+    for (answer, host, counter) in [(Answer::Allow, 71, 1), (Answer::ServerError, 72, 2)] {
         ai.answer(answer);
         let client = link.add_far_v4(host)?;
-        let before = ai.calls();
+        let (calls, before) = (ai.calls(), judge_stats(&d));
         assert!(
             grey_client(&link, &d, client, dst).is_none(),
             "{answer:?} must not ban: {:?}",
             banned(&d, client)
         );
-        assert!(ai.calls() > before, "{answer:?}: the model was not asked");
+        assert!(ai.calls() > calls, "{answer:?}: the model was not asked");
+        let after = judge_stats(&d);
+        let deltas = moved(&before, &after, &counters);
+        assert!(deltas[counter] >= 1, "{answer:?} not counted: {after}");
+        assert_eq!(deltas[0], 0, "{answer:?} counted as a BLOCK: {after}");
         assert!(tcp_ok(
             &link.far,
             Some(client),
@@ -468,9 +506,69 @@ fn grey_clients_are_banned_only_on_an_ai_block() -> anyhow::Result<()> {
             Duration::from_millis(500)
         ));
     }
-    let stats = engine(&d);
-    assert!(stats["ai_block"].as_u64() >= Some(1), "{stats}");
-    assert!(stats["ai_allow"].as_u64() >= Some(1), "{stats}");
-    assert!(stats["ai_unsure"].as_u64() >= Some(1), "{stats}");
+    Ok(())
+}
+
+/// The README's "an AI that drops the connection changes nothing": the model server accepts
+/// each call and hangs up without a word. The grey client is not banned and every one of its
+/// requests is answered, the judge counts the call as unsure, and the hard rules still ban a
+/// hostile client as they do with no AI at all.
+#[test]
+fn an_ai_that_drops_the_connection_changes_nothing() -> anyhow::Result<()> {
+    require_root!();
+    let (link, d, dst) = setup(AI_CONFIG)?;
+    let ai = AiServer::start(&link.near, 18_181)?;
+    ai.answer(Answer::Down);
+    let grey = link.add_far_v4(73)?;
+    let before = judge_stats(&d);
+    let requests = (0..26)
+        .map(|_| {
+            "GET /catalog HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.4.0\r\n\r\n".to_owned()
+        })
+        .collect();
+    let (answered, t) = attack_raw(&link, &d, grey, dst, requests, Duration::from_millis(40));
+    assert!(t.is_none(), "banned: {:?}", banned(&d, grey));
+    assert_eq!(answered, 26, "every request of the grey client answered");
+    assert!(
+        ai.calls() >= 1,
+        "the model was never asked: {}",
+        judge_stats(&d)
+    );
+    let after = judge_stats(&d);
+    let deltas = moved(
+        &before,
+        &after,
+        &["ai_asked", "ai_block", "ai_allow", "ai_unsure"],
+    );
+    assert!(deltas[0] >= 1, "no triage asked the AI: {after}");
+    assert_eq!(
+        &deltas[1..3],
+        &[0, 0],
+        "a dropped call read as an answer: {after}"
+    );
+    assert!(
+        deltas[3] >= 1,
+        "the dropped call is not counted unsure: {after}"
+    );
+    assert!(
+        tcp_ok(&link.far, Some(grey), dst, Duration::from_millis(500)),
+        "the grey client's traffic stopped"
+    );
+    // The rest of the engine is unchanged: an SQL injector is banned by the validator.
+    let sqli = link.add_far_v4(74)?;
+    let attacks = (0..10)
+        .map(|i| format!("/items?id={i}%27%20UNION%20SELECT%20password%20FROM%20users--"))
+        .collect();
+    let (_, t) = attack(&link, &d, sqli, dst, attacks, "sqlmap/1.7");
+    assert!(
+        t.is_some(),
+        "a hostile client was not banned while the AI is down"
+    );
+    assert!(!tcp_ok(
+        &link.far,
+        Some(sqli),
+        dst,
+        Duration::from_millis(300)
+    ));
     Ok(())
 }

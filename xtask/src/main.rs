@@ -226,28 +226,36 @@ fn test(filter: Option<&str>, allow_skips: bool) -> anyhow::Result<()> {
     build(false)?;
     fuzz_targets_compile()?;
     let mut total = Tally::default();
-    step("unit tests (no root needed)");
-    let mut c = cargo();
-    c.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "guard-ebpf",
-        "--exclude",
-        "guard-tests",
-        "--no-fail-fast",
-    ]);
-    if let Some(f) = filter {
-        c.arg(f);
-    }
-    let unit = run_tests(&mut c, &mut total);
+    // A filter naming a test file of guard-tests (`e2e_bans`, `prog_test_run`) runs that file.
+    let file = filter.filter(|f| root().join(format!("tests/tests/{f}.rs")).is_file());
+    let unit = if file.is_some() {
+        Ok(())
+    } else {
+        step("unit tests (no root needed)");
+        let mut c = cargo();
+        c.args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "guard-ebpf",
+            "--exclude",
+            "guard-tests",
+            "--no-fail-fast",
+        ]);
+        if let Some(f) = filter {
+            c.arg(f);
+        }
+        run_tests(&mut c, &mut total)
+    };
     step("BPF_PROG_TEST_RUN and namespace end-to-end tests (guard-tests, as root)");
     let mut c = cargo();
     c.args(["test", "-p", "guard-tests", "--no-fail-fast"])
         .env("GUARD_BIN", target_dir().join("debug/guard"));
-    if let Some(f) = filter {
-        c.arg(f);
-    }
+    match (file, filter) {
+        (Some(f), _) => c.args(["--test", f]),
+        (None, Some(f)) => c.arg(f),
+        (None, None) => &mut c,
+    };
     c.args(["--", "--show-output"]);
     let e2e = run_tests(&mut c, &mut total);
     let skipped = total.skipped;
@@ -258,6 +266,11 @@ fn test(filter: Option<&str>, allow_skips: bool) -> anyhow::Result<()> {
     );
     unit.context("unit tests")?;
     e2e.context("end-to-end tests")?;
+    if let Some(f) = filter
+        && total.passed + total.failed == 0
+    {
+        bail!("no test matched {f:?}: nothing was tested");
+    }
     if skipped > 0 && !allow_skips {
         bail!(
             "{skipped} test(s) skipped as root (see their SKIPPED: lines): a root-only test that \

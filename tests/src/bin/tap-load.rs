@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         println!("SKIPPED: {why}");
         return Ok(());
     }
-    let link = Link::new()?;
+    let link = Link::exclusive()?;
     start_server(&link.near, PORT)?;
     // One client at 10,000 requests/s is a flood to the engine: it only watches here (shadow
     // mode), since this measures capture and logging, not the ban.

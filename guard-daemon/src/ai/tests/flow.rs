@@ -1,6 +1,6 @@
 //! Admission in front of the server: circuit breaker, bounded queue, budgets, cache, and the
 //! non-blocking submit path.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::server::{Reply, TestServer, chat, status};
 use super::{client, ip, request, test_config};
@@ -59,14 +59,14 @@ async fn a_full_queue_skips_the_call_at_once() {
     let ai = client(config);
     let first = ai.try_submit_score(&request(ip(1), "one"));
     let second = ai.try_submit_score(&request(ip(2), "two"));
-    let started = Instant::now();
     let mut third = ai.try_submit_score(&request(ip(3), "three"));
     assert_eq!(
         third.try_take(),
         Some(ScoreOutcome::Unsure(Unsure(UnsureReason::QueueFull))),
         "answered at submission"
     );
-    assert!(started.elapsed() < Duration::from_millis(150));
+    // The refusal is there before this test has yielded once, so before any call could run
+    // (a single-threaded runtime): it was given at submission, with no clock to stretch.
     assert_eq!(ai.stats().skipped_queue_full, 1);
     assert!(matches!(first.await, ScoreOutcome::Score(_)));
     assert!(matches!(second.await, ScoreOutcome::Score(_)));
@@ -155,9 +155,8 @@ async fn try_submit_returns_before_the_answer() {
     };
     let server = TestServer::start(vec![slow]).await;
     let ai = client(test_config(&server.base_url));
-    let started = Instant::now();
     let mut pending = ai.try_submit_score(&request(ip(1), "x"));
-    assert!(started.elapsed() < Duration::from_millis(150));
+    // The answer takes 400 ms: still missing means the submission returned before it.
     assert_eq!(pending.try_take(), None, "not there yet");
     assert!(matches!(pending.await, ScoreOutcome::Score(s) if s.value() == 30));
 }

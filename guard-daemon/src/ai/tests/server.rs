@@ -23,6 +23,8 @@ pub(super) enum Reply {
     Drip { body: String, every: Duration },
     /// Waits `after`, then plays the reply.
     Delayed { after: Duration, reply: Box<Reply> },
+    /// Takes the whole request, then closes the connection without a byte: the server is down.
+    HangUp,
 }
 
 /// A 200 with one choice whose content is `content`, finished normally.
@@ -256,6 +258,7 @@ async fn play(stream: &mut TcpStream, mut reply: Reply) {
                 tokio::time::sleep(every).await;
             }
         }
+        Reply::HangUp => {}
         Reply::Delayed { .. } => unreachable!("unwrapped above"),
     }
     let _ = stream.shutdown().await;

@@ -2,6 +2,7 @@
 //! malformed output. Each test asserts what reached the server and what the caller got.
 use std::time::{Duration, Instant};
 
+use guard_core::engine::SecondOpinion;
 use serde_json::json;
 
 use super::server::{Reply, TestServer, chat, chat_finished, ok_body, status};
@@ -295,4 +296,38 @@ async fn probe_prints_the_parsed_answer_or_unsure_with_the_reason() {
         .expect("probe runs");
     assert!(!parsed);
     assert_eq!(line, "unsure: http status 401");
+}
+
+#[tokio::test]
+async fn a_server_that_hangs_up_is_unsure_and_opens_the_breaker() {
+    let server = TestServer::start(vec![Reply::HangUp]).await;
+    let mut config = test_config(&server.base_url);
+    config.max_retries = 0;
+    config.breaker_failures = 2;
+    config.breaker_open_ms = 60_000;
+    let ai = client(config);
+    let outcome = ai.score_request(&request(ip(1), "x")).await;
+    assert!(
+        matches!(unsure(&outcome), UnsureReason::Connect { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.escalation(), None);
+    let judgement = ai.judge_client(&behaviour("curl/8")).await;
+    assert!(
+        matches!(
+            judgement,
+            Judgement::Unsure(Unsure(UnsureReason::Connect { .. }))
+        ),
+        "{judgement:?}"
+    );
+    assert_eq!(judgement.opinion(), SecondOpinion::Unsure);
+    assert_eq!(server.count(), 2, "both calls reached the server");
+    // Two hang-ups in a row are failures of the server: the breaker stops calling it.
+    assert_eq!(
+        unsure(&ai.score_request(&request(ip(1), "y")).await),
+        &UnsureReason::BreakerOpen
+    );
+    assert_eq!(server.count(), 2);
+    let stats = ai.stats();
+    assert_eq!((stats.failed, stats.skipped_breaker), (2, 1));
 }

@@ -469,7 +469,7 @@ impl Rig<'_> {
 pub fn run(report: &mut Report, opts: &Options) -> anyhow::Result<()> {
     install_stop_signal()?;
     progress!("part 2: creating namespaces and the veth pair");
-    let link = Link::new()?;
+    let link = Link::exclusive()?;
     let (near, far) = (
         iface(&link.near, &link.near_if)?,
         iface(&link.far, &link.far_if)?,
