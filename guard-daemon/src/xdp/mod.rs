@@ -34,9 +34,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
 /// configs, inspect requests and talk to a daemon, but refuses `guard run`.
 pub const EBPF_STUB: bool = cfg!(guard_ebpf_stub);
 
-/// `statfs` magic of a bpffs mount.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// Errors of the XDP layer.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
