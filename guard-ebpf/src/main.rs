@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, xdp_action},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_map_lookup_elem},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -86,8 +86,27 @@ pub fn xdp_guard(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn count(stat: u32) {
     if let Some(slot) = STATS.get_ptr_mut(stat) {
+        // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array, valid for the run;
+        // the program runs with migration off, so nothing else on this CPU touches it meanwhile.
         unsafe { *slot += 1 };
     }
+}
+
+/// `bpf_map_lookup_elem` on an LPM trie, as a raw pointer: aya-ebpf's `LpmTrie::get` only lends
+/// `&V`, and the CIDR ban counters are written.
+#[inline(always)]
+fn lpm_get_ptr_mut<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*mut V> {
+    // SAFETY: `map` is a map definition (an `UnsafeCell` in aya-ebpf, so handing the helper a
+    // mutable pointer to it is allowed) that the loader relocates to the map; `key` is a live
+    // value of the map's key type. The helper returns null or a pointer to the value, valid for
+    // this program run.
+    let value = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(map).cast_mut().cast(),
+            core::ptr::from_ref(key).cast(),
+        )
+    };
+    (!value.is_null()).then_some(value.cast())
 }
 
 #[inline(always)]
@@ -105,6 +124,9 @@ fn verdict(stat: u32, action: u32) -> Option<u32> {
 /// the counters are statistics, the drop itself is exact.
 #[inline(always)]
 fn charge(ban: *mut BanEntry, len: u64, now: u64) {
+    // SAFETY: `ban` came from a map lookup in this run, so it points to a live entry (the kernel
+    // frees deleted entries only after an RCU grace period); no reference to it exists, and a
+    // racing CPU can only lose a count (see above).
     unsafe {
         (*ban).packets += 1;
         (*ban).bytes += len;
@@ -153,13 +175,16 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
 #[inline(always)]
 fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     let hot = HOT.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry of a per-CPU array, valid for the run; the program runs with
+    // migration off, and nothing called while `h` lives (`clock`, `flush_hot`) looks `HOT` up
+    // again, so `h` is the only reference to it.
     let h = unsafe { &mut *hot };
     if h.valid == 0 || h.addr != addr {
         return None;
     }
     if h.generation != cfg.generation || (h.expires_ns != 0 && clock() >= h.expires_ns) {
         // Stale: the counts so far still belong to the ban, if it is there.
-        flush_hot(h);
+        flush_hot(h, clock());
         h.valid = 0;
         return None;
     }
@@ -167,7 +192,7 @@ fn hot_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     h.pending_packets += 1;
     h.pending_bytes += len;
     if h.pending_packets >= HOT_FLUSH {
-        flush_hot(h);
+        flush_hot(h, clock());
     }
     Some(xdp_action::XDP_DROP)
 }
@@ -180,45 +205,66 @@ fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
     let number = host >> 8;
     let tag = number + 1;
     let idx = (host & 0xff) as usize;
-    let cache = unsafe { &mut *HOT_DENSE.get_ptr_mut(0)? };
+    let cache = HOT_DENSE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry of a per-CPU array, valid for the run; the program runs with
+    // migration off, and nothing called while `cache` lives looks `HOT_DENSE` up again (the
+    // clock is read through `cache` itself, and `cache_v4` is handed the time), so `cache` is
+    // the only reference to it.
+    let cache = unsafe { &mut *cache };
     let slot = if cache.tag == tag {
         cache.slot
     } else {
         // Most sources come from a /16 without any dense block: one cached bit says so.
         let block16 = host >> 16;
-        let word = unsafe { core::ptr::read_volatile(DENSE_V16.get(block16 >> 6)?) };
+        let word = DENSE_V16.get_ptr(block16 >> 6)?;
+        // SAFETY: a pointer to an element of the array, valid for the run; the daemon writes
+        // the array through a memory mapping, hence a volatile read and no reference.
+        let word = unsafe { word.read_volatile() };
         if (word >> (block16 & 63)) & 1 == 0 {
             return None;
         }
-        let slot = *unsafe { DENSE_INDEX.get(number) }?;
+        let slot = DENSE_INDEX.get_ptr(number)?;
+        // SAFETY: a pointer to a live hash value (freed only after an RCU grace period), read
+        // once; the daemon replaces values whole through the map syscalls.
+        let slot = unsafe { slot.read() };
         cache.tag = tag;
         cache.slot = slot;
         slot
     };
-    let block = DENSE.get(slot)?;
+    let block = DENSE.get_ptr(slot)?;
     // The daemon writes the block while this runs; a slot is only reused for another block
     // a second after it was freed, so a matching tag means the bits are this block's.
-    if unsafe { core::ptr::read_volatile(&raw const block.tag) } != tag {
+    // SAFETY: a pointer to an element of the array, valid for the run; the daemon writes it
+    // through a memory mapping, hence volatile reads of single fields and no reference.
+    if unsafe { (&raw const (*block).tag).read_volatile() } != tag {
         cache.tag = 0;
         return None;
     }
-    let word = unsafe { core::ptr::read_volatile(&raw const block.bits[idx >> 6]) };
+    // SAFETY: as above; `idx >> 6` < 4, the length of `bits`.
+    let word = unsafe { (&raw const (*block).bits[idx >> 6]).read_volatile() };
     if (word >> (idx & 63)) & 1 == 0 {
         return None;
     }
     let now = coarse_now(cache);
-    let min = unsafe { core::ptr::read_volatile(&raw const block.min_expires_ns) };
+    // SAFETY: as above.
+    let min = unsafe { (&raw const (*block).min_expires_ns).read_volatile() };
     if min != 0 && now >= min {
         return None;
     }
     let hits = DENSE_HITS.get_ptr_mut(slot)?;
-    let hit = unsafe { &mut (*hits).hits[idx] };
-    hit.packets += 1;
-    hit.bytes += len;
-    hit.last_hit_ns = now;
+    // SAFETY: a pointer to an element of the array, valid for the run (`idx` < 256, the length
+    // of `hits`); the daemon reads it through a memory mapping and other CPUs may count the
+    // same address, so it is written through the pointer, never a reference (a racing CPU can
+    // only lose a count).
+    unsafe {
+        let hit = &raw mut (*hits).hits[idx];
+        (*hit).packets += 1;
+        (*hit).bytes += len;
+        (*hit).last_hit_ns = now;
+    }
     if cache.last == host {
         // The block's earliest deadline bounds this ban's; the cache honours it.
-        cache_v4(cfg, addr, min);
+        cache_v4(cfg, addr, min, now);
     }
     cache.last = host;
     verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP)
@@ -230,31 +276,39 @@ fn dense_v4(cfg: &XdpConfig, addr: u32, len: u64) -> Option<u32> {
 /// than a tick — the coarse clock's own resolution.
 #[inline(always)]
 fn coarse_now(hot: &mut HotDense) -> u64 {
+    // SAFETY: a helper without arguments, callable from any program type.
     let jiffies = unsafe { bpf_jiffies64() };
     if jiffies != hot.jiffies || hot.now_ns == 0 {
         hot.jiffies = jiffies;
+        // SAFETY: as above.
         hot.now_ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
     hot.now_ns
 }
 
 /// [`coarse_now`] through this CPU's `HOT_DENSE` entry (the helper itself if it is missing).
+/// Never called while a reference to that entry lives (`dense_v4` holds one and reads the clock
+/// through it).
 #[inline(always)]
 fn clock() -> u64 {
     match HOT_DENSE.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry of a per-CPU array, valid for the run; the program runs with
+        // migration off and no caller holds a reference to the entry, so this one is unique.
         Some(hot) => coarse_now(unsafe { &mut *hot }),
+        // SAFETY: a helper without arguments, callable from any program type.
         None => unsafe { bpf_ktime_get_coarse_ns() },
     }
 }
 
-/// Adds a CPU's pending hot-ban counts to the ban entry (if it still exists).
+/// Adds a CPU's pending hot-ban counts to the ban entry (if it still exists); `now` is the
+/// caller's coarse clock (this reads no clock, so a caller may hold the `HOT_DENSE` entry).
 #[inline(always)]
-fn flush_hot(h: &mut HotBan) {
+fn flush_hot(h: &mut HotBan, now: u64) {
     if h.pending_packets == 0 {
         return;
     }
     if let Some(ban) = BANS_V4.get_ptr_mut(h.addr) {
-        let now = clock();
+        // SAFETY: as in `charge`: a live entry from a lookup in this run, no reference to it.
         unsafe {
             (*ban).packets += h.pending_packets;
             (*ban).bytes += h.pending_bytes;
@@ -262,6 +316,7 @@ fn flush_hot(h: &mut HotBan) {
         }
     }
     if let Some(slot) = STATS.get_ptr_mut(STAT_DROP_BAN_EXACT) {
+        // SAFETY: as in `count`: this CPU's slot of a per-CPU array.
         unsafe { *slot += h.pending_packets };
     }
     h.pending_packets = 0;
@@ -269,16 +324,19 @@ fn flush_hot(h: &mut HotBan) {
 }
 
 /// Remembers a just-dropped exact IPv4 ban in this CPU's cache (not flagged ones: their
-/// verdict depends on the allowlist).
+/// verdict depends on the allowlist). `now`: the caller's coarse clock.
 #[inline(always)]
-fn cache_v4(cfg: &XdpConfig, addr: u32, expires: u64) {
+fn cache_v4(cfg: &XdpConfig, addr: u32, expires: u64, now: u64) {
     if expires & BAN_CHECK_ALLOW != 0 {
         return;
     }
     if let Some(hot) = HOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry of a per-CPU array, valid for the run; the program runs with
+        // migration off, and no caller holds a reference to `HOT` (`hot_v4` has returned), so
+        // `h` is the only one.
         let h = unsafe { &mut *hot };
         if h.valid != 0 {
-            flush_hot(h);
+            flush_hot(h, now);
         }
         *h = HotBan {
             addr,
@@ -292,7 +350,7 @@ fn cache_v4(cfg: &XdpConfig, addr: u32, expires: u64) {
 }
 
 #[inline(always)]
-fn cache_v6(_cfg: &XdpConfig, _addr: [u8; 16], _expires: u64) {}
+fn cache_v6(_cfg: &XdpConfig, _addr: [u8; 16], _expires: u64, _now: u64) {}
 
 /// Expands to the per-family decision; the two families differ only in key type and maps.
 macro_rules! guard_family {
@@ -305,6 +363,7 @@ macro_rules! guard_family {
                 || cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some();
             if let Some(ban) = $bans.get_ptr_mut(addr) {
                 let now = clock();
+                // SAFETY: a live entry from this lookup (see `charge`); one field read.
                 let expires = unsafe { (*ban).expires_ns };
                 if live(expires, now) {
                     // Only bans that overlap the allowlist carry the flag (set by the daemon).
@@ -312,14 +371,14 @@ macro_rules! guard_family {
                         return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
                     }
                     charge(ban, len, now);
-                    $cache(cfg, addr, expires);
+                    $cache(cfg, addr, expires, now);
                     return verdict(STAT_DROP_BAN_EXACT, xdp_action::XDP_DROP);
                 }
             }
             if cfg.flags & $have_cidr != 0 {
-                if let Some(ban) = $cidr.get(Key::new($bits, addr)) {
-                    let ban = core::ptr::from_ref(ban).cast_mut();
+                if let Some(ban) = lpm_get_ptr_mut(&$cidr, &Key::new($bits, addr)) {
                     let now = clock();
+                    // SAFETY: a live entry from this lookup (see `charge`); one field read.
                     let expires = unsafe { (*ban).expires_ns };
                     if live(expires, now) {
                         if expires & BAN_CHECK_ALLOW != 0 && allowed() {
@@ -331,8 +390,14 @@ macro_rules! guard_family {
                 }
             }
             if cfg.cost_ns != 0 {
+                // SAFETY: a helper without arguments, callable from any program type.
                 let now = unsafe { bpf_ktime_get_ns() };
                 if let Some(bucket) = $rate.get_ptr_mut(addr) {
+                    // SAFETY: a live LRU entry from this lookup, valid for the run (freed only
+                    // after an RCU grace period), with no other reference in this program. Two
+                    // CPUs may update one source's bucket at once; the bucket then lets a packet
+                    // more or less through, which a rate limit tolerates (core has no atomic
+                    // read-modify-write for the BPF target).
                     let b = unsafe { &mut *bucket };
                     let mut credit = b.credit_ns + now.saturating_sub(b.last_ns);
                     if credit > cfg.cap_ns {
