@@ -121,6 +121,9 @@ pub struct XdpConfig {
     /// Leave the program attached and the maps pinned when the daemon exits, so bans stay
     /// enforced while it is down or restarting. Default `true`.
     pub keep_attached: bool,
+    /// What the eBPF programs log into the daemon's log (target `guard::ebpf`): `off` (default),
+    /// `error`, `warn`, `info`, `debug` or `trace`; `guard run --ebpf-log LEVEL` overrides it.
+    pub ebpf_log: crate::xdp::EbpfLogLevel,
 }
 
 impl Default for XdpConfig {
@@ -134,6 +137,7 @@ impl Default for XdpConfig {
             rate_event_window: Duration::from_secs(10),
             rate_ban: Duration::ZERO,
             keep_attached: true,
+            ebpf_log: crate::xdp::EbpfLogLevel::Off,
         }
     }
 }

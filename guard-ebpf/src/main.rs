@@ -4,6 +4,12 @@
 //! Order of checks, cheapest first and each skipped when its map is empty (flags in `CONFIG`):
 //! exact ban (hash) ▸ CIDR ban (LPM) ▸ per-source token bucket (LRU). The allowlist is only
 //! consulted when a packet would be dropped, so the pass path never pays for it.
+//!
+//! Rare events are logged with aya-log (`guard run --ebpf-log LEVEL`): malformed frames
+//! (debug), the first over-rate packet of a source (info), a failed insert or a full event
+//! ring (warn). The level is a read-only global the loader sets (`AYA_LOG_LEVEL`, off unless
+//! asked for): the verifier knows its value and removes every disabled call, so logging off
+//! costs nothing, and no log call sits on the ban-drop path.
 // The programs only run in the kernel (`--target bpfel-unknown-none`, built by `cargo xtask
 // build`). On the host the crate still compiles as an ordinary binary with an empty `main`, so
 // `cargo check --workspace` and `cargo clippy --workspace` cover it with stable Rust alone.
@@ -25,6 +31,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
+use aya_log_ebpf::{debug, info, warn};
 use guard_common::{
     ALLOW_CAPACITY, BAN_CHECK_ALLOW, BANS_CAPACITY, BanEntry, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6,
     CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6, CFG_HAVE_DENSE_V4, CIDR_CAPACITY, DENSE_SLOTS,
@@ -140,15 +147,27 @@ fn live(expires: u64, now: u64) -> bool {
     expires == 0 || expires > now
 }
 
+/// A frame too short for its headers, or with a bad IP version/IHL: counted, logged, passed
+/// (the kernel's own parsing drops it if it is really broken).
+#[inline(always)]
+fn malformed(ctx: &XdpContext) -> Option<u32> {
+    debug!(
+        ctx,
+        "malformed frame: {} bytes",
+        (ctx.data_end() - ctx.data()) as u64
+    );
+    verdict(STAT_MALFORMED, xdp_action::XDP_PASS)
+}
+
 #[inline(always)]
 fn try_guard(ctx: &XdpContext) -> Option<u32> {
     let Some((proto, l3)) = l3(ctx) else {
-        return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
+        return malformed(ctx);
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     if proto == ETH_P_IP {
         let Some(src) = ipv4_source(ctx, l3) else {
-            return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
+            return malformed(ctx);
         };
         let cfg = CONFIG.get(0)?;
         if let Some(action) = hot_v4(cfg, src, len) {
@@ -159,12 +178,12 @@ fn try_guard(ctx: &XdpContext) -> Option<u32> {
         {
             return Some(action);
         }
-        guard_v4(cfg, src, len)
+        guard_v4(ctx, cfg, src, len)
     } else if proto == ETH_P_IPV6 {
         let Some(src) = ipv6_source(ctx, l3) else {
-            return verdict(STAT_MALFORMED, xdp_action::XDP_PASS);
+            return malformed(ctx);
         };
-        guard_v6(CONFIG.get(0)?, src, len)
+        guard_v6(ctx, CONFIG.get(0)?, src, len)
     } else {
         verdict(STAT_NON_IP, xdp_action::XDP_PASS)
     }
@@ -356,9 +375,9 @@ fn cache_v6(_cfg: &XdpConfig, _addr: [u8; 16], _expires: u64, _now: u64) {}
 macro_rules! guard_family {
     ($name:ident, $key:ty, $bans:ident, $cidr:ident, $allow:ident, $rate:ident,
      $have_cidr:ident, $have_allow:ident, $family:ident, $to_bytes:expr, $bits:literal,
-     $cache:ident) => {
+     $cache:ident, $to_log:expr) => {
         #[inline(always)]
-        fn $name(cfg: &XdpConfig, addr: $key, len: u64) -> Option<u32> {
+        fn $name(ctx: &XdpContext, cfg: &XdpConfig, addr: $key, len: u64) -> Option<u32> {
             let allowed =
                 || cfg.flags & $have_allow != 0 && $allow.get(Key::new($bits, addr)).is_some();
             if let Some(ban) = $bans.get_ptr_mut(addr) {
@@ -412,6 +431,9 @@ macro_rules! guard_family {
                             return verdict(STAT_ALLOWLISTED, xdp_action::XDP_PASS);
                         }
                         b.dropped += 1;
+                        if b.dropped == 1 {
+                            info!(ctx, "rate limit: first drop from {:i}", $to_log(addr));
+                        }
                         if now.saturating_sub(b.last_event_ns) >= cfg.event_window_ns
                             || b.last_event_ns == 0
                         {
@@ -425,6 +447,11 @@ macro_rules! guard_family {
                             };
                             if EVENTS.output::<RateEvent>(&event, 0).is_err() {
                                 count(STAT_EVENTS_LOST);
+                                warn!(
+                                    ctx,
+                                    "rate event ring full: event for {:i} lost",
+                                    $to_log(addr)
+                                );
                             }
                         }
                         return verdict(STAT_DROP_RATE, xdp_action::XDP_DROP);
@@ -438,7 +465,9 @@ macro_rules! guard_family {
                         dropped: 0,
                     };
                     // Failure to insert (map busy) only means this packet is not counted.
-                    let _ = $rate.insert(addr, fresh, 0);
+                    if let Err(e) = $rate.insert(addr, fresh, 0) {
+                        warn!(ctx, "rate map insert for {:i} failed: {}", $to_log(addr), e);
+                    }
                 }
             }
             verdict(STAT_PASSED, xdp_action::XDP_PASS)
@@ -458,7 +487,8 @@ guard_family!(
     FAMILY_V4,
     v4_bytes,
     32,
-    cache_v4
+    cache_v4,
+    u32::to_ne_bytes
 );
 guard_family!(
     guard_v6,
@@ -472,7 +502,8 @@ guard_family!(
     FAMILY_V6,
     v6_bytes,
     128,
-    cache_v6
+    cache_v6,
+    v6_bytes
 );
 
 #[inline(always)]
