@@ -266,6 +266,18 @@ mod tests {
     }
 
     #[test]
+    fn ebpf_log_level_by_name_off_by_default() {
+        assert_eq!(
+            parse("").unwrap().xdp.ebpf_log,
+            crate::xdp::EbpfLogLevel::Off
+        );
+        let c = parse("[xdp]\nebpf_log = \"info\"\n").unwrap();
+        assert_eq!(c.xdp.ebpf_log, crate::xdp::EbpfLogLevel::Info);
+        assert_eq!(c.xdp.ebpf_log.global(), 3);
+        assert!(parse("[xdp]\nebpf_log = \"loud\"\n").is_err());
+    }
+
+    #[test]
     fn durations_as_text_or_seconds() {
         let c = parse("[xdp]\nrate_ban = \"1h30m\"\nrate_event_window = 5\n").unwrap();
         assert_eq!(c.xdp.rate_ban, Duration::from_mins(90));
