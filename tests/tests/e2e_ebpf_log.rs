@@ -36,12 +36,18 @@ fn e2e_ebpf_log_names_the_first_over_rate_source_in_the_daemon_log() -> anyhow::
         )
     })?;
     assert_eq!(sent, Some(50));
-    let line = format!("first drop from {}", link.far_v4);
-    let logged = wait_until(Duration::from_secs(5), || daemon.log_text().contains(&line));
-    assert!(logged.is_some(), "no {line:?} in: {}", daemon.log_text());
+    let expected = format!("first drop from {}", link.far_v4);
+    let logged = wait_until(Duration::from_secs(5), || {
+        daemon.log_text().contains(&expected)
+    });
+    assert!(
+        logged.is_some(),
+        "no {expected:?} in: {}",
+        daemon.log_text()
+    );
     assert!(daemon.xdp_stat("dropped_rate")? >= 1);
     let text = daemon.log_text();
-    assert_eq!(text.matches(&line).count(), 1, "{text}");
+    assert_eq!(text.matches(&expected).count(), 1, "{text}");
     assert!(text.contains("guard::ebpf"), "{text}");
     Ok(())
 }
