@@ -11,6 +11,7 @@ extern crate std;
 
 use std::boxed::Box;
 use std::collections::{HashMap as StdHashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::os::fd::AsFd as _;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use aya::maps::{HashMap, Map, MapData, MapError};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::unistd::{SysconfVar, sysconf};
 
 use crate::{
     BAN_CHECK_ALLOW, BanEntry, DENSE_KEEP, DENSE_MIN, DENSE_SLOTS, DENSE_V16_WORDS, DenseBlock,
@@ -82,25 +85,28 @@ impl<T> Mapped<T> {
         let Map::Array(map) = map else {
             return Err(DenseError::MapType(name));
         };
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = sysconf(SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| usize::try_from(p).ok())
+            .unwrap_or(4096);
         let bytes = (entries as usize * size_of::<T>()).div_ceil(page) * page;
-        let fd = map.fd().as_fd();
-        // SAFETY: a fresh shared mapping of the map's own pages; the kernel checks the size.
+        let len = NonZeroUsize::new(bytes).ok_or(DenseError::MapType(name))?;
+        // SAFETY: a fresh shared mapping of the map's own pages (the kernel refuses a length
+        // beyond the map); no Rust reference aliases it, every access goes through raw pointers
+        // (volatile or atomic), and it is unmapped once, in Drop, with the same length.
         let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                map.fd().as_fd(),
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DenseError::Mmap(name, std::io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(ptr.cast::<T>()).ok_or(DenseError::MapType(name))?;
+        .map_err(|e| DenseError::Mmap(name, e.into()))?;
+        let ptr = ptr.cast::<T>();
         Ok(Self {
             ptr,
             entries,
@@ -119,8 +125,9 @@ impl<T> Mapped<T> {
 
 impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+        // SAFETY: our own mapping (same address, same length), unmapped once; no pointer into it
+        // outlives `self`. An error leaves nothing to undo.
+        let _ = unsafe { munmap(self.ptr.cast(), self.bytes) };
     }
 }
 

@@ -325,14 +325,23 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of them are #[repr(C)], Copy, made only of integers, without padding (asserted).
+    // Each type is #[repr(C)] and Copy, made only of integers (and arrays of them), with no
+    // implicit padding: its size is asserted next to its definition. Any bit pattern is valid.
+    // SAFETY: integers only, no padding (see above and the size assertion of BanEntry).
     unsafe impl aya::Pod for super::BanEntry {}
+    // SAFETY: integers only, no padding (see above and the size assertion of RateBucket).
     unsafe impl aya::Pod for super::RateBucket {}
+    // SAFETY: integers only, no padding (see above and the size assertion of XdpConfig).
     unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: integers only, no padding (see above and the size assertion of RateEvent).
     unsafe impl aya::Pod for super::RateEvent {}
+    // SAFETY: integers only, no padding (see above and the size assertion of HotBan).
     unsafe impl aya::Pod for super::HotBan {}
+    // SAFETY: integers only, no padding (see above and the size assertion of DenseBlock).
     unsafe impl aya::Pod for super::DenseBlock {}
+    // SAFETY: integers only, no padding (see above and the size assertion of DenseHits).
     unsafe impl aya::Pod for super::DenseHits {}
+    // SAFETY: integers only, no padding (see above and the size assertion of HotDense).
     unsafe impl aya::Pod for super::HotDense {}
 }
 

@@ -1,9 +1,21 @@
 //! Packet capture for the HTTP tap: an `AF_PACKET` socket bound to the guarded interface, with the
 //! `http_tap` socket filter attached (only TCP segments of the protected ports reach userspace)
 //! and a `TPACKET_V3` ring mapped into memory, read a block at a time — never a syscall per packet.
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::net::if_::if_nametoindex;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::socket::{
+    AddressFamily, LinkAddr, SockFlag, SockType, SockaddrLike, bind, getsockopt, setsockopt, socket,
+};
+use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 
 /// Errors setting up the capture.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +67,7 @@ pub struct CaptureStats {
 /// An open capture socket and its mapped ring.
 pub struct Capture {
     fd: OwnedFd,
-    ring: *mut u8,
+    ring: NonNull<u8>,
     size: RingSize,
     next_block: u32,
     stats: CaptureStats,
@@ -64,32 +76,39 @@ pub struct Capture {
 // SAFETY: the ring mapping is owned by this value and only touched through &mut self.
 unsafe impl Send for Capture {}
 
-fn sys(call: &'static str) -> CaptureError {
-    CaptureError::Sys {
+fn sys(call: &'static str) -> impl FnOnce(Errno) -> CaptureError {
+    move |e| CaptureError::Sys {
         call,
-        source: std::io::Error::last_os_error(),
+        source: e.into(),
     }
 }
 
-fn setsockopt<T>(
-    fd: i32,
-    level: i32,
-    name: i32,
-    value: &T,
-    call: &'static str,
-) -> Result<(), CaptureError> {
-    // SAFETY: value points to a live T of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            size_of::<T>() as u32,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(sys(call)) }
-}
+// The packet-socket options nix has no type for, declared through its own macro (which wraps
+// getsockopt/setsockopt with the size of the value type).
+sockopt_impl!(
+    /// `PACKET_VERSION`: the ring layout (`TPACKET_V3`).
+    PacketVersion,
+    SetOnly,
+    libc::SOL_PACKET,
+    libc::PACKET_VERSION,
+    libc::c_int
+);
+sockopt_impl!(
+    /// `PACKET_RX_RING`: the receive ring's geometry.
+    PacketRxRing,
+    SetOnly,
+    libc::SOL_PACKET,
+    libc::PACKET_RX_RING,
+    libc::tpacket_req3
+);
+sockopt_impl!(
+    /// `PACKET_STATISTICS` of a `TPACKET_V3` socket (reading resets the kernel's counters).
+    PacketStatistics,
+    GetOnly,
+    libc::SOL_PACKET,
+    libc::PACKET_STATISTICS,
+    libc::tpacket_stats_v3
+);
 
 impl Capture {
     /// Opens a packet socket on `iface` and maps its ring. `attach` is called with the socket
@@ -99,30 +118,25 @@ impl Capture {
         size: RingSize,
         attach: impl FnOnce(BorrowedFd<'_>) -> Result<(), CaptureError>,
     ) -> Result<Self, CaptureError> {
-        let name = std::ffi::CString::new(iface)
-            .map_err(|_| CaptureError::UnknownInterface { name: iface.into() })?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(CaptureError::UnknownInterface { name: iface.into() });
-        }
+        let ifindex = if_nametoindex(iface)
+            .ok()
+            .filter(|&i| i != 0)
+            .ok_or_else(|| CaptureError::UnknownInterface { name: iface.into() })?;
         // Protocol 0: nothing is queued until bind() names a protocol, after the filter is on.
-        // SAFETY: socket() returns a new fd we take ownership of.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(sys("socket(AF_PACKET)"));
-        }
-        // SAFETY: raw is a fresh, valid fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(sys("socket(AF_PACKET)"))?;
         attach(fd.as_fd())?;
-        let version = libc::tpacket_versions::TPACKET_V3 as i32;
         setsockopt(
-            raw,
-            libc::SOL_PACKET,
-            libc::PACKET_VERSION,
-            &version,
-            "setsockopt(PACKET_VERSION)",
-        )?;
+            &fd,
+            PacketVersion,
+            &(libc::tpacket_versions::TPACKET_V3 as libc::c_int),
+        )
+        .map_err(sys("setsockopt(PACKET_VERSION)"))?;
         let frame = 1u32 << 11;
         let req = libc::tpacket_req3 {
             tp_block_size: size.block_size,
@@ -133,28 +147,27 @@ impl Capture {
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
         };
-        setsockopt(
-            raw,
-            libc::SOL_PACKET,
-            libc::PACKET_RX_RING,
-            &req,
-            "setsockopt(PACKET_RX_RING)",
+        setsockopt(&fd, PacketRxRing, &req).map_err(sys("setsockopt(PACKET_RX_RING)"))?;
+        let len = NonZeroUsize::new(size.block_size as usize * size.blocks as usize).ok_or(
+            CaptureError::Sys {
+                call: "mmap(packet ring)",
+                source: Errno::EINVAL.into(),
+            },
         )?;
-        let len = size.block_size as usize * size.blocks as usize;
-        // SAFETY: maps the ring the kernel just allocated for this socket.
+        // SAFETY: a fresh shared mapping of the ring the kernel just allocated for this socket
+        // (PACKET_RX_RING succeeded with exactly `len` bytes); no Rust reference aliases it, and
+        // it is unmapped once, in Drop, with the same length.
         let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
+            mmap(
+                None,
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_LOCKED,
-                raw,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED | MapFlags::MAP_LOCKED,
+                &fd,
                 0,
             )
-        };
-        if ring == libc::MAP_FAILED {
-            return Err(sys("mmap(packet ring)"));
         }
+        .map_err(sys("mmap(packet ring)"))?;
         let capture = Self {
             fd,
             ring: ring.cast(),
@@ -162,22 +175,28 @@ impl Capture {
             next_block: 0,
             stats: CaptureStats::default(),
         };
-        // SAFETY: zeroed sockaddr_ll, then the fields bind() reads.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: binds our socket to the interface with a valid sockaddr_ll.
-        let rc = unsafe {
-            libc::bind(
-                raw,
-                std::ptr::from_ref(&sll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
+        let sll = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: (libc::ETH_P_ALL as u16).to_be(),
+            sll_ifindex: ifindex as i32,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
         };
-        if rc != 0 {
-            return Err(sys("bind(AF_PACKET)"));
+        // SAFETY: the pointer is to a live, initialised sockaddr_ll and the length given is its
+        // size; from_raw only copies it (after checking the length and the family).
+        let addr = unsafe {
+            LinkAddr::from_raw(
+                std::ptr::from_ref(&sll).cast(),
+                Some(size_of::<libc::sockaddr_ll>() as libc::socklen_t),
+            )
         }
+        .ok_or(CaptureError::Sys {
+            call: "bind(AF_PACKET)",
+            source: Errno::EINVAL.into(),
+        })?;
+        bind(capture.fd.as_raw_fd(), &addr).map_err(sys("bind(AF_PACKET)"))?;
         Ok(capture)
     }
 
@@ -191,21 +210,14 @@ impl Capture {
     ) -> Result<usize, CaptureError> {
         let mut delivered = 0;
         if !self.block_ready() {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLERR,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let rc = unsafe {
-                libc::poll(
-                    &raw mut pfd,
-                    1,
-                    timeout.as_millis().min(i32::MAX as u128) as i32,
-                )
-            };
-            if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return Err(sys("poll(packet socket)"));
+            let mut fds = [PollFd::new(
+                self.fd.as_fd(),
+                PollFlags::POLLIN | PollFlags::POLLERR,
+            )];
+            let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(sys("poll(packet socket)")(e)),
             }
         }
         // Drain every ready block, in ring order.
@@ -220,6 +232,7 @@ impl Capture {
         // SAFETY: next_block < blocks, so the offset is inside the mapping.
         unsafe {
             self.ring
+                .as_ptr()
                 .add(self.next_block as usize * self.size.block_size as usize)
                 .cast()
         }
@@ -275,23 +288,7 @@ impl Capture {
 
     /// Kernel counters since open. Reading them resets the kernel's, so they are accumulated here.
     pub fn stats(&mut self) -> CaptureStats {
-        let mut st = libc::tpacket_stats_v3 {
-            tp_packets: 0,
-            tp_drops: 0,
-            tp_freeze_q_cnt: 0,
-        };
-        let mut len = size_of::<libc::tpacket_stats_v3>() as u32;
-        // SAFETY: getsockopt writes at most len bytes into st.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&raw mut st).cast(),
-                &raw mut len,
-            )
-        };
-        if rc == 0 {
+        if let Ok(st) = getsockopt(&self.fd, PacketStatistics) {
             // tp_packets counts drops too.
             self.stats.packets += u64::from(st.tp_packets);
             self.stats.drops += u64::from(st.tp_drops);
@@ -315,12 +312,11 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in open().
-        unsafe {
-            libc::munmap(
-                self.ring.cast(),
-                self.size.block_size as usize * self.size.blocks as usize,
-            )
-        };
+        let len = self.size.block_size as usize * self.size.blocks as usize;
+        // SAFETY: unmaps exactly the mapping made in open() (same address, same length), once;
+        // nothing borrowed from it outlives `self`.
+        if let Err(e) = unsafe { munmap(self.ring.cast(), len) } {
+            tracing::warn!("unmapping the packet ring: {e}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! UTC dates, deadline conversion) live in `guard_core::time` and are re-exported here.
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::time::{ClockId, clock_gettime};
+
 pub use guard_core::time::*;
 
 /// Wall-clock time now, in milliseconds since the Unix epoch.
@@ -16,11 +18,8 @@ pub fn now_ms() -> u64 {
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 #[must_use]
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_MONOTONIC cannot fail on Linux (a valid clock id, a valid pointer); 0 if it did.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }

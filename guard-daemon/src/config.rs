@@ -121,6 +121,9 @@ pub struct XdpConfig {
     /// Leave the program attached and the maps pinned when the daemon exits, so bans stay
     /// enforced while it is down or restarting. Default `true`.
     pub keep_attached: bool,
+    /// What the eBPF programs log into the daemon's log (target `guard::ebpf`): `off` (default),
+    /// `error`, `warn`, `info`, `debug` or `trace`; `guard run --ebpf-log LEVEL` overrides it.
+    pub ebpf_log: crate::xdp::EbpfLogLevel,
 }
 
 impl Default for XdpConfig {
@@ -134,6 +137,7 @@ impl Default for XdpConfig {
             rate_event_window: Duration::from_secs(10),
             rate_ban: Duration::ZERO,
             keep_attached: true,
+            ebpf_log: crate::xdp::EbpfLogLevel::Off,
         }
     }
 }
@@ -259,6 +263,18 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.xdp.rate_event_window, Duration::from_secs(10));
         assert_eq!(c.validator, crate::validate::ValidatorConfig::default());
+    }
+
+    #[test]
+    fn ebpf_log_level_by_name_off_by_default() {
+        assert_eq!(
+            parse("").unwrap().xdp.ebpf_log,
+            crate::xdp::EbpfLogLevel::Off
+        );
+        let c = parse("[xdp]\nebpf_log = \"info\"\n").unwrap();
+        assert_eq!(c.xdp.ebpf_log, crate::xdp::EbpfLogLevel::Info);
+        assert_eq!(c.xdp.ebpf_log.global(), 3);
+        assert!(parse("[xdp]\nebpf_log = \"loud\"\n").is_err());
     }
 
     #[test]

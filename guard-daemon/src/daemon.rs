@@ -76,6 +76,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
+    let ebpf_log = xdp.take_ebpf_log();
     let logs = LogStore::open(
         store
             .db()
@@ -170,6 +171,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .spawn(move || apply_bans(&shared, &ban_queue, &stop))
             .context("starting the ban applier")?
     };
+    // Runs while `serve` does; dropped with the runtime.
+    if let Some(log) = ebpf_log {
+        runtime.spawn(crate::xdp::forward_ebpf_log(log));
+    }
     let result = runtime.block_on(serve(Arc::clone(&shared), events));
     drop(runtime);
 

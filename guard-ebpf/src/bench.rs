@@ -37,6 +37,7 @@ static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[xdp]
 pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
     if let Some(n) = DROPPED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the run, no reference to it.
         unsafe { *n += 1 };
     }
     xdp_action::XDP_DROP
@@ -53,6 +54,9 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
         let Some(src) = ptr_at_mut::<u32>(&ctx, ETH_HLEN + 12) else {
             return xdp_action::XDP_ABORTED;
         };
+        // SAFETY: `seq` is this CPU's slot of a per-CPU array (no other reference); `src` was
+        // bounds-checked by `ptr_at_mut` and the packet stays mapped (and writable: XDP) for the
+        // run; written unaligned, as a frame may start anywhere.
         unsafe {
             let mut next = *seq + 1;
             if next >= *count {

@@ -41,14 +41,21 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 #[inline(always)]
 #[must_use]
 pub fn l3(ctx: &XdpContext) -> Option<(u16, usize)> {
-    let mut proto: u16 = unsafe { *ptr_at::<u16>(ctx, 12)? };
+    let ethertype = ptr_at::<u16>(ctx, 12)?;
+    // SAFETY: `ptr_at` checked that the two bytes lie inside the packet,
+    // which stays mapped for the whole run; read unaligned, as a frame may start anywhere.
+    let mut proto: u16 = unsafe { ethertype.read_unaligned() };
     let mut l3 = ETH_HLEN;
     // Two tags at most (QinQ); unrolled so the verifier sees constant offsets.
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        proto = unsafe { *ptr_at::<u16>(ctx, ETH_HLEN + 2)? };
+        let inner = ptr_at::<u16>(ctx, ETH_HLEN + 2)?;
+        // SAFETY: as above.
+        proto = unsafe { inner.read_unaligned() };
         l3 = ETH_HLEN + VLAN_HLEN;
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = unsafe { *ptr_at::<u16>(ctx, ETH_HLEN + VLAN_HLEN + 2)? };
+            let inner = ptr_at::<u16>(ctx, ETH_HLEN + VLAN_HLEN + 2)?;
+            // SAFETY: as above.
+            proto = unsafe { inner.read_unaligned() };
             l3 = ETH_HLEN + 2 * VLAN_HLEN;
         }
     }
@@ -62,10 +69,13 @@ pub fn l3(ctx: &XdpContext) -> Option<(u16, usize)> {
 pub fn ipv4_source(ctx: &XdpContext, l3: usize) -> Option<u32> {
     // One bounds check covers the version/IHL byte and the source at offset 12.
     let hdr = ptr_at::<[u32; 5]>(ctx, l3)?.cast::<u32>();
+    // SAFETY: `ptr_at` checked that the 20 bytes lie inside the packet, which stays
+    // mapped for the whole run; the source is its 4th word. Unaligned reads: see `l3`.
     let first = unsafe { hdr.read_unaligned() }.to_ne_bytes()[0];
     if first >> 4 != 4 || first & 0x0f < 5 {
         return None;
     }
+    // SAFETY: see above.
     Some(unsafe { hdr.add(3).read_unaligned() })
 }
 
@@ -74,8 +84,11 @@ pub fn ipv4_source(ctx: &XdpContext, l3: usize) -> Option<u32> {
 #[must_use]
 pub fn ipv6_source(ctx: &XdpContext, l3: usize) -> Option<[u8; 16]> {
     let hdr = ptr_at::<[u8; 40]>(ctx, l3)?.cast::<u8>();
-    if unsafe { *hdr } >> 4 != 6 {
+    // SAFETY: `ptr_at` checked that the 40 bytes of the header lie inside the packet,
+    // which stays mapped for the whole run; the source is bytes 8..24.
+    if unsafe { hdr.read() } >> 4 != 6 {
         return None;
     }
+    // SAFETY: see above.
     Some(unsafe { hdr.add(8).cast::<[u8; 16]>().read_unaligned() })
 }

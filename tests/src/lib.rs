@@ -465,6 +465,8 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     match a {
         SocketAddr::V4(v4) => {
             let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+            // SAFETY: sockaddr_storage is large and aligned enough for every sockaddr type, so
+            // `sin` points to writable, aligned memory we own; plain integer field writes.
             unsafe {
                 (*sin).sin_family = libc::AF_INET as u16;
                 (*sin).sin_port = v4.port().to_be();
@@ -474,6 +476,7 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
         SocketAddr::V6(v6) => {
             let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+            // SAFETY: as for IPv4: `ss` holds any sockaddr, `sin6` points into it.
             unsafe {
                 (*sin6).sin6_family = libc::AF_INET6 as u16;
                 (*sin6).sin6_port = v6.port().to_be();

@@ -7,7 +7,11 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp as XdpProgram, XdpMode as AyaMode};
 use tracing::{info, warn};
 
-use super::{BPF_FS_MAGIC, XdpError};
+use nix::mount::{MsFlags, mount};
+use nix::net::if_::if_nametoindex;
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+use super::XdpError;
 use crate::config::XdpMode;
 
 /// Attaches `prog` to `iface`, replacing the program of a link pinned there by an earlier
@@ -18,17 +22,12 @@ pub(super) fn attach(
     mode: XdpMode,
     pin_dir: &Path,
 ) -> Result<(PinnedLink, &'static str), XdpError> {
-    let ifindex = {
-        let c = std::ffi::CString::new(iface)
-            .map_err(|_| XdpError::UnknownInterface { name: iface.into() })?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    };
-    if ifindex == 0 {
-        return Err(XdpError::UnknownInterface {
+    let ifindex = if_nametoindex(iface)
+        .ok()
+        .filter(|&i| i != 0)
+        .ok_or_else(|| XdpError::UnknownInterface {
             name: iface.to_owned(),
-        });
-    }
+        })?;
     let pin = pin_dir.join(format!("link_{iface}"));
     let mode_file = pin_dir.join(format!("link_{iface}.mode"));
     // An earlier instance left its link pinned: swap our program into it atomically.
@@ -121,32 +120,27 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), XdpError> {
             break;
         }
     }
-    if fs_magic(&probe) == Some(BPF_FS_MAGIC) {
+    if on_bpffs(&probe) {
         return Ok(());
     }
     let root = Path::new("/sys/fs/bpf");
-    if dir.starts_with(root) && fs_magic(root) != Some(BPF_FS_MAGIC) {
+    if dir.starts_with(root) && !on_bpffs(root) {
         let _ = std::fs::create_dir_all(root);
-        // SAFETY: plain mount(2) call with NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
+        return match mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Ok(()) => {
+                info!("mounted bpffs at /sys/fs/bpf");
+                Ok(())
+            }
+            Err(e) => Err(XdpError::Bpffs {
+                message: format!("cannot mount bpffs at /sys/fs/bpf: {e}"),
+            }),
         };
-        if rc == 0 {
-            info!("mounted bpffs at /sys/fs/bpf");
-            return Ok(());
-        }
-        return Err(XdpError::Bpffs {
-            message: format!(
-                "cannot mount bpffs at /sys/fs/bpf: {}",
-                std::io::Error::last_os_error()
-            ),
-        });
     }
     Err(XdpError::Bpffs {
         message: format!(
@@ -156,12 +150,8 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), XdpError> {
     })
 }
 
-fn fs_magic(path: &Path) -> Option<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs writes into the zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0).then_some(st.f_type as i64)
+fn on_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC)
 }
 
 /// The interface of the IPv4 default route, from /proc/net/route.

@@ -291,7 +291,11 @@ impl Xdp {
 fn ignore_missing(r: Result<(), MapError>, op: &'static str) -> Result<(), XdpError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
+        {
+            Ok(())
+        }
         other => other.map_err(map_err("ban/allow", op)),
     }
 }

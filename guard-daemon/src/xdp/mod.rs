@@ -19,9 +19,11 @@ use guard_common::{
 use tracing::{info, warn};
 
 mod attach;
+mod log;
 mod maps;
 pub use attach::default_route_interface;
 use attach::{attach, ensure_bpffs};
+pub use log::{EbpfLog, EbpfLogLevel, forward as forward_ebpf_log};
 
 use crate::config::XdpConfig;
 use crate::net::Net;
@@ -34,14 +36,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GUARD_EBPF_OBJECT"));
 /// configs, inspect requests and talk to a daemon, but refuses `guard run`.
 pub const EBPF_STUB: bool = cfg!(guard_ebpf_stub);
 
-/// `statfs` magic of a bpffs mount.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// Errors of the XDP layer.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error("cannot load the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("cannot open the eBPF programs' log ring")]
+    Log(#[source] aya_log::Error),
     #[error("the eBPF object has no {what} named {name}")]
     Missing {
         what: &'static str,
@@ -115,6 +116,8 @@ pub struct Xdp {
     config: Array<MapData, MapConfig>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// The reader of the programs' log ring, when `--ebpf-log` asked for one.
+    ebpf_log: Option<EbpfLog>,
     /// The dense IPv4 tier: /24 blocks with many exact bans, looked up by block.
     dense: DenseTier,
     settings: MapConfig,
@@ -157,8 +160,11 @@ impl Xdp {
         std::fs::create_dir_all(&cfg.pin_dir).map_err(|e| XdpError::Bpffs {
             message: format!("cannot create {}: {e}", cfg.pin_dir.display()),
         })?;
+        let log_level = cfg.ebpf_log.global();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.pin_dir)
+            // aya-log-ebpf's default is "everything": always say what is wanted.
+            .override_global(aya_log::LEVEL, &log_level, true)
             .load(OBJECT)
             .map_err(|e| XdpError::Load(Box::new(e)))?;
         let mut interfaces = Vec::new();
@@ -203,7 +209,11 @@ impl Xdp {
                 map(MAP_DENSE_V16)?,
             )?
         };
+        // After the program is loaded: the reader takes the ring out of `ebpf` (its fd stays open
+        // with the reader).
+        let ebpf_log = log::open(&mut ebpf, cfg.ebpf_log)?;
         let mut xdp = Self {
+            ebpf_log,
             dense,
             bans_v4: take!(ebpf, MAP_BANS_V4),
             bans_v6: take!(ebpf, MAP_BANS_V6),
@@ -303,6 +313,12 @@ impl Xdp {
     /// Takes the event ring buffer (once) for the event reader task.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The reader of the programs' log (once; `None` when the log is off), for
+    /// [`forward_ebpf_log`].
+    pub fn take_ebpf_log(&mut self) -> Option<EbpfLog> {
+        self.ebpf_log.take()
     }
 
     fn write_config(&mut self) -> Result<(), XdpError> {

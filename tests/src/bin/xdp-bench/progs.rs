@@ -119,8 +119,11 @@ impl Guard {
             Some(p) => p.clone(),
             None => object("guard-ebpf")?,
         };
+        // As guard loads it by default: the eBPF log off (aya-log's own default is "all"). Not
+        // required to exist, so objects from before the log can be benchmarked too.
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
+            .override_global("AYA_LOG_LEVEL", &0u8, false)
             .load_file(&path)
             .with_context(|| format!("loading {}", path.display()))?;
         load_xdp(&mut ebpf, PROG_XDP_GUARD)?;
