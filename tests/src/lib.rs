@@ -787,11 +787,10 @@ mod tests {
         drop(x);
         // An exclusive test waiting for the lock holds the gate: no new shared test gets in.
         let waiting = std::fs::File::open(dir.join("guard-tests.gate")).expect("gate");
-        // SAFETY: flock on an fd we own.
-        assert_eq!(
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&waiting), libc::LOCK_EX) },
-            0
-        );
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&waiting);
+        // SAFETY: flock on an fd we own, open for the whole call.
+        let locked = unsafe { libc::flock(fd, libc::LOCK_EX) };
+        assert_eq!(locked, 0);
         assert!(
             take(Share::Shared).is_none(),
             "a shared test overtook a waiting one"
