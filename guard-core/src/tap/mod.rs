@@ -50,6 +50,8 @@ pub struct RequestHeaders {
     pub chunked: bool,
     pub has_authorization: bool,
     pub has_cookie: bool,
+    /// Display copies, cut at 4 KiB: the client address comes from the configured header parsed
+    /// whole (`identity::ForwardChain`), never from these.
     pub x_forwarded_for: Option<String>,
     pub forwarded: Option<String>,
     pub referer: Option<String>,
