@@ -33,12 +33,6 @@ fn v4(ip: IpAddr) -> Ipv4Addr {
     }
 }
 
-/// Another host of the link's /24, configured nowhere.
-fn absent_host(link: &Link, host: u8) -> Ipv4Addr {
-    let o = v4(link.far_v4).octets();
-    Ipv4Addr::new(o[0], o[1], o[2], host)
-}
-
 fn banned(d: &Daemon, addr: IpAddr) -> bool {
     d.json(&["ban", "ls"]).ok().is_some_and(|v| {
         v.as_array()
