@@ -294,3 +294,76 @@ fn a_flood_of_flows_without_handshake_does_not_blind_the_tap() -> anyhow::Result
     println!("under the flood: {stats}");
     Ok(())
 }
+
+#[test]
+fn a_connection_picked_up_after_a_restart_is_verified_by_its_exchanges() -> anyhow::Result<()> {
+    require_root!();
+    let (link, mut d, dst) = setup("")?;
+    let (to_client, from_test) = std::sync::mpsc::channel::<()>();
+    let (to_test, from_client) = std::sync::mpsc::channel::<anyhow::Result<Vec<u16>>>();
+    // One keep-alive connection that outlives the daemon.
+    link.far.spawn(move || {
+        let run = || -> anyhow::Result<Vec<u16>> {
+            let s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut c = Client { stream: s };
+            let get = |p: &str| {
+                format!("GET {p} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: e2e-keepalive\r\n\r\n")
+            };
+            let mut statuses = Vec::new();
+            c.send(get("/items/before-restart").as_bytes())?;
+            statuses.extend(c.responses(1)?);
+            to_test.send(Ok(Vec::new()))?;
+            from_test.recv()?;
+            for p in [
+                "/items/picked-up-1",
+                "/items/picked-up-2",
+                "/items/picked-up-3",
+            ] {
+                c.send(get(p).as_bytes())?;
+                statuses.extend(c.responses(1)?);
+            }
+            Ok(statuses)
+        };
+        let r = run();
+        let _ = to_test.send(r);
+    });
+    from_client.recv_timeout(Duration::from_secs(10))??;
+    d.stop()?;
+    d.spawn()?;
+    to_client.send(())?;
+    let statuses = from_client.recv_timeout(Duration::from_secs(15))??;
+    assert_eq!(statuses, [200, 200, 200, 200]);
+    let trust_of = |records: &[Value], path: &str| {
+        records
+            .iter()
+            .find(|r| r["path"] == path)
+            .map(|r| r["trust"].as_str().unwrap_or_default().to_owned())
+    };
+    let _ = wait_until(Duration::from_secs(5), || {
+        trust_of(&logs(&d), "/items/picked-up-3").is_some()
+    });
+    let records = logs(&d);
+    let seen: Vec<Option<String>> = [
+        "/items/before-restart",
+        "/items/picked-up-1",
+        "/items/picked-up-2",
+        "/items/picked-up-3",
+    ]
+    .iter()
+    .map(|p| trust_of(&records, p))
+    .collect();
+    // Before the restart: the handshake. After it: the first exchange anchors the server's
+    // sequence numbers, the client's next request acknowledges its data.
+    assert_eq!(
+        seen,
+        [
+            Some("verified".to_owned()),
+            Some("unverified".to_owned()),
+            Some("verified".to_owned()),
+            Some("verified".to_owned()),
+        ],
+        "{records:?}"
+    );
+    Ok(())
+}

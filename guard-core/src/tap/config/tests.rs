@@ -73,7 +73,10 @@ fn cidr_membership() {
 fn client_header_is_one_of_two_names() {
     let f: File = toml::from_str("[tap]\nclient_header = \"forwarded\"\n").unwrap();
     assert_eq!(f.tap.client_header, ClientHeader::Forwarded);
-    assert_eq!(TapConfig::default().client_header, ClientHeader::XForwardedFor);
+    assert_eq!(
+        TapConfig::default().client_header,
+        ClientHeader::XForwardedFor
+    );
     let err = toml::from_str::<File>("[tap]\nclient_header = \"x-real-ip\"\n")
         .unwrap_err()
         .to_string();
