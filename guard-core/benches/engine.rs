@@ -68,6 +68,7 @@ fn event(path: &str, query: Option<&str>, status: u16, ua: Option<&str>) -> Requ
         conn_id: 1,
         ts: Duration::from_secs(T0),
         client: ip(0),
+        trust: guard_core::tap::Trust::Verified,
         peer: SocketAddr::new(ip(0), 40_000),
         server: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 80),
         user: None,

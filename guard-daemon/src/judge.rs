@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::bans::BanRequest;
 use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
 use crate::net::Net;
-use crate::tap::RequestEvent;
+use crate::tap::{RequestEvent, Trust};
 use crate::validate::{Action, Request, Validator, ValidatorConfig};
 
 /// Errors building the judge.
@@ -42,6 +42,9 @@ pub struct JudgeStats {
     pub ai_block: AtomicU64,
     pub ai_allow: AtomicU64,
     pub ai_unsure: AtomicU64,
+    /// Requests inspected but not judged: an unverified flow (the source may be forged) or a
+    /// trusted proxy that named no client. Nothing counts against anyone for them.
+    pub not_judged: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
@@ -155,6 +158,24 @@ impl Judge {
                 })
             }
         };
+        if !ev.trust.counts() {
+            // The address is not proven (see `Trust`): findings are logged, never a strike or a ban.
+            s.not_judged.fetch_add(1, Ordering::Relaxed);
+            let why = match ev.trust {
+                Trust::NoClient => "no client",
+                _ => "unverified flow",
+            };
+            let reason = hint.map_or_else(
+                || format!("not judged: {why}"),
+                |h| {
+                    format!(
+                        "not judged: {why}; validator: {} (score {})",
+                        h.category, h.score
+                    )
+                },
+            );
+            return (false, Some(reason));
+        }
         let decision = self.engine().observe(ev.ts, ev, hint.as_ref());
         match decision {
             Decision::Allow => match hint {
@@ -269,6 +290,7 @@ mod tests {
             conn_id: 1,
             ts: Duration::from_secs(1_700_000_000),
             client: client.parse().expect("address"),
+            trust: Trust::Verified,
             peer: "192.0.2.7:40000".parse().expect("address"),
             server: "192.0.2.1:80".parse().expect("address"),
             user: None,
@@ -328,5 +350,44 @@ mod tests {
             "an ordinary cookie and token were blocked: {reason:?}"
         );
         assert_eq!(judge.stats.validator_block.load(Ordering::Relaxed), 1);
+    }
+
+    /// A request whose source is not proven is inspected and logged, never judged: however
+    /// many attacks arrive "from" an address, the engine orders no ban.
+    #[test]
+    fn unverified_requests_never_strike_or_ban() {
+        let (judge, queue) = Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            16,
+            None,
+        )
+        .expect("judge");
+        for trust in [Trust::Unverified, Trust::NoClient] {
+            for i in 0..50 {
+                let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
+                ev.trust = trust;
+                ev.path = "/shell.php".into();
+                ev.query = Some(format!("id={i}' UNION SELECT password FROM users--"));
+                ev.status = Some(404);
+                let (blocked, reason) = judge.judge(&ev);
+                assert!(!blocked);
+                let reason = reason.unwrap_or_default();
+                assert!(reason.starts_with("not judged"), "{reason}");
+            }
+        }
+        assert!(queue.try_recv().is_err(), "no ban was ordered");
+        assert_eq!(judge.stats.not_judged.load(Ordering::Relaxed), 100);
+        assert_eq!(judge.stats.bans_ordered.load(Ordering::Relaxed), 0);
+        // The same requests, verified, are banned.
+        for i in 0..50 {
+            let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
+            ev.path = "/shell.php".into();
+            ev.query = Some(format!("id={i}' UNION SELECT password FROM users--"));
+            ev.status = Some(404);
+            let _ = judge.judge(&ev);
+        }
+        assert!(queue.try_recv().is_ok(), "the verified client was banned");
     }
 }

@@ -3,6 +3,12 @@
 //! that carry payload, open the connection (SYN: the reassembler learns the initial sequence
 //! number, so even a reordered first data segment is placed right) or close it (FIN/RST, which
 //! end HTTP/1.0 responses and flows); pure ACKs and everything else never reach userspace.
+//!
+//! It also keeps the direction honest: a segment to a protected port is kept only when it comes
+//! in, a segment from one only when it goes out. A "server" segment arriving from the wire is
+//! forged (with it an off-path sender could invent the server's initial sequence number and
+//! fake the handshake proof the tap relies on); a client segment leaving is the host's own
+//! client traffic, not a request to the protected server.
 use aya_ebpf::{
     macros::{map, socket_filter},
     maps::Array,
@@ -20,6 +26,8 @@ const IPPROTO_TCP: u8 = 6;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+/// `skb->pkt_type` of a packet the host sends (`PACKET_OUTGOING` in `linux/if_packet.h`).
+const PACKET_OUTGOING: u32 = 4;
 
 #[socket_filter]
 pub fn http_tap(ctx: SkBuffContext) -> i64 {
@@ -65,7 +73,14 @@ fn try_tap(ctx: &SkBuffContext) -> Option<i64> {
     };
     let sport = u16::from_be(ctx.load(l4).ok()?);
     let dport = u16::from_be(ctx.load(l4 + 2).ok()?);
-    if !port_watched(sport) && !port_watched(dport) {
+    let to_server = port_watched(dport);
+    if !to_server && !port_watched(sport) {
+        return Some(0);
+    }
+    // SAFETY: `skb` points to the `__sk_buff` the kernel passed this program; `pkt_type` is a
+    // field socket filters may read.
+    let outgoing = unsafe { (*ctx.skb.skb).pkt_type } == PACKET_OUTGOING;
+    if to_server == outgoing {
         return Some(0);
     }
     let doff: u8 = ctx.load(l4 + 12).ok()?;

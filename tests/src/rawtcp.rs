@@ -214,3 +214,91 @@ impl RawTcp {
         Ok(())
     }
 }
+
+/// Sends one TCP segment with any source address (an `IP_HDRINCL` raw socket builds the whole
+/// IPv4 packet), as an off-path sender forging a source would: it never sees the answers.
+/// Run it inside the sending namespace.
+pub struct Forger {
+    fd: OwnedFd,
+}
+
+impl Forger {
+    pub fn new() -> anyhow::Result<Self> {
+        // SAFETY: socket() returns a new fd we own.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if raw < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh fd.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    /// One segment `src:sport` → `dst:dport` with the given numbers and flags (`0x02` SYN,
+    /// `0x08` PSH, `0x10` ACK).
+    #[expect(clippy::too_many_arguments, reason = "every field of a forged segment")]
+    pub fn send(
+        &self,
+        src: Ipv4Addr,
+        sport: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        tcp[14..16].copy_from_slice(&65_535u16.to_be_bytes());
+        tcp.extend_from_slice(payload);
+        let mut sum_in = Vec::with_capacity(12 + tcp.len());
+        sum_in.extend_from_slice(&src.octets());
+        sum_in.extend_from_slice(&dst.octets());
+        sum_in.extend_from_slice(&[0, 6]);
+        sum_in.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+        sum_in.extend_from_slice(&tcp);
+        let c = checksum(&sum_in, 0);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let total = (20 + tcp.len()) as u16;
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        let c = checksum(&ip, 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip.extend_from_slice(&tcp);
+        // SAFETY: sockaddr_in for sendto, zeroed then filled.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+        // SAFETY: sends our buffer to a valid address.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&raw const sin).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n < 0 {
+            bail!("sendto: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -77,6 +77,7 @@ impl Req {
             conn_id: 1,
             ts: now,
             client: self.client,
+            trust: crate::tap::Trust::Verified,
             peer: SocketAddr::new(self.client, 40_000),
             server: "192.0.2.1:80".parse().expect("test address"),
             user: self.user.clone(),

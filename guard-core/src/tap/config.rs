@@ -15,8 +15,12 @@ mod tests;
 pub struct TapConfig {
     /// TCP ports of the protected HTTP server(s); a packet to or from one of them is HTTP.
     pub http_ports: Vec<u16>,
-    /// Connections tracked at once; past it half-open flows are evicted, then new flows refused.
+    /// Connections tracked at once. Past it the least recently seen unverified flow is evicted
+    /// (a verified flow never is); when every flow is verified, new flows are refused.
     pub max_flows: usize,
+    /// Connections tracked at once from one source address (trusted proxies are exempt); past it
+    /// new flows from that source are refused.
+    pub max_flows_per_source: usize,
     /// Out-of-order bytes buffered per direction of a connection before it is abandoned.
     pub max_flow_buffer: usize,
     /// Bytes buffered across all connections — out-of-order data, partial heads, kept body
@@ -32,8 +36,12 @@ pub struct TapConfig {
     pub max_head_size: usize,
     /// Requests waiting for their response on one connection (pipelining) before it is abandoned.
     pub max_pipelined: usize,
-    /// Peers whose X-Forwarded-For / Forwarded headers are believed (CIDRs, e.g. "10.0.0.0/8").
+    /// Peers whose forwarding header is believed (CIDRs, e.g. "10.0.0.0/8"). A request from one of
+    /// them is attributed to the client its `client_header` names, never to the proxy.
     pub trusted_proxies: Vec<Net>,
+    /// The forwarding header the trusted proxies write: `"x-forwarded-for"` or `"forwarded"`.
+    /// Only that one is read, never the other.
+    pub client_header: ClientHeader,
     /// Header carrying the user id (set by an auth proxy), e.g. "X-User-Id".
     pub user_header: Option<String>,
     /// HS256 key: bearer JWTs whose signature checks with it give a verified user id.
@@ -47,6 +55,9 @@ impl Default for TapConfig {
             http_ports: vec![80, 8080],
             // ~65k connections: a few hundred bytes each plus their buffers.
             max_flows: 65_536,
+            // 4096: one source takes at most 1/16 of the default table (a NAT of a few hundred
+            // browsers fits).
+            max_flows_per_source: 4096,
             // 256 KiB: several windows of reordering on a LAN-speed connection.
             max_flow_buffer: 256 * 1024,
             // 64 MiB across all flows.
@@ -61,6 +72,8 @@ impl Default for TapConfig {
             max_pipelined: 64,
             // None: only the peer address counts until proxies are configured.
             trusted_proxies: Vec::new(),
+            // What nginx, HAProxy and most load balancers write.
+            client_header: ClientHeader::XForwardedFor,
             // None: user ids come from bearer JWTs only.
             user_header: None,
             // None: JWT `sub` claims are reported as unverified.
@@ -88,8 +101,9 @@ impl TapConfig {
         if self.http_ports.is_empty() {
             return Err(TapConfigError::NoPorts);
         }
-        let mins: [(&'static str, u64, u64); 5] = [
+        let mins: [(&'static str, u64, u64); 6] = [
             ("max_flows", self.max_flows as u64, 1),
+            ("max_flows_per_source", self.max_flows_per_source as u64, 1),
             ("max_pipelined", self.max_pipelined as u64, 1),
             // A request line plus a few headers must fit.
             ("max_head_size", self.max_head_size as u64, 1024),
@@ -111,6 +125,28 @@ impl TapConfig {
             return Err(TapConfigError::EmptyJwtKey);
         }
         Ok(())
+    }
+}
+
+/// The header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ClientHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+impl ClientHeader {
+    /// The header's name, lower case.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
     }
 }
 

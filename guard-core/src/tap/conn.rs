@@ -1,13 +1,15 @@
-//! One TCP connection to the protected server: both directions' reassembly and HTTP parsers, and
-//! the FIFO that pairs each request with its response (pipelining keeps the order).
+//! One TCP connection to the protected server: both directions' reassembly and HTTP parsers, the
+//! FIFO that pairs each request with its response (pipelining keeps the order), and whether the
+//! client's address is proven ([`Proof`]).
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use super::http::{self, Head, Kind, Message, Parser, RequestHead};
 use super::identity;
+use super::packet::Segment;
 use super::reassembly::{self, Stream};
-use super::{RequestEvent, RequestHeaders, Settings, TapStats};
+use super::{RequestEvent, RequestHeaders, Settings, TapStats, Trust};
 
 /// Which way a segment travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,79 @@ struct Exchange {
     /// The request in progress was already reported with an early response: do not queue it
     /// when it completes.
     answered_early: bool,
+    /// The flow is verified: its requests count against their client.
+    verified: bool,
+}
+
+/// What proves that the client address of a flow is real: the client acknowledged server
+/// sequence numbers that only a host receiving the server's segments can know.
+///
+/// With the handshake seen, the server's initial sequence number (from its SYN-ACK) is known and
+/// the client's first segment after it must acknowledge it. Picked up mid-stream, server data
+/// that continues in sequence from the client's latest acknowledgement anchors the server's
+/// sequence space, and the client must then acknowledge some of that data. An off-path sender
+/// with a forged source never sees the server's segments, so it can do neither (short of
+/// guessing 32 bits).
+#[derive(Debug, Default)]
+struct Proof {
+    /// The lowest acknowledgement number that proves the client received server segments:
+    /// the server's ISN + 1, or the mid-stream anchor + 1. `None` until known.
+    acked_from: Option<u32>,
+    /// Just past the highest server sequence number seen in sequence from the anchor (SYN and
+    /// FIN count one each).
+    server_next: u32,
+    /// The acknowledgement number of the client's latest segment (mid-stream anchoring).
+    last_client_ack: Option<u32>,
+}
+
+impl Proof {
+    /// Learns from one segment; true when it proves the flow.
+    fn on_segment(&mut self, dir: Dir, seg: &Segment<'_>) -> bool {
+        let flags = seg.flags;
+        match dir {
+            Dir::Down => {
+                let len = (seg.payload.len() as u32)
+                    .wrapping_add(u32::from(flags.syn()))
+                    .wrapping_add(u32::from(flags.fin()));
+                let end = seg.seq.wrapping_add(len);
+                match self.acked_from {
+                    None if flags.syn() => {
+                        // The SYN-ACK: the server's initial sequence number.
+                        self.acked_from = Some(end);
+                        self.server_next = end;
+                    }
+                    None if len > 0 && self.last_client_ack == Some(seg.seq) => {
+                        // Mid-stream: server data continuing where the client acknowledged.
+                        self.acked_from = Some(seg.seq.wrapping_add(1));
+                        self.server_next = end;
+                    }
+                    // In sequence (at or before the highest byte seen) and reaching further.
+                    Some(_)
+                        if !after(seg.seq, self.server_next) && after(end, self.server_next) =>
+                    {
+                        self.server_next = end;
+                    }
+                    _ => {}
+                }
+                false
+            }
+            Dir::Up => {
+                if !flags.ack() || flags.syn() {
+                    return false;
+                }
+                self.last_client_ack = Some(seg.ack);
+                self.acked_from.is_some_and(|from| {
+                    // from <= ack <= server_next, modulo 2^32.
+                    seg.ack.wrapping_sub(from) <= self.server_next.wrapping_sub(from)
+                })
+            }
+        }
+    }
+}
+
+/// `a` comes after `b` in sequence space (RFC 9293 modular comparison).
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 /// A tracked connection.
@@ -86,9 +161,8 @@ pub struct Conn {
     up_stream: Stream,
     down_stream: Stream,
     http: Exchange,
+    proof: Proof,
     pub last_seen: Duration,
-    /// True once a payload byte was seen (a flow without one is half-open, evicted first).
-    pub has_data: bool,
     /// `held()` as last added to the tap-wide total.
     pub counted_held: usize,
 }
@@ -119,6 +193,7 @@ impl Conn {
                     http::Limits {
                         body_cap: 0,
                         user_header: None,
+                        client_header: None,
                         ..settings.http.clone()
                     },
                 ),
@@ -126,9 +201,10 @@ impl Conn {
                 pending_bytes: 0,
                 overflow: false,
                 answered_early: false,
+                verified: false,
             },
+            proof: Proof::default(),
             last_seen: Duration::ZERO,
-            has_data: false,
             counted_held: 0,
         }
     }
@@ -151,19 +227,24 @@ impl Conn {
         self.http.up.messages > 0 || !self.http.up.parser.is_idle() || !self.http.up.parsing
     }
 
+    /// True once the client proved its address (see [`Proof`]).
+    pub fn verified(&self) -> bool {
+        self.http.verified
+    }
+
     /// Feeds one segment of this connection.
-    #[expect(clippy::too_many_arguments, reason = "the segment's fields, unpacked")]
     pub fn on_segment(
         &mut self,
         dir: Dir,
-        ts: Duration,
-        seq: u32,
-        flags: super::packet::TcpFlags,
-        payload: &[u8],
+        seg: &Segment<'_>,
         total: &mut usize,
         ctx: &mut Ctx<'_>,
     ) -> After {
+        let (ts, seq, flags, payload) = (seg.ts, seg.seq, seg.flags, seg.payload);
         self.last_seen = ts;
+        if !self.http.verified && self.proof.on_segment(dir, seg) {
+            self.http.verified = true;
+        }
         if flags.rst() {
             ctx.stats.resets += 1;
             return After::Closed;
@@ -184,7 +265,6 @@ impl Conn {
         } else {
             seq
         };
-        self.has_data |= !payload.is_empty();
         let limits = ctx.settings.limits;
         // Data before any SYN: this segment starts a mid-stream pickup.
         let midstream = stream.midstream || !stream.started();
@@ -230,8 +310,7 @@ impl Conn {
         self.http.pending_bytes = 0;
         while let Some(p) = self.http.pending.pop_front() {
             ctx.stats.unpaired_requests += 1;
-            let event = self.http.event(p, None, ctx.settings);
-            ctx.out.push(event);
+            self.http.report(p, None, ctx);
         }
     }
 }
@@ -259,8 +338,7 @@ impl Exchange {
                             .pending_bytes
                             .saturating_sub(pending_size(&p.head, &p.body));
                         ctx.stats.unpaired_requests += 1;
-                        let event = self.event(p, None, ctx.settings);
-                        ctx.out.push(event);
+                        self.report(p, None, ctx);
                     }
                 }
             }
@@ -360,9 +438,8 @@ impl Exchange {
                     bytes_out: m.wire_len,
                     content_type: head.content_type,
                 };
-                let event = self.event(p, Some(response), ctx.settings);
                 ctx.stats.paired += 1;
-                ctx.out.push(event);
+                self.report(p, Some(response), ctx);
             }
             _ => unreachable!("each parser yields its own kind of head"),
         }
@@ -387,15 +464,27 @@ impl Exchange {
         })
     }
 
+    /// Reports one request (with its response, if any), counting how far it is believed.
+    fn report(&self, p: Pending, response: Option<Response>, ctx: &mut Ctx<'_>) {
+        let event = self.event(p, response, ctx.settings);
+        match event.trust {
+            Trust::Verified => {}
+            Trust::Unverified => ctx.stats.unverified_requests += 1,
+            Trust::NoClient => ctx.stats.no_client_requests += 1,
+        }
+        ctx.out.push(event);
+    }
+
     fn event(&self, p: Pending, response: Option<Response>, settings: &Settings) -> RequestEvent {
         let peer = self.client.ip();
         let h = *p.head;
-        let client = identity::client_ip(
-            peer,
-            h.x_forwarded_for.as_deref(),
-            h.forwarded.as_deref(),
-            &settings.trusted_proxies,
-        );
+        let named = identity::client_of(peer, h.forward_chain.as_ref(), &settings.trusted_proxies);
+        let trust = match named {
+            _ if !self.verified => Trust::Unverified,
+            Some(_) => Trust::Verified,
+            None => Trust::NoClient,
+        };
+        let client = named.unwrap_or_else(|| unspecified(peer));
         let peer_trusted = settings.trusted_proxies.iter().any(|c| c.contains(peer));
         let user = identity::user_id(
             h.user_header.as_deref(),
@@ -411,6 +500,7 @@ impl Exchange {
             conn_id: self.id,
             ts: p.start,
             client,
+            trust,
             peer: self.client,
             server: self.server,
             user,
@@ -439,6 +529,14 @@ impl Exchange {
             bytes_out,
             response_content_type,
         }
+    }
+}
+
+/// The unspecified address of `ip`'s family: "nobody".
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -472,6 +570,9 @@ fn pending_size(h: &RequestHead, body: &[u8]) -> usize {
         + opt(&h.forwarded)
         + opt(&h.referer)
         + opt(&h.user_header)
+        + h.forward_chain
+            .as_ref()
+            .map_or(0, |c| size_of_val(c.hops()))
         + h.all.size()
         + body.len()
 }

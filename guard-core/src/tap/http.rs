@@ -56,6 +56,8 @@ pub struct Limits {
     pub body_cap: usize,
     /// Lower-case name of the header carrying the user id, if configured.
     pub user_header: Option<String>,
+    /// The forwarding header to parse whole for the client address (only with trusted proxies).
+    pub client_header: Option<crate::tap::config::ClientHeader>,
 }
 
 /// One complete message.

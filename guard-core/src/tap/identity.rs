@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::config::ClientHeader;
 use crate::net::Net;
 
 /// Longest JWT we decode; longer tokens are ignored (no user id).
@@ -33,47 +34,89 @@ pub struct UserId {
     pub source: UserSource,
 }
 
-fn trusted(ip: IpAddr, proxies: &[Net]) -> bool {
+/// True when `ip` is one of the trusted proxies.
+#[must_use]
+pub fn trusted(ip: IpAddr, proxies: &[Net]) -> bool {
     proxies.iter().any(|c| c.contains(ip))
 }
 
-/// The client address: the peer itself, unless the peer is a trusted proxy, in which case the
-/// forwarding chain is walked from the right, skipping trusted proxies, to the first other hop.
-#[must_use]
-pub fn client_ip(
-    peer: IpAddr,
-    xff: Option<&str>,
-    forwarded: Option<&str>,
-    proxies: &[Net],
-) -> IpAddr {
-    if !trusted(peer, proxies) {
-        return peer;
+/// Hops kept from the right of a forwarding header; a chain of more trusted proxies than this
+/// names no client.
+pub const MAX_HOPS: usize = 16;
+
+/// The rightmost hops of the configured forwarding header (every line of it, in order), parsed
+/// from the whole header value (never a truncated copy): the hop the nearest proxy wrote first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardChain {
+    /// Nearest hop first; `None` for a hop that is not an address (`unknown`, an obfuscated
+    /// identifier, an empty element, garbage).
+    hops: Vec<Option<IpAddr>>,
+}
+
+impl ForwardChain {
+    /// Parses the values of every line of `header`, in the order they were sent, from the right.
+    /// Only the rightmost [`MAX_HOPS`] hops are kept: nothing further left can matter.
+    #[must_use]
+    pub fn parse<'a>(
+        header: ClientHeader,
+        values: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> Self {
+        let mut hops = Vec::new();
+        'lines: for value in values.rev() {
+            for element in value.rsplit(|&b| b == b',') {
+                if hops.len() == MAX_HOPS {
+                    break 'lines;
+                }
+                let element = std::str::from_utf8(element).ok();
+                hops.push(element.and_then(|e| match header {
+                    ClientHeader::XForwardedFor => parse_hop(e),
+                    ClientHeader::Forwarded => forwarded_for(e),
+                }));
+            }
+        }
+        Self { hops }
     }
-    let hops: Vec<Option<IpAddr>> = if let Some(xff) = xff {
-        xff.split(',').map(parse_hop).collect()
-    } else if let Some(fwd) = forwarded {
-        fwd.split(',')
-            .map(|element| {
-                element
-                    .split(';')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                    .and_then(|(_, v)| parse_hop(v.trim().trim_matches('"')))
-            })
-            .collect()
-    } else {
-        return peer;
-    };
-    let mut client = peer;
-    for hop in hops.into_iter().rev() {
-        // An unparsable hop ("unknown", obfuscated): stop at the last one we could read.
-        let Some(ip) = hop else { break };
-        client = ip;
-        if !trusted(ip, proxies) {
-            break;
+
+    /// The hops, nearest first.
+    #[must_use]
+    pub fn hops(&self) -> &[Option<IpAddr>] {
+        &self.hops
+    }
+}
+
+/// The `for=` address of one `Forwarded` element (`for=192.0.2.1;proto=http`,
+/// `for="[2001:db8::1]:80"`).
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let (_, v) = element
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))?;
+    let v = v.trim();
+    let v = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v);
+    parse_hop(v)
+}
+
+/// The client of a request from `peer`: the peer itself, unless the peer is a trusted proxy.
+/// Then the forwarding chain is walked from the right, skipping trusted proxies, to the first
+/// other hop. `None` — nobody to hold responsible — when that hop is not an address
+/// (`unknown`, obfuscated, unparsable), when the header is missing, or when every hop kept is a
+/// trusted proxy: a request is never attributed to a trusted proxy.
+#[must_use]
+pub fn client_of(peer: IpAddr, chain: Option<&ForwardChain>, proxies: &[Net]) -> Option<IpAddr> {
+    if !trusted(peer, proxies) {
+        return Some(peer);
+    }
+    for hop in chain?.hops() {
+        match *hop {
+            None => return None,
+            Some(ip) if trusted(ip, proxies) => {}
+            Some(ip) => return Some(ip),
         }
     }
-    client
+    None
 }
 
 /// One hop: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`.

@@ -8,6 +8,15 @@
 //! (`conn`), naming the client and user ([`identity`]). It is pure and synchronous: the clock comes
 //! in with the packets and [`Tap::on_tick`]; every bound comes from [`TapConfig`] and every
 //! overflow is a counter in [`TapStats`].
+//!
+//! What the tap sees can be forged: a source address costs nothing off-path. So every event
+//! says how far it can be believed ([`Trust`]): only a request on a *verified* flow — the client
+//! acknowledged the server's initial sequence number, which an off-path sender never sees, or,
+//! for a flow picked up mid-stream, acknowledged server data that continued from its own
+//! acknowledgements — with a client the forwarding chain names, may count against that client.
+//! The flow table favours verified flows: an unverified flow never evicts one. The `http_tap`
+//! socket filter guarantees the direction (client segments come in, server segments go out), so
+//! a forged "server" segment never reaches [`Tap::on_segment`] in the daemon.
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +33,7 @@ pub mod synth;
 #[cfg(test)]
 mod tests;
 
-pub use config::TapConfig;
+pub use config::{ClientHeader, TapConfig};
 pub use identity::{UserId, UserSource};
 pub use packet::{PacketError, Segment, TcpFlags};
 
@@ -41,9 +50,38 @@ pub struct RequestHeaders {
     pub chunked: bool,
     pub has_authorization: bool,
     pub has_cookie: bool,
+    /// Display copies, cut at 4 KiB: the client address comes from the configured header parsed
+    /// whole (`identity::ForwardChain`), never from these.
     pub x_forwarded_for: Option<String>,
     pub forwarded: Option<String>,
     pub referer: Option<String>,
+}
+
+/// How far a request can be held against its client.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// A verified flow, and a client named by the peer itself or by trusted proxies: the request
+    /// counts (log, engine, strikes, bans).
+    #[default]
+    Verified,
+    /// The flow was not verified (no handshake acknowledged, no in-sequence exchange yet): its
+    /// source address may be forged. Logged only.
+    Unverified,
+    /// The peer is a trusted proxy, and its forwarding header names no client that can be
+    /// believed (missing, `unknown`, unparsable, or only trusted proxies): `client` is the
+    /// unspecified address. Logged only.
+    NoClient,
+}
+
+impl Trust {
+    /// True when the request may count against its client (engine, strikes, bans).
+    #[must_use]
+    pub fn counts(self) -> bool {
+        self == Self::Verified
+    }
 }
 
 /// One request and, when it came, its response.
@@ -53,8 +91,11 @@ pub struct RequestEvent {
     pub conn_id: u64,
     /// Capture time of the request's first byte, wall clock since the Unix epoch.
     pub ts: Duration,
-    /// The client: the peer, or the forwarded-for address when the peer is a trusted proxy.
+    /// The client: the peer, or the forwarded-for address when the peer is a trusted proxy (the
+    /// unspecified address when [`Trust::NoClient`]).
     pub client: IpAddr,
+    /// Whether the request may count against `client`: judge only [`Trust::Verified`] ones.
+    pub trust: Trust,
     /// The TCP peer (client side of the connection).
     pub peer: SocketAddr,
     /// The protected server's address.
@@ -101,10 +142,22 @@ pub struct TapStats {
     pub flows_open: u64,
     pub flows_created: u64,
     pub flows_closed: u64,
-    /// Half-open flows evicted to make room when `max_flows` was reached.
+    /// Unverified flows (least recently seen first) evicted to make room when `max_flows` was
+    /// reached.
     pub flows_evicted: u64,
-    /// New flows not tracked because the table was full of flows carrying data.
+    /// New flows not tracked because every tracked flow was verified.
     pub flows_refused: u64,
+    /// New flows not tracked because their source already had `max_flows_per_source`.
+    pub flows_source_capped: u64,
+    /// Flows that became verified (handshake acknowledged, or an in-sequence exchange).
+    pub flows_verified: u64,
+    /// Requests reported from flows never verified (logged, not judged).
+    pub unverified_requests: u64,
+    /// Requests from a trusted proxy whose forwarding header named no believable client.
+    pub no_client_requests: u64,
+    /// Segments without ACK (and without SYN or RST): the server's stack discards them, so the
+    /// tap does too.
+    pub no_ack_segments: u64,
     pub flows_timed_out: u64,
     pub resets: u64,
     /// Directions picked up without their SYN.
@@ -156,6 +209,7 @@ struct Settings {
     limits: reassembly::Limits,
     max_total_buffer: usize,
     http: http::Limits,
+    max_flows_per_source: usize,
     trusted_proxies: Vec<Net>,
     jwt_key: Option<Vec<u8>>,
 }
@@ -189,9 +243,12 @@ impl Hash for Key {
 pub struct Tap {
     settings: Settings,
     flows: HashMap<Key, Conn>,
-    /// Flows in creation order, candidates for eviction while they carry no data (lazy: entries of
-    /// flows gone or with data are skipped).
-    young: VecDeque<Key>,
+    /// Unverified flows, the eviction candidates, in the order they were queued, each with the
+    /// `last_seen` it had then (a CLOCK: a flow seen since is queued again once, an unchanged one
+    /// is evicted). Lazy: entries of flows gone or verified are skipped.
+    unverified: VecDeque<(Key, Duration)>,
+    /// Flows tracked per source address (for `max_flows_per_source`).
+    per_source: HashMap<IpAddr, u32>,
     next_id: u64,
     ooo_total: usize,
     /// Sum of every flow's `held()`.
@@ -210,6 +267,7 @@ impl Tap {
         let settings = Settings {
             http_ports: config.http_ports.clone(),
             max_flows: config.max_flows.max(1),
+            max_flows_per_source: config.max_flows_per_source.max(1),
             idle_timeout: config.idle_timeout,
             max_pipelined: config.max_pipelined.max(1),
             max_total_buffer: config.max_total_buffer,
@@ -221,6 +279,8 @@ impl Tap {
                 max_head: config.max_head_size,
                 body_cap: config.body_inspect_cap,
                 user_header: config.user_header.as_ref().map(|h| h.to_ascii_lowercase()),
+                // Forwarding headers mean nothing without a proxy to believe.
+                client_header: (!config.trusted_proxies.is_empty()).then_some(config.client_header),
             },
             trusted_proxies: config.trusted_proxies.clone(),
             jwt_key: config.jwt_hs256_key.as_ref().map(|k| k.as_bytes().to_vec()),
@@ -228,7 +288,8 @@ impl Tap {
         Self {
             settings,
             flows: HashMap::new(),
-            young: VecDeque::new(),
+            unverified: VecDeque::new(),
+            per_source: HashMap::new(),
             next_id: 0,
             ooo_total: 0,
             held_total: 0,
@@ -301,23 +362,14 @@ impl Tap {
             self.remove(&key, out);
             self.stats.flows_closed += 1;
         }
-        if !self.flows.contains_key(&key) {
-            // Only a SYN or data opens a flow; a stray ACK, FIN or RST does not.
-            if seg.flags.rst() || (!seg.flags.syn() && seg.payload.is_empty()) {
-                self.stats.ignored_packets += 1;
-                return;
-            }
-            if !self.make_room(out) {
-                self.stats.flows_refused += 1;
-                return;
-            }
-            self.next_id += 1;
-            self.flows.insert(
-                key,
-                Conn::new(self.next_id, key.client, key.server, &self.settings),
-            );
-            self.young.push_back(key);
-            self.stats.flows_created += 1;
+        if !seg.flags.ack() && !seg.flags.syn() && !seg.flags.rst() {
+            // Every segment after the SYN carries ACK; the server's stack drops one without it
+            // (RFC 9293 3.10.7.4), so what it carries was never received.
+            self.stats.no_ack_segments += 1;
+            return;
+        }
+        if !self.flows.contains_key(&key) && !self.open(key, seg, out) {
+            return;
         }
         let Some(conn) = self.flows.get_mut(&key) else {
             return;
@@ -327,15 +379,11 @@ impl Tap {
             stats: &mut self.stats,
             out,
         };
-        let after = conn.on_segment(
-            dir,
-            seg.ts,
-            seg.seq,
-            seg.flags,
-            seg.payload,
-            &mut self.ooo_total,
-            &mut ctx,
-        );
+        let was_verified = conn.verified();
+        let after = conn.on_segment(dir, seg, &mut self.ooo_total, &mut ctx);
+        if !was_verified && conn.verified() {
+            self.stats.flows_verified += 1;
+        }
         let held = conn.held();
         self.held_total = self.held_total - conn.counted_held + held;
         conn.counted_held = held;
@@ -371,10 +419,10 @@ impl Tap {
             self.remove(&key, out);
             self.stats.flows_timed_out += 1;
         }
-        if self.young.len() > 2 * self.settings.max_flows {
+        if self.unverified.len() > 2 * self.settings.max_flows {
             let flows = &self.flows;
-            self.young
-                .retain(|k| flows.get(k).is_some_and(|c| !c.has_data));
+            self.unverified
+                .retain(|(k, _)| flows.get(k).is_some_and(|c| !c.verified()));
         }
         self.stats.flows_open = self.flows.len() as u64;
         self.stats.ooo_buffered = self.ooo_total as u64;
@@ -386,12 +434,20 @@ impl Tap {
         for key in keys {
             self.remove(&key, out);
         }
-        self.young.clear();
+        self.unverified.clear();
+        self.per_source.clear();
         self.stats.flows_open = 0;
     }
 
     fn remove(&mut self, key: &Key, out: &mut Vec<RequestEvent>) {
         if let Some(mut conn) = self.flows.remove(key) {
+            let source = key.client.ip();
+            if let Some(n) = self.per_source.get_mut(&source) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&source);
+                }
+            }
             self.ooo_total = self.ooo_total.saturating_sub(conn.release());
             self.held_total = self.held_total.saturating_sub(conn.counted_held);
             let mut ctx = Ctx {
@@ -405,18 +461,60 @@ impl Tap {
         self.stats.held_bytes = self.held_total as u64;
     }
 
-    /// Makes room for one more flow: evicts the oldest flow that never carried data. False when
-    /// every tracked flow carries data (the new flow is refused, existing ones are kept).
+    /// Starts tracking `key` for `seg`, if it may open a flow and there is room. False when the
+    /// segment is dropped.
+    fn open(&mut self, key: Key, seg: &Segment<'_>, out: &mut Vec<RequestEvent>) -> bool {
+        // Only a SYN or data opens a flow; a stray ACK, FIN or RST does not.
+        if seg.flags.rst() || (!seg.flags.syn() && seg.payload.is_empty()) {
+            self.stats.ignored_packets += 1;
+            return false;
+        }
+        let source = key.client.ip();
+        let held = self.per_source.get(&source).copied().unwrap_or(0);
+        if held as usize >= self.settings.max_flows_per_source
+            && !identity::trusted(source, &self.settings.trusted_proxies)
+        {
+            self.stats.flows_source_capped += 1;
+            return false;
+        }
+        if !self.make_room(out) {
+            self.stats.flows_refused += 1;
+            return false;
+        }
+        self.next_id += 1;
+        let conn = Conn::new(self.next_id, key.client, key.server, &self.settings);
+        self.flows.insert(key, conn);
+        *self.per_source.entry(source).or_default() += 1;
+        self.unverified.push_back((key, seg.ts));
+        self.stats.flows_created += 1;
+        true
+    }
+
+    /// Makes room for one more flow: evicts the least recently seen unverified flow. False when
+    /// every tracked flow is verified (the new flow is refused: an unverified flow never evicts
+    /// a verified one).
     fn make_room(&mut self, out: &mut Vec<RequestEvent>) -> bool {
         if self.flows.len() < self.settings.max_flows {
             return true;
         }
-        while let Some(key) = self.young.pop_front() {
-            if self.flows.get(&key).is_some_and(|c| !c.has_data) {
-                self.remove(&key, out);
-                self.stats.flows_evicted += 1;
-                return true;
+        // Each flow seen since it was queued gets one more turn; after a full round of those,
+        // the next candidate goes whatever its age (the loop always ends).
+        let mut second_chances = self.unverified.len();
+        while let Some((key, stamp)) = self.unverified.pop_front() {
+            let Some(conn) = self.flows.get(&key) else {
+                continue;
+            };
+            if conn.verified() {
+                continue;
             }
+            if conn.last_seen > stamp && second_chances > 0 {
+                second_chances -= 1;
+                self.unverified.push_back((key, conn.last_seen));
+                continue;
+            }
+            self.remove(&key, out);
+            self.stats.flows_evicted += 1;
+            return true;
         }
         false
     }

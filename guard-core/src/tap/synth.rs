@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::packet::TcpFlags;
 
-/// A TCP segment (no options) in an IPv4 or IPv6 packet, starting at the IP header.
+/// A TCP segment (no options) in an IPv4 or IPv6 packet, starting at the IP header, with an
+/// acknowledgement number of 0 (what a blind sender would put).
 #[must_use]
 pub fn tcp_packet(
     src: SocketAddr,
@@ -15,11 +16,24 @@ pub fn tcp_packet(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    tcp_packet_ack(src, dst, seq, 0, flags, payload)
+}
+
+/// A TCP segment acknowledging `ack`. Every segment but a SYN gets the ACK flag.
+#[must_use]
+pub fn tcp_packet_ack(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend_from_slice(&src.port().to_be_bytes());
     tcp.extend_from_slice(&dst.port().to_be_bytes());
     tcp.extend_from_slice(&seq.to_be_bytes());
-    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
     tcp.push(5 << 4);
     tcp.push(flags | (TcpFlags::ACK * u8::from(flags & TcpFlags::SYN == 0)));
     tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
@@ -109,17 +123,19 @@ impl Conversation {
                 TcpFlags::SYN,
                 &[],
             ),
-            tcp_packet(
+            tcp_packet_ack(
                 self.server,
                 self.client,
                 self.server_seq,
+                self.client_seq.wrapping_add(1),
                 TcpFlags::SYN | TcpFlags::ACK,
                 &[],
             ),
-            tcp_packet(
+            tcp_packet_ack(
                 self.client,
                 self.server,
                 self.client_seq.wrapping_add(1),
+                self.server_seq.wrapping_add(1),
                 TcpFlags::ACK,
                 &[],
             ),
@@ -129,24 +145,27 @@ impl Conversation {
         p
     }
 
-    /// Client data split into segments of at most `mss` bytes.
+    /// Client data split into segments of at most `mss` bytes, acknowledging everything the
+    /// server sent.
     pub fn request(&mut self, data: &[u8], mss: usize) -> Vec<Vec<u8>> {
         let (from, to) = (self.client, self.server);
-        split(from, to, &mut self.client_seq, data, mss)
+        split(from, to, &mut self.client_seq, self.server_seq, data, mss)
     }
 
-    /// Server data split into segments of at most `mss` bytes.
+    /// Server data split into segments of at most `mss` bytes, acknowledging everything the
+    /// client sent.
     pub fn response(&mut self, data: &[u8], mss: usize) -> Vec<Vec<u8>> {
         let (from, to) = (self.server, self.client);
-        split(from, to, &mut self.server_seq, data, mss)
+        split(from, to, &mut self.server_seq, self.client_seq, data, mss)
     }
 
     /// A FIN from the client.
     pub fn client_fin(&mut self) -> Vec<u8> {
-        let p = tcp_packet(
+        let p = tcp_packet_ack(
             self.client,
             self.server,
             self.client_seq,
+            self.server_seq,
             TcpFlags::FIN,
             &[],
         );
@@ -156,10 +175,11 @@ impl Conversation {
 
     /// A FIN from the server.
     pub fn server_fin(&mut self) -> Vec<u8> {
-        let p = tcp_packet(
+        let p = tcp_packet_ack(
             self.server,
             self.client,
             self.server_seq,
+            self.client_seq,
             TcpFlags::FIN,
             &[],
         );
@@ -170,20 +190,28 @@ impl Conversation {
     /// A RST from the client.
     #[must_use]
     pub fn client_rst(&self) -> Vec<u8> {
-        tcp_packet(
+        tcp_packet_ack(
             self.client,
             self.server,
             self.client_seq,
+            self.server_seq,
             TcpFlags::RST,
             &[],
         )
     }
 }
 
-fn split(from: SocketAddr, to: SocketAddr, seq: &mut u32, data: &[u8], mss: usize) -> Vec<Vec<u8>> {
+fn split(
+    from: SocketAddr,
+    to: SocketAddr,
+    seq: &mut u32,
+    ack: u32,
+    data: &[u8],
+    mss: usize,
+) -> Vec<Vec<u8>> {
     data.chunks(mss.max(1))
         .map(|c| {
-            let p = tcp_packet(from, to, *seq, TcpFlags::PSH, c);
+            let p = tcp_packet_ack(from, to, *seq, ack, TcpFlags::PSH, c);
             *seq = seq.wrapping_add(c.len() as u32);
             p
         })

@@ -6,6 +6,7 @@ use super::*;
 
 mod bounds;
 mod packets;
+mod trust;
 
 const CLIENT: &str = "192.0.2.10:40000";
 const SERVER: &str = "198.51.100.1:80";
@@ -261,7 +262,11 @@ fn forwarded_for_only_from_trusted_proxies() {
     ));
     rig.feed(&fwd.response(&ok_response(""), 1448));
     let clients: Vec<String> = rig.out.iter().map(|e| e.client.to_string()).collect();
-    assert_eq!(clients, ["203.0.113.7", "192.0.2.50", "2001:db8::7"]);
+    // The proxies write X-Forwarded-For (the default `client_header`): a Forwarded header is
+    // never read instead, so the third request has no client.
+    assert_eq!(clients, ["203.0.113.7", "192.0.2.50", "0.0.0.0"]);
+    let trust: Vec<Trust> = rig.out.iter().map(|e| e.trust).collect();
+    assert_eq!(trust, [Trust::Verified, Trust::Verified, Trust::NoClient]);
     assert_eq!(
         rig.out[1].headers.x_forwarded_for.as_deref(),
         Some("203.0.113.7, 10.1.1.1")

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tap::RequestEvent;
+use crate::tap::{RequestEvent, Trust};
 
 pub mod format;
 #[cfg(test)]
@@ -67,6 +67,10 @@ pub struct LogRecord {
     /// Time of the request, since the Unix epoch.
     pub time: Duration,
     pub client: IpAddr,
+    /// How far the request can be held against `client`; only `verified` ones were judged.
+    /// Records written before the field existed were all judged: they read as verified.
+    #[serde(default)]
+    pub trust: Trust,
     pub user: Option<String>,
     pub method: String,
     pub path: String,
@@ -89,6 +93,7 @@ impl LogRecord {
         Self {
             time: e.ts,
             client: e.client,
+            trust: e.trust,
             user: e.user.as_ref().map(|u| u.id.clone()),
             method: e.method.clone(),
             path: e.path.clone(),
@@ -104,7 +109,8 @@ impl LogRecord {
         }
     }
 
-    /// The `guard logs --json` line: exactly `ts` (RFC 3339 UTC), `client`, `user`, `method`,
+    /// The `guard logs --json` line: exactly `ts` (RFC 3339 UTC), `client`, `trust`
+    /// (`verified`, `unverified` or `no_client`), `user`, `method`,
     /// `path`, `query`, `status`, `latency_ms`, `bytes_in`, `bytes_out`, `user_agent`, `blocked`,
     /// `reason`.
     #[must_use]
@@ -113,6 +119,7 @@ impl LogRecord {
         struct Line<'a> {
             ts: String,
             client: IpAddr,
+            trust: Trust,
             user: Option<&'a str>,
             method: &'a str,
             path: &'a str,
@@ -128,6 +135,7 @@ impl LogRecord {
         let line = Line {
             ts: rfc3339(self.time),
             client: self.client,
+            trust: self.trust,
             user: self.user.as_deref(),
             method: &self.method,
             path: &self.path,

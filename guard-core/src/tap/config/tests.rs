@@ -68,3 +68,25 @@ fn cidr_membership() {
     assert!(!v6.contains("10.1.0.9".parse().unwrap()));
     assert!("nope/8".parse::<Net>().is_err());
 }
+
+#[test]
+fn client_header_is_one_of_two_names() {
+    let f: File = toml::from_str("[tap]\nclient_header = \"forwarded\"\n").unwrap();
+    assert_eq!(f.tap.client_header, ClientHeader::Forwarded);
+    assert_eq!(
+        TapConfig::default().client_header,
+        ClientHeader::XForwardedFor
+    );
+    let err = toml::from_str::<File>("[tap]\nclient_header = \"x-real-ip\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("x-forwarded-for"), "{err}");
+    let c = TapConfig {
+        max_flows_per_source: 0,
+        ..TapConfig::default()
+    };
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "tap.max_flows_per_source must be at least 1"
+    );
+}

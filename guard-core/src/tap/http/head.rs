@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{HttpError, Kind, Limits};
+use crate::tap::identity::ForwardChain;
 
 /// Headers httparse may return for one message; more is malformed.
 const MAX_HEADERS: usize = 96;
@@ -30,6 +31,9 @@ pub struct RequestHead {
     pub has_cookie: bool,
     /// Value of the configured user header.
     pub user_header: Option<String>,
+    /// The configured forwarding header, parsed whole (its display copies above are cut), when
+    /// trusted proxies are configured and the request carries it.
+    pub forward_chain: Option<ForwardChain>,
     /// Every header as sent, for the validator (never logged).
     pub all: HeaderList,
 }
@@ -168,6 +172,17 @@ pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<He
                 };
                 if slot.is_none() {
                     *slot = Some(value_string(h.value));
+                }
+            }
+            if let Some(which) = limits.client_header {
+                let name = which.name();
+                let lines = req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| h.value);
+                if lines.clone().next().is_some() {
+                    head.forward_chain = Some(ForwardChain::parse(which, lines));
                 }
             }
             Ok(Head::Request(Box::new(head)))

@@ -5,6 +5,7 @@ fn limits() -> Limits {
         max_head: 1024,
         body_cap: 8,
         user_header: Some("x-user".into()),
+        client_header: None,
     }
 }
 

@@ -3,6 +3,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::LogRecord;
+use crate::tap::Trust;
 
 /// `time` as RFC 3339 UTC with milliseconds, e.g. `2026-11-24T15:04:05.123Z`.
 #[must_use]
@@ -29,7 +30,9 @@ pub fn rfc3339(time: Duration) -> String {
     )
 }
 
-/// The human table of `guard logs`.
+/// The human table of `guard logs`. A request that was not judged says why in its CLIENT cell:
+/// `(unverified)` after an address that may be forged, `- (no client)` when a trusted proxy
+/// named nobody.
 #[must_use]
 pub fn format_table(records: &[LogRecord]) -> String {
     let header = [
@@ -44,7 +47,12 @@ pub fn format_table(records: &[LogRecord]) -> String {
             }
             [
                 rfc3339(r.time),
-                r.client.to_string(),
+                match r.trust {
+                    Trust::Verified => r.client.to_string(),
+                    // Not judged: the source may be forged, or no client was named.
+                    Trust::Unverified => format!("{} (unverified)", r.client),
+                    Trust::NoClient => "- (no client)".into(),
+                },
                 r.user.clone().unwrap_or_else(|| "-".into()),
                 r.method.clone(),
                 r.status.map_or_else(|| "-".into(), |s| s.to_string()),

@@ -11,6 +11,7 @@ fn rec(secs: u64, client: &str, path: &str, status: Option<u16>, blocked: bool) 
     LogRecord {
         time: Duration::from_secs(secs),
         client: client.parse().unwrap(),
+        trust: crate::tap::Trust::Verified,
         user: None,
         method: "GET".into(),
         path: path.into(),
@@ -196,6 +197,7 @@ fn json_line_has_exactly_the_documented_fields() {
     let mut want = [
         "ts",
         "client",
+        "trust",
         "user",
         "method",
         "path",
@@ -249,6 +251,7 @@ fn records_from_tap_events() {
         conn_id: 1,
         ts: Duration::from_secs(10),
         client: "192.0.2.9".parse().unwrap(),
+        trust: crate::tap::Trust::Unverified,
         peer: "192.0.2.9:1234".parse().unwrap(),
         server: "192.0.2.1:80".parse().unwrap(),
         user: None,
@@ -270,8 +273,24 @@ fn records_from_tap_events() {
         response_content_type: None,
     };
     let r = LogRecord::from_event(&e, false, None);
+    assert_eq!(r.trust, crate::tap::Trust::Unverified);
+    let line: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+    assert_eq!(line["trust"], "unverified");
+    let table = format_table(std::slice::from_ref(&r));
+    assert!(
+        table.contains("192.0.2.9 (unverified)"),
+        "the table marks the record: {table}"
+    );
     assert_eq!(
         (r.status, r.latency_ms, r.user_agent.as_deref()),
         (Some(401), Some(2.5), Some("x"))
     );
+}
+
+#[test]
+fn records_written_before_the_trust_field_read_as_verified() {
+    let mut v = serde_json::to_value(rec(1, "192.0.2.1", "/", Some(200), false)).unwrap();
+    v.as_object_mut().unwrap().remove("trust");
+    let r: LogRecord = serde_json::from_value(v).unwrap();
+    assert_eq!(r.trust, crate::tap::Trust::Verified);
 }
