@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::bans::BanRequest;
+use crate::bans::{BanRequest, Origin};
 use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
 use crate::net::Net;
 use crate::tap::RequestEvent;
@@ -236,9 +236,9 @@ fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) 
         target,
         ttl: Some(ttl),
         reason: reason.clone(),
-        origin: "engine".into(),
+        origin: Origin::Engine,
         force: false,
-        evidence: Some(evidence),
+        evidence: Some(*evidence),
     };
     match bans.try_send(order) {
         Ok(()) => {

@@ -15,7 +15,7 @@ use super::Rule;
 
 /// What led to a ban. Every field but `rule` is optional: engine bans fill most of them, the
 /// daemon's own bans (a packet-rate ban) only their rule and details.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// The rule that made the ban: an engine [`Rule`] name, or a rule of the daemon's own
     /// (`xdp-rate`).
@@ -72,7 +72,7 @@ pub struct Counts {
 
 /// The rule-specific part of the evidence: each rule fills its own fields, the rest stay
 /// `None` and are not shown.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Details {
     /// Scenario buckets: the hits that overflowed the bucket, and its leak time.
     #[serde(default, skip_serializing_if = "Option::is_none")]

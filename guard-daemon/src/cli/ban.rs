@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use super::{parse_target, print_table, ttl_secs};
-use crate::bans::{BanFilter, BanSort, BanView};
+use crate::bans::{BanFilter, BanSort, BanView, Origin};
 use crate::clock::{format_utc, now_ms};
 use crate::control::{self, ImportEntry, Request};
 use crate::net::Net;
@@ -37,8 +37,8 @@ pub struct BanSelect {
     #[arg(long, value_name = "CIDR")]
     pub range: Option<String>,
     /// Bans of this origin: cli, import, rate-limit, engine.
-    #[arg(long)]
-    pub origin: Option<String>,
+    #[arg(long, value_parser = str::parse::<Origin>)]
+    pub origin: Option<Origin>,
     /// Bans whose reason contains TEXT (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -237,7 +237,7 @@ fn print_bans(bans: &[BanView]) {
             vec![
                 b.addr.to_string(),
                 b.reason.clone(),
-                b.origin.clone(),
+                b.origin.to_string(),
                 format_utc(b.created_at),
                 b.expires_at.map_or_else(
                     || "never".into(),

@@ -8,7 +8,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::Shared;
-use crate::bans::BanRequest;
+use crate::bans::{BanRequest, Origin};
 use crate::control::{LogsRequest, Request, Response};
 use crate::pipeline::Pipeline;
 use crate::store::logs::LogQuery;
@@ -26,7 +26,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 target,
                 ttl: ttl_secs.map(Duration::from_secs),
                 reason: reason.unwrap_or_else(|| "manual".into()),
-                origin: "cli".into(),
+                origin: Origin::Cli,
                 force,
                 evidence: None,
             })
@@ -52,7 +52,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                     target: e.target,
                     ttl: e.ttl_secs.map(Duration::from_secs),
                     reason: e.reason.unwrap_or_else(|| "imported".into()),
-                    origin: "import".into(),
+                    origin: Origin::Import,
                     force,
                     evidence: None,
                 })
