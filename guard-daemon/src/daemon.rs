@@ -393,7 +393,7 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
         evidence: Some(crate::engine::Evidence {
             rule: "xdp-rate".into(),
             details: crate::engine::Details {
-                limit_pps: Some(pps.into()),
+                limit_pps: Some(pps),
                 dropped: Some(ev.dropped),
                 ..Default::default()
             },

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::bans::{BanRequest, Origin};
@@ -27,7 +27,7 @@ pub enum JudgeError {
 }
 
 /// Counters of the judge, shown by `guard stats`.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct JudgeStats {
     pub inspected: AtomicU64,
     pub validator_block: AtomicU64,
@@ -42,6 +42,28 @@ pub struct JudgeStats {
     pub ai_block: AtomicU64,
     pub ai_allow: AtomicU64,
     pub ai_unsure: AtomicU64,
+}
+
+impl JudgeStats {
+    /// A copy of the counters as they are now.
+    #[must_use]
+    pub fn snapshot(&self) -> Self {
+        let copy = |c: &AtomicU64| AtomicU64::new(c.load(Ordering::Relaxed));
+        Self {
+            inspected: copy(&self.inspected),
+            validator_block: copy(&self.validator_block),
+            validator_triage: copy(&self.validator_triage),
+            engine_block: copy(&self.engine_block),
+            bans_ordered: copy(&self.bans_ordered),
+            bans_shadow: copy(&self.bans_shadow),
+            bans_dropped: copy(&self.bans_dropped),
+            triage: copy(&self.triage),
+            ai_asked: copy(&self.ai_asked),
+            ai_block: copy(&self.ai_block),
+            ai_allow: copy(&self.ai_allow),
+            ai_unsure: copy(&self.ai_unsure),
+        }
+    }
 }
 
 /// Validator and engine, shared by the capture threads.
