@@ -290,8 +290,13 @@ impl Bans {
         Ok(self.view(record))
     }
 
-    /// Bans many targets, flushing once. Returns per-line results.
-    pub fn import(&mut self, reqs: Vec<BanRequest>) -> Result<Vec<Result<Net, String>>, BanError> {
+    /// Bans many targets, flushing once. Returns per-line results: a line refused (it overlaps
+    /// the allowlist) or enforced but not saved is an error of its own, the others stop the
+    /// import.
+    pub fn import(
+        &mut self,
+        reqs: Vec<BanRequest>,
+    ) -> Result<Vec<Result<Net, BanError>>, BanError> {
         let mut out = Vec::with_capacity(reqs.len());
         let mut refused = 0;
         for req in reqs {
@@ -300,9 +305,9 @@ impl Bans {
                 Ok(_) => out.push(Ok(target)),
                 Err(e @ BanError::Allowlisted { .. }) => {
                     refused += 1;
-                    out.push(Err(e.to_string()));
+                    out.push(Err(e));
                 }
-                Err(e @ BanError::NotSaved { .. }) => out.push(Err(e.to_string())),
+                Err(e @ BanError::NotSaved { .. }) => out.push(Err(e)),
                 Err(e) => return Err(e),
             }
         }

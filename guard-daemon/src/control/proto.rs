@@ -282,6 +282,31 @@ impl Response {
     pub fn err(message: impl std::fmt::Display) -> Self {
         Self::Err(message.to_string())
     }
+
+    /// A failure with `error` and its causes (see [`error_chain`]).
+    pub fn failed(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::Err(error_chain(error))
+    }
+}
+
+/// `error`'s message and, after it, each cause its message does not already tell ("a: b: c"):
+/// an error's chain crosses the socket as text, the only form the CLI can show. A cause counts
+/// as told when the text so far has its last part (after its last `": "`), since some messages
+/// quote their cause in their own words.
+#[must_use]
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        let last = more.rsplit(": ").next().unwrap_or(&more);
+        if !text.contains(last) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// [`Response`] as it is written.
@@ -412,6 +437,23 @@ mod tests {
                 expected: "removed",
                 got: "tap_ports"
             }
+        );
+        // The chain of a daemon error reaches the user, each cause once.
+        let io = std::io::Error::from_raw_os_error(28);
+        let store = crate::store::StoreError::Sled(sled::Error::Io(io));
+        let ban = crate::bans::BanError::NotSaved {
+            target: "192.0.2.7".parse().unwrap(),
+            source: store,
+        };
+        let text = error_chain(&ban);
+        assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
+        let corrupt = crate::store::StoreError::Corrupt {
+            tree: "bans",
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        assert_eq!(
+            error_chain(&corrupt),
+            "corrupt record in tree bans: expected value at line 1 column 1"
         );
         // A success with an unknown tag is unreadable.
         assert!(

@@ -8,6 +8,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::bans::{BanRequest, Origin};
+use crate::control::proto::error_chain;
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
     Stats, Status,
@@ -63,7 +64,11 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 .collect();
             shared.bans().import(reqs).map(|results| {
                 let banned = results.iter().filter(|r| r.is_ok()).count();
-                let refused: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+                let refused: Vec<String> = results
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| error_chain(&e))
+                    .collect();
                 Response::ok(Imported { banned, refused })
             })
         }
@@ -86,7 +91,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::Logs(q) => return logs(shared, q),
         Request::TapPorts { ports } => return tap_ports(shared, ports),
     };
-    result.unwrap_or_else(Response::err)
+    result.unwrap_or_else(|e| Response::failed(&e))
 }
 
 fn sync_allowlist(shared: &Shared) {
@@ -112,7 +117,7 @@ fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
             return Response::err("give at least one port, none of them 0");
         }
         if let Err(e) = p.set_ports(shared.bans().xdp_mut(), &ports) {
-            return Response::err(e);
+            return Response::failed(&e);
         }
         info!(?ports, "HTTP tap ports changed");
     }
@@ -122,7 +127,7 @@ fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
 fn logs(shared: &Shared, q: LogsRequest) -> Response {
     let status = match q.status.as_deref().map(str::parse).transpose() {
         Ok(s) => s,
-        Err(e) => return Response::err(e),
+        Err(e) => return Response::failed(&e),
     };
     let query = LogQuery {
         since: q.since_ns.map(Duration::from_nanos),
@@ -135,7 +140,7 @@ fn logs(shared: &Shared, q: LogsRequest) -> Response {
     };
     match shared.logs.query(&query) {
         Ok(records) => Response::ok(records),
-        Err(e) => Response::err(e),
+        Err(e) => Response::failed(&e),
     }
 }
 
@@ -151,7 +156,7 @@ fn stats(shared: &Shared) -> Response {
             xdp.insert("dense_blocks".into(), blocks as u64);
             xdp.insert("dense_blocks_refused".into(), full);
         }
-        Err(e) => return Response::err(e),
+        Err(e) => return Response::failed(&e),
     }
     let c = &shared.counters;
     let tap = shared
