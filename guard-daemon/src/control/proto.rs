@@ -289,21 +289,21 @@ impl Response {
     }
 }
 
-/// `error`'s message and, after it, each cause its message does not already tell ("a: b: c"):
-/// an error's chain crosses the socket as text, the only form the CLI can show. A cause counts
-/// as told when the text so far has its last part (after its last `": "`), since some messages
-/// quote their cause in their own words.
+/// `error`'s message and, after it, its causes ("a: b: c"): an error's chain crosses the socket
+/// as text, the only form the CLI can show. A message that already quotes its cause (as the
+/// ban store's own wording of a sled error does) tells the rest of the chain: the walk stops
+/// there, so nothing is said twice.
 #[must_use]
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {
         let more = e.to_string();
-        let last = more.rsplit(": ").next().unwrap_or(&more);
-        if !text.contains(last) {
-            text.push_str(": ");
-            text.push_str(&more);
+        if text.contains(&more) {
+            break;
         }
+        text.push_str(": ");
+        text.push_str(&more);
         cause = e.source();
     }
     text
@@ -446,6 +446,7 @@ mod tests {
             source: store,
         };
         let text = error_chain(&ban);
+        assert_eq!(text, ban.to_string(), "the message quotes its cause");
         assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
         let corrupt = crate::store::StoreError::Corrupt {
             tree: "bans",
