@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::bans::{BanRequest, Origin};
@@ -27,7 +27,7 @@ pub enum JudgeError {
 }
 
 /// Counters of the judge, shown by `guard stats`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct JudgeStats {
     pub inspected: AtomicU64,
     pub validator_block: AtomicU64,
@@ -44,28 +44,6 @@ pub struct JudgeStats {
     pub ai_unsure: AtomicU64,
 }
 
-impl JudgeStats {
-    /// A copy of the counters as they are now.
-    #[must_use]
-    pub fn snapshot(&self) -> Self {
-        let copy = |c: &AtomicU64| AtomicU64::new(c.load(Ordering::Relaxed));
-        Self {
-            inspected: copy(&self.inspected),
-            validator_block: copy(&self.validator_block),
-            validator_triage: copy(&self.validator_triage),
-            engine_block: copy(&self.engine_block),
-            bans_ordered: copy(&self.bans_ordered),
-            bans_shadow: copy(&self.bans_shadow),
-            bans_dropped: copy(&self.bans_dropped),
-            triage: copy(&self.triage),
-            ai_asked: copy(&self.ai_asked),
-            ai_block: copy(&self.ai_block),
-            ai_allow: copy(&self.ai_allow),
-            ai_unsure: copy(&self.ai_unsure),
-        }
-    }
-}
-
 /// Validator and engine, shared by the capture threads.
 pub struct Judge {
     validator: Validator,
@@ -74,6 +52,17 @@ pub struct Judge {
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
+}
+
+impl JudgeStats {
+    /// A copy of the counters as they are now (through serde, so that a counter added to the
+    /// struct is copied without a change here).
+    #[must_use]
+    pub fn snapshot(&self) -> Self {
+        serde_json::to_value(self)
+            .and_then(serde_json::from_value)
+            .unwrap_or_default()
+    }
 }
 
 /// Ban orders waiting for the daemon.
@@ -312,6 +301,17 @@ mod tests {
             bytes_out: 100,
             response_content_type: None,
         }
+    }
+
+    #[test]
+    fn a_snapshot_copies_every_counter() {
+        let stats = JudgeStats::default();
+        stats.inspected.store(7, Ordering::Relaxed);
+        stats.ai_unsure.store(3, Ordering::Relaxed);
+        let copy = stats.snapshot();
+        stats.inspected.store(8, Ordering::Relaxed);
+        assert_eq!(copy.inspected.load(Ordering::Relaxed), 7);
+        assert_eq!(copy.ai_unsure.load(Ordering::Relaxed), 3);
     }
 
     /// Attacks in headers the tap does not otherwise keep (Cookie, Authorization) reach the
