@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::clock::{mono_ns, now_ms, wall_to_mono};
+use crate::engine::Evidence;
 use crate::net::Net;
 use crate::store::{AllowRecord, BanRecord, Store, StoreError};
+pub use crate::store::{Origin, UnknownOrigin};
 use crate::xdp::{Xdp, XdpError};
 
 /// Errors of ban and allowlist operations.
@@ -55,9 +57,9 @@ pub struct BanRequest {
     /// `None` = the configured default; `Some(ZERO)` = permanent.
     pub ttl: Option<Duration>,
     pub reason: String,
-    pub origin: String,
+    pub origin: Origin,
     pub force: bool,
-    pub evidence: Option<serde_json::Value>,
+    pub evidence: Option<Evidence>,
 }
 
 /// Which bans `guard ban ls` shows, in what order, how many.
@@ -68,8 +70,8 @@ pub struct BanFilter {
     pub ip: Option<IpAddr>,
     /// Only bans inside this network.
     pub range: Option<Net>,
-    /// Only bans of this origin (`cli`, `import`, `rate-limit`, `engine`).
-    pub origin: Option<String>,
+    /// Only bans of this origin.
+    pub origin: Option<Origin>,
     /// Only bans whose reason contains this text (case-insensitive).
     pub reason: Option<String>,
     pub sort: BanSort,
@@ -102,7 +104,7 @@ impl BanFilter {
             && self
                 .range
                 .is_none_or(|r| r.contains(b.target.addr()) && b.target.prefix() >= r.prefix())
-            && self.origin.as_deref().is_none_or(|o| b.origin == o)
+            && self.origin.is_none_or(|o| b.origin == o)
             && self
                 .reason
                 .as_deref()
@@ -131,7 +133,7 @@ impl BanFilter {
 pub struct BanView {
     pub addr: Net,
     pub reason: String,
-    pub origin: String,
+    pub origin: Origin,
     /// Wall-clock ms since the epoch.
     pub created_at: u64,
     /// Wall-clock ms since the epoch; `null` = permanent.
@@ -140,8 +142,12 @@ pub struct BanView {
     pub bytes: u64,
     /// Wall-clock ms of the last dropped packet; `null` = never hit.
     pub last_hit: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<serde_json::Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::engine::deserialize_stored"
+    )]
+    pub evidence: Option<Evidence>,
 }
 
 /// Bans and allowlist, backed by sled and enforced by XDP.
@@ -284,8 +290,13 @@ impl Bans {
         Ok(self.view(record))
     }
 
-    /// Bans many targets, flushing once. Returns per-line results.
-    pub fn import(&mut self, reqs: Vec<BanRequest>) -> Result<Vec<Result<Net, String>>, BanError> {
+    /// Bans many targets, flushing once. Returns per-line results: a line refused (it overlaps
+    /// the allowlist) or enforced but not saved is an error of its own, the others stop the
+    /// import.
+    pub fn import(
+        &mut self,
+        reqs: Vec<BanRequest>,
+    ) -> Result<Vec<Result<Net, BanError>>, BanError> {
         let mut out = Vec::with_capacity(reqs.len());
         let mut refused = 0;
         for req in reqs {
@@ -294,9 +305,9 @@ impl Bans {
                 Ok(_) => out.push(Ok(target)),
                 Err(e @ BanError::Allowlisted { .. }) => {
                     refused += 1;
-                    out.push(Err(e.to_string()));
+                    out.push(Err(e));
                 }
-                Err(e @ BanError::NotSaved { .. }) => out.push(Err(e.to_string())),
+                Err(e @ BanError::NotSaved { .. }) => out.push(Err(e)),
                 Err(e) => return Err(e),
             }
         }
@@ -464,11 +475,11 @@ impl Bans {
 mod tests {
     use super::*;
 
-    fn record(target: &str, origin: &str, reason: &str) -> BanRecord {
+    fn record(target: &str, origin: Origin, reason: &str) -> BanRecord {
         BanRecord {
             target: target.parse().unwrap(),
             reason: reason.into(),
-            origin: origin.into(),
+            origin,
             created_at: 0,
             expires_at: None,
             evidence: None,
@@ -479,7 +490,7 @@ mod tests {
         BanView {
             addr: addr.parse().unwrap(),
             reason: String::new(),
-            origin: "cli".into(),
+            origin: Origin::Cli,
             created_at,
             expires_at,
             packets,
@@ -492,10 +503,10 @@ mod tests {
     #[test]
     fn filters_select_by_covering_address_range_origin_and_reason() {
         let bans = [
-            record("192.0.2.7", "engine", "SQL injection: 3 hits"),
-            record("192.0.2.0/24", "import", "blocklist"),
-            record("198.51.100.9", "cli", "manual"),
-            record("2001:db8::1", "rate-limit", "flood"),
+            record("192.0.2.7", Origin::Engine, "SQL injection: 3 hits"),
+            record("192.0.2.0/24", Origin::Import, "blocklist"),
+            record("198.51.100.9", Origin::Cli, "manual"),
+            record("2001:db8::1", Origin::RateLimit, "flood"),
         ];
         let pick = |f: BanFilter| -> Vec<String> {
             bans.iter()
@@ -536,7 +547,7 @@ mod tests {
         );
         assert_eq!(
             pick(BanFilter {
-                origin: Some("rate-limit".into()),
+                origin: Some(Origin::RateLimit),
                 ..BanFilter::default()
             }),
             ["2001:db8::1"]
@@ -544,7 +555,7 @@ mod tests {
         assert_eq!(
             pick(BanFilter {
                 reason: Some("sql INJECTION".into()),
-                origin: Some("engine".into()),
+                origin: Some(Origin::Engine),
                 ..BanFilter::default()
             }),
             ["192.0.2.7"]

@@ -4,11 +4,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
 
 use crate::clock::{format_utc, now_ms, parse_duration};
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::control::{self, Request};
+use crate::control::{self, Request, Stats, Status};
 use crate::net::Net;
 use crate::store::AllowRecord;
 
@@ -158,8 +157,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs(args, &socket_path(socket)),
         Command::Tap(TapCommand::Ports { ports }) => {
             let ports = (!ports.is_empty()).then_some(ports);
-            let now = control::call(&socket_path(socket), &Request::TapPorts { ports })?;
-            println!("HTTP tap ports: {now}");
+            let now: Vec<u16> = control::call(&socket_path(socket), &Request::TapPorts { ports })?;
+            let now: Vec<String> = now.iter().map(u16::to_string).collect();
+            println!("HTTP tap ports: [{}]", now.join(","));
             Ok(())
         }
         Command::Ai { command } => crate::ai::cli::run(command),
@@ -215,7 +215,7 @@ fn ttl_secs(text: Option<&str>) -> anyhow::Result<Option<u64>> {
 fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         AllowCommand::Add { target, reason } => {
-            control::call(
+            let _: AllowRecord = control::call(
                 socket,
                 &Request::AllowAdd {
                     target: parse_target(&target)?,
@@ -225,7 +225,7 @@ fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
             println!("allowlisted {target}");
         }
         AllowCommand::Rm { target } => {
-            control::call(
+            let _: AllowRecord = control::call(
                 socket,
                 &Request::AllowRm {
                     target: parse_target(&target)?,
@@ -234,11 +234,10 @@ fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
             println!("removed {target} from the allowlist");
         }
         AllowCommand::Ls(f) => {
-            let data = control::call(socket, &Request::AllowLs)?;
+            let rows: Vec<AllowRecord> = control::call(socket, &Request::AllowLs)?;
             if f.json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                let rows: Vec<AllowRecord> = serde_json::from_value(data)?;
                 let table: Vec<Vec<String>> = rows
                     .iter()
                     .map(|r| {
@@ -307,8 +306,7 @@ fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     }
     let mut header = true;
     loop {
-        let records: Vec<LogRecord> =
-            serde_json::from_value(control::call(socket, &Request::Logs(req.clone()))?)?;
+        let records: Vec<LogRecord> = control::call(socket, &Request::Logs(req.clone()))?;
         if args.json {
             for r in &records {
                 println!("{}", r.to_json_line());
@@ -336,52 +334,45 @@ fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
-    let data = control::call(socket, &Request::Stats)?;
+    let data: Box<Stats> = control::call(socket, &Request::Stats)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
-    for section in ["xdp", "daemon"] {
-        if let Some(Value::Object(map)) = data.get(section) {
-            let rows: Vec<Vec<String>> = map
-                .iter()
-                .map(|(k, v)| vec![format!("{section}.{k}"), v.to_string()])
-                .collect();
-            print_table(&["COUNTER", "VALUE"], &rows);
-        }
-    }
+    let row = |section: &str, name: &str, v: u64| vec![format!("{section}.{name}"), v.to_string()];
+    let xdp: Vec<Vec<String>> = data.xdp.iter().map(|(k, v)| row("xdp", k, *v)).collect();
+    print_table(&["COUNTER", "VALUE"], &xdp);
+    let daemon: Vec<Vec<String>> = data
+        .daemon
+        .rows()
+        .into_iter()
+        .map(|(k, v)| row("daemon", k, v))
+        .collect();
+    print_table(&["COUNTER", "VALUE"], &daemon);
     Ok(())
 }
 
 fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
-    let data = control::call(socket, &Request::Status)?;
+    let data: Box<Status> = control::call(socket, &Request::Status)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
     println!(
         "guard {} running (pid {}, up {}s)",
-        data["version"].as_str().unwrap_or("?"),
-        data["pid"],
-        data["uptime_secs"]
+        data.version, data.pid, data.uptime_secs
     );
-    if let Some(ifs) = data["interfaces"].as_array() {
-        for i in ifs {
-            println!(
-                "  interface {} ({} XDP)",
-                i["name"].as_str().unwrap_or("?"),
-                i["mode"].as_str().unwrap_or("?")
-            );
-        }
+    for i in &data.interfaces {
+        println!("  interface {} ({} XDP)", i.name, i.mode);
     }
     println!(
         "  bans {}  allowlist {}  rate limit {} pps",
-        data["bans"], data["allowlist"], data["rate_limit_pps"]
+        data.bans, data.allowlist, data.rate_limit_pps
     );
     println!(
         "  state {}  pins {}",
-        data["state_dir"].as_str().unwrap_or("?"),
-        data["pin_dir"].as_str().unwrap_or("?")
+        data.state_dir.display(),
+        data.pin_dir.display()
     );
     Ok(())
 }
@@ -405,6 +396,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn origin_filters_are_checked_on_the_command_line() {
+        let cli = Cli::try_parse_from(["guard", "ban", "ls", "--origin", "rate-limit"]).unwrap();
+        let Command::Ban(BanCommand::Ls(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.select.origin, Some(crate::bans::Origin::RateLimit));
+        let err = Cli::try_parse_from(["guard", "ban", "rm", "--origin", "engin"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown origin `engin`: expected one of cli, import, rate-limit, engine"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,121 +1,25 @@
 //! The control API: newline-delimited JSON over a Unix socket with root-only permissions.
-//! One request line, one response line. The daemon serves it ([`serve`]); the CLI is its
-//! client ([`call`]).
+//! One request line, one response line, both typed in [`proto`]. The daemon serves it
+//! ([`serve`]); the CLI is its client ([`call`]).
+pub mod proto;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
-use crate::net::Net;
+pub use proto::{
+    DaemonCounters, FromReply, ImportEntry, Imported, Interface, LogCounters, LogsRequest, Removed,
+    Reply, Request, Response, Stats, Status, UnexpectedReply,
+};
 
 /// Largest request accepted (a `ban import` of a million lines fits).
 pub const MAX_REQUEST_BYTES: u64 = 128 << 20;
-
-/// One line of `guard ban import`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportEntry {
-    pub target: Net,
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// What the CLI asks of the daemon.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    BanAdd {
-        target: Net,
-        /// `None` = the configured default; 0 = permanent.
-        ttl_secs: Option<u64>,
-        reason: Option<String>,
-        #[serde(default)]
-        force: bool,
-    },
-    BanRm {
-        target: Net,
-    },
-    /// Lifts every ban the filter selects.
-    BanRmMatching {
-        filter: crate::bans::BanFilter,
-    },
-    BanLs {
-        #[serde(default)]
-        filter: crate::bans::BanFilter,
-    },
-    BanImport {
-        entries: Vec<ImportEntry>,
-        #[serde(default)]
-        force: bool,
-    },
-    AllowAdd {
-        target: Net,
-        reason: Option<String>,
-    },
-    AllowRm {
-        target: Net,
-    },
-    AllowLs,
-    Stats,
-    Status,
-    Logs(LogsRequest),
-    /// Reads (`None`) or replaces the protected HTTP ports of the running tap.
-    TapPorts {
-        ports: Option<Vec<u16>>,
-    },
-}
-
-/// Filters of `guard logs` as sent over the socket (see `store::logs::LogQuery`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LogsRequest {
-    /// Wall-clock ns since the epoch.
-    pub since_ns: Option<u64>,
-    pub until_ns: Option<u64>,
-    pub ip: Option<std::net::IpAddr>,
-    pub path_prefix: Option<String>,
-    /// `404`, `5xx`, …
-    pub status: Option<String>,
-    #[serde(default)]
-    pub blocked: bool,
-    pub limit: Option<usize>,
-}
-
-/// The daemon's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-impl Response {
-    /// A success carrying `data`.
-    pub fn ok(data: impl Serialize) -> Self {
-        Self {
-            ok: true,
-            error: None,
-            data: serde_json::to_value(data).unwrap_or_default(),
-        }
-    }
-
-    /// A failure with a message for the user.
-    pub fn err(message: impl std::fmt::Display) -> Self {
-        Self {
-            ok: false,
-            error: Some(message.to_string()),
-            data: serde_json::Value::Null,
-        }
-    }
-}
 
 /// Errors of the control socket, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +46,13 @@ pub enum ControlError {
         path: PathBuf,
         timeout: std::time::Duration,
     },
+    #[error("the request could not be encoded")]
+    BadRequest(#[source] serde_json::Error),
     #[error("the daemon sent an unreadable answer")]
     BadResponse(#[source] serde_json::Error),
+    #[error(transparent)]
+    Unexpected(#[from] UnexpectedReply),
+    /// The daemon refused or failed the request; its message, for the user.
     #[error("{0}")]
     Daemon(String),
 }
@@ -151,9 +60,14 @@ pub enum ControlError {
 /// How long the CLI waits for an answer (an import of a million bans takes a few seconds).
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(2);
 
-/// Sends one request and waits for its answer. An error answer becomes `ControlError::Daemon`.
-pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
-    call_within(socket, request, ANSWER_TIMEOUT)
+/// Sends one request and waits for its answer, as the type `T` this request gets. An error
+/// answer becomes `ControlError::Daemon`.
+pub fn call<T: FromReply>(socket: &Path, request: &Request) -> Result<T, ControlError> {
+    Ok(T::from_reply(call_within(
+        socket,
+        request,
+        ANSWER_TIMEOUT,
+    )?)?)
 }
 
 /// [`call`], waiting at most `timeout` for the answer.
@@ -161,7 +75,7 @@ fn call_within(
     socket: &Path,
     request: &Request,
     timeout: std::time::Duration,
-) -> Result<serde_json::Value, ControlError> {
+) -> Result<Reply, ControlError> {
     let io = |source| ControlError::Io {
         path: socket.to_owned(),
         source,
@@ -177,7 +91,7 @@ fn call_within(
         },
         _ => io(e),
     })?;
-    let mut line = serde_json::to_vec(request).map_err(ControlError::BadResponse)?;
+    let mut line = serde_json::to_vec(request).map_err(ControlError::BadRequest)?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
     let mut answer = String::new();
@@ -193,13 +107,9 @@ fn call_within(
             }
             _ => io(e),
         })?;
-    let response: Response = serde_json::from_str(&answer).map_err(ControlError::BadResponse)?;
-    if response.ok {
-        Ok(response.data)
-    } else {
-        Err(ControlError::Daemon(
-            response.error.unwrap_or_else(|| "unknown error".into()),
-        ))
+    match serde_json::from_str(&answer).map_err(ControlError::BadResponse)? {
+        Response::Ok(reply) => Ok(reply),
+        Response::Err(message) => Err(ControlError::Daemon(message)),
     }
 }
 
@@ -279,6 +189,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ends over a real socket: the daemon's typed reply is the CLI's typed value.
+    #[test]
+    fn a_typed_reply_crosses_the_socket() {
+        let path = std::env::temp_dir().join(format!("guard-typed-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(async { bind(&path) }).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handler = Arc::new(|req: Request| match req {
+            Request::TapPorts { ports } => Response::ok(ports.unwrap_or_default()),
+            _ => Response::err("not here"),
+        });
+        let server = runtime.spawn(serve(listener, handler, async {
+            let _ = stopped.await;
+        }));
+        let ports: Vec<u16> = call(
+            &path,
+            &Request::TapPorts {
+                ports: Some(vec![80, 8080]),
+            },
+        )
+        .unwrap();
+        assert_eq!(ports, [80, 8080]);
+        let err = call::<Vec<u16>>(&path, &Request::Status).unwrap_err();
+        assert!(
+            matches!(&err, ControlError::Daemon(m) if m == "not here"),
+            "{err:?}"
+        );
+        // The right reply for another request is an error, not a misread.
+        let err = call::<Removed>(&path, &Request::TapPorts { ports: None }).unwrap_err();
+        assert!(matches!(err, ControlError::Unexpected(_)), "{err:?}");
+        let _ = stop.send(());
+        runtime.block_on(server).unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
 
     /// A daemon that accepts and never answers: the CLI gives up with a message, not a hang.
     #[test]

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use guard_common::{FAMILY_V4, RateEvent};
-use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
-use crate::bans::{BanError, BanRequest, Bans};
+use crate::bans::{BanError, BanRequest, Bans, Origin};
 use crate::config::Config;
 use crate::control::{self, Request};
 use crate::judge::{BanQueue, Judge};
@@ -394,9 +393,17 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
         target,
         ttl: Some(ttl),
         reason: format!("packet rate over {pps}/s"),
-        origin: "rate-limit".into(),
+        origin: Origin::RateLimit,
         force: false,
-        evidence: Some(json!({"rule": "xdp-rate", "limit_pps": pps, "dropped": ev.dropped})),
+        evidence: Some(crate::engine::Evidence {
+            rule: "xdp-rate".into(),
+            details: crate::engine::Details {
+                limit_pps: Some(pps),
+                dropped: Some(ev.dropped),
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
     };
     match bans.ban(req) {
         Ok(_) => {
@@ -419,11 +426,7 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
             continue;
         }
         let reason = order.reason.clone();
-        let offence = order
-            .evidence
-            .as_ref()
-            .and_then(|e| e["offence"].as_u64())
-            .and_then(|n| u32::try_from(n).ok());
+        let offence = order.evidence.as_ref().and_then(|e| e.offence);
         // The ban table's lock is released before the offence is stored.
         let result = shared.bans().ban(order);
         match result {

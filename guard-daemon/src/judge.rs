@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::bans::BanRequest;
+use crate::bans::{BanRequest, Origin};
 use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
 use crate::net::Net;
 use crate::tap::{RequestEvent, Trust};
@@ -27,7 +27,7 @@ pub enum JudgeError {
 }
 
 /// Counters of the judge, shown by `guard stats`.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct JudgeStats {
     pub inspected: AtomicU64,
     pub validator_block: AtomicU64,
@@ -55,6 +55,17 @@ pub struct Judge {
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
+}
+
+impl JudgeStats {
+    /// A copy of the counters as they are now (through serde, so that a counter added to the
+    /// struct is copied without a change here).
+    #[must_use]
+    pub fn snapshot(&self) -> Self {
+        serde_json::to_value(self)
+            .and_then(serde_json::from_value)
+            .unwrap_or_default()
+    }
 }
 
 /// Ban orders waiting for the daemon.
@@ -257,9 +268,9 @@ fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) 
         target,
         ttl: Some(ttl),
         reason: reason.clone(),
-        origin: "engine".into(),
+        origin: Origin::Engine,
         force: false,
-        evidence: Some(evidence),
+        evidence: Some(*evidence),
     };
     match bans.try_send(order) {
         Ok(()) => {
@@ -312,6 +323,17 @@ mod tests {
             bytes_out: 100,
             response_content_type: None,
         }
+    }
+
+    #[test]
+    fn a_snapshot_copies_every_counter() {
+        let stats = JudgeStats::default();
+        stats.inspected.store(7, Ordering::Relaxed);
+        stats.ai_unsure.store(3, Ordering::Relaxed);
+        let copy = stats.snapshot();
+        stats.inspected.store(8, Ordering::Relaxed);
+        assert_eq!(copy.inspected.load(Ordering::Relaxed), 7);
+        assert_eq!(copy.ai_unsure.load(Ordering::Relaxed), 3);
     }
 
     /// Attacks in headers the tap does not otherwise keep (Cookie, Authorization) reach the

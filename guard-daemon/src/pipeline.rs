@@ -46,7 +46,7 @@ impl Pipeline {
         xdp.set_tap_ports(&config.http_ports)
             .map_err(|e| CaptureError::Sys {
                 call: "setting the tap ports",
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             })?;
         let stop = Arc::new(AtomicBool::new(false));
         let ports = Arc::new((Mutex::new(config.http_ports.clone()), AtomicU64::new(0)));
@@ -56,7 +56,7 @@ impl Pipeline {
             let capture = Capture::open(iface, RingSize::default(), |fd| {
                 xdp.attach_tap(fd).map_err(|e| CaptureError::Sys {
                     call: "attaching http_tap",
-                    source: std::io::Error::other(e.to_string()),
+                    source: std::io::Error::other(e),
                 })
             })?;
             let stats = Arc::new(Mutex::new(PipelineStats {

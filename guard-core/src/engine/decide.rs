@@ -6,13 +6,13 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
 use super::offenders::{PendingTriage, secs};
 use super::patterns::{any_prefix, is_static, is_traversal, normalise, trailing_id};
 use super::state::{ClientState, Entry, HAS_ID, PROBE};
 use super::table::ClientKey;
-use super::{ClientBehaviour, Core, Decision, Mode, Rule, ValidatorHint};
+use super::{
+    ClientBehaviour, Core, Counts, Decision, Details, Evidence, Mode, Rule, ValidatorHint,
+};
 use crate::net::Net;
 use crate::tap::RequestEvent;
 use crate::text::truncate as cut;
@@ -46,7 +46,7 @@ pub(super) struct Finding {
     pub(super) rule: Rule,
     pub(super) status: u16,
     pub(super) reason: String,
-    pub(super) extra: Value,
+    pub(super) details: Details,
 }
 
 impl Core {
@@ -149,7 +149,7 @@ impl Core {
                 st,
                 found.rule,
                 &found.reason,
-                found.extra,
+                found.details,
             );
         }
         let block = hint
@@ -162,8 +162,11 @@ impl Core {
                     cut(&h.category, MAX_CATEGORY),
                     h.score
                 ),
-                extra: json!({ "validator_category": cut(&h.category, MAX_CATEGORY),
-                               "validator_score": h.score }),
+                details: Details {
+                    validator_category: Some(cut(&h.category, MAX_CATEGORY).to_owned()),
+                    validator_score: Some(h.score),
+                    ..Details::default()
+                },
             })
             .or_else(|| self.black(t, f, st));
         if let Some(found) = block {
@@ -181,7 +184,11 @@ impl Core {
                 rule: Rule::HardBlock,
                 status: 403,
                 reason: format!("suspicion score {score}"),
-                extra: json!({ "score": score, "score_rules": rules }),
+                details: Details {
+                    score: Some(score),
+                    score_rules: Some(rules),
+                    ..Details::default()
+                },
             };
             return self.strike(t, ev.client, key, st, found);
         }
@@ -206,7 +213,11 @@ impl Core {
                     rule,
                     status: 403,
                     reason: format!("{}: {hits} hits", rule.name()),
-                    extra: json!({ "hits": hits, "leak_secs": leak.as_secs() }),
+                    details: Details {
+                        hits: Some(hits),
+                        leak_secs: Some(leak.as_secs()),
+                        ..Details::default()
+                    },
                 });
             }
         };
@@ -252,7 +263,10 @@ impl Core {
                         "probing: {n} distinct paths answered 400/403/404 in {} s",
                         s.probing_window.as_secs()
                     ),
-                    extra: json!({ "distinct_probe_paths": n }),
+                    details: Details {
+                        distinct_probe_paths: Some(n),
+                        ..Details::default()
+                    },
                 });
             }
         }
@@ -275,9 +289,13 @@ impl Core {
             if level >= strikes {
                 self.hit(Rule::RepeatedBlocks);
                 let reason = format!("{strikes} blocked requests, the last: {}", found.reason);
-                let extra =
-                    json!({ "last_block_rule": found.rule, "last_block_details": found.extra });
-                return self.ban(t, client, key, st, Rule::RepeatedBlocks, &reason, extra);
+                let details = Details {
+                    last_block_rule: Some(found.rule),
+                    last_block_details: (!found.details.is_empty())
+                        .then(|| Box::new(found.details)),
+                    ..Details::default()
+                };
+                return self.ban(t, client, key, st, Rule::RepeatedBlocks, &reason, details);
             }
         }
         Decision::Block {
@@ -324,7 +342,7 @@ impl Core {
             key: key.clone(),
             score,
             rules: rules.clone(),
-            evidence: counts(t, st),
+            counts: counts(t, st),
         };
         self.pending.insert(ev.client, pending);
         Decision::Triage {
@@ -347,7 +365,7 @@ impl Core {
         st: &mut ClientState,
         rule: Rule,
         reason: &str,
-        extra: Value,
+        details: Details,
     ) -> Decision {
         if self.allowlisted(client) {
             self.stats.allowlist_refusals += 1;
@@ -358,19 +376,21 @@ impl Core {
         st.banned_until = t.saturating_add(secs(ttl));
         st.strikes.reset();
         let shadow = self.cfg.mode == Mode::Shadow;
-        let mut evidence = json!({
-            "rule": rule,
-            "client": client.to_string(),
-            "user": match key { ClientKey::User(u) => Some(&**u), ClientKey::Addr(_) => None },
-            "offence": before + 1,
-            "ttl_secs": ttl.as_secs(),
-            "shadow": shadow,
-            "counts": counts(t, st),
-            "sample_paths": st.recent_paths(t, u32::MAX),
+        let evidence = Box::new(Evidence {
+            rule: rule.name().to_owned(),
+            client: Some(client),
+            user: match key {
+                ClientKey::User(u) => Some(u.to_string()),
+                ClientKey::Addr(_) => None,
+            },
+            offence: Some(before.saturating_add(1)),
+            ttl_secs: Some(ttl.as_secs()),
+            shadow,
+            counts: Some(counts(t, st)),
+            sample_paths: st.recent_paths(t, u32::MAX),
+            details,
+            extra: serde_json::Map::new(),
         });
-        if let (Value::Object(map), Value::Object(more)) = (&mut evidence, extra) {
-            map.extend(more);
-        }
         Decision::Ban {
             target: Net::host(client),
             ttl,
@@ -394,15 +414,15 @@ pub(super) fn escalated_ttl(b: &super::EngineBansConfig, before: u32) -> Duratio
 }
 
 /// The client's window counts, for evidence.
-fn counts(t: u32, st: &mut ClientState) -> Value {
-    json!({
-        "requests_10s": st.req_10s.sum(t),
-        "all_requests_10s": st.all_10s.sum(t),
-        "requests_2min": st.req_2min.sum(t / 10),
-        "errors_2min": st.err_2min.sum(t / 10),
-        "requests_24h": st.req_24h.sum(t / 3600),
-        "distinct_paths_1min": st.ring.distinct(t, MINUTE, 0),
-        "probe_paths_1min": st.ring.distinct(t, MINUTE, PROBE),
-        "sequential_ids_1min": st.ring.sequential_run(t, MINUTE),
-    })
+fn counts(t: u32, st: &mut ClientState) -> Counts {
+    Counts {
+        requests_10s: st.req_10s.sum(t),
+        all_requests_10s: st.all_10s.sum(t),
+        requests_2min: st.req_2min.sum(t / 10),
+        errors_2min: st.err_2min.sum(t / 10),
+        requests_24h: st.req_24h.sum(t / 3600),
+        distinct_paths_1min: st.ring.distinct(t, MINUTE, 0),
+        probe_paths_1min: st.ring.distinct(t, MINUTE, PROBE),
+        sequential_ids_1min: st.ring.sequential_run(t, MINUTE),
+    }
 }

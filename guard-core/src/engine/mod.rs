@@ -17,6 +17,7 @@ use std::time::Duration;
 
 mod config;
 mod decide;
+mod evidence;
 mod offenders;
 pub mod patterns;
 mod score;
@@ -29,6 +30,7 @@ mod tests;
 pub use config::{
     BlackConfig, EngineBansConfig, EngineConfig, GreyConfig, Mode, ScenarioConfig, Weights,
 };
+pub use evidence::{Counts, Details, Evidence, deserialize_stored};
 
 use crate::net::Net;
 use crate::tap::RequestEvent;
@@ -71,8 +73,9 @@ pub enum Decision {
         target: Net,
         ttl: Duration,
         reason: String,
-        /// Rule, counts and sample paths, for `guard ban ls` and the log.
-        evidence: serde_json::Value,
+        /// Rule, offence count, window counts, sample paths and the rule's details, stored
+        /// with the ban and shown by `guard ban ls`.
+        evidence: Box<Evidence>,
         shadow: bool,
     },
     /// Let the request through and ask the AI about the client (off the request path); pass its
@@ -140,7 +143,10 @@ impl Decision {
 macro_rules! rules {
     ($($(#[$doc:meta])* $name:ident = $text:literal,)*) => {
         /// The engine's rules, named in reasons, evidence and counters.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+            serde::Deserialize,
+        )]
         #[serde(rename_all = "snake_case")]
         pub enum Rule { $($(#[$doc])* $name,)* }
 
@@ -339,22 +345,24 @@ impl Engine {
         if state.banned_until > t {
             return Decision::Allow;
         }
-        let extra = match pending {
-            Some(p) => serde_json::json!({
-                "triage_score": p.score,
-                "triage_rules": p.rules,
-                "triage_counts": p.evidence,
-                "triaged_secs_ago": t.saturating_sub(p.at),
-            }),
-            None => {
-                serde_json::json!({ "triage": "no pending triage record (expired or evicted)" })
-            }
+        let details = match pending {
+            Some(p) => Details {
+                triage_score: Some(p.score),
+                triage_rules: Some(p.rules),
+                triage_counts: Some(p.counts),
+                triaged_secs_ago: Some(t.saturating_sub(p.at)),
+                ..Details::default()
+            },
+            None => Details {
+                triage: Some("no pending triage record (expired or evicted)".to_owned()),
+                ..Details::default()
+            },
         };
         let reason = "the AI judged the client's behaviour hostile";
         self.core.hit(Rule::AiVerdict);
         let decision = self
             .core
-            .ban(t, client, &key, state, Rule::AiVerdict, reason, extra);
+            .ban(t, client, &key, state, Rule::AiVerdict, reason, details);
         if matches!(decision, Decision::Ban { .. }) {
             self.core.stats.ai_bans += 1;
         }

@@ -123,7 +123,8 @@ pub struct PendingTriage {
     pub key: super::table::ClientKey,
     pub score: u32,
     pub rules: Vec<Rule>,
-    pub evidence: serde_json::Value,
+    /// The client's window counts at the triage.
+    pub counts: super::Counts,
 }
 
 /// How long a triage waits for its verdict before it is forgotten.

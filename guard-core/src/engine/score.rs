@@ -1,10 +1,8 @@
 //! The seed's rules over a client's windows: BLACK (block outright) and the GREY score.
-use serde_json::Value;
-
 use super::decide::{Facts, Finding, MINUTE};
 use super::patterns::any_prefix;
 use super::state::ClientState;
-use super::{Core, Rule};
+use super::{Core, Details, Rule};
 use crate::tap::RequestEvent;
 
 /// How long after resuming from idle a burst counts as "after idle".
@@ -18,7 +16,7 @@ impl Core {
             rule,
             status,
             reason,
-            extra: Value::Null,
+            details: Details::default(),
         };
         if b.empty_user_agent && f.empty_user_agent {
             return Some(finding(

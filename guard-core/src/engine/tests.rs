@@ -188,7 +188,7 @@ pub(super) fn is_block(d: &Decision) -> bool {
 /// The rule recorded in a ban's evidence.
 pub(super) fn ban_rule(d: &Decision) -> Option<String> {
     match d {
-        Decision::Ban { evidence, .. } => evidence["rule"].as_str().map(str::to_owned),
+        Decision::Ban { evidence, .. } => Some(evidence.rule.clone()),
         _ => None,
     }
 }

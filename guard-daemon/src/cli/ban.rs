@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use super::{parse_target, print_table, ttl_secs};
-use crate::bans::{BanFilter, BanSort, BanView};
+use crate::bans::{BanFilter, BanSort, BanView, Origin};
 use crate::clock::{format_utc, now_ms};
-use crate::control::{self, ImportEntry, Request};
+use crate::control::{self, ImportEntry, Imported, Removed, Request};
 use crate::net::Net;
 
 #[derive(Debug, Args)]
@@ -37,8 +37,8 @@ pub struct BanSelect {
     #[arg(long, value_name = "CIDR")]
     pub range: Option<String>,
     /// Bans of this origin: cli, import, rate-limit, engine.
-    #[arg(long)]
-    pub origin: Option<String>,
+    #[arg(long, value_parser = str::parse::<Origin>)]
+    pub origin: Option<Origin>,
     /// Bans whose reason contains TEXT (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -115,7 +115,7 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 reason,
                 force,
             };
-            let view: BanView = serde_json::from_value(control::call(socket, &req)?)?;
+            let view: Box<BanView> = control::call(socket, &req)?;
             println!(
                 "banned {} until {}",
                 view.addr,
@@ -129,11 +129,10 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 limit: f.limit,
                 ..f.select.filter()?
             };
-            let data = control::call(socket, &Request::BanLs { filter })?;
+            let bans: Vec<BanView> = control::call(socket, &Request::BanLs { filter })?;
             if f.json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
+                println!("{}", serde_json::to_string_pretty(&bans)?);
             } else {
-                let bans: Vec<BanView> = serde_json::from_value(data)?;
                 print_bans(&bans);
             }
         }
@@ -149,13 +148,10 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
             };
             let entries = parse_import(&text)?;
             let n = entries.len();
-            let data = control::call(socket, &Request::BanImport { entries, force })?;
-            let banned = data["banned"].as_u64().unwrap_or(0);
-            println!("imported {banned} of {n} bans");
-            if let Some(refused) = data["refused"].as_array() {
-                for r in refused {
-                    eprintln!("refused: {}", r.as_str().unwrap_or_default());
-                }
+            let imported: Imported = control::call(socket, &Request::BanImport { entries, force })?;
+            println!("imported {} of {n} bans", imported.banned);
+            for r in &imported.refused {
+                eprintln!("refused: {r}");
             }
         }
     }
@@ -166,7 +162,7 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
 fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     match (args.target, !args.select.is_empty()) {
         (Some(target), false) => {
-            control::call(
+            let _: Box<BanView> = control::call(
                 socket,
                 &Request::BanRm {
                     target: parse_target(&target)?,
@@ -176,8 +172,8 @@ fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         }
         (None, true) => {
             let filter = args.select.filter()?;
-            let data = control::call(socket, &Request::BanRmMatching { filter })?;
-            println!("unbanned {} bans", data["removed"].as_u64().unwrap_or(0));
+            let lifted: Removed = control::call(socket, &Request::BanRmMatching { filter })?;
+            println!("unbanned {} bans", lifted.removed);
         }
         (Some(_), true) => bail!(
             "give either an address/CIDR or filters (--ip, --range, --origin, --reason), not both"
@@ -237,7 +233,7 @@ fn print_bans(bans: &[BanView]) {
             vec![
                 b.addr.to_string(),
                 b.reason.clone(),
-                b.origin.clone(),
+                b.origin.to_string(),
                 format_utc(b.created_at),
                 b.expires_at.map_or_else(
                     || "never".into(),

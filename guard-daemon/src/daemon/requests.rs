@@ -4,12 +4,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use guard_common::STAT_NAMES;
-use serde_json::json;
 use tracing::info;
 
 use super::Shared;
-use crate::bans::BanRequest;
-use crate::control::{LogsRequest, Request, Response};
+use crate::bans::{BanRequest, Origin};
+use crate::control::proto::error_chain;
+use crate::control::{
+    DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
+    Stats, Status,
+};
 use crate::pipeline::Pipeline;
 use crate::store::logs::LogQuery;
 
@@ -26,7 +29,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 target,
                 ttl: ttl_secs.map(Duration::from_secs),
                 reason: reason.unwrap_or_else(|| "manual".into()),
-                origin: "cli".into(),
+                origin: Origin::Cli,
                 force,
                 evidence: None,
             })
@@ -41,7 +44,9 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 for target in &lifted {
                     shared.judge.unbanned(target);
                 }
-                Response::ok(json!({ "removed": lifted.len() }))
+                Response::ok(Removed {
+                    removed: lifted.len(),
+                })
             })
         }
         Request::BanLs { filter } => shared.bans().list(&filter).map(Response::ok),
@@ -52,15 +57,19 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                     target: e.target,
                     ttl: e.ttl_secs.map(Duration::from_secs),
                     reason: e.reason.unwrap_or_else(|| "imported".into()),
-                    origin: "import".into(),
+                    origin: Origin::Import,
                     force,
                     evidence: None,
                 })
                 .collect();
             shared.bans().import(reqs).map(|results| {
                 let banned = results.iter().filter(|r| r.is_ok()).count();
-                let refused: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-                Response::ok(json!({"banned": banned, "refused": refused}))
+                let refused: Vec<String> = results
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| error_chain(&e))
+                    .collect();
+                Response::ok(Imported { banned, refused })
             })
         }
         Request::AllowAdd { target, reason } => {
@@ -82,7 +91,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::Logs(q) => return logs(shared, q),
         Request::TapPorts { ports } => return tap_ports(shared, ports),
     };
-    result.unwrap_or_else(Response::err)
+    result.unwrap_or_else(|e| Response::failed(&e))
 }
 
 fn sync_allowlist(shared: &Shared) {
@@ -108,7 +117,7 @@ fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
             return Response::err("give at least one port, none of them 0");
         }
         if let Err(e) = p.set_ports(shared.bans().xdp_mut(), &ports) {
-            return Response::err(e);
+            return Response::failed(&e);
         }
         info!(?ports, "HTTP tap ports changed");
     }
@@ -118,7 +127,7 @@ fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
 fn logs(shared: &Shared, q: LogsRequest) -> Response {
     let status = match q.status.as_deref().map(str::parse).transpose() {
         Ok(s) => s,
-        Err(e) => return Response::err(e),
+        Err(e) => return Response::failed(&e),
     };
     let query = LogQuery {
         since: q.since_ns.map(Duration::from_nanos),
@@ -131,23 +140,23 @@ fn logs(shared: &Shared, q: LogsRequest) -> Response {
     };
     match shared.logs.query(&query) {
         Ok(records) => Response::ok(records),
-        Err(e) => Response::err(e),
+        Err(e) => Response::failed(&e),
     }
 }
 
 fn stats(shared: &Shared) -> Response {
     let bans = shared.bans();
-    let mut xdp = serde_json::Map::new();
+    let mut xdp = std::collections::BTreeMap::new();
     match bans.xdp().stats() {
         Ok(values) => {
             for (name, v) in STAT_NAMES.iter().zip(values) {
-                xdp.insert((*name).into(), v.into());
+                xdp.insert((*name).to_owned(), v);
             }
             let (blocks, full) = bans.xdp().dense();
-            xdp.insert("dense_blocks".into(), blocks.into());
-            xdp.insert("dense_blocks_refused".into(), full.into());
+            xdp.insert("dense_blocks".into(), blocks as u64);
+            xdp.insert("dense_blocks_refused".into(), full);
         }
-        Err(e) => return Response::err(e),
+        Err(e) => return Response::failed(&e),
     }
     let c = &shared.counters;
     let tap = shared
@@ -158,39 +167,47 @@ fn stats(shared: &Shared) -> Response {
         .map(Pipeline::stats)
         .unwrap_or_default();
     let w = shared.writer.counters();
-    Response::ok(json!({
-        "xdp": xdp,
-        "tap": tap,
-        "engine": &*shared.judge.stats,
-        "logs": {
-            "written": w.written.load(Ordering::Relaxed),
-            "dropped": w.dropped.load(Ordering::Relaxed),
-            "failed_batches": w.failed_batches.load(Ordering::Relaxed),
-            "stored": shared.logs.len(),
+    Response::ok(Box::new(Stats {
+        xdp,
+        tap: serde_json::to_value(tap).unwrap_or_default(),
+        engine: shared.judge.stats.snapshot(),
+        logs: LogCounters {
+            written: w.written.load(Ordering::Relaxed),
+            dropped: w.dropped.load(Ordering::Relaxed),
+            failed_batches: w.failed_batches.load(Ordering::Relaxed),
+            stored: shared.logs.len(),
         },
-        "daemon": {
-            "rate_events": c.rate_events.load(Ordering::Relaxed),
-            "rate_bans": c.rate_bans.load(Ordering::Relaxed),
-            "bans_expired": c.expired.load(Ordering::Relaxed),
-            "control_requests": c.control_requests.load(Ordering::Relaxed),
-        }
+        daemon: DaemonCounters {
+            rate_events: c.rate_events.load(Ordering::Relaxed),
+            rate_bans: c.rate_bans.load(Ordering::Relaxed),
+            bans_expired: c.expired.load(Ordering::Relaxed),
+            control_requests: c.control_requests.load(Ordering::Relaxed),
+        },
     }))
 }
 
 fn status(shared: &Shared) -> Response {
     let bans = shared.bans();
     let cfg = &shared.config;
-    Response::ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_secs": shared.started.elapsed().as_secs(),
-        "interfaces": bans.xdp().interfaces().iter().map(|(n, m)| json!({"name": n, "mode": m})).collect::<Vec<_>>(),
-        "pin_dir": bans.xdp().pin_dir(),
-        "state_dir": cfg.daemon.state_dir,
-        "socket": cfg.daemon.socket,
-        "bans": bans.count().unwrap_or(0),
-        "allowlist": bans.allows().map_or(0, |l| l.len()),
-        "rate_limit_pps": cfg.xdp.rate_limit_pps,
-        "keep_attached": cfg.xdp.keep_attached,
+    Response::ok(Box::new(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        interfaces: bans
+            .xdp()
+            .interfaces()
+            .iter()
+            .map(|(name, mode)| Interface {
+                name: name.clone(),
+                mode: (*mode).to_owned(),
+            })
+            .collect(),
+        pin_dir: bans.xdp().pin_dir().to_owned(),
+        state_dir: cfg.daemon.state_dir.clone(),
+        socket: cfg.daemon.socket.clone(),
+        bans: bans.count().unwrap_or(0),
+        allowlist: bans.allows().map_or(0, |l| l.len()),
+        rate_limit_pps: cfg.xdp.rate_limit_pps,
+        keep_attached: cfg.xdp.keep_attached,
     }))
 }

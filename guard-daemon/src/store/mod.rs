@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Evidence;
 use crate::net::Net;
 
 /// Errors of the store.
@@ -75,6 +76,68 @@ pub struct OffenceRecord {
     pub last: u64,
 }
 
+/// Who made a ban. Stored and sent as the lower-case names `cli`, `import`, `rate-limit` and
+/// `engine`, as ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// `guard ban add`.
+    Cli,
+    /// `guard ban import`.
+    Import,
+    /// The XDP packet-rate limit (`xdp.rate_ban`).
+    RateLimit,
+    /// The behaviour engine.
+    Engine,
+    /// A stored origin this version does not know: the record still loads (shown as
+    /// `unknown`), so that its ban is kept.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Origin {
+    /// The origins a ban can be made with (not `Unknown`), for filters and messages.
+    pub const KNOWN: [Origin; 4] = [Self::Cli, Self::Import, Self::RateLimit, Self::Engine];
+
+    /// The name as stored, shown and typed after `--origin`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cli => "cli",
+            Self::Import => "import",
+            Self::RateLimit => "rate-limit",
+            Self::Engine => "engine",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An origin name that is none of [`Origin::KNOWN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown origin `{given}`: expected one of cli, import, rate-limit, engine")]
+pub struct UnknownOrigin {
+    pub given: String,
+}
+
+impl std::str::FromStr for Origin {
+    type Err = UnknownOrigin;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::KNOWN
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| UnknownOrigin {
+                given: s.to_owned(),
+            })
+    }
+}
+
 /// A ban as stored: what, why, since when, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanRecord {
@@ -82,15 +145,21 @@ pub struct BanRecord {
     pub target: Net,
     /// Free text shown in `guard ban ls`.
     pub reason: String,
-    /// Who made the ban: `cli`, `import`, `rate-limit`, `engine`.
-    pub origin: String,
+    /// Who made the ban.
+    pub origin: Origin,
     /// Wall-clock ms since the epoch.
     pub created_at: u64,
     /// Wall-clock ms since the epoch; `None` = permanent.
     pub expires_at: Option<u64>,
-    /// What led to the ban (rule, counts, sample paths), if a detector made it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<serde_json::Value>,
+    /// What led to the ban (rule, offence, counts, sample paths), if a detector made it.
+    /// Evidence an earlier version stored in another shape still loads (see
+    /// [`Evidence::from_stored`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::engine::deserialize_stored"
+    )]
+    pub evidence: Option<Evidence>,
 }
 
 impl BanRecord {
@@ -313,7 +382,7 @@ mod tests {
         BanRecord {
             target: t.parse().unwrap(),
             reason: "test".into(),
-            origin: "cli".into(),
+            origin: Origin::Cli,
             created_at: 1,
             expires_at: exp,
             evidence: None,
@@ -421,6 +490,96 @@ mod tests {
         assert_eq!(s.bans().unwrap().len(), 2);
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Records written by earlier versions (origin strings, evidence built with `json!` or of
+    /// any other shape) load, so a restart keeps every ban.
+    #[test]
+    fn records_of_earlier_versions_still_load() {
+        let s = Store::temporary().unwrap();
+        let old = [
+            r#"{"target":"192.0.2.7","reason":"backdoor: 2 hits","origin":"engine","created_at":5,"expires_at":null,"evidence":{"rule":"backdoor","client":"192.0.2.7","user":null,"offence":3,"ttl_secs":57600,"shadow":false,"counts":{"requests_10s":2},"sample_paths":["/shell.php"],"hits":2,"leak_secs":60}}"#,
+            r#"{"target":"198.51.100.0/24","reason":"packet rate over 1000/s","origin":"rate-limit","created_at":6,"expires_at":99,"evidence":{"rule":"xdp-rate","limit_pps":1000,"dropped":12}}"#,
+            r#"{"target":"203.0.113.9","reason":"odd","origin":"crowdsec","created_at":7,"expires_at":null,"evidence":"a note, not an object"}"#,
+            r#"{"target":"2001:db8::1","reason":"manual","origin":"cli","created_at":8,"expires_at":null}"#,
+        ];
+        for json in old {
+            let target: Net = serde_json::from_str::<serde_json::Value>(json).unwrap()["target"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            s.bans.insert(net_key(&target), json.as_bytes()).unwrap();
+        }
+        let bans = s.bans().unwrap();
+        assert_eq!(bans.len(), 4);
+        let by = |t: &str| {
+            let t: Net = t.parse().unwrap();
+            bans.iter().find(|b| b.target == t).unwrap().clone()
+        };
+        let engine = by("192.0.2.7");
+        assert_eq!(engine.origin, Origin::Engine);
+        let ev = engine.evidence.unwrap();
+        assert_eq!((ev.rule.as_str(), ev.offence), ("backdoor", Some(3)));
+        assert_eq!(ev.details.hits, Some(2));
+        let rate = by("198.51.100.0/24");
+        assert_eq!(rate.origin, Origin::RateLimit);
+        assert_eq!(rate.evidence.unwrap().details.dropped, Some(12));
+        let odd = by("203.0.113.9");
+        assert_eq!(odd.origin, Origin::Unknown);
+        assert_eq!(
+            odd.evidence.unwrap().extra.get("value"),
+            Some(&serde_json::json!("a note, not an object"))
+        );
+        let cli = by("2001:db8::1");
+        assert_eq!((cli.origin, cli.evidence), (Origin::Cli, None));
+        // Written back, a record reads the same.
+        s.put_ban(&engine_record()).unwrap();
+        assert_eq!(
+            s.ban(&"192.0.2.8".parse().unwrap()).unwrap(),
+            Some(engine_record())
+        );
+    }
+
+    fn engine_record() -> BanRecord {
+        BanRecord {
+            target: "192.0.2.8".parse().unwrap(),
+            reason: "probing".into(),
+            origin: Origin::Engine,
+            created_at: 1,
+            expires_at: Some(2),
+            evidence: Some(Evidence {
+                rule: "probing".into(),
+                offence: Some(1),
+                sample_paths: vec!["/a".into()],
+                ..Evidence::default()
+            }),
+        }
+    }
+
+    /// Origins are stored, sent and typed as the same lower-case names as before.
+    #[test]
+    fn origins_round_trip_by_their_old_names() {
+        for (origin, name) in
+            Origin::KNOWN
+                .into_iter()
+                .zip(["cli", "import", "rate-limit", "engine"])
+        {
+            assert_eq!(origin.to_string(), name);
+            assert_eq!(name.parse::<Origin>(), Ok(origin));
+            let json = serde_json::to_string(&origin).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<Origin>(&json).unwrap(), origin);
+        }
+        let err = "ratelimit".parse::<Origin>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown origin `ratelimit`: expected one of cli, import, rate-limit, engine"
+        );
+        assert!(
+            "unknown".parse::<Origin>().is_err(),
+            "not an origin to filter by"
+        );
     }
 
     #[test]

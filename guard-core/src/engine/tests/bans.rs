@@ -61,7 +61,7 @@ fn repeat_offenders_get_longer_bans_up_to_the_maximum() {
         let Decision::Ban { evidence, .. } = &d else {
             panic!("{d:?}")
         };
-        assert_eq!(evidence["offence"], offence);
+        assert_eq!(evidence.offence, Some(offence));
         ttls.push(ttl_of(&d));
         // While banned, the engine does not ban again.
         sim.advance(Duration::from_secs(1));
@@ -95,7 +95,7 @@ fn restored_offenders_continue_their_escalation() {
     let Decision::Ban { evidence, .. } = &d else {
         panic!("{d:?}")
     };
-    assert_eq!(evidence["offence"], 3);
+    assert_eq!(evidence.offence, Some(3));
     assert_eq!(ttl_of(&d), Duration::from_hours(16));
     // A record older than the offender memory counts for nothing.
     let stale = "192.0.2.79";
@@ -128,12 +128,21 @@ fn bans_carry_their_evidence_and_target_the_host() {
     assert!(target.is_host());
     assert!(!shadow);
     assert!(reason.starts_with("backdoor:"), "{reason}");
-    assert_eq!(evidence["rule"], "backdoor");
-    assert_eq!(evidence["client"], "2001:db8::42");
-    assert_eq!(evidence["sample_paths"][0], "/shell.php");
-    assert_eq!(evidence["sample_paths"][1], "/wso.php");
-    assert_eq!(evidence["counts"]["probe_paths_1min"], 2);
-    assert_eq!(evidence["hits"], 2);
+    assert_eq!(evidence.rule, "backdoor");
+    assert_eq!(evidence.client, Some("2001:db8::42".parse().unwrap()));
+    assert_eq!(evidence.sample_paths, ["/shell.php", "/wso.php"]);
+    assert_eq!(evidence.counts.map(|c| c.probe_paths_1min), Some(2));
+    assert_eq!(evidence.details.hits, Some(2));
+    assert_eq!(evidence.offence, Some(1));
+    assert_eq!(evidence.ttl_secs, Some(3600));
+    // As `guard ban ls --json` shows it: the same keys as ever, the rule's details inline.
+    let json = serde_json::to_value(evidence).unwrap();
+    assert_eq!(json["rule"], "backdoor");
+    assert_eq!(json["client"], "2001:db8::42");
+    assert_eq!(json["sample_paths"][1], "/wso.php");
+    assert_eq!(json["counts"]["probe_paths_1min"], 2);
+    assert_eq!(json["hits"], 2);
+    assert_eq!(json["offence"], 1);
     let d = probe_backdoors(&mut sim, "192.0.2.9");
     let Decision::Ban { target, .. } = &d else {
         panic!("{d:?}")
@@ -211,7 +220,7 @@ fn verified_users_are_one_client_across_addresses() {
         panic!("{d:?}")
     };
     assert_eq!(target.to_string(), "192.0.2.2");
-    assert_eq!(evidence["user"], "eve");
+    assert_eq!(evidence.user.as_deref(), Some("eve"));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The seed's BLACK rules, the flood bound, validator blocks, and blocks turning into a ban.
 use std::time::Duration;
 
-use super::super::{Decision, ValidatorHint};
+use super::super::{Decision, Rule, ValidatorHint};
 use super::{Sim, ban_rule, is_ban, is_block, req};
 
 const MS100: Duration = Duration::from_millis(100);
@@ -25,7 +25,7 @@ fn empty_user_agent_blocks_and_repeated_blocks_ban() {
     let Decision::Ban { evidence, .. } = &d else {
         unreachable!()
     };
-    assert_eq!(evidence["last_block_rule"], "empty_user_agent");
+    assert_eq!(evidence.details.last_block_rule, Some(Rule::EmptyUserAgent));
 }
 
 #[test]
@@ -165,8 +165,12 @@ fn validator_blocks_are_strikes() {
         unreachable!()
     };
     assert_eq!(
-        evidence["last_block_details"]["validator_category"],
-        "sql_injection"
+        evidence
+            .details
+            .last_block_details
+            .as_ref()
+            .and_then(|d| d.validator_category.as_deref()),
+        Some("sql_injection")
     );
     // A clean request of the same client is no strike.
     let mut sim = Sim::default();

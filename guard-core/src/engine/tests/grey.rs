@@ -269,8 +269,15 @@ fn triage_band_asks_the_ai_and_only_block_bans() {
     };
     assert_eq!(*ttl, Duration::from_hours(1));
     assert!(!shadow);
-    assert_eq!(evidence["triage_score"], 7);
-    assert_eq!(evidence["triage_rules"][1], "sensitive_path");
+    assert_eq!(evidence.details.triage_score, Some(7));
+    assert_eq!(
+        evidence
+            .details
+            .triage_rules
+            .as_ref()
+            .and_then(|r| r.get(1)),
+        Some(&Rule::SensitivePath)
+    );
     // Already banned: a second verdict changes nothing.
     assert_eq!(
         sim.engine.ai_verdict(sim.now, ip, block_verdict()),

@@ -33,8 +33,8 @@ fn probing_ten_distinct_missing_paths_bans() {
     let Decision::Ban { evidence, .. } = &ds[9] else {
         unreachable!()
     };
-    assert_eq!(evidence["distinct_probe_paths"], 10);
-    assert_eq!(evidence["sample_paths"].as_array().unwrap().len(), 8);
+    assert_eq!(evidence.details.distinct_probe_paths, Some(10));
+    assert_eq!(evidence.sample_paths.len(), 8);
 }
 
 #[test]

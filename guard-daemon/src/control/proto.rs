@@ -1,0 +1,483 @@
+//! The control socket's messages, shared by the daemon (which answers) and the CLI (which
+//! asks): one [`Request`] line, one [`Response`] line, both JSON. Requests are tagged by `op`
+//! (`{"op":"ban_ls"}`); a success carries a typed [`Reply`] tagged by `reply`, with its content
+//! under `data` as before (`{"ok":true,"reply":"bans","data":[…]}`), a failure only a message
+//! (`{"ok":false,"error":"…"}`). The CLI turns a reply into the type it expects with
+//! [`FromReply`], never by reading JSON by key.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::bans::{BanFilter, BanView};
+use crate::judge::JudgeStats;
+use crate::net::Net;
+use crate::store::AllowRecord;
+use crate::store::logs::LogRecord;
+
+/// One line of `guard ban import`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportEntry {
+    pub target: Net,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What the CLI asks of the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    BanAdd {
+        target: Net,
+        /// `None` = the configured default; 0 = permanent.
+        ttl_secs: Option<u64>,
+        reason: Option<String>,
+        #[serde(default)]
+        force: bool,
+    },
+    BanRm {
+        target: Net,
+    },
+    /// Lifts every ban the filter selects.
+    BanRmMatching {
+        filter: BanFilter,
+    },
+    BanLs {
+        #[serde(default)]
+        filter: BanFilter,
+    },
+    BanImport {
+        entries: Vec<ImportEntry>,
+        #[serde(default)]
+        force: bool,
+    },
+    AllowAdd {
+        target: Net,
+        reason: Option<String>,
+    },
+    AllowRm {
+        target: Net,
+    },
+    AllowLs,
+    Stats,
+    Status,
+    Logs(LogsRequest),
+    /// Reads (`None`) or replaces the protected HTTP ports of the running tap.
+    TapPorts {
+        ports: Option<Vec<u16>>,
+    },
+}
+
+/// Filters of `guard logs` as sent over the socket (see `store::logs::LogQuery`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// Wall-clock ns since the epoch.
+    pub since_ns: Option<u64>,
+    pub until_ns: Option<u64>,
+    pub ip: Option<std::net::IpAddr>,
+    pub path_prefix: Option<String>,
+    /// `404`, `5xx`, …
+    pub status: Option<String>,
+    #[serde(default)]
+    pub blocked: bool,
+    pub limit: Option<usize>,
+}
+
+/// The answer to `ban rm` with filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// Bans lifted.
+    pub removed: usize,
+}
+
+/// The answer to `ban import`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    /// Lines banned.
+    pub banned: usize,
+    /// Why each refused line was refused (overlaps the allowlist, not saved).
+    pub refused: Vec<String>,
+}
+
+/// The answer to `stats`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    /// The XDP program's counters by name (`guard_common::STAT_NAMES`), and the dense tier's
+    /// `dense_blocks` and `dense_blocks_refused`.
+    pub xdp: BTreeMap<String, u64>,
+    /// Each interface's capture and tap counters, as the pipeline reports them (shown whole by
+    /// `--json`; the CLI reads nothing in them).
+    pub tap: serde_json::Value,
+    /// The validator's and engine's counters in the daemon.
+    pub engine: JudgeStats,
+    pub logs: LogCounters,
+    pub daemon: DaemonCounters,
+}
+
+/// The request log's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCounters {
+    pub written: u64,
+    /// Records dropped because the writer's queue was full.
+    pub dropped: u64,
+    pub failed_batches: u64,
+    /// Records in the store now.
+    pub stored: usize,
+}
+
+/// The daemon's own counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonCounters {
+    /// Over-rate events read from the XDP program.
+    pub rate_events: u64,
+    /// Bans made for exceeding the packet rate.
+    pub rate_bans: u64,
+    pub bans_expired: u64,
+    pub control_requests: u64,
+}
+
+impl DaemonCounters {
+    /// (name, value) in name order, for the table of `guard stats`.
+    #[must_use]
+    pub fn rows(&self) -> [(&'static str, u64); 4] {
+        [
+            ("bans_expired", self.bans_expired),
+            ("control_requests", self.control_requests),
+            ("rate_bans", self.rate_bans),
+            ("rate_events", self.rate_events),
+        ]
+    }
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub interfaces: Vec<Interface>,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Bans stored.
+    pub bans: usize,
+    /// Allowlist entries.
+    pub allowlist: usize,
+    pub rate_limit_pps: u64,
+    pub keep_attached: bool,
+}
+
+/// An interface guard's XDP program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    /// `native` or `generic`.
+    pub mode: String,
+}
+
+/// A reply the CLI did not expect for its request (a daemon of another version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the daemon answered with {got} where {expected} was expected (is it another version of guard?)"
+)]
+pub struct UnexpectedReply {
+    pub expected: &'static str,
+    pub got: &'static str,
+}
+
+/// A type a [`Reply`] carries: the CLI asks for the one its request gets.
+pub trait FromReply: Sized {
+    /// The content of `reply`, if it is of this type.
+    ///
+    /// # Errors
+    /// [`UnexpectedReply`] when `reply` carries another type.
+    fn from_reply(reply: Reply) -> Result<Self, UnexpectedReply>;
+}
+
+macro_rules! replies {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty) = $name:literal,)*) => {
+        /// What a successful request answers, tagged by `reply` with its content under `data`.
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(tag = "reply", content = "data")]
+        pub enum Reply {
+            $($(#[$doc])* #[serde(rename = $name)] $variant($ty),)*
+        }
+
+        impl Reply {
+            /// The reply's tag on the wire.
+            #[must_use]
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)*
+                }
+            }
+        }
+
+        $(
+            impl From<$ty> for Reply {
+                fn from(v: $ty) -> Self {
+                    Self::$variant(v)
+                }
+            }
+
+            impl FromReply for $ty {
+                fn from_reply(reply: Reply) -> Result<Self, UnexpectedReply> {
+                    match reply {
+                        Reply::$variant(v) => Ok(v),
+                        other => Err(UnexpectedReply {
+                            expected: $name,
+                            got: other.kind(),
+                        }),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+replies! {
+    /// One ban, as made (`ban add`) or lifted (`ban rm`).
+    Ban(Box<BanView>) = "ban",
+    /// `ban ls`.
+    Bans(Vec<BanView>) = "bans",
+    /// `ban rm` with filters.
+    Removed(Removed) = "removed",
+    /// `ban import`.
+    Imported(Imported) = "imported",
+    /// One allowlist entry, as added or removed.
+    Allow(AllowRecord) = "allow",
+    /// `allow ls`.
+    Allows(Vec<AllowRecord>) = "allows",
+    Stats(Box<Stats>) = "stats",
+    Status(Box<Status>) = "status",
+    /// `logs`.
+    Logs(Vec<LogRecord>) = "logs",
+    /// The tap's protected ports, after the change if there was one.
+    TapPorts(Vec<u16>) = "tap_ports",
+}
+
+impl From<BanView> for Reply {
+    fn from(v: BanView) -> Self {
+        Self::Ban(Box::new(v))
+    }
+}
+
+/// The daemon's answer to one request.
+#[derive(Debug)]
+pub enum Response {
+    Ok(Reply),
+    /// A message for the user.
+    Err(String),
+}
+
+impl Response {
+    /// A success carrying `reply`.
+    pub fn ok(reply: impl Into<Reply>) -> Self {
+        Self::Ok(reply.into())
+    }
+
+    /// A failure with a message for the user.
+    pub fn err(message: impl std::fmt::Display) -> Self {
+        Self::Err(message.to_string())
+    }
+
+    /// A failure with `error` and its causes (see [`error_chain`]).
+    pub fn failed(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::Err(error_chain(error))
+    }
+}
+
+/// `error`'s message and, after it, its causes ("a: b: c"): an error's chain crosses the socket
+/// as text, the only form the CLI can show. A message that already quotes its cause (as the
+/// ban store's own wording of a sled error does) tells the rest of the chain: the walk stops
+/// there, so nothing is said twice.
+#[must_use]
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if text.contains(&more) {
+            break;
+        }
+        text.push_str(": ");
+        text.push_str(&more);
+        cause = e.source();
+    }
+    text
+}
+
+/// [`Response`] as it is written.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    reply: Option<&'a Reply>,
+}
+
+/// [`Response`] as it is read: the reply is typed once `ok` says there is one.
+#[derive(Deserialize)]
+struct WireIn {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let wire = match self {
+            Self::Ok(reply) => WireOut {
+                ok: true,
+                error: None,
+                reply: Some(reply),
+            },
+            Self::Err(message) => WireOut {
+                ok: false,
+                error: Some(message),
+                reply: None,
+            },
+        };
+        wire.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = WireIn::deserialize(d)?;
+        if !wire.ok {
+            return Ok(Self::Err(
+                wire.error.unwrap_or_else(|| "unknown error".to_owned()),
+            ));
+        }
+        Reply::deserialize(serde_json::Value::Object(wire.rest))
+            .map(Self::Ok)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::bans::Origin;
+    use crate::engine::Evidence;
+
+    fn view() -> BanView {
+        BanView {
+            addr: "192.0.2.7".parse().unwrap(),
+            reason: "backdoor: 2 hits".into(),
+            origin: Origin::Engine,
+            created_at: 1_700_000_000_000,
+            expires_at: Some(1_700_003_600_000),
+            packets: 12,
+            bytes: 840,
+            last_hit: None,
+            evidence: Some(Evidence {
+                rule: "backdoor".into(),
+                offence: Some(2),
+                sample_paths: vec!["/shell.php".into()],
+                ..Evidence::default()
+            }),
+        }
+    }
+
+    /// What the daemon writes, the CLI reads back as the same typed value; the content is
+    /// still under `data`, tagged by `reply`.
+    #[test]
+    fn typed_replies_round_trip() {
+        let line = serde_json::to_string(&Response::ok(vec![view()])).unwrap();
+        let wire: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(wire["ok"], true);
+        assert_eq!(wire["reply"], "bans");
+        assert_eq!(wire["data"][0]["origin"], "engine");
+        assert_eq!(wire["data"][0]["evidence"]["offence"], 2);
+        assert!(wire.get("error").is_none());
+        let Response::Ok(reply) = serde_json::from_str(&line).unwrap() else {
+            panic!("{line}")
+        };
+        let bans = Vec::<BanView>::from_reply(reply).unwrap();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].origin, Origin::Engine);
+        assert_eq!(bans[0].evidence, view().evidence);
+
+        let imported = Imported {
+            banned: 2,
+            refused: vec!["refusing to ban 10.0.0.1".into()],
+        };
+        let line = serde_json::to_string(&Response::ok(imported.clone())).unwrap();
+        let Response::Ok(reply) = serde_json::from_str(&line).unwrap() else {
+            panic!("{line}")
+        };
+        assert_eq!(Imported::from_reply(reply).unwrap(), imported);
+    }
+
+    #[test]
+    fn errors_and_unexpected_replies() {
+        let line = serde_json::to_string(&Response::err("192.0.2.7 is not banned")).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+            json!({"ok": false, "error": "192.0.2.7 is not banned"})
+        );
+        let Response::Err(message) = serde_json::from_str(&line).unwrap() else {
+            panic!("{line}")
+        };
+        assert_eq!(message, "192.0.2.7 is not banned");
+        // A reply of another type is an error naming both, not a panic or a default.
+        let err = Removed::from_reply(Reply::TapPorts(vec![80])).unwrap_err();
+        assert_eq!(
+            err,
+            UnexpectedReply {
+                expected: "removed",
+                got: "tap_ports"
+            }
+        );
+        // The chain of a daemon error reaches the user, each cause once.
+        let io = std::io::Error::from_raw_os_error(28);
+        let store = crate::store::StoreError::Sled(sled::Error::Io(io));
+        let ban = crate::bans::BanError::NotSaved {
+            target: "192.0.2.7".parse().unwrap(),
+            source: store,
+        };
+        let text = error_chain(&ban);
+        assert_eq!(text, ban.to_string(), "the message quotes its cause");
+        assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
+        let corrupt = crate::store::StoreError::Corrupt {
+            tree: "bans",
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        assert_eq!(
+            error_chain(&corrupt),
+            "corrupt record in tree bans: expected value at line 1 column 1"
+        );
+        // A success with an unknown tag is unreadable.
+        assert!(
+            serde_json::from_str::<Response>(r#"{"ok":true,"reply":"bananas","data":1}"#).is_err()
+        );
+    }
+
+    /// Requests keep their wire format: scripts that wrote `{"op":"ban_ls"}` still work.
+    #[test]
+    fn requests_keep_their_wire_format() {
+        let r: Request = serde_json::from_str(r#"{"op":"ban_ls"}"#).unwrap();
+        assert!(matches!(r, Request::BanLs { filter } if filter.origin.is_none()));
+        let r: Request =
+            serde_json::from_str(r#"{"op":"ban_ls","filter":{"origin":"rate-limit"}}"#).unwrap();
+        assert!(matches!(r, Request::BanLs { filter } if filter.origin == Some(Origin::RateLimit)));
+        let r: Request = serde_json::from_str(r#"{"op":"stats"}"#).unwrap();
+        assert!(matches!(r, Request::Stats));
+        assert_eq!(
+            serde_json::to_value(Request::BanRm {
+                target: "10.0.0.0/8".parse().unwrap()
+            })
+            .unwrap(),
+            json!({"op": "ban_rm", "target": "10.0.0.0/8"})
+        );
+    }
+}
