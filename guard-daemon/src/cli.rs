@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// Protected HTTP port to capture (repeatable); overrides `tap.http_ports`.
     #[arg(long = "http-port", value_name = "PORT")]
     pub http_ports: Vec<u16>,
+    /// What the eBPF programs log into guard's log (off, error, warn, info, debug, trace);
+    /// overrides `xdp.ebpf_log`. Off costs nothing: the verifier removes the log code.
+    #[arg(long, value_name = "LEVEL")]
+    pub ebpf_log: Option<crate::xdp::EbpfLogLevel>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +195,9 @@ fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if !args.http_ports.is_empty() {
         config.tap.http_ports = args.http_ports;
+    }
+    if let Some(level) = args.ebpf_log {
+        config.xdp.ebpf_log = level;
     }
     config.validate(args.config.as_deref().unwrap_or("command line".as_ref()))?;
     crate::daemon::run(config)
