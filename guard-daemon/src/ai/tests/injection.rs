@@ -108,6 +108,7 @@ fn event(client: IpAddr, path: &str, ua: &str, now: Duration) -> RequestEvent {
         client,
         peer: SocketAddr::new(client, 40_000),
         server: "192.0.2.1:80".parse().expect("address"),
+        trust: guard_core::tap::Trust::Verified,
         user: None,
         method: "GET".to_owned(),
         path: path.to_owned(),
