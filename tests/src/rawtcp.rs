@@ -235,10 +235,9 @@ impl Forger {
         if raw < 0 {
             bail!("raw socket: {}", std::io::Error::last_os_error());
         }
-        // SAFETY: raw is a fresh fd.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        // SAFETY: raw is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
     }
 
     /// One segment `src:sport` → `dst:dport` with the given numbers and flags (`0x02` SYN,
