@@ -21,9 +21,11 @@ pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
-    /// Sanitizer: `address` (finds memory errors in C code and `unsafe`) or `none` (faster;
-    /// panics, overflows with `--debug-assertions`, timeouts and memory bounds are still found).
-    #[arg(long, default_value = "none")]
+    /// Sanitizer: `address` (cargo-fuzz's default; finds memory errors in C code and `unsafe`)
+    /// or `none` (faster, and guard-core has no `unsafe`; panics, overflows with
+    /// `--debug-assertions`, timeouts and memory bounds are still found). Each choice is a
+    /// separate full build.
+    #[arg(long, default_value = "address")]
     sanitizer: String,
     /// Build with debug assertions (integer overflow checks): slower, catches more.
     #[arg(long)]
