@@ -27,7 +27,8 @@ static VALIDATORS: LazyLock<Vec<Validator>> = LazyLock::new(|| {
         .collect()
 });
 
-fuzz_target!(|data: &[u8]| {
+// The rules compile once, before the clock of the first input starts.
+fuzz_target!(init: LazyLock::force(&VALIDATORS), |data: &[u8]| {
     let Some((&ctl, rest)) = data.split_first() else {
         return;
     };

@@ -44,6 +44,8 @@ struct Outcome {
     executions: u64,
     seconds: f64,
     crash: Option<String>,
+    /// Inputs slower than libFuzzer's `-report_slow_units` (10 s): reported, not a failure.
+    slow: Vec<String>,
 }
 
 /// Builds and runs the targets, then prints a table; fails if any target crashed.
@@ -90,6 +92,11 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map_or_else(|| "0".to_owned(), |a| format!("1: {a}"))
         );
+    }
+    for o in &outcomes {
+        for s in &o.slow {
+            println!("{}: slow input (over 10 s, not a failure): {s}", o.target);
+        }
     }
     let crashed: Vec<&str> = outcomes
         .iter()
@@ -217,6 +224,7 @@ fn fuzz_one(args: &FuzzArgs, target: &str) -> anyhow::Result<Outcome> {
         .with_context(|| format!("creating {}", log_path.display()))?;
     let mut executions = 0;
     let mut crash = None;
+    let mut slow = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         use std::io::{BufRead, Write};
         for line in std::io::BufReader::new(stderr).lines() {
@@ -226,7 +234,12 @@ fn fuzz_one(args: &FuzzArgs, target: &str) -> anyhow::Result<Outcome> {
                 executions = executions.max(n);
             }
             if let Some(path) = line.split("Test unit written to ").nth(1) {
-                crash = Some(path.trim().to_owned());
+                let path = path.trim().to_owned();
+                if path.contains("/slow-unit-") {
+                    slow.push(path);
+                } else {
+                    crash = Some(path);
+                }
             }
             if line.contains("ERROR: libFuzzer") || line.starts_with("thread '") {
                 eprintln!("{line}");
@@ -245,6 +258,7 @@ fn fuzz_one(args: &FuzzArgs, target: &str) -> anyhow::Result<Outcome> {
         executions,
         seconds: started.elapsed().as_secs_f64(),
         crash,
+        slow,
     })
 }
 
