@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::bans::{BanRequest, Origin};
 use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
@@ -45,6 +45,8 @@ pub struct JudgeStats {
     /// Requests inspected but not judged: an unverified flow (the source may be forged) or a
     /// trusted proxy that named no client. Nothing counts against anyone for them.
     pub not_judged: AtomicU64,
+    /// Requests whose judging panicked: each was skipped (logged unjudged), the thread went on.
+    pub judge_panics: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
@@ -124,6 +126,42 @@ impl Judge {
     /// Forgets idle clients.
     pub fn expire(&self, now: Duration) {
         self.engine().expire(now);
+    }
+
+    /// Judges one finished request like [`Judge::judge`], but a panic in the validator or the
+    /// engine costs this request only: it is counted (`judge_panics`), logged with its
+    /// connection and client, and `None` is returned; the caller's thread goes on.
+    #[must_use]
+    pub fn judge_contained(&self, ev: &RequestEvent) -> Option<(bool, Option<String>)> {
+        self.contain(ev, || self.judge(ev))
+    }
+
+    /// Runs `f` (the judging of `ev`), catching a panic. The engine's lock is the only state
+    /// shared beyond this request; a panic while it is held must not poison it for the next
+    /// request (every user recovers a poisoned lock anyway; clearing it keeps that rare).
+    fn contain<R>(&self, ev: &RequestEvent, f: impl FnOnce() -> R) -> Option<R> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                self.engine.clear_poison();
+                self.stats.judge_panics.fetch_add(1, Ordering::Relaxed);
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!(
+                    conn = ev.conn_id,
+                    client = %ev.client,
+                    peer = %ev.peer,
+                    method = %guard_core::text::truncate(&ev.method, 16),
+                    path = %guard_core::text::truncate(&ev.path, 128),
+                    panic = %message,
+                    "judging this request panicked: it is logged unjudged, the tap goes on"
+                );
+                None
+            }
+        }
     }
 
     /// Judges one finished request; returns the log's (blocked, reason).
@@ -411,5 +449,39 @@ mod tests {
             let _ = judge.judge(&ev);
         }
         assert!(queue.try_recv().is_ok(), "the verified client was banned");
+    }
+
+    /// A panic while judging one request (here injected while the engine's lock is held, the
+    /// worst place) costs that request only: it is counted, the lock is not left poisoned, and
+    /// the next request is judged as usual.
+    #[test]
+    fn a_panic_while_judging_costs_that_request_only() {
+        let (judge, _queue) = Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            16,
+            None,
+        )
+        .expect("judge");
+        let ev = event("192.0.2.9", &[("Host", "example.test")]);
+        let caught = judge.contain(&ev, || {
+            let _engine = judge.engine();
+            panic!("injected while judging");
+        });
+        assert!(caught.is_none());
+        assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
+        assert!(!judge.engine.is_poisoned());
+        let attack = event(
+            "192.0.2.10",
+            &[
+                ("Host", "example.test"),
+                ("Cookie", "id=1' UNION SELECT 1--"),
+            ],
+        );
+        let (blocked, _) = judge.judge_contained(&attack).expect("judged");
+        assert!(blocked, "the request after the panic was not judged");
+        assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
+        assert_eq!(judge.stats.inspected.load(Ordering::Relaxed), 1);
     }
 }

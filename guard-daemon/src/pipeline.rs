@@ -164,7 +164,10 @@ fn run(mut capture: Capture, mut tap: Tap, w: &Worker) {
     let emit = |out: &mut Vec<RequestEvent>, requests: &mut u64| {
         for e in out.drain(..) {
             *requests += 1;
-            let (blocked, reason) = judge.judge(&e);
+            // A panic while judging costs this request only (counted, logged by the judge).
+            let (blocked, reason) = judge
+                .judge_contained(&e)
+                .unwrap_or_else(|| (false, Some("not judged: the judge panicked".to_owned())));
             // A full queue drops the record; the writer counts it.
             let _ = writer.try_log(LogRecord::from_event(&e, blocked, reason));
         }

@@ -2,6 +2,7 @@
 //! objects into a known place, run guard as root, run every test (unit, `BPF_PROG_TEST_RUN`,
 //! namespace end-to-end) and the benchmarks.
 mod eval;
+mod fuzz;
 mod setup;
 
 use setup::{is_root, run};
@@ -43,6 +44,9 @@ enum Task {
     },
     /// Measure the request validator on the CRS corpus and the benign set.
     Eval(eval::EvalArgs),
+    /// Fuzz the parsers (nightly + cargo-fuzz): each target for a bounded time, then the
+    /// executions and crashes per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
     /// Arguments after `xdp` go to the benchmark (`--cycles N`, `--batch FRAMES`, `--napi
     /// softirq|threaded|both`, `--only micro|live`, `--json`).
@@ -201,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             build_ebpf()?;
             eval::run(&args)
         }
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench { what, args } => match what.as_str() {
             "xdp" => bench_xdp(&args),
             "tap" if args.is_empty() => bench_tap(),

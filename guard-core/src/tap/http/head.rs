@@ -251,7 +251,11 @@ fn find_lf(buf: &[u8]) -> Option<usize> {
 /// Turns an absolute-form target (`http://host/path`) into its path.
 fn strip_authority(target: &str) -> &str {
     for scheme in ["http://", "https://"] {
-        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // `get`: the target may hold UTF-8, and byte 7 or 8 need not be a character boundary.
+        if target
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        {
             let rest = &target[scheme.len()..];
             return rest.find(['/', '?']).map_or("/", |i| &rest[i..]);
         }

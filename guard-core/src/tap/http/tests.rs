@@ -83,6 +83,18 @@ fn absolute_form_target_becomes_a_path() {
     assert_eq!(request(&msgs[0]).query.as_deref(), Some("y"));
 }
 
+/// A request target with UTF-8 where a scheme would end (byte 7 or 8) is kept as it is, not
+/// sliced inside a character (this panicked and stopped the capture thread).
+#[test]
+fn utf8_target_shorter_than_a_scheme_is_not_cut_inside_a_character() {
+    for target in ["/aaaaa\u{e9}", "/aaaaaa\u{20ac}x", "htt\u{e9}://h/"] {
+        let input = format!("GET {target} HTTP/1.1\r\n\r\n");
+        let (msgs, err) = run(Kind::Request, input.as_bytes(), 100);
+        assert!(err.is_none(), "{target}: {err:?}");
+        assert_eq!(request(&msgs[0]).path, target);
+    }
+}
+
 #[test]
 fn head_limit_applies_to_split_and_whole_heads() {
     let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();

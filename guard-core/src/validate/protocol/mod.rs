@@ -7,6 +7,7 @@ mod headers;
 
 use super::detect::Accumulator;
 use super::{Category, Request, ValidatorConfig};
+use crate::text::truncate;
 use headers::{KNOWN_CHARSETS, header};
 
 /// Query parameters that carry a session identifier.
@@ -272,7 +273,8 @@ fn charset(req: &Request<'_>, acc: &mut Accumulator) {
         // Browsers send a `_charset_` field naming the form's charset; only an evasive one counts.
         let lower = head.to_ascii_lowercase();
         let charset_field = lower.find("name=\"_charset_\"").is_some_and(|at| {
-            let after = &lower[at..lower.len().min(at + 120)];
+            // 120 bytes on, cut back to a character boundary: the body is attacker text.
+            let after = truncate(&lower[at..], 120);
             ["utf-7", "utf7", "utf-32", "ibm0", "ibm5", "cp10", "cp87"]
                 .iter()
                 .any(|c| after.contains(c))

@@ -378,3 +378,30 @@ fn paranoia_4_checks() {
         "sqli-special-character-run",
     );
 }
+
+/// The shape of the 376-byte request that stopped the tap: a multipart `_charset_` field with
+/// multi-byte characters where its 120-byte window ends ("end byte index 163 is not a char
+/// boundary"). Every alignment of 2-, 3- and 4-byte characters is tried, and the window still
+/// finds an evasive charset.
+#[test]
+fn multipart_charset_window_ends_on_a_character_boundary() {
+    let v = validator();
+    let multipart = [("Content-Type", "multipart/form-data; boundary=b")];
+    for ch in ["\u{e9}", "\u{20ac}", "\u{1f600}"] {
+        for pad in 0..4 {
+            for (charset, evasive) in [("utf-7", true), ("utf-8", false)] {
+                let body = format!(
+                    "--b\r\nContent-Disposition: form-data; name=\"_charset_\"\r\n\r\n{charset}{}{}\r\n--b--\r\n",
+                    "x".repeat(pad),
+                    ch.repeat(100),
+                );
+                let verdict = check(&v, "POST", "/upload", &multipart, &body);
+                if evasive {
+                    assert_fired(&verdict, "proto-charset");
+                } else {
+                    assert_not_fired(&verdict, "proto-charset");
+                }
+            }
+        }
+    }
+}
