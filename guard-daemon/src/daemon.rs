@@ -113,8 +113,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Lock-out safety: what is never banned, read from the host once at start.
+    let facts =
+        crate::protect::HostFacts::read(config.ai.enabled.then_some(config.ai.base_url.as_str()));
+    let protected = crate::protect::ProtectList::compute(
+        &facts,
+        &config.tap.trusted_proxies,
+        &config.bans.protect,
+    );
+    for p in protected.entries() {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "protected: never banned");
+    }
     let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096, ai)
         .context("building the validator and engine")?;
+    judge.set_protected(protected.nets());
     // Repeat offenders survive restarts: their next ban is escalated.
     let since = Duration::from_millis(crate::clock::now_ms())
         .saturating_sub(config.engine.bans.offender_memory)
@@ -144,7 +156,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let bans = Bans::new(store, xdp, config.bans.default_ttl)
+    let bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
     {
         let n = bans.count().unwrap_or(0);
@@ -410,7 +422,7 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
             shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
             info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
         }
-        Err(BanError::Allowlisted { .. }) => {}
+        Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
         Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
     }
 }
@@ -443,6 +455,8 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
                 }
             }
             Err(BanError::Allowlisted { .. }) => info!(%target, "engine ban refused: allowlisted"),
+            // Logged with its reason by the ban service.
+            Err(BanError::Protected(_)) => {}
             Err(e) => warn!(%target, "engine ban failed: {e}"),
         }
     }

@@ -101,6 +101,11 @@ impl Judge {
         self.engine().set_allowlist(nets);
     }
 
+    /// Hands the engine the networks it must never ban (see `protect`).
+    pub fn set_protected(&self, nets: Vec<Net>) {
+        self.engine().set_protected(nets);
+    }
+
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
