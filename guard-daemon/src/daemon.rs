@@ -439,17 +439,19 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
         }
         let reason = order.reason.clone();
         let offence = order.evidence.as_ref().and_then(|e| e.offence);
+        // The offender is the client, also when its ban covers its IPv6 network.
+        let client = order.evidence.as_ref().and_then(|e| e.client);
         // The ban table's lock is released before the offence is stored.
         let result = shared.bans().ban(order);
         match result {
             Ok(view) => {
                 info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
-                if let Some(count) = offence.filter(|_| target.is_host()) {
+                if let (Some(count), Some(client)) = (offence, client) {
                     let record = crate::store::OffenceRecord {
                         count,
                         last: view.created_at / 1000,
                     };
-                    if let Err(e) = shared.bans().store().put_offence(target.addr(), record) {
+                    if let Err(e) = shared.bans().store().put_offence(client, record) {
                         warn!(%target, "repeat offence not stored: {e}");
                     }
                 }

@@ -113,9 +113,7 @@ impl Judge {
     /// The operator lifted the ban of `target`: the engine forgets it banned that address, so
     /// that it is judged (and banned) afresh if it misbehaves again.
     pub fn unbanned(&self, target: &Net) {
-        if target.is_host() {
-            self.engine().unbanned(target.addr());
-        }
+        self.engine().unbanned_net(target);
     }
 
     /// Restores the repeat offenders an earlier run stored.

@@ -401,6 +401,18 @@ impl Engine {
         }
     }
 
+    /// Like [`Engine::unbanned`] for every client inside `net` (an IPv6 client's /64 ban, or an
+    /// operator's range).
+    pub fn unbanned_net(&mut self, net: &Net) {
+        if net.is_host() {
+            return self.unbanned(net.addr());
+        }
+        self.table.for_each_addr_in(net, |state| {
+            state.banned_until = 0;
+            state.strikes.reset();
+        });
+    }
+
     /// Drops clients idle for `client_expiry` (unless banned), past offences older than
     /// `offender_memory` and triages that never got a verdict. Call it now and then (a minute).
     pub fn expire(&mut self, now: Duration) {

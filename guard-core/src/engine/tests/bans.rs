@@ -184,6 +184,21 @@ fn unbanning_clears_the_engines_ban() {
 }
 
 #[test]
+fn lifting_a_network_ban_clears_the_engines_bans_inside_it() {
+    let mut sim = Sim::default();
+    let d = probe_backdoors(&mut sim, "2001:db8:7::9");
+    assert!(is_ban(&d));
+    sim.advance(Duration::from_secs(1));
+    assert!(matches!(
+        sim.send(&req("2001:db8:7::9", "/")),
+        Decision::Block { .. }
+    ));
+    sim.engine.unbanned_net(&target_of(&d));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.send(&req("2001:db8:7::9", "/")), Decision::Allow);
+}
+
+#[test]
 fn verified_users_are_one_client_across_addresses() {
     let mut sim = Sim::default();
     let ds: Vec<_> = (0..50)
