@@ -430,9 +430,21 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
 /// Applies the engine's ban orders: sled first, then the XDP maps (through `Bans`).
 fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(order) = queue.recv_timeout(Duration::from_millis(100)) else {
+        let Ok(mut order) = queue.recv_timeout(Duration::from_millis(100)) else {
             continue;
         };
+        // An IPv6 client's network that holds a protected address (the host's own /64): the
+        // client alone is banned, never its neighbours.
+        if !order.target.is_host()
+            && let Some(c) = order.evidence.as_ref().and_then(|e| e.client)
+            && matches!(
+                shared.bans().protected().check(&order.target, false),
+                Err(crate::protect::Refusal::Contains { .. })
+            )
+        {
+            info!(network = %order.target, client = %c, "the client's network holds a protected address: banning the client alone");
+            order.target = Net::host(c);
+        }
         let target = order.target;
         if matches!(shared.bans().store().ban(&target), Ok(Some(_))) {
             continue;

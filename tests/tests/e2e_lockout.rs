@@ -9,6 +9,7 @@ use guard_tests::http::{Client, start_server};
 use guard_tests::{Daemon, Link, guard_bin, require_root, tcp_ok, wait_until};
 
 const PORT: u16 = 8080;
+const PORT6: u16 = 8086;
 
 /// Bans in `guard ban ls` covering `addr` (its own and every CIDR containing it).
 fn bans_covering(d: &Daemon, addr: IpAddr) -> Vec<serde_json::Value> {
@@ -188,6 +189,119 @@ fn the_engine_never_bans_a_protected_attacker() -> anyhow::Result<()> {
             .is_ok_and(|n| n > before))
         .is_some(),
         "the protected client's probes were not judged"
+    );
+    Ok(())
+}
+
+/// A minimal IPv6 HTTP server on `port` in the near namespace: every request gets a 404.
+fn start_v6_server(link: &Link, port: u16) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    link.near.spawn(move || {
+        let listener = std::net::TcpListener::bind(("::", port));
+        let _ = tx.send(listener.is_ok());
+        let Ok(listener) = listener else { return };
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = stream;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            });
+        }
+    });
+    anyhow::ensure!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false),
+        "IPv6 HTTP server did not start"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_engine_ban_of_an_ipv6_client_covers_its_64_but_never_the_hosts_own() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_v6_server(&link, PORT6)?;
+    // A /64 of its own on the far side, routed from the near side.
+    let other64 = link.v6_prefix().replacen("fd20:", "fd21:", 1);
+    let (attacker, neighbour): (IpAddr, IpAddr) = (
+        format!("{other64}5").parse()?,
+        format!("{other64}6").parse()?,
+    );
+    for a in [attacker, neighbour] {
+        link.far.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/64"),
+            "dev",
+            &link.far_if,
+            "nodad",
+        ])?;
+    }
+    link.near.ip(&[
+        "-6",
+        "route",
+        "replace",
+        &format!("{other64}/64"),
+        "dev",
+        &link.near_if,
+    ])?;
+    // And one more far address inside the host's own /64.
+    let inside_own = link.add_far_v6("7")?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT6}]\n"),
+    )?;
+    let dst = SocketAddr::new(link.near_v6, PORT6);
+    let connects = |src: IpAddr| tcp_ok(&link.far, Some(src), dst, Duration::from_millis(500));
+    assert!(connects(attacker) && connects(neighbour) && connects(link.far_v6));
+
+    probe(&link, attacker, dst);
+    let net64 = format!("{other64}/64");
+    assert!(
+        wait_until(Duration::from_secs(10), || bans_covering(&d, attacker)
+            .iter()
+            .any(|b| b["addr"] == net64.as_str()))
+        .is_some(),
+        "no /64 ban for {attacker}: {}",
+        d.log_text()
+    );
+    // The neighbour in the same /64 is dropped; the host's own /64 is not.
+    assert!(
+        wait_until(Duration::from_secs(3), || !connects(neighbour)).is_some(),
+        "the neighbour in the banned /64 still connects"
+    );
+    assert!(
+        connects(link.far_v6),
+        "an address outside the /64 was cut off"
+    );
+
+    // A client inside the host's own /64 is banned alone: the /64 holds the host's address.
+    probe(&link, inside_own, dst);
+    assert!(
+        wait_until(Duration::from_secs(10), || bans_covering(&d, inside_own)
+            .iter()
+            .any(|b| b["addr"] == inside_own.to_string()))
+        .is_some(),
+        "{inside_own} not banned alone: {}",
+        d.log_text()
+    );
+    assert!(
+        bans_covering(&d, link.near_v6).is_empty(),
+        "the host's own /64 was banned"
+    );
+    assert!(
+        connects(link.far_v6),
+        "a neighbour in the host's /64 was cut off"
     );
     Ok(())
 }
