@@ -5,10 +5,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Serialize;
+use tracing::warn;
 
 use crate::clock::{mono_ns, now_ms, wall_to_mono};
 use crate::engine::Evidence;
 use crate::net::Net;
+use crate::protect::{ProtectList, Refusal};
 use crate::store::{AllowRecord, BanRecord, Store, StoreError};
 pub use crate::store::{Origin, UnknownOrigin};
 use crate::xdp::{Xdp, XdpError};
@@ -20,6 +22,9 @@ pub enum BanError {
         "refusing to ban {target}: it overlaps allowlist entry {allow} (use --force to ban anyway; the allowlist still wins)"
     )]
     Allowlisted { target: Net, allow: Net },
+    /// The target is, is inside or contains a protected address (see `protect`).
+    #[error(transparent)]
+    Protected(#[from] Refusal),
     #[error("{target} is not banned")]
     NotBanned { target: Net },
     #[error("{target} is not in the allowlist")]
@@ -157,16 +162,28 @@ pub struct Bans {
     default_ttl: Duration,
     /// Timed bans by deadline (wall-clock ms), so a sweep touches only what expires.
     deadlines: BTreeSet<(u64, Net)>,
+    /// Never banned; also in the XDP allowlist, so a forced range ban around them spares them.
+    protected: ProtectList,
+    /// Bans refused because of `protected`.
+    protect_refusals: u64,
 }
 
 impl Bans {
-    /// Joins the store and the maps, and makes the maps match the store (dropping expired bans).
-    pub fn new(store: Store, xdp: Xdp, default_ttl: Duration) -> Result<Self, BanError> {
+    /// Joins the store and the maps, and makes the maps match the store (dropping expired bans);
+    /// `protected` is never banned, and is let through by the XDP allowlist.
+    pub fn new(
+        store: Store,
+        xdp: Xdp,
+        default_ttl: Duration,
+        protected: ProtectList,
+    ) -> Result<Self, BanError> {
         let mut bans = Self {
             store,
             xdp,
             default_ttl,
             deadlines: BTreeSet::new(),
+            protected,
+            protect_refusals: 0,
         };
         bans.rebuild()?;
         Ok(bans)
@@ -191,9 +208,16 @@ impl Bans {
                 ));
             }
         }
-        let allows: Vec<Net> = self.store.allows()?.into_iter().map(|a| a.target).collect();
+        let stored: Vec<Net> = self.store.allows()?.into_iter().map(|a| a.target).collect();
+        let mut allows = stored.clone();
+        allows.extend(
+            self.protected
+                .nets()
+                .into_iter()
+                .filter(|n| !stored.contains(n)),
+        );
         self.xdp.reconcile(&live, &allows)?;
-        Ok((live.len(), allows.len()))
+        Ok((live.len(), stored.len()))
     }
 
     /// The XDP layer, for stats and the event reader.
@@ -211,6 +235,18 @@ impl Bans {
     #[must_use]
     pub fn into_xdp(self) -> Xdp {
         self.xdp
+    }
+
+    /// What is never banned.
+    #[must_use]
+    pub fn protected(&self) -> &ProtectList {
+        &self.protected
+    }
+
+    /// Bans refused because they touched a protected address, since start.
+    #[must_use]
+    pub fn protect_refusals(&self) -> u64 {
+        self.protect_refusals
     }
 
     /// The store.
@@ -241,6 +277,13 @@ impl Bans {
     }
 
     fn ban_no_flush(&mut self, req: BanRequest) -> Result<BanView, BanError> {
+        // Only an operator can force, and only past a range that contains protected addresses.
+        let force = req.force && matches!(req.origin, Origin::Cli | Origin::Import);
+        if let Err(refusal) = self.protected.check(&req.target, force) {
+            self.protect_refusals += 1;
+            warn!(target = %req.target, origin = %req.origin, reason = %req.reason, "ban refused: {refusal}");
+            return Err(refusal.into());
+        }
         if !req.force
             && let Some(allow) = self
                 .store
@@ -303,7 +346,7 @@ impl Bans {
             let target = req.target;
             match self.ban_no_flush(req) {
                 Ok(_) => out.push(Ok(target)),
-                Err(e @ BanError::Allowlisted { .. }) => {
+                Err(e @ (BanError::Allowlisted { .. } | BanError::Protected(_))) => {
                     refused += 1;
                     out.push(Err(e));
                 }
@@ -459,7 +502,10 @@ impl Bans {
             .store
             .remove_allow(target)?
             .ok_or(BanError::NotAllowed { target: *target })?;
-        self.xdp.remove_allow(target)?;
+        // A protected network stays in the XDP allowlist.
+        if !self.protected.nets().contains(target) {
+            self.xdp.remove_allow(target)?;
+        }
         self.refresh_overlapping(target)?;
         self.store.flush()?;
         Ok(rec)

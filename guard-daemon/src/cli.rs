@@ -381,6 +381,13 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         data.state_dir.display(),
         data.pin_dir.display()
     );
+    println!(
+        "  protected (never banned; {} bans refused since start):",
+        data.protect_refusals
+    );
+    for p in &data.protected {
+        println!("    {:<40} {} ({})", p.net.to_string(), p.why, p.found_in);
+    }
     Ok(())
 }
 

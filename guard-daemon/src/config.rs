@@ -142,7 +142,7 @@ impl Default for XdpConfig {
     }
 }
 
-/// `[bans]`: defaults for bans made without an explicit duration.
+/// `[bans]`: defaults for bans made without an explicit duration, and what is never banned.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BansConfig {
@@ -152,6 +152,11 @@ pub struct BansConfig {
     /// How often expired bans are removed from the maps and the store. Default `250ms`.
     #[serde(deserialize_with = "de_duration")]
     pub sweep_interval: Duration,
+    /// Addresses and CIDRs never banned, on top of what guard protects by itself (the host's
+    /// addresses, default gateways, resolvers, `tap.trusted_proxies`, the AI endpoint). A ban
+    /// of one of them, or inside one, is refused whatever asks; a CIDR containing one needs
+    /// `guard ban add --force`. Default: empty.
+    pub protect: Vec<crate::net::Net>,
 }
 
 impl Default for BansConfig {
@@ -159,6 +164,7 @@ impl Default for BansConfig {
         Self {
             default_ttl: Duration::from_hours(4),
             sweep_interval: Duration::from_millis(250),
+            protect: Vec::new(),
         }
     }
 }
@@ -263,6 +269,29 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.xdp.rate_event_window, Duration::from_secs(10));
         assert_eq!(c.validator, crate::validate::ValidatorConfig::default());
+    }
+
+    #[test]
+    fn protect_list_and_ipv6_prefix() {
+        let c = parse("").unwrap();
+        assert!(c.bans.protect.is_empty());
+        assert_eq!(c.engine.bans.ipv6_prefix, 64);
+        let c = parse(
+            "[bans]\nprotect = [\"10.0.0.1\", \"192.0.2.0/24\", \"2001:db8::/48\"]\n\
+             [engine.bans]\nipv6_prefix = 56\n",
+        )
+        .unwrap();
+        let got: Vec<String> = c.bans.protect.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.0.0.1", "192.0.2.0/24", "2001:db8::/48"]);
+        assert_eq!(c.engine.bans.ipv6_prefix, 56);
+        let e = parse("[bans]\nprotect = [\"10.0.0.300\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse("[engine.bans]\nipv6_prefix = 16\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.bans.ipv6_prefix"), "{e}");
     }
 
     #[test]

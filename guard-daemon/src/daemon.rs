@@ -113,8 +113,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Lock-out safety: what is never banned, read from the host once at start.
+    let facts =
+        crate::protect::HostFacts::read(config.ai.enabled.then_some(config.ai.base_url.as_str()));
+    let protected = crate::protect::ProtectList::compute(
+        &facts,
+        &config.tap.trusted_proxies,
+        &config.bans.protect,
+    );
+    for p in protected.entries() {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "protected: never banned");
+    }
     let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096, ai)
         .context("building the validator and engine")?;
+    judge.set_protected(protected.nets());
     // Repeat offenders survive restarts: their next ban is escalated.
     let since = Duration::from_millis(crate::clock::now_ms())
         .saturating_sub(config.engine.bans.offender_memory)
@@ -144,7 +156,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let bans = Bans::new(store, xdp, config.bans.default_ttl)
+    let bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
     {
         let n = bans.count().unwrap_or(0);
@@ -410,7 +422,7 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
             shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
             info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
         }
-        Err(BanError::Allowlisted { .. }) => {}
+        Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
         Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
     }
 }
@@ -418,31 +430,47 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
 /// Applies the engine's ban orders: sled first, then the XDP maps (through `Bans`).
 fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(order) = queue.recv_timeout(Duration::from_millis(100)) else {
+        let Ok(mut order) = queue.recv_timeout(Duration::from_millis(100)) else {
             continue;
         };
+        // An IPv6 client's network that holds a protected address (the host's own /64): the
+        // client alone is banned, never its neighbours.
+        if !order.target.is_host()
+            && let Some(c) = order.evidence.as_ref().and_then(|e| e.client)
+            && matches!(
+                shared.bans().protected().check(&order.target, false),
+                Err(crate::protect::Refusal::Contains { .. })
+            )
+        {
+            info!(network = %order.target, client = %c, "the client's network holds a protected address: banning the client alone");
+            order.target = Net::host(c);
+        }
         let target = order.target;
         if matches!(shared.bans().store().ban(&target), Ok(Some(_))) {
             continue;
         }
         let reason = order.reason.clone();
         let offence = order.evidence.as_ref().and_then(|e| e.offence);
+        // The offender is the client, also when its ban covers its IPv6 network.
+        let client = order.evidence.as_ref().and_then(|e| e.client);
         // The ban table's lock is released before the offence is stored.
         let result = shared.bans().ban(order);
         match result {
             Ok(view) => {
                 info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
-                if let Some(count) = offence.filter(|_| target.is_host()) {
+                if let (Some(count), Some(client)) = (offence, client) {
                     let record = crate::store::OffenceRecord {
                         count,
                         last: view.created_at / 1000,
                     };
-                    if let Err(e) = shared.bans().store().put_offence(target.addr(), record) {
+                    if let Err(e) = shared.bans().store().put_offence(client, record) {
                         warn!(%target, "repeat offence not stored: {e}");
                     }
                 }
             }
             Err(BanError::Allowlisted { .. }) => info!(%target, "engine ban refused: allowlisted"),
+            // Logged with its reason by the ban service.
+            Err(BanError::Protected(_)) => {}
             Err(e) => warn!(%target, "engine ban failed: {e}"),
         }
     }

@@ -103,6 +103,11 @@ impl Judge {
         self.engine().set_allowlist(nets);
     }
 
+    /// Hands the engine the networks it must never ban (see `protect`).
+    pub fn set_protected(&self, nets: Vec<Net>) {
+        self.engine().set_protected(nets);
+    }
+
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -110,9 +115,7 @@ impl Judge {
     /// The operator lifted the ban of `target`: the engine forgets it banned that address, so
     /// that it is judged (and banned) afresh if it misbehaves again.
     pub fn unbanned(&self, target: &Net) {
-        if target.is_host() {
-            self.engine().unbanned(target.addr());
-        }
+        self.engine().unbanned_net(target);
     }
 
     /// Restores the repeat offenders an earlier run stored.

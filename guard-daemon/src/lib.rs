@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod inspect;
 pub mod judge;
 pub mod pipeline;
+pub mod protect;
 pub mod store;
 pub mod xdp;
 

@@ -123,8 +123,14 @@ fn cidr_ban_drops_every_address_inside() -> anyhow::Result<()> {
     let dst = SocketAddr::new(s.link.near_v4, PORT);
     assert!(tcp_ok(&s.link.far, Some(second), dst, SLOW));
     let net = s.link.v4_subnet().replace(".0/24", ".0/25");
-    s.daemon
+    // The /25 holds the host's own .1: refused unless forced, and then .1 stays protected.
+    let e = s
+        .daemon
         .cli(&["ban", "add", &net])
+        .expect_err("range with the host's address");
+    assert!(e.contains("--force"), "{e}");
+    s.daemon
+        .cli(&["ban", "add", &net, "--force"])
         .map_err(anyhow::Error::msg)?;
     assert!(
         !tcp_ok(&s.link.far, None, dst, QUICK),
@@ -208,8 +214,9 @@ fn ipv6_ban_and_ipv6_cidr() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     assert!(all_ok(far, near));
     let net = format!("{}/64", s.link.far_v6.to_string().trim_end_matches('2'));
+    // The /64 holds the host's own address: it takes --force.
     s.daemon
-        .cli(&["ban", "add", &net])
+        .cli(&["ban", "add", &net, "--force"])
         .map_err(anyhow::Error::msg)?;
     assert!(none_ok(far, near), "{net} covers the far address");
     Ok(())

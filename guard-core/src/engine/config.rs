@@ -369,6 +369,10 @@ pub struct EngineBansConfig {
     pub offender_memory: Duration,
     /// Addresses whose ban count is kept; the oldest are forgotten first. Default 100000.
     pub max_offenders: usize,
+    /// An IPv6 client's ban covers its network of this many bits (one host commonly owns a
+    /// whole /64 and picks new addresses in it at will); 128 = the address alone. 32..=128.
+    /// Default 64.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for EngineBansConfig {
@@ -381,6 +385,7 @@ impl Default for EngineBansConfig {
             strike_leak: Duration::from_mins(2),
             offender_memory: Duration::from_hours(30 * 24),
             max_offenders: 100_000,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -473,6 +478,12 @@ impl EngineConfig {
         }
         if b.max_offenders == 0 {
             return bad("engine.bans.max_offenders", "at least 1");
+        }
+        if !(32..=128).contains(&b.ipv6_prefix) {
+            return bad(
+                "engine.bans.ipv6_prefix",
+                "between 32 and 128 (64 = the client's /64)",
+            );
         }
         Ok(())
     }

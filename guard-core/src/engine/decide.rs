@@ -54,6 +54,10 @@ impl Core {
         self.allowlist.iter().any(|n| n.contains(ip))
     }
 
+    pub(super) fn protected(&self, ip: IpAddr) -> bool {
+        self.protected.iter().any(|n| n.contains(ip))
+    }
+
     pub(super) fn hit(&mut self, rule: Rule) {
         self.rule_hits[rule as usize] += 1;
     }
@@ -85,11 +89,13 @@ impl Core {
                 .user
                 .as_ref()
                 .is_some_and(|u| u.verified || self.cfg.trust_unverified_users),
+            // A health checker (no user agent) from a protected address is not a suspect.
             empty_user_agent: ev
                 .headers
                 .user_agent
                 .as_deref()
-                .is_none_or(|ua| ua.trim().is_empty()),
+                .is_none_or(|ua| ua.trim().is_empty())
+                && !self.protected(ev.client),
             error: (400..500).contains(&status) || (self.cfg.count_server_errors && status >= 500),
             auth_failure: matches!(status, 401 | 403),
             probe: !is_static && matches!(status, 400 | 403 | 404),
@@ -371,6 +377,15 @@ impl Core {
             self.stats.allowlist_refusals += 1;
             return Decision::Allow;
         }
+        if self.protected(client) {
+            // Never banned, whatever the rule: this request is blocked, nothing more.
+            self.stats.protected_refusals += 1;
+            st.strikes.reset();
+            return Decision::Block {
+                status: 403,
+                reason: format!("{}: {reason} (protected address: not banned)", rule.name()),
+            };
+        }
         let before = self.offenders.record(client, t);
         let ttl = escalated_ttl(&self.cfg.bans, before);
         st.banned_until = t.saturating_add(secs(ttl));
@@ -392,12 +407,24 @@ impl Core {
             extra: serde_json::Map::new(),
         });
         Decision::Ban {
-            target: Net::host(client),
+            target: ban_target(client, self.cfg.bans.ipv6_prefix),
             ttl,
             reason: format!("{}: {reason}", rule.name()),
             evidence,
             shadow,
         }
+    }
+}
+
+/// What a ban of `client` covers: the address itself (IPv4), or its IPv6 network of
+/// `ipv6_prefix` bits (one host commonly owns a whole /64 and changes address within it).
+#[must_use]
+pub fn ban_target(client: IpAddr, ipv6_prefix: u8) -> Net {
+    match client {
+        IpAddr::V4(_) => Net::host(client),
+        // An IPv4-mapped address is an IPv4 client: ban it alone.
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => Net::host(client),
+        IpAddr::V6(_) => Net::new(client, ipv6_prefix),
     }
 }
 

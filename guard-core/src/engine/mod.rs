@@ -30,6 +30,7 @@ mod tests;
 pub use config::{
     BlackConfig, EngineBansConfig, EngineConfig, GreyConfig, Mode, ScenarioConfig, Weights,
 };
+pub use decide::ban_target;
 pub use evidence::{Counts, Details, Evidence, deserialize_stored};
 
 use crate::net::Net;
@@ -216,6 +217,9 @@ pub struct EngineStats {
     pub allowlisted: u64,
     /// Bans not made because the client is allowlisted (an AI verdict after allowlisting).
     pub allowlist_refusals: u64,
+    /// Bans not made because the client is protected (the host, its gateways, resolvers,
+    /// trusted proxies, `bans.protect`): the request is blocked, the client never banned.
+    pub protected_refusals: u64,
     pub clients: u64,
     pub clients_evicted: u64,
     pub clients_expired: u64,
@@ -233,6 +237,9 @@ struct Core {
     cfg: EngineConfig,
     hasher: RandomState,
     allowlist: Vec<Net>,
+    /// Never banned, and never struck by the empty user-agent rule (health checkers); still
+    /// judged otherwise. Set by the shell from the host's own facts.
+    protected: Vec<Net>,
     offenders: Offenders,
     pending: Pending,
     stats: EngineStats,
@@ -260,6 +267,7 @@ impl Engine {
                 cfg: config.clone(),
                 hasher: RandomState::new(),
                 allowlist: Vec::new(),
+                protected: Vec::new(),
                 offenders: Offenders::new(config.bans.offender_memory, config.bans.max_offenders),
                 pending: Pending::new(config.max_pending_triage),
                 stats: EngineStats::default(),
@@ -275,6 +283,13 @@ impl Engine {
     /// Replaces the allowlist: clients inside these networks are never judged nor banned.
     pub fn set_allowlist(&mut self, nets: Vec<Net>) {
         self.core.allowlist = nets;
+    }
+
+    /// Replaces the protected networks: clients inside them are judged (a hostile request is
+    /// blocked) but never banned, and requests without a user agent from them (health checkers)
+    /// are not struck.
+    pub fn set_protected(&mut self, nets: Vec<Net>) {
+        self.core.protected = nets;
     }
 
     /// Whether `ip` is allowlisted.
@@ -384,6 +399,18 @@ impl Engine {
             state.banned_until = 0;
             state.strikes.reset();
         }
+    }
+
+    /// Like [`Engine::unbanned`] for every client inside `net` (an IPv6 client's /64 ban, or an
+    /// operator's range).
+    pub fn unbanned_net(&mut self, net: &Net) {
+        if net.is_host() {
+            return self.unbanned(net.addr());
+        }
+        self.table.for_each_addr_in(net, |state| {
+            state.banned_until = 0;
+            state.strikes.reset();
+        });
     }
 
     /// Drops clients idle for `client_expiry` (unless banned), past offences older than

@@ -120,6 +120,17 @@ impl Table {
         }
     }
 
+    /// Calls `f` on the state of every address key inside `net`.
+    pub fn for_each_addr_in(&mut self, net: &crate::net::Net, mut f: impl FnMut(&mut ClientState)) {
+        for slot in self.slots.iter_mut().flatten() {
+            if let ClientKey::Addr(ip) = slot.key
+                && net.contains(ip)
+            {
+                f(&mut slot.state);
+            }
+        }
+    }
+
     /// Removes every state for which `keep` is false; returns how many.
     pub fn retain(&mut self, mut keep: impl FnMut(&ClientState) -> bool) -> usize {
         let mut removed = 0;

@@ -84,7 +84,10 @@ pub enum BanCommand {
         /// Why (shown in `ban ls`).
         #[arg(long)]
         reason: Option<String>,
-        /// Ban even if the target overlaps the allowlist (the allowlist still wins in XDP).
+        /// Ban even if the target overlaps the allowlist (the allowlist still wins in XDP), is
+        /// wider than /8 (IPv4) or /32 (IPv6), covers this SSH session's client, or contains a
+        /// protected address (which stays reachable). A protected address itself, or a range
+        /// inside a protected one, is never banned.
         #[arg(long)]
         force: bool,
     },
@@ -109,8 +112,15 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
             reason,
             force,
         } => {
+            let target = parse_target(&target)?;
+            if !force {
+                check_add(
+                    &target,
+                    ssh_client(std::env::var("SSH_CLIENT").ok().as_deref()),
+                )?;
+            }
             let req = Request::BanAdd {
-                target: parse_target(&target)?,
+                target,
                 ttl_secs: ttl_secs(ttl.as_deref())?,
                 reason,
                 force,
@@ -156,6 +166,71 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Why `guard ban add` refuses a target before asking the daemon (each lifted by `--force`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddRefusal {
+    #[error(
+        "refusing to ban {target}: it is every address of the family; use --force if you really mean it"
+    )]
+    Everything { target: Net },
+    #[error(
+        "refusing to ban {target}: a prefix shorter than /{min} bans a large share of the internet; use --force if you really mean it"
+    )]
+    TooWide { target: Net, min: u8 },
+    #[error(
+        "refusing to ban {target}: it covers {client}, the client of this SSH session (SSH_CLIENT), which would lock you out; use --force if you really mean it"
+    )]
+    OwnSession { target: Net, client: IpAddr },
+}
+
+/// Shortest prefixes `guard ban add` takes without `--force`.
+pub const MIN_PREFIX_V4: u8 = 8;
+/// See [`MIN_PREFIX_V4`].
+pub const MIN_PREFIX_V6: u8 = 32;
+
+/// The client address of an `SSH_CLIENT` value (`ADDR PORT PORT`).
+#[must_use]
+pub fn ssh_client(value: Option<&str>) -> Option<IpAddr> {
+    value?.split_whitespace().next()?.parse().ok()
+}
+
+/// The CLI's own refusals of `guard ban add` (the daemon adds the protected list's).
+///
+/// # Errors
+/// [`AddRefusal`] naming the reason: `0.0.0.0/0` or `::/0`, a prefix shorter than /8 (IPv4)
+/// or /32 (IPv6), or a target covering the caller's SSH client.
+pub fn check_add(target: &Net, ssh_client: Option<IpAddr>) -> Result<(), AddRefusal> {
+    let min = match target.addr() {
+        IpAddr::V4(_) => MIN_PREFIX_V4,
+        IpAddr::V6(_) => MIN_PREFIX_V6,
+    };
+    if target.prefix() == 0 {
+        return Err(AddRefusal::Everything { target: *target });
+    }
+    if target.prefix() < min {
+        return Err(AddRefusal::TooWide {
+            target: *target,
+            min,
+        });
+    }
+    if let Some(client) = ssh_client.filter(|c| covers(target, *c)) {
+        return Err(AddRefusal::OwnSession {
+            target: *target,
+            client,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `target` covers `ip`, an IPv4-mapped IPv6 address counting as its IPv4 one.
+fn covers(target: &Net, ip: IpAddr) -> bool {
+    let plain = match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    target.contains(ip) || target.contains(plain)
 }
 
 /// `guard ban rm`: one ban by its target, or every ban the filters select.
@@ -259,4 +334,60 @@ fn print_bans(bans: &[BanView]) {
         ],
         &rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn everything_and_too_wide_prefixes_are_refused() {
+        for t in ["0.0.0.0/0", "::/0"] {
+            let e = check_add(&net(t), None).unwrap_err();
+            assert!(matches!(e, AddRefusal::Everything { .. }), "{t}");
+            assert!(e.to_string().contains("--force"), "{e}");
+        }
+        for (t, min) in [("10.0.0.0/7", 8), ("128.0.0.0/1", 8), ("2001:db8::/31", 32)] {
+            let e = check_add(&net(t), None).unwrap_err();
+            assert_eq!(
+                e,
+                AddRefusal::TooWide {
+                    target: net(t),
+                    min
+                }
+            );
+            assert!(e.to_string().contains(&format!("/{min}")), "{e}");
+        }
+        for t in ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7", "2001:db8::1"] {
+            assert_eq!(check_add(&net(t), None), Ok(()), "{t}");
+        }
+    }
+
+    #[test]
+    fn the_callers_own_ssh_session_is_refused() {
+        let me = ssh_client(Some("192.0.2.10 51234 22"));
+        assert_eq!(me, Some("192.0.2.10".parse().unwrap()));
+        for t in ["192.0.2.10", "192.0.2.0/24"] {
+            let e = check_add(&net(t), me).unwrap_err();
+            assert!(matches!(e, AddRefusal::OwnSession { .. }), "{t}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("SSH") && msg.contains("192.0.2.10") && msg.contains("--force"),
+                "{msg}"
+            );
+        }
+        assert_eq!(check_add(&net("192.0.2.11"), me), Ok(()));
+        // An IPv4 session seen as an IPv4-mapped address is the same client.
+        let mapped = ssh_client(Some("::ffff:192.0.2.10 51234 22"));
+        assert!(check_add(&net("192.0.2.10"), mapped).is_err());
+        let v6 = ssh_client(Some("2001:db8::9 40000 22"));
+        assert!(check_add(&net("2001:db8::/64"), v6).is_err());
+        assert_eq!(ssh_client(Some("")), None);
+        assert_eq!(ssh_client(Some("garbage")), None);
+        assert_eq!(ssh_client(None), None);
+    }
 }

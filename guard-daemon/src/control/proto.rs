@@ -167,6 +167,12 @@ pub struct Status {
     pub allowlist: usize,
     pub rate_limit_pps: u64,
     pub keep_attached: bool,
+    /// What is never banned, and why (see `protect`).
+    #[serde(default)]
+    pub protected: Vec<crate::protect::Protected>,
+    /// Bans refused since start because they touched a protected address.
+    #[serde(default)]
+    pub protect_refusals: u64,
 }
 
 /// An interface guard's XDP program is attached to.

@@ -209,5 +209,7 @@ fn status(shared: &Shared) -> Response {
         allowlist: bans.allows().map_or(0, |l| l.len()),
         rate_limit_pps: cfg.xdp.rate_limit_pps,
         keep_attached: cfg.xdp.keep_attached,
+        protected: bans.protected().entries().to_vec(),
+        protect_refusals: bans.protect_refusals(),
     }))
 }

@@ -111,7 +111,7 @@ fn restored_offenders_continue_their_escalation() {
 }
 
 #[test]
-fn bans_carry_their_evidence_and_target_the_host() {
+fn bans_carry_their_evidence_and_target_the_client() {
     let mut sim = Sim::default();
     let d = probe_backdoors(&mut sim, "2001:db8::42");
     let Decision::Ban {
@@ -124,8 +124,8 @@ fn bans_carry_their_evidence_and_target_the_host() {
     else {
         panic!("{d:?}")
     };
-    assert_eq!(*target, "2001:db8::42/128".parse::<Net>().unwrap());
-    assert!(target.is_host());
+    // An IPv6 client's ban is its /64 (`bans.ipv6_prefix`); the evidence names the address.
+    assert_eq!(*target, "2001:db8::/64".parse::<Net>().unwrap());
     assert!(!shadow);
     assert!(reason.starts_with("backdoor:"), "{reason}");
     assert_eq!(evidence.rule, "backdoor");
@@ -181,6 +181,21 @@ fn unbanning_clears_the_engines_ban() {
     sim.engine.unbanned("192.0.2.79".parse().unwrap());
     sim.advance(Duration::from_secs(1));
     assert_eq!(sim.send(&req("192.0.2.79", "/")), Decision::Allow);
+}
+
+#[test]
+fn lifting_a_network_ban_clears_the_engines_bans_inside_it() {
+    let mut sim = Sim::default();
+    let d = probe_backdoors(&mut sim, "2001:db8:7::9");
+    assert!(is_ban(&d));
+    sim.advance(Duration::from_secs(1));
+    assert!(matches!(
+        sim.send(&req("2001:db8:7::9", "/")),
+        Decision::Block { .. }
+    ));
+    sim.engine.unbanned_net(&target_of(&d));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.send(&req("2001:db8:7::9", "/")), Decision::Allow);
 }
 
 #[test]
@@ -291,4 +306,111 @@ fn offender_memory_is_bounded() {
         ttl_of(&probe_backdoors(&mut sim, "192.0.2.5")),
         Duration::from_hours(4)
     );
+}
+
+fn target_of(d: &Decision) -> Net {
+    match d {
+        Decision::Ban { target, .. } => *target,
+        other => panic!("not a ban: {other:?}"),
+    }
+}
+
+#[test]
+fn an_ipv6_client_is_banned_with_its_configured_prefix() {
+    let mut sim = Sim::default();
+    let d = probe_backdoors(&mut sim, "2001:db8:5:6:a:b:c:d");
+    let target = target_of(&d);
+    assert_eq!(target, "2001:db8:5:6::/64".parse::<Net>().unwrap());
+    // A neighbour in the same /64 is inside the ban; the next /64 is not.
+    assert!(target.contains("2001:db8:5:6:ffff::1".parse().unwrap()));
+    assert!(!target.contains("2001:db8:5:7::1".parse().unwrap()));
+    // IPv4 clients, and IPv4-mapped ones, are banned alone.
+    assert_eq!(
+        target_of(&probe_backdoors(&mut sim, "192.0.2.40")),
+        Net::host("192.0.2.40".parse().unwrap())
+    );
+    assert_eq!(
+        target_of(&probe_backdoors(&mut sim, "::ffff:192.0.2.41")),
+        Net::host("::ffff:192.0.2.41".parse().unwrap())
+    );
+
+    let mut cfg = EngineConfig::default();
+    cfg.bans.ipv6_prefix = 128;
+    let mut sim = Sim::new(&cfg);
+    let d = probe_backdoors(&mut sim, "2001:db8::7");
+    assert_eq!(target_of(&d), Net::host("2001:db8::7".parse().unwrap()));
+    cfg.bans.ipv6_prefix = 56;
+    let mut sim = Sim::new(&cfg);
+    let d = probe_backdoors(&mut sim, "2001:db8:0:42::7");
+    assert_eq!(target_of(&d), "2001:db8::/56".parse::<Net>().unwrap());
+}
+
+#[test]
+fn the_ipv6_prefix_is_validated() {
+    for (prefix, ok) in [
+        (31, false),
+        (32, true),
+        (64, true),
+        (128, true),
+        (129, false),
+    ] {
+        let mut cfg = EngineConfig::default();
+        cfg.bans.ipv6_prefix = prefix;
+        assert_eq!(cfg.validate().is_ok(), ok, "/{prefix}");
+    }
+}
+
+#[test]
+fn a_protected_client_is_blocked_but_never_banned() {
+    let mut sim = Sim::default();
+    sim.engine.set_protected(vec![
+        "10.0.0.1".parse().unwrap(),
+        "2001:db8:9::/48".parse().unwrap(),
+    ]);
+    for client in ["10.0.0.1", "2001:db8:9::5"] {
+        let mut ds = vec![probe_backdoors(&mut sim, client)];
+        ds.extend(
+            (0..20).map(|i| sim.send(&req(client, &format!("/x{i}/.git/config")).status(404))),
+        );
+        assert!(!ds.iter().any(is_ban), "{client}: {ds:?}");
+        assert!(
+            ds.iter().any(|d| matches!(d, Decision::Block { .. })),
+            "{client}"
+        );
+        let ip: IpAddr = client.parse().unwrap();
+        assert!(!is_ban(&sim.engine.ai_verdict(
+            sim.now,
+            ip,
+            SecondOpinion::Block
+        )));
+    }
+    // The same attack from next door bans.
+    assert!(is_ban(&probe_backdoors(&mut sim, "10.0.0.2")));
+    let stats = sim.engine.stats();
+    assert!(stats.protected_refusals >= 3, "{stats:?}");
+    assert_eq!(stats.bans, 1);
+}
+
+#[test]
+fn health_checkers_from_protected_or_allowlisted_ranges_are_never_blocked() {
+    let mut sim = Sim::default();
+    sim.engine
+        .set_protected(vec!["10.0.0.0/24".parse().unwrap()]);
+    sim.engine
+        .set_allowlist(vec!["10.1.0.0/24".parse().unwrap()]);
+    for client in ["10.0.0.9", "10.1.0.9"] {
+        let ds = sim.send_n(
+            &req(client, "/healthz").ua(None),
+            200,
+            Duration::from_secs(1),
+        );
+        assert!(ds.iter().all(|d| *d == Decision::Allow), "{client}: {ds:?}");
+    }
+    // Elsewhere the empty user agent is struck and, repeated, banned.
+    let ds = sim.send_n(
+        &req("10.2.0.9", "/healthz").ua(None),
+        10,
+        Duration::from_secs(1),
+    );
+    assert!(ds.iter().any(is_ban));
 }
