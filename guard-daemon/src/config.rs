@@ -239,7 +239,10 @@ impl Config {
             return invalid("logs.queue", "logs.queue and logs.batch must be at least 1");
         }
         if self.logs.max_bytes != 0 && self.logs.max_bytes < 1024 * 1024 {
-            return invalid("logs.max_bytes", "at least 1048576 (1 MiB), or 0 for no cap");
+            return invalid(
+                "logs.max_bytes",
+                "at least 1048576 (1 MiB), or 0 for no cap",
+            );
         }
         if self.logs.max_path_bytes < 16 {
             return invalid("logs.max_path_bytes", "at least 16");
@@ -298,7 +301,11 @@ mod tests {
     fn log_bounds_are_checked() {
         let c = parse("[logs]\nmax_bytes = 4194304\nmax_path_bytes = 100\n").unwrap();
         assert_eq!(
-            (c.logs.max_bytes, c.logs.max_path_bytes, c.logs.max_query_bytes),
+            (
+                c.logs.max_bytes,
+                c.logs.max_path_bytes,
+                c.logs.max_query_bytes
+            ),
             (4_194_304, 100, 4096)
         );
         let e = parse("[logs]\nmax_bytes = 1000\n").unwrap_err().to_string();

@@ -130,6 +130,20 @@ impl LogRecord {
         }
     }
 
+    /// Roughly the bytes the record takes stored (its variable fields and a fixed part).
+    #[must_use]
+    pub fn approx_bytes(&self) -> u64 {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        (self.path.len()
+            + opt(&self.query)
+            + opt(&self.user)
+            + opt(&self.user_agent)
+            + opt(&self.host)
+            + opt(&self.reason)
+            + self.method.len()
+            + 256) as u64
+    }
+
     /// The `guard logs --json` line: exactly `ts` (RFC 3339 UTC), `client`, `trust`
     /// (`verified`, `unverified` or `no_client`), `user`, `method`,
     /// `path`, `query`, `status`, `latency_ms`, `bytes_in`, `bytes_out`, `user_agent`, `blocked`,
@@ -542,10 +556,19 @@ fn write_loop(
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        // A batch also stops at a share of the cap, so that one batch cannot overshoot it.
+        let max_batch_bytes = match limits.live_cap() {
+            0 => u64::MAX,
+            cap => cap / 8,
+        };
+        let mut batch_bytes = first.approx_bytes();
         batch.push(first);
-        while batch.len() < max_batch {
+        while batch.len() < max_batch && batch_bytes < max_batch_bytes {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    batch_bytes += r.approx_bytes();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }

@@ -19,6 +19,8 @@ pub const ENTRY_OVERHEAD: u64 = 64;
 /// When over its cap, the log is pruned to this share of it (in percent): the headroom keeps a
 /// busy log from pruning after every batch.
 pub const PRUNE_TO_PERCENT: u64 = 75;
+/// The cap's share kept for live records: the rest is sled's space amplification.
+pub const LIVE_SHARE: u64 = 16;
 /// Records removed per sled batch when pruning.
 const PRUNE_CHUNK: usize = 1024;
 
@@ -47,10 +49,17 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The size pruning brings an over-cap log back to.
+    /// The live bytes past which the oldest records are pruned: a share of the cap, since sled's
+    /// files take several times the bytes of the records they hold (see [`LIVE_SHARE`]).
+    #[must_use]
+    pub fn live_cap(&self) -> u64 {
+        self.max_bytes / LIVE_SHARE
+    }
+
+    /// The live bytes pruning brings an over-cap log back to.
     #[must_use]
     pub fn prune_target(&self) -> u64 {
-        self.max_bytes / 100 * PRUNE_TO_PERCENT
+        self.live_cap() / 100 * PRUNE_TO_PERCENT
     }
 }
 
@@ -183,15 +192,8 @@ impl LogStore {
         }
         let target = limits.prune_target();
         let mut done = Pruned::default();
-        if self.live_bytes() > limits.max_bytes {
+        if self.live_bytes() > limits.live_cap() {
             done = self.prune_to(target)?;
-        }
-        let disk = self.size_on_disk()?;
-        if disk > limits.max_bytes {
-            let excess = disk - limits.max_bytes;
-            let more = self.prune_to(target.saturating_sub(excess))?;
-            done.records += more.records;
-            done.bytes += more.bytes;
         }
         Ok(done)
     }
