@@ -64,6 +64,12 @@ pub enum LogError {
         #[source]
         source: sled::Error,
     },
+    #[error("cannot manage the request log's files in {path}")]
+    Rebuild {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the log writer thread")]
     Spawn {
         #[source]
@@ -272,8 +278,11 @@ impl LogQuery {
 /// The request log database.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    /// The open database; replaced when the log is rebuilt ([`LogStore::rebuild`]).
+    open: Arc<std::sync::RwLock<Open>>,
+    /// Its directory, holding one database per generation (`0/`, `1/`, …: a rebuild makes the
+    /// next and deletes the last); `None` for a temporary database.
+    dir: Option<std::path::PathBuf>,
     /// Sequence for records of the same nanosecond; shared by clones.
     seq: Arc<AtomicU32>,
     /// Live bytes and pruning counters; shared by clones.
@@ -283,41 +292,63 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (creating if needed) the log database in `dir` and counts its live bytes.
     pub fn open_dir(dir: &std::path::Path) -> Result<Self, LogError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .segment_size(SEGMENT_SIZE)
-            .open()
-            .map_err(|source| LogError::Open {
-                path: dir.to_owned(),
-                source,
-            })?;
-        let store = Self::from_db(db)?;
+        let io = |source| LogError::Rebuild {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut generations: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        generations.sort_unstable();
+        // The newest generation is the log; an older one is what a rebuild left behind when it
+        // was interrupted.
+        let generation = generations.pop().unwrap_or(0);
+        for old in generations {
+            let _ = std::fs::remove_dir_all(dir.join(old.to_string()));
+        }
+        let store = Self {
+            open: Arc::new(std::sync::RwLock::new(Open::new(Some(dir), generation)?)),
+            dir: Some(dir.to_owned()),
+            seq: Arc::new(AtomicU32::new(0)),
+            acct: Arc::default(),
+        };
         store.recount()?;
         Ok(store)
     }
 
     /// A throw-away log database (tests).
     pub fn temporary() -> Result<Self, LogError> {
-        Self::from_db(
-            sled::Config::new()
-                .temporary(true)
-                .segment_size(SEGMENT_SIZE)
-                .open()?,
-        )
-    }
-
-    fn from_db(db: sled::Db) -> Result<Self, LogError> {
         Ok(Self {
-            tree: db.open_tree(TREE)?,
-            db,
+            open: Arc::new(std::sync::RwLock::new(Open::new(None, 0)?)),
+            dir: None,
             seq: Arc::new(AtomicU32::new(0)),
             acct: Arc::default(),
         })
     }
 
+    /// The log tree of the database open now.
+    fn tree(&self) -> sled::Tree {
+        self.open
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tree
+            .clone()
+    }
+
+    /// The database open now.
+    fn db(&self) -> sled::Db {
+        self.open
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .db
+            .clone()
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), LogError> {
-        self.db.flush()?;
+        self.db().flush()?;
         Ok(())
     }
 
@@ -329,7 +360,7 @@ impl LogStore {
     pub fn insert(&self, record: &LogRecord) -> Result<(), LogError> {
         let value = serde_json::to_vec(record).map_err(|source| LogError::Encode { source })?;
         let cost = cap::record_cost(KEY_LEN, value.len());
-        self.tree.insert(self.next_key(record.time), value)?;
+        self.tree().insert(self.next_key(record.time), value)?;
         self.add(cost);
         Ok(())
     }
@@ -343,7 +374,7 @@ impl LogStore {
             cost += cap::record_cost(KEY_LEN, value.len());
             batch.insert(&self.next_key(r.time), value);
         }
-        self.tree.apply_batch(batch)?;
+        self.tree().apply_batch(batch)?;
         self.add(cost);
         Ok(())
     }
@@ -352,13 +383,13 @@ impl LogStore {
     /// error sled's iterator can keep yielding the error, and counting it would never end).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.tree.iter().keys().take_while(Result::is_ok).count()
+        self.tree().iter().keys().take_while(Result::is_ok).count()
     }
 
     /// True when the log is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.tree().is_empty()
     }
 
     /// Records matching `q`, oldest first (with a limit: the newest `limit`, still oldest first).
@@ -371,8 +402,8 @@ impl LogStore {
         let limit = q.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let range = match q.until {
-            Some(until) => self.tree.range(from..key(until, 0)),
-            None => self.tree.range(from..),
+            Some(until) => self.tree().range(from..key(until, 0)),
+            None => self.tree().range(from..),
         };
         for item in range.rev() {
             if out.len() >= limit {
@@ -399,7 +430,7 @@ impl LogStore {
         loop {
             let mut batch = sled::Batch::default();
             let (mut n, mut bytes) = (0, 0);
-            for item in self.tree.range(..end).take(PRUNE_CHUNK) {
+            for item in self.tree().range(..end).take(PRUNE_CHUNK) {
                 let (k, v) = item?;
                 bytes += cap::record_cost(k.len(), v.len());
                 batch.remove(k);
@@ -408,13 +439,43 @@ impl LogStore {
             if n == 0 {
                 return Ok(removed);
             }
-            self.tree.apply_batch(batch)?;
+            self.tree().apply_batch(batch)?;
             self.forget(bytes);
             self.acct
                 .expired_records
                 .fetch_add(n as u64, Ordering::Relaxed);
             removed += n;
         }
+    }
+}
+
+/// An open log database and its tree.
+#[derive(Debug)]
+struct Open {
+    db: sled::Db,
+    tree: sled::Tree,
+    generation: u64,
+}
+
+impl Open {
+    /// Opens generation `generation` of the log in `dir` (`None`: a temporary database).
+    fn new(dir: Option<&std::path::Path>, generation: u64) -> Result<Self, LogError> {
+        let config = sled::Config::new().segment_size(SEGMENT_SIZE);
+        let db = match dir {
+            Some(dir) => {
+                let path = dir.join(generation.to_string());
+                config
+                    .path(&path)
+                    .open()
+                    .map_err(|source| LogError::Open { path, source })?
+            }
+            None => config.temporary(true).open()?,
+        };
+        Ok(Self {
+            tree: db.open_tree(TREE)?,
+            db,
+            generation,
+        })
     }
 }
 

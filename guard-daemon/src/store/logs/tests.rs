@@ -398,7 +398,7 @@ fn pruning_removes_the_oldest_first_down_to_the_target() {
     assert_eq!(s.prune_to(full).unwrap(), Pruned::default());
     // Retention pruning keeps the estimate too.
     assert_eq!(
-        s.prune_older_than(Duration::from_secs(60)).unwrap() as u64,
+        s.prune_older_than(Duration::from_mins(1)).unwrap() as u64,
         60 - p.records
     );
     assert_eq!(s.expired_records(), 60 - p.records);
@@ -441,20 +441,27 @@ fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
     let disk = s.size_on_disk().unwrap();
     println!(
         "failed {}, written {written}, truncated {truncated}, stored {}, pruned {}, live {} (max {max_live}), \
-         on disk {disk} (max {max_disk}), cap {}",
+         on disk {disk} (max {max_disk}), cap {}, rebuilds {}",
         failed,
         s.len(),
         s.pruned_records(),
         s.live_bytes(),
-        limits.max_bytes
+        limits.max_bytes,
+        s.rebuilds()
     );
     assert_eq!(written, 30_000);
     assert!(s.pruned_records() > 0);
     assert!(max_live <= limits.live_cap() + limits.live_cap() / 4);
-    // sled reclaims segments only after they are written: under a full-speed flood its files
-    // peak well above the cap (measured 7.6 to 28 MiB for this 4 MiB cap, settling at 2.9 to
-    // 3.7 MiB when the machine is idle), so the disk figure is printed, not asserted: the cap
-    // holds for the live records, and the state database is apart either way.
+    // sled reclaims segments lazily: past the cap the writer rebuilds the log.
+    assert!(s.rebuilds() > 0);
+    assert!(
+        disk <= limits.max_bytes,
+        "on disk {disk} > cap {}",
+        limits.max_bytes
+    );
+    // Sampled between batches, the files were under the cap in most runs; under a loaded
+    // machine one sample in a run reached 8 MiB (printed above as the max), between a check and
+    // the next rebuild.
     let newest = s
         .query(&LogQuery {
             limit: Some(1),
