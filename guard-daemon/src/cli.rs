@@ -367,6 +367,7 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         ("live_bytes", l.live_bytes),
         ("pruned", l.pruned),
         ("expired", l.expired),
+        ("rebuilds", l.rebuilds),
     ]
     .into_iter()
     .map(|(k, v)| row("logs", k, v))

@@ -140,6 +140,9 @@ pub struct LogCounters {
     /// Records pruned past `logs.retention`.
     #[serde(default)]
     pub expired: u64,
+    /// Times the log was rebuilt with its newest records because its files neared the cap.
+    #[serde(default)]
+    pub rebuilds: u64,
 }
 
 /// The daemon's own counters.

@@ -181,6 +181,7 @@ fn stats(shared: &Shared) -> Response {
             live_bytes: shared.logs.live_bytes(),
             pruned: shared.logs.pruned_records(),
             expired: shared.logs.expired_records(),
+            rebuilds: shared.logs.rebuilds(),
         },
         daemon: DaemonCounters {
             rate_events: c.rate_events.load(Ordering::Relaxed),

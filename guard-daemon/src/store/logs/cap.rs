@@ -27,7 +27,7 @@ pub const ENTRY_OVERHEAD: u64 = 64;
 /// When over its cap, the log is pruned to this share of it (in percent): the headroom keeps a
 /// busy log from pruning after every batch.
 pub const PRUNE_TO_PERCENT: u64 = 75;
-/// The cap's share kept for live records (1/LIVE_SHARE): the rest is sled's room to write
+/// The cap's share kept for live records (`1/LIVE_SHARE`): the rest is sled's room to write
 /// before a rebuild.
 pub const LIVE_SHARE: u64 = 4;
 /// Records removed per sled batch when pruning.
