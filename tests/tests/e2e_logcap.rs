@@ -12,7 +12,7 @@ use guard_tests::{Daemon, Link, require_root, wait_until};
 
 const PORT: u16 = 8080;
 const CAP: u64 = 4 * 1024 * 1024;
-const REQUESTS: usize = 1500;
+const REQUESTS: usize = 2500;
 
 /// Bytes of the files under `dir` (their lengths, as sled's `size_on_disk` counts them).
 fn dir_bytes(dir: &Path) -> u64 {
@@ -105,6 +105,10 @@ fn a_flood_of_long_paths_keeps_the_log_under_its_cap_and_bans_are_still_saved() 
     assert!(size <= CAP, "log database {size} bytes > cap {CAP}");
     let files = dir_bytes(&log_dir);
     assert!(files <= CAP, "log files {files} bytes > cap {CAP}");
+    // During a rebuild the old generation and the new one (at most 3/16 of the cap of records)
+    // are both on disk for a moment: the peak may pass the cap by that much.
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak <= CAP + CAP / 2, "log files peaked at {peak} bytes");
 
     // The cut is marked in both outputs.
     let line = d
