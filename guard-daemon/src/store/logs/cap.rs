@@ -30,6 +30,8 @@ pub const PRUNE_TO_PERCENT: u64 = 75;
 /// The cap's share kept for live records (`1/LIVE_SHARE`): the rest is sled's room to write
 /// before a rebuild.
 pub const LIVE_SHARE: u64 = 4;
+/// After a failed rebuild, the next is tried this much later.
+const REBUILD_BACKOFF: Duration = Duration::from_secs(30);
 /// Records removed per sled batch when pruning.
 const PRUNE_CHUNK: usize = 1024;
 
@@ -128,6 +130,8 @@ pub struct Accounting {
     pub expired_records: AtomicU64,
     /// Times the database was rebuilt because its files passed the cap.
     pub rebuilds: AtomicU64,
+    /// No rebuild is tried before this, after one failed (a full disk would fail every one).
+    pub rebuild_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// What one pruning removed.
@@ -220,9 +224,23 @@ impl LogStore {
         if self.live_bytes() > limits.live_cap() {
             done = self.prune_to(target)?;
         }
-        if self.size_on_disk()? > limits.rebuild_at() {
+        let backing_off = || {
+            self.acct
+                .rebuild_after
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|t| std::time::Instant::now() < t)
+        };
+        if self.size_on_disk()? > limits.rebuild_at() && !backing_off() {
             let before = self.live_bytes();
-            let kept = self.rebuild(target)?;
+            let kept = self.rebuild(target).inspect_err(|_| {
+                *self
+                    .acct
+                    .rebuild_after
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::time::Instant::now() + REBUILD_BACKOFF);
+            })?;
             let dropped = before.saturating_sub(self.live_bytes());
             self.acct.rebuilds.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
