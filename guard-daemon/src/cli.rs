@@ -356,6 +356,23 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         .map(|(k, v)| row("daemon", k, v))
         .collect();
     print_table(&["COUNTER", "VALUE"], &daemon);
+    let l = &data.logs;
+    let logs: Vec<Vec<String>> = [
+        ("written", l.written),
+        ("dropped", l.dropped),
+        ("failed_batches", l.failed_batches),
+        ("stored", l.stored as u64),
+        ("truncated", l.truncated),
+        ("size_on_disk", l.size_on_disk),
+        ("live_bytes", l.live_bytes),
+        ("pruned", l.pruned),
+        ("expired", l.expired),
+        ("rebuilds", l.rebuilds),
+    ]
+    .into_iter()
+    .map(|(k, v)| row("logs", k, v))
+    .collect();
+    print_table(&["COUNTER", "VALUE"], &logs);
     Ok(())
 }
 

@@ -50,14 +50,39 @@ pub struct LogsConfig {
     pub queue: usize,
     /// Records written per sled batch at most. Default 1024.
     pub batch: usize,
+    /// Bytes the log database (`<state_dir>/logs/`) may take; past it the oldest records are
+    /// pruned (down to 75 % of it). 0 = no cap. Default 268435456 (256 MiB).
+    pub max_bytes: u64,
+    /// Longest path kept in a record, in bytes; a longer one is cut, ends in `…` and the record
+    /// is marked `truncated`. Default 4096.
+    pub max_path_bytes: usize,
+    /// Longest query kept, cut the same way. Default 4096.
+    pub max_query_bytes: usize,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
+        let limits = crate::store::logs::Limits::default();
         Self {
-            retention: Duration::from_hours(720),
+            retention: limits.retention,
             queue: 65_536,
             batch: 1024,
+            max_bytes: limits.max_bytes,
+            max_path_bytes: limits.max_path_bytes,
+            max_query_bytes: limits.max_query_bytes,
+        }
+    }
+}
+
+impl LogsConfig {
+    /// The bounds the log writer keeps.
+    #[must_use]
+    pub fn limits(&self) -> crate::store::logs::Limits {
+        crate::store::logs::Limits {
+            max_bytes: self.max_bytes,
+            max_path_bytes: self.max_path_bytes,
+            max_query_bytes: self.max_query_bytes,
+            retention: self.retention,
         }
     }
 }
@@ -68,7 +93,8 @@ impl Default for LogsConfig {
 pub struct DaemonConfig {
     /// Control socket (root-only permissions). Default `/run/guard/guard.sock`.
     pub socket: PathBuf,
-    /// Directory of the sled database (bans, allowlist, logs). Default `/var/lib/guard`.
+    /// Directory of the state database (bans, allowlist); the request log is a database of
+    /// its own in its `logs/` subdirectory. Default `/var/lib/guard`.
     pub state_dir: PathBuf,
 }
 
@@ -218,6 +244,18 @@ impl Config {
         if self.logs.queue == 0 || self.logs.batch == 0 {
             return invalid("logs.queue", "logs.queue and logs.batch must be at least 1");
         }
+        if self.logs.max_bytes != 0 && self.logs.max_bytes < 1024 * 1024 {
+            return invalid(
+                "logs.max_bytes",
+                "at least 1048576 (1 MiB), or 0 for no cap",
+            );
+        }
+        if self.logs.max_path_bytes < 16 {
+            return invalid("logs.max_path_bytes", "at least 16");
+        }
+        if self.logs.max_query_bytes < 16 {
+            return invalid("logs.max_query_bytes", "at least 16");
+        }
         if self.tap.http_ports.contains(&0) {
             return invalid("tap.http_ports", "port 0 is not a port");
         }
@@ -261,6 +299,28 @@ mod tests {
         assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.xdp.mode, XdpMode::Auto);
         assert_eq!(c.bans.default_ttl, Duration::from_hours(4));
+        assert_eq!(c.logs.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.logs.limits(), crate::store::logs::Limits::default());
+    }
+
+    #[test]
+    fn log_bounds_are_checked() {
+        let c = parse("[logs]\nmax_bytes = 4194304\nmax_path_bytes = 100\n").unwrap();
+        assert_eq!(
+            (
+                c.logs.max_bytes,
+                c.logs.max_path_bytes,
+                c.logs.max_query_bytes
+            ),
+            (4_194_304, 100, 4096)
+        );
+        let e = parse("[logs]\nmax_bytes = 1000\n").unwrap_err().to_string();
+        assert!(e.contains("logs.max_bytes"), "{e}");
+        let e = parse("[logs]\nmax_query_bytes = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("logs.max_query_bytes"), "{e}");
+        assert_eq!(parse("[logs]\nmax_bytes = 0\n").unwrap().logs.max_bytes, 0);
     }
 
     #[test]

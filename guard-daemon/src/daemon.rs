@@ -25,6 +25,9 @@ use crate::xdp::Xdp;
 mod requests;
 use requests::handle;
 
+/// The request log database's directory inside the state directory.
+pub const LOG_DIR: &str = "logs";
+
 /// Daemon-level counters shown by `guard stats`.
 #[derive(Default)]
 struct Counters {
@@ -76,15 +79,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
-    let logs = LogStore::open(
-        store
-            .db()
-            .open_tree(crate::store::TREE_LOGS)
-            .context("opening the request log")?,
-    );
+    // The request log is a database of its own, so that traffic filling it can never stop bans
+    // being saved; an earlier version's log tree in the state database is dropped.
+    match store.drop_old_logs() {
+        Ok(Some(n)) => info!(
+            records = n,
+            "request log moved to its own database: the old log tree in the state database was \
+             dropped"
+        ),
+        Ok(None) => {}
+        Err(e) => warn!("the old request log tree was not dropped: {e}"),
+    }
+    let log_dir = config.daemon.state_dir.join(LOG_DIR);
+    let logs = LogStore::open_dir(&log_dir).context("opening the request log database")?;
     let writer = Arc::new(
-        LogWriter::spawn(logs.clone(), config.logs.queue, config.logs.batch)
-            .context("starting the log writer")?,
+        LogWriter::spawn(
+            logs.clone(),
+            config.logs.queue,
+            config.logs.batch,
+            config.logs.limits(),
+        )
+        .context("starting the log writer")?,
     );
     let allowlist: Vec<Net> = store
         .allows()
@@ -224,6 +239,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = bans.store().flush() {
         error!("flushing the store at exit: {e}");
     }
+    if let Err(e) = shared.logs.flush() {
+        warn!("flushing the request log at exit: {e}");
+    }
     if shared.config.xdp.keep_attached {
         info!("exiting; XDP stays attached and bans stay enforced (xdp.keep_attached = true)");
     } else {
@@ -240,7 +258,6 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
-    let pruner = tokio::spawn(prune_loop(Arc::clone(&shared)));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -254,7 +271,6 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
     };
     control::serve(listener, handler, shutdown_signal()).await;
     sweeper.abort();
-    pruner.abort();
     if let Some(r) = reader {
         r.abort();
     }
@@ -321,28 +337,6 @@ async fn sweep_loop(shared: Arc<Shared>) {
             }
             Ok(Err(e)) => warn!("sweeping expired bans: {e}"),
             Err(e) => warn!("sweeper task: {e}"),
-        }
-    }
-}
-
-async fn prune_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_mins(10));
-    loop {
-        tick.tick().await;
-        let s = Arc::clone(&shared);
-        let pruned = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            s.logs
-                .prune_older_than(now.saturating_sub(s.config.logs.retention))
-        })
-        .await;
-        match pruned {
-            Ok(Ok(n)) if n > 0 => info!(records = n, "request log pruned"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!("pruning the request log: {e}"),
-            Err(e) => warn!("pruner task: {e}"),
         }
     }
 }

@@ -125,6 +125,24 @@ pub struct LogCounters {
     pub failed_batches: u64,
     /// Records in the store now.
     pub stored: usize,
+    /// Records with a field cut at its bound (`logs.max_path_bytes`, `logs.max_query_bytes`).
+    #[serde(default)]
+    pub truncated: u64,
+    /// The log database's files, in bytes, as sled measures them (`<state_dir>/logs/`).
+    #[serde(default)]
+    pub size_on_disk: u64,
+    /// Estimated bytes of the records stored now (what `logs.max_bytes` is kept against).
+    #[serde(default)]
+    pub live_bytes: u64,
+    /// Records pruned, oldest first, to keep the log under `logs.max_bytes`.
+    #[serde(default)]
+    pub pruned: u64,
+    /// Records pruned past `logs.retention`.
+    #[serde(default)]
+    pub expired: u64,
+    /// Times the log was rebuilt with its newest records because its files neared the cap.
+    #[serde(default)]
+    pub rebuilds: u64,
 }
 
 /// The daemon's own counters.

@@ -176,6 +176,12 @@ fn stats(shared: &Shared) -> Response {
             dropped: w.dropped.load(Ordering::Relaxed),
             failed_batches: w.failed_batches.load(Ordering::Relaxed),
             stored: shared.logs.len(),
+            truncated: w.truncated.load(Ordering::Relaxed),
+            size_on_disk: shared.logs.size_on_disk().unwrap_or(0),
+            live_bytes: shared.logs.live_bytes(),
+            pruned: shared.logs.pruned_records(),
+            expired: shared.logs.expired_records(),
+            rebuilds: shared.logs.rebuilds(),
         },
         daemon: DaemonCounters {
             rate_events: c.rate_events.load(Ordering::Relaxed),

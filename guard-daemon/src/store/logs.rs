@@ -1,8 +1,11 @@
-//! The request log: one record per request in the sled tree [`TREE`], keyed so that time ranges
-//! and retention are range scans ([`key`]). Writes from the request path go through
-//! [`LogWriter`], a bounded queue drained by one thread in `sled::Batch`es: `try_log` never
-//! blocks, and what does not fit is dropped and counted. `guard logs` reads with [`LogStore::query`]
-//! and prints [`LogRecord::to_json_line`] or [`format_table`].
+//! The request log: one record per request in the sled tree [`TREE`] of a database of its own
+//! ([`LogStore::open_dir`], `<state_dir>/logs/`), apart from the state database, so that traffic
+//! filling the log can never stop bans being saved. Records are keyed so that time ranges and
+//! retention are range scans ([`key`]). Writes from the request path go through [`LogWriter`], a
+//! bounded queue drained by one thread in `sled::Batch`es: `try_log` never blocks, cuts long
+//! fields first ([`Limits`]), and what does not fit is dropped and counted; the same thread keeps
+//! the database under its byte cap and prunes records past their retention (`cap`). `guard logs`
+//! reads with [`LogStore::query`] and prints [`LogRecord::to_json_line`] or [`format_table`].
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,10 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::tap::{RequestEvent, Trust};
 
+pub mod cap;
 pub mod format;
 #[cfg(test)]
 mod tests;
 
+pub use cap::{CUT_MARK, Limits, Pruned};
 pub use format::{format_table, rfc3339};
 
 /// Name of the sled tree holding the log.
@@ -28,6 +33,11 @@ pub const TREE: &str = "logs";
 pub const KEY_LEN: usize = 12;
 /// Keys removed per batch when pruning (bounds memory on a large log).
 const PRUNE_CHUNK: usize = 10_000;
+/// sled's segment size for the log database: 256 KiB rather than sled's 512 KiB default, so
+/// that freed space is found and reused in smaller steps under a small cap.
+const SEGMENT_SIZE: usize = 256 * 1024;
+/// How often the writer prunes records past their retention.
+const RETENTION_EVERY: Duration = Duration::from_mins(10);
 
 /// Errors of the request log.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +57,18 @@ pub enum LogError {
     Encode {
         #[source]
         source: serde_json::Error,
+    },
+    #[error("cannot open the request log database in {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot manage the request log's files in {path}")]
+    Rebuild {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot start the log writer thread")]
     Spawn {
@@ -84,6 +106,10 @@ pub struct LogRecord {
     pub host: Option<String>,
     pub blocked: bool,
     pub reason: Option<String>,
+    /// True when a field (path, query, a header value) was cut at its bound; the cut field
+    /// ends in [`CUT_MARK`].
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 impl LogRecord {
@@ -106,13 +132,28 @@ impl LogRecord {
             host: e.headers.host.clone(),
             blocked,
             reason,
+            truncated: false,
         }
+    }
+
+    /// Roughly the bytes the record takes stored (its variable fields and a fixed part).
+    #[must_use]
+    pub fn approx_bytes(&self) -> u64 {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        (self.path.len()
+            + opt(&self.query)
+            + opt(&self.user)
+            + opt(&self.user_agent)
+            + opt(&self.host)
+            + opt(&self.reason)
+            + self.method.len()
+            + 256) as u64
     }
 
     /// The `guard logs --json` line: exactly `ts` (RFC 3339 UTC), `client`, `trust`
     /// (`verified`, `unverified` or `no_client`), `user`, `method`,
     /// `path`, `query`, `status`, `latency_ms`, `bytes_in`, `bytes_out`, `user_agent`, `blocked`,
-    /// `reason`.
+    /// `reason`, `truncated`.
     #[must_use]
     pub fn to_json_line(&self) -> String {
         #[derive(Serialize)]
@@ -131,6 +172,7 @@ impl LogRecord {
             user_agent: Option<&'a str>,
             blocked: bool,
             reason: Option<&'a str>,
+            truncated: bool,
         }
         let line = Line {
             ts: rfc3339(self.time),
@@ -147,6 +189,7 @@ impl LogRecord {
             user_agent: self.user_agent.as_deref(),
             blocked: self.blocked,
             reason: self.reason.as_deref(),
+            truncated: self.truncated,
         };
         // Plain data with string keys: serialization cannot fail.
         serde_json::to_string(&line).unwrap_or_default()
@@ -232,22 +275,81 @@ impl LogQuery {
     }
 }
 
-/// The request log tree.
+/// The request log database.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    tree: sled::Tree,
+    /// The open database; replaced when the log is rebuilt ([`LogStore::rebuild`]).
+    open: Arc<std::sync::RwLock<Open>>,
+    /// Its directory, holding one database per generation (`0/`, `1/`, …: a rebuild makes the
+    /// next and deletes the last); `None` for a temporary database.
+    dir: Option<std::path::PathBuf>,
     /// Sequence for records of the same nanosecond; shared by clones.
     seq: Arc<AtomicU32>,
+    /// Live bytes and pruning counters; shared by clones.
+    acct: Arc<cap::Accounting>,
 }
 
 impl LogStore {
-    /// Uses `tree` (normally `db.open_tree(TREE)`).
-    #[must_use]
-    pub fn open(tree: sled::Tree) -> Self {
-        Self {
-            tree,
-            seq: Arc::new(AtomicU32::new(0)),
+    /// Opens (creating if needed) the log database in `dir` and counts its live bytes.
+    pub fn open_dir(dir: &std::path::Path) -> Result<Self, LogError> {
+        let io = |source| LogError::Rebuild {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut generations: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        generations.sort_unstable();
+        // The newest generation is the log; an older one is what a rebuild left behind when it
+        // was interrupted.
+        let generation = generations.pop().unwrap_or(0);
+        for old in generations {
+            let _ = std::fs::remove_dir_all(dir.join(old.to_string()));
         }
+        let store = Self {
+            open: Arc::new(std::sync::RwLock::new(Open::new(Some(dir), generation)?)),
+            dir: Some(dir.to_owned()),
+            seq: Arc::new(AtomicU32::new(0)),
+            acct: Arc::default(),
+        };
+        store.recount()?;
+        Ok(store)
+    }
+
+    /// A throw-away log database (tests).
+    pub fn temporary() -> Result<Self, LogError> {
+        Ok(Self {
+            open: Arc::new(std::sync::RwLock::new(Open::new(None, 0)?)),
+            dir: None,
+            seq: Arc::new(AtomicU32::new(0)),
+            acct: Arc::default(),
+        })
+    }
+
+    /// The log tree of the database open now.
+    fn tree(&self) -> sled::Tree {
+        self.open
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tree
+            .clone()
+    }
+
+    /// The database open now.
+    fn db(&self) -> sled::Db {
+        self.open
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .db
+            .clone()
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.db().flush()?;
+        Ok(())
     }
 
     fn next_key(&self, time: Duration) -> [u8; KEY_LEN] {
@@ -257,18 +359,23 @@ impl LogStore {
     /// Writes one record now (tests, tools; the daemon goes through [`LogWriter`]).
     pub fn insert(&self, record: &LogRecord) -> Result<(), LogError> {
         let value = serde_json::to_vec(record).map_err(|source| LogError::Encode { source })?;
-        self.tree.insert(self.next_key(record.time), value)?;
+        let cost = cap::record_cost(KEY_LEN, value.len());
+        self.tree().insert(self.next_key(record.time), value)?;
+        self.add(cost);
         Ok(())
     }
 
     /// Writes records in one sled batch.
     pub fn insert_batch(&self, records: &[LogRecord]) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
+        let mut cost = 0;
         for r in records {
             let value = serde_json::to_vec(r).map_err(|source| LogError::Encode { source })?;
+            cost += cap::record_cost(KEY_LEN, value.len());
             batch.insert(&self.next_key(r.time), value);
         }
-        self.tree.apply_batch(batch)?;
+        self.tree().apply_batch(batch)?;
+        self.add(cost);
         Ok(())
     }
 
@@ -276,13 +383,13 @@ impl LogStore {
     /// error sled's iterator can keep yielding the error, and counting it would never end).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.tree.iter().keys().take_while(Result::is_ok).count()
+        self.tree().iter().keys().take_while(Result::is_ok).count()
     }
 
     /// True when the log is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.tree().is_empty()
     }
 
     /// Records matching `q`, oldest first (with a limit: the newest `limit`, still oldest first).
@@ -295,8 +402,8 @@ impl LogStore {
         let limit = q.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let range = match q.until {
-            Some(until) => self.tree.range(from..key(until, 0)),
-            None => self.tree.range(from..),
+            Some(until) => self.tree().range(from..key(until, 0)),
+            None => self.tree().range(from..),
         };
         for item in range.rev() {
             if out.len() >= limit {
@@ -322,18 +429,53 @@ impl LogStore {
         let mut removed = 0;
         loop {
             let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for item in self.tree.range(..end).take(PRUNE_CHUNK) {
-                let (k, _) = item?;
+            let (mut n, mut bytes) = (0, 0);
+            for item in self.tree().range(..end).take(PRUNE_CHUNK) {
+                let (k, v) = item?;
+                bytes += cap::record_cost(k.len(), v.len());
                 batch.remove(k);
                 n += 1;
             }
             if n == 0 {
                 return Ok(removed);
             }
-            self.tree.apply_batch(batch)?;
+            self.tree().apply_batch(batch)?;
+            self.forget(bytes);
+            self.acct
+                .expired_records
+                .fetch_add(n as u64, Ordering::Relaxed);
             removed += n;
         }
+    }
+}
+
+/// An open log database and its tree.
+#[derive(Debug)]
+struct Open {
+    db: sled::Db,
+    tree: sled::Tree,
+    generation: u64,
+}
+
+impl Open {
+    /// Opens generation `generation` of the log in `dir` (`None`: a temporary database).
+    fn new(dir: Option<&std::path::Path>, generation: u64) -> Result<Self, LogError> {
+        let config = sled::Config::new().segment_size(SEGMENT_SIZE);
+        let db = match dir {
+            Some(dir) => {
+                let path = dir.join(generation.to_string());
+                config
+                    .path(&path)
+                    .open()
+                    .map_err(|source| LogError::Open { path, source })?
+            }
+            None => config.temporary(true).open()?,
+        };
+        Ok(Self {
+            tree: db.open_tree(TREE)?,
+            db,
+            generation,
+        })
     }
 }
 
@@ -346,37 +488,51 @@ pub struct WriterCounters {
     pub dropped: AtomicU64,
     /// Batches sled refused (their records are lost).
     pub failed_batches: AtomicU64,
+    /// Records with a field cut at its bound.
+    pub truncated: AtomicU64,
 }
 
-/// Bounded, batching writer: the request path calls [`LogWriter::try_log`], one thread writes.
+/// Bounded, batching writer: the request path calls [`LogWriter::try_log`], one thread writes,
+/// keeps the database under its cap and prunes records past their retention.
 #[derive(Debug)]
 pub struct LogWriter {
     tx: Option<SyncSender<LogRecord>>,
     counters: Arc<WriterCounters>,
+    limits: Limits,
     thread: Option<JoinHandle<()>>,
 }
 
 impl LogWriter {
     /// Starts the writer thread with a queue of `capacity` records and batches of at most
-    /// `max_batch`.
-    pub fn spawn(store: LogStore, capacity: usize, max_batch: usize) -> Result<Self, LogError> {
+    /// `max_batch`, within `limits`.
+    pub fn spawn(
+        store: LogStore,
+        capacity: usize,
+        max_batch: usize,
+        limits: Limits,
+    ) -> Result<Self, LogError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let counters = Arc::new(WriterCounters::default());
         let c = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("guard-log-writer".into())
-            .spawn(move || write_loop(&store, &rx, max_batch.max(1), &c))
+            .spawn(move || write_loop(&store, &rx, max_batch.max(1), &limits, &c))
             .map_err(|source| LogError::Spawn { source })?;
         Ok(Self {
             tx: Some(tx),
             counters,
+            limits,
             thread: Some(thread),
         })
     }
 
-    /// Queues a record without blocking; false (and counted) when the queue is full.
+    /// Cuts the record's long fields (see [`Limits`]) and queues it without blocking; false (and
+    /// counted) when the queue is full.
     #[must_use = "a false return means the record was dropped"]
-    pub fn try_log(&self, record: LogRecord) -> bool {
+    pub fn try_log(&self, mut record: LogRecord) -> bool {
+        if record.cut(&self.limits) {
+            self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+        }
         let sent = self
             .tx
             .as_ref()
@@ -419,15 +575,61 @@ impl Drop for LogWriter {
 /// At most one warning about lost batches per this interval (a full disk fails every batch).
 const FAILURE_WARN_EVERY: std::time::Duration = std::time::Duration::from_mins(1);
 
-fn write_loop(store: &LogStore, rx: &Receiver<LogRecord>, max_batch: usize, c: &WriterCounters) {
+/// Rate-limited warnings of one kind of failure.
+#[derive(Default)]
+struct Warner {
+    last: Option<std::time::Instant>,
+    lost_since: u64,
+}
+
+impl Warner {
+    fn failed(&mut self, what: &str, e: &LogError, lost: u64) {
+        self.lost_since += lost;
+        if self.last.is_none_or(|t| t.elapsed() >= FAILURE_WARN_EVERY) {
+            tracing::warn!(
+                error = %e,
+                records = self.lost_since,
+                "{what} (further failures are summed into one warning a minute)"
+            );
+            self.last = Some(std::time::Instant::now());
+            self.lost_since = 0;
+        }
+    }
+}
+
+fn write_loop(
+    store: &LogStore,
+    rx: &Receiver<LogRecord>,
+    max_batch: usize,
+    limits: &Limits,
+    c: &WriterCounters,
+) {
     let mut batch = Vec::with_capacity(max_batch);
-    let mut last_warning: Option<std::time::Instant> = None;
-    let mut lost_since = 0u64;
-    while let Ok(first) = rx.recv() {
+    let (mut write_warn, mut prune_warn) = (Warner::default(), Warner::default());
+    let mut next_retention = std::time::Instant::now();
+    loop {
+        if next_retention <= std::time::Instant::now() {
+            next_retention = std::time::Instant::now() + RETENTION_EVERY;
+            prune_expired(store, limits, &mut prune_warn);
+        }
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // A batch also stops at a share of the cap, so that one batch cannot overshoot it.
+        let max_batch_bytes = match limits.live_cap() {
+            0 => u64::MAX,
+            cap => cap / 8,
+        };
+        let mut batch_bytes = first.approx_bytes();
         batch.push(first);
-        while batch.len() < max_batch {
+        while batch.len() < max_batch && batch_bytes < max_batch_bytes {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    batch_bytes += r.approx_bytes();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
@@ -437,18 +639,29 @@ fn write_loop(store: &LogStore, rx: &Receiver<LogRecord>, max_batch: usize, c: &
             }
             Err(e) => {
                 c.failed_batches.fetch_add(1, Ordering::Relaxed);
-                lost_since += batch.len() as u64;
-                if last_warning.is_none_or(|t| t.elapsed() >= FAILURE_WARN_EVERY) {
-                    tracing::warn!(
-                        error = %e,
-                        records = lost_since,
-                        "request log records lost (further failures are summed into one warning a minute)"
-                    );
-                    last_warning = Some(std::time::Instant::now());
-                    lost_since = 0;
-                }
+                write_warn.failed("request log records lost", &e, batch.len() as u64);
             }
         }
         batch.clear();
+        match store.enforce_cap(limits) {
+            Ok(p) if p.records > 0 => tracing::debug!(
+                records = p.records,
+                bytes = p.bytes,
+                "request log over logs.max_bytes: oldest records pruned"
+            ),
+            Ok(_) => {}
+            Err(e) => prune_warn.failed("request log not pruned to its cap", &e, 0),
+        }
+    }
+}
+
+fn prune_expired(store: &LogStore, limits: &Limits, warn: &mut Warner) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    match store.prune_older_than(now.saturating_sub(limits.retention)) {
+        Ok(n) if n > 0 => tracing::info!(records = n, "request log pruned past logs.retention"),
+        Ok(_) => {}
+        Err(e) => warn.failed("request log retention not applied", &e, 0),
     }
 }

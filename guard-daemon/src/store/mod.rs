@@ -1,5 +1,7 @@
-//! Persistent state in sled, one tree per entity: `bans`, `allow` (this module) and the request
-//! log (`logs`). sled is the source of truth; the XDP maps are a cache rebuilt from it at start.
+//! Persistent state in sled, one tree per entity: `bans`, `allow`, `offences` (this module) in
+//! the state database, and the request log (`logs`) in a database of its own so that traffic can
+//! never fill the state database. sled is the source of truth; the XDP maps are a cache rebuilt
+//! from it at start.
 //!
 //! Key layout of `bans` and `allow` ([`net_key`]): one byte address family (4 or 6), the network
 //! address in network order (4 or 16 bytes), one byte prefix length. Values are JSON.
@@ -59,7 +61,8 @@ fn sled_message(e: &sled::Error) -> String {
 
 /// Name of the bans tree.
 pub const TREE_BANS: &str = "bans";
-/// Name of the request log tree (see `logs`).
+/// Name of the tree that held the request log inside the state database before it moved to a
+/// database of its own (see [`Store::drop_old_logs`]).
 pub const TREE_LOGS: &str = "logs";
 /// Name of the allowlist tree.
 pub const TREE_ALLOW: &str = "allow";
@@ -236,6 +239,25 @@ impl Store {
         &self.db
     }
 
+    /// Removes the request log tree an earlier version kept in the state database; returns how
+    /// many records it held, or `None` if there was none. Its records are dropped, not copied
+    /// into the new log database: they would take the new log's room for old traffic.
+    pub fn drop_old_logs(&self) -> Result<Option<usize>, StoreError> {
+        let name = TREE_LOGS.as_bytes();
+        if !self.db.tree_names().iter().any(|n| n.as_ref() == name) {
+            return Ok(None);
+        }
+        let records = self
+            .db
+            .open_tree(TREE_LOGS)?
+            .iter()
+            .keys()
+            .take_while(Result::is_ok)
+            .count();
+        self.db.drop_tree(TREE_LOGS)?;
+        Ok(Some(records))
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -387,6 +409,20 @@ mod tests {
             expires_at: exp,
             evidence: None,
         }
+    }
+
+    #[test]
+    fn the_old_log_tree_is_dropped_once() {
+        let s = Store::temporary().unwrap();
+        assert_eq!(s.drop_old_logs().unwrap(), None);
+        let old = s.db().open_tree(TREE_LOGS).unwrap();
+        old.insert(b"k1", b"v").unwrap();
+        old.insert(b"k2", b"v").unwrap();
+        s.put_ban(&ban("10.0.0.1", None)).unwrap();
+        assert_eq!(s.drop_old_logs().unwrap(), Some(2));
+        assert_eq!(s.drop_old_logs().unwrap(), None);
+        assert!(!s.db().tree_names().iter().any(|n| n.as_ref() == b"logs"));
+        assert_eq!(s.ban_count().unwrap(), 1, "bans are untouched");
     }
 
     #[test]
