@@ -176,7 +176,7 @@ impl Judge {
             hint
         } else {
             s.evasion.fetch_add(1, Ordering::Relaxed);
-            evasion_hint(&ev.headers.evasion, hint)
+            evasion_hint(ev.headers.evasion, hint)
         };
         if !ev.trust.counts() {
             // The address is not proven (see `Trust`): findings are logged, never a strike or a ban.
@@ -259,7 +259,7 @@ impl Judge {
 /// for the log. Anything but a ban is ignored.
 /// A request the tap marked with evasion signs is a protocol finding of its own (a block, so a
 /// strike on a verified flow), unless the validator already blocks it.
-fn evasion_hint(evasion: &Evasion, hint: Option<ValidatorHint>) -> Option<ValidatorHint> {
+fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<ValidatorHint> {
     if evasion.is_empty() || hint.as_ref().is_some_and(|h| h.block) {
         return hint;
     }

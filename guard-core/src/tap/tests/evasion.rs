@@ -1,5 +1,7 @@
 //! Evasion: requests shaped so that guard and the server read them differently, or flows an
 //! off-path sender tries to close. Each sign is counted and marks the request it concerns.
+use std::fmt::Write as _;
+
 use super::*;
 use crate::tap::http::MAX_HEADERS;
 use crate::tap::synth::tcp_packet_ack;
@@ -8,7 +10,7 @@ use crate::tap::synth::tcp_packet_ack;
 fn with_headers(path: &str, n: usize) -> Vec<u8> {
     let mut r = format!("GET {path} HTTP/1.1\r\nHost: h\r\nUser-Agent: test\r\n");
     for i in 0..n {
-        r.push_str(&format!("X-Pad-{i}: {i}\r\n"));
+        let _ = write!(r, "X-Pad-{i}: {i}\r\n");
     }
     r.push_str("\r\n");
     r.into_bytes()
