@@ -17,7 +17,8 @@ const PORT: u16 = 8080;
 /// `PadN` option of four zero bytes.
 const DSTOPTS: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
 
-/// A connection to `dst` whose packets carry [`DSTOPTS`]; `None` when it cannot be made.
+/// A connection to `dst` whose packets carry [`DSTOPTS`], or why it could not be made (within a
+/// second).
 fn connect_with_dstopts(dst: SocketAddr) -> std::io::Result<TcpStream> {
     let SocketAddr::V6(v6) = dst else {
         return Err(std::io::Error::other("not an ipv6 address"));
@@ -41,6 +42,18 @@ fn connect_with_dstopts(dst: SocketAddr) -> std::io::Result<TcpStream> {
         {
             return Err(last());
         }
+        // A connect timeout: once the client is banned its SYNs are dropped.
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
         let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
         sa.sin6_family = libc::AF_INET6 as u16;
         sa.sin6_port = v6.port().to_be();
