@@ -2,12 +2,16 @@
 //! every packet carries a destination-options extension header (set on the client's socket with
 //! `IPV6_DSTOPTS`, so the kernel writes it into the SYN and every data segment). The `http_tap`
 //! filter used to keep only TCP directly after the fixed IPv6 header, hiding such requests from
-//! guard; now they are logged as verified and judged (the prober is banned).
+//! guard; now they are logged as verified and judged (the prober is banned). And a blind reset:
+//! an off-path sender's RST with a guessed sequence number no longer closes a verified flow in
+//! the tap (the next request on it was then picked up mid-stream, unverified).
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
+use guard_tests::http::{Client, start_server};
+use guard_tests::rawtcp::Forger;
 use guard_tests::{Daemon, Link, require_root, wait_until};
 use serde_json::Value;
 
@@ -190,6 +194,58 @@ fn requests_behind_an_ipv6_destination_options_header_are_seen_and_judged() -> a
         "the prober behind the extension header was not banned ({answered} answered, {} logged): {}",
         records.len(),
         d.json(&["ban", "ls"])?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_blind_reset_does_not_close_a_verified_flow() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let (IpAddr::V4(server), IpAddr::V4(client)) = (link.near_v4, link.far_v4) else {
+        anyhow::bail!("the link has no IPv4 addresses");
+    };
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: test\r\n\r\n");
+    let (first, second) = (request("/before-reset"), request("/after-reset"));
+    Client::with(&link.far, dst, move |c| {
+        c.send(first.as_bytes())?;
+        c.responses(1)?;
+        // An off-path sender knows the four-tuple but not the sequence number: it guesses.
+        let port = c.stream.local_addr()?.port();
+        let f = Forger::new().map_err(std::io::Error::other)?;
+        f.send(client, port, server, PORT, 0x5eed_0bad, 0, 0x04, &[])
+            .map_err(std::io::Error::other)?;
+        std::thread::sleep(Duration::from_millis(300));
+        c.send(second.as_bytes())?;
+        c.responses(1)?;
+        Ok(())
+    })?;
+    let both = |d: &Daemon| {
+        logs(d)
+            .into_iter()
+            .filter(|r| r["client"] == client.to_string())
+            .collect::<Vec<_>>()
+    };
+    let _ = wait_until(Duration::from_secs(10), || both(&d).len() >= 2);
+    let records = both(&d);
+    let stats = d.json(&["stats"])?;
+    assert_eq!(records.len(), 2, "{records:?}; stats: {stats}");
+    // The second request was seen on the same, still verified flow.
+    assert!(
+        records.iter().all(|r| r["trust"] == "verified"),
+        "{records:?}; stats: {stats}"
+    );
+    assert_eq!(
+        stats["tap"][0]["tap"]["resets_out_of_window"], 1,
+        "stats: {stats}"
     );
     Ok(())
 }
