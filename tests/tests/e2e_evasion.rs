@@ -4,7 +4,9 @@
 //! filter used to keep only TCP directly after the fixed IPv6 header, hiding such requests from
 //! guard; now they are logged as verified and judged (the prober is banned). And a blind reset:
 //! an off-path sender's RST with a guessed sequence number no longer closes a verified flow in
-//! the tap (the next request on it was then picked up mid-stream, unverified).
+//! the tap (the next request on it was then picked up mid-stream, unverified). And a request with
+//! more header lines than the parser's bound: judged (a protocol finding), and the next request on
+//! the keep-alive connection still seen (the direction used to stop being parsed).
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -198,6 +200,13 @@ fn requests_behind_an_ipv6_destination_options_header_are_seen_and_judged() -> a
     Ok(())
 }
 
+/// A counter of the first interface's tap, as `guard stats` shows it (published periodically).
+fn tap_stat(d: &Daemon, name: &str) -> Option<u64> {
+    d.json(&["stats"])
+        .ok()
+        .and_then(|s| s["tap"][0]["tap"][name].as_u64())
+}
+
 #[test]
 fn a_blind_reset_does_not_close_a_verified_flow() -> anyhow::Result<()> {
     require_root!();
@@ -243,9 +252,70 @@ fn a_blind_reset_does_not_close_a_verified_flow() -> anyhow::Result<()> {
         records.iter().all(|r| r["trust"] == "verified"),
         "{records:?}; stats: {stats}"
     );
+    // The tap's counters are published a moment later.
+    let _ = wait_until(Duration::from_secs(10), || {
+        tap_stat(&d, "resets_out_of_window") == Some(1)
+    });
+    let stats = d.json(&["stats"])?;
     assert_eq!(
-        stats["tap"][0]["tap"]["resets_out_of_window"], 1,
+        tap_stat(&d, "resets_out_of_window"),
+        Some(1),
         "stats: {stats}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_request_with_too_many_headers_is_judged_and_the_connection_still_parsed() -> anyhow::Result<()>
+{
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let client = link.far_v4;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    let mut padded =
+        String::from("GET /padded HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: test\r\n");
+    for i in 0..150 {
+        padded.push_str("X-Pad-");
+        padded.push_str(&i.to_string());
+        padded.push_str(": 1\r\n");
+    }
+    padded.push_str("\r\n");
+    let next = "GET /next HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: test\r\n\r\n";
+    Client::with(&link.far, dst, move |c| {
+        c.send(padded.as_bytes())?;
+        c.responses(1)?;
+        c.send(next.as_bytes())?;
+        c.responses(1)?;
+        Ok(())
+    })?;
+    let seen = |d: &Daemon| {
+        logs(d)
+            .into_iter()
+            .filter(|r| r["client"] == client.to_string())
+            .collect::<Vec<_>>()
+    };
+    let _ = wait_until(Duration::from_secs(10), || seen(&d).len() >= 2);
+    let records = seen(&d);
+    let stats = d.json(&["stats"])?;
+    let path = |p: &str| records.iter().find(|r| r["path"] == p).cloned();
+    let padded = path("/padded");
+    assert!(
+        padded.as_ref().is_some_and(|r| r["blocked"] == true
+            && r["reason"].as_str().is_some_and(|s| s.contains("protocol"))),
+        "{records:?}; stats: {stats}"
+    );
+    assert!(path("/next").is_some(), "{records:?}; stats: {stats}");
+    let _ = wait_until(Duration::from_secs(10), || {
+        tap_stat(&d, "too_many_headers") == Some(1)
+    });
+    let stats = d.json(&["stats"])?;
+    assert_eq!(tap_stat(&d, "too_many_headers"), Some(1), "stats: {stats}");
+    assert_eq!(tap_stat(&d, "http_malformed"), Some(0), "stats: {stats}");
     Ok(())
 }
