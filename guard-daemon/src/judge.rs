@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::bans::{BanRequest, Origin};
 use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
 use crate::net::Net;
-use crate::tap::{RequestEvent, Trust};
+use crate::tap::{Evasion, RequestEvent, Trust};
 use crate::validate::{Action, Request, Validator, ValidatorConfig};
 
 /// Errors building the judge.
@@ -47,6 +47,9 @@ pub struct JudgeStats {
     pub not_judged: AtomicU64,
     /// Requests whose judging panicked: each was skipped (logged unjudged), the thread went on.
     pub judge_panics: AtomicU64,
+    /// Requests the tap marked with evasion signs (too many headers, conflicting overlapping
+    /// segments, IP fragments), judged as a protocol finding.
+    pub evasion: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
@@ -210,6 +213,12 @@ impl Judge {
                 })
             }
         };
+        let hint = if ev.headers.evasion.is_empty() {
+            hint
+        } else {
+            s.evasion.fetch_add(1, Ordering::Relaxed);
+            evasion_hint(ev.headers.evasion, hint)
+        };
         if !ev.trust.counts() {
             // The address is not proven (see `Trust`): findings are logged, never a strike or a ban.
             s.not_judged.fetch_add(1, Ordering::Relaxed);
@@ -289,6 +298,20 @@ impl Judge {
 
 /// Queues a ban decision for the daemon (or only counts it in shadow mode); returns the reason
 /// for the log. Anything but a ban is ignored.
+/// A request the tap marked with evasion signs is a protocol finding of its own (a block, so a
+/// strike on a verified flow), unless the validator already blocks it.
+fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<ValidatorHint> {
+    if evasion.is_empty() || hint.as_ref().is_some_and(|h| h.block) {
+        return hint;
+    }
+    Some(ValidatorHint {
+        block: true,
+        triage: false,
+        score: hint.map_or(0, |h| h.score),
+        category: "protocol".to_owned(),
+    })
+}
+
 fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) -> String {
     let Decision::Ban {
         target,
@@ -413,6 +436,55 @@ mod tests {
             "an ordinary cookie and token were blocked: {reason:?}"
         );
         assert_eq!(judge.stats.validator_block.load(Ordering::Relaxed), 1);
+    }
+
+    /// Evasion signs the tap put on a harmless-looking request make it a protocol finding: a
+    /// block, and strikes up to a ban on a verified flow; nothing on an unverified one.
+    #[test]
+    fn evasion_signs_are_protocol_findings() {
+        let (judge, queue) = Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            16,
+            None,
+        )
+        .expect("judge");
+        let signs = [
+            Evasion {
+                too_many_headers: true,
+                ..Evasion::default()
+            },
+            Evasion {
+                overlap_conflict: true,
+                ..Evasion::default()
+            },
+            Evasion {
+                fragments: 2,
+                ..Evasion::default()
+            },
+        ];
+        for (i, sign) in signs.iter().enumerate() {
+            let mut ev = event(&format!("192.0.2.{}", 20 + i), &[("Host", "example.test")]);
+            let (blocked, reason) = judge.judge(&ev);
+            assert!(!blocked, "the request itself is harmless: {reason:?}");
+            ev.headers.evasion = *sign;
+            let (blocked, reason) = judge.judge(&ev);
+            assert!(blocked, "{sign:?}: {reason:?}");
+            assert!(reason.unwrap_or_default().contains("protocol"));
+            ev.client = "192.0.2.99".parse().expect("address");
+            ev.trust = Trust::Unverified;
+            let (blocked, reason) = judge.judge(&ev);
+            assert!(!blocked && reason.unwrap_or_default().starts_with("not judged"));
+        }
+        assert_eq!(judge.stats.evasion.load(Ordering::Relaxed), 6);
+        for _ in 0..50 {
+            let mut ev = event("192.0.2.30", &[("Host", "example.test")]);
+            ev.headers.evasion = signs[1];
+            let _ = judge.judge(&ev);
+        }
+        let ban = queue.try_recv().expect("a ban was ordered");
+        assert!(format!("{ban:?}").contains("192.0.2.30"), "{ban:?}");
     }
 
     /// A request whose source is not proven is inspected and logged, never judged: however

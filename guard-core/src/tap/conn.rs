@@ -9,7 +9,7 @@ use super::http::{self, Head, Kind, Message, Parser, RequestHead};
 use super::identity;
 use super::packet::Segment;
 use super::reassembly::{self, Stream};
-use super::{RequestEvent, RequestHeaders, Settings, TapStats, Trust};
+use super::{Evasion, RequestEvent, RequestHeaders, Settings, TapStats, Trust};
 
 /// Which way a segment travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ struct Exchange {
     answered_early: bool,
     /// The flow is verified: its requests count against their client.
     verified: bool,
+    /// Evasion signs seen on the flow since its last reported request: given to the next one.
+    evasion: Evasion,
 }
 
 /// What proves that the client address of a flow is real: the client acknowledged server
@@ -202,6 +204,7 @@ impl Conn {
                 overflow: false,
                 answered_early: false,
                 verified: false,
+                evasion: Evasion::default(),
             },
             proof: Proof::default(),
             last_seen: Duration::ZERO,
@@ -232,6 +235,12 @@ impl Conn {
         self.http.verified
     }
 
+    /// A first fragment of a client segment of this flow (not reassembled): marks the next
+    /// request.
+    pub fn on_fragment(&mut self) {
+        self.http.evasion.fragments = self.http.evasion.fragments.saturating_add(1);
+    }
+
     /// Feeds one segment of this connection.
     pub fn on_segment(
         &mut self,
@@ -241,6 +250,18 @@ impl Conn {
         ctx: &mut Ctx<'_>,
     ) -> After {
         let (ts, seq, flags, payload) = (seg.ts, seg.seq, seg.flags, seg.payload);
+        if flags.rst()
+            && dir == Dir::Up
+            && !self
+                .up_stream
+                .accepts_reset(seq, reset_window(ctx.settings.limits.max_flow_buffer))
+        {
+            // A blind reset (RFC 5961): an off-path sender does not know where the stream is.
+            // Ignored whole, so it cannot even refresh the flow. (Server segments are the host's
+            // own: the socket filter keeps only outgoing ones.)
+            ctx.stats.resets_out_of_window += 1;
+            return After::Open;
+        }
         self.last_seen = ts;
         if !self.http.verified && self.proof.on_segment(dir, seg) {
             self.http.verified = true;
@@ -279,6 +300,10 @@ impl Conn {
         };
         match pushed {
             Ok(o) => {
+                if o.conflicting > 0 && dir == Dir::Up {
+                    ctx.stats.overlap_conflicts += 1;
+                    self.http.evasion.overlap_conflict = true;
+                }
                 ctx.stats.duplicate_bytes += o.duplicate as u64;
                 ctx.stats.bytes_delivered += o.delivered as u64;
             }
@@ -398,6 +423,9 @@ impl Exchange {
         match (dir, m.head) {
             (Dir::Up, Head::Request(head)) => {
                 ctx.stats.requests += 1;
+                if head.too_many_headers {
+                    ctx.stats.too_many_headers += 1;
+                }
                 if std::mem::take(&mut self.answered_early) {
                     return;
                 }
@@ -464,9 +492,14 @@ impl Exchange {
         })
     }
 
-    /// Reports one request (with its response, if any), counting how far it is believed.
-    fn report(&self, p: Pending, response: Option<Response>, ctx: &mut Ctx<'_>) {
-        let event = self.event(p, response, ctx.settings);
+    /// Reports one request (with its response, if any), counting how far it is believed, with
+    /// the flow's evasion signs seen since the last report.
+    fn report(&mut self, p: Pending, response: Option<Response>, ctx: &mut Ctx<'_>) {
+        let mut event = self.event(p, response, ctx.settings);
+        event
+            .headers
+            .evasion
+            .merge(std::mem::take(&mut self.evasion));
         match event.trust {
             Trust::Verified => {}
             Trust::Unverified => ctx.stats.unverified_requests += 1,
@@ -519,6 +552,10 @@ impl Exchange {
                 x_forwarded_for: h.x_forwarded_for,
                 forwarded: h.forwarded,
                 referer: h.referer,
+                evasion: Evasion {
+                    too_many_headers: h.too_many_headers,
+                    ..Evasion::default()
+                },
             },
             all_headers: h.all,
             body: p.body,
@@ -530,6 +567,15 @@ impl Exchange {
             response_content_type,
         }
     }
+}
+
+/// How far past the next expected byte a client reset may point and still close the flow: the
+/// bytes the tap would buffer ahead of a hole, at least 64 KiB (a client's unacknowledged data in
+/// flight when it resets).
+fn reset_window(max_flow_buffer: usize) -> u32 {
+    u32::try_from(max_flow_buffer)
+        .unwrap_or(u32::MAX)
+        .max(u32::from(u16::MAX))
 }
 
 /// The unspecified address of `ip`'s family: "nobody".

@@ -13,6 +13,8 @@ mod head;
 mod tests;
 
 use chunked::{Chunk, chunk_byte};
+#[cfg(test)]
+pub(crate) use head::MAX_HEADERS;
 pub use head::{Head, HeaderList, RequestHead, ResponseHead};
 use head::{check_head, parse_head};
 

@@ -55,6 +55,39 @@ pub struct RequestHeaders {
     pub x_forwarded_for: Option<String>,
     pub forwarded: Option<String>,
     pub referer: Option<String>,
+    /// Signs that the request was shaped to be read one way by guard and another by the server.
+    /// (Kept with the headers so that events built elsewhere need not name it.)
+    #[serde(skip_serializing_if = "Evasion::is_empty")]
+    pub evasion: Evasion,
+}
+
+/// Evasion signs the tap saw on a request or on its flow since the flow's previous request was
+/// reported. On a verified flow the judge turns any of them into a protocol finding (a strike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Evasion {
+    /// The head had more header lines than the parser's bound (it was still parsed whole).
+    pub too_many_headers: bool,
+    /// Overlapping client segments carried different bytes for the same sequence numbers (the
+    /// tap keeps the first copy; a server may keep another).
+    pub overlap_conflict: bool,
+    /// Client TCP segments of the flow that came in IP fragments (first fragments counted; they
+    /// are not reassembled, so their bytes are missing from the request).
+    pub fragments: u32,
+}
+
+impl Evasion {
+    /// True when no sign was seen.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Adds the signs of `other`.
+    pub fn merge(&mut self, other: Evasion) {
+        self.too_many_headers |= other.too_many_headers;
+        self.overlap_conflict |= other.overlap_conflict;
+        self.fragments = self.fragments.saturating_add(other.fragments);
+    }
 }
 
 /// How far a request can be held against its client.
@@ -134,8 +167,11 @@ pub struct TapStats {
     pub packets: u64,
     /// Broken packets (truncated headers, bad lengths).
     pub malformed_packets: u64,
-    /// IP fragments, skipped.
+    /// IP fragments, skipped (not reassembled).
     pub fragments: u64,
+    /// First fragments of client segments on a tracked flow (counted against the flow: its next
+    /// request is marked, see [`Evasion::fragments`]).
+    pub flow_fragments: u64,
     /// Well-formed packets that are not TCP, or TCP on other ports.
     pub ignored_packets: u64,
     /// Connections being tracked now.
@@ -160,6 +196,11 @@ pub struct TapStats {
     pub no_ack_segments: u64,
     pub flows_timed_out: u64,
     pub resets: u64,
+    /// Client resets ignored because their sequence number was outside the window the tap
+    /// expects (RFC 5961: a blind reset must not close a flow).
+    pub resets_out_of_window: u64,
+    /// Client segments that overlapped buffered bytes of their flow with different bytes.
+    pub overlap_conflicts: u64,
     /// Directions picked up without their SYN.
     pub midstream_pickups: u64,
     /// Flows abandoned because a direction passed `max_flow_buffer`.
@@ -178,6 +219,8 @@ pub struct TapStats {
     pub duplicate_bytes: u64,
     /// Directions that stopped being parsed on bad HTTP.
     pub http_malformed: u64,
+    /// Request heads with more header lines than the parser's bound (parsed whole and marked).
+    pub too_many_headers: u64,
     /// Mid-stream pickups that started inside a message (not counted as malformed).
     pub http_desync: u64,
     /// Desynchronised directions that found the start of a message again.
@@ -324,7 +367,20 @@ impl Tap {
 
     fn count_error(&mut self, e: &PacketError) {
         match e {
-            PacketError::Fragment => self.stats.fragments += 1,
+            PacketError::Fragment { flow } => {
+                self.stats.fragments += 1;
+                // A first fragment of a client segment: counted against its flow.
+                if let Some((src, dst)) = *flow
+                    && self.settings.http_ports.contains(&dst.port())
+                    && let Some(conn) = self.flows.get_mut(&Key {
+                        client: src,
+                        server: dst,
+                    })
+                {
+                    conn.on_fragment();
+                    self.stats.flow_fragments += 1;
+                }
+            }
             e if e.is_malformed() => self.stats.malformed_packets += 1,
             _ => self.stats.ignored_packets += 1,
         }

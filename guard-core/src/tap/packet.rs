@@ -2,9 +2,11 @@
 //! (extension headers walked, bounded), then the TCP header.
 //!
 //! Everything is bounds-checked: a malformed packet is a [`PacketError`], never a panic. IP
-//! fragments are not reassembled (the socket filter only forwards TCP payload on the protected
-//! ports, and real HTTP traffic is not fragmented): they are reported as
-//! [`PacketError::Fragment`] so the caller can count and skip them.
+//! fragments are not reassembled (real HTTP traffic is not fragmented; a fragmented TCP segment
+//! is an evasion sign): they are reported as [`PacketError::Fragment`], with the segment's
+//! addresses when the fragment is the first one (it carries the TCP ports), so the caller can
+//! count them against the flow. An IPv6 atomic fragment (offset 0, no more fragments) is a whole
+//! packet and parsed as one.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -43,9 +45,12 @@ pub enum PacketError {
     /// A length field of `layer` is inconsistent with the packet.
     #[error("bad {layer} length field {value}")]
     BadLength { layer: &'static str, value: usize },
-    /// An IPv4 fragment or an IPv6 packet with a fragment header: not reassembled.
+    /// Part of a fragmented IP datagram: not reassembled. `flow` is the (source, destination)
+    /// of the TCP segment when this is the first fragment and carries the ports.
     #[error("ip fragment")]
-    Fragment,
+    Fragment {
+        flow: Option<(SocketAddr, SocketAddr)>,
+    },
     /// An IP packet that does not carry TCP.
     #[error("not tcp: protocol {protocol}")]
     NotTcp { protocol: u8 },
@@ -61,7 +66,7 @@ impl PacketError {
     pub fn is_malformed(&self) -> bool {
         !matches!(
             self,
-            Self::Fragment | Self::NotTcp { .. } | Self::NotIp { .. }
+            Self::Fragment { .. } | Self::NotTcp { .. } | Self::NotIp { .. }
         )
     }
 }
@@ -177,15 +182,18 @@ fn parse_ipv4(ts: Duration, p: &[u8]) -> Result<Segment<'_>, PacketError> {
         });
     }
     let frag = be16(p, 6);
-    // More-fragments flag or a non-zero offset: part of a fragmented datagram.
-    if frag & 0x2000 != 0 || frag & 0x1fff != 0 {
-        return Err(PacketError::Fragment);
-    }
     if p[9] != PROTO_TCP {
         return Err(PacketError::NotTcp { protocol: p[9] });
     }
     let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]));
+    // More-fragments flag or a non-zero offset: part of a fragmented datagram.
+    if frag & 0x1fff != 0 {
+        return Err(PacketError::Fragment { flow: None });
+    }
+    if frag & 0x2000 != 0 {
+        return Err(first_fragment(src, dst, &p[ihl..total]));
+    }
     parse_tcp(ts, src, dst, &p[ihl..total])
 }
 
@@ -204,18 +212,17 @@ fn parse_ipv6(ts: Duration, p: &[u8]) -> Result<Segment<'_>, PacketError> {
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&p[24..40]);
     let body = &p[IPV6_HEADER..IPV6_HEADER + payload_len];
+    let (src, dst) = (
+        IpAddr::V6(Ipv6Addr::from(src)),
+        IpAddr::V6(Ipv6Addr::from(dst)),
+    );
     let mut next = p[6];
     let mut at = 0;
+    let mut fragmented = false;
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         match next {
-            PROTO_TCP => {
-                return parse_tcp(
-                    ts,
-                    IpAddr::V6(Ipv6Addr::from(src)),
-                    IpAddr::V6(Ipv6Addr::from(dst)),
-                    &body[at..],
-                );
-            }
+            PROTO_TCP if fragmented => return Err(first_fragment(src, dst, &body[at..])),
+            PROTO_TCP => return parse_tcp(ts, src, dst, &body[at..]),
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
                 need(&body[at..], 2, "ipv6 extension")?;
@@ -232,11 +239,34 @@ fn parse_ipv6(ts: Duration, p: &[u8]) -> Result<Segment<'_>, PacketError> {
                 next = body[at];
                 at += len;
             }
-            44 => return Err(PacketError::Fragment),
+            // Fragment header: 8 bytes; offset in the top 13 bits of bytes 2-3, M flag in bit 0.
+            44 => {
+                need(&body[at..], 8, "ipv6 fragment")?;
+                let off = be16(body, at + 2);
+                if off & 0xfff8 != 0 {
+                    return Err(PacketError::Fragment { flow: None });
+                }
+                // Offset 0 and more to come: a first fragment. Without more (an atomic fragment,
+                // RFC 6946) the packet is whole and the receiver processes it as such.
+                fragmented |= off & 1 != 0;
+                next = body[at];
+                at += 8;
+            }
             protocol => return Err(PacketError::NotTcp { protocol }),
         }
     }
     Err(PacketError::TooManyExtHeaders)
+}
+
+/// The [`PacketError::Fragment`] of a first fragment whose payload `t` starts with the TCP header.
+fn first_fragment(src: IpAddr, dst: IpAddr, t: &[u8]) -> PacketError {
+    let flow = (t.len() >= 4).then(|| {
+        (
+            SocketAddr::new(src, be16(t, 0)),
+            SocketAddr::new(dst, be16(t, 2)),
+        )
+    });
+    PacketError::Fragment { flow }
 }
 
 fn parse_tcp(ts: Duration, src: IpAddr, dst: IpAddr, t: &[u8]) -> Result<Segment<'_>, PacketError> {

@@ -4,7 +4,10 @@
 //! wrap-around is handled as long as a segment is within 2 GiB of the delivery point. In-order data
 //! is handed to the caller without copying; data ahead of a hole is copied into a bounded
 //! out-of-order buffer (per stream and, through a shared counter, in total). Retransmissions and
-//! overlaps keep the first copy: a later copy is trimmed to the bytes not seen yet.
+//! overlaps keep the first copy: a later copy is trimmed to the bytes not seen yet. A copy that
+//! overlaps buffered bytes with different ones is counted ([`PushOutcome::conflicting`]): the
+//! tap and the server may then read different streams (a receiver may keep either copy).
+//! Bytes already delivered are not kept, so a retransmission of them is only trimmed.
 //!
 //! A stream seen without its SYN (mid-stream pickup) starts at its first data segment.
 use std::collections::BTreeMap;
@@ -46,6 +49,8 @@ pub struct PushOutcome {
     pub duplicate: usize,
     /// Bytes copied into the out-of-order buffer.
     pub buffered: usize,
+    /// Bytes that overlapped buffered bytes with a different value.
+    pub conflicting: usize,
 }
 
 /// One direction of a TCP connection.
@@ -78,6 +83,15 @@ impl Stream {
     #[must_use]
     pub fn started(&self) -> bool {
         self.next_seq.is_some()
+    }
+
+    /// True when a reset with sequence number `seq` lies within `window` bytes from the next
+    /// byte this stream expects (RFC 5961 spirit: a reset from off-path must guess it). A
+    /// stream that has not started accepts any.
+    #[must_use]
+    pub fn accepts_reset(&self, seq: u32, window: u32) -> bool {
+        self.next_seq
+            .is_none_or(|next| seq.wrapping_sub(next) <= window)
     }
 
     /// Bytes held in the out-of-order buffer.
@@ -191,13 +205,15 @@ impl Stream {
         outcome: &mut PushOutcome,
     ) -> Result<(), ReassemblyError> {
         let end = at + data.len() as u64;
-        // Gaps of [at, end) not covered by existing entries.
+        // Gaps of [at, end) not covered by existing entries; covered parts are compared.
         let mut gaps = Vec::new();
         let mut cursor = at;
         if let Some((&s, v)) = self.ooo.range(..at).next_back() {
+            outcome.conflicting += differing(at, data, s, v);
             cursor = cursor.max(s + v.len() as u64);
         }
         for (&s, v) in self.ooo.range(at..end) {
+            outcome.conflicting += differing(at, data, s, v);
             if s > cursor {
                 gaps.push((cursor, s));
             }
@@ -241,4 +257,17 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// Bytes where `data` (at stream offset `at`) and a buffered entry `v` (at `s`) overlap with
+/// different values.
+fn differing(at: u64, data: &[u8], s: u64, v: &[u8]) -> usize {
+    let from = at.max(s);
+    let to = (at + data.len() as u64).min(s + v.len() as u64);
+    if from >= to {
+        return 0;
+    }
+    let a = &data[(from - at) as usize..(to - at) as usize];
+    let b = &v[(from - s) as usize..(to - s) as usize];
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
 }

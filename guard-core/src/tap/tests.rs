@@ -5,6 +5,7 @@ use super::synth::{Conversation, ethernet, tcp_packet};
 use super::*;
 
 mod bounds;
+mod evasion;
 mod packets;
 mod trust;
 

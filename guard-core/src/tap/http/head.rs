@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use super::{HttpError, Kind, Limits};
 use crate::tap::identity::ForwardChain;
 
-/// Headers httparse may return for one message; more is malformed.
-const MAX_HEADERS: usize = 96;
+/// Headers parsed on the fast path (a stack array); a head with more is parsed again whole (the
+/// head itself is bounded by `max_head`) and, for a request, marked
+/// ([`RequestHead::too_many_headers`]) so the judge can hold it against the client.
+pub(crate) const MAX_HEADERS: usize = 96;
 /// Header values kept longer than this are cut (they only feed logs and scoring).
 const MAX_VALUE: usize = 4096;
 
@@ -36,6 +38,8 @@ pub struct RequestHead {
     pub forward_chain: Option<ForwardChain>,
     /// Every header as sent, for the validator (never logged).
     pub all: HeaderList,
+    /// More header lines than [`MAX_HEADERS`]: parsed whole, but an evasion sign.
+    pub too_many_headers: bool,
 }
 
 /// All headers of a request in one buffer: names and values (cut at `MAX_VALUE`), in order.
@@ -112,9 +116,31 @@ pub enum Head {
 
 pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<Head, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_with(kind, limits, bytes, &mut headers) {
+        Err(HttpError::Head {
+            source: httparse::Error::TooManyHeaders,
+        }) => {
+            // The shortest header line ("a:" and a line feed) is three bytes.
+            let mut many = vec![httparse::EMPTY_HEADER; bytes.len() / 3 + 1];
+            let mut head = parse_with(kind, limits, bytes, &mut many)?;
+            if let Head::Request(r) = &mut head {
+                r.too_many_headers = true;
+            }
+            Ok(head)
+        }
+        other => other,
+    }
+}
+
+fn parse_with<'b>(
+    kind: Kind,
+    limits: &Limits,
+    bytes: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Head, HttpError> {
     match kind {
         Kind::Request => {
-            let mut req = httparse::Request::new(&mut headers);
+            let mut req = httparse::Request::new(headers);
             match req.parse(bytes) {
                 Ok(httparse::Status::Complete(_)) => {}
                 Ok(httparse::Status::Partial) => return Err(HttpError::Truncated),
@@ -188,7 +214,7 @@ pub(super) fn parse_head(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<He
             Ok(Head::Request(Box::new(head)))
         }
         Kind::Response => {
-            let mut res = httparse::Response::new(&mut headers);
+            let mut res = httparse::Response::new(headers);
             match res.parse(bytes) {
                 Ok(httparse::Status::Complete(_)) => {}
                 Ok(httparse::Status::Partial) => return Err(HttpError::Truncated),

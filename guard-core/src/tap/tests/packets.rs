@@ -71,7 +71,21 @@ fn ipv6_fragment_and_auth_headers() {
     };
     assert_eq!(
         parse_ip(T0, &with_ext(44, &[6, 0, 0, 1, 0, 0, 0, 1])),
-        Err(PacketError::Fragment)
+        Err(PacketError::Fragment {
+            flow: Some((parse_ip(T0, &p).unwrap().src, parse_ip(T0, &p).unwrap().dst))
+        })
+    );
+    // A later fragment: no ports.
+    assert_eq!(
+        parse_ip(T0, &with_ext(44, &[6, 0, 0, 0x09, 0, 0, 0, 1])),
+        Err(PacketError::Fragment { flow: None })
+    );
+    // An atomic fragment (offset 0, no more fragments) is a whole packet.
+    assert_eq!(
+        parse_ip(T0, &with_ext(44, &[6, 0, 0, 0, 0, 0, 0, 1]))
+            .unwrap()
+            .payload,
+        b"data"
     );
     // AH: length field 1 means (1 + 2) * 4 = 12 bytes.
     let ah = with_ext(51, &[6, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
