@@ -12,7 +12,7 @@
 //! divides the decisions by the wall time. Events are prepared in advance; only the client
 //! address and time change per call, so the figure is the engine's work alone.
 //!
-//! Run: `cargo bench -p guard-daemon --bench engine` (release profile).
+//! Run: `cargo bench -p guard-core --bench engine` (release profile).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
