@@ -2,7 +2,7 @@
 //! pairing, over a generated corpus (keep-alive connections, mixed request sizes, interleaved), and
 //! the same figure for plain `httparse` on the same request bytes, as a ratio.
 //!
-//! Run: `cargo bench -p guard-daemon --bench tap` (optional arguments: seconds per measurement,
+//! Run: `cargo bench -p guard-core --bench tap` (optional arguments: seconds per measurement,
 //! `--tap-only` to skip the baseline, e.g. under a profiler).
 use std::hint::black_box;
 use std::net::SocketAddr;
