@@ -359,3 +359,63 @@ fn protected_ports_change_at_run_time() -> anyhow::Result<()> {
     assert!(d.cli(&["tap", "ports", "0"]).is_err(), "port 0 refused");
     Ok(())
 }
+
+/// Control requests from many CLIs at once: `stats` and `tap ports` take the ban table's and the
+/// pipeline's locks, `ban` and `allow` the ban table's, `logs` the log store. Four clients in
+/// parallel loops of whole cycles, 208 requests in all, must all be answered within 30 s (a lock taken in both
+/// orders deadlocks the daemon, and each CLI then fails after its 120 s timeout) and leave no
+/// ban or allowlist entry behind.
+#[test]
+fn concurrent_control_requests_are_all_answered() -> anyhow::Result<()> {
+    require_root!();
+    let (_link, d, _dst) = setup("")?;
+    let started = std::time::Instant::now();
+    let loops: [&[&[&str]]; 4] = [
+        &[&["stats", "--json"]],
+        &[&["tap", "ports", "8080"], &["tap", "ports"]],
+        &[
+            &["ban", "add", "198.51.100.7", "--reason", "parallel"],
+            &["ban", "rm", "198.51.100.7"],
+        ],
+        &[
+            &["allow", "add", "198.51.100.99", "--reason", "parallel"],
+            &["logs", "--limit", "5"],
+            &["allow", "rm", "198.51.100.99"],
+            &["status"],
+        ],
+    ];
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = loops
+            .iter()
+            .map(|cycle| {
+                let d = &d;
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for i in 0..52 {
+                        let args = cycle[i % cycle.len()];
+                        if let Err(e) = d.cli(args) {
+                            failed.push(format!("{args:?}: {e}"));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a client thread panicked"))
+            .collect()
+    });
+    let took = started.elapsed();
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert!(took < Duration::from_secs(30), "208 requests took {took:?}");
+    let bans = d.json(&["ban", "ls"])?;
+    assert_eq!(bans, serde_json::json!([]), "a ban was left behind");
+    let allows = d.json(&["allow", "ls"])?;
+    assert_eq!(
+        allows,
+        serde_json::json!([]),
+        "an allowlist entry was left behind"
+    );
+    Ok(())
+}

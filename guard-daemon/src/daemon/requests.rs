@@ -145,18 +145,22 @@ fn logs(shared: &Shared, q: LogsRequest) -> Response {
 }
 
 fn stats(shared: &Shared) -> Response {
-    let bans = shared.bans();
     let mut xdp = std::collections::BTreeMap::new();
-    match bans.xdp().stats() {
-        Ok(values) => {
-            for (name, v) in STAT_NAMES.iter().zip(values) {
-                xdp.insert((*name).to_owned(), v);
+    {
+        // The ban table's lock is released before the pipeline's is taken: `tap ports` takes
+        // them in the other order, and two locks are never held in both orders.
+        let bans = shared.bans();
+        match bans.xdp().stats() {
+            Ok(values) => {
+                for (name, v) in STAT_NAMES.iter().zip(values) {
+                    xdp.insert((*name).to_owned(), v);
+                }
+                let (blocks, full) = bans.xdp().dense();
+                xdp.insert("dense_blocks".into(), blocks as u64);
+                xdp.insert("dense_blocks_refused".into(), full);
             }
-            let (blocks, full) = bans.xdp().dense();
-            xdp.insert("dense_blocks".into(), blocks as u64);
-            xdp.insert("dense_blocks_refused".into(), full);
+            Err(e) => return Response::failed(&e),
         }
-        Err(e) => return Response::failed(&e),
     }
     let c = &shared.counters;
     let tap = shared
