@@ -409,8 +409,17 @@ fn pruning_removes_the_oldest_first_down_to_the_target() {
 /// writer prunes the oldest as it goes, the newest are kept, and the log takes records after.
 #[test]
 fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
+    /// Removes the test's database directory when the test ends, failed or not (declared
+    /// before the store and its writer, so it is dropped after them).
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let dir = std::env::temp_dir().join(format!("guard-logcap-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = RemoveDir(dir.clone());
     let limits = Limits {
         max_bytes: 4 * 1024 * 1024,
         ..Limits::default()
@@ -490,8 +499,6 @@ fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
         "written after the flood"
     );
     println!("after the flood: on disk {}", s.size_on_disk().unwrap());
-    drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
