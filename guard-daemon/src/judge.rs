@@ -389,6 +389,18 @@ mod tests {
         }
     }
 
+    /// A judge with the default validator and engine, no allowlist, no AI, room for 16 orders.
+    fn default_judge() -> (Judge, BanQueue) {
+        Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            16,
+            None,
+        )
+        .expect("judge")
+    }
+
     #[test]
     fn a_snapshot_copies_every_counter() {
         let stats = JudgeStats::default();
@@ -404,14 +416,7 @@ mod tests {
     /// validator.
     #[test]
     fn attacks_in_any_header_are_judged() {
-        let (judge, _queue) = Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            16,
-            None,
-        )
-        .expect("judge");
+        let (judge, _queue) = default_judge();
         let (blocked, _) = judge.judge(&event(
             "192.0.2.7",
             &[
@@ -442,14 +447,7 @@ mod tests {
     /// block, and strikes up to a ban on a verified flow; nothing on an unverified one.
     #[test]
     fn evasion_signs_are_protocol_findings() {
-        let (judge, queue) = Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            16,
-            None,
-        )
-        .expect("judge");
+        let (judge, queue) = default_judge();
         let signs = [
             Evasion {
                 too_many_headers: true,
@@ -491,14 +489,7 @@ mod tests {
     /// many attacks arrive "from" an address, the engine orders no ban.
     #[test]
     fn unverified_requests_never_strike_or_ban() {
-        let (judge, queue) = Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            16,
-            None,
-        )
-        .expect("judge");
+        let (judge, queue) = default_judge();
         for trust in [Trust::Unverified, Trust::NoClient] {
             for i in 0..50 {
                 let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
@@ -531,14 +522,7 @@ mod tests {
     /// the next request is judged as usual.
     #[test]
     fn a_panic_while_judging_costs_that_request_only() {
-        let (judge, _queue) = Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            16,
-            None,
-        )
-        .expect("judge");
+        let (judge, _queue) = default_judge();
         let ev = event("192.0.2.9", &[("Host", "example.test")]);
         let caught = judge.contain(&ev, || {
             let _engine = judge.engine();
