@@ -47,9 +47,10 @@ enum Task {
     /// Fuzz the parsers (nightly + cargo-fuzz): each target for a bounded time, then the
     /// executions and crashes per target.
     Fuzz(fuzz::FuzzArgs),
-    /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load).
+    /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load),
+    /// `bans` (the daemon with a million bans: memory, import, listing, restart, disk).
     /// Arguments after `xdp` go to the benchmark (`--cycles N`, `--batch FRAMES`, `--napi
-    /// softirq|threaded|both`, `--only micro|live`, `--json`).
+    /// softirq|threaded|both`, `--only micro|live`, `--json`); after `bans`, `--bans N`.
     Bench {
         what: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -210,7 +211,8 @@ fn main() -> anyhow::Result<()> {
             "xdp" => bench_xdp(&args),
             "tap" if args.is_empty() => bench_tap(),
             "tap" => bail!("`bench tap` takes no arguments"),
-            other => bail!("unknown benchmark {other:?}: try `xdp` or `tap`"),
+            "bans" => bench_bans(&args),
+            other => bail!("unknown benchmark {other:?}: try `xdp`, `tap` or `bans`"),
         },
     }
 }
@@ -433,6 +435,17 @@ fn bench_tap() -> anyhow::Result<()> {
     )?;
     step("tap under 10,000 requests/s across namespaces");
     run_bench_bin("tap-load", &[])
+}
+
+fn bench_bans(args: &[String]) -> anyhow::Result<()> {
+    let mut again = vec!["bench", "bans"];
+    again.extend(args.iter().map(String::as_str));
+    if as_root(&again)? {
+        return Ok(());
+    }
+    setup::test_tools()?;
+    build(true)?;
+    run_bench_bin("bans-bench", args)
 }
 
 #[cfg(test)]
