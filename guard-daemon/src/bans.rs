@@ -194,10 +194,13 @@ impl Bans {
         let now = now_ms();
         let mono = mono_ns();
         let mut live = Vec::new();
+        let mut expired = Vec::new();
         self.deadlines.clear();
-        for ban in self.store.bans()? {
+        // One record decoded at a time (an undecodable one is skipped and counted).
+        for ban in self.store.ban_iter() {
+            let ban = ban?;
             if ban.expired(now) {
-                self.store.remove_ban(&ban.target)?;
+                expired.push(ban.target);
             } else {
                 if let Some(t) = ban.expires_at {
                     self.deadlines.insert((t, ban.target));
@@ -207,6 +210,9 @@ impl Bans {
                     ban.expires_at.map_or(0, |t| wall_to_mono(t, now, mono)),
                 ));
             }
+        }
+        for target in &expired {
+            self.store.remove_ban(target)?;
         }
         let stored: Vec<Net> = self.store.allows()?.into_iter().map(|a| a.target).collect();
         let mut allows = stored.clone();
@@ -277,35 +283,9 @@ impl Bans {
     }
 
     fn ban_no_flush(&mut self, req: BanRequest) -> Result<BanView, BanError> {
-        // Only an operator can force, and only past a range that contains protected addresses.
-        let force = req.force && matches!(req.origin, Origin::Cli | Origin::Import);
-        if let Err(refusal) = self.protected.check(&req.target, force) {
-            self.protect_refusals += 1;
-            warn!(target = %req.target, origin = %req.origin, reason = %req.reason, "ban refused: {refusal}");
-            return Err(refusal.into());
-        }
-        if !req.force
-            && let Some(allow) = self
-                .store
-                .allows()?
-                .into_iter()
-                .find(|a| a.target.overlaps(&req.target))
-        {
-            return Err(BanError::Allowlisted {
-                target: req.target,
-                allow: allow.target,
-            });
-        }
+        self.check(&req, &self.store.allows()?)?;
         let now = now_ms();
-        let ttl = req.ttl.unwrap_or(self.default_ttl);
-        let record = BanRecord {
-            target: req.target,
-            reason: req.reason,
-            origin: req.origin,
-            created_at: now,
-            expires_at: (!ttl.is_zero()).then(|| now.saturating_add(ttl.as_millis() as u64)),
-            evidence: req.evidence,
-        };
+        let record = self.record(req, now);
         // A store that cannot write (disk full) does not stop the ban: it is enforced, and the
         // caller is told it is not saved.
         let saved = match self.store.put_ban(&record) {
@@ -333,32 +313,81 @@ impl Bans {
         Ok(self.view(record))
     }
 
-    /// Bans many targets, flushing once. Returns per-line results: a line refused (it overlaps
-    /// the allowlist) or enforced but not saved is an error of its own, the others stop the
-    /// import.
+    /// Refuses a ban of a protected address, or one overlapping `allows` (unless forced).
+    fn check(&mut self, req: &BanRequest, allows: &[AllowRecord]) -> Result<(), BanError> {
+        // Only an operator can force, and only past a range that contains protected addresses.
+        let force = req.force && matches!(req.origin, Origin::Cli | Origin::Import);
+        if let Err(refusal) = self.protected.check(&req.target, force) {
+            self.protect_refusals += 1;
+            warn!(target = %req.target, origin = %req.origin, reason = %req.reason, "ban refused: {refusal}");
+            return Err(refusal.into());
+        }
+        if !req.force
+            && let Some(allow) = allows.iter().find(|a| a.target.overlaps(&req.target))
+        {
+            return Err(BanError::Allowlisted {
+                target: req.target,
+                allow: allow.target,
+            });
+        }
+        Ok(())
+    }
+
+    /// The record a request makes at `now`.
+    fn record(&self, req: BanRequest, now: u64) -> BanRecord {
+        let ttl = req.ttl.unwrap_or(self.default_ttl);
+        BanRecord {
+            target: req.target,
+            reason: req.reason,
+            origin: req.origin,
+            created_at: now,
+            expires_at: (!ttl.is_zero()).then(|| now.saturating_add(ttl.as_millis() as u64)),
+            evidence: req.evidence,
+        }
+    }
+
+    /// Bans many targets: one atomic store batch and one flush for all. Returns per-line
+    /// results: a line refused (protected, or overlapping the allowlist) is an error of its own;
+    /// a store that cannot write fails the whole import, after every line is enforced.
     pub fn import(
         &mut self,
         reqs: Vec<BanRequest>,
     ) -> Result<Vec<Result<Net, BanError>>, BanError> {
+        let allows = self.store.allows()?;
+        let now = now_ms();
+        let mono = mono_ns();
         let mut out = Vec::with_capacity(reqs.len());
-        let mut refused = 0;
+        let mut records = Vec::with_capacity(reqs.len());
         for req in reqs {
-            let target = req.target;
-            match self.ban_no_flush(req) {
-                Ok(_) => out.push(Ok(target)),
-                Err(e @ (BanError::Allowlisted { .. } | BanError::Protected(_))) => {
-                    refused += 1;
-                    out.push(Err(e));
+            match self.check(&req, &allows) {
+                Ok(()) => {
+                    out.push(Ok(req.target));
+                    records.push(self.record(req, now));
                 }
-                Err(e @ BanError::NotSaved { .. }) => out.push(Err(e)),
-                Err(e) => return Err(e),
+                Err(e) => out.push(Err(e)),
             }
         }
-        if let Err(source) = self.store.flush() {
-            // Every line but the refused ones is enforced; none is known to be on disk.
-            let count = out.len() - refused;
-            return Err(BanError::BatchNotSaved { count, source });
+        let saved = self.store.put_bans(&records);
+        if let Ok(olds) = &saved {
+            for (record, old) in records.iter().zip(olds) {
+                if let Some(Some(t)) = old {
+                    self.deadlines.remove(&(*t, record.target));
+                }
+            }
         }
+        for record in &records {
+            if let Some(t) = record.expires_at {
+                self.deadlines.insert((t, record.target));
+            }
+            let deadline = record.expires_at.map_or(0, |t| wall_to_mono(t, now, mono));
+            self.xdp.put_ban(&record.target, deadline)?;
+        }
+        let count = records.len();
+        saved.map_err(|source| BanError::BatchNotSaved { count, source })?;
+        // Every line but the refused ones is enforced; none is known to be on disk.
+        self.store
+            .flush()
+            .map_err(|source| BanError::BatchNotSaved { count, source })?;
         Ok(out)
     }
 
@@ -420,13 +449,39 @@ impl Bans {
 
     /// The bans `filter` selects, with their counters, in its order.
     pub fn list(&self, filter: &BanFilter) -> Result<Vec<BanView>, BanError> {
-        let views = self
-            .store
-            .bans()?
-            .into_iter()
-            .filter(|b| filter.matches(b))
-            .map(|b| self.view(b))
-            .collect();
+        // Records in key order, decoded as they are read; a range reads only its keys.
+        let records = match &filter.range {
+            Some(range) => self.store.bans_within(range),
+            None => self.store.ban_iter(),
+        };
+        let mut matching =
+            records.filter(|b| b.as_ref().is_err() || b.as_ref().is_ok_and(|b| filter.matches(b)));
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let views = match filter.sort {
+            // The store's own order: stop after the limit.
+            BanSort::Addr => {
+                let mut views = Vec::new();
+                for b in matching.by_ref().take(limit) {
+                    views.push(self.view(b?));
+                }
+                views
+            }
+            // Counters decide the order: every match needs its counters.
+            BanSort::Packets => matching
+                .map(|b| b.map(|b| self.view(b)))
+                .collect::<Result<_, _>>()?,
+            // The record decides: sort the records, read counters for those shown only.
+            BanSort::Created | BanSort::Expires => {
+                let mut records: Vec<BanRecord> = matching.collect::<Result<_, _>>()?;
+                if filter.sort == BanSort::Created {
+                    records.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+                } else {
+                    records.sort_by_key(|b| b.expires_at.unwrap_or(u64::MAX));
+                }
+                records.truncate(limit);
+                records.into_iter().map(|b| self.view(b)).collect()
+            }
+        };
         Ok(filter.arrange(views))
     }
 

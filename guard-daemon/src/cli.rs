@@ -398,6 +398,12 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         data.state_dir.display(),
         data.pin_dir.display()
     );
+    if data.bad_ban_records > 0 {
+        println!(
+            "  {} undecodable ban records skipped (not enforced; their keys are in the log)",
+            data.bad_ban_records
+        );
+    }
     println!(
         "  protected (never banned; {} bans refused since start):",
         data.protect_refusals

@@ -96,6 +96,10 @@ pub struct DaemonConfig {
     /// Directory of the state database (bans, allowlist); the request log is a database of
     /// its own in its `logs/` subdirectory. Default `/var/lib/guard`.
     pub state_dir: PathBuf,
+    /// Page cache of the state database, in MiB: recently used parts of the ban tree kept in
+    /// memory. Bans are read from it at start, by `ban ls` and on changes, never per packet
+    /// (XDP holds its own copy), so a small cache costs little. Default 16.
+    pub store_cache_mb: u64,
 }
 
 impl Default for DaemonConfig {
@@ -103,6 +107,7 @@ impl Default for DaemonConfig {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
             state_dir: PathBuf::from("/var/lib/guard"),
+            store_cache_mb: crate::store::DEFAULT_CACHE_MB,
         }
     }
 }
@@ -226,6 +231,9 @@ impl Config {
                 message: message.to_owned(),
             })
         };
+        if self.daemon.store_cache_mb == 0 || self.daemon.store_cache_mb > 1 << 20 {
+            return invalid("daemon.store_cache_mb", "between 1 and 1048576 MiB");
+        }
         if self.xdp.rate_limit_pps > 1_000_000_000 {
             return invalid("xdp.rate_limit_pps", "at most 1000000000 packets/s");
         }

@@ -75,7 +75,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.daemon.state_dir.display()
         )
     })?;
-    let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
+    let store = Store::open_with_cache(&config.daemon.state_dir, config.daemon.store_cache_mb)
+        .context("opening the store")?;
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();

@@ -191,6 +191,10 @@ pub struct Status {
     /// Bans refused since start because they touched a protected address.
     #[serde(default)]
     pub protect_refusals: u64,
+    /// Ban records in the store that cannot be decoded: skipped (not enforced), each logged
+    /// with its key; they stay stored.
+    #[serde(default)]
+    pub bad_ban_records: u64,
 }
 
 /// An interface guard's XDP program is attached to.

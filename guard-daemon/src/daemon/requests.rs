@@ -221,5 +221,6 @@ fn status(shared: &Shared) -> Response {
         keep_attached: cfg.xdp.keep_attached,
         protected: bans.protected().entries().to_vec(),
         protect_refusals: bans.protect_refusals(),
+        bad_ban_records: bans.store().bad_records(),
     }))
 }

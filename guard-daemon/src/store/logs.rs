@@ -26,6 +26,9 @@ mod tests;
 pub use cap::{CUT_MARK, Limits, Pruned};
 pub use format::{format_table, rfc3339};
 
+/// The log database's page cache.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Name of the sled tree holding the log.
 pub const TREE: &str = "logs";
 /// Key layout: 8 bytes big-endian Unix time in nanoseconds, then 4 bytes big-endian sequence
@@ -460,7 +463,11 @@ struct Open {
 impl Open {
     /// Opens generation `generation` of the log in `dir` (`None`: a temporary database).
     fn new(dir: Option<&std::path::Path>, generation: u64) -> Result<Self, LogError> {
-        let config = sled::Config::new().segment_size(SEGMENT_SIZE);
+        // sled's default page cache is 1 GiB: the log is written in batches and read by
+        // `guard logs` queries, which a small cache serves as well.
+        let config = sled::Config::new()
+            .segment_size(SEGMENT_SIZE)
+            .cache_capacity(CACHE_BYTES);
         let db = match dir {
             Some(dir) => {
                 let path = dir.join(generation.to_string());
