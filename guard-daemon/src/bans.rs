@@ -193,6 +193,7 @@ impl Bans {
     pub fn rebuild(&mut self) -> Result<(usize, usize), BanError> {
         let now = now_ms();
         let mono = mono_ns();
+        let started = std::time::Instant::now();
         let mut live = Vec::new();
         let mut expired = Vec::new();
         self.deadlines.clear();
@@ -222,7 +223,16 @@ impl Bans {
                 .into_iter()
                 .filter(|n| !stored.contains(n)),
         );
+        let read = started.elapsed();
         self.xdp.reconcile(&live, &allows)?;
+        tracing::info!(
+            bans = live.len(),
+            expired = expired.len(),
+            skipped = self.store.bad_records(),
+            read_ms = read.as_millis() as u64,
+            maps_ms = started.elapsed().saturating_sub(read).as_millis() as u64,
+            "bans read from the store and the maps brought in line"
+        );
         Ok((live.len(), stored.len()))
     }
 
@@ -346,7 +356,7 @@ impl Bans {
         }
     }
 
-    /// Bans many targets: one atomic store batch and one flush for all. Returns per-line
+    /// Bans many targets: store batches (see `Store::put_bans`) and one flush for all. Returns per-line
     /// results: a line refused (protected, or overlapping the allowlist) is an error of its own;
     /// a store that cannot write fails the whole import, after every line is enforced.
     pub fn import(
@@ -370,7 +380,7 @@ impl Bans {
         let saved = self.store.put_bans(&records);
         if let Ok(olds) = &saved {
             for (record, old) in records.iter().zip(olds) {
-                if let Some(Some(t)) = old {
+                if let Some(t) = old {
                     self.deadlines.remove(&(*t, record.target));
                 }
             }

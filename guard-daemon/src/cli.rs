@@ -12,7 +12,10 @@ use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
-pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
+pub use ban::{
+    BanCommand, BanLsArgs, BanRmArgs, BanSelect, IMPORT_REQUEST_BYTES, import_requests,
+    parse_import,
+};
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
 #[derive(Debug, Parser)]
@@ -433,6 +436,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    /// A large import goes as requests under the size bound, every line once, in order.
+    #[test]
+    fn a_large_import_is_split_into_bounded_requests() {
+        let text: String = (0..100_000u32)
+            .map(|i| {
+                let [_, a, b, c] = i.to_be_bytes();
+                if i % 1000 == 0 {
+                    format!("10.{a}.{b}.{c},1h,\"{}\"\n", "\u{1}".repeat(2000))
+                } else {
+                    format!("10.{a}.{b}.{c}\n")
+                }
+            })
+            .collect();
+        let entries = parse_import(&text).unwrap();
+        let requests = import_requests(entries.clone());
+        assert!(requests.len() > 5, "{} requests", requests.len());
+        for r in &requests {
+            let json = serde_json::to_vec(&crate::control::Request::BanImport {
+                entries: r.clone(),
+                force: false,
+            })
+            .unwrap();
+            assert!(
+                json.len() <= IMPORT_REQUEST_BYTES + 64,
+                "{} bytes",
+                json.len()
+            );
+        }
+        assert_eq!(requests.concat(), entries);
+        assert!(import_requests(Vec::new()).is_empty());
     }
 
     #[test]

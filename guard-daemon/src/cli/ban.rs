@@ -156,16 +156,69 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
             };
-            let entries = parse_import(&text)?;
+            let mut entries = parse_import(&text)?;
+            drop(text);
+            // In address order (stable: of two lines for one target the last still wins): the
+            // store then writes each request's keys next to the previous request's, instead
+            // of into random places of its tree.
+            entries.sort_by_key(|e| e.target);
             let n = entries.len();
-            let imported: Imported = control::call(socket, &Request::BanImport { entries, force })?;
-            println!("imported {} of {n} bans", imported.banned);
-            for r in &imported.refused {
+            let mut total = Imported {
+                banned: 0,
+                refused: Vec::new(),
+            };
+            for chunk in import_requests(entries) {
+                let imported: Imported = control::call(
+                    socket,
+                    &Request::BanImport {
+                        entries: chunk,
+                        force,
+                    },
+                )
+                .with_context(|| {
+                    format!(
+                        "importing: {} of {n} bans were saved before this error",
+                        total.banned
+                    )
+                })?;
+                total.banned += imported.banned;
+                total.refused.extend(imported.refused);
+            }
+            println!("imported {} of {n} bans", total.banned);
+            for r in &total.refused {
                 eprintln!("refused: {r}");
             }
         }
     }
     Ok(())
+}
+
+/// JSON bytes of one `ban import` request at most (about 15,000 plain lines): a large import
+/// goes as several requests, each saved (flushed) before the next is sent, so that no request
+/// comes near the socket's size limit and the daemon answers other requests in between.
+pub const IMPORT_REQUEST_BYTES: usize = 512 * 1024;
+
+/// Splits import entries into requests of at most [`IMPORT_REQUEST_BYTES`] of JSON each (an
+/// entry larger than that alone goes as a request of its own).
+#[must_use]
+pub fn import_requests(entries: Vec<ImportEntry>) -> Vec<Vec<ImportEntry>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        // Exact: a reason's escapes can make it several times longer in JSON.
+        let size = serde_json::to_vec(&e).map_or(IMPORT_REQUEST_BYTES, |j| j.len() + 1);
+        if !chunk.is_empty() && bytes + size > IMPORT_REQUEST_BYTES {
+            out.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(e);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
 }
 
 /// Why `guard ban add` refuses a target before asking the daemon (each lifted by `--force`).

@@ -342,7 +342,7 @@ fn the_count_is_kept_through_writes_and_batches() {
         ])
         .unwrap();
     // The replaced deadlines: 10.0.0.1 had 3; 10.0.0.3 given twice replaces its own first line.
-    assert_eq!(olds, [Some(Some(3)), None, None, Some(Some(4))]);
+    assert_eq!(olds, [Some(3), None, None, Some(4)]);
     assert_eq!(s.ban_count().unwrap(), 3);
     assert_eq!(
         s.ban(&"10.0.0.3".parse().unwrap())

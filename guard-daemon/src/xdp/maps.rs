@@ -34,10 +34,57 @@ impl Xdp {
             self.remove_ban(net)?;
         }
         for (net, deadline) in bans {
-            self.put_ban(net, *deadline)?;
+            if net.is_host() {
+                self.restore_host(net, *deadline)?;
+            } else {
+                self.put_ban(net, *deadline)?;
+            }
         }
         self.rebuild_dense(bans)?;
-        self.write_config()
+        // Once for all the entries restored (not once per ban).
+        self.invalidate_hot()
+    }
+
+    /// Restores an exact ban at start: an entry already there with the same allowlist flag and
+    /// a deadline within a second (the same wall-clock deadline, converted again) is left as
+    /// it is, so a restart with a million bans writes almost nothing. The dense tier and the
+    /// hot cache are brought up to date by the caller, once.
+    fn restore_host(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
+        const SLACK_NS: u64 = 1_000_000_000;
+        let expires_ns = expires_ns | self.allow_flag(net);
+        let same = |old: &BanEntry| {
+            let (flag, deadline) = (
+                old.expires_ns & BAN_CHECK_ALLOW,
+                old.expires_ns & !BAN_CHECK_ALLOW,
+            );
+            let want = expires_ns & !BAN_CHECK_ALLOW;
+            flag == expires_ns & BAN_CHECK_ALLOW
+                && (deadline == want
+                    || (deadline != 0 && want != 0 && deadline.abs_diff(want) < SLACK_NS))
+        };
+        let fresh = |old: Option<BanEntry>| BanEntry {
+            expires_ns,
+            ..old.unwrap_or_default()
+        };
+        match net.addr() {
+            IpAddr::V4(a) => {
+                let old = self.bans_v4.get(&v4(a), 0).ok();
+                if !old.as_ref().is_some_and(same) {
+                    self.bans_v4
+                        .insert(v4(a), fresh(old), 0)
+                        .map_err(map_err(MAP_BANS_V4, "insert"))?;
+                }
+            }
+            IpAddr::V6(a) => {
+                let old = self.bans_v6.get(&a.octets(), 0).ok();
+                if !old.as_ref().is_some_and(same) {
+                    self.bans_v6
+                        .insert(a.octets(), fresh(old), 0)
+                        .map_err(map_err(MAP_BANS_V6, "insert"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them).

@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut count = DEFAULT_BANS;
+    let mut breakdown = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -47,7 +48,8 @@ fn main() -> anyhow::Result<()> {
                     .parse()
                     .context("--bans needs a number")?;
             }
-            other => bail!("unknown argument {other:?}: expected --bans N"),
+            "--breakdown" => breakdown = true,
+            other => bail!("unknown argument {other:?}: expected --bans N or --breakdown"),
         }
     }
     let scratch = Scratch::new()?;
@@ -67,6 +69,9 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let pid = daemon_pid(&daemon)?;
     let rss_idle = rss_kib(pid)?;
+    if breakdown {
+        print_smaps("idle", pid)?;
+    }
     let status_rtt = best_of(5, || timed(|| daemon.cli(&["status"])))?;
 
     // A banned neighbour: its pings must stay unanswered through the restart below.
@@ -84,6 +89,9 @@ fn main() -> anyhow::Result<()> {
     ensure!(out.contains(&wanted), "import said {out:?}, not {wanted:?}");
     std::thread::sleep(Duration::from_secs(1));
     let rss_loaded = rss_kib(pid)?;
+    if breakdown {
+        print_smaps("after the import", pid)?;
+    }
     let peak_import = hwm_kib(pid)?;
     let disk = dir_bytes(&daemon.state_dir)?;
 
@@ -132,6 +140,15 @@ fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the pinger panicked"))??;
     let pid = daemon_pid(&daemon)?;
     let rss_restart = rss_kib(pid)?;
+    if breakdown {
+        print_smaps("after the restart", pid)?;
+        let log = daemon.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        println!("the daemon's log of the restart:");
+        for line in &lines[lines.len().saturating_sub(25)..] {
+            println!("  {line}");
+        }
+    }
     let peak_restart = hwm_kib(pid)?;
     let status: serde_json::Value = daemon.json(&["status"])?;
     let bans_after = status["bans"].as_u64().unwrap_or(0);
@@ -351,6 +368,44 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// Peak resident memory so far, KiB.
 fn hwm_kib(pid: u32) -> anyhow::Result<u64> {
     proc_status_kib(pid, "VmHWM:")
+}
+
+/// Prints the daemon's resident memory by mapping (heap, anonymous, BPF maps, files), largest
+/// first, from `/proc/PID/smaps`.
+fn print_smaps(when: &str, pid: u32) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    let mut by_name = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            // A mapping's header: range perms offset dev inode [name].
+            let rest: Vec<&str> = words.collect();
+            name = rest.get(4..).map(|n| n.join(" ")).unwrap_or_default();
+            if name.is_empty() {
+                name = "[anonymous]".into();
+            }
+            by_name.entry(name.clone()).or_default().1 += 1;
+        } else if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            by_name.entry(name.clone()).or_default().0 += kib;
+        }
+    }
+    let mut rows: Vec<_> = by_name
+        .into_iter()
+        .filter(|(_, (kib, _))| *kib >= 512)
+        .collect();
+    rows.sort_by_key(|(_, (kib, _))| std::cmp::Reverse(*kib));
+    println!("resident memory {when} (mappings with >= 0.5 MB):");
+    for (name, (kib, maps)) in rows {
+        println!(
+            "  {:>8.1} MB  {maps:>4} mappings  {name}",
+            kib as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
 
 /// Bytes the files under `dir` take on disk (allocated blocks, as `du` counts them).
