@@ -225,15 +225,18 @@ impl Bans {
         );
         let read = started.elapsed();
         self.xdp.reconcile(&live, &allows)?;
+        let count = live.len();
         tracing::info!(
-            bans = live.len(),
+            bans = count,
             expired = expired.len(),
             skipped = self.store.bad_records(),
             read_ms = read.as_millis() as u64,
             maps_ms = started.elapsed().saturating_sub(read).as_millis() as u64,
             "bans read from the store and the maps brought in line"
         );
-        Ok((live.len(), stored.len()))
+        drop(live);
+        crate::memory::give_back();
+        Ok((count, stored.len()))
     }
 
     /// The XDP layer, for stats and the event reader.
@@ -398,6 +401,8 @@ impl Bans {
         self.store
             .flush()
             .map_err(|source| BanError::BatchNotSaved { count, source })?;
+        drop(records);
+        crate::memory::give_back();
         Ok(out)
     }
 

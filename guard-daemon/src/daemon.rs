@@ -69,6 +69,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
              (or start guard with `cargo xtask run`), which sets up the toolchain first"
         );
     }
+    crate::memory::limit_arenas();
     std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
         format!(
             "creating state directory {}",

@@ -1,25 +1,24 @@
 //! Keeping the ban and allowlist maps (exact, CIDR, dense tier) in step with the daemon's
 //! tables, and reading a ban's counters back.
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
 
-use aya::maps::MapError;
 use aya::maps::lpm_trie::Key;
+use aya::maps::{IterableMap, MapError};
 use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
     MAP_CIDR_V6,
 };
-use tracing::info;
+use tracing::{debug, info};
 
-use super::{BanCounters, Xdp, XdpError, map_err, v4};
+use super::{BanCounters, Xdp, XdpError, batch, map_err, v4};
 use crate::net::Net;
 
 impl Xdp {
     /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
     /// without ever removing an entry that stays: enforcement has no gap during a restart.
     pub fn reconcile(&mut self, bans: &[(Net, u64)], allows: &[Net]) -> Result<(), XdpError> {
-        let have = self.ban_keys()?;
-        self.cidrs = have.iter().filter(|n| !n.is_host()).copied().collect();
         self.allows = self.allow_keys()?;
         // The allowlist first: each ban's BAN_CHECK_ALLOW flag depends on it.
         let want: HashSet<Net> = allows.iter().copied().collect();
@@ -29,27 +28,83 @@ impl Xdp {
         for net in allows {
             self.put_allow(net)?;
         }
-        let want: HashSet<Net> = bans.iter().map(|(n, _)| *n).collect();
-        for net in have.difference(&want) {
+        // CIDR bans (a few): by set difference.
+        self.cidrs = self.cidr_keys()?;
+        let want: HashSet<Net> = bans
+            .iter()
+            .filter(|(n, _)| !n.is_host())
+            .map(|(n, _)| *n)
+            .collect();
+        for net in self.cidrs.clone().difference(&want) {
             self.remove_ban(net)?;
         }
+        // Exact bans (up to millions): the maps' entries, read in a few calls and sorted, are
+        // walked beside the wanted bans in the same order.
+        let sorted;
+        let bans = if bans.is_sorted_by_key(|(n, _)| *n) {
+            bans
+        } else {
+            sorted = {
+                let mut v = bans.to_vec();
+                v.sort_by_key(|(n, _)| *n);
+                v
+            };
+            &sorted
+        };
+        let have_v4 = self.host_entries_v4()?;
+        let have_v6 = self.host_entries_v6()?;
+        let (mut i4, mut i6) = (0, 0);
         for (net, deadline) in bans {
-            if net.is_host() {
-                self.restore_host(net, *deadline)?;
-            } else {
+            if !net.is_host() {
                 self.put_ban(net, *deadline)?;
+                continue;
             }
+            let old = match net.addr() {
+                IpAddr::V4(a) => {
+                    while let Some(&(stale, _)) = have_v4.get(i4).filter(|(h, _)| *h < a) {
+                        self.remove_ban(&Net::host(stale.into()))?;
+                        i4 += 1;
+                    }
+                    have_v4.get(i4).filter(|(h, _)| *h == a).map(|&(_, e)| {
+                        i4 += 1;
+                        e
+                    })
+                }
+                IpAddr::V6(a) => {
+                    while let Some(&(stale, _)) = have_v6.get(i6).filter(|(h, _)| *h < a) {
+                        self.remove_ban(&Net::host(stale.into()))?;
+                        i6 += 1;
+                    }
+                    have_v6.get(i6).filter(|(h, _)| *h == a).map(|&(_, e)| {
+                        i6 += 1;
+                        e
+                    })
+                }
+            };
+            self.restore_host(net, *deadline, old)?;
         }
+        for &(stale, _) in have_v4.get(i4..).unwrap_or_default() {
+            self.remove_ban(&Net::host(stale.into()))?;
+        }
+        for &(stale, _) in have_v6.get(i6..).unwrap_or_default() {
+            self.remove_ban(&Net::host(stale.into()))?;
+        }
+        drop((have_v4, have_v6));
         self.rebuild_dense(bans)?;
         // Once for all the entries restored (not once per ban).
         self.invalidate_hot()
     }
 
-    /// Restores an exact ban at start: an entry already there with the same allowlist flag and
-    /// a deadline within a second (the same wall-clock deadline, converted again) is left as
-    /// it is, so a restart with a million bans writes almost nothing. The dense tier and the
-    /// hot cache are brought up to date by the caller, once.
-    fn restore_host(&mut self, net: &Net, expires_ns: u64) -> Result<(), XdpError> {
+    /// Restores an exact ban at start, `old` being its entry in the map: one with the same
+    /// allowlist flag and a deadline within a second (the same wall-clock deadline, converted
+    /// again) is left as it is, so a restart with a million bans writes almost nothing. The
+    /// dense tier and the hot cache are brought up to date by the caller, once.
+    fn restore_host(
+        &mut self,
+        net: &Net,
+        expires_ns: u64,
+        old: Option<BanEntry>,
+    ) -> Result<(), XdpError> {
         const SLACK_NS: u64 = 1_000_000_000;
         let expires_ns = expires_ns | self.allow_flag(net);
         let same = |old: &BanEntry| {
@@ -62,29 +117,63 @@ impl Xdp {
                 && (deadline == want
                     || (deadline != 0 && want != 0 && deadline.abs_diff(want) < SLACK_NS))
         };
-        let fresh = |old: Option<BanEntry>| BanEntry {
+        if old.as_ref().is_some_and(same) {
+            return Ok(());
+        }
+        let entry = BanEntry {
             expires_ns,
             ..old.unwrap_or_default()
         };
         match net.addr() {
-            IpAddr::V4(a) => {
-                let old = self.bans_v4.get(&v4(a), 0).ok();
-                if !old.as_ref().is_some_and(same) {
-                    self.bans_v4
-                        .insert(v4(a), fresh(old), 0)
-                        .map_err(map_err(MAP_BANS_V4, "insert"))?;
-                }
-            }
-            IpAddr::V6(a) => {
-                let old = self.bans_v6.get(&a.octets(), 0).ok();
-                if !old.as_ref().is_some_and(same) {
-                    self.bans_v6
-                        .insert(a.octets(), fresh(old), 0)
-                        .map_err(map_err(MAP_BANS_V6, "insert"))?;
-                }
-            }
+            IpAddr::V4(a) => self
+                .bans_v4
+                .insert(v4(a), entry, 0)
+                .map_err(map_err(MAP_BANS_V4, "insert")),
+            IpAddr::V6(a) => self
+                .bans_v6
+                .insert(a.octets(), entry, 0)
+                .map_err(map_err(MAP_BANS_V6, "insert")),
         }
-        Ok(())
+    }
+
+    /// The exact IPv4 bans in the map with their entries, in address order.
+    fn host_entries_v4(&self) -> Result<Vec<(Ipv4Addr, BanEntry)>, XdpError> {
+        let raw: Vec<(u32, BanEntry)> = match batch::dump(self.bans_v4.map().fd().as_fd()) {
+            Ok(all) => all,
+            Err(e) => {
+                debug!("batch lookup of {MAP_BANS_V4} refused ({e}); reading it key by key");
+                self.bans_v4
+                    .iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(map_err(MAP_BANS_V4, "iterate"))?
+            }
+        };
+        let mut out: Vec<(Ipv4Addr, BanEntry)> = raw
+            .into_iter()
+            .map(|(k, e)| (Ipv4Addr::from(k.to_ne_bytes()), e))
+            .collect();
+        out.sort_unstable_by_key(|(a, _)| *a);
+        Ok(out)
+    }
+
+    /// The exact IPv6 bans in the map with their entries, in address order.
+    fn host_entries_v6(&self) -> Result<Vec<(Ipv6Addr, BanEntry)>, XdpError> {
+        let raw: Vec<([u8; 16], BanEntry)> = match batch::dump(self.bans_v6.map().fd().as_fd()) {
+            Ok(all) => all,
+            Err(e) => {
+                debug!("batch lookup of {MAP_BANS_V6} refused ({e}); reading it key by key");
+                self.bans_v6
+                    .iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(map_err(MAP_BANS_V6, "iterate"))?
+            }
+        };
+        let mut out: Vec<(Ipv6Addr, BanEntry)> = raw
+            .into_iter()
+            .map(|(k, e)| (Ipv6Addr::from(k), e))
+            .collect();
+        out.sort_unstable_by_key(|(a, _)| *a);
+        Ok(out)
     }
 
     /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them).
@@ -115,18 +204,8 @@ impl Xdp {
         }
     }
 
-    fn ban_keys(&self) -> Result<HashSet<Net>, XdpError> {
+    fn cidr_keys(&self) -> Result<HashSet<Net>, XdpError> {
         let mut out = HashSet::new();
-        for k in self.bans_v4.keys() {
-            out.insert(Net::host(IpAddr::from(
-                k.map_err(map_err(MAP_BANS_V4, "iterate"))?.to_ne_bytes(),
-            )));
-        }
-        for k in self.bans_v6.keys() {
-            out.insert(Net::host(IpAddr::from(
-                k.map_err(map_err(MAP_BANS_V6, "iterate"))?,
-            )));
-        }
         for k in self.cidr_v4.keys() {
             out.insert(v4_prefix(k.map_err(map_err(MAP_CIDR_V4, "iterate"))?));
         }

@@ -19,6 +19,7 @@ use guard_common::{
 use tracing::{info, warn};
 
 mod attach;
+mod batch;
 mod log;
 mod maps;
 pub use attach::default_route_interface;
