@@ -1,6 +1,5 @@
 //! The `bans` tree: writes (one or a batch), reads, lazy iteration in key order, a kept count,
 //! and undecodable records skipped instead of failing the caller.
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use tracing::warn;
@@ -8,11 +7,6 @@ use tracing::warn;
 use super::codec::{self, ban_deadline, decode_ban, encode_ban};
 use super::{BanRecord, Origin, Store, StoreError, key_net, net_key};
 use crate::net::Net;
-
-/// Bans per sled batch in [`Store::put_bans`]. sled keeps every page a batch replaces until the
-/// batch ends (its epoch-based reclamation waits for it): one batch of a million bans took
-/// over 5 GB of memory, batches of a few thousand take a few MB and are as fast.
-pub const BATCH: usize = 4096;
 
 /// A stored ban's key in hex, for messages about it.
 fn hex(key: &[u8]) -> String {
@@ -37,56 +31,34 @@ impl Store {
         Ok(old.and_then(|v| self.decode_or_forget(&key, &v)))
     }
 
-    /// Inserts or replaces many bans, in atomic batches of [`BATCH`]. Returns, for each, the
-    /// deadline of the record it replaced, if it replaced one with a deadline. A target given twice is written as its last record. On an error, the batches
-    /// before it are written.
+    /// Inserts or replaces many bans, in key order. Returns, for each, the deadline of the
+    /// record it replaced, if it replaced one with a deadline. A target given twice is written
+    /// as its last record. On an error, the bans before it (in key order) are written.
     pub fn put_bans(&self, bans: &[BanRecord]) -> Result<Vec<Option<u64>>, StoreError> {
         // In key order (stable: a target given twice keeps its lines' order): sled then walks
         // its leaves once, front to back, instead of paging a random leaf in for every ban —
-        // with a small page cache, that was most of an import's time.
+        // with a small page cache, that was most of an import's time. One insert a ban (which
+        // returns the old value) is faster than a sled batch, which needs a lookup first.
         let mut order: Vec<usize> = (0..bans.len()).collect();
         order.sort_by_key(|&i| bans[i].target);
         let mut out = vec![None; bans.len()];
-        for chunk in order.chunks(BATCH) {
-            let olds = self.put_batch(chunk.iter().map(|&i| &bans[i]))?;
-            for (&i, old) in chunk.iter().zip(olds) {
-                out[i] = old;
-            }
-        }
-        Ok(out)
-    }
-
-    fn put_batch<'a>(
-        &self,
-        bans: impl ExactSizeIterator<Item = &'a BanRecord>,
-    ) -> Result<Vec<Option<u64>>, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut in_batch: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
-        let mut out = Vec::with_capacity(bans.len());
-        let mut added = 0;
-        for ban in bans {
+        self.counts.ban_writes.fetch_add(1, Ordering::Relaxed);
+        for i in order {
+            let ban = &bans[i];
             let key = net_key(&ban.target);
-            let old = if let Some(&deadline) = in_batch.get(&key) {
-                deadline
-            } else {
-                let old = self.bans.get(&key)?;
-                if old.is_none() {
-                    added += 1;
+            let old = self.bans.insert(&key, encode_ban(ban))?;
+            match old {
+                None => {
+                    self.counts.bans.fetch_add(1, Ordering::Relaxed);
                 }
-                old.and_then(|v| {
-                    ban_deadline(&v).unwrap_or_else(|e| {
+                Some(v) => {
+                    out[i] = ban_deadline(&v).unwrap_or_else(|e| {
                         self.forget_bad(&key, &e);
                         None
-                    })
-                })
-            };
-            out.push(old);
-            batch.insert(key.as_slice(), encode_ban(ban));
-            in_batch.insert(key, ban.expires_at);
+                    });
+                }
+            }
         }
-        self.counts.ban_writes.fetch_add(1, Ordering::Relaxed);
-        self.bans.apply_batch(batch)?;
-        self.counts.bans.fetch_add(added, Ordering::Relaxed);
         Ok(out)
     }
 

@@ -417,3 +417,130 @@ fn iteration_is_in_key_order_and_a_range_reads_only_its_keys() {
     // Taking two decodes two, and learns no count from a partial walk.
     assert_eq!(s.ban_iter().take(2).count(), 2);
 }
+
+/// Not a test: `cargo test --release -p guard-daemon --lib store::tests::import_speed -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn import_speed() {
+    let dir = temp_dir("import-speed");
+    let s = Store::open(&dir).unwrap();
+    let n = 200_000u32;
+    let mut records: Vec<BanRecord> = (0..n)
+        .map(|i| {
+            let x = i.wrapping_mul(2_654_435_761);
+            BanRecord {
+                reason: "imported".into(),
+                origin: Origin::Import,
+                ..ban(&std::net::Ipv4Addr::from(x).to_string(), Some(5))
+            }
+        })
+        .collect();
+    records.sort_by_key(|r| r.target);
+    let t = std::time::Instant::now();
+    for chunk in records.chunks(17_000) {
+        s.put_bans(chunk).unwrap();
+        s.flush().unwrap();
+    }
+    println!("put_bans: {:?} for {n}", t.elapsed());
+    let t = std::time::Instant::now();
+    for chunk in records.chunks(17_000) {
+        for r in chunk {
+            s.put_ban(r).unwrap();
+        }
+        s.flush().unwrap();
+    }
+    println!("put_ban over existing: {:?} for {n}", t.elapsed());
+    drop(s);
+    let cache = std::env::var("CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CACHE_MB);
+    let s = Store::open_with_cache(&temp_dir("import-speed2"), cache).unwrap();
+    let t = std::time::Instant::now();
+    for chunk in records.chunks(17_000) {
+        for r in chunk {
+            s.put_ban(r).unwrap();
+        }
+        s.flush().unwrap();
+    }
+    println!("put_ban fresh: {:?} for {n}", t.elapsed());
+    let t = std::time::Instant::now();
+    assert_eq!(s.ban_iter().count(), n as usize);
+    println!("iterate: {:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(temp_dir("import-speed2"));
+}
+
+fn rss_mb() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Not a test: where a million bans' memory goes, per copy.
+/// `cargo test --release -p guard-daemon --lib store::tests::memory_per_copy -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn memory_per_copy() {
+    let n = 1_000_000u32;
+    let nets: Vec<Net> = (0..n)
+        .map(|i| {
+            Net::host(std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761) | 1 << 24).into())
+        })
+        .collect();
+    let base = rss_mb();
+    let deadlines: std::collections::BTreeSet<(u64, Net)> = nets.iter().map(|n| (5, *n)).collect();
+    let with_deadlines = rss_mb();
+    println!(
+        "BTreeSet<(u64, Net)> deadlines: {:.1} MB",
+        with_deadlines - base
+    );
+    let counts: std::collections::HashMap<u32, u32> = nets
+        .iter()
+        .enumerate()
+        .map(|(i, _)| (i as u32, 1))
+        .collect();
+    println!(
+        "HashMap<u32, u32> (dense tier counts, one per /24): {:.1} MB",
+        rss_mb() - with_deadlines
+    );
+    drop((deadlines, counts));
+    crate::memory::give_back();
+    let dir = temp_dir("memory-per-copy");
+    let s = Store::open(&dir).unwrap();
+    let mut records: Vec<BanRecord> = nets
+        .iter()
+        .map(|n| BanRecord {
+            reason: "imported".into(),
+            origin: Origin::Import,
+            ..ban(&n.to_string(), Some(5))
+        })
+        .collect();
+    records.sort_by_key(|r| r.target);
+    let before = rss_mb();
+    for chunk in records.chunks(17_000) {
+        s.put_bans(chunk).unwrap();
+        s.flush().unwrap();
+    }
+    drop(records);
+    crate::memory::give_back();
+    println!(
+        "sled with 1M bans written (16 MiB cache): {:.1} MB",
+        rss_mb() - before
+    );
+    drop(s);
+    let before = rss_mb();
+    let s = Store::open(&dir).unwrap();
+    assert_eq!(s.ban_iter().count(), n as usize);
+    crate::memory::give_back();
+    println!(
+        "sled reopened and read through: {:.1} MB",
+        rss_mb() - before
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
