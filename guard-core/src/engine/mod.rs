@@ -78,6 +78,11 @@ pub enum Decision {
         /// with the ban and shown by `guard ban ls`.
         evidence: Box<Evidence>,
         shadow: bool,
+        /// Hand it back with the outcome ([`Engine::ban_settled`]): the client counts as banned
+        /// only once the shell confirms the ban is enforced.
+        ticket: BanTicket,
+        /// The same ban ordered again: the first order was dropped, failed or got no answer.
+        retry: bool,
     },
     /// Let the request through and ask the AI about the client (off the request path); pass its
     /// [`SecondOpinion`] back to [`Engine::ai_verdict`]. The score and rules are for the log only:
@@ -88,6 +93,29 @@ pub enum Decision {
         rules: Vec<Rule>,
     },
 }
+
+/// Names a ban order when the shell reports its outcome to [`Engine::ban_settled`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanTicket {
+    key: ClientKey,
+    /// When the order was given (seconds): an outcome for an older order is ignored.
+    at: u32,
+}
+
+/// How a ban order ended, as the shell reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanOutcome {
+    /// Enforced (in the maps, whether or not the store took it): the client is banned.
+    Enforced,
+    /// Refused for good (allowlisted, protected): not banned, and not ordered again.
+    Refused,
+    /// Dropped (queue full) or failed (the maps refused it): ordered again on the client's next
+    /// request.
+    Failed,
+}
+
+/// Seconds an order may go unanswered before the client's next request orders it again.
+pub const ORDER_TIMEOUT: u32 = 60;
 
 /// The raw behaviour of a grey client: counts guard measured plus what the client sent. No
 /// score and no labels, as in the seed, so the model judges the behaviour itself.
@@ -208,6 +236,10 @@ pub struct EngineStats {
     pub bans: u64,
     /// Bans decided in shadow mode (not pushed).
     pub shadow_bans: u64,
+    /// Ban orders given again because the first was dropped, failed or got no answer.
+    pub ban_retries: u64,
+    /// Ban orders the shell reported as failed (or dropped).
+    pub ban_failures: u64,
     /// Bans (either mode) made on an AI verdict.
     pub ai_bans: u64,
     pub triages: u64,
@@ -357,7 +389,7 @@ impl Engine {
         if evicted {
             self.core.stats.clients_evicted += 1;
         }
-        if state.banned_until > t {
+        if state.banned_until > t || state.order.is_some() {
             return Decision::Allow;
         }
         let details = match pending {
@@ -392,11 +424,35 @@ impl Engine {
         self.core.offenders.restore(ip, secs(last), count);
     }
 
+    /// The shell's word on a ban order: enforced (the client is banned until the order's time
+    /// plus its ttl), refused for good, or failed (ordered again on the client's next request).
+    /// An outcome for an order that was since given again, or lifted, is ignored.
+    pub fn ban_settled(&mut self, ticket: &BanTicket, outcome: BanOutcome) {
+        let Some(state) = self.table.get_mut(&ticket.key) else {
+            return;
+        };
+        let Some(order) = state.order.as_mut().filter(|o| o.at == ticket.at) else {
+            return;
+        };
+        match outcome {
+            BanOutcome::Enforced => {
+                state.banned_until = order.at.saturating_add(secs(order.ttl));
+                state.order = None;
+            }
+            BanOutcome::Refused => state.order = None,
+            BanOutcome::Failed => {
+                order.failed = true;
+                self.core.stats.ban_failures += 1;
+            }
+        }
+    }
+
     /// The operator lifted the ban of `client`: the engine forgets that it banned it (by address;
     /// a client keyed by user keeps its state until it expires).
     pub fn unbanned(&mut self, client: IpAddr) {
         if let Some(state) = self.table.get_mut(&ClientKey::Addr(client)) {
             state.banned_until = 0;
+            state.order = None;
             state.strikes.reset();
         }
     }
@@ -409,6 +465,7 @@ impl Engine {
         }
         self.table.for_each_addr_in(net, |state| {
             state.banned_until = 0;
+            state.order = None;
             state.strikes.reset();
         });
     }
@@ -418,9 +475,13 @@ impl Engine {
     pub fn expire(&mut self, now: Duration) {
         let t = secs(now);
         let idle = secs(self.core.cfg.client_expiry);
-        let removed = self
-            .table
-            .retain(|s| t.saturating_sub(s.last_seen) < idle || s.banned_until > t);
+        let removed = self.table.retain(|s| {
+            t.saturating_sub(s.last_seen) < idle
+                || s.banned_until > t
+                || s.order
+                    .as_ref()
+                    .is_some_and(|o| o.at.saturating_add(secs(o.ttl)) > t)
+        });
         self.core.stats.clients_expired += removed as u64;
         self.core.offenders.expire(t);
         self.core.pending.expire(t);
