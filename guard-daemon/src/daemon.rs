@@ -1,6 +1,7 @@
-//! `guard run`: opens the store, loads and attaches XDP, rebuilds the maps from the store, then
-//! serves the control socket, sweeps expired bans and turns rate-limit events into log lines
-//! (and bans, if configured) until SIGTERM or SIGINT.
+//! `guard run`: opens the store, loads and attaches XDP, rebuilds the maps from the store, hands
+//! bans and the allowlist to their owner thread (`bans::owner`, which also ends expired bans),
+//! then serves the control socket, applies the engine's ban orders and turns rate-limit events
+//! into log lines (and bans, if configured) until SIGTERM or SIGINT.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,10 +13,11 @@ use guard_common::{FAMILY_V4, RateEvent};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
-use crate::bans::{BanError, BanRequest, Bans, Origin};
+use crate::bans::{BanError, BanHandle, BanRequest, Bans, Ordered, Origin, Owner};
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::judge::{BanQueue, Judge};
+use crate::engine::BanOutcome;
+use crate::judge::{BanOrder, BanQueue, Judge};
 use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
@@ -33,26 +35,29 @@ pub const LOG_DIR: &str = "logs";
 struct Counters {
     rate_events: AtomicU64,
     rate_bans: AtomicU64,
-    expired: AtomicU64,
     control_requests: AtomicU64,
 }
 
 struct Shared {
-    bans: Mutex<Bans>,
+    /// The ban owner: every read and change of bans, the allowlist and the XDP maps.
+    bans: BanHandle,
     judge: Arc<Judge>,
     logs: LogStore,
     writer: Arc<LogWriter>,
-    pipeline: Mutex<Option<Pipeline>>,
+    /// The lock only guards taking the pipeline out at exit: a request clones the `Arc` and
+    /// lets the lock go before it does anything else.
+    pipeline: Mutex<Option<Arc<Pipeline>>>,
     counters: Counters,
     config: Config,
     started: Instant,
 }
 
 impl Shared {
-    fn bans(&self) -> std::sync::MutexGuard<'_, Bans> {
-        // A panic while holding the lock cannot leave the maps inconsistent with sled in a way
-        // a later operation would make worse; keep serving.
-        self.bans.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pipeline(&self) -> Option<Arc<Pipeline>> {
+        self.pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -178,12 +183,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let a = bans.allows().map_or(0, |l| l.len());
         info!(bans = n, allowlist = a, "bans restored from the store");
     }
+    let owner = Owner::spawn(bans, config.bans.sweep_interval).context("starting the ban owner")?;
     let shared = Arc::new(Shared {
-        bans: Mutex::new(bans),
+        bans: owner.handle(),
         judge,
         logs,
         writer,
-        pipeline: Mutex::new(pipeline),
+        pipeline: Mutex::new(pipeline.map(Arc::new)),
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -206,38 +212,32 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
     // first, then the applier ends when the queue's sender is gone.
-    if let Some(p) = shared
+    let pipeline = shared
         .pipeline
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        p.stop();
+        .take();
+    if let Some(p) = pipeline {
+        stop_pipeline(p);
     }
     applier_stop.store(true, Ordering::Relaxed);
     if applier.join().is_err() {
         warn!("the ban applier panicked");
     }
+    // Blocking tasks of the control socket may still hold a handle for a moment; the owner
+    // answers what is queued, flushes and stops.
+    let Some(bans) = owner.stop() else {
+        anyhow::bail!("the ban owner panicked; bans are in the store and stay enforced in XDP");
+    };
+    if let Err(e) = bans.store().flush() {
+        error!("flushing the store at exit: {e}");
+    }
     let shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
-    if let Some(p) = shared
-        .pipeline
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-    {
-        p.stop();
-    }
     if let Ok(w) = Arc::try_unwrap(shared.writer) {
         w.shutdown();
     } else {
         warn!("log writer still in use at exit; queued records may be lost");
-    }
-    let bans = shared
-        .bans
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Err(e) = bans.store().flush() {
-        error!("flushing the store at exit: {e}");
     }
     if let Err(e) = shared.logs.flush() {
         warn!("flushing the request log at exit: {e}");
@@ -252,12 +252,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// Stops the capture threads once no control request holds the pipeline any more.
+fn stop_pipeline(mut p: Arc<Pipeline>) {
+    for _ in 0..100 {
+        match Arc::try_unwrap(p) {
+            Ok(p) => return p.stop(),
+            Err(still) => {
+                p = still;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    warn!("the HTTP tap is still in use at exit; its threads end with the process");
+}
+
 async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
     let listener =
         control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
-    let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -270,7 +283,6 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
         })
     };
     control::serve(listener, handler, shutdown_signal()).await;
-    sweeper.abort();
     if let Some(r) = reader {
         r.abort();
     }
@@ -318,29 +330,6 @@ fn arm_watchdog(limit: Duration, give_up: impl FnOnce() + Send + 'static) {
     }
 }
 
-async fn sweep_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.bans.sweep_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let s = Arc::clone(&shared);
-        let swept = tokio::task::spawn_blocking(move || s.bans().sweep()).await;
-        match swept {
-            Ok(Ok(gone)) => {
-                for net in &gone {
-                    info!(target = %net, "ban expired");
-                }
-                shared
-                    .counters
-                    .expired
-                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => warn!("sweeping expired bans: {e}"),
-            Err(e) => warn!("sweeper task: {e}"),
-        }
-    }
-}
-
 async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
     // SAFETY: the ring buffer owns its fd and outlives the registration (AsyncFd owns it).
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -366,7 +355,9 @@ async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
         }
         ready.clear_ready();
         for ev in batch {
-            on_rate_event(&shared, &ev);
+            // Waiting for the owner's answer (a flush) is blocking work: off the runtime.
+            let s = Arc::clone(&shared);
+            tokio::task::spawn_blocking(move || on_rate_event(&s, &ev));
         }
     }
 }
@@ -390,13 +381,8 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
     if ttl.is_zero() {
         return;
     }
-    let mut bans = shared.bans();
-    let target = Net::host(addr);
-    if matches!(bans.store().ban(&target), Ok(Some(_))) {
-        return;
-    }
     let req = BanRequest {
-        target,
+        target: Net::host(addr),
         ttl: Some(ttl),
         reason: format!("packet rate over {pps}/s"),
         origin: Origin::RateLimit,
@@ -411,61 +397,73 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
             ..Default::default()
         }),
     };
-    match bans.ban(req) {
-        Ok(_) => {
+    match shared.bans.order(req) {
+        Ok(Ordered::Banned(_)) => {
             shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
             info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
         }
-        Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
+        Ok(Ordered::Already(_)) | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
         Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
     }
 }
 
-/// Applies the engine's ban orders: sled first, then the XDP maps (through `Bans`).
+/// Orders taken off the judge's queue per round, at most: sent to the owner together, so they
+/// share its flush.
+const APPLY_BATCH: usize = 1024;
+
+/// Applies the engine's ban orders through the owner, a batch at a time (one flush for the
+/// batch), and tells the engine how each went: enforced (the client counts as banned), refused
+/// for good, or failed (ordered again on the client's next request).
 fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut order) = queue.recv_timeout(Duration::from_millis(100)) else {
+        let Ok(first) = queue.recv_timeout(Duration::from_millis(100)) else {
             continue;
         };
-        // An IPv6 client's network that holds a protected address (the host's own /64): the
-        // client alone is banned, never its neighbours.
-        if !order.target.is_host()
-            && let Some(c) = order.evidence.as_ref().and_then(|e| e.client)
-            && matches!(
-                shared.bans().protected().check(&order.target, false),
-                Err(crate::protect::Refusal::Contains { .. })
-            )
-        {
-            info!(network = %order.target, client = %c, "the client's network holds a protected address: banning the client alone");
-            order.target = Net::host(c);
-        }
-        let target = order.target;
-        if matches!(shared.bans().store().ban(&target), Ok(Some(_))) {
-            continue;
-        }
-        let reason = order.reason.clone();
-        let offence = order.evidence.as_ref().and_then(|e| e.offence);
-        // The offender is the client, also when its ban covers its IPv6 network.
-        let client = order.evidence.as_ref().and_then(|e| e.client);
-        // The ban table's lock is released before the offence is stored.
-        let result = shared.bans().ban(order);
-        match result {
-            Ok(view) => {
-                info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
-                if let (Some(count), Some(client)) = (offence, client) {
-                    let record = crate::store::OffenceRecord {
-                        count,
-                        last: view.created_at / 1000,
-                    };
-                    if let Err(e) = shared.bans().store().put_offence(client, record) {
-                        warn!(%target, "repeat offence not stored: {e}");
-                    }
-                }
+        let mut orders = vec![first];
+        while orders.len() < APPLY_BATCH {
+            match queue.try_recv() {
+                Ok(o) => orders.push(o),
+                Err(_) => break,
             }
-            Err(BanError::Allowlisted { .. }) => info!(%target, "engine ban refused: allowlisted"),
-            // Logged with its reason by the ban service.
-            Err(BanError::Protected(_)) => {}
-            Err(e) => warn!(%target, "engine ban failed: {e}"),
+        }
+        let mut waiting = Vec::with_capacity(orders.len());
+        for BanOrder { request, ticket } in orders {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let target = request.target;
+            let reason = request.reason.clone();
+            if shared.bans.send(crate::bans::Command::Order(request, tx)) {
+                waiting.push((ticket, target, reason, Some(rx)));
+            } else {
+                waiting.push((ticket, target, reason, None));
+            }
+        }
+        for (ticket, target, reason, rx) in waiting {
+            let result = rx.map_or(Err(BanError::OwnerGone), |rx| {
+                rx.recv().unwrap_or(Err(BanError::OwnerGone))
+            });
+            let outcome = match result {
+                Ok(Ordered::Banned(view)) => {
+                    info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
+                    BanOutcome::Enforced
+                }
+                Ok(Ordered::Already(_)) => BanOutcome::Enforced,
+                // Enforced in XDP; the store's failure is logged.
+                Err(e @ BanError::NotSaved { .. }) => {
+                    warn!(%target, "engine ban: {e}");
+                    BanOutcome::Enforced
+                }
+                Err(BanError::Allowlisted { .. }) => {
+                    info!(%target, "engine ban refused: allowlisted");
+                    BanOutcome::Refused
+                }
+                // Logged with its reason by the ban owner.
+                Err(BanError::Protected(_)) => BanOutcome::Refused,
+                Err(e) => {
+                    warn!(%target, "engine ban failed (ordered again on the client's next request): {e}");
+                    BanOutcome::Failed
+                }
+            };
+            shared.judge.settle(&ticket, outcome);
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The engine's shell in the capture pipeline: every request the tap finishes is inspected by
 //! the validator, scored by the engine, logged with the verdict, and a ban decision is queued
-//! for the daemon to store in sled and push into the XDP maps. Nothing here waits: the ban
-//! queue is bounded and a full queue drops (and counts) the order; the engine re-decides on the
-//! client's next request.
+//! for the ban owner to push into the XDP maps and store in sled. Nothing here waits: the ban
+//! queue is bounded and a full queue drops (and counts) the order. The engine counts the client
+//! as banned only when the owner confirms the ban ([`Judge::settle`]); an order that was
+//! dropped or failed is given again on the client's next request.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +13,9 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::bans::{BanRequest, Origin};
-use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
+use crate::engine::{
+    BanOutcome, BanTicket, Decision, Engine, EngineConfig, EngineError, ValidatorHint,
+};
 use crate::net::Net;
 use crate::tap::{Evasion, RequestEvent, Trust};
 use crate::validate::{Action, Request, Validator, ValidatorConfig};
@@ -35,7 +38,16 @@ pub struct JudgeStats {
     pub engine_block: AtomicU64,
     pub bans_ordered: AtomicU64,
     pub bans_shadow: AtomicU64,
+    /// Orders dropped because the ban queue was full (given again on the client's next request).
     pub bans_dropped: AtomicU64,
+    /// Orders the owner confirmed enforced.
+    pub bans_confirmed: AtomicU64,
+    /// Orders the owner could not carry out (the maps refused them, the owner was gone).
+    pub bans_failed: AtomicU64,
+    /// Orders given again after being dropped, failing or getting no answer.
+    pub bans_retried: AtomicU64,
+    /// Orders the owner refused for good (allowlisted, protected).
+    pub bans_refused: AtomicU64,
     pub triage: AtomicU64,
     /// AI judgements asked for, and what came back.
     pub ai_asked: AtomicU64,
@@ -56,7 +68,7 @@ pub struct JudgeStats {
 pub struct Judge {
     validator: Validator,
     engine: Arc<Mutex<Engine>>,
-    bans: SyncSender<BanRequest>,
+    bans: SyncSender<BanOrder>,
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
@@ -73,8 +85,15 @@ impl JudgeStats {
     }
 }
 
+/// A ban the engine ordered, and the ticket to report its outcome with.
+#[derive(Debug)]
+pub struct BanOrder {
+    pub request: BanRequest,
+    pub ticket: BanTicket,
+}
+
 /// Ban orders waiting for the daemon.
-pub type BanQueue = Receiver<BanRequest>;
+pub type BanQueue = Receiver<BanOrder>;
 
 impl Judge {
     /// Builds the judge and the queue of ban orders it fills (bounded to `queue` orders).
@@ -119,6 +138,18 @@ impl Judge {
     /// that it is judged (and banned) afresh if it misbehaves again.
     pub fn unbanned(&self, target: &Net) {
         self.engine().unbanned_net(target);
+    }
+
+    /// The owner's word on an order: the engine counts the client as banned only once it is
+    /// enforced; a failed one is given again on the client's next request.
+    pub fn settle(&self, ticket: &BanTicket, outcome: BanOutcome) {
+        let counter = match outcome {
+            BanOutcome::Enforced => &self.stats.bans_confirmed,
+            BanOutcome::Refused => &self.stats.bans_refused,
+            BanOutcome::Failed => &self.stats.bans_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.engine().ban_settled(ticket, outcome);
     }
 
     /// Restores the repeat offenders an earlier run stored.
@@ -257,7 +288,7 @@ impl Judge {
                 self.ask_ai(ev.client, &behaviour);
                 (false, Some(format!("triage (grey score {score})")))
             }
-            ban @ Decision::Ban { .. } => (true, Some(order_ban(ban, &self.bans, s))),
+            ban @ Decision::Ban { .. } => (true, Some(self.order_ban(ban))),
         }
     }
 
@@ -289,15 +320,13 @@ impl Judge {
                 .unwrap_or_else(PoisonError::into_inner)
                 .ai_verdict(now, client, judgement.opinion());
             if matches!(decision, Decision::Ban { .. }) {
-                let reason = order_ban(decision, &bans, &stats);
+                let reason = order_ban(decision, &bans, &stats, &engine);
                 info!(%client, %reason, "the AI judged the client hostile");
             }
         });
     }
 }
 
-/// Queues a ban decision for the daemon (or only counts it in shadow mode); returns the reason
-/// for the log. Anything but a ban is ignored.
 /// A request the tap marked with evasion signs is a protocol finding of its own (a block, so a
 /// strike on a verified flow), unless the validator already blocks it.
 fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<ValidatorHint> {
@@ -312,13 +341,29 @@ fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<Validat
     })
 }
 
-fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) -> String {
+impl Judge {
+    fn order_ban(&self, decision: Decision) -> String {
+        order_ban(decision, &self.bans, &self.stats, &self.engine)
+    }
+}
+
+/// Queues a ban decision for the daemon (or only counts it in shadow mode); returns the reason
+/// for the log. Anything but a ban is ignored. An order the full queue cannot take is reported
+/// to the engine as failed, so the client's next request orders it again.
+fn order_ban(
+    decision: Decision,
+    bans: &SyncSender<BanOrder>,
+    s: &JudgeStats,
+    engine: &Mutex<Engine>,
+) -> String {
     let Decision::Ban {
         target,
         ttl,
         reason,
         evidence,
         shadow,
+        ticket,
+        retry,
     } = decision
     else {
         return String::new();
@@ -328,21 +373,32 @@ fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) 
         info!(%target, ?ttl, %reason, "shadow mode: would ban");
         return format!("shadow ban: {reason}");
     }
-    let order = BanRequest {
-        target,
-        ttl: Some(ttl),
-        reason: reason.clone(),
-        origin: Origin::Engine,
-        force: false,
-        evidence: Some(*evidence),
+    if retry {
+        s.bans_retried.fetch_add(1, Ordering::Relaxed);
+        info!(%target, "ban ordered again: the last order was dropped, failed or not answered");
+    }
+    let order = BanOrder {
+        request: BanRequest {
+            target,
+            ttl: Some(ttl),
+            reason: reason.clone(),
+            origin: Origin::Engine,
+            force: false,
+            evidence: Some(*evidence),
+        },
+        ticket,
     };
     match bans.try_send(order) {
         Ok(()) => {
             s.bans_ordered.fetch_add(1, Ordering::Relaxed);
         }
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+        Err(TrySendError::Full(order) | TrySendError::Disconnected(order)) => {
             s.bans_dropped.fetch_add(1, Ordering::Relaxed);
-            warn!(%target, "ban queue full: order dropped");
+            warn!(%target, "ban queue full: order dropped (given again on the client's next request)");
+            engine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ban_settled(&order.ticket, BanOutcome::Failed);
         }
     }
     format!("banned: {reason}")
@@ -542,5 +598,69 @@ mod tests {
         assert!(blocked, "the request after the panic was not judged");
         assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
         assert_eq!(judge.stats.inspected.load(Ordering::Relaxed), 1);
+    }
+
+    /// Strikes `client` with evasion signs until the engine orders its ban.
+    fn provoke_ban(judge: &Judge, client: &str) {
+        for _ in 0..50 {
+            let mut ev = event(client, &[("Host", "example.test")]);
+            ev.headers.evasion = Evasion {
+                overlap_conflict: true,
+                ..Evasion::default()
+            };
+            if judge.judge(&ev).1.is_some_and(|r| r.starts_with("banned:")) {
+                return;
+            }
+        }
+        panic!("{client} was not banned");
+    }
+
+    /// An order the full queue cannot take is not lost: the engine does not count the client
+    /// as banned, and its next request orders the ban again; a client counts as banned only
+    /// once the owner confirms.
+    #[test]
+    fn a_ban_order_dropped_by_a_full_queue_is_given_again() {
+        let (judge, queue) = Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            1,
+            None,
+        )
+        .expect("judge");
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        provoke_ban(&judge, "192.0.2.40");
+        provoke_ban(&judge, "192.0.2.41");
+        assert_eq!(count(&judge.stats.bans_ordered), 1);
+        assert_eq!(
+            count(&judge.stats.bans_dropped),
+            1,
+            "the queue held one order"
+        );
+        let first = queue.try_recv().expect("the first order");
+        assert_eq!(first.request.target.to_string(), "192.0.2.40");
+        // The dropped client's next request orders its ban again.
+        let (blocked, _) = judge.judge(&event("192.0.2.41", &[("Host", "example.test")]));
+        assert!(blocked);
+        assert_eq!(count(&judge.stats.bans_retried), 1);
+        let again = queue.try_recv().expect("ordered again");
+        assert_eq!(again.request.target.to_string(), "192.0.2.41");
+        // Confirmed: blocked as banned, nothing ordered any more.
+        judge.settle(&first.ticket, BanOutcome::Enforced);
+        judge.settle(&again.ticket, BanOutcome::Enforced);
+        for client in ["192.0.2.40", "192.0.2.41"] {
+            let (blocked, reason) = judge.judge(&event(client, &[("Host", "example.test")]));
+            assert!(blocked, "{reason:?}");
+        }
+        assert!(queue.try_recv().is_err());
+        assert_eq!(count(&judge.stats.bans_confirmed), 2);
+        // An order the owner could not carry out is given again as well.
+        provoke_ban(&judge, "192.0.2.42");
+        let order = queue.try_recv().expect("ordered");
+        judge.settle(&order.ticket, BanOutcome::Failed);
+        let _ = judge.judge(&event("192.0.2.42", &[("Host", "example.test")]));
+        assert!(queue.try_recv().is_ok(), "the failed order was given again");
+        assert_eq!(count(&judge.stats.bans_failed), 1);
+        assert_eq!(count(&judge.stats.bans_retried), 2);
     }
 }
