@@ -356,6 +356,23 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         .map(|(k, v)| row("daemon", k, v))
         .collect();
     print_table(&["COUNTER", "VALUE"], &daemon);
+    // The engine's ban orders: a dropped or failed order is given again on the client's next
+    // request, so `failed` and `dropped` without `retried` mean clients that did not come back.
+    let e = &data.engine;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let orders: Vec<Vec<String>> = [
+        ("ordered", load(&e.bans_ordered)),
+        ("confirmed", load(&e.bans_confirmed)),
+        ("dropped", load(&e.bans_dropped)),
+        ("failed", load(&e.bans_failed)),
+        ("retried", load(&e.bans_retried)),
+        ("refused", load(&e.bans_refused)),
+        ("shadow", load(&e.bans_shadow)),
+    ]
+    .into_iter()
+    .map(|(k, v)| row("ban_orders", k, v))
+    .collect();
+    print_table(&["COUNTER", "VALUE"], &orders);
     let l = &data.logs;
     let logs: Vec<Vec<String>> = [
         ("written", l.written),

@@ -31,6 +31,7 @@ pub enum JudgeError {
 
 /// Counters of the judge, shown by `guard stats`.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct JudgeStats {
     pub inspected: AtomicU64,
     pub validator_block: AtomicU64,

@@ -1,0 +1,340 @@
+//! End to end for the ban owner: many control requests at once, of every kind that touches
+//! bans, the allowlist, the XDP maps and the tap, are all answered, and leave sled (`ban ls`,
+//! `allow ls`, also after a restart) and the pinned XDP maps holding exactly the same set.
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, Map, MapData};
+use guard_common::{
+    BanEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6,
+};
+use guard_tests::http::start_server;
+use guard_tests::{Daemon, Link, require_root};
+
+const PORT: u16 = 8080;
+
+fn open(pins: &Path, name: &str) -> anyhow::Result<MapData> {
+    MapData::from_pin(pins.join(name)).map_err(|e| anyhow::anyhow!("pinned map {name}: {e}"))
+}
+
+/// Every ban in the pinned maps (exact and CIDR, both families), as `addr` or `addr/prefix`
+/// the way `ban ls` writes them.
+fn map_bans(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let v4: HashMap<_, u32, BanEntry> = HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V4)?))?;
+    for k in v4.keys() {
+        out.insert(IpAddr::from(k?.to_ne_bytes()).to_string());
+    }
+    let v6: HashMap<_, [u8; 16], BanEntry> =
+        HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V6)?))?;
+    for k in v6.keys() {
+        out.insert(IpAddr::from(k?).to_string());
+    }
+    let c4: LpmTrie<_, u32, BanEntry> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V4)?))?;
+    for k in c4.keys() {
+        out.insert(prefix4(k?));
+    }
+    let c6: LpmTrie<_, [u8; 16], BanEntry> =
+        LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V6)?))?;
+    for k in c6.keys() {
+        out.insert(prefix6(k?));
+    }
+    Ok(out)
+}
+
+/// Every allowlist entry in the pinned maps.
+fn map_allows(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let a4: LpmTrie<_, u32, u32> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_ALLOW_V4)?))?;
+    for k in a4.keys() {
+        out.insert(prefix4(k?));
+    }
+    let a6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_ALLOW_V6)?))?;
+    for k in a6.keys() {
+        out.insert(prefix6(k?));
+    }
+    Ok(out)
+}
+
+fn prefix4(k: Key<u32>) -> String {
+    let addr = IpAddr::from(k.data().to_ne_bytes());
+    if k.prefix_len() == 32 {
+        addr.to_string()
+    } else {
+        format!("{addr}/{}", k.prefix_len())
+    }
+}
+
+fn prefix6(k: Key<[u8; 16]>) -> String {
+    let addr = IpAddr::from(k.data());
+    if k.prefix_len() == 128 {
+        addr.to_string()
+    } else {
+        format!("{addr}/{}", k.prefix_len())
+    }
+}
+
+/// The `addr` of every entry of `guard <what> ls --json` (read from sled by the owner).
+fn stored(d: &Daemon, what: &str) -> anyhow::Result<BTreeSet<String>> {
+    let list = d.json(&[what, "ls"])?;
+    let list = list
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{what} ls: not a list: {list}"))?;
+    list.iter()
+        .map(|e| {
+            e.get("addr")
+                .or_else(|| e.get("target"))
+                .and_then(|a| a.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("{what} ls entry without addr: {e}"))
+        })
+        .collect()
+}
+
+/// The networks guard protects by itself: in the XDP allowlist, not in `allow ls`.
+fn protected(d: &Daemon) -> anyhow::Result<BTreeSet<String>> {
+    let status = d.json(&["status"])?;
+    Ok(status["protected"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|p| p["net"].as_str())
+                .map(|n| {
+                    n.strip_suffix("/32")
+                        .or_else(|| n.strip_suffix("/128"))
+                        .unwrap_or(n)
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Sled and the maps hold the same bans and the same allowlist (plus the protected networks,
+/// which only the maps hold).
+fn assert_same(d: &Daemon, when: &str) -> anyhow::Result<BTreeSet<String>> {
+    let bans = stored(d, "ban")?;
+    assert_eq!(
+        bans,
+        map_bans(&d.pin_dir)?,
+        "{when}: bans in sled and in the maps differ"
+    );
+    let mut allows = stored(d, "allow")?;
+    allows.extend(protected(d)?);
+    let in_maps: BTreeSet<String> = map_allows(&d.pin_dir)?
+        .into_iter()
+        .map(|n| {
+            n.strip_suffix("/32")
+                .or_else(|| n.strip_suffix("/128"))
+                .map_or(n.clone(), str::to_owned)
+        })
+        .collect();
+    let allows: BTreeSet<String> = allows
+        .into_iter()
+        .map(|n| {
+            n.strip_suffix("/32")
+                .or_else(|| n.strip_suffix("/128"))
+                .map_or(n.clone(), str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        allows, in_maps,
+        "{when}: the allowlist in sled and in the maps differ"
+    );
+    Ok(bans)
+}
+
+fn cmd(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| (*p).to_owned()).collect()
+}
+
+/// Add on even steps, remove on odd steps of odd items: what stays is the even items, and
+/// every third one for IPv6. `other` fills the odd steps of the items that stay.
+fn add_rm(
+    i: u32,
+    add: &[&str],
+    rm: &[&str],
+    keep: impl Fn(u32) -> bool,
+    other: &[&str],
+) -> Vec<String> {
+    if i.is_multiple_of(2) {
+        cmd(add)
+    } else if keep(i / 2) {
+        cmd(other)
+    } else {
+        cmd(rm)
+    }
+}
+
+/// Eight clients of 25 requests each. What stays: 198.51.100.k and 10.k.0.0/16 for even k,
+/// `2001:db8:k::/48` for k divisible by 3 (k = 0..=12), 192.0.2.100-119 (an import), and the
+/// allowlist entries 203.0.113.k for even k.
+fn scripts(import: &str) -> Vec<Vec<Vec<String>>> {
+    let even = |k: u32| k.is_multiple_of(2);
+    vec![
+        (0..25).map(|_| cmd(&["stats", "--json"])).collect(),
+        (0..25u32)
+            .map(|i| {
+                if even(i) {
+                    cmd(&["tap", "ports", "8080"])
+                } else {
+                    cmd(&["tap", "ports"])
+                }
+            })
+            .collect(),
+        (0..25u32)
+            .map(|i| {
+                let a = format!("198.51.100.{}", i / 2);
+                add_rm(
+                    i,
+                    &["ban", "add", &a, "--reason", "parallel"],
+                    &["ban", "rm", &a],
+                    even,
+                    &["status"],
+                )
+            })
+            .collect(),
+        (0..25u32)
+            .map(|i| {
+                let n = format!("10.{}.0.0/16", i / 2);
+                add_rm(
+                    i,
+                    &["ban", "add", &n, "--ttl", "1h"],
+                    &["ban", "rm", &n],
+                    even,
+                    &["logs", "--limit", "5"],
+                )
+            })
+            .collect(),
+        (0..25u32)
+            .map(|i| {
+                let n = format!("2001:db8:{:x}::/48", i / 2);
+                add_rm(
+                    i,
+                    &["ban", "add", &n],
+                    &["ban", "rm", &n],
+                    |k| k.is_multiple_of(3),
+                    &["stats"],
+                )
+            })
+            .collect(),
+        (0..25u32)
+            .map(|i| {
+                let a = format!("203.0.113.{}", i / 2);
+                add_rm(
+                    i,
+                    &["allow", "add", &a, "--reason", "parallel"],
+                    &["allow", "rm", &a],
+                    even,
+                    &["allow", "ls"],
+                )
+            })
+            .collect(),
+        (0..25u32)
+            .map(|i| match i {
+                12 => cmd(&["ban", "import", import]),
+                i if even(i) => cmd(&["logs", "--limit", "5"]),
+                _ => cmd(&["ban", "ls", "--json"]),
+            })
+            .collect(),
+        (0..25u32)
+            .map(|i| {
+                if even(i) {
+                    cmd(&["status"])
+                } else {
+                    cmd(&["tap", "ports", "8080"])
+                }
+            })
+            .collect(),
+    ]
+}
+
+/// 200 control requests from eight parallel CLIs — stats, tap ports, status, logs, bans added
+/// and lifted (exact, CIDR, IPv6), allowlist entries added and removed, an import — are all
+/// answered within 30 s, and afterwards sled and the maps hold exactly the same bans and
+/// allowlist, before and after a restart. Some bans and entries stay, so that "the same" is
+/// not "both empty".
+#[test]
+fn concurrent_mixed_requests_leave_sled_and_maps_identical() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let mut d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[engine]\nmode = \"shadow\"\n\n[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let mut import = std::env::temp_dir();
+    import.push(format!("guard-owner-import-{}.txt", std::process::id()));
+    std::fs::write(
+        &import,
+        (100..120).fold(String::new(), |t, i| t + &format!("192.0.2.{i}\n")),
+    )?;
+    let import_path = import.to_string_lossy().into_owned();
+    let clients = scripts(&import_path);
+    assert_eq!(clients.iter().map(Vec::len).sum::<usize>(), 200);
+    let started = Instant::now();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|cycle| {
+                let d = &d;
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for args in cycle {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        if let Err(e) = d.cli(&args) {
+                            failed.push(format!("{args:?}: {e}"));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a client thread panicked"))
+            .collect()
+    });
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&import);
+    println!("200 mixed control requests from 8 parallel clients answered in {took:?}");
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert!(took < Duration::from_secs(30), "200 requests took {took:?}");
+
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    for i in 0..=12u32 {
+        if i.is_multiple_of(2) {
+            want.insert(format!("198.51.100.{i}"));
+            want.insert(format!("10.{i}.0.0/16"));
+        }
+        if i.is_multiple_of(3) {
+            want.insert(format!("2001:db8:{i:x}::/48"));
+        }
+    }
+    for i in 0..20 {
+        want.insert(format!("192.0.2.{}", 100 + i));
+    }
+    let bans = assert_same(&d, "after the parallel requests")?;
+    assert_eq!(
+        bans, want,
+        "the bans left are not the ones the requests leave"
+    );
+    let allows = stored(&d, "allow")?;
+    let want_allows: BTreeSet<String> = (0..=12u32)
+        .filter(|i| i.is_multiple_of(2))
+        .map(|i| format!("203.0.113.{i}"))
+        .collect();
+    assert_eq!(allows, want_allows);
+
+    // What the CLI was told is saved is on disk: the same after a restart, maps included.
+    d.stop()?;
+    d.spawn()?;
+    let after = assert_same(&d, "after a restart")?;
+    assert_eq!(after, want, "bans changed across the restart");
+    assert_eq!(stored(&d, "allow")?, want_allows);
+    Ok(())
+}
