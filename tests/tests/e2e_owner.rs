@@ -312,7 +312,8 @@ fn concurrent_mixed_requests_leave_sled_and_maps_identical() -> anyhow::Result<(
             want.insert(format!("10.{i}.0.0/16"));
         }
         if i.is_multiple_of(3) {
-            want.insert(format!("2001:db8:{i:x}::/48"));
+            let net: IpAddr = format!("2001:db8:{i:x}::").parse()?;
+            want.insert(format!("{net}/48"));
         }
     }
     for i in 0..20 {

@@ -211,7 +211,10 @@ impl Owned for Bans {
                 let r = self.import(reqs);
                 after_flush(reply, r, |lines, source| BanError::BatchNotSaved {
                     // Every line the maps took is enforced; none is known to be on disk.
-                    count: lines.iter().filter(|l| l.is_ok()).count(),
+                    count: lines
+                        .iter()
+                        .filter(|l| matches!(l, Ok(_) | Err(BanError::NotSaved { .. })))
+                        .count(),
                     source,
                 })
             }
