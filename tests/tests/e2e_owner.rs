@@ -339,3 +339,46 @@ fn concurrent_mixed_requests_leave_sled_and_maps_identical() -> anyhow::Result<(
     assert_eq!(stored(&d, "allow")?, want_allows);
     Ok(())
 }
+
+/// A ban the XDP maps cannot hold is refused when it is asked for and never stored: with the
+/// IPv4 CIDR map filled to its capacity (written straight into the pinned map, as the daemon's
+/// own imports would take minutes), one more CIDR ban fails with an error, `ban ls` and
+/// `status` do not count it, and the daemon restarts cleanly (a ban stored but not enforceable
+/// would fail every later start's rebuild).
+#[test]
+fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let mut d = Daemon::start(&link.near, &link.near_if, "")?;
+    let cap = guard_common::CIDR_CAPACITY;
+    // /28 blocks of 100.64.0.0/10, none near the test's own addresses.
+    let key = |i: u32| Key::new(28, u32::from_ne_bytes((0x6440_0000u32 + i * 16).to_be_bytes()));
+    let mut cidr: LpmTrie<_, u32, BanEntry> =
+        LpmTrie::try_from(Map::LpmTrie(open(&d.pin_dir, MAP_CIDR_V4)?))?;
+    for i in 0..cap {
+        cidr.insert(&key(i), BanEntry::default(), 0)?;
+    }
+    let one_more = format!("{}/28", std::net::Ipv4Addr::from(0x6440_0000u32 + cap * 16));
+    let err = d
+        .cli(&["ban", "add", &one_more])
+        .expect_err("a CIDR ban beyond the map's capacity must be refused");
+    println!("ban add beyond capacity: {}", err.trim());
+    assert!(err.contains("CIDR"), "the error does not name the full map: {err}");
+    let addr = one_more.trim_end_matches("/28");
+    assert_eq!(
+        d.json(&["ban", "ls", "--ip", addr])?,
+        serde_json::json!([]),
+        "the refused ban was stored"
+    );
+    assert_eq!(d.json(&["status"])?["bans"], 0, "the refused ban was counted");
+    // With room again, the same ban is taken, stored, and survives a restart.
+    for i in 0..cap {
+        cidr.remove(&key(i))?;
+    }
+    d.cli(&["ban", "add", &one_more]).map_err(anyhow::Error::msg)?;
+    d.stop()?;
+    d.spawn()?;
+    assert_eq!(stored(&d, "ban")?, BTreeSet::from([one_more.clone()]));
+    assert_eq!(map_bans(&d.pin_dir)?, BTreeSet::from([one_more]));
+    Ok(())
+}
