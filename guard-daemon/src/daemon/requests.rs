@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::bans::{BanRequest, Origin};
-use crate::control::proto::error_chain;
+use crate::control::proto::{MapFill, error_chain};
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
     Stats, Status,
@@ -221,5 +221,16 @@ fn status(shared: &Shared) -> Response {
         keep_attached: cfg.xdp.keep_attached,
         protected: bans.protected().entries().to_vec(),
         protect_refusals: bans.protect_refusals(),
+        maps: bans
+            .xdp()
+            .fill()
+            .into_iter()
+            .map(|f| MapFill {
+                map: f.map.to_owned(),
+                entries: f.entries,
+                capacity: f.capacity,
+            })
+            .collect(),
+        skipped_at_start: bans.xdp().skipped(),
     }))
 }
