@@ -73,93 +73,25 @@ const fn lpm<T>() -> usize {
     4 + size_of::<T>()
 }
 
-/// Every map `xdp_guard` pins by name (`HOT_DENSE` and `TAP_PORTS` are not pinned).
+/// Every map `xdp_guard` pins by name (`HOT_DENSE` and `TAP_PORTS` are not pinned). LPM tries
+/// always carry `BPF_F_NO_PREALLOC` (the kernel requires it; aya-ebpf adds it).
+#[rustfmt::skip]
 pub const PINNED_MAPS: [MapLayout; 16] = [
-    m(
-        MAP_BANS_V4,
-        TYPE_HASH,
-        4,
-        size_of::<BanEntry>(),
-        BANS_CAPACITY,
-        F_NO_PREALLOC,
-    ),
-    m(
-        MAP_BANS_V6,
-        TYPE_HASH,
-        16,
-        size_of::<BanEntry>(),
-        BANS_CAPACITY,
-        F_NO_PREALLOC,
-    ),
-    m(
-        MAP_CIDR_V4,
-        TYPE_LPM_TRIE,
-        lpm::<u32>(),
-        size_of::<BanEntry>(),
-        CIDR_CAPACITY,
-        0,
-    ),
-    m(
-        MAP_CIDR_V6,
-        TYPE_LPM_TRIE,
-        lpm::<[u8; 16]>(),
-        size_of::<BanEntry>(),
-        CIDR_CAPACITY,
-        0,
-    ),
-    m(
-        MAP_ALLOW_V4,
-        TYPE_LPM_TRIE,
-        lpm::<u32>(),
-        4,
-        ALLOW_CAPACITY,
-        0,
-    ),
-    m(
-        MAP_ALLOW_V6,
-        TYPE_LPM_TRIE,
-        lpm::<[u8; 16]>(),
-        4,
-        ALLOW_CAPACITY,
-        0,
-    ),
-    m(
-        MAP_RATE_V4,
-        TYPE_LRU_HASH,
-        4,
-        size_of::<RateBucket>(),
-        RATE_CAPACITY,
-        0,
-    ),
-    m(
-        MAP_RATE_V6,
-        TYPE_LRU_HASH,
-        16,
-        size_of::<RateBucket>(),
-        RATE_CAPACITY,
-        0,
-    ),
+    m(MAP_BANS_V4, TYPE_HASH, 4, size_of::<BanEntry>(), BANS_CAPACITY, F_NO_PREALLOC),
+    m(MAP_BANS_V6, TYPE_HASH, 16, size_of::<BanEntry>(), BANS_CAPACITY, F_NO_PREALLOC),
+    m(MAP_CIDR_V4, TYPE_LPM_TRIE, lpm::<u32>(), size_of::<BanEntry>(), CIDR_CAPACITY, F_NO_PREALLOC),
+    m(MAP_CIDR_V6, TYPE_LPM_TRIE, lpm::<[u8; 16]>(), size_of::<BanEntry>(), CIDR_CAPACITY, F_NO_PREALLOC),
+    m(MAP_ALLOW_V4, TYPE_LPM_TRIE, lpm::<u32>(), 4, ALLOW_CAPACITY, F_NO_PREALLOC),
+    m(MAP_ALLOW_V6, TYPE_LPM_TRIE, lpm::<[u8; 16]>(), 4, ALLOW_CAPACITY, F_NO_PREALLOC),
+    m(MAP_RATE_V4, TYPE_LRU_HASH, 4, size_of::<RateBucket>(), RATE_CAPACITY, 0),
+    m(MAP_RATE_V6, TYPE_LRU_HASH, 16, size_of::<RateBucket>(), RATE_CAPACITY, 0),
     m(MAP_CONFIG, TYPE_ARRAY, 4, size_of::<XdpConfig>(), 1, 0),
     m(MAP_STATS, TYPE_PERCPU_ARRAY, 4, 8, STAT_COUNT, 0),
     m(MAP_EVENTS, TYPE_RINGBUF, 0, 0, EVENTS_BYTES, 0),
     m(MAP_HOT, TYPE_PERCPU_ARRAY, 4, size_of::<HotBan>(), 1, 0),
     m(MAP_DENSE_INDEX, TYPE_HASH, 4, 4, DENSE_SLOTS, F_NO_PREALLOC),
-    m(
-        MAP_DENSE,
-        TYPE_ARRAY,
-        4,
-        size_of::<DenseBlock>(),
-        DENSE_SLOTS,
-        F_MMAPABLE,
-    ),
-    m(
-        MAP_DENSE_HITS,
-        TYPE_ARRAY,
-        4,
-        size_of::<DenseHits>(),
-        DENSE_SLOTS,
-        F_MMAPABLE,
-    ),
+    m(MAP_DENSE, TYPE_ARRAY, 4, size_of::<DenseBlock>(), DENSE_SLOTS, F_MMAPABLE),
+    m(MAP_DENSE_HITS, TYPE_ARRAY, 4, size_of::<DenseHits>(), DENSE_SLOTS, F_MMAPABLE),
     m(MAP_DENSE_V16, TYPE_ARRAY, 4, 8, DENSE_V16_WORDS, F_MMAPABLE),
 ];
 
