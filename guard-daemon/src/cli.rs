@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// bpffs directory for pinned maps and links; overrides `xdp.pin_dir`.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Maps pinned with another layout (an older or newer guard) are not reused: unpin them and
+    /// rebuild the maps from the store. Without it guard refuses to start on such pins.
+    #[arg(long)]
+    pub replace_pins: bool,
     /// Protected HTTP port to capture (repeatable); overrides `tap.http_ports`.
     #[arg(long = "http-port", value_name = "PORT")]
     pub http_ports: Vec<u16>,
@@ -193,6 +197,7 @@ fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(d) = args.pin_dir {
         config.xdp.pin_dir = d;
     }
+    config.xdp.replace_pins = args.replace_pins;
     if !args.http_ports.is_empty() {
         config.tap.http_ports = args.http_ports;
     }
@@ -415,6 +420,26 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         data.state_dir.display(),
         data.pin_dir.display()
     );
+    println!("  XDP maps (entries / capacity):");
+    for m in &data.maps {
+        let pct = u64::from(m.entries) * 100 / u64::from(m.capacity.max(1));
+        let warn = if pct >= crate::xdp::WARN_PERCENT {
+            "  (nearly full)"
+        } else {
+            ""
+        };
+        println!(
+            "    {:<16} {:>9} / {:<9} {pct:>3} %{warn}",
+            m.map, m.entries, m.capacity
+        );
+    }
+    if data.skipped_at_start > 0 {
+        println!(
+            "  {} stored bans/allowlist entries did not fit into the maps at start and are not \
+             enforced (see the log)",
+            data.skipped_at_start
+        );
+    }
     println!(
         "  protected (never banned; {} bans refused since start):",
         data.protect_refusals

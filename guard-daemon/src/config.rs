@@ -130,9 +130,13 @@ pub struct XdpConfig {
     pub interfaces: Vec<String>,
     /// `auto` (default), `native` or `generic`.
     pub mode: XdpMode,
-    /// bpffs directory where maps and links are pinned; one per guard instance.
-    /// Default `/sys/fs/bpf/guard`.
+    /// bpffs directory where maps and links are pinned; one per guard instance, never the
+    /// bpffs root itself. Default `/sys/fs/bpf/guard`.
     pub pin_dir: PathBuf,
+    /// `guard run --replace-pins`: unpin maps of another layout and rebuild them from the
+    /// store instead of refusing to start. Not a config key.
+    #[serde(skip)]
+    pub replace_pins: bool,
     /// Per-source packet rate limit in packets/s; 0 (default) = off.
     pub rate_limit_pps: u64,
     /// Burst allowance in packets; 0 (default) = one second's worth (`rate_limit_pps`).
@@ -158,6 +162,7 @@ impl Default for XdpConfig {
             interfaces: Vec::new(),
             mode: XdpMode::Auto,
             pin_dir: PathBuf::from("/sys/fs/bpf/guard"),
+            replace_pins: false,
             rate_limit_pps: 0,
             rate_limit_burst: 0,
             rate_event_window: Duration::from_secs(10),
@@ -237,6 +242,21 @@ impl Config {
         }
         if self.xdp.pin_dir.is_relative() {
             return invalid("xdp.pin_dir", "must be an absolute path on a bpffs mount");
+        }
+        if self
+            .xdp
+            .pin_dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return invalid("xdp.pin_dir", "must not contain `..`");
+        }
+        if self.xdp.pin_dir == Path::new("/sys/fs/bpf") || self.xdp.pin_dir == Path::new("/") {
+            return invalid(
+                "xdp.pin_dir",
+                "must be a directory of its own below the bpffs root, not /sys/fs/bpf itself \
+                 (guard creates and removes its pins there by name); default /sys/fs/bpf/guard",
+            );
         }
         if self.bans.sweep_interval.is_zero() || self.bans.sweep_interval > Duration::from_secs(1) {
             return invalid("bans.sweep_interval", "must be between 1ms and 1s");

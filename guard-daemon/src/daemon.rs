@@ -80,10 +80,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.daemon.state_dir.display()
         )
     })?;
+    // Everything that can fail on the config or the disk comes before XDP; and XDP itself
+    // changes nothing the running program (if pinned by an earlier instance) sees until the maps
+    // are rebuilt, and its rate settings only once the control socket is bound: a start that
+    // fails leaves enforcement as it was.
     let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
-    let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
-    let events = xdp.take_events();
-    let ebpf_log = xdp.take_ebpf_log();
     // The request log is a database of its own, so that traffic filling it can never stop bans
     // being saved; an earlier version's log tree in the state database is dropped.
     match store.drop_old_logs() {
@@ -162,11 +163,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => warn!("repeat offenders not restored: {e}"),
     }
     let judge = Arc::new(judge);
+    let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
+    let events = xdp.take_events();
+    let ebpf_log = xdp.take_ebpf_log();
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
         None
     } else {
-        let names: Vec<String> = xdp.interfaces().iter().map(|(n, _)| n.clone()).collect();
+        let names = xdp.interface_names().to_vec();
         // Fail open: without the tap guard still enforces bans; say so loudly.
         match Pipeline::start(&mut xdp, &names, &config.tap, &writer, &judge) {
             Ok(p) => Some(p),
@@ -176,13 +180,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
+    let mut bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
     {
         let n = bans.count().unwrap_or(0);
         let a = bans.allows().map_or(0, |l| l.len());
-        info!(bans = n, allowlist = a, "bans restored from the store");
+        let skipped = bans.xdp().skipped();
+        info!(
+            bans = n,
+            allowlist = a,
+            skipped,
+            "bans restored from the store"
+        );
     }
+    // Only now, with the maps rebuilt, does this program take over the interfaces.
+    bans.xdp_mut().attach().context("attaching XDP")?;
     let owner = Owner::spawn(bans, config.bans.sweep_interval).context("starting the ban owner")?;
     let shared = Arc::new(Shared {
         bans: owner.handle(),
@@ -269,6 +281,12 @@ fn stop_pipeline(mut p: Arc<Pipeline>) {
 async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
     let listener =
         control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
+    // The start has succeeded: the program gets this configuration's rate settings.
+    shared
+        .bans
+        .with_xdp(Xdp::commit_settings)
+        .context("asking the ban owner")?
+        .context("writing the XDP settings")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));

@@ -554,6 +554,8 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub config: PathBuf,
+    /// Extra `guard run` arguments for the next [`Daemon::spawn`].
+    pub args: Vec<String>,
     log: PathBuf,
     ns: PathBuf,
     iface: String,
@@ -579,6 +581,7 @@ impl Daemon {
             state_dir: base.join("state"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/guard-test-{id}")),
             config: base.join("guard.toml"),
+            args: Vec::new(),
             log: base.join("guard.log"),
             ns: ns.path(),
             iface: iface.to_owned(),
@@ -605,6 +608,7 @@ impl Daemon {
             .arg(&self.state_dir)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .args(&self.args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -191,6 +191,22 @@ pub struct Status {
     /// Bans refused since start because they touched a protected address.
     #[serde(default)]
     pub protect_refusals: u64,
+    /// Each ban and allowlist map's entries against its capacity.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+    /// Stored bans and allowlist entries the maps could not hold at start (not enforced; each
+    /// was logged with its key).
+    #[serde(default)]
+    pub skipped_at_start: u64,
+}
+
+/// One XDP map's fill, in `guard status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// `IPv4 bans`, `IPv4 CIDR bans`, `IPv4 allowlist`, … (IPv6 likewise).
+    pub map: String,
+    pub entries: u32,
+    pub capacity: u32,
 }
 
 /// An interface guard's XDP program is attached to.

@@ -7,7 +7,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::bans::{BanRequest, Origin};
-use crate::control::proto::error_chain;
+use crate::control::proto::{MapFill, error_chain};
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
     Stats, Status,
@@ -211,9 +211,27 @@ fn status(shared: &Shared) -> Response {
             bans.allows().map_or(0, |l| l.len()),
             bans.protected().entries().to_vec(),
             bans.protect_refusals(),
+            x.fill()
+                .into_iter()
+                .map(|f| MapFill {
+                    map: f.map.to_owned(),
+                    entries: f.entries,
+                    capacity: f.capacity,
+                })
+                .collect::<Vec<_>>(),
+            x.skipped(),
         )
     });
-    let (interfaces, pin_dir, count, allowlist, protected, protect_refusals) = match read {
+    let (
+        interfaces,
+        pin_dir,
+        count,
+        allowlist,
+        protected,
+        protect_refusals,
+        maps,
+        skipped_at_start,
+    ) = match read {
         Ok(r) => r,
         Err(e) => return Response::failed(&e),
     };
@@ -232,5 +250,7 @@ fn status(shared: &Shared) -> Response {
         keep_attached: cfg.xdp.keep_attached,
         protected,
         protect_refusals,
+        maps,
+        skipped_at_start,
     }))
 }

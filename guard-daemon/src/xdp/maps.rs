@@ -9,42 +9,111 @@ use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
     MAP_CIDR_V6,
 };
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{BanCounters, Xdp, XdpError, map_err, v4};
+use super::{BanCounters, Which, Xdp, XdpError, map_err, v4};
 use crate::net::Net;
 
 impl Xdp {
     /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
     /// without ever removing an entry that stays: enforcement has no gap during a restart.
+    /// What does not fit is skipped (each logged with its key, counted in [`Xdp::skipped`]):
+    /// a start never fails because a map is full.
     pub fn reconcile(&mut self, bans: &[(Net, u64)], allows: &[Net]) -> Result<(), XdpError> {
         let have = self.ban_keys()?;
         self.cidrs = have.iter().filter(|n| !n.is_host()).copied().collect();
         self.allows = self.allow_keys()?;
+        self.count_from(&have);
+        self.skipped = 0;
         // The allowlist first: each ban's BAN_CHECK_ALLOW flag depends on it.
         let want: HashSet<Net> = allows.iter().copied().collect();
         for net in self.allows.clone().difference(&want) {
             self.remove_allow(net)?;
         }
         for net in allows {
-            self.put_allow(net)?;
+            match self.put_allow(net) {
+                Err(e @ XdpError::Full { .. }) => {
+                    warn!(key = %net, "allowlist entry not enforced: {e}");
+                    self.skipped += 1;
+                }
+                other => other?,
+            }
         }
         let want: HashSet<Net> = bans.iter().map(|(n, _)| *n).collect();
         for net in have.difference(&want) {
             self.remove_ban(net)?;
         }
+        let mut left_out = HashSet::new();
         for (net, deadline) in bans {
-            self.put_ban(net, *deadline)?;
+            match self.put_ban(net, *deadline) {
+                Err(e @ XdpError::Full { .. }) => {
+                    warn!(key = %net, "ban not enforced: {e}");
+                    left_out.insert(*net);
+                }
+                other => other?,
+            }
         }
-        self.rebuild_dense(bans)?;
+        if !left_out.is_empty() {
+            self.skipped += left_out.len() as u64;
+            warn!(
+                skipped = self.skipped,
+                "the maps could not hold every stored ban and allowlist entry: see `guard status`"
+            );
+        }
+        self.rebuild_dense(bans, &left_out)?;
         self.write_config()
     }
 
-    /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them).
-    fn rebuild_dense(&mut self, bans: &[(Net, u64)]) -> Result<(), XdpError> {
+    /// Reads the CIDR bans and allowlist entries the (pinned) maps hold, and counts them.
+    pub(super) fn read_cidrs_and_allows(&mut self) -> Result<(), XdpError> {
+        let mut cidrs = HashSet::new();
+        for k in self.cidr_v4.keys() {
+            cidrs.insert(v4_prefix(k.map_err(map_err(MAP_CIDR_V4, "iterate"))?));
+        }
+        for k in self.cidr_v6.keys() {
+            cidrs.insert(v6_prefix(k.map_err(map_err(MAP_CIDR_V6, "iterate"))?));
+        }
+        self.cidrs = cidrs;
+        self.allows = self.allow_keys()?;
+        self.count_sets();
+        Ok(())
+    }
+
+    /// Sets every map's count from the keys the maps hold.
+    fn count_from(&mut self, have: &HashSet<Net>) {
+        let exact_v4 = have
+            .iter()
+            .filter(|n| n.is_host() && n.addr().is_ipv4())
+            .count();
+        let exact_v6 = have
+            .iter()
+            .filter(|n| n.is_host() && n.addr().is_ipv6())
+            .count();
+        self.fill.set(Which::BansV4, exact_v4);
+        self.fill.set(Which::BansV6, exact_v6);
+        self.count_sets();
+    }
+
+    /// Sets the CIDR and allowlist counts from their mirrored sets.
+    fn count_sets(&mut self) {
+        let v4 = |set: &HashSet<Net>| set.iter().filter(|n| n.addr().is_ipv4()).count();
+        let (c4, a4) = (v4(&self.cidrs), v4(&self.allows));
+        self.fill.set(Which::CidrV4, c4);
+        self.fill.set(Which::CidrV6, self.cidrs.len() - c4);
+        self.fill.set(Which::AllowV4, a4);
+        self.fill.set(Which::AllowV6, self.allows.len() - a4);
+    }
+
+    /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them but those in
+    /// `left_out`, which are not in the exact map).
+    fn rebuild_dense(
+        &mut self,
+        bans: &[(Net, u64)],
+        left_out: &HashSet<Net>,
+    ) -> Result<(), XdpError> {
         let v4: Vec<(u32, u64)> = bans
             .iter()
-            .filter(|(net, _)| net.is_host())
+            .filter(|(net, _)| net.is_host() && !left_out.contains(net))
             .filter_map(|(net, deadline)| match net.addr() {
                 IpAddr::V4(a) => Some((v4(a), *deadline | self.allow_flag(net))),
                 IpAddr::V6(_) => None,
@@ -111,9 +180,15 @@ impl Xdp {
         match (net.addr(), net.is_host()) {
             (IpAddr::V4(a), true) => {
                 let old = self.bans_v4.get(&v4(a), 0).ok();
+                if old.is_none() {
+                    self.fill.check(Which::BansV4)?;
+                }
                 self.bans_v4
                     .insert(v4(a), fresh(old), 0)
                     .map_err(map_err(MAP_BANS_V4, "insert"))?;
+                if old.is_none() {
+                    self.fill.added(Which::BansV4);
+                }
                 let was_active = self.dense.active();
                 self.dense.added(
                     &mut self.bans_v4,
@@ -131,34 +206,45 @@ impl Xdp {
             }
             (IpAddr::V6(a), true) => {
                 let old = self.bans_v6.get(&a.octets(), 0).ok();
+                if old.is_none() {
+                    self.fill.check(Which::BansV6)?;
+                }
                 self.bans_v6
                     .insert(a.octets(), fresh(old), 0)
-                    .map_err(map_err(MAP_BANS_V6, "insert"))
+                    .map_err(map_err(MAP_BANS_V6, "insert"))?;
+                if old.is_none() {
+                    self.fill.added(Which::BansV6);
+                }
+                Ok(())
             }
             (IpAddr::V4(a), false) => {
                 let key = Key::new(u32::from(net.prefix()), v4(a));
-                let old = self
-                    .cidrs
-                    .contains(net)
-                    .then(|| self.cidr_v4.get(&key, 0).ok())
-                    .flatten();
+                let present = self.cidrs.contains(net);
+                if !present {
+                    self.fill.check(Which::CidrV4)?;
+                }
+                let old = present.then(|| self.cidr_v4.get(&key, 0).ok()).flatten();
                 self.cidr_v4
                     .insert(&key, fresh(old), 0)
                     .map_err(map_err(MAP_CIDR_V4, "insert"))?;
-                self.cidrs.insert(*net);
+                if self.cidrs.insert(*net) {
+                    self.fill.added(Which::CidrV4);
+                }
                 self.write_config()
             }
             (IpAddr::V6(a), false) => {
                 let key = Key::new(u32::from(net.prefix()), a.octets());
-                let old = self
-                    .cidrs
-                    .contains(net)
-                    .then(|| self.cidr_v6.get(&key, 0).ok())
-                    .flatten();
+                let present = self.cidrs.contains(net);
+                if !present {
+                    self.fill.check(Which::CidrV6)?;
+                }
+                let old = present.then(|| self.cidr_v6.get(&key, 0).ok()).flatten();
                 self.cidr_v6
                     .insert(&key, fresh(old), 0)
                     .map_err(map_err(MAP_CIDR_V6, "insert"))?;
-                self.cidrs.insert(*net);
+                if self.cidrs.insert(*net) {
+                    self.fill.added(Which::CidrV6);
+                }
                 self.write_config()
             }
         }
@@ -185,6 +271,9 @@ impl Xdp {
                     .remove(&Key::new(u32::from(net.prefix()), a.octets()))
             }
         };
+        if r.is_ok() {
+            self.fill.removed(Which::ban(net));
+        }
         ignore_missing(r, "remove ban")?;
         self.invalidate_hot()
     }
@@ -248,6 +337,9 @@ impl Xdp {
 
     /// Adds an allowlist entry.
     pub fn put_allow(&mut self, net: &Net) -> Result<(), XdpError> {
+        if !self.allows.contains(net) {
+            self.fill.check(Which::allow(net))?;
+        }
         match net.addr() {
             IpAddr::V4(a) => {
                 let key = Key::new(u32::from(net.prefix()), v4(a));
@@ -262,7 +354,9 @@ impl Xdp {
                     .map_err(map_err(MAP_ALLOW_V6, "insert"))?;
             }
         }
-        self.allows.insert(*net);
+        if self.allows.insert(*net) {
+            self.fill.added(Which::allow(net));
+        }
         self.write_config()
     }
 
@@ -276,7 +370,9 @@ impl Xdp {
                 .allow_v6
                 .remove(&Key::new(u32::from(net.prefix()), a.octets())),
         };
-        self.allows.remove(net);
+        if self.allows.remove(net) && r.is_ok() {
+            self.fill.removed(Which::allow(net));
+        }
         ignore_missing(r, "remove allow")?;
         self.write_config()
     }

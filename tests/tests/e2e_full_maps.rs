@@ -1,0 +1,91 @@
+//! End to end: a ban the maps cannot hold is refused with a clear error, and a restart with more
+//! stored bans than fit skips (and counts) the excess instead of failing.
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use guard_tests::{Daemon, Link, require_root};
+
+/// `guard_common::CIDR_CAPACITY`.
+const CIDR_CAPACITY: u64 = 131_072;
+
+fn ok(r: Result<String, String>) -> anyhow::Result<String> {
+    r.map_err(anyhow::Error::msg)
+}
+
+fn cidr_fill(d: &Daemon) -> anyhow::Result<(u64, u64, serde_json::Value)> {
+    let status = d.json(&["status"])?;
+    let m = status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["map"] == "IPv4 CIDR bans"))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no CIDR map in {status}"))?;
+    Ok((
+        m["entries"].as_u64().unwrap_or(0),
+        m["capacity"].as_u64().unwrap_or(0),
+        status,
+    ))
+}
+
+#[test]
+fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::exclusive()?;
+    let mut d = Daemon::start(&link.near, &link.near_if, "")?;
+    // CIDR_CAPACITY + 1 distinct /30s in 240.0.0.0/4 (reserved: nothing guard protects is there).
+    let mut text = String::new();
+    for i in 0..=CIDR_CAPACITY as u32 {
+        writeln!(text, "{}/30", Ipv4Addr::from(0xF000_0000 + i * 4))?;
+    }
+    let file = d.state_dir.with_file_name("cidrs.txt");
+    std::fs::write(&file, text)?;
+    let t = Instant::now();
+    let e = d
+        .cli(&["ban", "import", &file.to_string_lossy()])
+        .expect_err("the last CIDR ban does not fit");
+    println!(
+        "import of {} CIDR bans: {:.1} s",
+        CIDR_CAPACITY + 1,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(e.contains("IPv4 CIDR bans full: 131072"), "{e}");
+    let (entries, capacity, _) = cidr_fill(&d)?;
+    assert_eq!((entries, capacity), (CIDR_CAPACITY, CIDR_CAPACITY));
+    assert!(
+        d.log_text().contains("map 80% full"),
+        "no warning at 80 %: {}",
+        d.log_text()
+    );
+    // One more, asked for alone: the same clear refusal. Exact bans have a map of their own.
+    let e = d
+        .cli(&["ban", "add", "241.0.0.0/30", "--ttl", "1h"])
+        .expect_err("a full CIDR map refuses a single ban too");
+    assert!(e.contains("IPv4 CIDR bans full: 131072"), "{e}");
+    ok(d.cli(&["ban", "add", "241.0.0.1", "--ttl", "1h"]))?;
+
+    // A restart never fails because of capacity: what does not fit is skipped and counted.
+    d.stop()?;
+    let t = Instant::now();
+    d.spawn()?;
+    println!(
+        "restart with a full CIDR map: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (entries, _, status) = cidr_fill(&d)?;
+    assert_eq!(entries, CIDR_CAPACITY, "{status}");
+    let stored = status["bans"].as_u64().unwrap_or(0);
+    let skipped = status["skipped_at_start"].as_u64().unwrap_or(0);
+    // Every stored CIDR ban beyond the capacity (one exact ban besides them).
+    assert_eq!(skipped, stored - CIDR_CAPACITY - 1, "{status}");
+    if skipped > 0 {
+        assert!(
+            d.log_text().contains("ban not enforced"),
+            "{}",
+            d.log_text()
+        );
+    }
+    let human = ok(d.cli(&["status"]))?;
+    assert!(human.contains("IPv4 CIDR bans"), "{human}");
+    assert!(human.contains("131072 / 131072"), "{human}");
+    Ok(())
+}
