@@ -69,12 +69,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
              (or start guard with `cargo xtask run`), which sets up the toolchain first"
         );
     }
-    std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
-        format!(
-            "creating state directory {}",
-            config.daemon.state_dir.display()
-        )
-    })?;
+    // Everything guard creates from here on (databases, socket, directories) is private.
+    let _ = crate::perms::private_umask();
+    // The socket's directory is checked before anything changes: a refused start leaves the
+    // host as it was.
+    let access = control::Access::from_config(&config.daemon)?;
+    control::prepare_dir(&config.daemon.socket, &access)?;
+    let tightened = crate::perms::private_tree(&config.daemon.state_dir, "state directory")?;
+    if tightened.entries > 0 {
+        warn!(
+            state_dir = %config.daemon.state_dir.display(),
+            entries = tightened.entries,
+            "state directory and files were open to other users: made 0700 and 0600"
+        );
+    }
     let store = Store::open(&config.daemon.state_dir).context("opening the store")?;
     let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
     let events = xdp.take_events();
@@ -201,7 +209,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events));
+    let result = runtime.block_on(serve(Arc::clone(&shared), events, access));
     drop(runtime);
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
@@ -252,9 +260,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
-    let listener =
-        control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
+async fn serve(
+    shared: Arc<Shared>,
+    events: Option<RingBuf<MapData>>,
+    access: control::Access,
+) -> anyhow::Result<()> {
+    let listener = control::bind(&shared.config.daemon.socket, &access)
+        .context("binding the control socket")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
@@ -269,7 +281,7 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
             handle(&shared, req)
         })
     };
-    control::serve(listener, handler, shutdown_signal()).await;
+    control::serve(listener, access, handler, shutdown_signal()).await;
     sweeper.abort();
     if let Some(r) = reader {
         r.abort();
