@@ -182,8 +182,12 @@ pub async fn serve_with<H, F>(
                 "busy: {} control connections are open; try again",
                 limits.max_connections
             ));
-            // Never waits: a fresh socket's buffer takes the line, or the caller gets nothing.
-            let _ = stream.try_write(&encode(&busy));
+            // Written on the plain (non-blocking) socket, never waiting: a fresh socket's
+            // buffer takes the line. (tokio's `try_write` would not write before the reactor
+            // has seen the socket writable.)
+            if let Ok(plain) = stream.into_std() {
+                let _ = std::io::Write::write(&mut &plain, &encode(&busy));
+            }
             continue;
         };
         let (handler, access) = (Arc::clone(&handler), Arc::clone(&access));
