@@ -91,10 +91,17 @@ impl LogsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// Control socket (root-only permissions). Default `/run/guard/guard.sock`.
+    /// Control socket, in a directory of its own: guard creates it 0700 (0750 with
+    /// `socket_group`) and refuses to start if it exists with looser permissions or another
+    /// owner. The socket is 0600 (0660). Default `/run/guard/guard.sock`.
     pub socket: PathBuf,
+    /// A group whose members may run the read-only commands (`ban ls`, `allow ls`, `stats`,
+    /// `status`, `logs`, `tap ports` without a change); a name or a number. Default: none
+    /// (root only).
+    pub socket_group: Option<String>,
     /// Directory of the state database (bans, allowlist); the request log is a database of
-    /// its own in its `logs/` subdirectory. Default `/var/lib/guard`.
+    /// its own in its `logs/` subdirectory. Made 0700 and its files 0600 at each start.
+    /// Default `/var/lib/guard`.
     pub state_dir: PathBuf,
 }
 
@@ -102,6 +109,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
             state_dir: PathBuf::from("/var/lib/guard"),
         }
     }
@@ -238,6 +246,17 @@ impl Config {
             return invalid(
                 "xdp.rate_limit_burst",
                 "set xdp.rate_limit_pps too (0 = rate limiting off)",
+            );
+        }
+        if self
+            .daemon
+            .socket_group
+            .as_deref()
+            .is_some_and(str::is_empty)
+        {
+            return invalid(
+                "daemon.socket_group",
+                "a group name or number, or no key at all",
             );
         }
         if self.xdp.pin_dir.is_relative() {

@@ -74,12 +74,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
              (or start guard with `cargo xtask run`), which sets up the toolchain first"
         );
     }
-    std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
-        format!(
-            "creating state directory {}",
-            config.daemon.state_dir.display()
-        )
-    })?;
+    // Everything guard creates from here on (databases, socket, directories) is private.
+    let _ = crate::perms::private_umask();
+    // The socket's directory is checked before anything changes: a refused start leaves the
+    // host as it was.
+    let access = control::Access::from_config(&config.daemon)?;
+    control::prepare_dir(&config.daemon.socket, &access)?;
+    let tightened = crate::perms::private_tree(&config.daemon.state_dir, "state directory")?;
+    if tightened.entries > 0 {
+        warn!(
+            state_dir = %config.daemon.state_dir.display(),
+            entries = tightened.entries,
+            "state directory and files were open to other users: made 0700 and 0600"
+        );
+    }
     // Everything that can fail on the config or the disk comes before XDP; and XDP itself
     // changes nothing the running program (if pinned by an earlier instance) sees until the maps
     // are rebuilt, and its rate settings only once the control socket is bound: a start that
@@ -219,7 +227,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events));
+    let result = runtime.block_on(serve(Arc::clone(&shared), events, access));
     drop(runtime);
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
@@ -278,9 +286,13 @@ fn stop_pipeline(mut p: Arc<Pipeline>) {
     warn!("the HTTP tap is still in use at exit; its threads end with the process");
 }
 
-async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
-    let listener =
-        control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
+async fn serve(
+    shared: Arc<Shared>,
+    events: Option<RingBuf<MapData>>,
+    access: control::Access,
+) -> anyhow::Result<()> {
+    let listener = control::bind(&shared.config.daemon.socket, &access)
+        .context("binding the control socket")?;
     // The start has succeeded: the program gets this configuration's rate settings.
     shared
         .bans
@@ -300,7 +312,7 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
             handle(&shared, req)
         })
     };
-    control::serve(listener, handler, shutdown_signal()).await;
+    control::serve(listener, access, handler, shutdown_signal()).await;
     if let Some(r) = reader {
         r.abort();
     }

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod inspect;
 pub mod judge;
+pub mod perms;
 pub mod pipeline;
 pub mod protect;
 pub mod store;

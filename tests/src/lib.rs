@@ -7,6 +7,7 @@ pub mod rawtcp;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -575,6 +576,8 @@ impl Daemon {
         let id = unique("d");
         let base = std::env::temp_dir().join(format!("guard-test-{id}"));
         std::fs::create_dir_all(&base)?;
+        // The socket's directory: guard refuses one open to other users.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))?;
         let d = Self {
             child: None,
             socket: base.join("guard.sock"),

@@ -158,9 +158,27 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
             };
             let entries = parse_import(&text)?;
             let n = entries.len();
-            let imported: Imported = control::call(socket, &Request::BanImport { entries, force })?;
-            println!("imported {} of {n} bans", imported.banned);
-            for r in &imported.refused {
+            // The socket takes requests of 1 MiB at most: a large import goes in pieces, each
+            // saved by the daemon before the next is sent.
+            let chunks = import_chunks(entries, IMPORT_CHUNK_BYTES)?;
+            let mut total = Imported {
+                banned: 0,
+                refused: Vec::new(),
+            };
+            for entries in chunks {
+                let sent = entries.len();
+                let imported: Imported = control::call(socket, &Request::BanImport { entries, force })
+                    .with_context(|| {
+                        format!(
+                            "{} of {n} bans were imported before this error ({sent} more were being sent)",
+                            total.banned
+                        )
+                    })?;
+                total.banned += imported.banned;
+                total.refused.extend(imported.refused);
+            }
+            println!("imported {} of {n} bans", total.banned);
+            for r in &total.refused {
                 eprintln!("refused: {r}");
             }
         }
@@ -260,6 +278,43 @@ fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest `ban import` request the CLI sends: under the socket's limit
+/// (`control::MAX_REQUEST_BYTES`), with room for the request's own fields.
+const IMPORT_CHUNK_BYTES: usize = control::MAX_REQUEST_BYTES - 4096;
+
+/// Splits `entries` into pieces whose `ban import` request is at most `max_bytes` long, in
+/// order. An entry too large to be sent alone is an error naming it.
+pub fn import_chunks(
+    entries: Vec<ImportEntry>,
+    max_bytes: usize,
+) -> anyhow::Result<Vec<Vec<ImportEntry>>> {
+    // `{"op":"ban_import","entries":[` … `],"force":false}` and the newline.
+    const FRAME: usize = 64;
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), FRAME);
+    for entry in entries {
+        // Plain data: encoding cannot fail; the comma between entries is counted.
+        let size = serde_json::to_vec(&entry).map_or(0, |v| v.len()) + 1;
+        if FRAME + size > max_bytes {
+            bail!(
+                "the import entry for {} is {size} bytes, more than the control socket takes \
+                 ({max_bytes}); shorten its reason",
+                entry.target
+            );
+        }
+        if bytes + size > max_bytes {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = FRAME;
+        }
+        bytes += size;
+        chunk.push(entry);
+    }
+    if !chunk.is_empty() || chunks.is_empty() {
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
 /// Parses `guard ban import` input: `ADDR[/LEN]` or `ADDR[/LEN],DURATION,REASON` a line;
 /// blank lines and `#` comments are skipped. Errors name the line.
 pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportEntry>> {
@@ -339,6 +394,47 @@ fn print_bans(bans: &[BanView]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 100,000 entries (about 4.5 MB of JSON, over the socket's 1 MiB) go in pieces that each
+    /// fit, in order, none lost.
+    #[test]
+    fn a_large_import_is_sent_in_pieces_under_the_limit() {
+        let entries: Vec<ImportEntry> = (0..100_000u32)
+            .map(|i| ImportEntry {
+                target: Net::host(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()),
+                ttl_secs: (i % 2 == 0).then_some(3600),
+                reason: (i % 3 == 0).then(|| format!("scanner {i}")),
+            })
+            .collect();
+        let whole = serde_json::to_vec(&Request::BanImport {
+            entries: entries.clone(),
+            force: true,
+        })
+        .unwrap()
+        .len();
+        assert!(whole > control::MAX_REQUEST_BYTES, "{whole}");
+        let chunks = import_chunks(entries.clone(), IMPORT_CHUNK_BYTES).unwrap();
+        assert!(chunks.len() >= 4, "{}", chunks.len());
+        for c in &chunks {
+            let line = serde_json::to_vec(&Request::BanImport {
+                entries: c.clone(),
+                force: true,
+            })
+            .unwrap();
+            assert!(line.len() < control::MAX_REQUEST_BYTES, "{}", line.len());
+        }
+        assert_eq!(chunks.concat(), entries);
+        // Nothing to send is one empty request (the daemon answers 0 of 0).
+        assert_eq!(import_chunks(Vec::new(), 1000).unwrap().len(), 1);
+        // An entry that cannot fit alone is named.
+        let huge = ImportEntry {
+            target: net("192.0.2.9"),
+            ttl_secs: None,
+            reason: Some("x".repeat(2000)),
+        };
+        let e = import_chunks(vec![huge], 1000).unwrap_err().to_string();
+        assert!(e.contains("192.0.2.9"), "{e}");
+    }
 
     fn net(s: &str) -> Net {
         s.parse().unwrap()

@@ -70,6 +70,45 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// True when the request changes something (bans, the allowlist, the tap's ports): only
+    /// root may make it. Members of `daemon.socket_group` may make the others.
+    #[must_use]
+    pub fn changes(&self) -> bool {
+        match self {
+            Self::BanAdd { .. }
+            | Self::BanRm { .. }
+            | Self::BanRmMatching { .. }
+            | Self::BanImport { .. }
+            | Self::AllowAdd { .. }
+            | Self::AllowRm { .. } => true,
+            Self::TapPorts { ports } => ports.is_some(),
+            Self::BanLs { .. } | Self::AllowLs | Self::Stats | Self::Status | Self::Logs(_) => {
+                false
+            }
+        }
+    }
+
+    /// The CLI command that sends it, for messages (`ban add`).
+    #[must_use]
+    pub fn command(&self) -> &'static str {
+        match self {
+            Self::BanAdd { .. } => "ban add",
+            Self::BanRm { .. } | Self::BanRmMatching { .. } => "ban rm",
+            Self::BanLs { .. } => "ban ls",
+            Self::BanImport { .. } => "ban import",
+            Self::AllowAdd { .. } => "allow add",
+            Self::AllowRm { .. } => "allow rm",
+            Self::AllowLs => "allow ls",
+            Self::Stats => "stats",
+            Self::Status => "status",
+            Self::Logs(_) => "logs",
+            Self::TapPorts { ports: None } => "tap ports",
+            Self::TapPorts { ports: Some(_) } => "tap ports (change)",
+        }
+    }
+}
+
 /// Filters of `guard logs` as sent over the socket (see `store::logs::LogQuery`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LogsRequest {
@@ -500,6 +539,60 @@ mod tests {
         assert!(
             serde_json::from_str::<Response>(r#"{"ok":true,"reply":"bananas","data":1}"#).is_err()
         );
+    }
+
+    /// Only what changes nothing is open to the read-only group; a change of the tap's ports
+    /// is a change, reading them is not.
+    #[test]
+    fn requests_are_classified_as_changes_or_reads() {
+        let target: Net = "192.0.2.7".parse().unwrap();
+        let changes = [
+            Request::BanAdd {
+                target,
+                ttl_secs: None,
+                reason: None,
+                force: false,
+            },
+            Request::BanRm { target },
+            Request::BanRmMatching {
+                filter: BanFilter::default(),
+            },
+            Request::BanImport {
+                entries: Vec::new(),
+                force: false,
+            },
+            Request::AllowAdd {
+                target,
+                reason: None,
+            },
+            Request::AllowRm { target },
+            Request::TapPorts {
+                ports: Some(vec![80]),
+            },
+        ];
+        for r in &changes {
+            assert!(r.changes(), "{r:?}");
+        }
+        let reads = [
+            Request::BanLs {
+                filter: BanFilter::default(),
+            },
+            Request::AllowLs,
+            Request::Stats,
+            Request::Status,
+            Request::Logs(LogsRequest::default()),
+            Request::TapPorts { ports: None },
+        ];
+        for r in &reads {
+            assert!(!r.changes(), "{r:?}");
+        }
+        assert_eq!(changes[0].command(), "ban add");
+        assert_eq!(reads[0].command(), "ban ls");
+        // From the wire, as a client would send it.
+        let r: Request = serde_json::from_str(r#"{"op":"tap_ports","ports":[8080]}"#).unwrap();
+        assert!(r.changes());
+        let r: Request = serde_json::from_str(r#"{"op":"tap_ports","ports":null}"#).unwrap();
+        assert!(!r.changes());
     }
 
     /// Requests keep their wire format: scripts that wrote `{"op":"ban_ls"}` still work.
