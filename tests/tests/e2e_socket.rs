@@ -360,3 +360,32 @@ fn e2e_socket_state_directory_and_sled_files_are_private() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// 100,000 addresses (5.7 MB of import JSON, over five times the socket's limit) are imported
+/// whole: the CLI sends them in pieces under 1 MiB (six), and its output is that of one
+/// request.
+#[test]
+fn e2e_socket_an_import_of_100000_goes_in_pieces_under_the_limit() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let d = Daemon::start(&link.near, &link.near_if, "")?;
+    let mut list = String::new();
+    for i in 0..100_000u32 {
+        let a = std::net::Ipv4Addr::from(0xc612_0000 + i); // 198.18.0.0/15
+        list.push_str(&a.to_string());
+        list.push('\n');
+    }
+    let file = std::env::temp_dir().join(format!("guard-import-{}.txt", unique("i")));
+    std::fs::write(&file, &list)?;
+    let t = Instant::now();
+    let out = d.cli(&["ban", "import", &file.display().to_string()]);
+    let took = t.elapsed();
+    let _ = std::fs::remove_file(&file);
+    let out = out.map_err(|e| anyhow::anyhow!("import: {e}"))?;
+    assert_eq!(out.trim(), "imported 100000 of 100000 bans", "{out}");
+    println!("ban import of 100,000 addresses in pieces: {took:?}");
+    let status = d.json(&["status"])?;
+    assert_eq!(status["bans"].as_u64(), Some(100_000), "{status}");
+    assert!(!d.log_text().contains("larger than"), "{}", d.log_text());
+    Ok(())
+}

@@ -146,43 +146,70 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 print_bans(&bans);
             }
         }
-        BanCommand::Import { file, force } => {
-            let text = if file == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading standard input")?;
-                s
-            } else {
-                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
-            };
-            let entries = parse_import(&text)?;
-            let n = entries.len();
-            // The socket takes requests of 1 MiB at most: a large import goes in pieces, each
-            // saved by the daemon before the next is sent.
-            let chunks = import_chunks(entries, IMPORT_CHUNK_BYTES)?;
-            let mut total = Imported {
-                banned: 0,
-                refused: Vec::new(),
-            };
-            for entries in chunks {
-                let sent = entries.len();
-                let imported: Imported = control::call(socket, &Request::BanImport { entries, force })
-                    .with_context(|| {
-                        format!(
-                            "{} of {n} bans were imported before this error ({sent} more were being sent)",
-                            total.banned
-                        )
-                    })?;
+        BanCommand::Import { file, force } => import(&file, force, socket)?,
+    }
+    Ok(())
+}
+
+/// `guard ban import`: sends the entries in pieces under the socket's limit and sums the
+/// answers; output as for one request.
+fn import(file: &str, force: bool, socket: &std::path::Path) -> anyhow::Result<()> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let entries = parse_import(&text)?;
+    let n = entries.len();
+    // The socket takes requests of 1 MiB at most: a large import goes in pieces, each
+    // saved by the daemon before the next is sent.
+    let chunks = import_chunks(entries, IMPORT_CHUNK_BYTES)?;
+    let pieces = chunks.len();
+    let mut total = Imported {
+        banned: 0,
+        refused: Vec::new(),
+    };
+    // What the daemon refused, by piece: the other pieces are still sent (a piece the
+    // store could not record is still enforced, as a whole import would be).
+    let (mut failures, mut first) = (Vec::new(), 1);
+    for entries in chunks {
+        let sent = entries.len();
+        match control::call::<Imported>(socket, &Request::BanImport { entries, force }) {
+            Ok(imported) => {
                 total.banned += imported.banned;
                 total.refused.extend(imported.refused);
             }
-            println!("imported {} of {n} bans", total.banned);
-            for r in &total.refused {
-                eprintln!("refused: {r}");
+            Err(control::ControlError::Daemon(message)) if pieces == 1 => bail!(message),
+            Err(control::ControlError::Daemon(message)) => failures.push(format!(
+                "entries {first} to {}: {message}",
+                first + sent - 1
+            )),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{} of {n} bans were imported before this error",
+                    total.banned
+                )));
             }
         }
+        first += sent;
     }
+    for r in &total.refused {
+        eprintln!("refused: {r}");
+    }
+    if !failures.is_empty() {
+        bail!(
+            "the import went in {pieces} pieces (the control socket takes 1 MiB at most); \
+             {} failed: {}; the other pieces saved {} of {n} bans",
+            failures.len(),
+            failures.join("; "),
+            total.banned
+        );
+    }
+    println!("imported {} of {n} bans", total.banned);
     Ok(())
 }
 

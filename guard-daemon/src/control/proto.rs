@@ -104,7 +104,7 @@ impl Request {
             Self::Status => "status",
             Self::Logs(_) => "logs",
             Self::TapPorts { ports: None } => "tap ports",
-            Self::TapPorts { ports: Some(_) } => "tap ports (change)",
+            Self::TapPorts { ports: Some(_) } => "tap ports PORT...",
         }
     }
 }
