@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{error, info, warn};
@@ -50,6 +50,10 @@ pub struct JudgeStats {
     /// Requests the tap marked with evasion signs (too many headers, conflicting overlapping
     /// segments, IP fragments), judged as a protocol finding.
     pub evasion: AtomicU64,
+    /// Sweeps of the engine's idle clients (every `engine.sweep_interval`), and how long the
+    /// last one held the engine's lock, in microseconds.
+    pub engine_sweeps: AtomicU64,
+    pub engine_sweep_micros: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
@@ -60,6 +64,11 @@ pub struct Judge {
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
+    /// The engine's sweep cadence, and when the next sweep is due, in ms since `epoch` (the
+    /// monotonic clock): whichever capture thread finds it due first sweeps, the others go on.
+    sweep_every: Duration,
+    next_sweep_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl JudgeStats {
@@ -75,6 +84,10 @@ impl JudgeStats {
 
 /// Ban orders waiting for the daemon.
 pub type BanQueue = Receiver<BanRequest>;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 impl Judge {
     /// Builds the judge and the queue of ban orders it fills (bounded to `queue` orders).
@@ -96,6 +109,9 @@ impl Judge {
                 bans: tx,
                 stats: Arc::new(JudgeStats::default()),
                 ai,
+                sweep_every: engine.sweep_interval,
+                next_sweep_ms: AtomicU64::new(millis(engine.sweep_interval)),
+                epoch: Instant::now(),
             },
             rx,
         ))
@@ -129,9 +145,49 @@ impl Judge {
         }
     }
 
-    /// Forgets idle clients.
-    pub fn expire(&self, now: Duration) {
-        self.engine().expire(now);
+    /// Forgets idle clients if a sweep is due (every `engine.sweep_interval`); `wall` is the
+    /// wall clock since the Unix epoch, the engine's time. Cheap when none is due: one atomic
+    /// load, no lock. Returns whether this call swept.
+    pub fn sweep_if_due(&self, wall: Duration) -> bool {
+        self.sweep_at(self.epoch.elapsed(), wall)
+    }
+
+    /// [`Judge::sweep_if_due`] at `mono` on the judge's monotonic clock (injected by tests).
+    fn sweep_at(&self, mono: Duration, wall: Duration) -> bool {
+        let now = millis(mono);
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        if now < due {
+            return false;
+        }
+        // One caller wins the sweep; a late one (or a clock that jumped) never sweeps twice.
+        let next = now.saturating_add(millis(self.sweep_every));
+        if self
+            .next_sweep_ms
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let started = Instant::now();
+        self.engine().expire(wall);
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.engine_sweeps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .engine_sweep_micros
+            .store(took, Ordering::Relaxed);
+        true
+    }
+
+    /// The engine's own counters and gauges (clients held, rules fired, bans decided).
+    #[must_use]
+    pub fn engine_stats(&self) -> crate::engine::EngineStats {
+        self.engine().stats()
+    }
+
+    /// The AI client's counters, if the AI is enabled.
+    #[must_use]
+    pub fn ai_stats(&self) -> Option<crate::ai::AiStats> {
+        self.ai.as_ref().map(crate::ai::AiClient::stats)
     }
 
     /// Judges one finished request like [`Judge::judge`], but a panic in the validator or the
@@ -542,5 +598,58 @@ mod tests {
         assert!(blocked, "the request after the panic was not judged");
         assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
         assert_eq!(judge.stats.inspected.load(Ordering::Relaxed), 1);
+    }
+
+    /// The engine is swept at its cadence (`engine.sweep_interval`), on the monotonic clock,
+    /// once per period however many threads ask, and the sweep forgets idle clients.
+    #[test]
+    fn the_engine_is_swept_at_its_interval_only() {
+        let engine = EngineConfig {
+            sweep_interval: Duration::from_mins(1),
+            client_expiry: Duration::from_hours(1),
+            ..EngineConfig::default()
+        };
+        let (judge, _queue) =
+            Judge::new(&ValidatorConfig::default(), &engine, Vec::new(), 16, None).expect("judge");
+        let ev = event("192.0.2.40", &[("Host", "example.test")]);
+        let _ = judge.judge(&ev);
+        assert_eq!(judge.engine_stats().clients, 1);
+        let idle = ev.ts + Duration::from_hours(2);
+        let at = |secs: u64, millis: u64| {
+            judge.sweep_at(
+                Duration::from_secs(secs) + Duration::from_millis(millis),
+                idle,
+            )
+        };
+        assert!(!at(0, 0) && !at(0, 250) && !at(59, 999), "swept early");
+        assert_eq!(judge.engine_stats().clients, 1, "swept before its interval");
+        assert!(at(60, 0), "not swept at its interval");
+        assert_eq!(judge.engine_stats().clients, 0, "the idle client was kept");
+        assert!(
+            !at(60, 0) && !at(60, 250) && !at(119, 999),
+            "swept twice in one period"
+        );
+        assert!(at(120, 0));
+        // A late caller (the thread was busy) sweeps once, and the next period starts from it.
+        assert!(at(500, 0) && !at(559, 0) && at(560, 0));
+        assert_eq!(judge.stats.engine_sweeps.load(Ordering::Relaxed), 4);
+    }
+
+    /// Many threads asking at once: exactly one sweeps.
+    #[test]
+    fn one_thread_of_many_sweeps() {
+        let (judge, _queue) = default_judge();
+        let judge = Arc::new(judge);
+        let due = Duration::from_mins(1);
+        let swept: usize = (0..8)
+            .map(|_| {
+                let judge = Arc::clone(&judge);
+                std::thread::spawn(move || judge.sweep_at(due, due))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().expect("thread")))
+            .sum();
+        assert_eq!(swept, 1);
     }
 }

@@ -414,7 +414,8 @@ impl Engine {
     }
 
     /// Drops clients idle for `client_expiry` (unless banned), past offences older than
-    /// `offender_memory` and triages that never got a verdict. Call it now and then (a minute).
+    /// `offender_memory` and triages that never got a verdict. Call it every `sweep_interval`
+    /// (a minute by default): it is one pass over the client table.
     pub fn expire(&mut self, now: Duration) {
         let t = secs(now);
         let idle = secs(self.core.cfg.client_expiry);

@@ -112,6 +112,13 @@ pub struct Stats {
     pub tap: serde_json::Value,
     /// The validator's and engine's counters in the daemon.
     pub engine: JudgeStats,
+    /// The engine's own counters and gauges (`guard_core::engine::EngineStats`: requests,
+    /// clients held, bans decided, rules fired).
+    #[serde(default)]
+    pub engine_core: serde_json::Value,
+    /// The AI client's counters; `None` when the AI is off.
+    #[serde(default)]
+    pub ai: Option<crate::ai::AiStats>,
     pub logs: LogCounters,
     pub daemon: DaemonCounters,
 }

@@ -175,6 +175,8 @@ fn stats(shared: &Shared) -> Response {
         xdp,
         tap: serde_json::to_value(tap).unwrap_or_default(),
         engine: shared.judge.stats.snapshot(),
+        engine_core: serde_json::to_value(shared.judge.engine_stats()).unwrap_or_default(),
+        ai: shared.judge.ai_stats(),
         logs: LogCounters {
             written: w.written.load(Ordering::Relaxed),
             dropped: w.dropped.load(Ordering::Relaxed),
