@@ -243,6 +243,25 @@ impl Bans {
         &self.protected
     }
 
+    /// Replaces what is never banned (the host's facts were read again): the XDP allowlist
+    /// gains the new protected networks and loses those no longer protected (unless the
+    /// operator allowlisted them). Bans already made are left alone.
+    pub fn set_protected(&mut self, list: ProtectList) -> Result<(), BanError> {
+        let (old, new) = (self.protected.nets(), list.nets());
+        for net in new.iter().filter(|n| !old.contains(n)) {
+            self.xdp.put_allow(net)?;
+        }
+        let stored: Vec<Net> = self.store.allows()?.into_iter().map(|a| a.target).collect();
+        for net in old
+            .iter()
+            .filter(|n| !new.contains(n) && !stored.contains(n))
+        {
+            self.xdp.remove_allow(net)?;
+        }
+        self.protected = list;
+        Ok(())
+    }
+
     /// Bans refused because they touched a protected address, since start.
     #[must_use]
     pub fn protect_refusals(&self) -> u64 {

@@ -144,6 +144,13 @@ pub struct XdpConfig {
     /// excess packets and log the event.
     #[serde(deserialize_with = "de_duration")]
     pub rate_ban: Duration,
+    /// Let `rate_ban` ban a source the HTTP tap has not seen complete a TCP handshake recently.
+    /// Default `false`: a rate event names a packet's source address, which anyone can forge, so
+    /// only sources proven to be really talking (a handshake on a `tap.http_ports` port in the
+    /// last 5 to 10 minutes) are banned; the others' excess packets are still dropped, and the
+    /// refusals counted (`rate_bans_unverified`). Without the tap (`tap.http_ports` empty) no
+    /// source is ever proven, so `rate_ban` bans nothing unless this is `true`.
+    pub rate_ban_unverified: bool,
     /// Leave the program attached and the maps pinned when the daemon exits, so bans stay
     /// enforced while it is down or restarting. Default `true`.
     pub keep_attached: bool,
@@ -162,6 +169,7 @@ impl Default for XdpConfig {
             rate_limit_burst: 0,
             rate_event_window: Duration::from_secs(10),
             rate_ban: Duration::ZERO,
+            rate_ban_unverified: false,
             keep_attached: true,
             ebpf_log: crate::xdp::EbpfLogLevel::Off,
         }
@@ -183,6 +191,10 @@ pub struct BansConfig {
     /// of one of them, or inside one, is refused whatever asks; a CIDR containing one needs
     /// `guard ban add --force`. Default: empty.
     pub protect: Vec<crate::net::Net>,
+    /// How often the host's addresses, default gateways and resolvers are read again, so that
+    /// an address added after start is protected too. Default `30s`; `0s` = only at start.
+    #[serde(deserialize_with = "de_duration")]
+    pub protect_refresh: Duration,
 }
 
 impl Default for BansConfig {
@@ -191,6 +203,7 @@ impl Default for BansConfig {
             default_ttl: Duration::from_hours(4),
             sweep_interval: Duration::from_millis(250),
             protect: Vec::new(),
+            protect_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -240,6 +253,11 @@ impl Config {
         }
         if self.bans.sweep_interval.is_zero() || self.bans.sweep_interval > Duration::from_secs(1) {
             return invalid("bans.sweep_interval", "must be between 1ms and 1s");
+        }
+        if !self.bans.protect_refresh.is_zero()
+            && self.bans.protect_refresh < Duration::from_secs(1)
+        {
+            return invalid("bans.protect_refresh", "at least 1s (or 0s: only at start)");
         }
         if self.logs.queue == 0 || self.logs.batch == 0 {
             return invalid("logs.queue", "logs.queue and logs.batch must be at least 1");

@@ -20,6 +20,7 @@ use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::store::logs::{LogStore, LogWriter};
+use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
 mod requests;
@@ -33,6 +34,7 @@ pub const LOG_DIR: &str = "logs";
 struct Counters {
     rate_events: AtomicU64,
     rate_bans: AtomicU64,
+    rate_bans_unverified: AtomicU64,
     expired: AtomicU64,
     control_requests: AtomicU64,
 }
@@ -43,6 +45,8 @@ struct Shared {
     logs: LogStore,
     writer: Arc<LogWriter>,
     pipeline: Mutex<Option<Pipeline>>,
+    /// The tap's recently verified sources (`None` without the tap): rate bans need them.
+    verified: Option<Arc<VerifiedSources>>,
     counters: Counters,
     config: Config,
     started: Instant,
@@ -128,7 +132,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    // Lock-out safety: what is never banned, read from the host once at start.
+    // Lock-out safety: what is never banned, read from the host at start and every
+    // bans.protect_refresh (see `protect_loop`).
     let facts =
         crate::protect::HostFacts::read(config.ai.enabled.then_some(config.ai.base_url.as_str()));
     let protected = crate::protect::ProtectList::compute(
@@ -178,12 +183,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let a = bans.allows().map_or(0, |l| l.len());
         info!(bans = n, allowlist = a, "bans restored from the store");
     }
+    let verified = pipeline.as_ref().map(Pipeline::verified);
     let shared = Arc::new(Shared {
         bans: Mutex::new(bans),
         judge,
         logs,
         writer,
         pipeline: Mutex::new(pipeline),
+        verified,
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -201,7 +208,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events));
+    let result = runtime.block_on(serve(Arc::clone(&shared), events, facts));
     drop(runtime);
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
@@ -252,12 +259,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
+async fn serve(
+    shared: Arc<Shared>,
+    events: Option<RingBuf<MapData>>,
+    facts: crate::protect::HostFacts,
+) -> anyhow::Result<()> {
     let listener =
         control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
+    let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -271,6 +283,7 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
     };
     control::serve(listener, handler, shutdown_signal()).await;
     sweeper.abort();
+    protector.abort();
     if let Some(r) = reader {
         r.abort();
     }
@@ -341,6 +354,50 @@ async fn sweep_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Reads the host's addresses, gateways and resolvers again every `bans.protect_refresh`, and
+/// hands a changed list to the engine and the ban service (an address added to an interface
+/// after start is then never banned).
+async fn protect_loop(shared: Arc<Shared>, facts: crate::protect::HostFacts) {
+    let every = shared.config.bans.protect_refresh;
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (s, start) = (Arc::clone(&shared), facts.clone());
+        let refreshed = tokio::task::spawn_blocking(move || refresh_protected(&s, &start)).await;
+        if let Err(e) = refreshed {
+            warn!("refreshing the protected addresses: {e}");
+        }
+    }
+}
+
+fn refresh_protected(shared: &Shared, start: &crate::protect::HostFacts) {
+    let cfg = &shared.config;
+    let list = crate::protect::ProtectList::compute(
+        &start.refreshed(),
+        &cfg.tap.trusted_proxies,
+        &cfg.bans.protect,
+    );
+    let old = shared.bans().protected().clone();
+    if list == old {
+        return;
+    }
+    for p in list.entries().iter().filter(|p| !old.entries().contains(p)) {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "protected: never banned");
+    }
+    for p in old.entries().iter().filter(|p| !list.entries().contains(p)) {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "no longer protected");
+    }
+    shared.judge.set_protected(list.nets());
+    if let Err(e) = shared.bans().set_protected(list) {
+        warn!("the XDP allowlist of protected addresses was not updated: {e}");
+    }
+}
+
 async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
     // SAFETY: the ring buffer owns its fd and outlives the registration (AsyncFd owns it).
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -388,6 +445,24 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
     warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
     let ttl = shared.config.xdp.rate_ban;
     if ttl.is_zero() {
+        return;
+    }
+    // The event names the packets' source address, which anyone can forge: ban only a source
+    // the tap saw complete a handshake recently, unless the operator chose otherwise.
+    let proven = shared
+        .verified
+        .as_ref()
+        .is_some_and(|v| v.contains(Instant::now(), addr));
+    if !proven && !shared.config.xdp.rate_ban_unverified {
+        shared
+            .counters
+            .rate_bans_unverified
+            .fetch_add(1, Ordering::Relaxed);
+        info!(
+            source = %addr,
+            "not banned for its rate: no TCP handshake from it was seen recently, so the source \
+             may be forged (its excess packets are still dropped; see xdp.rate_ban_unverified)"
+        );
         return;
     }
     let mut bans = shared.bans();

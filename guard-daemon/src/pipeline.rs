@@ -12,6 +12,7 @@ use crate::capture::{Capture, CaptureError, CaptureStats, RingSize};
 use crate::judge::Judge;
 use crate::store::logs::{LogRecord, LogWriter};
 use crate::tap::{RequestEvent, Tap, TapConfig, TapStats};
+use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
 /// Counters of one interface's pipeline, refreshed by its thread.
@@ -35,6 +36,8 @@ pub struct Pipeline {
     ports: Arc<(Mutex<Vec<u16>>, AtomicU64)>,
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<Mutex<PipelineStats>>>,
+    /// Sources whose handshake the threads saw recently.
+    verified: Arc<VerifiedSources>,
 }
 
 impl Pipeline {
@@ -56,6 +59,7 @@ impl Pipeline {
         let ports = Arc::new((Mutex::new(config.http_ports.clone()), AtomicU64::new(0)));
         let mut threads = Vec::new();
         let mut all_stats = Vec::new();
+        let verified = Arc::new(VerifiedSources::default());
         for iface in interfaces {
             let capture = Capture::open(iface, RingSize::default(), |fd| {
                 xdp.attach_tap(fd).map_err(|e| CaptureError::Sys {
@@ -74,6 +78,7 @@ impl Pipeline {
                 iface: iface.clone(),
                 ports: Arc::clone(&ports),
                 judge: Arc::clone(judge),
+                verified: Arc::clone(&verified),
             };
             let tap_config = config.clone();
             let thread = std::thread::Builder::new()
@@ -92,7 +97,15 @@ impl Pipeline {
             ports,
             threads,
             stats: all_stats,
+            verified,
         })
+    }
+
+    /// The sources whose TCP handshake on a protected port the tap saw recently (the rate
+    /// limiter bans only those).
+    #[must_use]
+    pub fn verified(&self) -> Arc<VerifiedSources> {
+        Arc::clone(&self.verified)
     }
 
     /// The protected ports now.
@@ -145,6 +158,7 @@ struct Worker {
     iface: String,
     ports: Arc<(Mutex<Vec<u16>>, AtomicU64)>,
     judge: Arc<Judge>,
+    verified: Arc<VerifiedSources>,
 }
 
 /// Runs one interface's capture until `stop`, restarting the capture loop after a panic (see
@@ -173,6 +187,20 @@ fn run(mut capture: Capture, config: &TapConfig, w: &Worker) {
             capture_loop(&mut capture, &mut tap, &mut requests, w);
         },
     );
+}
+
+/// Debug builds only (compiled out of release builds): with `GUARD_FAULT_PANIC_PATH` set in its
+/// environment, the capture thread panics inside the ring's packet handler when the tap finishes
+/// a request for exactly that path. The end-to-end tests' way to prove that a capture thread
+/// which panics is restarted and goes on judging.
+#[cfg(debug_assertions)]
+fn injected_fault(out: &[RequestEvent]) {
+    static PATH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(path) = PATH.get_or_init(|| std::env::var("GUARD_FAULT_PANIC_PATH").ok())
+        && out.iter().any(|e| e.path == *path)
+    {
+        panic!("injected fault (GUARD_FAULT_PANIC_PATH): a request for {path}");
+    }
 }
 
 /// Delays between restarts of a panicking capture loop: `first`, doubled at each panic up to
@@ -285,10 +313,18 @@ fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut u64, w: &Wo
                 tap.set_http_ports(&known_ports);
             }
             tap.on_frame(Duration::from_nanos(ts), frame, &mut out);
+            #[cfg(debug_assertions)]
+            injected_fault(&out);
         });
         if let Err(e) = polled {
             warn!(interface = iface, "capture stopped: {e}");
             break;
+        }
+        {
+            let mut sources = tap.drain_verified_sources().peekable();
+            if sources.peek().is_some() {
+                w.verified.insert_all(Instant::now(), sources);
+            }
         }
         emit(&mut out, requests);
         if last_tick.elapsed() >= Duration::from_millis(250) {

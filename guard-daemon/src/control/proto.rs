@@ -159,6 +159,10 @@ pub struct DaemonCounters {
     pub rate_events: u64,
     /// Bans made for exceeding the packet rate.
     pub rate_bans: u64,
+    /// Rate events not turned into a ban: the source was not seen complete a TCP handshake
+    /// recently (it may be forged; see `xdp.rate_ban_unverified`).
+    #[serde(default)]
+    pub rate_bans_unverified: u64,
     pub bans_expired: u64,
     pub control_requests: u64,
 }
@@ -166,11 +170,12 @@ pub struct DaemonCounters {
 impl DaemonCounters {
     /// (name, value) in name order, for the table of `guard stats`.
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 4] {
+    pub fn rows(&self) -> [(&'static str, u64); 5] {
         [
             ("bans_expired", self.bans_expired),
             ("control_requests", self.control_requests),
             ("rate_bans", self.rate_bans),
+            ("rate_bans_unverified", self.rate_bans_unverified),
             ("rate_events", self.rate_events),
         ]
     }

@@ -192,6 +192,7 @@ fn stats(shared: &Shared) -> Response {
         daemon: DaemonCounters {
             rate_events: c.rate_events.load(Ordering::Relaxed),
             rate_bans: c.rate_bans.load(Ordering::Relaxed),
+            rate_bans_unverified: c.rate_bans_unverified.load(Ordering::Relaxed),
             bans_expired: c.expired.load(Ordering::Relaxed),
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },
