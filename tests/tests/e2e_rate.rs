@@ -124,3 +124,34 @@ fn a_forged_flood_bans_nobody_while_a_connected_flooder_is_banned() -> anyhow::R
     assert!(!rate_banned(&d, IpAddr::V4(victim)));
     Ok(())
 }
+
+/// Without the tap no source is ever proven: `rate_ban` bans nobody (the excess is still
+/// dropped) unless `xdp.rate_ban_unverified` is set.
+#[test]
+fn without_the_tap_rate_events_ban_nobody() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::exclusive()?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        "[tap]\nhttp_ports = []\n[xdp]\nrate_limit_pps = 200\nrate_limit_burst = 100\n\
+         rate_ban = \"1m\"\n",
+    )?;
+    let sent = udp_flood(&link, link.far_v4, SocketAddr::new(link.near_v4, 7070))?;
+    assert!(sent > 5000, "the flood sent only {sent} packets");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            daemon_counter(&d, "rate_bans_unverified") >= 1
+        })
+        .is_some(),
+        "no rate event was refused: {}",
+        d.json(&["stats"])?
+    );
+    assert!(
+        d.xdp_stat("dropped_rate")? >= 1,
+        "the excess was not dropped"
+    );
+    assert!(!rate_banned(&d, link.far_v4), "banned without proof");
+    assert_eq!(daemon_counter(&d, "rate_bans"), 0);
+    Ok(())
+}
