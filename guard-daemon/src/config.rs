@@ -385,6 +385,27 @@ mod tests {
     }
 
     #[test]
+    fn cadences_and_rate_ban_proof_have_safe_defaults_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.bans.protect_refresh, Duration::from_secs(30));
+        assert_eq!(c.engine.sweep_interval, Duration::from_mins(1));
+        assert!(!c.xdp.rate_ban_unverified);
+        let c =
+            parse("[bans]\nprotect_refresh = \"0s\"\n[xdp]\nrate_ban_unverified = true\n").unwrap();
+        assert!(c.bans.protect_refresh.is_zero() && c.xdp.rate_ban_unverified);
+        let e = parse("[bans]\nprotect_refresh = \"100ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bans.protect_refresh"), "{e}");
+        for bad in ["\"250ms\"", "\"2h\""] {
+            let e = parse(&format!("[engine]\nsweep_interval = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("engine.sweep_interval"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn durations_as_text_or_seconds() {
         let c = parse("[xdp]\nrate_ban = \"1h30m\"\nrate_event_window = 5\n").unwrap();
         assert_eq!(c.xdp.rate_ban, Duration::from_mins(90));
