@@ -395,7 +395,42 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     .map(|(k, v)| row("logs", k, v))
     .collect();
     print_table(&["COUNTER", "VALUE"], &logs);
+    // The judge's, the engine's and the AI client's counters, and each interface's tap, by
+    // name (nested ones joined with dots).
+    let mut sections = vec![
+        ("engine", serde_json::to_value(&data.engine)?),
+        ("engine_core", data.engine_core.clone()),
+    ];
+    if let Some(ai) = &data.ai {
+        sections.push(("ai", serde_json::to_value(ai)?));
+    }
+    for (name, value) in sections {
+        let mut rows = Vec::new();
+        counter_rows(name, &value, &mut rows);
+        print_table(&["COUNTER", "VALUE"], &rows);
+    }
+    if let Some(interfaces) = data.tap.as_array() {
+        for iface in interfaces {
+            let name = iface["interface"].as_str().unwrap_or("?");
+            let mut rows = Vec::new();
+            counter_rows(&format!("tap.{name}"), iface, &mut rows);
+            print_table(&["COUNTER", "VALUE"], &rows);
+        }
+    }
     Ok(())
+}
+
+/// The numbers in `value` as (dotted name, value) rows, in the order they come.
+fn counter_rows(prefix: &str, value: &serde_json::Value, rows: &mut Vec<Vec<String>>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                counter_rows(&format!("{prefix}.{k}"), v, rows);
+            }
+        }
+        serde_json::Value::Number(n) => rows.push(vec![prefix.to_owned(), n.to_string()]),
+        _ => {}
+    }
 }
 
 fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {

@@ -156,6 +156,13 @@ pub struct XdpConfig {
     /// excess packets and log the event.
     #[serde(deserialize_with = "de_duration")]
     pub rate_ban: Duration,
+    /// Let `rate_ban` ban a source the HTTP tap has not seen complete a TCP handshake recently.
+    /// Default `false`: a rate event names a packet's source address, which anyone can forge, so
+    /// only sources proven to be really talking (a handshake on a `tap.http_ports` port in the
+    /// last 5 to 10 minutes) are banned; the others' excess packets are still dropped, and the
+    /// refusals counted (`rate_bans_unverified`). Without the tap (`tap.http_ports` empty) no
+    /// source is ever proven, so `rate_ban` bans nothing unless this is `true`.
+    pub rate_ban_unverified: bool,
     /// Leave the program attached and the maps pinned when the daemon exits, so bans stay
     /// enforced while it is down or restarting. Default `true`.
     pub keep_attached: bool,
@@ -175,6 +182,7 @@ impl Default for XdpConfig {
             rate_limit_burst: 0,
             rate_event_window: Duration::from_secs(10),
             rate_ban: Duration::ZERO,
+            rate_ban_unverified: false,
             keep_attached: true,
             ebpf_log: crate::xdp::EbpfLogLevel::Off,
         }
@@ -196,6 +204,10 @@ pub struct BansConfig {
     /// of one of them, or inside one, is refused whatever asks; a CIDR containing one needs
     /// `guard ban add --force`. Default: empty.
     pub protect: Vec<crate::net::Net>,
+    /// How often the host's addresses, default gateways and resolvers are read again, so that
+    /// an address added after start is protected too. Default `30s`; `0s` = only at start.
+    #[serde(deserialize_with = "de_duration")]
+    pub protect_refresh: Duration,
 }
 
 impl Default for BansConfig {
@@ -204,6 +216,7 @@ impl Default for BansConfig {
             default_ttl: Duration::from_hours(4),
             sweep_interval: Duration::from_millis(250),
             protect: Vec::new(),
+            protect_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -279,6 +292,11 @@ impl Config {
         }
         if self.bans.sweep_interval.is_zero() || self.bans.sweep_interval > Duration::from_secs(1) {
             return invalid("bans.sweep_interval", "must be between 1ms and 1s");
+        }
+        if !self.bans.protect_refresh.is_zero()
+            && self.bans.protect_refresh < Duration::from_secs(1)
+        {
+            return invalid("bans.protect_refresh", "at least 1s (or 0s: only at start)");
         }
         if self.logs.queue == 0 || self.logs.batch == 0 {
             return invalid("logs.queue", "logs.queue and logs.batch must be at least 1");
@@ -403,6 +421,27 @@ mod tests {
         assert_eq!(c.xdp.ebpf_log, crate::xdp::EbpfLogLevel::Info);
         assert_eq!(c.xdp.ebpf_log.global(), 3);
         assert!(parse("[xdp]\nebpf_log = \"loud\"\n").is_err());
+    }
+
+    #[test]
+    fn cadences_and_rate_ban_proof_have_safe_defaults_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.bans.protect_refresh, Duration::from_secs(30));
+        assert_eq!(c.engine.sweep_interval, Duration::from_mins(1));
+        assert!(!c.xdp.rate_ban_unverified);
+        let c =
+            parse("[bans]\nprotect_refresh = \"0s\"\n[xdp]\nrate_ban_unverified = true\n").unwrap();
+        assert!(c.bans.protect_refresh.is_zero() && c.xdp.rate_ban_unverified);
+        let e = parse("[bans]\nprotect_refresh = \"100ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bans.protect_refresh"), "{e}");
+        for bad in ["\"250ms\"", "\"2h\""] {
+            let e = parse(&format!("[engine]\nsweep_interval = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("engine.sweep_interval"), "{bad}: {e}");
+        }
     }
 
     #[test]

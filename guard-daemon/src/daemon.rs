@@ -22,6 +22,7 @@ use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::store::logs::{LogStore, LogWriter};
+use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
 mod requests;
@@ -35,6 +36,7 @@ pub const LOG_DIR: &str = "logs";
 struct Counters {
     rate_events: AtomicU64,
     rate_bans: AtomicU64,
+    rate_bans_unverified: AtomicU64,
     control_requests: AtomicU64,
 }
 
@@ -47,6 +49,8 @@ struct Shared {
     /// The lock only guards taking the pipeline out at exit: a request clones the `Arc` and
     /// lets the lock go before it does anything else.
     pipeline: Mutex<Option<Arc<Pipeline>>>,
+    /// The tap's recently verified sources (`None` without the tap): rate bans need them.
+    verified: Option<Arc<VerifiedSources>>,
     counters: Counters,
     config: Config,
     started: Instant,
@@ -142,7 +146,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    // Lock-out safety: what is never banned, read from the host once at start.
+    // Lock-out safety: what is never banned, read from the host at start and every
+    // bans.protect_refresh (see `protect_loop`).
     let facts =
         crate::protect::HostFacts::read(config.ai.enabled.then_some(config.ai.base_url.as_str()));
     let protected = crate::protect::ProtectList::compute(
@@ -201,6 +206,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             "bans restored from the store"
         );
     }
+    let verified = pipeline.as_ref().map(Pipeline::verified);
     // Only now, with the maps rebuilt, does this program take over the interfaces.
     bans.xdp_mut().attach().context("attaching XDP")?;
     let owner = Owner::spawn(bans, config.bans.sweep_interval).context("starting the ban owner")?;
@@ -210,6 +216,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         logs,
         writer,
         pipeline: Mutex::new(pipeline.map(Arc::new)),
+        verified,
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -227,7 +234,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events, access));
+    let result = runtime.block_on(serve(Arc::clone(&shared), events, access, facts));
     drop(runtime);
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
@@ -290,6 +297,7 @@ async fn serve(
     shared: Arc<Shared>,
     events: Option<RingBuf<MapData>>,
     access: control::Access,
+    facts: crate::protect::HostFacts,
 ) -> anyhow::Result<()> {
     let listener = control::bind(&shared.config.daemon.socket, &access)
         .context("binding the control socket")?;
@@ -301,6 +309,7 @@ async fn serve(
         .context("writing the XDP settings")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
+    let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -313,6 +322,7 @@ async fn serve(
         })
     };
     control::serve(listener, access, handler, shutdown_signal()).await;
+    protector.abort();
     if let Some(r) = reader {
         r.abort();
     }
@@ -357,6 +367,56 @@ fn arm_watchdog(limit: Duration, give_up: impl FnOnce() + Send + 'static) {
         });
     if let Err(e) = spawned {
         warn!("no shutdown watchdog: {e}");
+    }
+}
+
+/// Reads the host's addresses, gateways and resolvers again every `bans.protect_refresh`, and
+/// hands a changed list to the engine and the ban service (an address added to an interface
+/// after start is then never banned).
+async fn protect_loop(shared: Arc<Shared>, facts: crate::protect::HostFacts) {
+    let every = shared.config.bans.protect_refresh;
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (s, start) = (Arc::clone(&shared), facts.clone());
+        let refreshed = tokio::task::spawn_blocking(move || refresh_protected(&s, &start)).await;
+        if let Err(e) = refreshed {
+            warn!("refreshing the protected addresses: {e}");
+        }
+    }
+}
+
+fn refresh_protected(shared: &Shared, start: &crate::protect::HostFacts) {
+    let cfg = &shared.config;
+    let list = crate::protect::ProtectList::compute(
+        &start.refreshed(),
+        &cfg.tap.trusted_proxies,
+        &cfg.bans.protect,
+    );
+    let old = match shared.bans.read(|b| b.protected().clone()) {
+        Ok(old) => old,
+        Err(e) => {
+            warn!("refreshing the protected addresses: {e}");
+            return;
+        }
+    };
+    if list == old {
+        return;
+    }
+    for p in list.entries().iter().filter(|p| !old.entries().contains(p)) {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "protected: never banned");
+    }
+    for p in old.entries().iter().filter(|p| !list.entries().contains(p)) {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "no longer protected");
+    }
+    shared.judge.set_protected(list.nets());
+    if let Err(e) = shared.bans.set_protected(list) {
+        warn!("the XDP allowlist of protected addresses was not updated: {e}");
     }
 }
 
@@ -409,6 +469,24 @@ fn on_rate_event(shared: &Shared, ev: &RateEvent) {
     warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
     let ttl = shared.config.xdp.rate_ban;
     if ttl.is_zero() {
+        return;
+    }
+    // The event names the packets' source address, which anyone can forge: ban only a source
+    // the tap saw complete a handshake recently, unless the operator chose otherwise.
+    let proven = shared
+        .verified
+        .as_ref()
+        .is_some_and(|v| v.contains(Instant::now(), addr));
+    if !proven && !shared.config.xdp.rate_ban_unverified {
+        shared
+            .counters
+            .rate_bans_unverified
+            .fetch_add(1, Ordering::Relaxed);
+        info!(
+            source = %addr,
+            "not banned for its rate: no TCP handshake from it was seen recently, so the source \
+             may be forged (its excess packets are still dropped; see xdp.rate_ban_unverified)"
+        );
         return;
     }
     let req = BanRequest {

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{error, info, warn};
@@ -63,6 +63,10 @@ pub struct JudgeStats {
     /// Requests the tap marked with evasion signs (too many headers, conflicting overlapping
     /// segments, IP fragments), judged as a protocol finding.
     pub evasion: AtomicU64,
+    /// Sweeps of the engine's idle clients (every `engine.sweep_interval`), and how long the
+    /// last one took, in microseconds (the engine's lock is held a slice of it at a time).
+    pub engine_sweeps: AtomicU64,
+    pub engine_sweep_micros: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
@@ -73,6 +77,11 @@ pub struct Judge {
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
+    /// The engine's sweep cadence, and when the next sweep is due, in ms since `epoch` (the
+    /// monotonic clock): whichever capture thread finds it due first sweeps, the others go on.
+    sweep_every: Duration,
+    next_sweep_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl JudgeStats {
@@ -96,6 +105,10 @@ pub struct BanOrder {
 /// Ban orders waiting for the daemon.
 pub type BanQueue = Receiver<BanOrder>;
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Judge {
     /// Builds the judge and the queue of ban orders it fills (bounded to `queue` orders).
     pub fn new(
@@ -116,6 +129,9 @@ impl Judge {
                 bans: tx,
                 stats: Arc::new(JudgeStats::default()),
                 ai,
+                sweep_every: engine.sweep_interval,
+                next_sweep_ms: AtomicU64::new(millis(engine.sweep_interval)),
+                epoch: Instant::now(),
             },
             rx,
         ))
@@ -161,9 +177,58 @@ impl Judge {
         }
     }
 
-    /// Forgets idle clients.
-    pub fn expire(&self, now: Duration) {
-        self.engine().expire(now);
+    /// Forgets idle clients if a sweep is due (every `engine.sweep_interval`); `wall` is the
+    /// wall clock since the Unix epoch, the engine's time. Cheap when none is due: one atomic
+    /// load, no lock. Returns whether this call swept.
+    pub fn sweep_if_due(&self, wall: Duration) -> bool {
+        self.sweep_at(self.epoch.elapsed(), wall)
+    }
+
+    /// [`Judge::sweep_if_due`] at `mono` on the judge's monotonic clock (injected by tests).
+    fn sweep_at(&self, mono: Duration, wall: Duration) -> bool {
+        let now = millis(mono);
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        if now < due {
+            return false;
+        }
+        // One caller wins the sweep; a late one (or a clock that jumped) never sweeps twice.
+        let next = now.saturating_add(millis(self.sweep_every));
+        if self
+            .next_sweep_ms
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Slice by slice, so that requests are judged in between however many clients expire;
+        // each slice's clients are freed after the lock is released.
+        let started = Instant::now();
+        let mut from = Some(0);
+        while let Some(at) = from {
+            let (expired, next) = self
+                .engine()
+                .expire_slice(wall, at, crate::engine::SWEEP_SLICE);
+            drop(expired);
+            from = next;
+        }
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.engine_sweeps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .engine_sweep_micros
+            .store(took, Ordering::Relaxed);
+        true
+    }
+
+    /// The engine's own counters and gauges (clients held, rules fired, bans decided).
+    #[must_use]
+    pub fn engine_stats(&self) -> crate::engine::EngineStats {
+        self.engine().stats()
+    }
+
+    /// The AI client's counters, if the AI is enabled.
+    #[must_use]
+    pub fn ai_stats(&self) -> Option<crate::ai::AiStats> {
+        self.ai.as_ref().map(crate::ai::AiClient::stats)
     }
 
     /// Judges one finished request like [`Judge::judge`], but a panic in the validator or the
@@ -406,262 +471,4 @@ fn order_ban(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tap::{RequestEvent, RequestHeaders};
-
-    const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0";
-
-    fn event(client: &str, headers: &[(&str, &str)]) -> RequestEvent {
-        let mut all = crate::tap::http::HeaderList::default();
-        all.push("User-Agent", UA.as_bytes());
-        for (name, value) in headers {
-            all.push(name, value.as_bytes());
-        }
-        RequestEvent {
-            conn_id: 1,
-            ts: Duration::from_secs(1_700_000_000),
-            client: client.parse().expect("address"),
-            trust: Trust::Verified,
-            peer: "192.0.2.7:40000".parse().expect("address"),
-            server: "192.0.2.1:80".parse().expect("address"),
-            user: None,
-            method: "GET".into(),
-            path: "/account".into(),
-            query: None,
-            http_minor: 1,
-            headers: RequestHeaders {
-                host: Some("example.test".into()),
-                user_agent: Some(UA.into()),
-                ..RequestHeaders::default()
-            },
-            all_headers: all,
-            body: Vec::new(),
-            body_len: 0,
-            status: Some(200),
-            latency: None,
-            bytes_in: 100,
-            bytes_out: 100,
-            response_content_type: None,
-        }
-    }
-
-    /// A judge with the default validator and engine, no allowlist, no AI, room for 16 orders.
-    fn default_judge() -> (Judge, BanQueue) {
-        Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            16,
-            None,
-        )
-        .expect("judge")
-    }
-
-    #[test]
-    fn a_snapshot_copies_every_counter() {
-        let stats = JudgeStats::default();
-        stats.inspected.store(7, Ordering::Relaxed);
-        stats.ai_unsure.store(3, Ordering::Relaxed);
-        let copy = stats.snapshot();
-        stats.inspected.store(8, Ordering::Relaxed);
-        assert_eq!(copy.inspected.load(Ordering::Relaxed), 7);
-        assert_eq!(copy.ai_unsure.load(Ordering::Relaxed), 3);
-    }
-
-    /// Attacks in headers the tap does not otherwise keep (Cookie, Authorization) reach the
-    /// validator.
-    #[test]
-    fn attacks_in_any_header_are_judged() {
-        let (judge, _queue) = default_judge();
-        let (blocked, _) = judge.judge(&event(
-            "192.0.2.7",
-            &[
-                ("Host", "example.test"),
-                (
-                    "Cookie",
-                    "session=abc; id=1' UNION SELECT password FROM users--",
-                ),
-            ],
-        ));
-        assert!(blocked, "SQL injection in a cookie was not blocked");
-        let (blocked, reason) = judge.judge(&event(
-            "192.0.2.8",
-            &[
-                ("Host", "example.test"),
-                ("Cookie", "session=abc; theme=dark"),
-                ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
-            ],
-        ));
-        assert!(
-            !blocked,
-            "an ordinary cookie and token were blocked: {reason:?}"
-        );
-        assert_eq!(judge.stats.validator_block.load(Ordering::Relaxed), 1);
-    }
-
-    /// Evasion signs the tap put on a harmless-looking request make it a protocol finding: a
-    /// block, and strikes up to a ban on a verified flow; nothing on an unverified one.
-    #[test]
-    fn evasion_signs_are_protocol_findings() {
-        let (judge, queue) = default_judge();
-        let signs = [
-            Evasion {
-                too_many_headers: true,
-                ..Evasion::default()
-            },
-            Evasion {
-                overlap_conflict: true,
-                ..Evasion::default()
-            },
-            Evasion {
-                fragments: 2,
-                ..Evasion::default()
-            },
-        ];
-        for (i, sign) in signs.iter().enumerate() {
-            let mut ev = event(&format!("192.0.2.{}", 20 + i), &[("Host", "example.test")]);
-            let (blocked, reason) = judge.judge(&ev);
-            assert!(!blocked, "the request itself is harmless: {reason:?}");
-            ev.headers.evasion = *sign;
-            let (blocked, reason) = judge.judge(&ev);
-            assert!(blocked, "{sign:?}: {reason:?}");
-            assert!(reason.unwrap_or_default().contains("protocol"));
-            ev.client = "192.0.2.99".parse().expect("address");
-            ev.trust = Trust::Unverified;
-            let (blocked, reason) = judge.judge(&ev);
-            assert!(!blocked && reason.unwrap_or_default().starts_with("not judged"));
-        }
-        assert_eq!(judge.stats.evasion.load(Ordering::Relaxed), 6);
-        for _ in 0..50 {
-            let mut ev = event("192.0.2.30", &[("Host", "example.test")]);
-            ev.headers.evasion = signs[1];
-            let _ = judge.judge(&ev);
-        }
-        let ban = queue.try_recv().expect("a ban was ordered");
-        assert!(format!("{ban:?}").contains("192.0.2.30"), "{ban:?}");
-    }
-
-    /// A request whose source is not proven is inspected and logged, never judged: however
-    /// many attacks arrive "from" an address, the engine orders no ban.
-    #[test]
-    fn unverified_requests_never_strike_or_ban() {
-        let (judge, queue) = default_judge();
-        for trust in [Trust::Unverified, Trust::NoClient] {
-            for i in 0..50 {
-                let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
-                ev.trust = trust;
-                ev.path = "/shell.php".into();
-                ev.query = Some(format!("id={i}' UNION SELECT password FROM users--"));
-                ev.status = Some(404);
-                let (blocked, reason) = judge.judge(&ev);
-                assert!(!blocked);
-                let reason = reason.unwrap_or_default();
-                assert!(reason.starts_with("not judged"), "{reason}");
-            }
-        }
-        assert!(queue.try_recv().is_err(), "no ban was ordered");
-        assert_eq!(judge.stats.not_judged.load(Ordering::Relaxed), 100);
-        assert_eq!(judge.stats.bans_ordered.load(Ordering::Relaxed), 0);
-        // The same requests, verified, are banned.
-        for i in 0..50 {
-            let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
-            ev.path = "/shell.php".into();
-            ev.query = Some(format!("id={i}' UNION SELECT password FROM users--"));
-            ev.status = Some(404);
-            let _ = judge.judge(&ev);
-        }
-        assert!(queue.try_recv().is_ok(), "the verified client was banned");
-    }
-
-    /// A panic while judging one request (here injected while the engine's lock is held, the
-    /// worst place) costs that request only: it is counted, the lock is not left poisoned, and
-    /// the next request is judged as usual.
-    #[test]
-    fn a_panic_while_judging_costs_that_request_only() {
-        let (judge, _queue) = default_judge();
-        let ev = event("192.0.2.9", &[("Host", "example.test")]);
-        let caught = judge.contain(&ev, || {
-            let _engine = judge.engine();
-            panic!("injected while judging");
-        });
-        assert!(caught.is_none());
-        assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
-        assert!(!judge.engine.is_poisoned());
-        let attack = event(
-            "192.0.2.10",
-            &[
-                ("Host", "example.test"),
-                ("Cookie", "id=1' UNION SELECT 1--"),
-            ],
-        );
-        let (blocked, _) = judge.judge_contained(&attack).expect("judged");
-        assert!(blocked, "the request after the panic was not judged");
-        assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
-        assert_eq!(judge.stats.inspected.load(Ordering::Relaxed), 1);
-    }
-
-    /// Strikes `client` with evasion signs until the engine orders its ban.
-    fn provoke_ban(judge: &Judge, client: &str) {
-        for _ in 0..50 {
-            let mut ev = event(client, &[("Host", "example.test")]);
-            ev.headers.evasion = Evasion {
-                overlap_conflict: true,
-                ..Evasion::default()
-            };
-            if judge.judge(&ev).1.is_some_and(|r| r.starts_with("banned:")) {
-                return;
-            }
-        }
-        panic!("{client} was not banned");
-    }
-
-    /// An order the full queue cannot take is not lost: the engine does not count the client
-    /// as banned, and its next request orders the ban again; a client counts as banned only
-    /// once the owner confirms.
-    #[test]
-    fn a_ban_order_dropped_by_a_full_queue_is_given_again() {
-        let (judge, queue) = Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            1,
-            None,
-        )
-        .expect("judge");
-        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        provoke_ban(&judge, "192.0.2.40");
-        provoke_ban(&judge, "192.0.2.41");
-        assert_eq!(count(&judge.stats.bans_ordered), 1);
-        assert_eq!(
-            count(&judge.stats.bans_dropped),
-            1,
-            "the queue held one order"
-        );
-        let first = queue.try_recv().expect("the first order");
-        assert_eq!(first.request.target.to_string(), "192.0.2.40");
-        // The dropped client's next request orders its ban again.
-        let (blocked, _) = judge.judge(&event("192.0.2.41", &[("Host", "example.test")]));
-        assert!(blocked);
-        assert_eq!(count(&judge.stats.bans_retried), 1);
-        let again = queue.try_recv().expect("ordered again");
-        assert_eq!(again.request.target.to_string(), "192.0.2.41");
-        // Confirmed: blocked as banned, nothing ordered any more.
-        judge.settle(&first.ticket, BanOutcome::Enforced);
-        judge.settle(&again.ticket, BanOutcome::Enforced);
-        for client in ["192.0.2.40", "192.0.2.41"] {
-            let (blocked, reason) = judge.judge(&event(client, &[("Host", "example.test")]));
-            assert!(blocked, "{reason:?}");
-        }
-        assert!(queue.try_recv().is_err());
-        assert_eq!(count(&judge.stats.bans_confirmed), 2);
-        // An order the owner could not carry out is given again as well.
-        provoke_ban(&judge, "192.0.2.42");
-        let order = queue.try_recv().expect("ordered");
-        judge.settle(&order.ticket, BanOutcome::Failed);
-        let _ = judge.judge(&event("192.0.2.42", &[("Host", "example.test")]));
-        assert!(queue.try_recv().is_ok(), "the failed order was given again");
-        assert_eq!(count(&judge.stats.bans_failed), 1);
-        assert_eq!(count(&judge.stats.bans_retried), 2);
-    }
-}
+mod tests;

@@ -560,6 +560,8 @@ pub struct Daemon {
     log: PathBuf,
     ns: PathBuf,
     iface: String,
+    /// Extra environment of the daemon's process (set before [`Daemon::spawn`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -588,6 +590,7 @@ impl Daemon {
             log: base.join("guard.log"),
             ns: ns.path(),
             iface: iface.to_owned(),
+            env: Vec::new(),
         };
         std::fs::write(&d.config, extra_config)?;
         std::fs::create_dir_all(&d.state_dir)?;
@@ -612,6 +615,7 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -236,6 +236,32 @@ impl Bans {
         &self.protected
     }
 
+    /// Replaces what is never banned (the host's facts were read again): the XDP allowlist
+    /// gains the new protected networks and loses those no longer protected (unless the
+    /// operator allowlisted them), and the bans overlapping either are re-written so that their
+    /// allowlist flag follows (a ban made before an address became protected no longer drops
+    /// it). The bans themselves stay in the store.
+    pub fn set_protected(&mut self, list: ProtectList) -> Result<(), BanError> {
+        let (old, new) = (self.protected.nets(), list.nets());
+        let added: Vec<Net> = new.iter().filter(|n| !old.contains(n)).copied().collect();
+        let removed: Vec<Net> = old
+            .iter()
+            .filter(|n| !new.contains(n) && !self.allows.contains(n))
+            .copied()
+            .collect();
+        for net in &added {
+            self.xdp.put_allow(net)?;
+        }
+        for net in &removed {
+            self.xdp.remove_allow(net)?;
+        }
+        self.protected = list;
+        for net in added.iter().chain(&removed) {
+            self.refresh_overlapping(net)?;
+        }
+        Ok(())
+    }
+
     /// Bans refused because they touched a protected address, since start.
     #[must_use]
     pub fn protect_refusals(&self) -> u64 {

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use super::{BanError, BanFilter, BanRequest, BanView, Bans};
 use crate::net::Net;
+use crate::protect::ProtectList;
 use crate::store::{AllowRecord, StoreError};
 use crate::xdp::Xdp;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Read(Box<dyn FnOnce(&Bans) + Send>),
     /// Changes the XDP layer outside bans (the tap's ports): the closure answers.
     Xdp(Box<dyn FnOnce(&mut Xdp) + Send>),
+    /// Replaces what is never banned (the host's addresses were read again).
+    SetProtected(ProtectList, Reply<Result<(), BanError>>),
 }
 
 /// The outcome of [`Command::Order`].
@@ -242,6 +245,7 @@ impl Owned for Bans {
                 f(self.xdp_mut());
                 Box::new(|_| {})
             }
+            Command::SetProtected(list, reply) => now(reply, self.set_protected(list)),
         }
     }
 
@@ -370,6 +374,11 @@ impl BanHandle {
 
     pub fn allows(&self) -> Result<Vec<AllowRecord>, BanError> {
         self.call(Command::Allows)?
+    }
+
+    /// Replaces what is never banned.
+    pub fn set_protected(&self, list: ProtectList) -> Result<(), BanError> {
+        self.call(|r| Command::SetProtected(list, r))?
     }
 
     /// Ends the bans due now; returns them.

@@ -151,6 +151,13 @@ pub struct Stats {
     pub tap: serde_json::Value,
     /// The validator's and engine's counters in the daemon.
     pub engine: JudgeStats,
+    /// The engine's own counters and gauges (`guard_core::engine::EngineStats`: requests,
+    /// clients held, bans decided, rules fired).
+    #[serde(default)]
+    pub engine_core: serde_json::Value,
+    /// The AI client's counters; `None` when the AI is off.
+    #[serde(default)]
+    pub ai: Option<crate::ai::AiStats>,
     pub logs: LogCounters,
     pub daemon: DaemonCounters,
 }
@@ -191,6 +198,10 @@ pub struct DaemonCounters {
     pub rate_events: u64,
     /// Bans made for exceeding the packet rate.
     pub rate_bans: u64,
+    /// Rate events not turned into a ban: the source was not seen complete a TCP handshake
+    /// recently (it may be forged; see `xdp.rate_ban_unverified`).
+    #[serde(default)]
+    pub rate_bans_unverified: u64,
     pub bans_expired: u64,
     pub control_requests: u64,
 }
@@ -198,11 +209,12 @@ pub struct DaemonCounters {
 impl DaemonCounters {
     /// (name, value) in name order, for the table of `guard stats`.
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 4] {
+    pub fn rows(&self) -> [(&'static str, u64); 5] {
         [
             ("bans_expired", self.bans_expired),
             ("control_requests", self.control_requests),
             ("rate_bans", self.rate_bans),
+            ("rate_bans_unverified", self.rate_bans_unverified),
             ("rate_events", self.rate_events),
         ]
     }

@@ -174,6 +174,8 @@ fn stats(shared: &Shared) -> Response {
         xdp,
         tap: serde_json::to_value(tap).unwrap_or_default(),
         engine: shared.judge.stats.snapshot(),
+        engine_core: serde_json::to_value(shared.judge.engine_stats()).unwrap_or_default(),
+        ai: shared.judge.ai_stats(),
         logs: LogCounters {
             written: w.written.load(Ordering::Relaxed),
             dropped: w.dropped.load(Ordering::Relaxed),
@@ -189,6 +191,7 @@ fn stats(shared: &Shared) -> Response {
         daemon: DaemonCounters {
             rate_events: c.rate_events.load(Ordering::Relaxed),
             rate_bans: c.rate_bans.load(Ordering::Relaxed),
+            rate_bans_unverified: c.rate_bans_unverified.load(Ordering::Relaxed),
             bans_expired: shared.bans.expired(),
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },

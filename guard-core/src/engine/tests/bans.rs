@@ -268,7 +268,7 @@ fn idle_clients_expire_but_banned_ones_stay() {
     sim.advance(Duration::from_hours(25));
     sim.send(&req("192.0.2.32", "/"));
     // The ban (1 h) is over too: both idle clients go, the fresh one stays.
-    sim.engine.expire(sim.now);
+    drop(sim.engine.expire(sim.now));
     let stats = sim.engine.stats();
     assert_eq!((stats.clients, stats.clients_expired), (1, 2));
     let mut cfg = EngineConfig::default();
@@ -277,8 +277,31 @@ fn idle_clients_expire_but_banned_ones_stay() {
     let mut sim = Sim::new(&cfg);
     assert!(is_ban(&probe_backdoors(&mut sim, "192.0.2.31")));
     sim.advance(Duration::from_hours(25));
-    sim.engine.expire(sim.now);
+    drop(sim.engine.expire(sim.now));
     assert_eq!(sim.engine.stats().clients, 1, "still banned: kept");
+}
+
+/// A sweep in slices drops the same clients as one pass, each slice visiting at most its share
+/// of the table, and hands the dropped clients back to be freed by the caller.
+#[test]
+fn a_sweep_in_slices_drops_every_idle_client() {
+    let mut sim = Sim::default();
+    for i in 0..10 {
+        sim.send(&req(&format!("192.0.2.{}", 40 + i), "/"));
+    }
+    sim.advance(Duration::from_hours(25));
+    sim.send(&req("192.0.2.99", "/"));
+    let (mut from, mut slices, mut gone) = (Some(0), 0, 0);
+    while let Some(at) = from {
+        let (expired, next) = sim.engine.expire_slice(sim.now, at, 3);
+        assert!(expired.len() <= 3);
+        gone += expired.len();
+        slices += 1;
+        from = next;
+    }
+    assert_eq!((gone, slices), (10, 4), "11 slots in slices of 3");
+    let stats = sim.engine.stats();
+    assert_eq!((stats.clients, stats.clients_expired), (1, 10));
 }
 
 #[test]
