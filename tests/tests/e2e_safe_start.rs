@@ -155,7 +155,15 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
     std::fs::write(&d.config, &config)?;
     std::thread::sleep(SETTLE);
 
-    // 4. A store that fails once XDP is loaded: the request log's directory is a file.
+    // 4. An interface that does not exist after the real one: the new program has taken over
+    // the real interface's pinned link when the start fails.
+    d.args = vec!["--interface".into(), "nosuch0".into()];
+    let e = d.spawn().expect_err("an unknown interface must not start");
+    assert!(e.to_string().contains("nosuch0"), "{e}");
+    d.args.clear();
+    std::thread::sleep(SETTLE);
+
+    // 5. A store that fails once XDP is loaded: the request log's directory is a file.
     let logs = d.state_dir.join("logs");
     let aside = d.state_dir.join("logs.aside");
     std::fs::rename(&logs, &aside)?;
@@ -168,7 +176,7 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
     std::fs::rename(&aside, &logs)?;
     std::thread::sleep(SETTLE);
 
-    // 5. Started again for good.
+    // 6. Started again for good.
     d.spawn()?;
     std::thread::sleep(SETTLE);
 
