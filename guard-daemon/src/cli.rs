@@ -455,7 +455,9 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         data.state_dir.display(),
         data.pin_dir.display()
     );
-    println!("  XDP maps (entries / capacity):");
+    if !data.maps.is_empty() {
+        println!("  XDP maps (entries / capacity):");
+    }
     for m in &data.maps {
         let pct = u64::from(m.entries) * 100 / u64::from(m.capacity.max(1));
         let warn = if pct >= crate::xdp::WARN_PERCENT {

@@ -351,6 +351,26 @@ mod tests {
     }
 
     #[test]
+    fn pin_dir_is_a_directory_of_its_own_below_the_bpffs_root() {
+        for dir in [
+            "/sys/fs/bpf",
+            "/sys/fs/bpf/",
+            "/",
+            "/sys/fs/bpf/guard/..",
+            "guard",
+        ] {
+            let e = parse(&format!("[xdp]\npin_dir = \"{dir}\"\n"))
+                .expect_err(dir)
+                .to_string();
+            assert!(e.contains("xdp.pin_dir"), "{dir}: {e}");
+        }
+        let c =
+            parse("[xdp]\npin_dir = \"/sys/fs/bpf/guard-2\"\n").expect("a directory of its own");
+        assert!(!c.xdp.replace_pins, "--replace-pins is never a config key");
+        assert!(parse("[xdp]\nreplace_pins = true\n").is_err());
+    }
+
+    #[test]
     fn empty_is_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));

@@ -30,7 +30,9 @@ fn cidr_fill(d: &Daemon) -> anyhow::Result<(u64, u64, serde_json::Value)> {
 #[test]
 fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::Result<()> {
     require_root!();
-    let link = Link::exclusive()?;
+    let t = Instant::now();
+    let link = Link::new()?;
+    println!("machine lock: {:.1} s", t.elapsed().as_secs_f64());
     let mut d = Daemon::start(&link.near, &link.near_if, "")?;
     // CIDR_CAPACITY + 1 distinct /30s in 240.0.0.0/4 (reserved: nothing guard protects is there).
     let mut text = String::new();
@@ -64,7 +66,9 @@ fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::R
     ok(d.cli(&["ban", "add", "241.0.0.1", "--ttl", "1h"]))?;
 
     // A restart never fails because of capacity: what does not fit is skipped and counted.
+    let t = Instant::now();
     d.stop()?;
+    println!("stop: {:.1} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
     d.spawn()?;
     println!(
@@ -75,6 +79,7 @@ fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::R
     assert_eq!(entries, CIDR_CAPACITY, "{status}");
     let stored = status["bans"].as_u64().unwrap_or(0);
     let skipped = status["skipped_at_start"].as_u64().unwrap_or(0);
+    println!("stored bans {stored}, skipped at start {skipped}");
     // Every stored CIDR ban beyond the capacity (one exact ban besides them).
     assert_eq!(skipped, stored - CIDR_CAPACITY - 1, "{status}");
     if skipped > 0 {
@@ -87,5 +92,11 @@ fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::R
     let human = ok(d.cli(&["status"]))?;
     assert!(human.contains("IPv4 CIDR bans"), "{human}");
     assert!(human.contains("131072 / 131072"), "{human}");
+    let t = Instant::now();
+    drop(d);
+    println!(
+        "stop and remove the pins: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }

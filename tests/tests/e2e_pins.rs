@@ -51,12 +51,28 @@ fn pins_of_another_layout_are_refused_and_replaced_from_the_store() -> anyhow::R
     );
     assert!(!ping_ok(far, near), "the pinned program still enforces");
 
-    // Maps pinned by a guard that wrote no layout at all: refused too.
+    // Maps pinned by a guard that wrote no layout at all (before versions existed): reused only
+    // because every one of them is exactly what this build creates.
     set_layout(&d.pin_dir, None)?;
-    let e = d
+    d.spawn()?;
+    assert_eq!(layout(&d.pin_dir).as_deref(), Some(ours.as_str()));
+    assert!(d.log_text().contains("pins without a layout version match"));
+    assert!(!ping_ok(far, near));
+    d.stop()?;
+    // A versionless pin directory whose BANS_V4 is another kind of map (another pin of the
+    // CONFIG array, a hard link on bpffs): refused, naming the map.
+    let mut other = Daemon::prepare(&link.near, &link.near_if, "")?;
+    std::fs::create_dir_all(&other.pin_dir)?;
+    std::fs::hard_link(d.pin_dir.join("CONFIG"), other.pin_dir.join("BANS_V4"))?;
+    let e = other
         .spawn()
-        .expect_err("pins without a layout must be refused");
-    assert!(e.to_string().contains("without layout versions"), "{e}");
+        .expect_err("a versionless pin of another shape must be refused");
+    assert!(
+        e.to_string()
+            .contains("without layout versions; maps that differ: BANS_V4)"),
+        "{e}"
+    );
+    drop(other);
     assert!(!ping_ok(far, near));
 
     // --replace-pins: new maps, rebuilt from the store, the ban enforced.

@@ -1,7 +1,8 @@
 //! End to end: a restart, and starts that fail, never change what the pinned program enforces.
 //! Two pingers run every 10 ms from the far side throughout: one from a source inside a banned
 //! CIDR (it must never get a single reply) and one from an allowlisted address inside that CIDR
-//! that also carries a forced exact ban (every echo must be answered).
+//! that also carries a forced exact ban (every echo must be answered), and a third from an
+//! address guard has no opinion on, which a failed start's rate limit must not reach.
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -121,6 +122,7 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
 
     let bad = Pinger::start(&link.far, banned, near)?;
     let good = Pinger::start(&link.far, allowed, near)?;
+    let plain = Pinger::start(&link.far, link.far_v4, near)?;
     std::thread::sleep(SETTLE);
 
     // 1. A clean restart against the pins.
@@ -138,7 +140,9 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
     std::thread::sleep(SETTLE);
 
     // 3. A control socket that cannot be bound (its directory is a file): fails last of all,
-    // after the maps are rebuilt and the program attached.
+    // after the maps are rebuilt and the program attached. Its config sets a rate limit of
+    // 5 packets/s, which must never reach the running program.
+    std::fs::write(&d.config, "[xdp]\nrate_limit_pps = 5\n")?;
     let socket = d.socket.clone();
     let blocker = d.state_dir.with_file_name("not-a-directory");
     std::fs::write(&blocker, "")?;
@@ -148,9 +152,18 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
         .expect_err("a socket under a regular file must not start");
     assert!(e.to_string().contains("control socket"), "{e}");
     d.socket = socket;
+    std::fs::write(&d.config, &config)?;
     std::thread::sleep(SETTLE);
 
-    // 4. A store that fails once XDP is loaded: the request log's directory is a file.
+    // 4. An interface that does not exist after the real one: the new program has taken over
+    // the real interface's pinned link when the start fails.
+    d.args = vec!["--interface".into(), "nosuch0".into()];
+    let e = d.spawn().expect_err("an unknown interface must not start");
+    assert!(e.to_string().contains("nosuch0"), "{e}");
+    d.args.clear();
+    std::thread::sleep(SETTLE);
+
+    // 5. A store that fails once XDP is loaded: the request log's directory is a file.
     let logs = d.state_dir.join("logs");
     let aside = d.state_dir.join("logs.aside");
     std::fs::rename(&logs, &aside)?;
@@ -163,18 +176,22 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
     std::fs::rename(&aside, &logs)?;
     std::thread::sleep(SETTLE);
 
-    // 5. Started again for good.
+    // 6. Started again for good.
     d.spawn()?;
     std::thread::sleep(SETTLE);
 
     let bad = bad.stop()?;
     let good = good.stop()?;
+    let plain = plain.stop()?;
     println!(
-        "banned source: {} sent, {} answered; allowlisted: {} sent, {} answered",
+        "banned source: {} sent, {} answered; allowlisted: {} sent, {} answered; unlisted: {} \
+         sent, {} answered",
         bad.transmitted,
         bad.replies.len(),
         good.transmitted,
-        good.replies.len()
+        good.replies.len(),
+        plain.transmitted,
+        plain.replies.len()
     );
     assert!(
         bad.transmitted > 100 && good.transmitted > 100,
@@ -186,14 +203,16 @@ fn restarts_and_failed_starts_never_open_a_gap() -> anyhow::Result<()> {
         bad.replies
     );
     // Every echo answered; only the last one may have been in flight when ping was stopped.
-    let missing: Vec<u32> = (1..good.transmitted)
-        .filter(|s| !good.replies.contains(s))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "the allowlisted source lost {} echoes: {missing:?}",
-        missing.len()
-    );
+    for (who, seen) in [("allowlisted", &good), ("unlisted", &plain)] {
+        let missing: Vec<u32> = (1..seen.transmitted)
+            .filter(|s| !seen.replies.contains(s))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the {who} source lost {} echoes: {missing:?}",
+            missing.len()
+        );
+    }
     assert!(ping_from(&link.far, allowed, near));
     assert!(!ping_from(&link.far, banned, near));
     Ok(())

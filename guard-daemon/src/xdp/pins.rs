@@ -3,13 +3,15 @@
 //!
 //! bpffs holds no regular files, so the version is a symbolic link, `<pin_dir>/layout`, whose
 //! target is [`LAYOUT_VERSION`] (computed from the map table in `guard_common::layout`). Maps
-//! pinned under another version (or by a guard that wrote none) are never reused: the daemon
+//! pinned under another version (or by a guard that wrote none, unless each of them is exactly
+//! what this build creates) are never reused: the daemon
 //! refuses to start, or, with `guard run --replace-pins`, unpins them and builds new ones from
 //! the store. The old maps live on with the program that still uses them, so bans stay enforced
 //! until the new program takes over the pinned link.
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use aya::maps::MapInfo;
 use guard_common::layout::{LAYOUT_VERSION, PINNED_MAPS};
 use nix::sys::stat::stat;
 use tracing::{info, warn};
@@ -51,9 +53,28 @@ pub fn check_layout(dir: &Path, replace: bool) -> Result<(), XdpError> {
     match &found {
         Some(v) if v == LAYOUT_VERSION => return Ok(()),
         None if pinned.is_empty() => return write_layout(dir),
+        // Pinned by a guard that wrote no version (before versions existed): adopted only if
+        // every pinned map is exactly what this build would create.
+        None if pinned.iter().all(|name| matches_table(dir, name)) => {
+            info!(
+                dir = %dir.display(),
+                "pins without a layout version match this build's maps: reused, version written"
+            );
+            return write_layout(dir);
+        }
         _ => {}
     }
-    let found = found.unwrap_or_else(|| "none (pinned by a guard without layout versions)".into());
+    let found = found.unwrap_or_else(|| {
+        let differ: Vec<&str> = pinned
+            .iter()
+            .copied()
+            .filter(|name| !matches_table(dir, name))
+            .collect();
+        format!(
+            "none (pinned by a guard without layout versions; maps that differ: {})",
+            differ.join(", ")
+        )
+    });
     if !replace {
         return Err(XdpError::Layout {
             dir: dir.to_owned(),
@@ -71,6 +92,20 @@ pub fn check_layout(dir: &Path, replace: bool) -> Result<(), XdpError> {
         remove_if_present(&dir.join(name))?;
     }
     write_layout(dir)
+}
+
+/// Whether the map pinned as `dir/name` has the type, sizes, capacity and flags the table gives.
+fn matches_table(dir: &Path, name: &str) -> bool {
+    let Some(want) = PINNED_MAPS.iter().find(|m| m.name == name) else {
+        return false;
+    };
+    MapInfo::from_pin(dir.join(name)).is_ok_and(|info| {
+        info.map_type().is_ok_and(|t| t as u32 == want.map_type)
+            && info.key_size() == want.key_size
+            && info.value_size() == want.value_size
+            && info.max_entries() == want.max_entries
+            && info.map_flags() == want.flags
+    })
 }
 
 fn remove_if_present(path: &Path) -> Result<(), XdpError> {
