@@ -2,9 +2,10 @@
 //! stored bans than fit skips (and counts) the excess instead of failing.
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::process::Command;
 use std::time::Instant;
 
-use guard_tests::{Daemon, Link, require_root};
+use guard_tests::{Daemon, Link, guard_bin, require_root};
 
 /// `guard_common::CIDR_CAPACITY`.
 const CIDR_CAPACITY: u64 = 131_072;
@@ -42,15 +43,34 @@ fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::R
     let file = d.state_dir.with_file_name("cidrs.txt");
     std::fs::write(&file, text)?;
     let t = Instant::now();
-    let e = d
-        .cli(&["ban", "import", &file.to_string_lossy()])
-        .expect_err("the last CIDR ban does not fit");
+    // The line that does not fit is refused on its own (with the map's error), the others are
+    // saved: one full map never stops an import half-way, and nothing is stored half-way.
+    let out = Command::new(guard_bin()?)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["ban", "import", &file.to_string_lossy()])
+        .output()?;
     println!(
         "import of {} CIDR bans: {:.1} s",
         CIDR_CAPACITY + 1,
         t.elapsed().as_secs_f64()
     );
-    assert!(e.contains("IPv4 CIDR bans full: 131072"), "{e}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains(&format!("imported {CIDR_CAPACITY} of {}", CIDR_CAPACITY + 1)),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("IPv4 CIDR bans full: 131072"), "{stderr}");
+    assert_eq!(
+        stderr.matches("refused: ").count(),
+        1,
+        "exactly the last line is refused: {stderr}"
+    );
+    let stored = d.json(&["status"])?["bans"].as_u64().unwrap_or(0);
+    assert_eq!(stored, CIDR_CAPACITY, "the refused line was stored");
     let (entries, capacity, _) = cidr_fill(&d)?;
     assert_eq!((entries, capacity), (CIDR_CAPACITY, CIDR_CAPACITY));
     assert!(
@@ -80,8 +100,9 @@ fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::R
     let stored = status["bans"].as_u64().unwrap_or(0);
     let skipped = status["skipped_at_start"].as_u64().unwrap_or(0);
     println!("stored bans {stored}, skipped at start {skipped}");
-    // Every stored CIDR ban beyond the capacity (one exact ban besides them).
-    assert_eq!(skipped, stored - CIDR_CAPACITY - 1, "{status}");
+    // Nothing the maps could not hold was stored: the CIDR bans and one exact ban, none skipped.
+    assert_eq!(stored, CIDR_CAPACITY + 1, "{status}");
+    assert_eq!(skipped, 0, "{status}");
     if skipped > 0 {
         assert!(
             d.log_text().contains("ban not enforced"),

@@ -107,6 +107,8 @@ fn the_bpffs_root_is_refused_as_pin_dir() -> anyhow::Result<()> {
     require_root!();
     let base = std::env::temp_dir().join(format!("guard-test-{}", unique("root")));
     std::fs::create_dir_all(&base)?;
+    // The socket's directory must be private, or guard refuses before it reads the pin dir.
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let run = |pin_dir: &Path| -> anyhow::Result<String> {
         let out = Command::new(guard_bin()?)
             .arg("--socket")
