@@ -97,12 +97,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let log_dir = config.daemon.state_dir.join(LOG_DIR);
     let logs = LogStore::open_dir(&log_dir).context("opening the request log database")?;
+    // Retention trusts the wall clock only as far as the bans' expiry does: a start more than a
+    // day past the last heartbeat does not prune the log by the jump.
+    let heartbeat = crate::bans::heartbeat_of(&store).unwrap_or_else(|e| {
+        warn!("reading the heartbeat: {e}");
+        None
+    });
+    let start = guard_core::expiry::start_reference(
+        crate::clock::now_ms(),
+        heartbeat,
+        guard_core::expiry::MAX_JUMP,
+    );
     let writer = Arc::new(
-        LogWriter::spawn(
+        LogWriter::spawn_from(
             logs.clone(),
             config.logs.queue,
             config.logs.batch,
             config.logs.limits(),
+            start.wall_ms,
         )
         .context("starting the log writer")?,
     );

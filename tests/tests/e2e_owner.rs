@@ -352,7 +352,12 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
     let mut d = Daemon::start(&link.near, &link.near_if, "")?;
     let cap = guard_common::CIDR_CAPACITY;
     // /28 blocks of 100.64.0.0/10, none near the test's own addresses.
-    let key = |i: u32| Key::new(28, u32::from_ne_bytes((0x6440_0000u32 + i * 16).to_be_bytes()));
+    let key = |i: u32| {
+        Key::new(
+            28,
+            u32::from_ne_bytes((0x6440_0000u32 + i * 16).to_be_bytes()),
+        )
+    };
     let mut cidr: LpmTrie<_, u32, BanEntry> =
         LpmTrie::try_from(Map::LpmTrie(open(&d.pin_dir, MAP_CIDR_V4)?))?;
     for i in 0..cap {
@@ -363,19 +368,27 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
         .cli(&["ban", "add", &one_more])
         .expect_err("a CIDR ban beyond the map's capacity must be refused");
     println!("ban add beyond capacity: {}", err.trim());
-    assert!(err.contains("CIDR"), "the error does not name the full map: {err}");
+    assert!(
+        err.contains("CIDR"),
+        "the error does not name the full map: {err}"
+    );
     let addr = one_more.trim_end_matches("/28");
     assert_eq!(
         d.json(&["ban", "ls", "--ip", addr])?,
         serde_json::json!([]),
         "the refused ban was stored"
     );
-    assert_eq!(d.json(&["status"])?["bans"], 0, "the refused ban was counted");
+    assert_eq!(
+        d.json(&["status"])?["bans"],
+        0,
+        "the refused ban was counted"
+    );
     // With room again, the same ban is taken, stored, and survives a restart.
     for i in 0..cap {
         cidr.remove(&key(i))?;
     }
-    d.cli(&["ban", "add", &one_more]).map_err(anyhow::Error::msg)?;
+    d.cli(&["ban", "add", &one_more])
+        .map_err(anyhow::Error::msg)?;
     d.stop()?;
     d.spawn()?;
     assert_eq!(stored(&d, "ban")?, BTreeSet::from([one_more.clone()]));

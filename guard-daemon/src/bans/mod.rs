@@ -88,6 +88,16 @@ pub const TREE_META: &str = "meta";
 /// the last time the owner swept, so that a start can tell a clock jump from time away.
 pub const KEY_LAST_WALL: &[u8] = b"last_wall_ms";
 
+/// The wall clock (ms) the owner last saw, as stored in `store` (`None` before the first run).
+pub fn heartbeat_of(store: &Store) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .db()
+        .open_tree(TREE_META)?
+        .get(KEY_LAST_WALL)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
 /// Bans and allowlist, backed by sled and enforced by XDP: the owner thread's state.
 pub struct Bans {
     store: Store,
@@ -140,11 +150,7 @@ impl Bans {
 
     /// The wall clock the last time the owner swept (`None` before the first run).
     pub fn heartbeat(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .meta
-            .get(KEY_LAST_WALL)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes))
+        heartbeat_of(&self.store)
     }
 
     fn beat(&self, wall_ms: u64) -> Result<(), StoreError> {

@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use guard_core::expiry::ClockWatch;
 use serde::{Deserialize, Serialize};
 
 use crate::tap::{RequestEvent, Trust};
@@ -511,12 +512,27 @@ impl LogWriter {
         max_batch: usize,
         limits: Limits,
     ) -> Result<Self, LogError> {
+        Self::spawn_from(store, capacity, max_batch, limits, crate::clock::now_ms())
+    }
+
+    /// Like [`LogWriter::spawn`], with the wall time (ms) retention trusts at start: the daemon's
+    /// last heartbeat when the clock is more than a day past it (see
+    /// `guard_core::expiry::start_reference`), so a jump never prunes the log. While it runs,
+    /// retention likewise refuses to act on a step of more than a day (logged).
+    pub fn spawn_from(
+        store: LogStore,
+        capacity: usize,
+        max_batch: usize,
+        limits: Limits,
+        start_wall_ms: u64,
+    ) -> Result<Self, LogError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let counters = Arc::new(WriterCounters::default());
         let c = Arc::clone(&counters);
+        let clock = ClockWatch::new(start_wall_ms, crate::clock::mono_ns());
         let thread = std::thread::Builder::new()
             .name("guard-log-writer".into())
-            .spawn(move || write_loop(&store, &rx, max_batch.max(1), &limits, &c))
+            .spawn(move || write_loop(&store, &rx, max_batch.max(1), &limits, &c, clock))
             .map_err(|source| LogError::Spawn { source })?;
         Ok(Self {
             tx: Some(tx),
@@ -603,6 +619,7 @@ fn write_loop(
     max_batch: usize,
     limits: &Limits,
     c: &WriterCounters,
+    mut clock: ClockWatch,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let (mut write_warn, mut prune_warn) = (Warner::default(), Warner::default());
@@ -610,7 +627,7 @@ fn write_loop(
     loop {
         if next_retention <= std::time::Instant::now() {
             next_retention = std::time::Instant::now() + RETENTION_EVERY;
-            prune_expired(store, limits, &mut prune_warn);
+            prune_expired(store, limits, &mut prune_warn, &mut clock);
         }
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(r) => r,
@@ -655,10 +672,12 @@ fn write_loop(
     }
 }
 
-fn prune_expired(store: &LogStore, limits: &Limits, warn: &mut Warner) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+fn prune_expired(store: &LogStore, limits: &Limits, warn: &mut Warner, clock: &mut ClockWatch) {
+    let (now_ms, jump) = clock.trusted_now(crate::clock::now_ms(), crate::clock::mono_ns());
+    if let Some(jump) = jump.filter(|j| j.too_big()) {
+        tracing::warn!(%jump, "the wall clock jumped {jump}: request log retention does not act on it");
+    }
+    let now = Duration::from_millis(now_ms);
     match store.prune_older_than(now.saturating_sub(limits.retention)) {
         Ok(n) if n > 0 => tracing::info!(records = n, "request log pruned past logs.retention"),
         Ok(_) => {}

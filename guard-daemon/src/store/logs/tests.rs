@@ -549,3 +549,26 @@ fn reopen(dir: &std::path::Path) -> LogStore {
         }
     }
 }
+
+/// The clock at start is three days past the daemon's last heartbeat: retention (one day) does
+/// not act on the jump and keeps a record made two days before "now"; started on an ordinary
+/// clock, the same writer prunes it.
+#[test]
+fn retention_does_not_act_on_a_clock_jump_at_start() {
+    let now_ms = crate::clock::now_ms();
+    let two_days_ago = (now_ms / 1000).saturating_sub(2 * 86_400);
+    let limits = Limits {
+        retention: Duration::from_hours(24),
+        ..Limits::default()
+    };
+    for (start_wall_ms, kept) in [(now_ms - 3 * 86_400_000, 1), (now_ms, 0)] {
+        let s = store();
+        s.insert(&rec(two_days_ago, "192.0.2.1", "/old", Some(200), false))
+            .unwrap();
+        let w = LogWriter::spawn_from(s.clone(), 16, 4, limits.clone(), start_wall_ms).unwrap();
+        // The first retention pass runs as the writer starts.
+        std::thread::sleep(Duration::from_millis(300));
+        w.shutdown();
+        assert_eq!(s.len(), kept, "start at {start_wall_ms} (now {now_ms})");
+    }
+}
