@@ -565,7 +565,7 @@ fn retention_does_not_act_on_a_clock_jump_at_start() {
         let s = store();
         s.insert(&rec(two_days_ago, "192.0.2.1", "/old", Some(200), false))
             .unwrap();
-        let w = LogWriter::spawn_from(s.clone(), 16, 4, limits.clone(), start_wall_ms).unwrap();
+        let w = LogWriter::spawn_from(s.clone(), 16, 4, limits, start_wall_ms).unwrap();
         // The first retention pass runs as the writer starts.
         std::thread::sleep(Duration::from_millis(300));
         w.shutdown();
