@@ -366,10 +366,11 @@ async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
             }
         }
         ready.clear_ready();
-        for ev in batch {
-            // Waiting for the owner's answer (a flush) is blocking work: off the runtime.
+        if !batch.is_empty() {
+            // Waiting for the owner's answer (a flush) is blocking work: off the runtime, one
+            // task for the whole read, whose bans share one flush.
             let s = Arc::clone(&shared);
-            tokio::task::spawn_blocking(move || on_rate_event(&s, &ev));
+            tokio::task::spawn_blocking(move || on_rate_events(&s, &batch));
         }
     }
 }
@@ -384,38 +385,52 @@ fn event_addr(ev: &RateEvent) -> IpAddr {
     }
 }
 
-fn on_rate_event(shared: &Shared, ev: &RateEvent) {
-    shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
-    let addr = event_addr(ev);
+/// Logs each over-rate source and, when `xdp.rate_ban` is set, bans them through the owner:
+/// every order is sent first, then the answers are read, so they share one flush.
+fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
     let pps = shared.config.xdp.rate_limit_pps;
-    warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
     let ttl = shared.config.xdp.rate_ban;
-    if ttl.is_zero() {
-        return;
-    }
-    let req = BanRequest {
-        target: Net::host(addr),
-        ttl: Some(ttl),
-        reason: format!("packet rate over {pps}/s"),
-        origin: Origin::RateLimit,
-        force: false,
-        evidence: Some(crate::engine::Evidence {
-            rule: "xdp-rate".into(),
-            details: crate::engine::Details {
-                limit_pps: Some(pps),
-                dropped: Some(ev.dropped),
-                ..Default::default()
-            },
-            ..Default::default()
-        }),
-    };
-    match shared.bans.order(req) {
-        Ok(Ordered::Banned(_)) => {
-            shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
-            info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+    let mut waiting = Vec::new();
+    for ev in events {
+        shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
+        let addr = event_addr(ev);
+        warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
+        if ttl.is_zero() {
+            continue;
         }
-        Ok(Ordered::Already(_)) | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
-        Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+        let req = BanRequest {
+            target: Net::host(addr),
+            ttl: Some(ttl),
+            reason: format!("packet rate over {pps}/s"),
+            origin: Origin::RateLimit,
+            force: false,
+            evidence: Some(crate::engine::Evidence {
+                rule: "xdp-rate".into(),
+                details: crate::engine::Details {
+                    limit_pps: Some(pps),
+                    dropped: Some(ev.dropped),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if !shared.bans.send(crate::bans::Command::Order(req, tx)) {
+            warn!(source = %addr, "rate ban failed: {}", BanError::OwnerGone);
+            continue;
+        }
+        waiting.push((addr, rx));
+    }
+    for (addr, rx) in waiting {
+        match rx.recv().unwrap_or(Err(BanError::OwnerGone)) {
+            Ok(Ordered::Banned(_)) => {
+                shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
+                info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+            }
+            Ok(Ordered::Already(_))
+            | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
+            Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+        }
     }
 }
 
