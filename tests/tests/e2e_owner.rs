@@ -395,3 +395,78 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
     assert_eq!(map_bans(&d.pin_dir)?, BTreeSet::from([one_more]));
     Ok(())
 }
+
+/// The heartbeat guard keeps in its state database (`meta` tree): the wall clock it last saw.
+fn heartbeat(db: &sled::Db) -> anyhow::Result<u64> {
+    let v = db
+        .open_tree("meta")?
+        .get("last_wall_ms")?
+        .ok_or_else(|| anyhow::anyhow!("no heartbeat in the state database"))?;
+    Ok(u64::from_be_bytes(v.as_ref().try_into()?))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// guard is stopped for a few seconds, but its wall clock now reads three days past the last
+/// time it ran (as after a clock step while it was down): a timed ban whose end has passed by
+/// the wall clock is not deleted (the jump is logged and not acted on; the ban keeps what it
+/// had left at the heartbeat), and it stays enforced. Without the jump, a ban whose end passed
+/// while guard was stopped is removed at start, from sled and the maps.
+#[test]
+fn a_start_far_past_the_heartbeat_keeps_timed_bans() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let mut d = Daemon::start(&link.near, &link.near_if, "")?;
+    d.cli(&["ban", "add", "198.51.100.20", "--ttl", "3s"])
+        .map_err(anyhow::Error::msg)?;
+    d.stop()?;
+    {
+        let db = sled::open(&d.state_dir)?;
+        let hb = heartbeat(&db)?;
+        assert!(
+            now_ms().abs_diff(hb) < 10_000,
+            "the heartbeat is not recent: {hb}"
+        );
+        let three_days = 3 * 86_400_000;
+        db.open_tree("meta")?
+            .insert("last_wall_ms", &(hb - three_days).to_be_bytes())?;
+        db.flush()?;
+    }
+    // The ban's three seconds are over by the wall clock.
+    std::thread::sleep(Duration::from_secs(4));
+    d.spawn()?;
+    assert!(
+        d.log_text().contains("since guard last ran"),
+        "the jump was not logged: {}",
+        d.log_text()
+    );
+    let bans = assert_same(&d, "after a start three days past the heartbeat")?;
+    assert!(
+        bans.contains("198.51.100.20"),
+        "the timed ban was deleted: {bans:?}"
+    );
+    let shown = d.json(&["ban", "ls", "--ip", "198.51.100.20"])?;
+    let expires = shown[0]["expires_at"].as_u64().unwrap_or(0);
+    assert!(
+        expires > now_ms() + 2 * 86_400_000,
+        "the ban does not keep what it had left at the heartbeat: expires at {expires}"
+    );
+
+    // An ordinary restart: a ban whose end passed while guard was stopped is gone.
+    d.cli(&["ban", "add", "198.51.100.21", "--ttl", "2s"])
+        .map_err(anyhow::Error::msg)?;
+    d.stop()?;
+    std::thread::sleep(Duration::from_secs(3));
+    d.spawn()?;
+    let bans = assert_same(&d, "after an ordinary restart")?;
+    assert!(
+        !bans.contains("198.51.100.21"),
+        "an ended ban came back: {bans:?}"
+    );
+    assert!(bans.contains("198.51.100.20"));
+    Ok(())
+}
