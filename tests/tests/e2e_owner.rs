@@ -470,3 +470,120 @@ fn a_start_far_past_the_heartbeat_keeps_timed_bans() -> anyhow::Result<()> {
     assert!(bans.contains("198.51.100.20"));
     Ok(())
 }
+
+/// The engine's ban counters in `guard stats --json`.
+fn order_stat(d: &Daemon, name: &str) -> u64 {
+    d.json(&["stats"])
+        .ok()
+        .and_then(|s| s["engine"][name].as_u64())
+        .unwrap_or(0)
+}
+
+/// One GET from `src` to `dst`; whether it was answered.
+fn get(link: &Link, src: IpAddr, dst: std::net::SocketAddr, path: &str) -> bool {
+    let ns = link.far.path();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.0\r\n\r\n");
+    std::thread::spawn(move || {
+        let _ = guard_tests::enter(&ns);
+        let Some(s) = guard_tests::connect_from(src, dst, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut c = guard_tests::http::Client { stream: s };
+        c.send(req.as_bytes()).and_then(|()| c.responses(1)).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// An engine ban the maps refuse (the exact IPv4 map is full) is not lost and not half-made:
+/// it is not stored, the engine does not count the client as banned, and the client's next
+/// request orders it again; once there is room, that retry bans it in XDP and sled, and the
+/// client is cut off. `guard stats` counts the failed and the retried orders.
+#[test]
+fn an_engine_ban_the_maps_refuse_is_ordered_again_on_the_next_request() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let dst = std::net::SocketAddr::new(link.near_v4, PORT);
+    let attacker = link.far_v4;
+    let cap = guard_common::BANS_CAPACITY;
+    // Filled through its pin with addresses of 100.64.0.0/10, none of them the attacker.
+    let mut exact: HashMap<_, u32, BanEntry> =
+        HashMap::try_from(Map::HashMap(open(&d.pin_dir, MAP_BANS_V4)?))?;
+    let key = |i: u32| u32::from_ne_bytes((0x6440_0000u32 + i).to_be_bytes());
+    let started = Instant::now();
+    for i in 0..cap {
+        exact.insert(key(i), BanEntry::default(), 0)?;
+    }
+    println!("exact IPv4 map filled ({cap}) in {:?}", started.elapsed());
+
+    // Sensitive-file probes: the engine orders a ban, the full map refuses it.
+    for path in [
+        "/.env",
+        "/.git/config",
+        "/backup.sql",
+        "/.aws/credentials",
+        "/.htpasswd",
+    ] {
+        let _ = get(&link, attacker, dst, path);
+    }
+    let failed = guard_tests::wait_until(Duration::from_secs(10), || {
+        order_stat(&d, "bans_failed") >= 1
+    });
+    assert!(failed.is_some(), "no ban order failed: {}", d.log_text());
+    assert_eq!(
+        d.json(&["ban", "ls", "--ip", &attacker.to_string()])?,
+        serde_json::json!([]),
+        "a ban the maps refused was stored"
+    );
+    // Its next request is answered (no ban was made) and orders the ban again, which fails
+    // again while the map is full.
+    let failed_before = order_stat(&d, "bans_failed");
+    assert!(
+        get(&link, attacker, dst, "/"),
+        "the attacker is cut off although no ban was made"
+    );
+    let failed_again = guard_tests::wait_until(Duration::from_secs(10), || {
+        order_stat(&d, "bans_failed") > failed_before
+    });
+    assert!(
+        failed_again.is_some(),
+        "the next request did not order the ban again"
+    );
+
+    // Room again: the client's next request orders the ban again, and this time it holds.
+    for i in 0..cap {
+        exact.remove(&key(i))?;
+    }
+    let retried_before = order_stat(&d, "bans_retried");
+    let _ = get(&link, attacker, dst, "/");
+    let banned = guard_tests::wait_until(Duration::from_secs(10), || {
+        d.json(&["ban", "ls", "--ip", &attacker.to_string()])
+            .is_ok_and(|l| l.as_array().is_some_and(|a| !a.is_empty()))
+    });
+    assert!(
+        banned.is_some(),
+        "the retried order did not ban: {}",
+        d.log_text()
+    );
+    let stats = d.json(&["stats"])?;
+    assert!(
+        order_stat(&d, "bans_retried") > retried_before,
+        "the ban was not made by a retry (retried before: {retried_before}): {}\n{}",
+        stats["engine"],
+        d.log_text()
+    );
+    assert!(order_stat(&d, "bans_confirmed") >= 1);
+    assert!(
+        !get(&link, attacker, dst, "/"),
+        "the banned attacker still gets answers"
+    );
+    assert!(map_bans(&d.pin_dir)?.contains(&attacker.to_string()));
+    Ok(())
+}
