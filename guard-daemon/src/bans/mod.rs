@@ -65,8 +65,11 @@ pub enum BanError {
     RemovalNotSaved { target: Net, source: StoreError },
     #[error(transparent)]
     Xdp(#[from] XdpError),
-    /// The owner thread is gone (guard is shutting down, or it panicked).
-    #[error("the ban owner has stopped (guard is shutting down); nothing was changed")]
+    /// The owner did not answer: it has stopped (guard is shutting down) or the command
+    /// panicked inside it (logged).
+    #[error(
+        "the ban owner did not answer: guard is shutting down, or the command failed inside it (see guard's log)"
+    )]
     OwnerGone,
 }
 

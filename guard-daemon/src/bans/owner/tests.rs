@@ -186,3 +186,42 @@ fn expiry_runs_at_the_deadline_without_any_command() {
         "nothing written, nothing flushed"
     );
 }
+
+/// A command that panics inside the owner costs that command only: its caller is told, and the
+/// commands before and after it are applied, flushed and answered.
+#[test]
+fn a_panicking_command_does_not_stop_the_owner() {
+    struct Boom;
+    impl Owned for Boom {
+        type Command = Option<Reply<u32>>;
+        fn apply(&mut self, cmd: Self::Command) -> Answer {
+            let reply = cmd.expect("injected panic");
+            Box::new(move |_| {
+                let _ = reply.send(7);
+            })
+        }
+        fn dirty(&self) -> bool {
+            false
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn next_deadline(&self) -> Option<u64> {
+            None
+        }
+        fn expire(&mut self) {}
+    }
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let owner = std::thread::spawn(move || {
+        run(Boom, &rx, Duration::from_secs(1), crate::clock::mono_ns);
+    });
+    let (a, ra) = mpsc::sync_channel(1);
+    tx.send(Msg::Cmd(Some(a))).unwrap();
+    tx.send(Msg::Cmd(None)).unwrap();
+    let (b, rb) = mpsc::sync_channel(1);
+    tx.send(Msg::Cmd(Some(b))).unwrap();
+    assert_eq!(ra.recv_timeout(Duration::from_secs(5)), Ok(7));
+    assert_eq!(rb.recv_timeout(Duration::from_secs(5)), Ok(7));
+    tx.send(Msg::Stop).unwrap();
+    owner.join().expect("the owner thread survived");
+}
