@@ -587,3 +587,89 @@ fn an_engine_ban_the_maps_refuse_is_ordered_again_on_the_next_request() -> anyho
     assert!(map_bans(&d.pin_dir)?.contains(&attacker.to_string()));
     Ok(())
 }
+
+/// `kill -9` while `guard ban import` runs: after a restart every ban the CLI reported as
+/// imported is in sled and in the maps (an answer says "saved" only after sled flushed it).
+#[test]
+fn every_ban_reported_saved_survives_kill_9_during_an_import() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let mut d = Daemon::start(&link.near, &link.near_if, "")?;
+    let pid = d.json(&["status"])?["pid"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("status has no pid"))?;
+    // 100,000 addresses of 100.64.0.0/10 in chunks of 5,000, one CLI call each.
+    let chunks: Vec<Vec<String>> = (0..20u32)
+        .map(|c| {
+            (0..5_000u32)
+                .map(|i| std::net::Ipv4Addr::from(0x6440_0000u32 + c * 5_000 + i).to_string())
+                .collect()
+        })
+        .collect();
+    let dir = std::env::temp_dir();
+    let reported: Vec<usize> = std::thread::scope(|s| {
+        let importer = s.spawn(|| {
+            let mut done = Vec::new();
+            for (n, chunk) in chunks.iter().enumerate() {
+                let file = dir.join(format!("guard-owner-kill-{}-{n}.txt", std::process::id()));
+                if std::fs::write(&file, chunk.join("\n")).is_err() {
+                    break;
+                }
+                let out = d.cli(&["ban", "import", &file.to_string_lossy()]);
+                let _ = std::fs::remove_file(&file);
+                match out {
+                    Ok(text) if text.contains("imported 5000 of 5000") => done.push(n),
+                    _ => break,
+                }
+            }
+            done
+        });
+        // Killed while the import runs, a few chunks in.
+        let _ = guard_tests::wait_until(Duration::from_mins(1), || {
+            d.json(&["status"])
+                .is_ok_and(|s| s["bans"].as_u64().unwrap_or(0) >= 15_000)
+        });
+        // SAFETY: kill on the daemon's own pid, read from its status.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        importer.join().expect("the importer panicked")
+    });
+    println!(
+        "chunks of 5,000 reported imported before kill -9: {}",
+        reported.len()
+    );
+    assert!(
+        !reported.is_empty() && reported.len() < chunks.len(),
+        "{reported:?}"
+    );
+    // The last of its threads may still be finishing an fsync: until then sled's lock is
+    // held, and a start says so. Try again for a while.
+    let mut started = d.spawn();
+    for _ in 0..40 {
+        match &started {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(250));
+                started = d.spawn();
+            }
+            _ => break,
+        }
+    }
+    started?;
+    let stored = stored(&d, "ban")?;
+    let in_maps = map_bans(&d.pin_dir)?;
+    assert_eq!(
+        stored, in_maps,
+        "sled and the maps differ after kill -9 and a restart"
+    );
+    let missing: Vec<&String> = reported
+        .iter()
+        .flat_map(|n| &chunks[*n])
+        .filter(|a| !stored.contains(*a))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} bans reported saved are gone after kill -9 (first {:?})",
+        missing.len(),
+        missing.first()
+    );
+    Ok(())
+}
