@@ -336,7 +336,8 @@ impl Bans {
     }
 
     /// A ban the daemon orders by itself (the engine, the packet rate): a target already
-    /// banned is left as it is (an operator's longer ban is not shortened); an IPv6 network
+    /// banned at least as long is left as it is (an operator's longer ban is not shortened, a
+    /// shorter one is extended); an IPv6 network
     /// that holds a protected address narrows to the client; the engine's offence is stored
     /// for escalation across restarts.
     pub fn order(&mut self, mut req: BanRequest) -> Result<Ordered, BanError> {
@@ -351,8 +352,18 @@ impl Bans {
             info!(network = %req.target, client = %c, "the client's network holds a protected address: banning the client alone");
             req.target = Net::host(c);
         }
-        if self.store.ban(&req.target)?.is_some() {
-            return Ok(Ordered::Already(req.target));
+        // A ban that lasts at least as long stays as it is; a shorter one is extended (else
+        // the engine would count the client as banned after the maps let it go).
+        if let Some(existing) = self.store.ban(&req.target)? {
+            let wanted = req
+                .ttl
+                .unwrap_or(self.default_ttl)
+                .as_millis()
+                .try_into()
+                .map_or(u64::MAX, |ms: u64| now_ms().saturating_add(ms));
+            if existing.expires_at.is_none_or(|t| t >= wanted) {
+                return Ok(Ordered::Already(req.target));
+            }
         }
         let offence = req.evidence.as_ref().and_then(|e| e.offence);
         let view = self.ban(req)?;
