@@ -1,81 +1,20 @@
 //! End to end for the ban owner: many control requests at once, of every kind that touches
 //! bans, the allowlist, the XDP maps and the tap, are all answered, and leave sled (`ban ls`,
-//! `allow ls`, also after a restart) and the pinned XDP maps holding exactly the same set.
+//! `allow ls`, also after a restart) and the pinned XDP maps holding exactly the same set; a
+//! ban the maps cannot hold is never stored, an engine ban they refuse is ordered again, what
+//! the CLI was told is saved survives `kill -9`, and a clock far past the heartbeat at start
+//! does not delete timed bans.
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData};
-use guard_common::{
-    BanEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6,
-};
+use aya::maps::{HashMap, Map};
+use guard_common::{BanEntry, MAP_BANS_V4, MAP_CIDR_V4};
 use guard_tests::http::start_server;
-use guard_tests::{Daemon, Link, require_root};
+use guard_tests::{Daemon, Link, maps, require_root};
 
 const PORT: u16 = 8080;
-
-fn open(pins: &Path, name: &str) -> anyhow::Result<MapData> {
-    MapData::from_pin(pins.join(name)).map_err(|e| anyhow::anyhow!("pinned map {name}: {e}"))
-}
-
-/// Every ban in the pinned maps (exact and CIDR, both families), as `addr` or `addr/prefix`
-/// the way `ban ls` writes them.
-fn map_bans(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    let v4: HashMap<_, u32, BanEntry> = HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V4)?))?;
-    for k in v4.keys() {
-        out.insert(IpAddr::from(k?.to_ne_bytes()).to_string());
-    }
-    let v6: HashMap<_, [u8; 16], BanEntry> =
-        HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V6)?))?;
-    for k in v6.keys() {
-        out.insert(IpAddr::from(k?).to_string());
-    }
-    let c4: LpmTrie<_, u32, BanEntry> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V4)?))?;
-    for k in c4.keys() {
-        out.insert(prefix4(k?));
-    }
-    let c6: LpmTrie<_, [u8; 16], BanEntry> =
-        LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V6)?))?;
-    for k in c6.keys() {
-        out.insert(prefix6(k?));
-    }
-    Ok(out)
-}
-
-/// Every allowlist entry in the pinned maps.
-fn map_allows(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    let a4: LpmTrie<_, u32, u32> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_ALLOW_V4)?))?;
-    for k in a4.keys() {
-        out.insert(prefix4(k?));
-    }
-    let a6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_ALLOW_V6)?))?;
-    for k in a6.keys() {
-        out.insert(prefix6(k?));
-    }
-    Ok(out)
-}
-
-fn prefix4(k: Key<u32>) -> String {
-    let addr = IpAddr::from(k.data().to_ne_bytes());
-    if k.prefix_len() == 32 {
-        addr.to_string()
-    } else {
-        format!("{addr}/{}", k.prefix_len())
-    }
-}
-
-fn prefix6(k: Key<[u8; 16]>) -> String {
-    let addr = IpAddr::from(k.data());
-    if k.prefix_len() == 128 {
-        addr.to_string()
-    } else {
-        format!("{addr}/{}", k.prefix_len())
-    }
-}
 
 /// The `addr` of every entry of `guard <what> ls --json` (read from sled by the owner).
 fn stored(d: &Daemon, what: &str) -> anyhow::Result<BTreeSet<String>> {
@@ -119,12 +58,12 @@ fn assert_same(d: &Daemon, when: &str) -> anyhow::Result<BTreeSet<String>> {
     let bans = stored(d, "ban")?;
     assert_eq!(
         bans,
-        map_bans(&d.pin_dir)?,
+        maps::bans(&d.pin_dir)?,
         "{when}: bans in sled and in the maps differ"
     );
     let mut allows = stored(d, "allow")?;
     allows.extend(protected(d)?);
-    let in_maps: BTreeSet<String> = map_allows(&d.pin_dir)?
+    let in_maps: BTreeSet<String> = maps::allows(&d.pin_dir)?
         .into_iter()
         .map(|n| {
             n.strip_suffix("/32")
@@ -359,7 +298,7 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
         )
     };
     let mut cidr: LpmTrie<_, u32, BanEntry> =
-        LpmTrie::try_from(Map::LpmTrie(open(&d.pin_dir, MAP_CIDR_V4)?))?;
+        LpmTrie::try_from(Map::LpmTrie(maps::open(&d.pin_dir, MAP_CIDR_V4)?))?;
     for i in 0..cap {
         cidr.insert(&key(i), BanEntry::default(), 0)?;
     }
@@ -392,7 +331,7 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
     d.stop()?;
     d.spawn()?;
     assert_eq!(stored(&d, "ban")?, BTreeSet::from([one_more.clone()]));
-    assert_eq!(map_bans(&d.pin_dir)?, BTreeSet::from([one_more]));
+    assert_eq!(maps::bans(&d.pin_dir)?, BTreeSet::from([one_more]));
     Ok(())
 }
 
@@ -515,7 +454,7 @@ fn an_engine_ban_the_maps_refuse_is_ordered_again_on_the_next_request() -> anyho
     let cap = guard_common::BANS_CAPACITY;
     // Filled through its pin with addresses of 100.64.0.0/10, none of them the attacker.
     let mut exact: HashMap<_, u32, BanEntry> =
-        HashMap::try_from(Map::HashMap(open(&d.pin_dir, MAP_BANS_V4)?))?;
+        HashMap::try_from(Map::HashMap(maps::open(&d.pin_dir, MAP_BANS_V4)?))?;
     let key = |i: u32| u32::from_ne_bytes((0x6440_0000u32 + i).to_be_bytes());
     let started = Instant::now();
     for i in 0..cap {
@@ -584,7 +523,7 @@ fn an_engine_ban_the_maps_refuse_is_ordered_again_on_the_next_request() -> anyho
         !get(&link, attacker, dst, "/"),
         "the banned attacker still gets answers"
     );
-    assert!(map_bans(&d.pin_dir)?.contains(&attacker.to_string()));
+    assert!(maps::bans(&d.pin_dir)?.contains(&attacker.to_string()));
     Ok(())
 }
 
@@ -655,7 +594,7 @@ fn every_ban_reported_saved_survives_kill_9_during_an_import() -> anyhow::Result
     }
     started?;
     let stored = stored(&d, "ban")?;
-    let in_maps = map_bans(&d.pin_dir)?;
+    let in_maps = maps::bans(&d.pin_dir)?;
     assert_eq!(
         stored, in_maps,
         "sled and the maps differ after kill -9 and a restart"
