@@ -238,9 +238,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     // Blocking tasks of the control socket may still hold a handle for a moment; the owner
     // answers what is queued, flushes and stops.
-    let Some(bans) = owner.stop() else {
+    let Some(mut bans) = owner.stop() else {
         anyhow::bail!("the ban owner panicked; bans are in the store and stay enforced in XDP");
     };
+    if let Err(e) = bans.beat_now() {
+        warn!("writing the heartbeat at exit: {e}");
+    }
     if let Err(e) = bans.store().flush() {
         error!("flushing the store at exit: {e}");
     }

@@ -367,7 +367,7 @@ fn a_start_far_past_the_heartbeat_keeps_timed_bans() -> anyhow::Result<()> {
         let db = sled::open(&d.state_dir)?;
         let hb = heartbeat(&db)?;
         assert!(
-            now_ms().abs_diff(hb) < 10_000,
+            now_ms().abs_diff(hb) < 30_000,
             "the heartbeat is not recent: {hb}"
         );
         let three_days = 3 * 86_400_000;

@@ -90,6 +90,10 @@ pub const TREE_META: &str = "meta";
 /// Key of the heartbeat in [`TREE_META`]: the wall clock (ms since the epoch, big-endian u64)
 /// the last time the owner swept, so that a start can tell a clock jump from time away.
 pub const KEY_LAST_WALL: &[u8] = b"last_wall_ms";
+/// The heartbeat is written at the first sweep after this much time since the last write, not
+/// at every sweep (every 250 ms by default): each write makes sled's background flusher sync
+/// the disk, and an idle daemon should not. Far finer than the one day a jump must exceed.
+pub const BEAT_EVERY_MS: u64 = 10_000;
 
 /// The wall clock (ms) the owner last saw, as stored in `store` (`None` before the first run).
 pub fn heartbeat_of(store: &Store) -> Result<Option<u64>, StoreError> {
@@ -120,6 +124,8 @@ pub struct Bans {
     clock: ClockWatch,
     /// sled was written since the last flush.
     dirty: bool,
+    /// The wall clock of the last heartbeat written.
+    last_beat: u64,
     /// Bans ended by expiry since start (shown by `guard stats`).
     expired: Arc<AtomicU64>,
 }
@@ -145,6 +151,7 @@ impl Bans {
             protect_refusals: 0,
             clock: ClockWatch::new(now_ms(), mono_ns()),
             dirty: false,
+            last_beat: 0,
             expired: Arc::default(),
         };
         bans.rebuild()?;
@@ -156,9 +163,15 @@ impl Bans {
         heartbeat_of(&self.store)
     }
 
-    fn beat(&self, wall_ms: u64) -> Result<(), StoreError> {
+    /// Writes the heartbeat now (at exit, so the next start measures from the last moment).
+    pub fn beat_now(&mut self) -> Result<(), StoreError> {
+        self.beat(now_ms())
+    }
+
+    fn beat(&mut self, wall_ms: u64) -> Result<(), StoreError> {
         // Not flushed on its own: sled's background flush takes it within half a second.
         self.meta.insert(KEY_LAST_WALL, &wall_ms.to_be_bytes())?;
+        self.last_beat = wall_ms;
         Ok(())
     }
 
@@ -506,7 +519,9 @@ impl Bans {
         if let Some(jump) = self.clock.observe(now, mono) {
             self.follow_jump(jump, now, mono);
         }
-        if let Err(e) = self.beat(now) {
+        if now.abs_diff(self.last_beat) >= BEAT_EVERY_MS
+            && let Err(e) = self.beat(now)
+        {
             failure = failure.or(Some(e.into()));
         }
         failure.map_or(Ok(gone), Err)
