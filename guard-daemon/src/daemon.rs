@@ -110,6 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let log_dir = config.daemon.state_dir.join(LOG_DIR);
     let logs = LogStore::open_dir(&log_dir).context("opening the request log database")?;
+    // Retention does not act on a wall-clock jump of more than a day (`logs/retention.rs`).
     let writer = Arc::new(
         LogWriter::spawn(
             logs.clone(),
@@ -253,9 +254,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     // Blocking tasks of the control socket may still hold a handle for a moment; the owner
     // answers what is queued, flushes and stops.
-    let Some(bans) = owner.stop() else {
+    let Some(mut bans) = owner.stop() else {
         anyhow::bail!("the ban owner panicked; bans are in the store and stay enforced in XDP");
     };
+    if let Err(e) = bans.beat_now() {
+        warn!("writing the heartbeat at exit: {e}");
+    }
     if let Err(e) = bans.store().flush() {
         error!("flushing the store at exit: {e}");
     }
@@ -444,10 +448,11 @@ async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
             }
         }
         ready.clear_ready();
-        for ev in batch {
-            // Waiting for the owner's answer (a flush) is blocking work: off the runtime.
+        if !batch.is_empty() {
+            // Waiting for the owner's answer (a flush) is blocking work: off the runtime, one
+            // task for the whole read, whose bans share one flush.
             let s = Arc::clone(&shared);
-            tokio::task::spawn_blocking(move || on_rate_event(&s, &ev));
+            tokio::task::spawn_blocking(move || on_rate_events(&s, &batch));
         }
     }
 }
@@ -462,56 +467,71 @@ fn event_addr(ev: &RateEvent) -> IpAddr {
     }
 }
 
-fn on_rate_event(shared: &Shared, ev: &RateEvent) {
-    shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
-    let addr = event_addr(ev);
+/// Logs each over-rate source and, when `xdp.rate_ban` is set, bans them through the owner:
+/// every order is sent first, then the answers are read, so they share one flush.
+fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
     let pps = shared.config.xdp.rate_limit_pps;
-    warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
     let ttl = shared.config.xdp.rate_ban;
-    if ttl.is_zero() {
-        return;
-    }
-    // The event names the packets' source address, which anyone can forge: ban only a source
-    // the tap saw complete a handshake recently, unless the operator chose otherwise.
-    let proven = shared
-        .verified
-        .as_ref()
-        .is_some_and(|v| v.contains(Instant::now(), addr));
-    if !proven && !shared.config.xdp.rate_ban_unverified {
-        shared
-            .counters
-            .rate_bans_unverified
-            .fetch_add(1, Ordering::Relaxed);
-        info!(
-            source = %addr,
-            "not banned for its rate: no TCP handshake from it was seen recently, so the source \
-             may be forged (its excess packets are still dropped; see xdp.rate_ban_unverified)"
-        );
-        return;
-    }
-    let req = BanRequest {
-        target: Net::host(addr),
-        ttl: Some(ttl),
-        reason: format!("packet rate over {pps}/s"),
-        origin: Origin::RateLimit,
-        force: false,
-        evidence: Some(crate::engine::Evidence {
-            rule: "xdp-rate".into(),
-            details: crate::engine::Details {
-                limit_pps: Some(pps),
-                dropped: Some(ev.dropped),
-                ..Default::default()
-            },
-            ..Default::default()
-        }),
-    };
-    match shared.bans.order(req) {
-        Ok(Ordered::Banned(_)) => {
-            shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
-            info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+    let mut waiting = Vec::new();
+    for ev in events {
+        shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
+        let addr = event_addr(ev);
+        warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
+        if ttl.is_zero() {
+            continue;
         }
-        Ok(Ordered::Already(_)) | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
-        Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+        // The event names the packets' source address, which anyone can forge: ban only a
+        // source the tap saw complete a handshake recently, unless the operator chose otherwise.
+        let proven = shared
+            .verified
+            .as_ref()
+            .is_some_and(|v| v.contains(Instant::now(), addr));
+        if !proven && !shared.config.xdp.rate_ban_unverified {
+            shared
+                .counters
+                .rate_bans_unverified
+                .fetch_add(1, Ordering::Relaxed);
+            info!(
+                source = %addr,
+                "not banned for its rate: no TCP handshake from it was seen recently, so the \
+                 source may be forged (its excess packets are still dropped; see \
+                 xdp.rate_ban_unverified)"
+            );
+            continue;
+        }
+        let req = BanRequest {
+            target: Net::host(addr),
+            ttl: Some(ttl),
+            reason: format!("packet rate over {pps}/s"),
+            origin: Origin::RateLimit,
+            force: false,
+            evidence: Some(crate::engine::Evidence {
+                rule: "xdp-rate".into(),
+                details: crate::engine::Details {
+                    limit_pps: Some(pps),
+                    dropped: Some(ev.dropped),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if !shared.bans.send(crate::bans::Command::Order(req, tx)) {
+            warn!(source = %addr, "rate ban failed: {}", BanError::OwnerGone);
+            continue;
+        }
+        waiting.push((addr, rx));
+    }
+    for (addr, rx) in waiting {
+        match rx.recv().unwrap_or(Err(BanError::OwnerGone)) {
+            Ok(Ordered::Banned(_)) => {
+                shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
+                info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+            }
+            Ok(Ordered::Already(_))
+            | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
+            Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! made, also when a test fails. Everything stays inside namespaces the test created.
 pub mod ai_server;
 pub mod http;
+pub mod maps;
 pub mod rawtcp;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -60,7 +60,10 @@ fn a_full_cidr_map_refuses_the_next_ban_and_a_restart_still_works() -> anyhow::R
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(
-        stdout.contains(&format!("imported {CIDR_CAPACITY} of {}", CIDR_CAPACITY + 1)),
+        stdout.contains(&format!(
+            "imported {CIDR_CAPACITY} of {}",
+            CIDR_CAPACITY + 1
+        )),
         "{stdout}{stderr}"
     );
     assert!(stderr.contains("IPv4 CIDR bans full: 131072"), "{stderr}");

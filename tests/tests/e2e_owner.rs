@@ -1,81 +1,20 @@
 //! End to end for the ban owner: many control requests at once, of every kind that touches
 //! bans, the allowlist, the XDP maps and the tap, are all answered, and leave sled (`ban ls`,
-//! `allow ls`, also after a restart) and the pinned XDP maps holding exactly the same set.
+//! `allow ls`, also after a restart) and the pinned XDP maps holding exactly the same set; a
+//! ban the maps cannot hold is never stored, an engine ban they refuse is ordered again, what
+//! the CLI was told is saved survives `kill -9`, and a clock far past the heartbeat at start
+//! does not delete timed bans.
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData};
-use guard_common::{
-    BanEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6,
-};
+use aya::maps::{HashMap, Map};
+use guard_common::{BanEntry, MAP_BANS_V4, MAP_CIDR_V4};
 use guard_tests::http::start_server;
-use guard_tests::{Daemon, Link, require_root};
+use guard_tests::{Daemon, Link, maps, require_root};
 
 const PORT: u16 = 8080;
-
-fn open(pins: &Path, name: &str) -> anyhow::Result<MapData> {
-    MapData::from_pin(pins.join(name)).map_err(|e| anyhow::anyhow!("pinned map {name}: {e}"))
-}
-
-/// Every ban in the pinned maps (exact and CIDR, both families), as `addr` or `addr/prefix`
-/// the way `ban ls` writes them.
-fn map_bans(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    let v4: HashMap<_, u32, BanEntry> = HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V4)?))?;
-    for k in v4.keys() {
-        out.insert(IpAddr::from(k?.to_ne_bytes()).to_string());
-    }
-    let v6: HashMap<_, [u8; 16], BanEntry> =
-        HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V6)?))?;
-    for k in v6.keys() {
-        out.insert(IpAddr::from(k?).to_string());
-    }
-    let c4: LpmTrie<_, u32, BanEntry> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V4)?))?;
-    for k in c4.keys() {
-        out.insert(prefix4(k?));
-    }
-    let c6: LpmTrie<_, [u8; 16], BanEntry> =
-        LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V6)?))?;
-    for k in c6.keys() {
-        out.insert(prefix6(k?));
-    }
-    Ok(out)
-}
-
-/// Every allowlist entry in the pinned maps.
-fn map_allows(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    let a4: LpmTrie<_, u32, u32> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_ALLOW_V4)?))?;
-    for k in a4.keys() {
-        out.insert(prefix4(k?));
-    }
-    let a6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_ALLOW_V6)?))?;
-    for k in a6.keys() {
-        out.insert(prefix6(k?));
-    }
-    Ok(out)
-}
-
-fn prefix4(k: Key<u32>) -> String {
-    let addr = IpAddr::from(k.data().to_ne_bytes());
-    if k.prefix_len() == 32 {
-        addr.to_string()
-    } else {
-        format!("{addr}/{}", k.prefix_len())
-    }
-}
-
-fn prefix6(k: Key<[u8; 16]>) -> String {
-    let addr = IpAddr::from(k.data());
-    if k.prefix_len() == 128 {
-        addr.to_string()
-    } else {
-        format!("{addr}/{}", k.prefix_len())
-    }
-}
 
 /// The `addr` of every entry of `guard <what> ls --json` (read from sled by the owner).
 fn stored(d: &Daemon, what: &str) -> anyhow::Result<BTreeSet<String>> {
@@ -119,12 +58,12 @@ fn assert_same(d: &Daemon, when: &str) -> anyhow::Result<BTreeSet<String>> {
     let bans = stored(d, "ban")?;
     assert_eq!(
         bans,
-        map_bans(&d.pin_dir)?,
+        maps::bans(&d.pin_dir)?,
         "{when}: bans in sled and in the maps differ"
     );
     let mut allows = stored(d, "allow")?;
     allows.extend(protected(d)?);
-    let in_maps: BTreeSet<String> = map_allows(&d.pin_dir)?
+    let in_maps: BTreeSet<String> = maps::allows(&d.pin_dir)?
         .into_iter()
         .map(|n| {
             n.strip_suffix("/32")
@@ -359,7 +298,7 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
         )
     };
     let mut cidr: LpmTrie<_, u32, BanEntry> =
-        LpmTrie::try_from(Map::LpmTrie(open(&d.pin_dir, MAP_CIDR_V4)?))?;
+        LpmTrie::try_from(Map::LpmTrie(maps::open(&d.pin_dir, MAP_CIDR_V4)?))?;
     for i in 0..cap {
         cidr.insert(&key(i), BanEntry::default(), 0)?;
     }
@@ -392,6 +331,284 @@ fn a_ban_the_full_cidr_map_cannot_hold_is_refused_and_never_stored() -> anyhow::
     d.stop()?;
     d.spawn()?;
     assert_eq!(stored(&d, "ban")?, BTreeSet::from([one_more.clone()]));
-    assert_eq!(map_bans(&d.pin_dir)?, BTreeSet::from([one_more]));
+    assert_eq!(maps::bans(&d.pin_dir)?, BTreeSet::from([one_more]));
+    Ok(())
+}
+
+/// The heartbeat guard keeps in its state database (`meta` tree): the wall clock it last saw.
+fn heartbeat(db: &sled::Db) -> anyhow::Result<u64> {
+    let v = db
+        .open_tree("meta")?
+        .get("last_wall_ms")?
+        .ok_or_else(|| anyhow::anyhow!("no heartbeat in the state database"))?;
+    Ok(u64::from_be_bytes(v.as_ref().try_into()?))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// guard is stopped for a few seconds, but its wall clock now reads three days past the last
+/// time it ran (as after a clock step while it was down): a timed ban whose end has passed by
+/// the wall clock is not deleted (the jump is logged and not acted on; the ban keeps what it
+/// had left at the heartbeat), and it stays enforced. Without the jump, a ban whose end passed
+/// while guard was stopped is removed at start, from sled and the maps.
+#[test]
+fn a_start_far_past_the_heartbeat_keeps_timed_bans() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let mut d = Daemon::start(&link.near, &link.near_if, "")?;
+    d.cli(&["ban", "add", "198.51.100.20", "--ttl", "3s"])
+        .map_err(anyhow::Error::msg)?;
+    d.stop()?;
+    {
+        let db = sled::open(&d.state_dir)?;
+        let hb = heartbeat(&db)?;
+        assert!(
+            now_ms().abs_diff(hb) < 30_000,
+            "the heartbeat is not recent: {hb}"
+        );
+        let three_days = 3 * 86_400_000;
+        db.open_tree("meta")?
+            .insert("last_wall_ms", &(hb - three_days).to_be_bytes())?;
+        db.flush()?;
+    }
+    // The ban's three seconds are over by the wall clock.
+    std::thread::sleep(Duration::from_secs(4));
+    d.spawn()?;
+    assert!(
+        d.log_text().contains("since guard last ran"),
+        "the jump was not logged: {}",
+        d.log_text()
+    );
+    let bans = assert_same(&d, "after a start three days past the heartbeat")?;
+    assert!(
+        bans.contains("198.51.100.20"),
+        "the timed ban was deleted: {bans:?}"
+    );
+    let shown = d.json(&["ban", "ls", "--ip", "198.51.100.20"])?;
+    let expires = shown[0]["expires_at"].as_u64().unwrap_or(0);
+    assert!(
+        expires > now_ms() + 2 * 86_400_000,
+        "the ban does not keep what it had left at the heartbeat: expires at {expires}"
+    );
+
+    // An ordinary restart: a ban whose end passed while guard was stopped is gone.
+    d.cli(&["ban", "add", "198.51.100.21", "--ttl", "2s"])
+        .map_err(anyhow::Error::msg)?;
+    d.stop()?;
+    std::thread::sleep(Duration::from_secs(3));
+    d.spawn()?;
+    let bans = assert_same(&d, "after an ordinary restart")?;
+    assert!(
+        !bans.contains("198.51.100.21"),
+        "an ended ban came back: {bans:?}"
+    );
+    assert!(bans.contains("198.51.100.20"));
+    Ok(())
+}
+
+/// The engine's ban counters in `guard stats --json`.
+fn order_stat(d: &Daemon, name: &str) -> u64 {
+    d.json(&["stats"])
+        .ok()
+        .and_then(|s| s["engine"][name].as_u64())
+        .unwrap_or(0)
+}
+
+/// One GET from `src` to `dst`; whether it was answered.
+fn get(link: &Link, src: IpAddr, dst: std::net::SocketAddr, path: &str) -> bool {
+    let ns = link.far.path();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.0\r\n\r\n");
+    std::thread::spawn(move || {
+        let _ = guard_tests::enter(&ns);
+        let Some(s) = guard_tests::connect_from(src, dst, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut c = guard_tests::http::Client { stream: s };
+        c.send(req.as_bytes()).and_then(|()| c.responses(1)).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// An engine ban the maps refuse (the exact IPv4 map is full) is not lost and not half-made:
+/// it is not stored, the engine does not count the client as banned, and the client's next
+/// request orders it again; once there is room, that retry bans it in XDP and sled, and the
+/// client is cut off. `guard stats` counts the failed and the retried orders.
+#[test]
+fn an_engine_ban_the_maps_refuse_is_ordered_again_on_the_next_request() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let dst = std::net::SocketAddr::new(link.near_v4, PORT);
+    let attacker = link.far_v4;
+    let cap = guard_common::BANS_CAPACITY;
+    // Filled through its pin with addresses of 100.64.0.0/10, none of them the attacker.
+    let mut exact: HashMap<_, u32, BanEntry> =
+        HashMap::try_from(Map::HashMap(maps::open(&d.pin_dir, MAP_BANS_V4)?))?;
+    let key = |i: u32| u32::from_ne_bytes((0x6440_0000u32 + i).to_be_bytes());
+    let started = Instant::now();
+    for i in 0..cap {
+        exact.insert(key(i), BanEntry::default(), 0)?;
+    }
+    println!("exact IPv4 map filled ({cap}) in {:?}", started.elapsed());
+
+    // Sensitive-file probes: the engine orders a ban, the full map refuses it.
+    for path in [
+        "/.env",
+        "/.git/config",
+        "/backup.sql",
+        "/.aws/credentials",
+        "/.htpasswd",
+    ] {
+        let _ = get(&link, attacker, dst, path);
+    }
+    let failed = guard_tests::wait_until(Duration::from_secs(10), || {
+        order_stat(&d, "bans_failed") >= 1
+    });
+    assert!(failed.is_some(), "no ban order failed: {}", d.log_text());
+    assert_eq!(
+        d.json(&["ban", "ls", "--ip", &attacker.to_string()])?,
+        serde_json::json!([]),
+        "a ban the maps refused was stored"
+    );
+    // Its next request is answered (no ban was made) and orders the ban again, which fails
+    // again while the map is full.
+    let failed_before = order_stat(&d, "bans_failed");
+    assert!(
+        get(&link, attacker, dst, "/"),
+        "the attacker is cut off although no ban was made"
+    );
+    let failed_again = guard_tests::wait_until(Duration::from_secs(10), || {
+        order_stat(&d, "bans_failed") > failed_before
+    });
+    assert!(
+        failed_again.is_some(),
+        "the next request did not order the ban again"
+    );
+
+    // Room again: the client's next request orders the ban again, and this time it holds.
+    for i in 0..cap {
+        exact.remove(&key(i))?;
+    }
+    let retried_before = order_stat(&d, "bans_retried");
+    let _ = get(&link, attacker, dst, "/");
+    let banned = guard_tests::wait_until(Duration::from_secs(10), || {
+        d.json(&["ban", "ls", "--ip", &attacker.to_string()])
+            .is_ok_and(|l| l.as_array().is_some_and(|a| !a.is_empty()))
+    });
+    assert!(
+        banned.is_some(),
+        "the retried order did not ban: {}",
+        d.log_text()
+    );
+    let stats = d.json(&["stats"])?;
+    assert!(
+        order_stat(&d, "bans_retried") > retried_before,
+        "the ban was not made by a retry (retried before: {retried_before}): {}\n{}",
+        stats["engine"],
+        d.log_text()
+    );
+    assert!(order_stat(&d, "bans_confirmed") >= 1);
+    assert!(
+        !get(&link, attacker, dst, "/"),
+        "the banned attacker still gets answers"
+    );
+    assert!(maps::bans(&d.pin_dir)?.contains(&attacker.to_string()));
+    Ok(())
+}
+
+/// `kill -9` while `guard ban import` runs: after a restart every ban the CLI reported as
+/// imported is in sled and in the maps (an answer says "saved" only after sled flushed it).
+#[test]
+fn every_ban_reported_saved_survives_kill_9_during_an_import() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let mut d = Daemon::start(&link.near, &link.near_if, "")?;
+    let pid = d.json(&["status"])?["pid"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("status has no pid"))?;
+    // 100,000 addresses of 100.64.0.0/10 in chunks of 5,000, one CLI call each.
+    let chunks: Vec<Vec<String>> = (0..20u32)
+        .map(|c| {
+            (0..5_000u32)
+                .map(|i| std::net::Ipv4Addr::from(0x6440_0000u32 + c * 5_000 + i).to_string())
+                .collect()
+        })
+        .collect();
+    let dir = std::env::temp_dir();
+    let reported: Vec<usize> = std::thread::scope(|s| {
+        let importer = s.spawn(|| {
+            let mut done = Vec::new();
+            for (n, chunk) in chunks.iter().enumerate() {
+                let file = dir.join(format!("guard-owner-kill-{}-{n}.txt", std::process::id()));
+                if std::fs::write(&file, chunk.join("\n")).is_err() {
+                    break;
+                }
+                let out = d.cli(&["ban", "import", &file.to_string_lossy()]);
+                let _ = std::fs::remove_file(&file);
+                match out {
+                    Ok(text) if text.contains("imported 5000 of 5000") => done.push(n),
+                    _ => break,
+                }
+            }
+            done
+        });
+        // Killed while the import runs, a few chunks in.
+        let _ = guard_tests::wait_until(Duration::from_mins(1), || {
+            d.json(&["status"])
+                .is_ok_and(|s| s["bans"].as_u64().unwrap_or(0) >= 15_000)
+        });
+        // SAFETY: kill on the daemon's own pid, read from its status.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        importer.join().expect("the importer panicked")
+    });
+    println!(
+        "chunks of 5,000 reported imported before kill -9: {}",
+        reported.len()
+    );
+    assert!(
+        !reported.is_empty() && reported.len() < chunks.len(),
+        "{reported:?}"
+    );
+    // The last of its threads may still be finishing an fsync: until then sled's lock is
+    // held, and a start says so. Try again for a while.
+    let mut started = d.spawn();
+    for _ in 0..40 {
+        match &started {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(250));
+                started = d.spawn();
+            }
+            _ => break,
+        }
+    }
+    started?;
+    let stored = stored(&d, "ban")?;
+    let in_maps = maps::bans(&d.pin_dir)?;
+    assert_eq!(
+        stored, in_maps,
+        "sled and the maps differ after kill -9 and a restart"
+    );
+    let missing: Vec<&String> = reported
+        .iter()
+        .flat_map(|n| &chunks[*n])
+        .filter(|a| !stored.contains(*a))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} bans reported saved are gone after kill -9 (first {:?})",
+        missing.len(),
+        missing.first()
+    );
     Ok(())
 }

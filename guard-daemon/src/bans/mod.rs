@@ -65,8 +65,11 @@ pub enum BanError {
     RemovalNotSaved { target: Net, source: StoreError },
     #[error(transparent)]
     Xdp(#[from] XdpError),
-    /// The owner thread is gone (guard is shutting down, or it panicked).
-    #[error("the ban owner has stopped (guard is shutting down); nothing was changed")]
+    /// The owner did not answer: it has stopped (guard is shutting down) or the command
+    /// panicked inside it (logged).
+    #[error(
+        "the ban owner did not answer: guard is shutting down, or the command failed inside it (see guard's log)"
+    )]
     OwnerGone,
 }
 
@@ -87,6 +90,20 @@ pub const TREE_META: &str = "meta";
 /// Key of the heartbeat in [`TREE_META`]: the wall clock (ms since the epoch, big-endian u64)
 /// the last time the owner swept, so that a start can tell a clock jump from time away.
 pub const KEY_LAST_WALL: &[u8] = b"last_wall_ms";
+/// The heartbeat is written at the first sweep after this much time since the last write, not
+/// at every sweep (every 250 ms by default): each write makes sled's background flusher sync
+/// the disk, and an idle daemon should not. Far finer than the one day a jump must exceed.
+pub const BEAT_EVERY_MS: u64 = 10_000;
+
+/// The wall clock (ms) the owner last saw, as stored in `store` (`None` before the first run).
+pub fn heartbeat_of(store: &Store) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .db()
+        .open_tree(TREE_META)?
+        .get(KEY_LAST_WALL)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
 
 /// Bans and allowlist, backed by sled and enforced by XDP: the owner thread's state.
 pub struct Bans {
@@ -107,6 +124,8 @@ pub struct Bans {
     clock: ClockWatch,
     /// sled was written since the last flush.
     dirty: bool,
+    /// The wall clock of the last heartbeat written.
+    last_beat: u64,
     /// Bans ended by expiry since start (shown by `guard stats`).
     expired: Arc<AtomicU64>,
 }
@@ -132,6 +151,7 @@ impl Bans {
             protect_refusals: 0,
             clock: ClockWatch::new(now_ms(), mono_ns()),
             dirty: false,
+            last_beat: 0,
             expired: Arc::default(),
         };
         bans.rebuild()?;
@@ -140,16 +160,18 @@ impl Bans {
 
     /// The wall clock the last time the owner swept (`None` before the first run).
     pub fn heartbeat(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .meta
-            .get(KEY_LAST_WALL)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes))
+        heartbeat_of(&self.store)
     }
 
-    fn beat(&self, wall_ms: u64) -> Result<(), StoreError> {
+    /// Writes the heartbeat now (at exit, so the next start measures from the last moment).
+    pub fn beat_now(&mut self) -> Result<(), StoreError> {
+        self.beat(now_ms())
+    }
+
+    fn beat(&mut self, wall_ms: u64) -> Result<(), StoreError> {
         // Not flushed on its own: sled's background flush takes it within half a second.
         self.meta.insert(KEY_LAST_WALL, &wall_ms.to_be_bytes())?;
+        self.last_beat = wall_ms;
         Ok(())
     }
 
@@ -353,7 +375,8 @@ impl Bans {
     }
 
     /// A ban the daemon orders by itself (the engine, the packet rate): a target already
-    /// banned is left as it is (an operator's longer ban is not shortened); an IPv6 network
+    /// banned at least as long is left as it is (an operator's longer ban is not shortened, a
+    /// shorter one is extended); an IPv6 network
     /// that holds a protected address narrows to the client; the engine's offence is stored
     /// for escalation across restarts.
     pub fn order(&mut self, mut req: BanRequest) -> Result<Ordered, BanError> {
@@ -368,8 +391,18 @@ impl Bans {
             info!(network = %req.target, client = %c, "the client's network holds a protected address: banning the client alone");
             req.target = Net::host(c);
         }
-        if self.store.ban(&req.target)?.is_some() {
-            return Ok(Ordered::Already(req.target));
+        // A ban that lasts at least as long stays as it is; a shorter one is extended (else
+        // the engine would count the client as banned after the maps let it go).
+        if let Some(existing) = self.store.ban(&req.target)? {
+            let wanted = req
+                .ttl
+                .unwrap_or(self.default_ttl)
+                .as_millis()
+                .try_into()
+                .map_or(u64::MAX, |ms: u64| now_ms().saturating_add(ms));
+            if existing.expires_at.is_none_or(|t| t >= wanted) {
+                return Ok(Ordered::Already(req.target));
+            }
         }
         let offence = req.evidence.as_ref().and_then(|e| e.offence);
         let view = self.ban(req)?;
@@ -512,7 +545,9 @@ impl Bans {
         if let Some(jump) = self.clock.observe(now, mono) {
             self.follow_jump(jump, now, mono);
         }
-        if let Err(e) = self.beat(now) {
+        if now.abs_diff(self.last_beat) >= BEAT_EVERY_MS
+            && let Err(e) = self.beat(now)
+        {
             failure = failure.or(Some(e.into()));
         }
         failure.map_or(Ok(gone), Err)

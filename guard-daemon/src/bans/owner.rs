@@ -108,14 +108,14 @@ pub fn run<O: Owned>(
         let mut answers: Vec<Answer> = Vec::new();
         let mut stop = false;
         match rx.recv_timeout(wait) {
-            Ok(Msg::Cmd(c)) => answers.push(state.apply(c)),
+            Ok(Msg::Cmd(c)) => answers.extend(contained(&mut state, c)),
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => stop = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
         // Everything queued meanwhile joins the batch.
         while !stop && answers.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(Msg::Cmd(c)) => answers.push(state.apply(c)),
+                Ok(Msg::Cmd(c)) => answers.extend(contained(&mut state, c)),
                 Ok(Msg::Stop) => stop = true,
                 Err(_) => break,
             }
@@ -138,6 +138,23 @@ pub fn run<O: Owned>(
         }
         if stop {
             return state;
+        }
+    }
+}
+
+/// Applies one command; a panic costs that command only (its caller gets no answer, and
+/// [`BanError::OwnerGone`]), never the owner thread, which every other caller depends on.
+fn contained<O: Owned>(state: &mut O, cmd: O::Command) -> Option<Answer> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(cmd))) {
+        Ok(answer) => Some(answer),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error!(panic = %message, "a ban command panicked; the owner goes on");
+            None
         }
     }
 }

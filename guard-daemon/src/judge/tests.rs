@@ -1,4 +1,5 @@
-//! The judge's unit tests: counters, containment of panics, trust, evasion, the sweep cadence.
+//! The judge's unit tests: counters, headers the tap keeps, evasion signs, unverified flows,
+//! containment of panics, the sweep cadence, and ban orders that are dropped or fail.
 use super::*;
 use crate::tap::{RequestEvent, RequestHeaders};
 
