@@ -1,9 +1,11 @@
 //! End to end: `kill -9` of the daemon in the middle of `guard ban import` of 100,000 addresses.
-//! The CLI says on stderr what each piece saved as the daemon answers it; the test kills the
-//! daemon (SIGKILL, the XDP link kept pinned as by default) as soon as one piece is reported,
-//! before the import ends, and restarts it on the same state directory and pins. Every ban of
-//! every piece reported saved is then in `ban ls --json` and in the pinned XDP maps, sled and
-//! the maps hold exactly the same bans (none half-stored), and a pinger from a saved address on
+//! The CLI says on stderr what each piece saved as the daemon answers it; once one piece is
+//! reported, the test waits until the daemon has begun putting the next piece into the pinned
+//! maps (not flushed, not answered) and kills it (SIGKILL, the XDP link kept pinned as by
+//! default), then restarts it on the same state directory and pins. Every ban of every piece
+//! reported saved is then in `ban ls --json` and in the pinned XDP maps, sled and the maps hold
+//! exactly the same bans (none half-stored: what the maps held of the piece in flight is either
+//! stored or taken out of the maps again), and a pinger from a saved address on
 //! the far side never gets a reply — not while the daemon is dead, not through the restart —
 //! while one from an address not banned gets every reply. The whole import then runs to its end
 //! on the restarted daemon.
@@ -215,10 +217,14 @@ struct KillRun {
     pid: u32,
 }
 
-/// Runs `guard ban import FILE`, reads its progress as it comes and kills the daemon with
-/// SIGKILL at the first piece reported saved; checks that the CLI then fails, saying how many
-/// bans it had seen saved.
-fn import_and_kill(d: &mut Daemon, file: &Path) -> anyhow::Result<KillRun> {
+/// Runs `guard ban import FILE` (the entries of `list`), reads its progress as it comes and,
+/// at the first piece reported saved, waits until the daemon has put the next piece's first
+/// entry into the pinned exact-ban map (it is then applying a piece it has not flushed) and
+/// kills it with SIGKILL; checks that the CLI then fails, saying how many bans it had seen
+/// saved.
+fn import_and_kill(d: &mut Daemon, list: &[String], file: &Path) -> anyhow::Result<KillRun> {
+    let exact: HashMap<_, u32, BanEntry> =
+        HashMap::try_from(Map::HashMap(open(&d.pin_dir, MAP_BANS_V4)?))?;
     let started = Instant::now();
     let mut cli = start_import(d, file)?;
     let stderr = cli.stderr.take().context("no stderr")?;
@@ -231,8 +237,17 @@ fn import_and_kill(d: &mut Daemon, file: &Path) -> anyhow::Result<KillRun> {
                 pieces.push(p);
                 if killed.is_none() {
                     let first = started.elapsed();
+                    let next: Ipv4Addr = list
+                        .get(p.last)
+                        .context("the first piece was the last")?
+                        .parse()?;
+                    let key = u32::from_ne_bytes(next.octets());
+                    let in_flight = guard_tests::wait_until(Duration::from_secs(20), || {
+                        exact.get(&key, 0).is_ok()
+                    })
+                    .is_some();
                     let pid = d.kill()?;
-                    killed = Some((first, started.elapsed(), pid));
+                    killed = Some((first, started.elapsed(), pid, in_flight));
                 }
             }
             None => other.push(line),
@@ -241,13 +256,14 @@ fn import_and_kill(d: &mut Daemon, file: &Path) -> anyhow::Result<KillRun> {
     let out = cli.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let errors = other.join("\n");
-    let (first_saved, killed_at, pid) =
+    let (first_saved, killed_at, pid, in_flight) =
         killed.with_context(|| format!("the CLI reported no piece saved: {stdout} {errors}"))?;
     // Killed before the end: the CLI fails, saying how many it had seen saved.
     assert!(
         !out.status.success(),
         "the import ended before the kill: {stdout} {errors}"
     );
+    assert!(in_flight, "the next piece never reached the maps");
     let reported: usize = pieces.iter().map(|p| p.saved).sum();
     assert!(
         reported > 0 && reported < N as usize,
@@ -312,7 +328,7 @@ fn e2e_crash_kill_9_during_an_import_keeps_every_ban_reported_saved() -> anyhow:
     let file = std::env::temp_dir().join(format!("guard-crash-{}.txt", unique("i")));
     std::fs::write(&file, list.join("\n") + "\n")?;
 
-    let run = import_and_kill(&mut d, &file)?;
+    let run = import_and_kill(&mut d, &list, &file)?;
     let (pieces, reported) = (&run.pieces, run.reported);
 
     // Dead daemon, then a restart on the same state and pins, under two pingers.
@@ -329,6 +345,11 @@ fn e2e_crash_kill_9_during_an_import_keeps_every_ban_reported_saved() -> anyhow:
     assert!(
         on_disk.is_subset(&in_maps_dead),
         "saved bans left the maps with the daemon dead"
+    );
+    // ... and some of the piece in flight, which the restart must store or take out.
+    assert!(
+        in_maps_dead.len() > reported,
+        "no ban of the piece in flight in the maps"
     );
     std::thread::sleep(SETTLE);
     let restart = Instant::now();
