@@ -663,6 +663,22 @@ impl Daemon {
         Ok(())
     }
 
+    /// Kills the process with SIGKILL (a crash: nothing is flushed, nothing detached) and
+    /// waits for it; pins and state stay. Returns the pid it had.
+    pub fn kill(&mut self) -> anyhow::Result<u32> {
+        let mut c = self.child.take().context("guard run is not running")?;
+        let pid = c.id();
+        // SAFETY: kill on our own child's pid (nsenter execs guard in place).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let status = c.wait()?;
+        ensure!(
+            std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL),
+            "guard run ended with {status}, not by SIGKILL: {}",
+            self.log_text()
+        );
+        Ok(pid)
+    }
+
     /// The daemon's log so far.
     #[must_use]
     pub fn log_text(&self) -> String {

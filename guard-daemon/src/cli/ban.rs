@@ -152,7 +152,10 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
 }
 
 /// `guard ban import`: sends the entries in pieces under the socket's limit and sums the
-/// answers; output as for one request.
+/// answers; output as for one request. When there is more than one piece, a line on stderr
+/// says what each piece saved as soon as the daemon answers it (see [`piece_saved`]): the daemon
+/// answers a piece only once sled has flushed it, so every ban such a line counts survives a
+/// crash of the daemon, even one in the middle of the import.
 fn import(file: &str, force: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     let text = if file == "-" {
         let mut s = String::new();
@@ -169,19 +172,34 @@ fn import(file: &str, force: bool, socket: &std::path::Path) -> anyhow::Result<(
     // saved by the daemon before the next is sent.
     let chunks = import_chunks(entries, IMPORT_CHUNK_BYTES)?;
     let pieces = chunks.len();
-    let mut total = Imported {
-        banned: 0,
-        refused: Vec::new(),
-    };
+    let mut banned = 0;
     // What the daemon refused, by piece: the other pieces are still sent (a piece the
     // store could not record is still enforced, as a whole import would be).
     let (mut failures, mut first) = (Vec::new(), 1);
-    for entries in chunks {
+    for (i, entries) in chunks.into_iter().enumerate() {
         let sent = entries.len();
         match control::call::<Imported>(socket, &Request::BanImport { entries, force }) {
             Ok(imported) => {
-                total.banned += imported.banned;
-                total.refused.extend(imported.refused);
+                banned += imported.banned;
+                for r in &imported.refused {
+                    eprintln!("refused: {r}");
+                }
+                if pieces > 1 {
+                    eprintln!(
+                        "{}",
+                        piece_saved(
+                            PiecePlace {
+                                piece: i + 1,
+                                pieces,
+                                first,
+                                sent,
+                            },
+                            imported.banned,
+                            banned,
+                            n
+                        )
+                    );
+                }
             }
             Err(control::ControlError::Daemon(message)) if pieces == 1 => bail!(message),
             Err(control::ControlError::Daemon(message)) => failures.push(format!(
@@ -190,27 +208,46 @@ fn import(file: &str, force: bool, socket: &std::path::Path) -> anyhow::Result<(
             )),
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!(
-                    "{} of {n} bans were imported before this error",
-                    total.banned
+                    "{banned} of {n} bans were imported (and saved) before this error"
                 )));
             }
         }
         first += sent;
     }
-    for r in &total.refused {
-        eprintln!("refused: {r}");
-    }
     if !failures.is_empty() {
         bail!(
             "the import went in {pieces} pieces (the control socket takes 1 MiB at most); \
-             {} failed: {}; the other pieces saved {} of {n} bans",
+             {} failed: {}; the other pieces saved {banned} of {n} bans",
             failures.len(),
             failures.join("; "),
-            total.banned
         );
     }
-    println!("imported {} of {n} bans", total.banned);
+    println!("imported {banned} of {n} bans");
     Ok(())
+}
+
+/// Where a piece of an import sits: its number (from 1) of how many, and its entries (the
+/// first one's number in the input, from 1, and how many).
+#[derive(Debug, Clone, Copy)]
+pub struct PiecePlace {
+    pub piece: usize,
+    pub pieces: usize,
+    pub first: usize,
+    pub sent: usize,
+}
+
+/// The progress line for a piece the daemon answered: `piece 2/6 saved: 16667 of entries
+/// 16668-33334 (33334 of 100000 so far)` — `saved` bans of this piece's entries are on disk
+/// (the rest were refused, each on a `refused:` line), `total` of the input's `n` so far.
+#[must_use]
+pub fn piece_saved(at: PiecePlace, saved: usize, total: usize, n: usize) -> String {
+    format!(
+        "piece {}/{} saved: {saved} of entries {}-{} ({total} of {n} so far)",
+        at.piece,
+        at.pieces,
+        at.first,
+        (at.first + at.sent).saturating_sub(1)
+    )
 }
 
 /// Why `guard ban add` refuses a target before asking the daemon (each lifted by `--force`).
@@ -465,6 +502,20 @@ mod tests {
 
     fn net(s: &str) -> Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_piece_saved_names_its_entries_and_the_total_so_far() {
+        let at = PiecePlace {
+            piece: 2,
+            pieces: 6,
+            first: 16_668,
+            sent: 16_667,
+        };
+        assert_eq!(
+            piece_saved(at, 16_667, 33_334, 100_000),
+            "piece 2/6 saved: 16667 of entries 16668-33334 (33334 of 100000 so far)"
+        );
     }
 
     #[test]
