@@ -180,6 +180,27 @@ macro_rules! take {
     }};
 }
 
+/// Runs a program load, again (up to five tries in all) when the kernel answers `EAGAIN`: the
+/// verifier gives up with it when a signal arrives while it works, and the same load then
+/// succeeds (libbpf retries likewise).
+fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32)
+                    && tries < 5 =>
+            {
+                tries += 1;
+                warn!("the kernel's verifier was interrupted (EAGAIN): loading again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
     move |source| XdpError::Map { name, op, source }
 }
@@ -219,7 +240,7 @@ impl Xdp {
                     name: PROG_XDP_GUARD,
                     source,
                 })?;
-            prog.load().map_err(|source| XdpError::Program {
+            load_retrying(|| prog.load()).map_err(|source| XdpError::Program {
                 name: PROG_XDP_GUARD,
                 source,
             })?;
@@ -383,7 +404,7 @@ impl Xdp {
             .try_into()
             .map_err(err)?;
         if prog.fd().is_err() {
-            prog.load().map_err(err)?;
+            load_retrying(|| prog.load()).map_err(err)?;
         }
         prog.attach(socket).map_err(err)
     }
