@@ -12,15 +12,15 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData};
-use guard_common::{BanEntry, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4, MAP_CIDR_V6};
-use guard_tests::{Daemon, Link, Netns, guard_bin, require_root, unique};
+use aya::maps::{HashMap, Map};
+use guard_common::{BanEntry, MAP_BANS_V4};
+use guard_tests::ping::{Pinger, ping_from};
+use guard_tests::{Daemon, Link, guard_bin, maps, require_root, unique};
 
 /// Addresses imported.
 const N: u32 = 100_000;
@@ -58,40 +58,6 @@ fn parse_piece(line: &str) -> Option<Piece> {
     })
 }
 
-fn open(pins: &Path, name: &str) -> anyhow::Result<MapData> {
-    MapData::from_pin(pins.join(name)).map_err(|e| anyhow::anyhow!("pinned map {name}: {e}"))
-}
-
-/// Every ban in the pinned maps (exact and CIDR, both families), written as `ban ls` does.
-fn map_bans(pins: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    let v4: HashMap<_, u32, BanEntry> = HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V4)?))?;
-    for k in v4.keys() {
-        out.insert(IpAddr::from(k?.to_ne_bytes()).to_string());
-    }
-    let v6: HashMap<_, [u8; 16], BanEntry> =
-        HashMap::try_from(Map::HashMap(open(pins, MAP_BANS_V6)?))?;
-    for k in v6.keys() {
-        out.insert(IpAddr::from(k?).to_string());
-    }
-    let c4: LpmTrie<_, u32, BanEntry> = LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V4)?))?;
-    for k in c4.keys() {
-        let k: Key<u32> = k?;
-        out.insert(format!(
-            "{}/{}",
-            IpAddr::from(k.data().to_ne_bytes()),
-            k.prefix_len()
-        ));
-    }
-    let c6: LpmTrie<_, [u8; 16], BanEntry> =
-        LpmTrie::try_from(Map::LpmTrie(open(pins, MAP_CIDR_V6)?))?;
-    for k in c6.keys() {
-        let k: Key<[u8; 16]> = k?;
-        out.insert(format!("{}/{}", IpAddr::from(k.data()), k.prefix_len()));
-    }
-    Ok(out)
-}
-
 /// The `addr` of every ban `guard ban ls --json` lists (read from sled by the owner).
 fn stored(d: &Daemon) -> anyhow::Result<BTreeSet<String>> {
     let list = d.json(&["ban", "ls"])?;
@@ -109,7 +75,7 @@ fn stored(d: &Daemon) -> anyhow::Result<BTreeSet<String>> {
 /// Sled and the maps hold the same bans; returns them.
 fn assert_same(d: &Daemon, when: &str) -> anyhow::Result<BTreeSet<String>> {
     let bans = stored(d)?;
-    let maps = map_bans(&d.pin_dir)?;
+    let maps = maps::bans(&d.pin_dir)?;
     let only_sled: Vec<_> = bans.difference(&maps).take(5).collect();
     let only_maps: Vec<_> = maps.difference(&bans).take(5).collect();
     assert!(
@@ -126,70 +92,6 @@ fn assert_same(d: &Daemon, when: &str) -> anyhow::Result<BTreeSet<String>> {
         "{when}: {status}"
     );
     Ok(bans)
-}
-
-/// `ping -i 0.01` from one source, stopped with SIGINT and read back.
-struct Pinger {
-    child: Child,
-    out: PathBuf,
-    src: IpAddr,
-}
-
-/// Echoes sent, and echoes answered.
-struct Seen {
-    transmitted: u32,
-    received: u32,
-}
-
-impl Pinger {
-    fn start(ns: &Netns, src: IpAddr, dst: IpAddr) -> anyhow::Result<Self> {
-        let out = std::env::temp_dir().join(format!("guard-ping-{}", unique("p")));
-        let file = std::fs::File::create(&out)?;
-        let child = ns
-            .command("ping")
-            .args(["-n", "-i", "0.01", "-W", "1", "-q", "-I"])
-            .arg(src.to_string())
-            .arg(dst.to_string())
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Self { child, out, src })
-    }
-
-    fn stop(mut self) -> anyhow::Result<Seen> {
-        // SAFETY: kill on our own child's pid (nsenter execs ping in place).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait()?;
-        let text = std::fs::read_to_string(&self.out)?;
-        let _ = std::fs::remove_file(&self.out);
-        // `N packets transmitted, M received, …`
-        let summary = text
-            .lines()
-            .find(|l| l.contains(" packets transmitted"))
-            .with_context(|| format!("ping from {} printed no summary: {text}", self.src))?;
-        let mut numbers = summary
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .map(str::parse::<u32>);
-        let transmitted = numbers.next().context("no count")??;
-        let received = numbers.next().context("no count")??;
-        Ok(Seen {
-            transmitted,
-            received,
-        })
-    }
-}
-
-/// One echo from `src`: answered within a second?
-fn ping_from(ns: &Netns, src: IpAddr, dst: IpAddr) -> bool {
-    ns.command("ping")
-        .args(["-n", "-c", "1", "-W", "1", "-q", "-I"])
-        .arg(src.to_string())
-        .arg(dst.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// `guard ban import FILE` against `d`, not waited for; stdout and stderr piped.
@@ -224,7 +126,7 @@ struct KillRun {
 /// saved.
 fn import_and_kill(d: &mut Daemon, list: &[String], file: &Path) -> anyhow::Result<KillRun> {
     let exact: HashMap<_, u32, BanEntry> =
-        HashMap::try_from(Map::HashMap(open(&d.pin_dir, MAP_BANS_V4)?))?;
+        HashMap::try_from(Map::HashMap(maps::open(&d.pin_dir, MAP_BANS_V4)?))?;
     let started = Instant::now();
     let mut cli = start_import(d, file)?;
     let stderr = cli.stderr.take().context("no stderr")?;
@@ -341,7 +243,7 @@ fn e2e_crash_kill_9_during_an_import_keeps_every_ban_reported_saved() -> anyhow:
         on_disk.extend(list[p.first - 1..p.last].iter().cloned());
     }
     assert_eq!(on_disk.len(), reported);
-    let in_maps_dead = map_bans(&d.pin_dir)?;
+    let in_maps_dead = maps::bans(&d.pin_dir)?;
     assert!(
         on_disk.is_subset(&in_maps_dead),
         "saved bans left the maps with the daemon dead"
@@ -360,16 +262,18 @@ fn e2e_crash_kill_9_during_an_import_keeps_every_ban_reported_saved() -> anyhow:
     let _ = std::fs::remove_file(&file);
     assert!(dead.transmitted >= 50, "{} echoes sent", dead.transmitted);
     assert_eq!(
-        dead.received, 0,
+        dead.replies.len(),
+        0,
         "a saved ban let {} of {} echoes through after kill -9",
-        dead.received, dead.transmitted
+        dead.replies.len(),
+        dead.transmitted
     );
     // The other source was answered all along (the last echo may be in flight at the stop).
     assert!(alive.transmitted >= 50, "{} echoes sent", alive.transmitted);
     assert!(
-        alive.received + 1 >= alive.transmitted,
+        alive.replies.len() + 1 >= alive.transmitted as usize,
         "the unbanned source got {} of {} answers",
-        alive.received,
+        alive.replies.len(),
         alive.transmitted
     );
 

@@ -3,93 +3,15 @@
 //! CIDR (it must never get a single reply) and one from an allowlisted address inside that CIDR
 //! that also carries a forced exact ban (every echo must be answered), and a third from an
 //! address guard has no opinion on, which a failed start's rate limit must not reach.
-use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+
 use std::time::Duration;
 
-use guard_tests::{Daemon, Link, Netns, require_root};
+use guard_tests::ping::{Pinger, ping_from};
+use guard_tests::{Daemon, Link, require_root};
 
 /// Time the pingers run between two steps, so that each step is seen under traffic.
 const SETTLE: Duration = Duration::from_millis(300);
-
-/// `ping -i 0.01` from one source, its replies read back when stopped.
-struct Pinger {
-    child: Child,
-    out: PathBuf,
-    src: IpAddr,
-}
-
-/// What a stopped pinger saw.
-struct Seen {
-    transmitted: u32,
-    /// Sequence numbers that were answered.
-    replies: BTreeSet<u32>,
-}
-
-impl Pinger {
-    fn start(ns: &Netns, src: IpAddr, dst: IpAddr) -> anyhow::Result<Self> {
-        let out = std::env::temp_dir().join(format!("guard-ping-{}", guard_tests::unique("p")));
-        let file = std::fs::File::create(&out)?;
-        let child = ns
-            .command("ping")
-            .args(["-n", "-i", "0.01", "-W", "1", "-I"])
-            .arg(src.to_string())
-            .arg(dst.to_string())
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Self { child, out, src })
-    }
-
-    /// Stops the pinger (SIGINT: it prints its summary) and reads what it saw.
-    fn stop(mut self) -> anyhow::Result<Seen> {
-        // SAFETY: kill on our own child's pid (nsenter execs ping in place).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait()?;
-        let text = std::fs::read_to_string(&self.out)?;
-        let _ = std::fs::remove_file(&self.out);
-        let mut replies = BTreeSet::new();
-        let mut transmitted = None;
-        for line in text.lines() {
-            if line.contains("bytes from")
-                && let Some(seq) = field(line, "icmp_seq=")
-            {
-                replies.insert(seq);
-            }
-            if let Some((n, _)) = line.split_once(" packets transmitted") {
-                transmitted = n.trim().parse().ok();
-            }
-        }
-        let transmitted = transmitted
-            .ok_or_else(|| anyhow::anyhow!("ping from {} printed no summary: {text}", self.src))?;
-        Ok(Seen {
-            transmitted,
-            replies,
-        })
-    }
-}
-
-fn field(line: &str, key: &str) -> Option<u32> {
-    let rest = &line[line.find(key)? + key.len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// One echo from `src`: answered within a second?
-fn ping_from(ns: &Netns, src: IpAddr, dst: IpAddr) -> bool {
-    ns.command("ping")
-        .args(["-n", "-c", "1", "-W", "1", "-q", "-I"])
-        .arg(src.to_string())
-        .arg(dst.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn ok(r: Result<String, String>) -> anyhow::Result<String> {
     r.map_err(anyhow::Error::msg)
