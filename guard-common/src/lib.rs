@@ -347,3 +347,5 @@ mod pod {
 
 #[cfg(feature = "user")]
 pub mod dense;
+
+pub mod layout;

@@ -4,6 +4,7 @@
 //! No crate that does I/O (aya, sled, tokio, reqwest, libc) is in this crate's dependency tree,
 //! so the compiler, not discipline, keeps it pure: it builds and tests with stable Rust alone.
 pub mod engine;
+pub mod expiry;
 pub mod net;
 pub mod tap;
 pub mod text;

@@ -1,10 +1,14 @@
 //! Time as plain data: human durations like `1h30m` (parsed, formatted, and read from config
 //! files), UTC dates, and the conversion of a wall-clock deadline to the monotonic clock the XDP
-//! maps use. Nothing here reads a clock: callers pass "now" in.
+//! maps use; wall-clock jumps told from elapsed time ([`ClockJump`], [`WallGate`]). Nothing here
+//! reads a clock: callers pass "now" in.
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+mod jump;
+pub use jump::{ClockJump, ClockReading, Gate, MAX_CLOCK_JUMP, WallGate};
 
 /// Converts a wall-clock deadline (ms since the epoch) to `CLOCK_MONOTONIC` ns, given both
 /// clocks' "now". A deadline already past maps to 1 (expired but non-zero: 0 means "never").

@@ -220,10 +220,19 @@ impl Capture {
                 Err(e) => return Err(sys("poll(packet socket)")(e)),
             }
         }
-        // Drain every ready block, in ring order.
+        // Drain every ready block, in ring order. Each block is handed back to the kernel and
+        // the ring advanced when it is done, also when `each` panics (the thread is restarted
+        // with this capture: the same block must not be read again).
         while self.block_ready() {
-            delivered += self.read_block(&mut each);
-            self.next_block = (self.next_block + 1) % self.size.blocks;
+            let block = Release {
+                block: self.block(),
+                next_block: &mut self.next_block,
+                blocks: self.size.blocks,
+            };
+            // SAFETY: the block is ready (TP_STATUS_USER): the kernel filled it and handed it
+            // to us, and it stays ours until `block` is dropped.
+            delivered +=
+                unsafe { read_block(block.block, self.size.block_size as usize, &mut each) };
         }
         Ok(delivered)
     }
@@ -244,46 +253,6 @@ impl Capture {
         let status =
             unsafe { std::ptr::read_volatile(&raw const (*self.block()).hdr.bh1.block_status) };
         status & libc::TP_STATUS_USER != 0
-    }
-
-    fn read_block(&mut self, each: &mut impl FnMut(u64, &[u8])) -> usize {
-        let block = self.block();
-        let base = block.cast::<u8>();
-        let limit = self.size.block_size as usize;
-        // SAFETY: the kernel filled this block and handed it to us (TP_STATUS_USER); every
-        // offset is checked against the block size before use.
-        unsafe {
-            std::sync::atomic::fence(Ordering::Acquire);
-            let bh = &(*block).hdr.bh1;
-            let n = bh.num_pkts as usize;
-            let mut off = bh.offset_to_first_pkt as usize;
-            let mut count = 0;
-            for _ in 0..n {
-                if off + size_of::<libc::tpacket3_hdr>() > limit {
-                    break;
-                }
-                // The kernel aligns headers to 16 bytes; read unaligned anyway, it costs nothing here.
-                let hdr = base.add(off).cast::<libc::tpacket3_hdr>().read_unaligned();
-                let start = off + usize::from(hdr.tp_mac);
-                let end = start + hdr.tp_snaplen as usize;
-                if end <= limit {
-                    let ts = u64::from(hdr.tp_sec) * 1_000_000_000 + u64::from(hdr.tp_nsec);
-                    each(ts, std::slice::from_raw_parts(base.add(start), end - start));
-                    count += 1;
-                }
-                if hdr.tp_next_offset == 0 {
-                    break;
-                }
-                off += hdr.tp_next_offset as usize;
-            }
-            // Give the block back to the kernel.
-            std::sync::atomic::fence(Ordering::Release);
-            std::ptr::write_volatile(
-                &raw mut (*block).hdr.bh1.block_status,
-                libc::TP_STATUS_KERNEL,
-            );
-            count
-        }
     }
 
     /// Kernel counters since open. Reading them resets the kernel's, so they are accumulated here.
@@ -310,6 +279,70 @@ impl Capture {
     }
 }
 
+/// A block userspace is reading: handed back to the kernel, and the ring advanced past it, when
+/// this is dropped (also while unwinding from a panic in the packet handler).
+struct Release<'a> {
+    block: *mut libc::tpacket_block_desc,
+    next_block: &'a mut u32,
+    blocks: u32,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        std::sync::atomic::fence(Ordering::Release);
+        // SAFETY: `block` is the descriptor of a block of the live mapping that userspace owns
+        // (TP_STATUS_USER); writing TP_STATUS_KERNEL gives it back, and nothing reads it after.
+        unsafe {
+            std::ptr::write_volatile(
+                &raw mut (*self.block).hdr.bh1.block_status,
+                libc::TP_STATUS_KERNEL,
+            );
+        }
+        *self.next_block = (*self.next_block + 1) % self.blocks;
+    }
+}
+
+/// Hands every packet of a filled block to `each`; returns how many.
+///
+/// # Safety
+/// `block` must point to a block of `limit` bytes of the ring that the kernel handed to
+/// userspace (`TP_STATUS_USER`) and that stays so for the duration of the call.
+unsafe fn read_block(
+    block: *mut libc::tpacket_block_desc,
+    limit: usize,
+    each: &mut impl FnMut(u64, &[u8]),
+) -> usize {
+    let base = block.cast::<u8>();
+    // SAFETY: the caller guarantees the block is ours; every offset is checked against the
+    // block size before use.
+    unsafe {
+        std::sync::atomic::fence(Ordering::Acquire);
+        let bh = &(*block).hdr.bh1;
+        let n = bh.num_pkts as usize;
+        let mut off = bh.offset_to_first_pkt as usize;
+        let mut count = 0;
+        for _ in 0..n {
+            if off + size_of::<libc::tpacket3_hdr>() > limit {
+                break;
+            }
+            // The kernel aligns headers to 16 bytes; read unaligned anyway, it costs nothing here.
+            let hdr = base.add(off).cast::<libc::tpacket3_hdr>().read_unaligned();
+            let start = off + usize::from(hdr.tp_mac);
+            let end = start + hdr.tp_snaplen as usize;
+            if end <= limit {
+                let ts = u64::from(hdr.tp_sec) * 1_000_000_000 + u64::from(hdr.tp_nsec);
+                each(ts, std::slice::from_raw_parts(base.add(start), end - start));
+                count += 1;
+            }
+            if hdr.tp_next_offset == 0 {
+                break;
+            }
+            off += hdr.tp_next_offset as usize;
+        }
+        count
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         let len = self.size.block_size as usize * self.size.blocks as usize;
@@ -318,5 +351,63 @@ impl Drop for Capture {
         if let Err(e) = unsafe { munmap(self.ring.cast(), len) } {
             tracing::warn!("unmapping the packet ring: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// A panic in the packet handler hands the block being read back to the kernel: the capture
+    /// (kept by the restarted thread) goes on with the next packets and never reads that block
+    /// again. Without that, the same block is read, and panics, forever.
+    #[test]
+    fn a_panic_in_the_handler_does_not_wedge_the_ring() {
+        let size = RingSize {
+            block_size: 1 << 16,
+            blocks: 4,
+            retire: Duration::from_millis(5),
+        };
+        let mut capture = match Capture::open("lo", size, |_| Ok(())) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("SKIPPED: no packet socket on lo ({e}); needs root");
+                return;
+            }
+        };
+        let marker = format!("guard-capture-test-{}", std::process::id());
+        let (poison, good) = (format!("{marker}-poison"), format!("{marker}-good"));
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+        let to = sock.local_addr().expect("address");
+        sock.send_to(poison.as_bytes(), to).expect("send");
+        let has = |frame: &[u8], needle: &str| {
+            frame.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        let (mut panics, mut seen_good) = (0, false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seen_good && std::time::Instant::now() < deadline {
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                capture.poll(Duration::from_millis(50), |_, frame| {
+                    assert!(!has(frame, &poison), "poison packet");
+                    seen_good |= has(frame, &good);
+                })
+            }));
+            if let Ok(r) = polled {
+                r.expect("poll");
+            } else {
+                panics += 1;
+                // The next packet goes out only after the first panic.
+                if panics == 1 {
+                    sock.send_to(good.as_bytes(), to).expect("send");
+                }
+            }
+            assert!(
+                panics <= 2,
+                "the poisoned block was read again ({panics} panics)"
+            );
+        }
+        assert!(panics >= 1, "the poison packet was never captured");
+        assert!(seen_good, "no packet after the panic was delivered");
     }
 }

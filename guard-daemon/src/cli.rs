@@ -12,10 +12,7 @@ use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
-pub use ban::{
-    BanCommand, BanLsArgs, BanRmArgs, BanSelect, IMPORT_REQUEST_BYTES, import_requests,
-    parse_import,
-};
+pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
 #[derive(Debug, Parser)]
@@ -110,6 +107,10 @@ pub struct RunArgs {
     /// bpffs directory for pinned maps and links; overrides `xdp.pin_dir`.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Maps pinned with another layout (an older or newer guard) are not reused: unpin them and
+    /// rebuild the maps from the store. Without it guard refuses to start on such pins.
+    #[arg(long)]
+    pub replace_pins: bool,
     /// Protected HTTP port to capture (repeatable); overrides `tap.http_ports`.
     #[arg(long = "http-port", value_name = "PORT")]
     pub http_ports: Vec<u16>,
@@ -196,6 +197,7 @@ fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(d) = args.pin_dir {
         config.xdp.pin_dir = d;
     }
+    config.xdp.replace_pins = args.replace_pins;
     if !args.http_ports.is_empty() {
         config.tap.http_ports = args.http_ports;
     }
@@ -359,6 +361,23 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         .map(|(k, v)| row("daemon", k, v))
         .collect();
     print_table(&["COUNTER", "VALUE"], &daemon);
+    // The engine's ban orders: a dropped or failed order is given again on the client's next
+    // request, so `failed` and `dropped` without `retried` mean clients that did not come back.
+    let e = &data.engine;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let orders: Vec<Vec<String>> = [
+        ("ordered", load(&e.bans_ordered)),
+        ("confirmed", load(&e.bans_confirmed)),
+        ("dropped", load(&e.bans_dropped)),
+        ("failed", load(&e.bans_failed)),
+        ("retried", load(&e.bans_retried)),
+        ("refused", load(&e.bans_refused)),
+        ("shadow", load(&e.bans_shadow)),
+    ]
+    .into_iter()
+    .map(|(k, v)| row("ban_orders", k, v))
+    .collect();
+    print_table(&["COUNTER", "VALUE"], &orders);
     let l = &data.logs;
     let logs: Vec<Vec<String>> = [
         ("written", l.written),
@@ -376,7 +395,42 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     .map(|(k, v)| row("logs", k, v))
     .collect();
     print_table(&["COUNTER", "VALUE"], &logs);
+    // The judge's, the engine's and the AI client's counters, and each interface's tap, by
+    // name (nested ones joined with dots).
+    let mut sections = vec![
+        ("engine", serde_json::to_value(&data.engine)?),
+        ("engine_core", data.engine_core.clone()),
+    ];
+    if let Some(ai) = &data.ai {
+        sections.push(("ai", serde_json::to_value(ai)?));
+    }
+    for (name, value) in sections {
+        let mut rows = Vec::new();
+        counter_rows(name, &value, &mut rows);
+        print_table(&["COUNTER", "VALUE"], &rows);
+    }
+    if let Some(interfaces) = data.tap.as_array() {
+        for iface in interfaces {
+            let name = iface["interface"].as_str().unwrap_or("?");
+            let mut rows = Vec::new();
+            counter_rows(&format!("tap.{name}"), iface, &mut rows);
+            print_table(&["COUNTER", "VALUE"], &rows);
+        }
+    }
     Ok(())
+}
+
+/// The numbers in `value` as (dotted name, value) rows, in the order they come.
+fn counter_rows(prefix: &str, value: &serde_json::Value, rows: &mut Vec<Vec<String>>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                counter_rows(&format!("{prefix}.{k}"), v, rows);
+            }
+        }
+        serde_json::Value::Number(n) => rows.push(vec![prefix.to_owned(), n.to_string()]),
+        _ => {}
+    }
 }
 
 fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
@@ -401,6 +455,28 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         data.state_dir.display(),
         data.pin_dir.display()
     );
+    if !data.maps.is_empty() {
+        println!("  XDP maps (entries / capacity):");
+    }
+    for m in &data.maps {
+        let pct = u64::from(m.entries) * 100 / u64::from(m.capacity.max(1));
+        let warn = if pct >= crate::xdp::WARN_PERCENT {
+            "  (nearly full)"
+        } else {
+            ""
+        };
+        println!(
+            "    {:<16} {:>9} / {:<9} {pct:>3} %{warn}",
+            m.map, m.entries, m.capacity
+        );
+    }
+    if data.skipped_at_start > 0 {
+        println!(
+            "  {} stored bans/allowlist entries did not fit into the maps at start and are not \
+             enforced (see the log)",
+            data.skipped_at_start
+        );
+    }
     if data.bad_ban_records > 0 {
         println!(
             "  {} undecodable ban records skipped (not enforced; their keys are in the log)",
@@ -436,38 +512,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
-    }
-
-    /// A large import goes as requests under the size bound, every line once, in order.
-    #[test]
-    fn a_large_import_is_split_into_bounded_requests() {
-        let text: String = (0..100_000u32)
-            .map(|i| {
-                let [_, a, b, c] = i.to_be_bytes();
-                if i % 1000 == 0 {
-                    format!("10.{a}.{b}.{c},1h,\"{}\"\n", "\u{1}".repeat(2000))
-                } else {
-                    format!("10.{a}.{b}.{c}\n")
-                }
-            })
-            .collect();
-        let entries = parse_import(&text).unwrap();
-        let requests = import_requests(entries.clone());
-        assert!(requests.len() > 5, "{} requests", requests.len());
-        for r in &requests {
-            let json = serde_json::to_vec(&crate::control::Request::BanImport {
-                entries: r.clone(),
-                force: false,
-            })
-            .unwrap();
-            assert!(
-                json.len() <= IMPORT_REQUEST_BYTES + 64,
-                "{} bytes",
-                json.len()
-            );
-        }
-        assert_eq!(requests.concat(), entries);
-        assert!(import_requests(Vec::new()).is_empty());
     }
 
     #[test]

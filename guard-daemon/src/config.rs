@@ -91,10 +91,17 @@ impl LogsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// Control socket (root-only permissions). Default `/run/guard/guard.sock`.
+    /// Control socket, in a directory of its own: guard creates it 0700 (0750 with
+    /// `socket_group`) and refuses to start if it exists with looser permissions or another
+    /// owner. The socket is 0600 (0660). Default `/run/guard/guard.sock`.
     pub socket: PathBuf,
+    /// A group whose members may run the read-only commands (`ban ls`, `allow ls`, `stats`,
+    /// `status`, `logs`, `tap ports` without a change); a name or a number. Default: none
+    /// (root only).
+    pub socket_group: Option<String>,
     /// Directory of the state database (bans, allowlist); the request log is a database of
-    /// its own in its `logs/` subdirectory. Default `/var/lib/guard`.
+    /// its own in its `logs/` subdirectory. Made 0700 and its files 0600 at each start.
+    /// Default `/var/lib/guard`.
     pub state_dir: PathBuf,
     /// Page cache of the state database, in MiB: recently used parts of the ban tree kept in
     /// memory. Bans are read from it at start, by `ban ls` and on changes, never per packet
@@ -106,6 +113,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
             state_dir: PathBuf::from("/var/lib/guard"),
             store_cache_mb: crate::store::DEFAULT_CACHE_MB,
         }
@@ -135,9 +143,13 @@ pub struct XdpConfig {
     pub interfaces: Vec<String>,
     /// `auto` (default), `native` or `generic`.
     pub mode: XdpMode,
-    /// bpffs directory where maps and links are pinned; one per guard instance.
-    /// Default `/sys/fs/bpf/guard`.
+    /// bpffs directory where maps and links are pinned; one per guard instance, never the
+    /// bpffs root itself. Default `/sys/fs/bpf/guard`.
     pub pin_dir: PathBuf,
+    /// `guard run --replace-pins`: unpin maps of another layout and rebuild them from the
+    /// store instead of refusing to start. Not a config key.
+    #[serde(skip)]
+    pub replace_pins: bool,
     /// Per-source packet rate limit in packets/s; 0 (default) = off.
     pub rate_limit_pps: u64,
     /// Burst allowance in packets; 0 (default) = one second's worth (`rate_limit_pps`).
@@ -149,6 +161,13 @@ pub struct XdpConfig {
     /// excess packets and log the event.
     #[serde(deserialize_with = "de_duration")]
     pub rate_ban: Duration,
+    /// Let `rate_ban` ban a source the HTTP tap has not seen complete a TCP handshake recently.
+    /// Default `false`: a rate event names a packet's source address, which anyone can forge, so
+    /// only sources proven to be really talking (a handshake on a `tap.http_ports` port in the
+    /// last 5 to 10 minutes) are banned; the others' excess packets are still dropped, and the
+    /// refusals counted (`rate_bans_unverified`). Without the tap (`tap.http_ports` empty) no
+    /// source is ever proven, so `rate_ban` bans nothing unless this is `true`.
+    pub rate_ban_unverified: bool,
     /// Leave the program attached and the maps pinned when the daemon exits, so bans stay
     /// enforced while it is down or restarting. Default `true`.
     pub keep_attached: bool,
@@ -163,10 +182,12 @@ impl Default for XdpConfig {
             interfaces: Vec::new(),
             mode: XdpMode::Auto,
             pin_dir: PathBuf::from("/sys/fs/bpf/guard"),
+            replace_pins: false,
             rate_limit_pps: 0,
             rate_limit_burst: 0,
             rate_event_window: Duration::from_secs(10),
             rate_ban: Duration::ZERO,
+            rate_ban_unverified: false,
             keep_attached: true,
             ebpf_log: crate::xdp::EbpfLogLevel::Off,
         }
@@ -188,6 +209,10 @@ pub struct BansConfig {
     /// of one of them, or inside one, is refused whatever asks; a CIDR containing one needs
     /// `guard ban add --force`. Default: empty.
     pub protect: Vec<crate::net::Net>,
+    /// How often the host's addresses, default gateways and resolvers are read again, so that
+    /// an address added after start is protected too. Default `30s`; `0s` = only at start.
+    #[serde(deserialize_with = "de_duration")]
+    pub protect_refresh: Duration,
 }
 
 impl Default for BansConfig {
@@ -196,6 +221,7 @@ impl Default for BansConfig {
             default_ttl: Duration::from_hours(4),
             sweep_interval: Duration::from_millis(250),
             protect: Vec::new(),
+            protect_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -243,11 +269,42 @@ impl Config {
                 "set xdp.rate_limit_pps too (0 = rate limiting off)",
             );
         }
+        if self
+            .daemon
+            .socket_group
+            .as_deref()
+            .is_some_and(str::is_empty)
+        {
+            return invalid(
+                "daemon.socket_group",
+                "a group name or number, or no key at all",
+            );
+        }
         if self.xdp.pin_dir.is_relative() {
             return invalid("xdp.pin_dir", "must be an absolute path on a bpffs mount");
         }
+        if self
+            .xdp
+            .pin_dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return invalid("xdp.pin_dir", "must not contain `..`");
+        }
+        if self.xdp.pin_dir == Path::new("/sys/fs/bpf") || self.xdp.pin_dir == Path::new("/") {
+            return invalid(
+                "xdp.pin_dir",
+                "must be a directory of its own below the bpffs root, not /sys/fs/bpf itself \
+                 (guard creates and removes its pins there by name); default /sys/fs/bpf/guard",
+            );
+        }
         if self.bans.sweep_interval.is_zero() || self.bans.sweep_interval > Duration::from_secs(1) {
             return invalid("bans.sweep_interval", "must be between 1ms and 1s");
+        }
+        if !self.bans.protect_refresh.is_zero()
+            && self.bans.protect_refresh < Duration::from_secs(1)
+        {
+            return invalid("bans.protect_refresh", "at least 1s (or 0s: only at start)");
         }
         if self.logs.queue == 0 || self.logs.batch == 0 {
             return invalid("logs.queue", "logs.queue and logs.batch must be at least 1");
@@ -299,6 +356,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("guard.toml"))
+    }
+
+    #[test]
+    fn pin_dir_is_a_directory_of_its_own_below_the_bpffs_root() {
+        for dir in [
+            "/sys/fs/bpf",
+            "/sys/fs/bpf/",
+            "/",
+            "/sys/fs/bpf/guard/..",
+            "guard",
+        ] {
+            let e = parse(&format!("[xdp]\npin_dir = \"{dir}\"\n"))
+                .expect_err(dir)
+                .to_string();
+            assert!(e.contains("xdp.pin_dir"), "{dir}: {e}");
+        }
+        let c =
+            parse("[xdp]\npin_dir = \"/sys/fs/bpf/guard-2\"\n").expect("a directory of its own");
+        assert!(!c.xdp.replace_pins, "--replace-pins is never a config key");
+        assert!(parse("[xdp]\nreplace_pins = true\n").is_err());
     }
 
     #[test]
@@ -372,6 +449,27 @@ mod tests {
         assert_eq!(c.xdp.ebpf_log, crate::xdp::EbpfLogLevel::Info);
         assert_eq!(c.xdp.ebpf_log.global(), 3);
         assert!(parse("[xdp]\nebpf_log = \"loud\"\n").is_err());
+    }
+
+    #[test]
+    fn cadences_and_rate_ban_proof_have_safe_defaults_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.bans.protect_refresh, Duration::from_secs(30));
+        assert_eq!(c.engine.sweep_interval, Duration::from_mins(1));
+        assert!(!c.xdp.rate_ban_unverified);
+        let c =
+            parse("[bans]\nprotect_refresh = \"0s\"\n[xdp]\nrate_ban_unverified = true\n").unwrap();
+        assert!(c.bans.protect_refresh.is_zero() && c.xdp.rate_ban_unverified);
+        let e = parse("[bans]\nprotect_refresh = \"100ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bans.protect_refresh"), "{e}");
+        for bad in ["\"250ms\"", "\"2h\""] {
+            let e = parse(&format!("[engine]\nsweep_interval = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("engine.sweep_interval"), "{bad}: {e}");
+        }
     }
 
     #[test]

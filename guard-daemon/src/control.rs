@@ -1,25 +1,21 @@
-//! The control API: newline-delimited JSON over a Unix socket with root-only permissions.
-//! One request line, one response line, both typed in [`proto`]. The daemon serves it
-//! ([`serve`]); the CLI is its client ([`call`]).
+//! The control API: newline-delimited JSON over a Unix socket in a private directory. One
+//! request line, one response line, both typed in [`proto`]. The daemon serves it ([`serve`],
+//! within the bounds of `server`), checking each caller ([`access`]: root for changes, a
+//! configured group for reading); the CLI is its client ([`call`]).
+pub mod access;
 pub mod proto;
+pub mod server;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
-use tokio::net::UnixListener;
-use tracing::{debug, warn};
-
+pub use access::{Access, Peer, Role, SocketGroup, group_name};
 pub use proto::{
     DaemonCounters, FromReply, ImportEntry, Imported, Interface, LogCounters, LogsRequest, Removed,
     Reply, Request, Response, Stats, Status, UnexpectedReply,
 };
-
-/// Largest request accepted (a `ban import` of a million lines fits).
-pub const MAX_REQUEST_BYTES: u64 = 128 << 20;
+pub use server::{Limits, MAX_REQUEST_BYTES, bind, prepare_dir, serve, serve_with};
 
 /// Errors of the control socket, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +24,19 @@ pub enum ControlError {
         "guard is not running: nothing listens on {path} (start it with `guard run`, or pass --socket)"
     )]
     NotRunning { path: PathBuf },
-    #[error("permission denied on {path}: the control socket is root-only")]
+    #[error(
+        "permission denied on {path}: run as root (members of daemon.socket_group, if it is set, \
+         may run the read-only commands)"
+    )]
     Permission { path: PathBuf },
+    #[error(
+        "daemon.socket_group {name:?}: {why} (create it with `groupadd {name}`, or remove the key)"
+    )]
+    UnknownGroup { name: String, why: String },
+    #[error("the control socket {path} has no directory")]
+    NoDirectory { path: PathBuf },
+    #[error(transparent)]
+    Directory(Box<crate::perms::PermsError>),
     #[error("another guard is already listening on {path}")]
     AlreadyRunning { path: PathBuf },
     #[error("control socket {path}")]
@@ -55,6 +62,12 @@ pub enum ControlError {
     /// The daemon refused or failed the request; its message, for the user.
     #[error("{0}")]
     Daemon(String),
+}
+
+impl From<crate::perms::PermsError> for ControlError {
+    fn from(e: crate::perms::PermsError) -> Self {
+        Self::Directory(Box::new(e))
+    }
 }
 
 /// How long the CLI waits for an answer (an import of a million bans takes a few seconds).
@@ -93,7 +106,9 @@ fn call_within(
     })?;
     let mut line = serde_json::to_vec(request).map_err(ControlError::BadRequest)?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    // A daemon that refuses the request unread (too large, not allowed) answers and closes:
+    // the write then fails, and its answer is still there to read.
+    let written = stream.write_all(&line);
     let mut answer = String::new();
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     BufReader::new(&stream)
@@ -107,133 +122,26 @@ fn call_within(
             }
             _ => io(e),
         })?;
+    if let Err(e) = written
+        && answer.is_empty()
+    {
+        return Err(io(e));
+    }
     match serde_json::from_str(&answer).map_err(ControlError::BadResponse)? {
         Response::Ok(reply) => Ok(reply),
         Response::Err(message) => Err(ControlError::Daemon(message)),
     }
 }
 
-/// Binds the control socket: creates its directory, refuses if another daemon answers there,
-/// replaces a stale socket file, and makes it root-only (0600).
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let io = |source| ControlError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    if path.exists() {
-        if StdUnixStream::connect(path).is_ok() {
-            return Err(ControlError::AlreadyRunning {
-                path: path.to_owned(),
-            });
-        }
-        std::fs::remove_file(path).map_err(io)?;
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
-}
-
-/// Serves requests until `shutdown` resolves. Each connection is handled on its own task;
-/// `handler` runs on the blocking pool (it may touch sled and BPF maps).
-pub async fn serve<H, F>(listener: UnixListener, handler: Arc<H>, shutdown: F)
-where
-    H: Fn(Request) -> Response + Send + Sync + 'static,
-    F: std::future::Future<Output = ()>,
-{
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let handler = Arc::clone(&handler);
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, handler).await {
-                            debug!("control connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => warn!("control socket accept: {e}"),
-            },
-        }
-    }
-}
-
-async fn handle<H>(stream: tokio::net::UnixStream, handler: Arc<H>) -> std::io::Result<()>
-where
-    H: Fn(Request) -> Response + Send + Sync + 'static,
-{
-    let (read, mut write) = stream.into_split();
-    let mut reader = TokioBufReader::new(read.take(MAX_REQUEST_BYTES));
-    let mut line = Vec::new();
-    reader.read_until(b'\n', &mut line).await?;
-    let response = if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_REQUEST_BYTES {
-        Response::err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
-    } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Ok(request) => tokio::task::spawn_blocking(move || handler(request))
-                .await
-                .unwrap_or_else(|e| Response::err(format!("internal error: {e}"))),
-            Err(e) => Response::err(format!("bad request: {e}")),
-        }
-    };
-    let mut out = serde_json::to_vec(&response).unwrap_or_default();
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Both ends over a real socket: the daemon's typed reply is the CLI's typed value.
-    #[test]
-    fn a_typed_reply_crosses_the_socket() {
-        let path = std::env::temp_dir().join(format!("guard-typed-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime.block_on(async { bind(&path) }).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handler = Arc::new(|req: Request| match req {
-            Request::TapPorts { ports } => Response::ok(ports.unwrap_or_default()),
-            _ => Response::err("not here"),
-        });
-        let server = runtime.spawn(serve(listener, handler, async {
-            let _ = stopped.await;
-        }));
-        let ports: Vec<u16> = call(
-            &path,
-            &Request::TapPorts {
-                ports: Some(vec![80, 8080]),
-            },
-        )
-        .unwrap();
-        assert_eq!(ports, [80, 8080]);
-        let err = call::<Vec<u16>>(&path, &Request::Status).unwrap_err();
-        assert!(
-            matches!(&err, ControlError::Daemon(m) if m == "not here"),
-            "{err:?}"
-        );
-        // The right reply for another request is an error, not a misread.
-        let err = call::<Removed>(&path, &Request::TapPorts { ports: None }).unwrap_err();
-        assert!(matches!(err, ControlError::Unexpected(_)), "{err:?}");
-        let _ = stop.send(());
-        runtime.block_on(server).unwrap();
-        let _ = std::fs::remove_file(&path);
-    }
 
     /// A daemon that accepts and never answers: the CLI gives up with a message, not a hang.
     #[test]
     fn a_silent_daemon_is_an_error_not_a_hang() {
         let path = std::env::temp_dir().join(format!("guard-silent-{}.sock", std::process::id()));
+        // Only the client side is under test here: a plain listener, no private directory.
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));

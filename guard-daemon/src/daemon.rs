@@ -1,6 +1,7 @@
-//! `guard run`: opens the store, loads and attaches XDP, rebuilds the maps from the store, then
-//! serves the control socket, sweeps expired bans and turns rate-limit events into log lines
-//! (and bans, if configured) until SIGTERM or SIGINT.
+//! `guard run`: opens the store, loads and attaches XDP, rebuilds the maps from the store, hands
+//! bans and the allowlist to their owner thread (`bans::owner`, which also ends expired bans),
+//! then serves the control socket, applies the engine's ban orders and turns rate-limit events
+//! into log lines (and bans, if configured) until SIGTERM or SIGINT.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,14 +13,16 @@ use guard_common::{FAMILY_V4, RateEvent};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
-use crate::bans::{BanError, BanRequest, Bans, Origin};
+use crate::bans::{BanError, BanHandle, BanRequest, Bans, Ordered, Origin, Owner};
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::judge::{BanQueue, Judge};
+use crate::engine::BanOutcome;
+use crate::judge::{BanOrder, BanQueue, Judge};
 use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::store::logs::{LogStore, LogWriter};
+use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
 mod requests;
@@ -33,26 +36,32 @@ pub const LOG_DIR: &str = "logs";
 struct Counters {
     rate_events: AtomicU64,
     rate_bans: AtomicU64,
-    expired: AtomicU64,
+    rate_bans_unverified: AtomicU64,
     control_requests: AtomicU64,
 }
 
 struct Shared {
-    bans: Mutex<Bans>,
+    /// The ban owner: every read and change of bans, the allowlist and the XDP maps.
+    bans: BanHandle,
     judge: Arc<Judge>,
     logs: LogStore,
     writer: Arc<LogWriter>,
-    pipeline: Mutex<Option<Pipeline>>,
+    /// The lock only guards taking the pipeline out at exit: a request clones the `Arc` and
+    /// lets the lock go before it does anything else.
+    pipeline: Mutex<Option<Arc<Pipeline>>>,
+    /// The tap's recently verified sources (`None` without the tap): rate bans need them.
+    verified: Option<Arc<VerifiedSources>>,
     counters: Counters,
     config: Config,
     started: Instant,
 }
 
 impl Shared {
-    fn bans(&self) -> std::sync::MutexGuard<'_, Bans> {
-        // A panic while holding the lock cannot leave the maps inconsistent with sled in a way
-        // a later operation would make worse; keep serving.
-        self.bans.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pipeline(&self) -> Option<Arc<Pipeline>> {
+        self.pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -70,17 +79,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     crate::memory::limit_arenas();
-    std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
-        format!(
-            "creating state directory {}",
-            config.daemon.state_dir.display()
-        )
-    })?;
+    // Everything guard creates from here on (databases, socket, directories) is private.
+    let _ = crate::perms::private_umask();
+    // The socket's directory is checked before anything changes: a refused start leaves the
+    // host as it was.
+    let access = control::Access::from_config(&config.daemon)?;
+    control::prepare_dir(&config.daemon.socket, &access)?;
+    let tightened = crate::perms::private_tree(&config.daemon.state_dir, "state directory")?;
+    if tightened.entries > 0 {
+        warn!(
+            state_dir = %config.daemon.state_dir.display(),
+            entries = tightened.entries,
+            "state directory and files were open to other users: made 0700 and 0600"
+        );
+    }
+    // Everything that can fail on the config or the disk comes before XDP; and XDP itself
+    // changes nothing the running program (if pinned by an earlier instance) sees until the maps
+    // are rebuilt, and its rate settings only once the control socket is bound: a start that
+    // fails leaves enforcement as it was.
     let store = Store::open_with_cache(&config.daemon.state_dir, config.daemon.store_cache_mb)
         .context("opening the store")?;
-    let mut xdp = Xdp::open(&config.xdp).context("loading and attaching XDP")?;
-    let events = xdp.take_events();
-    let ebpf_log = xdp.take_ebpf_log();
     // The request log is a database of its own, so that traffic filling it can never stop bans
     // being saved; an earlier version's log tree in the state database is dropped.
     match store.drop_old_logs() {
@@ -94,6 +112,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let log_dir = config.daemon.state_dir.join(LOG_DIR);
     let logs = LogStore::open_dir(&log_dir).context("opening the request log database")?;
+    // Retention does not act on a wall-clock jump of more than a day (`logs/retention.rs`).
     let writer = Arc::new(
         LogWriter::spawn(
             logs.clone(),
@@ -130,7 +149,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    // Lock-out safety: what is never banned, read from the host once at start.
+    // Lock-out safety: what is never banned, read from the host at start and every
+    // bans.protect_refresh (see `protect_loop`).
     let facts =
         crate::protect::HostFacts::read(config.ai.enabled.then_some(config.ai.base_url.as_str()));
     let protected = crate::protect::ProtectList::compute(
@@ -159,11 +179,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => warn!("repeat offenders not restored: {e}"),
     }
     let judge = Arc::new(judge);
+    let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
+    let events = xdp.take_events();
+    let ebpf_log = xdp.take_ebpf_log();
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
         None
     } else {
-        let names: Vec<String> = xdp.interfaces().iter().map(|(n, _)| n.clone()).collect();
+        let names = xdp.interface_names().to_vec();
         // Fail open: without the tap guard still enforces bans; say so loudly.
         match Pipeline::start(&mut xdp, &names, &config.tap, &writer, &judge) {
             Ok(p) => Some(p),
@@ -173,19 +196,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
+    let mut bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
     {
         let n = bans.count().unwrap_or(0);
         let a = bans.allows().map_or(0, |l| l.len());
-        info!(bans = n, allowlist = a, "bans restored from the store");
+        let skipped = bans.xdp().skipped();
+        info!(
+            bans = n,
+            allowlist = a,
+            skipped,
+            "bans restored from the store"
+        );
     }
+    let verified = pipeline.as_ref().map(Pipeline::verified);
+    // Only now, with the maps rebuilt, does this program take over the interfaces.
+    bans.xdp_mut().attach().context("attaching XDP")?;
+    let owner = Owner::spawn(bans, config.bans.sweep_interval).context("starting the ban owner")?;
     let shared = Arc::new(Shared {
-        bans: Mutex::new(bans),
+        bans: owner.handle(),
         judge,
         logs,
         writer,
-        pipeline: Mutex::new(pipeline),
+        pipeline: Mutex::new(pipeline.map(Arc::new)),
+        verified,
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -203,43 +237,40 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events));
+    let result = runtime.block_on(serve(Arc::clone(&shared), events, access, facts));
     drop(runtime);
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
     // first, then the applier ends when the queue's sender is gone.
-    if let Some(p) = shared
+    let pipeline = shared
         .pipeline
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        p.stop();
+        .take();
+    if let Some(p) = pipeline {
+        stop_pipeline(p);
     }
     applier_stop.store(true, Ordering::Relaxed);
     if applier.join().is_err() {
         warn!("the ban applier panicked");
     }
+    // Blocking tasks of the control socket may still hold a handle for a moment; the owner
+    // answers what is queued, flushes and stops.
+    let Some(mut bans) = owner.stop() else {
+        anyhow::bail!("the ban owner panicked; bans are in the store and stay enforced in XDP");
+    };
+    if let Err(e) = bans.beat_now() {
+        warn!("writing the heartbeat at exit: {e}");
+    }
+    if let Err(e) = bans.store().flush() {
+        error!("flushing the store at exit: {e}");
+    }
     let shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
-    if let Some(p) = shared
-        .pipeline
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-    {
-        p.stop();
-    }
     if let Ok(w) = Arc::try_unwrap(shared.writer) {
         w.shutdown();
     } else {
         warn!("log writer still in use at exit; queued records may be lost");
-    }
-    let bans = shared
-        .bans
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Err(e) = bans.store().flush() {
-        error!("flushing the store at exit: {e}");
     }
     if let Err(e) = shared.logs.flush() {
         warn!("flushing the request log at exit: {e}");
@@ -254,12 +285,37 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
-    let listener =
-        control::bind(&shared.config.daemon.socket).context("binding the control socket")?;
+/// Stops the capture threads once no control request holds the pipeline any more.
+fn stop_pipeline(mut p: Arc<Pipeline>) {
+    for _ in 0..100 {
+        match Arc::try_unwrap(p) {
+            Ok(p) => return p.stop(),
+            Err(still) => {
+                p = still;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    warn!("the HTTP tap is still in use at exit; its threads end with the process");
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    events: Option<RingBuf<MapData>>,
+    access: control::Access,
+    facts: crate::protect::HostFacts,
+) -> anyhow::Result<()> {
+    let listener = control::bind(&shared.config.daemon.socket, &access)
+        .context("binding the control socket")?;
+    // The start has succeeded: the program gets this configuration's rate settings.
+    shared
+        .bans
+        .with_xdp(Xdp::commit_settings)
+        .context("asking the ban owner")?
+        .context("writing the XDP settings")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
 
-    let sweeper = tokio::spawn(sweep_loop(Arc::clone(&shared)));
+    let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -271,8 +327,8 @@ async fn serve(shared: Arc<Shared>, events: Option<RingBuf<MapData>>) -> anyhow:
             handle(&shared, req)
         })
     };
-    control::serve(listener, handler, shutdown_signal()).await;
-    sweeper.abort();
+    control::serve(listener, access, handler, shutdown_signal()).await;
+    protector.abort();
     if let Some(r) = reader {
         r.abort();
     }
@@ -320,26 +376,53 @@ fn arm_watchdog(limit: Duration, give_up: impl FnOnce() + Send + 'static) {
     }
 }
 
-async fn sweep_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.bans.sweep_interval);
+/// Reads the host's addresses, gateways and resolvers again every `bans.protect_refresh`, and
+/// hands a changed list to the engine and the ban service (an address added to an interface
+/// after start is then never banned).
+async fn protect_loop(shared: Arc<Shared>, facts: crate::protect::HostFacts) {
+    let every = shared.config.bans.protect_refresh;
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
         tick.tick().await;
-        let s = Arc::clone(&shared);
-        let swept = tokio::task::spawn_blocking(move || s.bans().sweep()).await;
-        match swept {
-            Ok(Ok(gone)) => {
-                for net in &gone {
-                    info!(target = %net, "ban expired");
-                }
-                shared
-                    .counters
-                    .expired
-                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => warn!("sweeping expired bans: {e}"),
-            Err(e) => warn!("sweeper task: {e}"),
+        let (s, start) = (Arc::clone(&shared), facts.clone());
+        let refreshed = tokio::task::spawn_blocking(move || refresh_protected(&s, &start)).await;
+        if let Err(e) = refreshed {
+            warn!("refreshing the protected addresses: {e}");
         }
+    }
+}
+
+fn refresh_protected(shared: &Shared, start: &crate::protect::HostFacts) {
+    let cfg = &shared.config;
+    let list = crate::protect::ProtectList::compute(
+        &start.refreshed(),
+        &cfg.tap.trusted_proxies,
+        &cfg.bans.protect,
+    );
+    let old = match shared.bans.read(|b| b.protected().clone()) {
+        Ok(old) => old,
+        Err(e) => {
+            warn!("refreshing the protected addresses: {e}");
+            return;
+        }
+    };
+    if list == old {
+        return;
+    }
+    for p in list.entries().iter().filter(|p| !old.entries().contains(p)) {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "protected: never banned");
+    }
+    for p in old.entries().iter().filter(|p| !list.entries().contains(p)) {
+        info!(net = %p.net, why = %p.why, found_in = %p.found_in, "no longer protected");
+    }
+    shared.judge.set_protected(list.nets());
+    if let Err(e) = shared.bans.set_protected(list) {
+        warn!("the XDP allowlist of protected addresses was not updated: {e}");
     }
 }
 
@@ -367,8 +450,11 @@ async fn event_loop(shared: Arc<Shared>, ring: RingBuf<MapData>) {
             }
         }
         ready.clear_ready();
-        for ev in batch {
-            on_rate_event(&shared, &ev);
+        if !batch.is_empty() {
+            // Waiting for the owner's answer (a flush) is blocking work: off the runtime, one
+            // task for the whole read, whose bans share one flush.
+            let s = Arc::clone(&shared);
+            tokio::task::spawn_blocking(move || on_rate_events(&s, &batch));
         }
     }
 }
@@ -383,91 +469,131 @@ fn event_addr(ev: &RateEvent) -> IpAddr {
     }
 }
 
-fn on_rate_event(shared: &Shared, ev: &RateEvent) {
-    shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
-    let addr = event_addr(ev);
+/// Logs each over-rate source and, when `xdp.rate_ban` is set, bans them through the owner:
+/// every order is sent first, then the answers are read, so they share one flush.
+fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
     let pps = shared.config.xdp.rate_limit_pps;
-    warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
     let ttl = shared.config.xdp.rate_ban;
-    if ttl.is_zero() {
-        return;
-    }
-    let mut bans = shared.bans();
-    let target = Net::host(addr);
-    if matches!(bans.store().ban(&target), Ok(Some(_))) {
-        return;
-    }
-    let req = BanRequest {
-        target,
-        ttl: Some(ttl),
-        reason: format!("packet rate over {pps}/s"),
-        origin: Origin::RateLimit,
-        force: false,
-        evidence: Some(crate::engine::Evidence {
-            rule: "xdp-rate".into(),
-            details: crate::engine::Details {
-                limit_pps: Some(pps),
-                dropped: Some(ev.dropped),
-                ..Default::default()
-            },
-            ..Default::default()
-        }),
-    };
-    match bans.ban(req) {
-        Ok(_) => {
-            shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
-            info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+    let mut waiting = Vec::new();
+    for ev in events {
+        shared.counters.rate_events.fetch_add(1, Ordering::Relaxed);
+        let addr = event_addr(ev);
+        warn!(source = %addr, dropped = ev.dropped, limit_pps = pps, "source over its packet rate");
+        if ttl.is_zero() {
+            continue;
         }
-        Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
-        Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+        // The event names the packets' source address, which anyone can forge: ban only a
+        // source the tap saw complete a handshake recently, unless the operator chose otherwise.
+        let proven = shared
+            .verified
+            .as_ref()
+            .is_some_and(|v| v.contains(Instant::now(), addr));
+        if !proven && !shared.config.xdp.rate_ban_unverified {
+            shared
+                .counters
+                .rate_bans_unverified
+                .fetch_add(1, Ordering::Relaxed);
+            info!(
+                source = %addr,
+                "not banned for its rate: no TCP handshake from it was seen recently, so the \
+                 source may be forged (its excess packets are still dropped; see \
+                 xdp.rate_ban_unverified)"
+            );
+            continue;
+        }
+        let req = BanRequest {
+            target: Net::host(addr),
+            ttl: Some(ttl),
+            reason: format!("packet rate over {pps}/s"),
+            origin: Origin::RateLimit,
+            force: false,
+            evidence: Some(crate::engine::Evidence {
+                rule: "xdp-rate".into(),
+                details: crate::engine::Details {
+                    limit_pps: Some(pps),
+                    dropped: Some(ev.dropped),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if !shared.bans.send(crate::bans::Command::Order(req, tx)) {
+            warn!(source = %addr, "rate ban failed: {}", BanError::OwnerGone);
+            continue;
+        }
+        waiting.push((addr, rx));
+    }
+    for (addr, rx) in waiting {
+        match rx.recv().unwrap_or(Err(BanError::OwnerGone)) {
+            Ok(Ordered::Banned(_)) => {
+                shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
+                info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+            }
+            Ok(Ordered::Already(_))
+            | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
+            Err(e) => warn!(source = %addr, "rate ban failed: {e}"),
+        }
     }
 }
 
-/// Applies the engine's ban orders: sled first, then the XDP maps (through `Bans`).
+/// Orders taken off the judge's queue per round, at most: sent to the owner together, so they
+/// share its flush.
+const APPLY_BATCH: usize = 1024;
+
+/// Applies the engine's ban orders through the owner, a batch at a time (one flush for the
+/// batch), and tells the engine how each went: enforced (the client counts as banned), refused
+/// for good, or failed (ordered again on the client's next request).
 fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut order) = queue.recv_timeout(Duration::from_millis(100)) else {
+        let Ok(first) = queue.recv_timeout(Duration::from_millis(100)) else {
             continue;
         };
-        // An IPv6 client's network that holds a protected address (the host's own /64): the
-        // client alone is banned, never its neighbours.
-        if !order.target.is_host()
-            && let Some(c) = order.evidence.as_ref().and_then(|e| e.client)
-            && matches!(
-                shared.bans().protected().check(&order.target, false),
-                Err(crate::protect::Refusal::Contains { .. })
-            )
-        {
-            info!(network = %order.target, client = %c, "the client's network holds a protected address: banning the client alone");
-            order.target = Net::host(c);
-        }
-        let target = order.target;
-        if matches!(shared.bans().store().ban(&target), Ok(Some(_))) {
-            continue;
-        }
-        let reason = order.reason.clone();
-        let offence = order.evidence.as_ref().and_then(|e| e.offence);
-        // The offender is the client, also when its ban covers its IPv6 network.
-        let client = order.evidence.as_ref().and_then(|e| e.client);
-        // The ban table's lock is released before the offence is stored.
-        let result = shared.bans().ban(order);
-        match result {
-            Ok(view) => {
-                info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
-                if let (Some(count), Some(client)) = (offence, client) {
-                    let record = crate::store::OffenceRecord {
-                        count,
-                        last: view.created_at / 1000,
-                    };
-                    if let Err(e) = shared.bans().store().put_offence(client, record) {
-                        warn!(%target, "repeat offence not stored: {e}");
-                    }
-                }
+        let mut orders = vec![first];
+        while orders.len() < APPLY_BATCH {
+            match queue.try_recv() {
+                Ok(o) => orders.push(o),
+                Err(_) => break,
             }
-            Err(BanError::Allowlisted { .. }) => info!(%target, "engine ban refused: allowlisted"),
-            // Logged with its reason by the ban service.
-            Err(BanError::Protected(_)) => {}
-            Err(e) => warn!(%target, "engine ban failed: {e}"),
+        }
+        let mut waiting = Vec::with_capacity(orders.len());
+        for BanOrder { request, ticket } in orders {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let target = request.target;
+            let reason = request.reason.clone();
+            if shared.bans.send(crate::bans::Command::Order(request, tx)) {
+                waiting.push((ticket, target, reason, Some(rx)));
+            } else {
+                waiting.push((ticket, target, reason, None));
+            }
+        }
+        for (ticket, target, reason, rx) in waiting {
+            let result = rx.map_or(Err(BanError::OwnerGone), |rx| {
+                rx.recv().unwrap_or(Err(BanError::OwnerGone))
+            });
+            let outcome = match result {
+                Ok(Ordered::Banned(view)) => {
+                    info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
+                    BanOutcome::Enforced
+                }
+                Ok(Ordered::Already(_)) => BanOutcome::Enforced,
+                // Enforced in XDP; the store's failure is logged.
+                Err(e @ BanError::NotSaved { .. }) => {
+                    warn!(%target, "engine ban: {e}");
+                    BanOutcome::Enforced
+                }
+                Err(BanError::Allowlisted { .. }) => {
+                    info!(%target, "engine ban refused: allowlisted");
+                    BanOutcome::Refused
+                }
+                // Logged with its reason by the ban owner.
+                Err(BanError::Protected(_)) => BanOutcome::Refused,
+                Err(e) => {
+                    warn!(%target, "engine ban failed (ordered again on the client's next request): {e}");
+                    BanOutcome::Failed
+                }
+            };
+            shared.judge.settle(&ticket, outcome);
         }
     }
 }

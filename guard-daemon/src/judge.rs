@@ -1,18 +1,21 @@
 //! The engine's shell in the capture pipeline: every request the tap finishes is inspected by
 //! the validator, scored by the engine, logged with the verdict, and a ban decision is queued
-//! for the daemon to store in sled and push into the XDP maps. Nothing here waits: the ban
-//! queue is bounded and a full queue drops (and counts) the order; the engine re-decides on the
-//! client's next request.
+//! for the ban owner to push into the XDP maps and store in sled. Nothing here waits: the ban
+//! queue is bounded and a full queue drops (and counts) the order. The engine counts the client
+//! as banned only when the owner confirms the ban ([`Judge::settle`]); an order that was
+//! dropped or failed is given again on the client's next request.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::bans::{BanRequest, Origin};
-use crate::engine::{Decision, Engine, EngineConfig, EngineError, ValidatorHint};
+use crate::engine::{
+    BanOutcome, BanTicket, Decision, Engine, EngineConfig, EngineError, ValidatorHint,
+};
 use crate::net::Net;
 use crate::tap::{Evasion, RequestEvent, Trust};
 use crate::validate::{Action, Request, Validator, ValidatorConfig};
@@ -28,6 +31,7 @@ pub enum JudgeError {
 
 /// Counters of the judge, shown by `guard stats`.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct JudgeStats {
     pub inspected: AtomicU64,
     pub validator_block: AtomicU64,
@@ -35,7 +39,16 @@ pub struct JudgeStats {
     pub engine_block: AtomicU64,
     pub bans_ordered: AtomicU64,
     pub bans_shadow: AtomicU64,
+    /// Orders dropped because the ban queue was full (given again on the client's next request).
     pub bans_dropped: AtomicU64,
+    /// Orders the owner confirmed enforced.
+    pub bans_confirmed: AtomicU64,
+    /// Orders the owner could not carry out (the maps refused them, the owner was gone).
+    pub bans_failed: AtomicU64,
+    /// Orders given again after being dropped, failing or getting no answer.
+    pub bans_retried: AtomicU64,
+    /// Orders the owner refused for good (allowlisted, protected).
+    pub bans_refused: AtomicU64,
     pub triage: AtomicU64,
     /// AI judgements asked for, and what came back.
     pub ai_asked: AtomicU64,
@@ -50,16 +63,25 @@ pub struct JudgeStats {
     /// Requests the tap marked with evasion signs (too many headers, conflicting overlapping
     /// segments, IP fragments), judged as a protocol finding.
     pub evasion: AtomicU64,
+    /// Sweeps of the engine's idle clients (every `engine.sweep_interval`), and how long the
+    /// last one took, in microseconds (the engine's lock is held a slice of it at a time).
+    pub engine_sweeps: AtomicU64,
+    pub engine_sweep_micros: AtomicU64,
 }
 
 /// Validator and engine, shared by the capture threads.
 pub struct Judge {
     validator: Validator,
     engine: Arc<Mutex<Engine>>,
-    bans: SyncSender<BanRequest>,
+    bans: SyncSender<BanOrder>,
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
+    /// The engine's sweep cadence, and when the next sweep is due, in ms since `epoch` (the
+    /// monotonic clock): whichever capture thread finds it due first sweeps, the others go on.
+    sweep_every: Duration,
+    next_sweep_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl JudgeStats {
@@ -73,8 +95,19 @@ impl JudgeStats {
     }
 }
 
+/// A ban the engine ordered, and the ticket to report its outcome with.
+#[derive(Debug)]
+pub struct BanOrder {
+    pub request: BanRequest,
+    pub ticket: BanTicket,
+}
+
 /// Ban orders waiting for the daemon.
-pub type BanQueue = Receiver<BanRequest>;
+pub type BanQueue = Receiver<BanOrder>;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 impl Judge {
     /// Builds the judge and the queue of ban orders it fills (bounded to `queue` orders).
@@ -96,6 +129,9 @@ impl Judge {
                 bans: tx,
                 stats: Arc::new(JudgeStats::default()),
                 ai,
+                sweep_every: engine.sweep_interval,
+                next_sweep_ms: AtomicU64::new(millis(engine.sweep_interval)),
+                epoch: Instant::now(),
             },
             rx,
         ))
@@ -121,6 +157,18 @@ impl Judge {
         self.engine().unbanned_net(target);
     }
 
+    /// The owner's word on an order: the engine counts the client as banned only once it is
+    /// enforced; a failed one is given again on the client's next request.
+    pub fn settle(&self, ticket: &BanTicket, outcome: BanOutcome) {
+        let counter = match outcome {
+            BanOutcome::Enforced => &self.stats.bans_confirmed,
+            BanOutcome::Refused => &self.stats.bans_refused,
+            BanOutcome::Failed => &self.stats.bans_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.engine().ban_settled(ticket, outcome);
+    }
+
     /// Restores the repeat offenders an earlier run stored.
     pub fn restore_offenders(&self, offenders: &[(std::net::IpAddr, crate::store::OffenceRecord)]) {
         let mut engine = self.engine();
@@ -129,9 +177,58 @@ impl Judge {
         }
     }
 
-    /// Forgets idle clients.
-    pub fn expire(&self, now: Duration) {
-        self.engine().expire(now);
+    /// Forgets idle clients if a sweep is due (every `engine.sweep_interval`); `wall` is the
+    /// wall clock since the Unix epoch, the engine's time. Cheap when none is due: one atomic
+    /// load, no lock. Returns whether this call swept.
+    pub fn sweep_if_due(&self, wall: Duration) -> bool {
+        self.sweep_at(self.epoch.elapsed(), wall)
+    }
+
+    /// [`Judge::sweep_if_due`] at `mono` on the judge's monotonic clock (injected by tests).
+    fn sweep_at(&self, mono: Duration, wall: Duration) -> bool {
+        let now = millis(mono);
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        if now < due {
+            return false;
+        }
+        // One caller wins the sweep; a late one (or a clock that jumped) never sweeps twice.
+        let next = now.saturating_add(millis(self.sweep_every));
+        if self
+            .next_sweep_ms
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Slice by slice, so that requests are judged in between however many clients expire;
+        // each slice's clients are freed after the lock is released.
+        let started = Instant::now();
+        let mut from = Some(0);
+        while let Some(at) = from {
+            let (expired, next) = self
+                .engine()
+                .expire_slice(wall, at, crate::engine::SWEEP_SLICE);
+            drop(expired);
+            from = next;
+        }
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.engine_sweeps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .engine_sweep_micros
+            .store(took, Ordering::Relaxed);
+        true
+    }
+
+    /// The engine's own counters and gauges (clients held, rules fired, bans decided).
+    #[must_use]
+    pub fn engine_stats(&self) -> crate::engine::EngineStats {
+        self.engine().stats()
+    }
+
+    /// The AI client's counters, if the AI is enabled.
+    #[must_use]
+    pub fn ai_stats(&self) -> Option<crate::ai::AiStats> {
+        self.ai.as_ref().map(crate::ai::AiClient::stats)
     }
 
     /// Judges one finished request like [`Judge::judge`], but a panic in the validator or the
@@ -257,7 +354,7 @@ impl Judge {
                 self.ask_ai(ev.client, &behaviour);
                 (false, Some(format!("triage (grey score {score})")))
             }
-            ban @ Decision::Ban { .. } => (true, Some(order_ban(ban, &self.bans, s))),
+            ban @ Decision::Ban { .. } => (true, Some(self.order_ban(ban))),
         }
     }
 
@@ -289,15 +386,13 @@ impl Judge {
                 .unwrap_or_else(PoisonError::into_inner)
                 .ai_verdict(now, client, judgement.opinion());
             if matches!(decision, Decision::Ban { .. }) {
-                let reason = order_ban(decision, &bans, &stats);
+                let reason = order_ban(decision, &bans, &stats, &engine);
                 info!(%client, %reason, "the AI judged the client hostile");
             }
         });
     }
 }
 
-/// Queues a ban decision for the daemon (or only counts it in shadow mode); returns the reason
-/// for the log. Anything but a ban is ignored.
 /// A request the tap marked with evasion signs is a protocol finding of its own (a block, so a
 /// strike on a verified flow), unless the validator already blocks it.
 fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<ValidatorHint> {
@@ -312,13 +407,29 @@ fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<Validat
     })
 }
 
-fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) -> String {
+impl Judge {
+    fn order_ban(&self, decision: Decision) -> String {
+        order_ban(decision, &self.bans, &self.stats, &self.engine)
+    }
+}
+
+/// Queues a ban decision for the daemon (or only counts it in shadow mode); returns the reason
+/// for the log. Anything but a ban is ignored. An order the full queue cannot take is reported
+/// to the engine as failed, so the client's next request orders it again.
+fn order_ban(
+    decision: Decision,
+    bans: &SyncSender<BanOrder>,
+    s: &JudgeStats,
+    engine: &Mutex<Engine>,
+) -> String {
     let Decision::Ban {
         target,
         ttl,
         reason,
         evidence,
         shadow,
+        ticket,
+        retry,
     } = decision
     else {
         return String::new();
@@ -328,219 +439,36 @@ fn order_ban(decision: Decision, bans: &SyncSender<BanRequest>, s: &JudgeStats) 
         info!(%target, ?ttl, %reason, "shadow mode: would ban");
         return format!("shadow ban: {reason}");
     }
-    let order = BanRequest {
-        target,
-        ttl: Some(ttl),
-        reason: reason.clone(),
-        origin: Origin::Engine,
-        force: false,
-        evidence: Some(*evidence),
+    if retry {
+        s.bans_retried.fetch_add(1, Ordering::Relaxed);
+        info!(%target, "ban ordered again: the last order was dropped, failed or not answered");
+    }
+    let order = BanOrder {
+        request: BanRequest {
+            target,
+            ttl: Some(ttl),
+            reason: reason.clone(),
+            origin: Origin::Engine,
+            force: false,
+            evidence: Some(*evidence),
+        },
+        ticket,
     };
     match bans.try_send(order) {
         Ok(()) => {
             s.bans_ordered.fetch_add(1, Ordering::Relaxed);
         }
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+        Err(TrySendError::Full(order) | TrySendError::Disconnected(order)) => {
             s.bans_dropped.fetch_add(1, Ordering::Relaxed);
-            warn!(%target, "ban queue full: order dropped");
+            warn!(%target, "ban queue full: order dropped (given again on the client's next request)");
+            engine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ban_settled(&order.ticket, BanOutcome::Failed);
         }
     }
     format!("banned: {reason}")
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tap::{RequestEvent, RequestHeaders};
-
-    const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0";
-
-    fn event(client: &str, headers: &[(&str, &str)]) -> RequestEvent {
-        let mut all = crate::tap::http::HeaderList::default();
-        all.push("User-Agent", UA.as_bytes());
-        for (name, value) in headers {
-            all.push(name, value.as_bytes());
-        }
-        RequestEvent {
-            conn_id: 1,
-            ts: Duration::from_secs(1_700_000_000),
-            client: client.parse().expect("address"),
-            trust: Trust::Verified,
-            peer: "192.0.2.7:40000".parse().expect("address"),
-            server: "192.0.2.1:80".parse().expect("address"),
-            user: None,
-            method: "GET".into(),
-            path: "/account".into(),
-            query: None,
-            http_minor: 1,
-            headers: RequestHeaders {
-                host: Some("example.test".into()),
-                user_agent: Some(UA.into()),
-                ..RequestHeaders::default()
-            },
-            all_headers: all,
-            body: Vec::new(),
-            body_len: 0,
-            status: Some(200),
-            latency: None,
-            bytes_in: 100,
-            bytes_out: 100,
-            response_content_type: None,
-        }
-    }
-
-    /// A judge with the default validator and engine, no allowlist, no AI, room for 16 orders.
-    fn default_judge() -> (Judge, BanQueue) {
-        Judge::new(
-            &ValidatorConfig::default(),
-            &EngineConfig::default(),
-            Vec::new(),
-            16,
-            None,
-        )
-        .expect("judge")
-    }
-
-    #[test]
-    fn a_snapshot_copies_every_counter() {
-        let stats = JudgeStats::default();
-        stats.inspected.store(7, Ordering::Relaxed);
-        stats.ai_unsure.store(3, Ordering::Relaxed);
-        let copy = stats.snapshot();
-        stats.inspected.store(8, Ordering::Relaxed);
-        assert_eq!(copy.inspected.load(Ordering::Relaxed), 7);
-        assert_eq!(copy.ai_unsure.load(Ordering::Relaxed), 3);
-    }
-
-    /// Attacks in headers the tap does not otherwise keep (Cookie, Authorization) reach the
-    /// validator.
-    #[test]
-    fn attacks_in_any_header_are_judged() {
-        let (judge, _queue) = default_judge();
-        let (blocked, _) = judge.judge(&event(
-            "192.0.2.7",
-            &[
-                ("Host", "example.test"),
-                (
-                    "Cookie",
-                    "session=abc; id=1' UNION SELECT password FROM users--",
-                ),
-            ],
-        ));
-        assert!(blocked, "SQL injection in a cookie was not blocked");
-        let (blocked, reason) = judge.judge(&event(
-            "192.0.2.8",
-            &[
-                ("Host", "example.test"),
-                ("Cookie", "session=abc; theme=dark"),
-                ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
-            ],
-        ));
-        assert!(
-            !blocked,
-            "an ordinary cookie and token were blocked: {reason:?}"
-        );
-        assert_eq!(judge.stats.validator_block.load(Ordering::Relaxed), 1);
-    }
-
-    /// Evasion signs the tap put on a harmless-looking request make it a protocol finding: a
-    /// block, and strikes up to a ban on a verified flow; nothing on an unverified one.
-    #[test]
-    fn evasion_signs_are_protocol_findings() {
-        let (judge, queue) = default_judge();
-        let signs = [
-            Evasion {
-                too_many_headers: true,
-                ..Evasion::default()
-            },
-            Evasion {
-                overlap_conflict: true,
-                ..Evasion::default()
-            },
-            Evasion {
-                fragments: 2,
-                ..Evasion::default()
-            },
-        ];
-        for (i, sign) in signs.iter().enumerate() {
-            let mut ev = event(&format!("192.0.2.{}", 20 + i), &[("Host", "example.test")]);
-            let (blocked, reason) = judge.judge(&ev);
-            assert!(!blocked, "the request itself is harmless: {reason:?}");
-            ev.headers.evasion = *sign;
-            let (blocked, reason) = judge.judge(&ev);
-            assert!(blocked, "{sign:?}: {reason:?}");
-            assert!(reason.unwrap_or_default().contains("protocol"));
-            ev.client = "192.0.2.99".parse().expect("address");
-            ev.trust = Trust::Unverified;
-            let (blocked, reason) = judge.judge(&ev);
-            assert!(!blocked && reason.unwrap_or_default().starts_with("not judged"));
-        }
-        assert_eq!(judge.stats.evasion.load(Ordering::Relaxed), 6);
-        for _ in 0..50 {
-            let mut ev = event("192.0.2.30", &[("Host", "example.test")]);
-            ev.headers.evasion = signs[1];
-            let _ = judge.judge(&ev);
-        }
-        let ban = queue.try_recv().expect("a ban was ordered");
-        assert!(format!("{ban:?}").contains("192.0.2.30"), "{ban:?}");
-    }
-
-    /// A request whose source is not proven is inspected and logged, never judged: however
-    /// many attacks arrive "from" an address, the engine orders no ban.
-    #[test]
-    fn unverified_requests_never_strike_or_ban() {
-        let (judge, queue) = default_judge();
-        for trust in [Trust::Unverified, Trust::NoClient] {
-            for i in 0..50 {
-                let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
-                ev.trust = trust;
-                ev.path = "/shell.php".into();
-                ev.query = Some(format!("id={i}' UNION SELECT password FROM users--"));
-                ev.status = Some(404);
-                let (blocked, reason) = judge.judge(&ev);
-                assert!(!blocked);
-                let reason = reason.unwrap_or_default();
-                assert!(reason.starts_with("not judged"), "{reason}");
-            }
-        }
-        assert!(queue.try_recv().is_err(), "no ban was ordered");
-        assert_eq!(judge.stats.not_judged.load(Ordering::Relaxed), 100);
-        assert_eq!(judge.stats.bans_ordered.load(Ordering::Relaxed), 0);
-        // The same requests, verified, are banned.
-        for i in 0..50 {
-            let mut ev = event("192.0.2.66", &[("Host", "example.test")]);
-            ev.path = "/shell.php".into();
-            ev.query = Some(format!("id={i}' UNION SELECT password FROM users--"));
-            ev.status = Some(404);
-            let _ = judge.judge(&ev);
-        }
-        assert!(queue.try_recv().is_ok(), "the verified client was banned");
-    }
-
-    /// A panic while judging one request (here injected while the engine's lock is held, the
-    /// worst place) costs that request only: it is counted, the lock is not left poisoned, and
-    /// the next request is judged as usual.
-    #[test]
-    fn a_panic_while_judging_costs_that_request_only() {
-        let (judge, _queue) = default_judge();
-        let ev = event("192.0.2.9", &[("Host", "example.test")]);
-        let caught = judge.contain(&ev, || {
-            let _engine = judge.engine();
-            panic!("injected while judging");
-        });
-        assert!(caught.is_none());
-        assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
-        assert!(!judge.engine.is_poisoned());
-        let attack = event(
-            "192.0.2.10",
-            &[
-                ("Host", "example.test"),
-                ("Cookie", "id=1' UNION SELECT 1--"),
-            ],
-        );
-        let (blocked, _) = judge.judge_contained(&attack).expect("judged");
-        assert!(blocked, "the request after the panic was not judged");
-        assert_eq!(judge.stats.judge_panics.load(Ordering::Relaxed), 1);
-        assert_eq!(judge.stats.inspected.load(Ordering::Relaxed), 1);
-    }
-}
+mod tests;

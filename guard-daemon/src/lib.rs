@@ -10,9 +10,11 @@ pub mod daemon;
 pub mod inspect;
 pub mod judge;
 pub mod memory;
+pub mod perms;
 pub mod pipeline;
 pub mod protect;
 pub mod store;
+pub mod verified;
 pub mod xdp;
 
 // The pure core's modules under their old paths, so `crate::tap` and friends read as before.

@@ -1,7 +1,8 @@
 //! Lock-out safety: the addresses guard never bans, whatever the engine, a rate event or the
 //! CLI asks. They are the host's own addresses (every interface), its default gateways, its
 //! resolvers, the trusted proxies, the AI endpoint and the configured `bans.protect` list.
-//! The host's facts are read once at start ([`HostFacts::read`]); everything else here is pure
+//! The host's facts are read at start ([`HostFacts::read`]) and again every
+//! `bans.protect_refresh` ([`HostFacts::refreshed`]); everything else here is pure
 //! (parsers of `/proc/net/route`, `/proc/net/ipv6_route` and `resolv.conf`, the list, the check)
 //! so it is tested with the facts passed in.
 //!
@@ -15,7 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::net::Net;
 
@@ -175,7 +176,7 @@ impl ProtectList {
     }
 }
 
-/// What the host says about itself, read once at start.
+/// What the host says about itself: read at start, and again every `bans.protect_refresh`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// (interface, address) of every interface.
@@ -192,6 +193,36 @@ impl HostFacts {
     /// left out: guard still starts.
     #[must_use]
     pub fn read(ai_base_url: Option<&str>) -> Self {
+        let mut facts = Self::read_local(true);
+        if let Some(url) = ai_base_url
+            && let Some((host, port)) = url_host(url)
+        {
+            match host.parse::<IpAddr>() {
+                Ok(ip) => facts.ai_endpoint.push(ip),
+                Err(_) => match (host.as_str(), port).to_socket_addrs() {
+                    Ok(addrs) => facts.ai_endpoint.extend(addrs.map(|a| a.ip())),
+                    Err(e) => {
+                        warn!(%host, "the AI endpoint did not resolve, so it is not protected: {e}");
+                    }
+                },
+            }
+        }
+        facts
+    }
+
+    /// The host's facts read again (the AI endpoint as resolved at start), for the periodic
+    /// refresh: quiet about what cannot be read, which was said at start.
+    #[must_use]
+    pub fn refreshed(&self) -> Self {
+        Self {
+            ai_endpoint: self.ai_endpoint.clone(),
+            ..Self::read_local(false)
+        }
+    }
+
+    /// The interfaces' addresses, the default gateways and the resolvers; what cannot be read
+    /// is left out (and said, if `loud`).
+    fn read_local(loud: bool) -> Self {
         let mut facts = Self::default();
         match nix::ifaddrs::getifaddrs() {
             Ok(list) => {
@@ -207,12 +238,17 @@ impl HostFacts {
                     facts.addresses.push((ifa.interface_name, ip));
                 }
             }
-            Err(e) => warn!("cannot list the interfaces' addresses to protect them: {e}"),
+            Err(e) if loud => warn!("cannot list the interfaces' addresses to protect them: {e}"),
+            Err(e) => debug!("cannot list the interfaces' addresses to protect them: {e}"),
         }
         let read = |path: &str| match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) => {
+            Err(e) if loud => {
                 info!("{path} not read ({e}): nothing from it is protected");
+                String::new()
+            }
+            Err(e) => {
+                debug!("{path} not read ({e})");
                 String::new()
             }
         };
@@ -221,19 +257,6 @@ impl HostFacts {
             .gateways
             .extend(default_gateways_v6(&read("/proc/net/ipv6_route")));
         facts.resolvers = nameservers(&read("/etc/resolv.conf"));
-        if let Some(url) = ai_base_url
-            && let Some((host, port)) = url_host(url)
-        {
-            match host.parse::<IpAddr>() {
-                Ok(ip) => facts.ai_endpoint.push(ip),
-                Err(_) => match (host.as_str(), port).to_socket_addrs() {
-                    Ok(addrs) => facts.ai_endpoint.extend(addrs.map(|a| a.ip())),
-                    Err(e) => {
-                        warn!(%host, "the AI endpoint did not resolve, so it is not protected: {e}");
-                    }
-                },
-            }
-        }
         facts
     }
 }

@@ -3,10 +3,13 @@
 //! made, also when a test fails. Everything stays inside namespaces the test created.
 pub mod ai_server;
 pub mod http;
+pub mod maps;
+pub mod ping;
 pub mod rawtcp;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -554,9 +557,13 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub config: PathBuf,
+    /// Extra `guard run` arguments for the next [`Daemon::spawn`].
+    pub args: Vec<String>,
     log: PathBuf,
     ns: PathBuf,
     iface: String,
+    /// Extra environment of the daemon's process (set before [`Daemon::spawn`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -573,15 +580,19 @@ impl Daemon {
         let id = unique("d");
         let base = std::env::temp_dir().join(format!("guard-test-{id}"));
         std::fs::create_dir_all(&base)?;
+        // The socket's directory: guard refuses one open to other users.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))?;
         let d = Self {
             child: None,
             socket: base.join("guard.sock"),
             state_dir: base.join("state"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/guard-test-{id}")),
             config: base.join("guard.toml"),
+            args: Vec::new(),
             log: base.join("guard.log"),
             ns: ns.path(),
             iface: iface.to_owned(),
+            env: Vec::new(),
         };
         std::fs::write(&d.config, extra_config)?;
         std::fs::create_dir_all(&d.state_dir)?;
@@ -605,6 +616,8 @@ impl Daemon {
             .arg(&self.state_dir)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -649,6 +662,22 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is flushed, nothing detached) and
+    /// waits for it; pins and state stay. Returns the pid it had.
+    pub fn kill(&mut self) -> anyhow::Result<u32> {
+        let mut c = self.child.take().context("guard run is not running")?;
+        let pid = c.id();
+        // SAFETY: kill on our own child's pid (nsenter execs guard in place).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let status = c.wait()?;
+        ensure!(
+            std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL),
+            "guard run ended with {status}, not by SIGKILL: {}",
+            self.log_text()
+        );
+        Ok(pid)
     }
 
     /// The daemon's log so far.

@@ -483,6 +483,33 @@ fn grey_clients_are_banned_only_on_an_ai_block() -> anyhow::Result<()> {
         unreachable!("three counters")
     };
     assert!(block >= 1, "the BLOCK answer was not counted");
+    // The engine's own counters and the AI client's are shown too (JSON and text), and moved.
+    let stats = d.json(&["stats"])?;
+    let (core, client) = (&stats["engine_core"], &stats["ai"]);
+    for (section, name) in [
+        (core, "requests"),
+        (core, "bans"),
+        (core, "ai_bans"),
+        (core, "triages"),
+    ] {
+        assert!(
+            section[name].as_u64() >= Some(1),
+            "engine_core.{name}: {stats}"
+        );
+    }
+    assert!(core["rules"]["ai_verdict"].as_u64() >= Some(1), "{stats}");
+    for name in ["submitted", "calls", "answered"] {
+        assert!(client[name].as_u64() >= Some(1), "ai.{name}: {stats}");
+    }
+    let text = d.cli(&["stats"]).map_err(anyhow::Error::msg)?;
+    for row in [
+        "engine_core.ai_bans",
+        "ai.answered",
+        "engine.ai_block",
+        "capture_restarts",
+    ] {
+        assert!(text.contains(row), "no {row} in guard stats:\n{text}");
+    }
 
     // ALLOW and a failing model leave grey clients alone; only their own counter moves.
     for (answer, host, counter) in [(Answer::Allow, 71, 1), (Answer::ServerError, 72, 2)] {
@@ -549,6 +576,11 @@ fn an_ai_that_drops_the_connection_changes_nothing() -> anyhow::Result<()> {
     assert!(
         deltas[3] >= 1,
         "the dropped call is not counted unsure: {after}"
+    );
+    let stats = d.json(&["stats"])?;
+    assert!(
+        stats["ai"]["failed"].as_u64() >= Some(1) && stats["ai"]["answered"].as_u64() == Some(0),
+        "the AI client did not count the failed call: {stats}"
     );
     assert!(
         tcp_ok(&link.far, Some(grey), dst, Duration::from_millis(500)),

@@ -305,3 +305,51 @@ fn an_engine_ban_of_an_ipv6_client_covers_its_64_but_never_the_hosts_own() -> an
     );
     Ok(())
 }
+
+/// The host's addresses are read again every `bans.protect_refresh`: an address added to an
+/// interface after start becomes protected (listed by `guard status`, its ban refused).
+#[test]
+fn an_address_added_after_start_is_protected() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        "[tap]\nhttp_ports = []\n[bans]\nprotect_refresh = \"1s\"\n",
+    )?;
+    let added = "198.51.100.7";
+    let listed = |d: &Daemon| {
+        d.json(&["status"]).ok().is_some_and(|s| {
+            s["protected"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["net"] == added || p["net"] == format!("{added}/32"))
+        })
+    };
+    assert!(!listed(&d), "protected before it exists");
+    link.near
+        .ip(&["addr", "add", &format!("{added}/32"), "dev", &link.near_if])?;
+    assert!(
+        wait_until(Duration::from_secs(5), || listed(&d)).is_some(),
+        "the new address was not protected: {}",
+        d.json(&["status"])?
+    );
+    let e = d
+        .cli(&["ban", "add", added])
+        .expect_err("an address of the host added after start was banned");
+    assert!(
+        e.contains("is protected") && e.contains("an address of this host"),
+        "{e}"
+    );
+    assert!(d.log_text().contains("protected: never banned"));
+    // Removed again: no longer protected, and a ban of it is accepted.
+    link.near
+        .ip(&["addr", "del", &format!("{added}/32"), "dev", &link.near_if])?;
+    assert!(
+        wait_until(Duration::from_secs(5), || !listed(&d)).is_some(),
+        "the removed address stayed protected"
+    );
+    d.cli(&["ban", "add", added]).map_err(anyhow::Error::msg)?;
+    Ok(())
+}

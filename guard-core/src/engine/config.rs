@@ -31,6 +31,10 @@ pub struct EngineConfig {
     /// period counts requests of the last 24 h).
     #[serde(deserialize_with = "de_duration")]
     pub client_expiry: Duration,
+    /// How often idle clients, old offences and unanswered triages are swept out (one pass over
+    /// the client table under the engine's lock). Default `60s`; between `1s` and `1h`.
+    #[serde(deserialize_with = "de_duration")]
+    pub sweep_interval: Duration,
     /// Requests remembered per client (time, path hash, numeric id, status class) for distinct
     /// path counts, sequential ids and 404 probing. Default 32; at least 16.
     pub history: usize,
@@ -65,6 +69,7 @@ impl Default for EngineConfig {
             mode: Mode::Enforce,
             max_clients: 100_000,
             client_expiry: Duration::from_hours(24),
+            sweep_interval: Duration::from_mins(1),
             history: 32,
             sample_paths: 8,
             sample_path_max: 256,
@@ -405,6 +410,9 @@ impl EngineConfig {
         };
         if self.max_clients == 0 {
             return bad("engine.max_clients", "at least 1");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_hours(1)).contains(&self.sweep_interval) {
+            return bad("engine.sweep_interval", "between 1s and 1h");
         }
         if !(16..=255).contains(&self.history) {
             return bad("engine.history", "between 16 and 255");

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use super::offenders::{PendingTriage, secs};
 use super::patterns::{any_prefix, is_static, is_traversal, normalise, trailing_id};
-use super::state::{ClientState, Entry, HAS_ID, PROBE};
+use super::state::{ClientState, Entry, HAS_ID, Order, PROBE};
 use super::table::ClientKey;
 use super::{
-    ClientBehaviour, Core, Counts, Decision, Details, Evidence, Mode, Rule, ValidatorHint,
+    BanTicket, ClientBehaviour, Core, Counts, Decision, Details, Evidence, Mode, ORDER_TIMEOUT,
+    Rule, ValidatorHint,
 };
 use crate::net::Net;
 use crate::tap::RequestEvent;
@@ -67,9 +68,11 @@ impl Core {
         match d {
             Decision::Allow => s.allowed += 1,
             Decision::Block { .. } => s.blocked += 1,
-            Decision::Ban { shadow, .. } => {
+            Decision::Ban { shadow, retry, .. } => {
                 if *shadow {
                     s.shadow_bans += 1;
+                } else if *retry {
+                    s.ban_retries += 1;
                 } else {
                     s.bans += 1;
                 }
@@ -145,6 +148,9 @@ impl Core {
                 status: 403,
                 reason: "banned".to_owned(),
             };
+        }
+        if let Some(d) = self.ordered(t, key, st) {
+            return d;
         }
         if let Some(found) = self.scenarios(t, f, st) {
             self.hit(found.rule);
@@ -358,6 +364,34 @@ impl Core {
         }
     }
 
+    /// A client whose ban is ordered: its requests are blocked while the order is on its way,
+    /// and an order that failed (or got no answer within [`ORDER_TIMEOUT`] seconds) is given
+    /// again.
+    fn ordered(&mut self, t: u32, key: &ClientKey, st: &mut ClientState) -> Option<Decision> {
+        let order = st.order.as_mut()?;
+        if !order.failed && t.saturating_sub(order.at) < ORDER_TIMEOUT {
+            self.stats.banned_requests += 1;
+            return Some(Decision::Block {
+                status: 403,
+                reason: "banned".to_owned(),
+            });
+        }
+        order.failed = false;
+        order.at = t;
+        Some(Decision::Ban {
+            target: order.target,
+            ttl: order.ttl,
+            reason: order.reason.clone(),
+            evidence: order.evidence.clone(),
+            shadow: false,
+            ticket: BanTicket {
+                key: key.clone(),
+                at: t,
+            },
+            retry: true,
+        })
+    }
+
     /// Bans `client`: duration escalated by its past bans, evidence attached, shadow per mode.
     #[expect(
         clippy::too_many_arguments,
@@ -388,7 +422,6 @@ impl Core {
         }
         let before = self.offenders.record(client, t);
         let ttl = escalated_ttl(&self.cfg.bans, before);
-        st.banned_until = t.saturating_add(secs(ttl));
         st.strikes.reset();
         let shadow = self.cfg.mode == Mode::Shadow;
         let evidence = Box::new(Evidence {
@@ -406,12 +439,33 @@ impl Core {
             details,
             extra: serde_json::Map::new(),
         });
+        let target = ban_target(client, self.cfg.bans.ipv6_prefix);
+        let reason = format!("{}: {reason}", rule.name());
+        if shadow {
+            // Nothing is pushed: the engine's word is the ban.
+            st.banned_until = t.saturating_add(secs(ttl));
+        } else {
+            // Banned once the shell confirms it (`Engine::ban_settled`).
+            st.order = Some(Box::new(Order {
+                at: t,
+                failed: false,
+                target,
+                ttl,
+                reason: reason.clone(),
+                evidence: evidence.clone(),
+            }));
+        }
         Decision::Ban {
-            target: ban_target(client, self.cfg.bans.ipv6_prefix),
+            target,
             ttl,
-            reason: format!("{}: {reason}", rule.name()),
+            reason,
             evidence,
             shadow,
+            ticket: BanTicket {
+                key: key.clone(),
+                at: t,
+            },
+            retry: false,
         }
     }
 }

@@ -78,6 +78,11 @@ pub enum Decision {
         /// with the ban and shown by `guard ban ls`.
         evidence: Box<Evidence>,
         shadow: bool,
+        /// Hand it back with the outcome ([`Engine::ban_settled`]): the client counts as banned
+        /// only once the shell confirms the ban is enforced.
+        ticket: BanTicket,
+        /// The same ban ordered again: the first order was dropped, failed or got no answer.
+        retry: bool,
     },
     /// Let the request through and ask the AI about the client (off the request path); pass its
     /// [`SecondOpinion`] back to [`Engine::ai_verdict`]. The score and rules are for the log only:
@@ -88,6 +93,29 @@ pub enum Decision {
         rules: Vec<Rule>,
     },
 }
+
+/// Names a ban order when the shell reports its outcome to [`Engine::ban_settled`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanTicket {
+    key: ClientKey,
+    /// When the order was given (seconds): an outcome for an older order is ignored.
+    at: u32,
+}
+
+/// How a ban order ended, as the shell reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanOutcome {
+    /// Enforced (in the maps, whether or not the store took it): the client is banned.
+    Enforced,
+    /// Refused for good (allowlisted, protected): not banned, and not ordered again.
+    Refused,
+    /// Dropped (queue full) or failed (the maps refused it): ordered again on the client's next
+    /// request.
+    Failed,
+}
+
+/// Seconds an order may go unanswered before the client's next request orders it again.
+pub const ORDER_TIMEOUT: u32 = 60;
 
 /// The raw behaviour of a grey client: counts guard measured plus what the client sent. No
 /// score and no labels, as in the seed, so the model judges the behaviour itself.
@@ -208,6 +236,10 @@ pub struct EngineStats {
     pub bans: u64,
     /// Bans decided in shadow mode (not pushed).
     pub shadow_bans: u64,
+    /// Ban orders given again because the first was dropped, failed or got no answer.
+    pub ban_retries: u64,
+    /// Ban orders the shell reported as failed (or dropped).
+    pub ban_failures: u64,
     /// Bans (either mode) made on an AI verdict.
     pub ai_bans: u64,
     pub triages: u64,
@@ -229,6 +261,28 @@ pub struct EngineStats {
     pub pending_evicted: u64,
     /// Times each rule fired.
     pub rules: BTreeMap<&'static str, u64>,
+}
+
+/// Client-table slots one slice of a sweep visits ([`Engine::expire_slice`]): a few
+/// milliseconds under the engine's lock even when every client in the slice expires.
+pub const SWEEP_SLICE: usize = 4096;
+
+/// Client states an expiry sweep removed ([`Engine::expire`]), freed when this is dropped.
+#[derive(Debug)]
+#[must_use = "dropping it frees the expired clients: drop it outside any lock around the engine"]
+pub struct Expired(Vec<ClientState>);
+
+impl Expired {
+    /// How many clients expired.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The engine's state apart from the client table.
@@ -357,7 +411,7 @@ impl Engine {
         if evicted {
             self.core.stats.clients_evicted += 1;
         }
-        if state.banned_until > t {
+        if state.banned_until > t || state.order.is_some() {
             return Decision::Allow;
         }
         let details = match pending {
@@ -392,11 +446,35 @@ impl Engine {
         self.core.offenders.restore(ip, secs(last), count);
     }
 
+    /// The shell's word on a ban order: enforced (the client is banned until the order's time
+    /// plus its ttl), refused for good, or failed (ordered again on the client's next request).
+    /// An outcome for an order that was since given again, or lifted, is ignored.
+    pub fn ban_settled(&mut self, ticket: &BanTicket, outcome: BanOutcome) {
+        let Some(state) = self.table.get_mut(&ticket.key) else {
+            return;
+        };
+        let Some(order) = state.order.as_mut().filter(|o| o.at == ticket.at) else {
+            return;
+        };
+        match outcome {
+            BanOutcome::Enforced => {
+                state.banned_until = order.at.saturating_add(secs(order.ttl));
+                state.order = None;
+            }
+            BanOutcome::Refused => state.order = None,
+            BanOutcome::Failed => {
+                order.failed = true;
+                self.core.stats.ban_failures += 1;
+            }
+        }
+    }
+
     /// The operator lifted the ban of `client`: the engine forgets that it banned it (by address;
     /// a client keyed by user keeps its state until it expires).
     pub fn unbanned(&mut self, client: IpAddr) {
         if let Some(state) = self.table.get_mut(&ClientKey::Addr(client)) {
             state.banned_until = 0;
+            state.order = None;
             state.strikes.reset();
         }
     }
@@ -409,21 +487,52 @@ impl Engine {
         }
         self.table.for_each_addr_in(net, |state| {
             state.banned_until = 0;
+            state.order = None;
             state.strikes.reset();
         });
     }
 
     /// Drops clients idle for `client_expiry` (unless banned), past offences older than
-    /// `offender_memory` and triages that never got a verdict. Call it now and then (a minute).
-    pub fn expire(&mut self, now: Duration) {
+    /// `offender_memory` and triages that never got a verdict. Call it every `sweep_interval`
+    /// (a minute by default): it is one pass over the client table. The clients dropped are
+    /// returned, to be freed by the caller (see [`Engine::expire_slice`]).
+    pub fn expire(&mut self, now: Duration) -> Expired {
+        self.expire_slice(now, 0, usize::MAX).0
+    }
+
+    /// One slice of an expiry sweep: like [`Engine::expire`] over at most `max` slots of the
+    /// client table from `from`; returns the clients dropped and where to go on (`None`: the
+    /// sweep is over, and old offences and triages were dropped too). A caller holding a lock
+    /// around the engine sweeps slice by slice (see [`SWEEP_SLICE`]), releasing it in between,
+    /// and frees each [`Expired`] outside it: freeing a whole table of clients takes far longer
+    /// than the pass that finds them (100,000 in about 0.3 s against 1 ms).
+    pub fn expire_slice(
+        &mut self,
+        now: Duration,
+        from: usize,
+        max: usize,
+    ) -> (Expired, Option<usize>) {
         let t = secs(now);
         let idle = secs(self.core.cfg.client_expiry);
-        let removed = self
-            .table
-            .retain(|s| t.saturating_sub(s.last_seen) < idle || s.banned_until > t);
-        self.core.stats.clients_expired += removed as u64;
-        self.core.offenders.expire(t);
-        self.core.pending.expire(t);
+        let mut removed = Vec::new();
+        let next = self.table.retain_slice(
+            from,
+            max,
+            |s| {
+                t.saturating_sub(s.last_seen) < idle
+                    || s.banned_until > t
+                    || s.order
+                        .as_ref()
+                        .is_some_and(|o| o.at.saturating_add(secs(o.ttl)) > t)
+            },
+            &mut removed,
+        );
+        self.core.stats.clients_expired += removed.len() as u64;
+        if next.is_none() {
+            self.core.offenders.expire(t);
+            self.core.pending.expire(t);
+        }
+        (Expired(removed), next)
     }
 
     /// A snapshot of the counters.

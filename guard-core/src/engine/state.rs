@@ -231,8 +231,25 @@ pub struct ClientState {
     pub strikes: Leaky,
     /// Last triage; 0 = never.
     pub last_triage: u32,
-    /// The client's ban lasts until then (the engine decided it; enforced or shadow).
+    /// The client's ban lasts until then: the shell confirmed it is enforced (or, in shadow
+    /// mode, the engine decided it).
     pub banned_until: u32,
+    /// The ban ordered and not yet confirmed (or failed: ordered again on the next request).
+    pub order: Option<Box<Order>>,
+}
+
+/// A ban the engine ordered, kept until the shell says how it went, so that an order that was
+/// dropped or failed can be given again.
+#[derive(Debug, Clone)]
+pub struct Order {
+    /// When it was (last) ordered.
+    pub at: u32,
+    /// The shell reported that it could not enforce it (or the queue was full).
+    pub failed: bool,
+    pub target: crate::net::Net,
+    pub ttl: std::time::Duration,
+    pub reason: String,
+    pub evidence: Box<super::Evidence>,
 }
 
 impl ClientState {
@@ -254,6 +271,7 @@ impl ClientState {
             strikes: Leaky::default(),
             last_triage: 0,
             banned_until: 0,
+            order: None,
         }
     }
 

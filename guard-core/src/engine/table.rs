@@ -131,16 +131,27 @@ impl Table {
         }
     }
 
-    /// Removes every state for which `keep` is false; returns how many.
-    pub fn retain(&mut self, mut keep: impl FnMut(&ClientState) -> bool) -> usize {
-        let mut removed = 0;
-        for i in 0..self.slots.len() {
-            if self.slots[i].as_ref().is_some_and(|s| !keep(&s.state)) {
-                self.remove_at(i);
-                removed += 1;
+    /// Removes the states for which `keep` is false among at most `max` slots from `from`, and
+    /// hands them to `removed` (so that the caller can free them later, outside its lock).
+    /// Returns the slot to go on from, or `None` past the last one.
+    pub fn retain_slice(
+        &mut self,
+        from: usize,
+        max: usize,
+        mut keep: impl FnMut(&ClientState) -> bool,
+        removed: &mut Vec<ClientState>,
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.slots.len());
+        for i in from..end {
+            if self.slots[i].as_ref().is_some_and(|s| !keep(&s.state))
+                && let Some(slot) = self.slots[i].take()
+            {
+                self.index.remove(&slot.key);
+                self.free.push(i as u32);
+                removed.push(slot.state);
             }
         }
-        removed
+        (end < self.slots.len()).then_some(end)
     }
 
     /// Heap bytes of the table's own structures and every state, for size accounting

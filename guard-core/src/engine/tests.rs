@@ -101,10 +101,13 @@ impl Req {
     }
 }
 
-/// An engine and its clock.
+/// An engine and its clock, and the shell's answer to ban orders.
 pub(super) struct Sim {
     pub(super) engine: Engine,
     pub(super) now: Duration,
+    /// How every ban order ends (a shell that enforces them all, unless a test says otherwise);
+    /// `None` = no answer.
+    pub(super) outcome: Option<super::BanOutcome>,
 }
 
 impl Sim {
@@ -113,6 +116,7 @@ impl Sim {
         Self {
             engine: Engine::new(cfg),
             now: Duration::from_secs(T0),
+            outcome: Some(super::BanOutcome::Enforced),
         }
     }
 
@@ -126,7 +130,28 @@ impl Sim {
 
     pub(super) fn send(&mut self, r: &Req) -> Decision {
         let ev = r.event(self.now);
-        self.engine.observe(self.now, &ev, None)
+        let d = self.engine.observe(self.now, &ev, None);
+        self.settle(&d);
+        d
+    }
+
+    /// Answers a ban order as `outcome` says.
+    pub(super) fn settle(&mut self, d: &Decision) {
+        if let Some(outcome) = self.outcome {
+            self.settle_as(d, outcome);
+        }
+    }
+
+    /// Answers a ban order with `outcome`.
+    pub(super) fn settle_as(&mut self, d: &Decision, outcome: super::BanOutcome) {
+        if let Decision::Ban {
+            ticket,
+            shadow: false,
+            ..
+        } = d
+        {
+            self.engine.ban_settled(ticket, outcome);
+        }
     }
 
     /// Sends `r` `n` times, `gap` apart (the first now), returning every decision.

@@ -297,7 +297,13 @@ pub struct Tap {
     /// Sum of every flow's `held()`.
     held_total: usize,
     stats: TapStats,
+    /// Sources whose flow became verified since the caller last drained them (see
+    /// [`Tap::drain_verified_sources`]); at most [`MAX_VERIFIED_BACKLOG`].
+    verified_sources: Vec<IpAddr>,
 }
+
+/// Verified sources kept for the caller between two drains; past it they are not recorded.
+pub const MAX_VERIFIED_BACKLOG: usize = 4096;
 
 impl Tap {
     /// Changes the protected HTTP ports at run time; flows already tracked continue.
@@ -337,7 +343,15 @@ impl Tap {
             ooo_total: 0,
             held_total: 0,
             stats: TapStats::default(),
+            verified_sources: Vec::new(),
         }
+    }
+
+    /// The source addresses of the flows that became verified (their handshake, or an
+    /// in-sequence exchange, was seen) since the last call: addresses proven to be really
+    /// talking, for callers that must not act on a forged source (the rate limiter's bans).
+    pub fn drain_verified_sources(&mut self) -> std::vec::Drain<'_, IpAddr> {
+        self.verified_sources.drain(..)
     }
 
     /// Counters so far.
@@ -439,6 +453,9 @@ impl Tap {
         let after = conn.on_segment(dir, seg, &mut self.ooo_total, &mut ctx);
         if !was_verified && conn.verified() {
             self.stats.flows_verified += 1;
+            if self.verified_sources.len() < MAX_VERIFIED_BACKLOG {
+                self.verified_sources.push(key.client.ip());
+            }
         }
         let held = conn.held();
         self.held_total = self.held_total - conn.counted_held + held;

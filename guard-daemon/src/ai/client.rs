@@ -45,8 +45,8 @@ enum Op {
 
 type Deliver = Box<dyn FnOnce(Result<Parsed, UnsureReason>) + Send>;
 
-/// Counters of the client, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters of the client, shown by `guard stats` (section `ai`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AiStats {
     pub submitted: u64,
     /// Calls sent to the server (retries not included).

@@ -146,79 +146,108 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 print_bans(&bans);
             }
         }
-        BanCommand::Import { file, force } => {
-            let text = if file == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading standard input")?;
-                s
-            } else {
-                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
-            };
-            let mut entries = parse_import(&text)?;
-            drop(text);
-            // In address order (stable: of two lines for one target the last still wins): the
-            // store then writes each request's keys next to the previous request's, instead
-            // of into random places of its tree.
-            entries.sort_by_key(|e| e.target);
-            let n = entries.len();
-            let mut total = Imported {
-                banned: 0,
-                refused: Vec::new(),
-            };
-            for chunk in import_requests(entries) {
-                let imported: Imported = control::call(
-                    socket,
-                    &Request::BanImport {
-                        entries: chunk,
-                        force,
-                    },
-                )
-                .with_context(|| {
-                    format!(
-                        "importing: {} of {n} bans were saved before this error",
-                        total.banned
-                    )
-                })?;
-                total.banned += imported.banned;
-                total.refused.extend(imported.refused);
-            }
-            println!("imported {} of {n} bans", total.banned);
-            for r in &total.refused {
-                eprintln!("refused: {r}");
-            }
-        }
+        BanCommand::Import { file, force } => import(&file, force, socket)?,
     }
     Ok(())
 }
 
-/// JSON bytes of one `ban import` request at most (about 15,000 plain lines): a large import
-/// goes as several requests, each saved (flushed) before the next is sent, so that no request
-/// comes near the socket's size limit and the daemon answers other requests in between.
-pub const IMPORT_REQUEST_BYTES: usize = 512 * 1024;
-
-/// Splits import entries into requests of at most [`IMPORT_REQUEST_BYTES`] of JSON each (an
-/// entry larger than that alone goes as a request of its own).
-#[must_use]
-pub fn import_requests(entries: Vec<ImportEntry>) -> Vec<Vec<ImportEntry>> {
-    let mut out = Vec::new();
-    let mut chunk = Vec::new();
-    let mut bytes = 0;
-    for e in entries {
-        // Exact: a reason's escapes can make it several times longer in JSON.
-        let size = serde_json::to_vec(&e).map_or(IMPORT_REQUEST_BYTES, |j| j.len() + 1);
-        if !chunk.is_empty() && bytes + size > IMPORT_REQUEST_BYTES {
-            out.push(std::mem::take(&mut chunk));
-            bytes = 0;
+/// `guard ban import`: sends the entries in pieces under the socket's limit and sums the
+/// answers; output as for one request. When there is more than one piece, a line on stderr
+/// says what each piece saved as soon as the daemon answers it (see [`piece_saved`]): the daemon
+/// answers a piece only once sled has flushed it, so every ban such a line counts survives a
+/// crash of the daemon, even one in the middle of the import.
+fn import(file: &str, force: bool, socket: &std::path::Path) -> anyhow::Result<()> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let entries = parse_import(&text)?;
+    let n = entries.len();
+    // The socket takes requests of 1 MiB at most: a large import goes in pieces, each
+    // saved by the daemon before the next is sent.
+    let chunks = import_chunks(entries, IMPORT_CHUNK_BYTES)?;
+    let pieces = chunks.len();
+    let mut banned = 0;
+    // What the daemon refused, by piece: the other pieces are still sent (a piece the
+    // store could not record is still enforced, as a whole import would be).
+    let (mut failures, mut first) = (Vec::new(), 1);
+    for (i, entries) in chunks.into_iter().enumerate() {
+        let sent = entries.len();
+        match control::call::<Imported>(socket, &Request::BanImport { entries, force }) {
+            Ok(imported) => {
+                banned += imported.banned;
+                for r in &imported.refused {
+                    eprintln!("refused: {r}");
+                }
+                if pieces > 1 {
+                    eprintln!(
+                        "{}",
+                        piece_saved(
+                            PiecePlace {
+                                piece: i + 1,
+                                pieces,
+                                first,
+                                sent,
+                            },
+                            imported.banned,
+                            banned,
+                            n
+                        )
+                    );
+                }
+            }
+            Err(control::ControlError::Daemon(message)) if pieces == 1 => bail!(message),
+            Err(control::ControlError::Daemon(message)) => failures.push(format!(
+                "entries {first} to {}: {message}",
+                first + sent - 1
+            )),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{banned} of {n} bans were imported (and saved) before this error"
+                )));
+            }
         }
-        bytes += size;
-        chunk.push(e);
+        first += sent;
     }
-    if !chunk.is_empty() {
-        out.push(chunk);
+    if !failures.is_empty() {
+        bail!(
+            "the import went in {pieces} pieces (the control socket takes 1 MiB at most); \
+             {} failed: {}; the other pieces saved {banned} of {n} bans",
+            failures.len(),
+            failures.join("; "),
+        );
     }
-    out
+    println!("imported {banned} of {n} bans");
+    Ok(())
+}
+
+/// Where a piece of an import sits: its number (from 1) of how many, and its entries (the
+/// first one's number in the input, from 1, and how many).
+#[derive(Debug, Clone, Copy)]
+pub struct PiecePlace {
+    pub piece: usize,
+    pub pieces: usize,
+    pub first: usize,
+    pub sent: usize,
+}
+
+/// The progress line for a piece the daemon answered: `piece 2/6 saved: 16667 of entries
+/// 16668-33334 (33334 of 100000 so far)` — `saved` bans of this piece's entries are on disk
+/// (the rest were refused, each on a `refused:` line), `total` of the input's `n` so far.
+#[must_use]
+pub fn piece_saved(at: PiecePlace, saved: usize, total: usize, n: usize) -> String {
+    format!(
+        "piece {}/{} saved: {saved} of entries {}-{} ({total} of {n} so far)",
+        at.piece,
+        at.pieces,
+        at.first,
+        (at.first + at.sent).saturating_sub(1)
+    )
 }
 
 /// Why `guard ban add` refuses a target before asking the daemon (each lifted by `--force`).
@@ -313,6 +342,43 @@ fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest `ban import` request the CLI sends: under the socket's limit
+/// (`control::MAX_REQUEST_BYTES`), with room for the request's own fields.
+const IMPORT_CHUNK_BYTES: usize = control::MAX_REQUEST_BYTES - 4096;
+
+/// Splits `entries` into pieces whose `ban import` request is at most `max_bytes` long, in
+/// order. An entry too large to be sent alone is an error naming it.
+pub fn import_chunks(
+    entries: Vec<ImportEntry>,
+    max_bytes: usize,
+) -> anyhow::Result<Vec<Vec<ImportEntry>>> {
+    // `{"op":"ban_import","entries":[` … `],"force":false}` and the newline.
+    const FRAME: usize = 64;
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), FRAME);
+    for entry in entries {
+        // Plain data: encoding cannot fail; the comma between entries is counted.
+        let size = serde_json::to_vec(&entry).map_or(0, |v| v.len()) + 1;
+        if FRAME + size > max_bytes {
+            bail!(
+                "the import entry for {} is {size} bytes, more than the control socket takes \
+                 ({max_bytes}); shorten its reason",
+                entry.target
+            );
+        }
+        if bytes + size > max_bytes {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = FRAME;
+        }
+        bytes += size;
+        chunk.push(entry);
+    }
+    if !chunk.is_empty() || chunks.is_empty() {
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
 /// Parses `guard ban import` input: `ADDR[/LEN]` or `ADDR[/LEN],DURATION,REASON` a line;
 /// blank lines and `#` comments are skipped. Errors name the line.
 pub fn parse_import(text: &str) -> anyhow::Result<Vec<ImportEntry>> {
@@ -393,8 +459,63 @@ fn print_bans(bans: &[BanView]) {
 mod tests {
     use super::*;
 
+    /// 100,000 entries (about 4.5 MB of JSON, over the socket's 1 MiB) go in pieces that each
+    /// fit, in order, none lost.
+    #[test]
+    fn a_large_import_is_sent_in_pieces_under_the_limit() {
+        let entries: Vec<ImportEntry> = (0..100_000u32)
+            .map(|i| ImportEntry {
+                target: Net::host(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()),
+                ttl_secs: (i % 2 == 0).then_some(3600),
+                reason: (i % 3 == 0).then(|| format!("scanner {i}")),
+            })
+            .collect();
+        let whole = serde_json::to_vec(&Request::BanImport {
+            entries: entries.clone(),
+            force: true,
+        })
+        .unwrap()
+        .len();
+        assert!(whole > control::MAX_REQUEST_BYTES, "{whole}");
+        let chunks = import_chunks(entries.clone(), IMPORT_CHUNK_BYTES).unwrap();
+        assert!(chunks.len() >= 4, "{}", chunks.len());
+        for c in &chunks {
+            let line = serde_json::to_vec(&Request::BanImport {
+                entries: c.clone(),
+                force: true,
+            })
+            .unwrap();
+            assert!(line.len() < control::MAX_REQUEST_BYTES, "{}", line.len());
+        }
+        assert_eq!(chunks.concat(), entries);
+        // Nothing to send is one empty request (the daemon answers 0 of 0).
+        assert_eq!(import_chunks(Vec::new(), 1000).unwrap().len(), 1);
+        // An entry that cannot fit alone is named.
+        let huge = ImportEntry {
+            target: net("192.0.2.9"),
+            ttl_secs: None,
+            reason: Some("x".repeat(2000)),
+        };
+        let e = import_chunks(vec![huge], 1000).unwrap_err().to_string();
+        assert!(e.contains("192.0.2.9"), "{e}");
+    }
+
     fn net(s: &str) -> Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_piece_saved_names_its_entries_and_the_total_so_far() {
+        let at = PiecePlace {
+            piece: 2,
+            pieces: 6,
+            first: 16_668,
+            sent: 16_667,
+        };
+        assert_eq!(
+            piece_saved(at, 16_667, 33_334, 100_000),
+            "piece 2/6 saved: 16667 of entries 16668-33334 (33334 of 100000 so far)"
+        );
     }
 
     #[test]

@@ -70,6 +70,45 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// True when the request changes something (bans, the allowlist, the tap's ports): only
+    /// root may make it. Members of `daemon.socket_group` may make the others.
+    #[must_use]
+    pub fn changes(&self) -> bool {
+        match self {
+            Self::BanAdd { .. }
+            | Self::BanRm { .. }
+            | Self::BanRmMatching { .. }
+            | Self::BanImport { .. }
+            | Self::AllowAdd { .. }
+            | Self::AllowRm { .. } => true,
+            Self::TapPorts { ports } => ports.is_some(),
+            Self::BanLs { .. } | Self::AllowLs | Self::Stats | Self::Status | Self::Logs(_) => {
+                false
+            }
+        }
+    }
+
+    /// The CLI command that sends it, for messages (`ban add`).
+    #[must_use]
+    pub fn command(&self) -> &'static str {
+        match self {
+            Self::BanAdd { .. } => "ban add",
+            Self::BanRm { .. } | Self::BanRmMatching { .. } => "ban rm",
+            Self::BanLs { .. } => "ban ls",
+            Self::BanImport { .. } => "ban import",
+            Self::AllowAdd { .. } => "allow add",
+            Self::AllowRm { .. } => "allow rm",
+            Self::AllowLs => "allow ls",
+            Self::Stats => "stats",
+            Self::Status => "status",
+            Self::Logs(_) => "logs",
+            Self::TapPorts { ports: None } => "tap ports",
+            Self::TapPorts { ports: Some(_) } => "tap ports PORT...",
+        }
+    }
+}
+
 /// Filters of `guard logs` as sent over the socket (see `store::logs::LogQuery`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LogsRequest {
@@ -112,6 +151,13 @@ pub struct Stats {
     pub tap: serde_json::Value,
     /// The validator's and engine's counters in the daemon.
     pub engine: JudgeStats,
+    /// The engine's own counters and gauges (`guard_core::engine::EngineStats`: requests,
+    /// clients held, bans decided, rules fired).
+    #[serde(default)]
+    pub engine_core: serde_json::Value,
+    /// The AI client's counters; `None` when the AI is off.
+    #[serde(default)]
+    pub ai: Option<crate::ai::AiStats>,
     pub logs: LogCounters,
     pub daemon: DaemonCounters,
 }
@@ -152,6 +198,10 @@ pub struct DaemonCounters {
     pub rate_events: u64,
     /// Bans made for exceeding the packet rate.
     pub rate_bans: u64,
+    /// Rate events not turned into a ban: the source was not seen complete a TCP handshake
+    /// recently (it may be forged; see `xdp.rate_ban_unverified`).
+    #[serde(default)]
+    pub rate_bans_unverified: u64,
     pub bans_expired: u64,
     pub control_requests: u64,
 }
@@ -159,18 +209,19 @@ pub struct DaemonCounters {
 impl DaemonCounters {
     /// (name, value) in name order, for the table of `guard stats`.
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 4] {
+    pub fn rows(&self) -> [(&'static str, u64); 5] {
         [
             ("bans_expired", self.bans_expired),
             ("control_requests", self.control_requests),
             ("rate_bans", self.rate_bans),
+            ("rate_bans_unverified", self.rate_bans_unverified),
             ("rate_events", self.rate_events),
         ]
     }
 }
 
 /// The answer to `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub pid: u32,
@@ -191,10 +242,26 @@ pub struct Status {
     /// Bans refused since start because they touched a protected address.
     #[serde(default)]
     pub protect_refusals: u64,
+    /// Each ban and allowlist map's entries against its capacity.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+    /// Stored bans and allowlist entries the maps could not hold at start (not enforced; each
+    /// was logged with its key).
+    #[serde(default)]
+    pub skipped_at_start: u64,
     /// Ban records in the store that cannot be decoded: skipped (not enforced), each logged
     /// with its key; they stay stored.
     #[serde(default)]
     pub bad_ban_records: u64,
+}
+
+/// One XDP map's fill, in `guard status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// `IPv4 bans`, `IPv4 CIDR bans`, `IPv4 allowlist`, … (IPv6 likewise).
+    pub map: String,
+    pub entries: u32,
+    pub capacity: u32,
 }
 
 /// An interface guard's XDP program is attached to.
@@ -488,6 +555,60 @@ mod tests {
         assert!(
             serde_json::from_str::<Response>(r#"{"ok":true,"reply":"bananas","data":1}"#).is_err()
         );
+    }
+
+    /// Only what changes nothing is open to the read-only group; a change of the tap's ports
+    /// is a change, reading them is not.
+    #[test]
+    fn requests_are_classified_as_changes_or_reads() {
+        let target: Net = "192.0.2.7".parse().unwrap();
+        let changes = [
+            Request::BanAdd {
+                target,
+                ttl_secs: None,
+                reason: None,
+                force: false,
+            },
+            Request::BanRm { target },
+            Request::BanRmMatching {
+                filter: BanFilter::default(),
+            },
+            Request::BanImport {
+                entries: Vec::new(),
+                force: false,
+            },
+            Request::AllowAdd {
+                target,
+                reason: None,
+            },
+            Request::AllowRm { target },
+            Request::TapPorts {
+                ports: Some(vec![80]),
+            },
+        ];
+        for r in &changes {
+            assert!(r.changes(), "{r:?}");
+        }
+        let reads = [
+            Request::BanLs {
+                filter: BanFilter::default(),
+            },
+            Request::AllowLs,
+            Request::Stats,
+            Request::Status,
+            Request::Logs(LogsRequest::default()),
+            Request::TapPorts { ports: None },
+        ];
+        for r in &reads {
+            assert!(!r.changes(), "{r:?}");
+        }
+        assert_eq!(changes[0].command(), "ban add");
+        assert_eq!(reads[0].command(), "ban ls");
+        // From the wire, as a client would send it.
+        let r: Request = serde_json::from_str(r#"{"op":"tap_ports","ports":[8080]}"#).unwrap();
+        assert!(r.changes());
+        let r: Request = serde_json::from_str(r#"{"op":"tap_ports","ports":null}"#).unwrap();
+        assert!(!r.changes());
     }
 
     /// Requests keep their wire format: scripts that wrote `{"op":"ban_ls"}` still work.

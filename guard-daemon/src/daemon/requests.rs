@@ -1,5 +1,4 @@
 //! Answers to the control socket's requests, on the daemon's shared state.
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::bans::{BanRequest, Origin};
-use crate::control::proto::error_chain;
+use crate::control::proto::{MapFill, error_chain};
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
     Stats, Status,
@@ -24,7 +23,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
             reason,
             force,
         } => shared
-            .bans()
+            .bans
             .ban(BanRequest {
                 target,
                 ttl: ttl_secs.map(Duration::from_secs),
@@ -34,12 +33,12 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 evidence: None,
             })
             .map(Response::ok),
-        Request::BanRm { target } => shared.bans().unban(&target).map(|removed| {
+        Request::BanRm { target } => shared.bans.unban(target).map(|removed| {
             shared.judge.unbanned(&target);
             Response::ok(removed)
         }),
         Request::BanRmMatching { filter } => {
-            let result = shared.bans().unban_matching(&filter);
+            let result = shared.bans.unban_matching(filter);
             result.map(|lifted| {
                 for target in &lifted {
                     shared.judge.unbanned(target);
@@ -49,7 +48,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 })
             })
         }
-        Request::BanLs { filter } => shared.bans().list(&filter).map(Response::ok),
+        Request::BanLs { filter } => shared.bans.list(filter).map(Response::ok),
         Request::BanImport { entries, force } => {
             let reqs = entries
                 .into_iter()
@@ -62,7 +61,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                     evidence: None,
                 })
                 .collect();
-            shared.bans().import(reqs).map(|results| {
+            shared.bans.import(reqs).map(|results| {
                 let banned = results.iter().filter(|r| r.is_ok()).count();
                 let refused: Vec<String> = results
                     .into_iter()
@@ -74,18 +73,18 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         }
         Request::AllowAdd { target, reason } => {
             let r = shared
-                .bans()
+                .bans
                 .allow(target, reason.unwrap_or_default())
                 .map(Response::ok);
             sync_allowlist(shared);
             r
         }
         Request::AllowRm { target } => {
-            let r = shared.bans().disallow(&target).map(Response::ok);
+            let r = shared.bans.disallow(target).map(Response::ok);
             sync_allowlist(shared);
             r
         }
-        Request::AllowLs => shared.bans().allows().map(Response::ok),
+        Request::AllowLs => shared.bans.allows().map(Response::ok),
         Request::Stats => Ok(stats(shared)),
         Request::Status => Ok(status(shared)),
         Request::Logs(q) => return logs(shared, q),
@@ -95,7 +94,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
 }
 
 fn sync_allowlist(shared: &Shared) {
-    if let Ok(allows) = shared.bans().allows() {
+    if let Ok(allows) = shared.bans.allows() {
         shared
             .judge
             .set_allowlist(allows.into_iter().map(|a| a.target).collect());
@@ -103,11 +102,8 @@ fn sync_allowlist(shared: &Shared) {
 }
 
 fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
-    let pipeline = shared
-        .pipeline
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let Some(p) = pipeline.as_ref() else {
+    // The pipeline's lock is let go at once: nothing here holds a lock while the owner works.
+    let Some(p) = shared.pipeline() else {
         return Response::err(
             "the HTTP tap is not running (tap.http_ports was empty at start, or capture failed)",
         );
@@ -116,10 +112,15 @@ fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
         if ports.is_empty() || ports.contains(&0) {
             return Response::err("give at least one port, none of them 0");
         }
-        if let Err(e) = p.set_ports(shared.bans().xdp_mut(), &ports) {
-            return Response::failed(&e);
+        let pipeline = std::sync::Arc::clone(&p);
+        let changed = shared
+            .bans
+            .with_xdp(move |xdp| pipeline.set_ports(xdp, &ports).map(|()| ports));
+        match changed {
+            Ok(Ok(ports)) => info!(?ports, "HTTP tap ports changed"),
+            Ok(Err(e)) => return Response::failed(&e),
+            Err(e) => return Response::failed(&e),
         }
-        info!(?ports, "HTTP tap ports changed");
     }
     Response::ok(p.ports())
 }
@@ -145,29 +146,27 @@ fn logs(shared: &Shared, q: LogsRequest) -> Response {
 }
 
 fn stats(shared: &Shared) -> Response {
+    // Read on the owner thread; no lock is held here while it answers.
+    let read = shared.bans.read(|bans| {
+        let x = bans.xdp();
+        x.stats().map(|values| (values, x.dense()))
+    });
     let mut xdp = std::collections::BTreeMap::new();
-    {
-        // The ban table's lock is released before the pipeline's is taken: `tap ports` takes
-        // them in the other order, and two locks are never held in both orders.
-        let bans = shared.bans();
-        match bans.xdp().stats() {
-            Ok(values) => {
-                for (name, v) in STAT_NAMES.iter().zip(values) {
-                    xdp.insert((*name).to_owned(), v);
-                }
-                let (blocks, full) = bans.xdp().dense();
-                xdp.insert("dense_blocks".into(), blocks as u64);
-                xdp.insert("dense_blocks_refused".into(), full);
+    match read {
+        Ok(Ok((values, (blocks, full)))) => {
+            for (name, v) in STAT_NAMES.iter().zip(values) {
+                xdp.insert((*name).to_owned(), v);
             }
-            Err(e) => return Response::failed(&e),
+            xdp.insert("dense_blocks".into(), blocks as u64);
+            xdp.insert("dense_blocks_refused".into(), full);
         }
+        Ok(Err(e)) => return Response::failed(&e),
+        Err(e) => return Response::failed(&e),
     }
     let c = &shared.counters;
     let tap = shared
-        .pipeline
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
+        .pipeline()
+        .as_deref()
         .map(Pipeline::stats)
         .unwrap_or_default();
     let w = shared.writer.counters();
@@ -175,6 +174,8 @@ fn stats(shared: &Shared) -> Response {
         xdp,
         tap: serde_json::to_value(tap).unwrap_or_default(),
         engine: shared.judge.stats.snapshot(),
+        engine_core: serde_json::to_value(shared.judge.engine_stats()).unwrap_or_default(),
+        ai: shared.judge.ai_stats(),
         logs: LogCounters {
             written: w.written.load(Ordering::Relaxed),
             dropped: w.dropped.load(Ordering::Relaxed),
@@ -190,37 +191,56 @@ fn stats(shared: &Shared) -> Response {
         daemon: DaemonCounters {
             rate_events: c.rate_events.load(Ordering::Relaxed),
             rate_bans: c.rate_bans.load(Ordering::Relaxed),
-            bans_expired: c.expired.load(Ordering::Relaxed),
+            rate_bans_unverified: c.rate_bans_unverified.load(Ordering::Relaxed),
+            bans_expired: shared.bans.expired(),
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },
     }))
 }
 
 fn status(shared: &Shared) -> Response {
-    let bans = shared.bans();
     let cfg = &shared.config;
-    Response::ok(Box::new(Status {
+    let mut status = Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         uptime_secs: shared.started.elapsed().as_secs(),
-        interfaces: bans
-            .xdp()
+        state_dir: cfg.daemon.state_dir.clone(),
+        socket: cfg.daemon.socket.clone(),
+        rate_limit_pps: cfg.xdp.rate_limit_pps,
+        keep_attached: cfg.xdp.keep_attached,
+        ..Status::default()
+    };
+    // What the ban owner holds is read on its thread, into the reply.
+    let read = shared.bans.read(move |bans| {
+        let x = bans.xdp();
+        status.interfaces = x
             .interfaces()
             .iter()
             .map(|(name, mode)| Interface {
                 name: name.clone(),
                 mode: (*mode).to_owned(),
             })
-            .collect(),
-        pin_dir: bans.xdp().pin_dir().to_owned(),
-        state_dir: cfg.daemon.state_dir.clone(),
-        socket: cfg.daemon.socket.clone(),
-        bans: bans.count().unwrap_or(0),
-        allowlist: bans.allows().map_or(0, |l| l.len()),
-        rate_limit_pps: cfg.xdp.rate_limit_pps,
-        keep_attached: cfg.xdp.keep_attached,
-        protected: bans.protected().entries().to_vec(),
-        protect_refusals: bans.protect_refusals(),
-        bad_ban_records: bans.store().bad_records(),
-    }))
+            .collect();
+        x.pin_dir().clone_into(&mut status.pin_dir);
+        status.bans = bans.count().unwrap_or(0);
+        status.allowlist = bans.allows().map_or(0, |l| l.len());
+        status.protected = bans.protected().entries().to_vec();
+        status.protect_refusals = bans.protect_refusals();
+        status.maps = x
+            .fill()
+            .into_iter()
+            .map(|f| MapFill {
+                map: f.map.to_owned(),
+                entries: f.entries,
+                capacity: f.capacity,
+            })
+            .collect();
+        status.skipped_at_start = x.skipped();
+        status.bad_ban_records = bans.store().bad_records();
+        status
+    });
+    match read {
+        Ok(status) => Response::ok(Box::new(status)),
+        Err(e) => Response::failed(&e),
+    }
 }

@@ -4,7 +4,8 @@
 //! retention are range scans ([`key`]). Writes from the request path go through [`LogWriter`], a
 //! bounded queue drained by one thread in `sled::Batch`es: `try_log` never blocks, cuts long
 //! fields first ([`Limits`]), and what does not fit is dropped and counted; the same thread keeps
-//! the database under its byte cap and prunes records past their retention (`cap`). `guard logs`
+//! the database under its byte cap (`cap`) and prunes records past their retention, unless the
+//! wall clock jumped (`retention`). `guard logs`
 //! reads with [`LogStore::query`] and prints [`LogRecord::to_json_line`] or [`format_table`].
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -20,11 +21,13 @@ use crate::tap::{RequestEvent, Trust};
 
 pub mod cap;
 pub mod format;
+pub mod retention;
 #[cfg(test)]
 mod tests;
 
 pub use cap::{CUT_MARK, Limits, Pruned};
 pub use format::{format_table, rfc3339};
+pub use retention::Retention;
 
 /// The log database's page cache.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -426,6 +429,14 @@ impl LogStore {
         Ok(out)
     }
 
+    /// The time of the newest record, if there is one.
+    #[must_use]
+    pub fn newest_time(&self) -> Option<Duration> {
+        let (k, _) = self.tree().last().ok()??;
+        let nanos: [u8; 8] = k.get(..8)?.try_into().ok()?;
+        Some(Duration::from_nanos(u64::from_be_bytes(nanos)))
+    }
+
     /// Removes every record older than `time`; returns how many.
     pub fn prune_older_than(&self, time: Duration) -> Result<usize, LogError> {
         let end = key(time, 0);
@@ -614,10 +625,11 @@ fn write_loop(
     let mut batch = Vec::with_capacity(max_batch);
     let (mut write_warn, mut prune_warn) = (Warner::default(), Warner::default());
     let mut next_retention = std::time::Instant::now();
+    let mut retention = Retention::new(store);
     loop {
         if next_retention <= std::time::Instant::now() {
             next_retention = std::time::Instant::now() + RETENTION_EVERY;
-            prune_expired(store, limits, &mut prune_warn);
+            prune_expired(store, limits, &mut retention, &mut prune_warn);
         }
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(r) => r,
@@ -662,12 +674,12 @@ fn write_loop(
     }
 }
 
-fn prune_expired(store: &LogStore, limits: &Limits, warn: &mut Warner) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    match store.prune_older_than(now.saturating_sub(limits.retention)) {
-        Ok(n) if n > 0 => tracing::info!(records = n, "request log pruned past logs.retention"),
+fn prune_expired(store: &LogStore, limits: &Limits, retention: &mut Retention, warn: &mut Warner) {
+    let now = guard_core::time::ClockReading::new(crate::clock::now_ms(), crate::clock::mono_ns());
+    match retention.prune(store, limits.retention, now) {
+        Ok(Some(n)) if n > 0 => {
+            tracing::info!(records = n, "request log pruned past logs.retention");
+        }
         Ok(_) => {}
         Err(e) => warn.failed("request log retention not applied", &e, 0),
     }

@@ -39,15 +39,14 @@ pub(super) fn attach(
             .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
         match replaced {
             Ok(id) => {
-                let mode = std::fs::read_to_string(&mode_file)
-                    .ok()
-                    .map_or("native", |m| {
-                        if m.trim() == "generic" {
-                            "generic"
-                        } else {
-                            "native"
-                        }
-                    });
+                // bpffs holds no regular files: the mode is the target of a symbolic link.
+                let mode = std::fs::read_link(&mode_file).ok().map_or("native", |m| {
+                    if m.as_os_str() == "generic" {
+                        "generic"
+                    } else {
+                        "native"
+                    }
+                });
                 return Ok((pin_link(prog, id, &pin)?, mode));
             }
             Err(e) => warn!(
@@ -79,7 +78,14 @@ pub(super) fn attach(
             }
         },
     };
-    let _ = std::fs::write(&mode_file, name);
+    let _ = std::fs::remove_file(&mode_file);
+    if let Err(e) = std::os::unix::fs::symlink(name, &mode_file) {
+        warn!(
+            interface = iface,
+            "cannot record the XDP mode in {}: {e}",
+            mode_file.display()
+        );
+    }
     Ok((pin_link(prog, id, &pin)?, name))
 }
 

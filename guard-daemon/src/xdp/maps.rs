@@ -10,26 +10,42 @@ use guard_common::{
     BAN_CHECK_ALLOW, BanEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BANS_V4, MAP_BANS_V6, MAP_CIDR_V4,
     MAP_CIDR_V6,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::{BanCounters, Xdp, XdpError, batch, map_err, v4};
+use super::{BanCounters, Which, Xdp, XdpError, batch, map_err, v4};
 use crate::net::Net;
 
 impl Xdp {
     /// Makes the maps hold exactly `bans` (with their monotonic deadlines) and `allows`,
     /// without ever removing an entry that stays: enforcement has no gap during a restart.
+    /// What does not fit is skipped (each logged with its key, counted in [`Xdp::skipped`]):
+    /// a start never fails because a map is full.
     pub fn reconcile(&mut self, bans: &[(Net, u64)], allows: &[Net]) -> Result<(), XdpError> {
         self.allows = self.allow_keys()?;
+        self.cidrs = self.cidr_keys()?;
+        // Exact bans (up to millions): the maps' entries, read in a few calls and sorted, are
+        // walked beside the wanted bans in the same order.
+        let have_v4 = self.host_entries_v4()?;
+        let have_v6 = self.host_entries_v6()?;
+        self.fill.set(Which::BansV4, have_v4.len());
+        self.fill.set(Which::BansV6, have_v6.len());
+        self.count_sets();
+        self.skipped = 0;
         // The allowlist first: each ban's BAN_CHECK_ALLOW flag depends on it.
         let want: HashSet<Net> = allows.iter().copied().collect();
         for net in self.allows.clone().difference(&want) {
             self.remove_allow(net)?;
         }
         for net in allows {
-            self.put_allow(net)?;
+            match self.put_allow(net) {
+                Err(e @ XdpError::Full { .. }) => {
+                    warn!(key = %net, "allowlist entry not enforced: {e}");
+                    self.skipped += 1;
+                }
+                other => other?,
+            }
         }
         // CIDR bans (a few): by set difference.
-        self.cidrs = self.cidr_keys()?;
         let want: HashSet<Net> = bans
             .iter()
             .filter(|(n, _)| !n.is_host())
@@ -38,8 +54,6 @@ impl Xdp {
         for net in self.cidrs.clone().difference(&want) {
             self.remove_ban(net)?;
         }
-        // Exact bans (up to millions): the maps' entries, read in a few calls and sorted, are
-        // walked beside the wanted bans in the same order.
         let sorted;
         let bans = if bans.is_sorted_by_key(|(n, _)| *n) {
             bans
@@ -51,37 +65,43 @@ impl Xdp {
             };
             &sorted
         };
-        let have_v4 = self.host_entries_v4()?;
-        let have_v6 = self.host_entries_v6()?;
+        let mut left_out = HashSet::new();
         let (mut i4, mut i6) = (0, 0);
         for (net, deadline) in bans {
-            if !net.is_host() {
-                self.put_ban(net, *deadline)?;
-                continue;
-            }
-            let old = match net.addr() {
-                IpAddr::V4(a) => {
-                    while let Some(&(stale, _)) = have_v4.get(i4).filter(|(h, _)| *h < a) {
-                        self.remove_ban(&Net::host(stale.into()))?;
-                        i4 += 1;
+            let put = if net.is_host() {
+                let old = match net.addr() {
+                    IpAddr::V4(a) => {
+                        while let Some(&(stale, _)) = have_v4.get(i4).filter(|(h, _)| *h < a) {
+                            self.remove_ban(&Net::host(stale.into()))?;
+                            i4 += 1;
+                        }
+                        have_v4.get(i4).filter(|(h, _)| *h == a).map(|&(_, e)| {
+                            i4 += 1;
+                            e
+                        })
                     }
-                    have_v4.get(i4).filter(|(h, _)| *h == a).map(|&(_, e)| {
-                        i4 += 1;
-                        e
-                    })
-                }
-                IpAddr::V6(a) => {
-                    while let Some(&(stale, _)) = have_v6.get(i6).filter(|(h, _)| *h < a) {
-                        self.remove_ban(&Net::host(stale.into()))?;
-                        i6 += 1;
+                    IpAddr::V6(a) => {
+                        while let Some(&(stale, _)) = have_v6.get(i6).filter(|(h, _)| *h < a) {
+                            self.remove_ban(&Net::host(stale.into()))?;
+                            i6 += 1;
+                        }
+                        have_v6.get(i6).filter(|(h, _)| *h == a).map(|&(_, e)| {
+                            i6 += 1;
+                            e
+                        })
                     }
-                    have_v6.get(i6).filter(|(h, _)| *h == a).map(|&(_, e)| {
-                        i6 += 1;
-                        e
-                    })
-                }
+                };
+                self.restore_host(net, *deadline, old)
+            } else {
+                self.put_ban(net, *deadline)
             };
-            self.restore_host(net, *deadline, old)?;
+            match put {
+                Err(e @ XdpError::Full { .. }) => {
+                    warn!(key = %net, "ban not enforced: {e}");
+                    left_out.insert(*net);
+                }
+                other => other?,
+            }
         }
         for &(stale, _) in have_v4.get(i4..).unwrap_or_default() {
             self.remove_ban(&Net::host(stale.into()))?;
@@ -90,9 +110,34 @@ impl Xdp {
             self.remove_ban(&Net::host(stale.into()))?;
         }
         drop((have_v4, have_v6));
-        self.rebuild_dense(bans)?;
-        // Once for all the entries restored (not once per ban).
+        if !left_out.is_empty() {
+            self.skipped += left_out.len() as u64;
+            warn!(
+                skipped = self.skipped,
+                "the maps could not hold every stored ban and allowlist entry: see `guard status`"
+            );
+        }
+        self.rebuild_dense(bans, &left_out)?;
+        // Once for all the entries restored (not once per ban); the flags follow the maps.
         self.invalidate_hot()
+    }
+
+    /// Reads the CIDR bans and allowlist entries the (pinned) maps hold, and counts them.
+    pub(super) fn read_cidrs_and_allows(&mut self) -> Result<(), XdpError> {
+        self.cidrs = self.cidr_keys()?;
+        self.allows = self.allow_keys()?;
+        self.count_sets();
+        Ok(())
+    }
+
+    /// Sets the CIDR and allowlist counts from their mirrored sets.
+    fn count_sets(&mut self) {
+        let v4 = |set: &HashSet<Net>| set.iter().filter(|n| n.addr().is_ipv4()).count();
+        let (c4, a4) = (v4(&self.cidrs), v4(&self.allows));
+        self.fill.set(Which::CidrV4, c4);
+        self.fill.set(Which::CidrV6, self.cidrs.len() - c4);
+        self.fill.set(Which::AllowV4, a4);
+        self.fill.set(Which::AllowV6, self.allows.len() - a4);
     }
 
     /// Restores an exact ban at start, `old` being its entry in the map: one with the same
@@ -120,6 +165,10 @@ impl Xdp {
         if old.as_ref().is_some_and(same) {
             return Ok(());
         }
+        let which = Which::ban(net);
+        if old.is_none() {
+            self.fill.check(which)?;
+        }
         let entry = BanEntry {
             expires_ns,
             ..old.unwrap_or_default()
@@ -128,12 +177,16 @@ impl Xdp {
             IpAddr::V4(a) => self
                 .bans_v4
                 .insert(v4(a), entry, 0)
-                .map_err(map_err(MAP_BANS_V4, "insert")),
+                .map_err(map_err(MAP_BANS_V4, "insert"))?,
             IpAddr::V6(a) => self
                 .bans_v6
                 .insert(a.octets(), entry, 0)
-                .map_err(map_err(MAP_BANS_V6, "insert")),
+                .map_err(map_err(MAP_BANS_V6, "insert"))?,
         }
+        if old.is_none() {
+            self.fill.added(which);
+        }
+        Ok(())
     }
 
     /// The exact IPv4 bans in the map with their entries, in address order.
@@ -176,11 +229,27 @@ impl Xdp {
         Ok(out)
     }
 
-    /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them).
-    fn rebuild_dense(&mut self, bans: &[(Net, u64)]) -> Result<(), XdpError> {
+    fn cidr_keys(&self) -> Result<HashSet<Net>, XdpError> {
+        let mut out = HashSet::new();
+        for k in self.cidr_v4.keys() {
+            out.insert(v4_prefix(k.map_err(map_err(MAP_CIDR_V4, "iterate"))?));
+        }
+        for k in self.cidr_v6.keys() {
+            out.insert(v6_prefix(k.map_err(map_err(MAP_CIDR_V6, "iterate"))?));
+        }
+        Ok(out)
+    }
+
+    /// Recomputes the dense tier from the exact IPv4 bans in `bans` (all of them but those in
+    /// `left_out`, which are not in the exact map).
+    fn rebuild_dense(
+        &mut self,
+        bans: &[(Net, u64)],
+        left_out: &HashSet<Net>,
+    ) -> Result<(), XdpError> {
         let v4: Vec<(u32, u64)> = bans
             .iter()
-            .filter(|(net, _)| net.is_host())
+            .filter(|(net, _)| net.is_host() && !left_out.contains(net))
             .filter_map(|(net, deadline)| match net.addr() {
                 IpAddr::V4(a) => Some((v4(a), *deadline | self.allow_flag(net))),
                 IpAddr::V6(_) => None,
@@ -202,17 +271,6 @@ impl Xdp {
         } else {
             0
         }
-    }
-
-    fn cidr_keys(&self) -> Result<HashSet<Net>, XdpError> {
-        let mut out = HashSet::new();
-        for k in self.cidr_v4.keys() {
-            out.insert(v4_prefix(k.map_err(map_err(MAP_CIDR_V4, "iterate"))?));
-        }
-        for k in self.cidr_v6.keys() {
-            out.insert(v6_prefix(k.map_err(map_err(MAP_CIDR_V6, "iterate"))?));
-        }
-        Ok(out)
     }
 
     fn allow_keys(&self) -> Result<HashSet<Net>, XdpError> {
@@ -237,9 +295,15 @@ impl Xdp {
         match (net.addr(), net.is_host()) {
             (IpAddr::V4(a), true) => {
                 let old = self.bans_v4.get(&v4(a), 0).ok();
+                if old.is_none() {
+                    self.fill.check(Which::BansV4)?;
+                }
                 self.bans_v4
                     .insert(v4(a), fresh(old), 0)
                     .map_err(map_err(MAP_BANS_V4, "insert"))?;
+                if old.is_none() {
+                    self.fill.added(Which::BansV4);
+                }
                 let was_active = self.dense.active();
                 self.dense.added(
                     &mut self.bans_v4,
@@ -257,34 +321,45 @@ impl Xdp {
             }
             (IpAddr::V6(a), true) => {
                 let old = self.bans_v6.get(&a.octets(), 0).ok();
+                if old.is_none() {
+                    self.fill.check(Which::BansV6)?;
+                }
                 self.bans_v6
                     .insert(a.octets(), fresh(old), 0)
-                    .map_err(map_err(MAP_BANS_V6, "insert"))
+                    .map_err(map_err(MAP_BANS_V6, "insert"))?;
+                if old.is_none() {
+                    self.fill.added(Which::BansV6);
+                }
+                Ok(())
             }
             (IpAddr::V4(a), false) => {
                 let key = Key::new(u32::from(net.prefix()), v4(a));
-                let old = self
-                    .cidrs
-                    .contains(net)
-                    .then(|| self.cidr_v4.get(&key, 0).ok())
-                    .flatten();
+                let present = self.cidrs.contains(net);
+                if !present {
+                    self.fill.check(Which::CidrV4)?;
+                }
+                let old = present.then(|| self.cidr_v4.get(&key, 0).ok()).flatten();
                 self.cidr_v4
                     .insert(&key, fresh(old), 0)
                     .map_err(map_err(MAP_CIDR_V4, "insert"))?;
-                self.cidrs.insert(*net);
+                if self.cidrs.insert(*net) {
+                    self.fill.added(Which::CidrV4);
+                }
                 self.write_config()
             }
             (IpAddr::V6(a), false) => {
                 let key = Key::new(u32::from(net.prefix()), a.octets());
-                let old = self
-                    .cidrs
-                    .contains(net)
-                    .then(|| self.cidr_v6.get(&key, 0).ok())
-                    .flatten();
+                let present = self.cidrs.contains(net);
+                if !present {
+                    self.fill.check(Which::CidrV6)?;
+                }
+                let old = present.then(|| self.cidr_v6.get(&key, 0).ok()).flatten();
                 self.cidr_v6
                     .insert(&key, fresh(old), 0)
                     .map_err(map_err(MAP_CIDR_V6, "insert"))?;
-                self.cidrs.insert(*net);
+                if self.cidrs.insert(*net) {
+                    self.fill.added(Which::CidrV6);
+                }
                 self.write_config()
             }
         }
@@ -311,6 +386,9 @@ impl Xdp {
                     .remove(&Key::new(u32::from(net.prefix()), a.octets()))
             }
         };
+        if r.is_ok() {
+            self.fill.removed(Which::ban(net));
+        }
         ignore_missing(r, "remove ban")?;
         self.invalidate_hot()
     }
@@ -374,6 +452,9 @@ impl Xdp {
 
     /// Adds an allowlist entry.
     pub fn put_allow(&mut self, net: &Net) -> Result<(), XdpError> {
+        if !self.allows.contains(net) {
+            self.fill.check(Which::allow(net))?;
+        }
         match net.addr() {
             IpAddr::V4(a) => {
                 let key = Key::new(u32::from(net.prefix()), v4(a));
@@ -388,7 +469,9 @@ impl Xdp {
                     .map_err(map_err(MAP_ALLOW_V6, "insert"))?;
             }
         }
-        self.allows.insert(*net);
+        if self.allows.insert(*net) {
+            self.fill.added(Which::allow(net));
+        }
         self.write_config()
     }
 
@@ -402,7 +485,9 @@ impl Xdp {
                 .allow_v6
                 .remove(&Key::new(u32::from(net.prefix()), a.octets())),
         };
-        self.allows.remove(net);
+        if self.allows.remove(net) && r.is_ok() {
+            self.fill.removed(Which::allow(net));
+        }
         ignore_missing(r, "remove allow")?;
         self.write_config()
     }

@@ -20,10 +20,14 @@ use tracing::{info, warn};
 
 mod attach;
 mod batch;
+mod fill;
 mod log;
 mod maps;
+pub mod pins;
 pub use attach::default_route_interface;
 use attach::{attach, ensure_bpffs};
+use fill::{Fill, Which};
+pub use fill::{MapFill, WARN_PERCENT};
 pub use log::{EbpfLog, EbpfLogLevel, forward as forward_ebpf_log};
 
 use crate::config::XdpConfig;
@@ -83,6 +87,24 @@ pub enum XdpError {
     Bpffs { message: String },
     #[error("no interface given and no default route found in /proc/net/route")]
     NoDefaultRoute,
+    /// A ban or allowlist entry the map cannot hold; nothing was changed.
+    #[error("{map} full: {capacity}")]
+    Full { map: &'static str, capacity: u32 },
+    #[error(
+        "the maps pinned in {dir} have layout {found}, this guard needs {want}: they are not \
+         reused. Start with `guard run --replace-pins` to unpin them and rebuild the maps from the \
+         store (the old program keeps enforcing the old maps until the new one replaces it)"
+    )]
+    Layout {
+        dir: PathBuf,
+        found: String,
+        want: &'static str,
+    },
+    #[error(
+        "xdp.pin_dir {dir} is the root of a bpffs mount: give guard a directory of its own \
+         below it (default /sys/fs/bpf/guard)"
+    )]
+    PinDirRoot { dir: PathBuf },
     #[error("pinning {path}")]
     Pin {
         path: PathBuf,
@@ -121,13 +143,27 @@ pub struct Xdp {
     ebpf_log: Option<EbpfLog>,
     /// The dense IPv4 tier: /24 blocks with many exact bans, looked up by block.
     dense: DenseTier,
+    /// The program's settings as this instance wants them in `CONFIG` (flags from the maps).
     settings: MapConfig,
+    /// What `CONFIG` holds, as last read or written: unchanged settings are not written again.
+    written: MapConfig,
+    /// This configuration's rate settings (`cost_ns`, `cap_ns`, `event_window_ns`), applied by
+    /// [`Xdp::commit_settings`] once the start has succeeded: until then the program keeps the
+    /// ones it runs with.
+    wanted: MapConfig,
     /// CIDR bans and allowlist entries in the maps, mirrored here: an LPM lookup returns the
     /// longest match, so only this tells whether an exact prefix is present, and the counts
     /// per family set the `CFG_HAVE_*` flags.
     cidrs: HashSet<Net>,
     allows: HashSet<Net>,
+    /// Entries per ban and allowlist map.
+    fill: Fill,
+    /// Bans and allowlist entries the last `reconcile` could not fit into the maps.
+    skipped: u64,
     links: Vec<(String, PinnedLink)>,
+    /// Interfaces to attach to (resolved at open), and those attached with their mode.
+    names: Vec<String>,
+    mode: crate::config::XdpMode,
     interfaces: Vec<(String, &'static str)>,
     pin_dir: PathBuf,
 }
@@ -145,6 +181,27 @@ macro_rules! take {
     }};
 }
 
+/// Runs a program load, again (up to five tries in all) when the kernel answers `EAGAIN`: the
+/// verifier gives up with it when a signal arrives while it works, and the same load then
+/// succeeds (libbpf retries likewise).
+fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32)
+                    && tries < 5 =>
+            {
+                tries += 1;
+                warn!("the kernel's verifier was interrupted (EAGAIN): loading again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
     move |source| XdpError::Map { name, op, source }
 }
@@ -154,13 +211,17 @@ fn v4(a: std::net::Ipv4Addr) -> u32 {
 }
 
 impl Xdp {
-    /// Loads the program (reusing maps pinned by an earlier instance), and attaches it to each
-    /// interface, atomically replacing the program of a link pinned by an earlier instance.
+    /// Loads the program, reusing the maps pinned by an earlier instance (refused if their layout
+    /// differs, unless `replace_pins`). Nothing the running program sees changes: `CONFIG`
+    /// keeps its settings (at most its flags are set to what the maps hold), and the program is
+    /// attached only by [`Xdp::attach`], once the maps have been rebuilt.
     pub fn open(cfg: &XdpConfig) -> Result<Self, XdpError> {
         ensure_bpffs(&cfg.pin_dir)?;
         std::fs::create_dir_all(&cfg.pin_dir).map_err(|e| XdpError::Bpffs {
             message: format!("cannot create {}: {e}", cfg.pin_dir.display()),
         })?;
+        pins::refuse_bpffs_root(&cfg.pin_dir)?;
+        pins::check_layout(&cfg.pin_dir, cfg.replace_pins)?;
         let log_level = cfg.ebpf_log.global();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&cfg.pin_dir)
@@ -168,8 +229,6 @@ impl Xdp {
             .override_global(aya_log::LEVEL, &log_level, true)
             .load(OBJECT)
             .map_err(|e| XdpError::Load(Box::new(e)))?;
-        let mut interfaces = Vec::new();
-        let mut links = Vec::new();
         {
             let prog: &mut XdpProgram = ebpf
                 .program_mut(PROG_XDP_GUARD)
@@ -182,22 +241,16 @@ impl Xdp {
                     name: PROG_XDP_GUARD,
                     source,
                 })?;
-            prog.load().map_err(|source| XdpError::Program {
+            load_retrying(|| prog.load()).map_err(|source| XdpError::Program {
                 name: PROG_XDP_GUARD,
                 source,
             })?;
-            let names = if cfg.interfaces.is_empty() {
-                vec![default_route_interface()?]
-            } else {
-                cfg.interfaces.clone()
-            };
-            for iface in names {
-                let (link, mode) = attach(prog, &iface, cfg.mode, &cfg.pin_dir)?;
-                info!(interface = %iface, mode, "xdp_guard attached");
-                interfaces.push((iface.clone(), mode));
-                links.push((iface, link));
-            }
         }
+        let names = if cfg.interfaces.is_empty() {
+            vec![default_route_interface()?]
+        } else {
+            cfg.interfaces.clone()
+        };
         let dense = {
             let mut map = |name| {
                 ebpf.take_map(name)
@@ -213,6 +266,17 @@ impl Xdp {
         // After the program is loaded: the reader takes the ring out of `ebpf` (its fd stays open
         // with the reader).
         let ebpf_log = log::open(&mut ebpf, cfg.ebpf_log)?;
+        let config: Array<MapData, MapConfig> = take!(ebpf, MAP_CONFIG);
+        // What the running program (if any) works with: kept until the start has succeeded.
+        let running = config.get(&0, 0).map_err(map_err(MAP_CONFIG, "get"))?;
+        let cost_ns = 1_000_000_000_u64
+            .checked_div(cfg.rate_limit_pps)
+            .unwrap_or(0);
+        let burst = if cfg.rate_limit_burst == 0 {
+            cfg.rate_limit_pps
+        } else {
+            cfg.rate_limit_burst
+        };
         let mut xdp = Self {
             ebpf_log,
             dense,
@@ -222,42 +286,95 @@ impl Xdp {
             cidr_v6: take!(ebpf, MAP_CIDR_V6),
             allow_v4: take!(ebpf, MAP_ALLOW_V4),
             allow_v6: take!(ebpf, MAP_ALLOW_V6),
-            config: take!(ebpf, MAP_CONFIG),
+            config,
             stats: take!(ebpf, MAP_STATS),
             events: Some(take!(ebpf, MAP_EVENTS)),
             tap_ports: take!(ebpf, MAP_TAP_PORTS),
             hot: take!(ebpf, MAP_HOT),
             tap_set: Vec::new(),
             ebpf,
-            settings: MapConfig::default(),
+            settings: running,
+            written: running,
+            wanted: MapConfig {
+                flags: 0,
+                cost_ns,
+                cap_ns: cost_ns.saturating_mul(burst),
+                event_window_ns: cfg.rate_event_window.as_nanos() as u64,
+                generation: 0,
+            },
             cidrs: HashSet::new(),
             allows: HashSet::new(),
-            links,
-            interfaces,
+            fill: Fill::default(),
+            skipped: 0,
+            links: Vec::new(),
+            names,
+            mode: cfg.mode,
+            interfaces: Vec::new(),
             pin_dir: cfg.pin_dir.clone(),
         };
-        let cost_ns = 1_000_000_000_u64
-            .checked_div(cfg.rate_limit_pps)
-            .unwrap_or(0);
-        let burst = if cfg.rate_limit_burst == 0 {
-            cfg.rate_limit_pps
-        } else {
-            cfg.rate_limit_burst
-        };
-        xdp.settings = MapConfig {
-            flags: 0,
-            cost_ns,
-            cap_ns: cost_ns.saturating_mul(burst),
-            event_window_ns: cfg.rate_event_window.as_nanos() as u64,
-            // Past any generation an earlier instance's program has cached against.
-            generation: xdp
-                .config
-                .get(&0, 0)
-                .map_or(0, |c| c.generation)
-                .wrapping_add(1),
-        };
+        // The flags follow what the pinned maps hold (an LPM key walk: bounded by the CIDR and
+        // allowlist capacities); with maps as an earlier instance left them this writes nothing.
+        xdp.read_cidrs_and_allows()?;
         xdp.write_config()?;
         Ok(xdp)
+    }
+
+    /// Attaches the program to each interface, atomically replacing the program of a link
+    /// pinned by an earlier instance (which until then keeps enforcing with the same maps, or,
+    /// after `--replace-pins`, with its own).
+    pub fn attach(&mut self) -> Result<(), XdpError> {
+        let prog: &mut XdpProgram = self
+            .ebpf
+            .program_mut(PROG_XDP_GUARD)
+            .ok_or(XdpError::Missing {
+                what: "program",
+                name: PROG_XDP_GUARD,
+            })?
+            .try_into()
+            .map_err(|source| XdpError::Program {
+                name: PROG_XDP_GUARD,
+                source,
+            })?;
+        for iface in &self.names {
+            if self.links.iter().any(|(n, _)| n == iface) {
+                continue;
+            }
+            let (link, mode) = attach(prog, iface, self.mode, &self.pin_dir)?;
+            info!(interface = %iface, mode, "xdp_guard attached");
+            self.interfaces.push((iface.clone(), mode));
+            self.links.push((iface.clone(), link));
+        }
+        Ok(())
+    }
+
+    /// Applies this configuration's rate settings and starts a new hot-cache generation: called
+    /// once the start has succeeded, so that a failed start leaves the running program's
+    /// settings as they were.
+    pub fn commit_settings(&mut self) -> Result<(), XdpError> {
+        self.settings.cost_ns = self.wanted.cost_ns;
+        self.settings.cap_ns = self.wanted.cap_ns;
+        self.settings.event_window_ns = self.wanted.event_window_ns;
+        self.settings.generation = self.settings.generation.wrapping_add(1);
+        self.write_config()
+    }
+
+    /// The interfaces guard attaches to (known before [`Xdp::attach`]).
+    #[must_use]
+    pub fn interface_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Each ban and allowlist map's entries and capacity.
+    #[must_use]
+    pub fn fill(&self) -> Vec<MapFill> {
+        self.fill.all()
+    }
+
+    /// Bans and allowlist entries the last rebuild of the maps could not fit (each was logged
+    /// with its key).
+    #[must_use]
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Interfaces the program is attached to, with the mode used.
@@ -288,7 +405,7 @@ impl Xdp {
             .try_into()
             .map_err(err)?;
         if prog.fd().is_err() {
-            prog.load().map_err(err)?;
+            load_retrying(|| prog.load()).map_err(err)?;
         }
         prog.attach(socket).map_err(err)
     }
@@ -322,23 +439,32 @@ impl Xdp {
         self.ebpf_log.take()
     }
 
+    /// Writes the settings, with the flags of what the maps hold, if they differ from what
+    /// `CONFIG` holds.
     fn write_config(&mut self) -> Result<(), XdpError> {
         let mut flags = 0;
-        for (set, v4_bit, v6_bit) in [
-            (&self.cidrs, CFG_HAVE_CIDR_V4, CFG_HAVE_CIDR_V6),
-            (&self.allows, CFG_HAVE_ALLOW_V4, CFG_HAVE_ALLOW_V6),
+        for (which, bit) in [
+            (Which::CidrV4, CFG_HAVE_CIDR_V4),
+            (Which::CidrV6, CFG_HAVE_CIDR_V6),
+            (Which::AllowV4, CFG_HAVE_ALLOW_V4),
+            (Which::AllowV6, CFG_HAVE_ALLOW_V6),
         ] {
-            for net in set {
-                flags |= if net.addr().is_ipv4() { v4_bit } else { v6_bit };
+            if self.fill.entries(which) > 0 {
+                flags |= bit;
             }
         }
         if self.dense.active() {
             flags |= CFG_HAVE_DENSE_V4;
         }
         self.settings.flags = flags;
+        if self.settings == self.written {
+            return Ok(());
+        }
         self.config
             .set(0, self.settings, 0)
-            .map_err(map_err(MAP_CONFIG, "set"))
+            .map_err(map_err(MAP_CONFIG, "set"))?;
+        self.written = self.settings;
+        Ok(())
     }
 
     /// Global counters summed over CPUs, indexed by `STAT_*` (with the drops the hot-ban
@@ -362,8 +488,9 @@ impl Xdp {
         Ok(out)
     }
 
-    /// Detaches the program and removes every pin of this instance. Used when
-    /// `keep_attached = false`; otherwise the pins keep enforcing after exit.
+    /// Detaches the program and removes the pins this instance made (maps, links, the layout
+    /// link; nothing else in the directory). Used when `keep_attached = false`; otherwise the
+    /// pins keep enforcing after exit.
     pub fn detach_and_unpin(self) {
         for (iface, link) in self.links {
             match link.unpin() {
@@ -371,9 +498,7 @@ impl Xdp {
                 Err(e) => warn!(interface = %iface, "cannot unpin link: {e}"),
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
-            warn!(dir = %self.pin_dir.display(), "cannot remove pins: {e}");
-        }
+        pins::remove_own(&self.pin_dir, &self.names);
     }
 }
 

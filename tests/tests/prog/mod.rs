@@ -42,7 +42,19 @@ pub fn load() -> anyhow::Result<Loaded> {
         .program_mut(PROG_XDP_GUARD)
         .expect("program")
         .try_into()?;
-    prog.load()?;
+    // The verifier answers EAGAIN when a signal arrives while it works: load again, like
+    // libbpf and guard do.
+    let mut tries = 1;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(11) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => break other?,
+        }
+    }
     Ok(Loaded { ebpf, pins })
 }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::super::table::ClientKey;
-use super::super::{Decision, EngineConfig, Mode, SecondOpinion};
+use super::super::{BanOutcome, Decision, EngineConfig, Mode, SecondOpinion};
 use super::{Sim, ban_rule, is_ban, req};
 use crate::net::Net;
 
@@ -268,7 +268,7 @@ fn idle_clients_expire_but_banned_ones_stay() {
     sim.advance(Duration::from_hours(25));
     sim.send(&req("192.0.2.32", "/"));
     // The ban (1 h) is over too: both idle clients go, the fresh one stays.
-    sim.engine.expire(sim.now);
+    drop(sim.engine.expire(sim.now));
     let stats = sim.engine.stats();
     assert_eq!((stats.clients, stats.clients_expired), (1, 2));
     let mut cfg = EngineConfig::default();
@@ -277,8 +277,31 @@ fn idle_clients_expire_but_banned_ones_stay() {
     let mut sim = Sim::new(&cfg);
     assert!(is_ban(&probe_backdoors(&mut sim, "192.0.2.31")));
     sim.advance(Duration::from_hours(25));
-    sim.engine.expire(sim.now);
+    drop(sim.engine.expire(sim.now));
     assert_eq!(sim.engine.stats().clients, 1, "still banned: kept");
+}
+
+/// A sweep in slices drops the same clients as one pass, each slice visiting at most its share
+/// of the table, and hands the dropped clients back to be freed by the caller.
+#[test]
+fn a_sweep_in_slices_drops_every_idle_client() {
+    let mut sim = Sim::default();
+    for i in 0..10 {
+        sim.send(&req(&format!("192.0.2.{}", 40 + i), "/"));
+    }
+    sim.advance(Duration::from_hours(25));
+    sim.send(&req("192.0.2.99", "/"));
+    let (mut from, mut slices, mut gone) = (Some(0), 0, 0);
+    while let Some(at) = from {
+        let (expired, next) = sim.engine.expire_slice(sim.now, at, 3);
+        assert!(expired.len() <= 3);
+        gone += expired.len();
+        slices += 1;
+        from = next;
+    }
+    assert_eq!((gone, slices), (10, 4), "11 slots in slices of 3");
+    let stats = sim.engine.stats();
+    assert_eq!((stats.clients, stats.clients_expired), (1, 10));
 }
 
 #[test]
@@ -413,4 +436,104 @@ fn health_checkers_from_protected_or_allowlisted_ranges_are_never_blocked() {
         Duration::from_secs(1),
     );
     assert!(ds.iter().any(is_ban));
+}
+
+/// A ban order the shell could not carry out (queue full, maps full) is not a ban: the client's
+/// next request orders it again, with the same target, reason and evidence, and the offence is
+/// not counted twice. Once enforced, the client is banned for the ban's time.
+#[test]
+fn a_failed_ban_order_is_given_again_on_the_next_request() {
+    let mut sim = Sim::default();
+    sim.outcome = Some(BanOutcome::Failed);
+    let c = "192.0.2.90";
+    let first = probe_backdoors(&mut sim, c);
+    assert!(is_ban(&first));
+    sim.advance(Duration::from_secs(1));
+    sim.outcome = Some(BanOutcome::Enforced);
+    let again = sim.send(&req(c, "/"));
+    let (
+        Decision::Ban {
+            target: t1,
+            reason: r1,
+            evidence: e1,
+            retry: false,
+            ..
+        },
+        Decision::Ban {
+            target: t2,
+            reason: r2,
+            evidence: e2,
+            retry: true,
+            ..
+        },
+    ) = (&first, &again)
+    else {
+        panic!("{first:?} then {again:?}");
+    };
+    assert_eq!((t1, r1, e1.offence), (t2, r2, e2.offence));
+    let stats = sim.engine.stats();
+    assert_eq!(
+        (stats.bans, stats.ban_failures, stats.ban_retries),
+        (1, 1, 1)
+    );
+    // Enforced now: blocked as banned, not ordered a third time, until the ban ends.
+    sim.advance(Duration::from_secs(1));
+    assert!(matches!(sim.send(&req(c, "/")), Decision::Block { .. }));
+    sim.advance(Duration::from_hours(1));
+    assert_eq!(sim.send(&req(c, "/")), Decision::Allow);
+    assert_eq!(sim.engine.stats().ban_retries, 1);
+}
+
+/// Until the shell answers, the client's requests are blocked and nothing is ordered twice; an
+/// order that gets no answer at all is given again after `ORDER_TIMEOUT`.
+#[test]
+fn an_unanswered_ban_order_is_given_again_after_its_timeout() {
+    let mut sim = Sim::default();
+    sim.outcome = None;
+    let c = "192.0.2.91";
+    let d = probe_backdoors(&mut sim, c);
+    assert!(is_ban(&d));
+    for _ in 0..3 {
+        sim.advance(Duration::from_secs(10));
+        assert!(matches!(sim.send(&req(c, "/")), Decision::Block { .. }));
+    }
+    // An AI verdict for a client whose ban is on its way changes nothing.
+    let ip: IpAddr = c.parse().unwrap();
+    assert_eq!(
+        sim.engine.ai_verdict(sim.now, ip, SecondOpinion::Block),
+        Decision::Allow
+    );
+    sim.advance(Duration::from_secs(u64::from(super::super::ORDER_TIMEOUT)));
+    let d2 = sim.send(&req(c, "/"));
+    assert!(matches!(d2, Decision::Ban { retry: true, .. }), "{d2:?}");
+    // The late answer to the first order is ignored; the answer to the second counts.
+    sim.engine.ban_settled(
+        match &d {
+            Decision::Ban { ticket, .. } => ticket,
+            _ => unreachable!(),
+        },
+        BanOutcome::Refused,
+    );
+    sim.settle_as(&d2, BanOutcome::Enforced);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(
+        sim.send(&req(c, "/")),
+        Decision::Block {
+            status: 403,
+            reason: "banned".into()
+        }
+    );
+}
+
+/// A ban the shell refuses for good (allowlisted or protected there) is neither a ban nor
+/// ordered again.
+#[test]
+fn a_refused_ban_order_is_not_given_again() {
+    let mut sim = Sim::default();
+    sim.outcome = Some(BanOutcome::Refused);
+    let c = "192.0.2.92";
+    assert!(is_ban(&probe_backdoors(&mut sim, c)));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.send(&req(c, "/")), Decision::Allow);
+    assert_eq!(sim.engine.stats().ban_retries, 0);
 }

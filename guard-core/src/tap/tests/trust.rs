@@ -33,6 +33,25 @@ fn a_handshake_acknowledged_by_the_client_verifies_the_flow() {
     assert_eq!((s.flows_verified, s.unverified_requests), (1, 0));
 }
 
+/// The sources of verified flows are handed to the caller once, when the flow becomes
+/// verified (for the rate limiter's bans); a forged source never is.
+#[test]
+fn verified_sources_are_reported_once_and_forged_ones_never() {
+    let mut rig = Rig::new(&TapConfig::default());
+    rig.feed(&[forged(VICTIM, 1_000, 0x1234_5678, shell())]);
+    assert_eq!(rig.tap.drain_verified_sources().count(), 0);
+    let mut c = rig.conv(CLIENT);
+    rig.feed(&c.request(shell(), 1448));
+    let got: Vec<IpAddr> = rig.tap.drain_verified_sources().collect();
+    assert_eq!(got, vec![ip("192.0.2.10")]);
+    rig.feed(&c.response(&ok_response(""), 1448));
+    assert_eq!(
+        rig.tap.drain_verified_sources().count(),
+        0,
+        "reported twice"
+    );
+}
+
 #[test]
 fn forged_data_without_a_handshake_is_reported_unverified() {
     let mut rig = Rig::new(&TapConfig::default());

@@ -549,3 +549,63 @@ fn reopen(dir: &std::path::Path) -> LogStore {
         }
     }
 }
+
+/// Pruning by age refuses a wall clock far ahead of the log (a start with the clock a year
+/// ahead), keeps refusing while it stays ahead, and prunes once it has run steadily for a day.
+#[test]
+fn retention_does_not_prune_on_a_clock_jump() {
+    use guard_core::time::ClockReading;
+    const DAY: u64 = 86_400;
+    let s = store();
+    // Ten days of records ending at t0; 30 days' retention.
+    let t0 = 1_795_000_000;
+    for d in 0..10 {
+        s.insert(&rec(t0 - (9 - d) * DAY, "192.0.2.1", "/", Some(200), false))
+            .unwrap();
+    }
+    let retention = Duration::from_secs(30 * DAY);
+    let at = |secs: u64, mono_secs: u64| ClockReading::new(secs * 1000, mono_secs * 1_000_000_000);
+    // Started a year later by the wall clock: refused, nothing deleted (the first prune used to
+    // delete the whole log).
+    let mut r = Retention::new(&s);
+    let year = 365 * DAY;
+    assert_eq!(r.prune(&s, retention, at(t0 + year, 5)).unwrap(), None);
+    assert_eq!(s.len(), 10);
+    assert_eq!(
+        r.prune(&s, retention, at(t0 + year + 3600, 3605)).unwrap(),
+        None
+    );
+    assert_eq!(s.len(), 10);
+    // A day on the new clock: it is accepted and the log is pruned by it.
+    assert_eq!(
+        r.prune(&s, retention, at(t0 + year + DAY, DAY + 5))
+            .unwrap(),
+        Some(10)
+    );
+    assert!(s.is_empty());
+
+    // Steady clocks prune as before: records past 30 days go, the others stay.
+    let s = store();
+    for d in [40, 31, 29, 1] {
+        s.insert(&rec(t0 - d * DAY, "192.0.2.1", "/", None, false))
+            .unwrap();
+    }
+    let mut r = Retention::new(&s);
+    assert_eq!(r.prune(&s, retention, at(t0, 100)).unwrap(), Some(2));
+    assert_eq!(r.prune(&s, retention, at(t0 + 600, 700)).unwrap(), Some(0));
+    // Running, the clock steps forward 60 days: refused.
+    assert_eq!(
+        r.prune(&s, retention, at(t0 + 60 * DAY, 1300)).unwrap(),
+        None
+    );
+    assert_eq!(s.len(), 2);
+    // An empty log trusts the first reading.
+    let empty = store();
+    assert_eq!(empty.newest_time(), None);
+    assert_eq!(
+        Retention::new(&empty)
+            .prune(&empty, retention, at(t0, 1))
+            .unwrap(),
+        Some(0)
+    );
+}

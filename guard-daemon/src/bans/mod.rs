@@ -1,0 +1,701 @@
+//! Bans and the allowlist: sled's `bans` and `allow` trees, the XDP maps and the expiry
+//! deadlines, owned by one thread ([`owner`]) that everything else sends typed commands to
+//! through a [`BanHandle`]. [`Bans`] is that thread's state: a ban goes into the XDP maps first
+//! (a ban the maps cannot hold is refused and never stored), then into sled; the owner flushes
+//! sled once per batch of commands, and answers them after the flush. Timed bans end on the
+//! monotonic clock, in the maps and the store together (see `guard_core::expiry`).
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use guard_core::expiry::{
+    ClockWatch, MAX_JUMP, Schedule, mono_deadline, shift, start_reference, wall_of,
+};
+use tracing::{info, warn};
+
+use crate::clock::{format_utc, mono_ns, now_ms};
+use crate::engine::Evidence;
+use crate::net::Net;
+use crate::protect::{ProtectList, Refusal};
+use crate::store::{AllowRecord, BanRecord, OffenceRecord, Store, StoreError};
+pub use crate::store::{Origin, UnknownOrigin};
+use crate::xdp::{Xdp, XdpError};
+
+mod filter;
+pub mod owner;
+
+pub use filter::{BanFilter, BanSort, BanView};
+pub use owner::{BanHandle, Command, Ordered, Owner};
+
+/// Errors of ban and allowlist operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    #[error(
+        "refusing to ban {target}: it overlaps allowlist entry {allow} (use --force to ban anyway; the allowlist still wins)"
+    )]
+    Allowlisted { target: Net, allow: Net },
+    /// The target is, is inside or contains a protected address (see `protect`).
+    #[error(transparent)]
+    Protected(#[from] Refusal),
+    #[error("{target} is not banned")]
+    NotBanned { target: Net },
+    #[error("{target} is not in the allowlist")]
+    NotAllowed { target: Net },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ban is enforced, but the store (disk full, I/O error) did not take it.
+    #[error(
+        "{target} is banned in XDP now, but the ban store could not record it ({source}); the ban is lost when guard restarts. Free disk space and restart guard: after a write error the store takes no more writes until then"
+    )]
+    NotSaved { target: Net, source: StoreError },
+    /// Like `NotSaved`, for a batch.
+    #[error(
+        "{count} bans are enforced in XDP now, but the ban store could not record them ({source}); they are lost when guard restarts. Free disk space and restart guard"
+    )]
+    BatchNotSaved { count: usize, source: StoreError },
+    /// Like `RemovalNotSaved`, for a batch.
+    #[error(
+        "{count} bans are lifted in XDP, but the ban store could not record the removals ({source}); they come back when guard restarts. Free disk space and restart guard"
+    )]
+    BatchRemovalNotSaved { count: usize, source: StoreError },
+    /// The ban is lifted, but the store did not record it.
+    #[error(
+        "{target} is no longer banned in XDP, but the ban store could not record the removal ({source}); the ban comes back when guard restarts. Free disk space and restart guard"
+    )]
+    RemovalNotSaved { target: Net, source: StoreError },
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    /// The owner did not answer: it has stopped (guard is shutting down) or the command
+    /// panicked inside it (logged).
+    #[error(
+        "the ban owner did not answer: guard is shutting down, or the command failed inside it (see guard's log)"
+    )]
+    OwnerGone,
+}
+
+/// A request to ban.
+#[derive(Debug, Clone)]
+pub struct BanRequest {
+    pub target: Net,
+    /// `None` = the configured default; `Some(ZERO)` = permanent.
+    pub ttl: Option<Duration>,
+    pub reason: String,
+    pub origin: Origin,
+    pub force: bool,
+    pub evidence: Option<Evidence>,
+}
+
+/// Name of the tree of the ban owner's own facts (the heartbeat).
+pub const TREE_META: &str = "meta";
+/// Key of the heartbeat in [`TREE_META`]: the wall clock (ms since the epoch, big-endian u64)
+/// the last time the owner swept, so that a start can tell a clock jump from time away.
+pub const KEY_LAST_WALL: &[u8] = b"last_wall_ms";
+/// The heartbeat is written at the first sweep after this much time since the last write, not
+/// at every sweep (every 250 ms by default): each write makes sled's background flusher sync
+/// the disk, and an idle daemon should not. Far finer than the one day a jump must exceed.
+pub const BEAT_EVERY_MS: u64 = 10_000;
+
+/// The wall clock (ms) the owner last saw, as stored in `store` (`None` before the first run).
+pub fn heartbeat_of(store: &Store) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .db()
+        .open_tree(TREE_META)?
+        .get(KEY_LAST_WALL)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// Bans and allowlist, backed by sled and enforced by XDP: the owner thread's state.
+pub struct Bans {
+    store: Store,
+    meta: sled::Tree,
+    xdp: Xdp,
+    default_ttl: Duration,
+    /// Timed bans by monotonic deadline (ns), the same one the XDP map holds, so a sweep touches
+    /// only what expires and ends the store's record when XDP stops enforcing it.
+    deadlines: Schedule<Net>,
+    /// The allowlist as stored (the owner is its only writer).
+    allows: Vec<Net>,
+    /// Never banned; also in the XDP allowlist, so a forced range ban around them spares them.
+    protected: ProtectList,
+    /// Bans refused because of `protected`.
+    protect_refusals: u64,
+    /// Sees wall-clock steps between sweeps (the stored end times are moved with them).
+    clock: ClockWatch,
+    /// sled was written since the last flush.
+    dirty: bool,
+    /// The wall clock of the last heartbeat written.
+    last_beat: u64,
+    /// Bans ended by expiry since start (shown by `guard stats`).
+    expired: Arc<AtomicU64>,
+}
+
+impl Bans {
+    /// Joins the store and the maps, and makes the maps match the store (dropping expired bans);
+    /// `protected` is never banned, and is let through by the XDP allowlist.
+    pub fn new(
+        store: Store,
+        xdp: Xdp,
+        default_ttl: Duration,
+        protected: ProtectList,
+    ) -> Result<Self, BanError> {
+        let meta = store.db().open_tree(TREE_META).map_err(StoreError::from)?;
+        let mut bans = Self {
+            store,
+            meta,
+            xdp,
+            default_ttl,
+            deadlines: Schedule::new(),
+            allows: Vec::new(),
+            protected,
+            protect_refusals: 0,
+            clock: ClockWatch::new(now_ms(), mono_ns()),
+            dirty: false,
+            last_beat: 0,
+            expired: Arc::default(),
+        };
+        bans.rebuild()?;
+        Ok(bans)
+    }
+
+    /// The wall clock the last time the owner swept (`None` before the first run).
+    pub fn heartbeat(&self) -> Result<Option<u64>, StoreError> {
+        heartbeat_of(&self.store)
+    }
+
+    /// Writes the heartbeat now (at exit, so the next start measures from the last moment).
+    pub fn beat_now(&mut self) -> Result<(), StoreError> {
+        self.beat(now_ms())
+    }
+
+    fn beat(&mut self, wall_ms: u64) -> Result<(), StoreError> {
+        // Not flushed on its own: sled's background flush takes it within half a second.
+        self.meta.insert(KEY_LAST_WALL, &wall_ms.to_be_bytes())?;
+        self.last_beat = wall_ms;
+        Ok(())
+    }
+
+    /// Rebuilds the maps from the store; returns (bans, allowlist entries) enforced. What is
+    /// left of each timed ban is measured from the heartbeat when the wall clock is more than a
+    /// day past it (or behind it): such a jump is logged and not acted on.
+    pub fn rebuild(&mut self) -> Result<(usize, usize), BanError> {
+        let (now, mono) = (now_ms(), mono_ns());
+        let heartbeat = self.heartbeat()?;
+        let start = start_reference(now, heartbeat, MAX_JUMP);
+        if let (Some(jump), Some(hb)) = (start.refused, heartbeat) {
+            warn!(
+                %jump,
+                last_seen = %format_utc(hb),
+                now = %format_utc(now),
+                "the wall clock moved {jump} since guard last ran: not acting on it; timed bans keep \
+                 what they had left then"
+            );
+        }
+        let moved = start.shift_ms(now);
+        let mut live = Vec::new();
+        let mut expired = 0usize;
+        self.deadlines.clear();
+        let started = std::time::Instant::now();
+        let mut ended = Vec::new();
+        // One record decoded at a time (an undecodable one is skipped, logged and counted).
+        for ban in self.store.ban_iter() {
+            let mut ban = ban?;
+            let deadline = match ban.expires_at {
+                None => 0,
+                Some(t) => match mono_deadline(t, start.wall_ms, mono) {
+                    None => {
+                        ended.push(ban.target);
+                        expired += 1;
+                        continue;
+                    }
+                    Some(d) => {
+                        if moved != 0 {
+                            // Shown and stored on the clock of now, so the next start agrees.
+                            ban.expires_at = Some(shift(t, moved));
+                            self.store.put_ban(&ban)?;
+                        }
+                        self.deadlines.insert(ban.target, d);
+                        d
+                    }
+                },
+            };
+            live.push((ban.target, deadline));
+        }
+        for target in &ended {
+            self.store.remove_ban(target)?;
+        }
+        if expired > 0 {
+            info!(expired, "bans that ended while guard was stopped removed");
+        }
+        let read = started.elapsed();
+        self.allows = self.store.allows()?.into_iter().map(|a| a.target).collect();
+        let mut allows = self.allows.clone();
+        allows.extend(
+            self.protected
+                .nets()
+                .into_iter()
+                .filter(|n| !self.allows.contains(n)),
+        );
+        self.xdp.reconcile(&live, &allows)?;
+        let count = live.len();
+        info!(
+            bans = count,
+            expired,
+            skipped = self.store.bad_records(),
+            read_ms = read.as_millis() as u64,
+            maps_ms = started.elapsed().saturating_sub(read).as_millis() as u64,
+            "bans read from the store and the maps brought in line"
+        );
+        drop(live);
+        crate::memory::give_back();
+        self.beat(now)?;
+        self.clock = ClockWatch::new(now, mono);
+        self.store.flush()?;
+        Ok((count, self.allows.len()))
+    }
+
+    /// The XDP layer.
+    #[must_use]
+    pub fn xdp(&self) -> &Xdp {
+        &self.xdp
+    }
+
+    /// The XDP layer, for the tap's ports.
+    pub fn xdp_mut(&mut self) -> &mut Xdp {
+        &mut self.xdp
+    }
+
+    /// Gives up the store side, keeping the XDP layer (for detaching at exit).
+    #[must_use]
+    pub fn into_xdp(self) -> Xdp {
+        self.xdp
+    }
+
+    /// What is never banned.
+    #[must_use]
+    pub fn protected(&self) -> &ProtectList {
+        &self.protected
+    }
+
+    /// Replaces what is never banned (the host's facts were read again): the XDP allowlist
+    /// gains the new protected networks and loses those no longer protected (unless the
+    /// operator allowlisted them), and the bans overlapping either are re-written so that their
+    /// allowlist flag follows (a ban made before an address became protected no longer drops
+    /// it). The bans themselves stay in the store.
+    pub fn set_protected(&mut self, list: ProtectList) -> Result<(), BanError> {
+        let (old, new) = (self.protected.nets(), list.nets());
+        let added: Vec<Net> = new.iter().filter(|n| !old.contains(n)).copied().collect();
+        let removed: Vec<Net> = old
+            .iter()
+            .filter(|n| !new.contains(n) && !self.allows.contains(n))
+            .copied()
+            .collect();
+        for net in &added {
+            self.xdp.put_allow(net)?;
+        }
+        for net in &removed {
+            self.xdp.remove_allow(net)?;
+        }
+        self.protected = list;
+        for net in added.iter().chain(&removed) {
+            self.refresh_overlapping(net)?;
+        }
+        Ok(())
+    }
+
+    /// Bans refused because they touched a protected address, since start.
+    #[must_use]
+    pub fn protect_refusals(&self) -> u64 {
+        self.protect_refusals
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The count of bans ended by expiry, shared with the handles.
+    #[must_use]
+    pub fn expired_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.expired)
+    }
+
+    /// Whether sled was written since the last flush.
+    #[must_use]
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.dirty = false;
+        self.store.flush()
+    }
+
+    /// The next monotonic deadline (ns) of a timed ban.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.next()
+    }
+
+    /// Bans (or re-bans, replacing reason and deadline) a target: into the maps first (a ban
+    /// they cannot hold is refused and not stored), then into sled (not flushed: the owner
+    /// flushes once per batch).
+    pub fn ban(&mut self, req: BanRequest) -> Result<BanView, BanError> {
+        let record = self.enforce(req)?;
+        // A store that cannot write (disk full) does not undo the ban: it is enforced, and the
+        // caller is told it is not saved.
+        self.dirty = true;
+        if let Err(source) = self.store.put_ban(&record) {
+            return Err(BanError::NotSaved {
+                target: record.target,
+                source,
+            });
+        }
+        Ok(self.view(record))
+    }
+
+    /// Checks a ban (protected, allowlisted) and puts it into the maps and the schedule; the
+    /// record to store is returned.
+    fn enforce(&mut self, req: BanRequest) -> Result<BanRecord, BanError> {
+        // Only an operator can force, and only past a range that contains protected addresses.
+        let force = req.force && matches!(req.origin, Origin::Cli | Origin::Import);
+        if let Err(refusal) = self.protected.check(&req.target, force) {
+            self.protect_refusals += 1;
+            warn!(target = %req.target, origin = %req.origin, reason = %req.reason, "ban refused: {refusal}");
+            return Err(refusal.into());
+        }
+        if !req.force
+            && let Some(allow) = self.allows.iter().find(|a| a.overlaps(&req.target))
+        {
+            return Err(BanError::Allowlisted {
+                target: req.target,
+                allow: *allow,
+            });
+        }
+        let (now, mono) = (now_ms(), mono_ns());
+        let ttl = req.ttl.unwrap_or(self.default_ttl);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let record = BanRecord {
+            target: req.target,
+            reason: req.reason,
+            origin: req.origin,
+            created_at: now,
+            expires_at: (!ttl.is_zero()).then(|| now.saturating_add(ttl_ms)),
+            evidence: req.evidence,
+        };
+        // One monotonic deadline for the map and the schedule: they end the ban together.
+        let deadline = if ttl.is_zero() {
+            0
+        } else {
+            mono.saturating_add(ttl_ms.saturating_mul(1_000_000)).max(1)
+        };
+        self.xdp.put_ban(&record.target, deadline)?;
+        if deadline == 0 {
+            self.deadlines.remove(&record.target);
+        } else {
+            self.deadlines.insert(record.target, deadline);
+        }
+        Ok(record)
+    }
+
+    /// A ban the daemon orders by itself (the engine, the packet rate): a target already
+    /// banned at least as long is left as it is (an operator's longer ban is not shortened, a
+    /// shorter one is extended); an IPv6 network
+    /// that holds a protected address narrows to the client; the engine's offence is stored
+    /// for escalation across restarts.
+    pub fn order(&mut self, mut req: BanRequest) -> Result<Ordered, BanError> {
+        let client = req.evidence.as_ref().and_then(|e| e.client);
+        if !req.target.is_host()
+            && let Some(c) = client
+            && matches!(
+                self.protected.check(&req.target, false),
+                Err(Refusal::Contains { .. })
+            )
+        {
+            info!(network = %req.target, client = %c, "the client's network holds a protected address: banning the client alone");
+            req.target = Net::host(c);
+        }
+        // A ban that lasts at least as long stays as it is; a shorter one is extended (else
+        // the engine would count the client as banned after the maps let it go).
+        if let Some(existing) = self.store.ban(&req.target)? {
+            let wanted = req
+                .ttl
+                .unwrap_or(self.default_ttl)
+                .as_millis()
+                .try_into()
+                .map_or(u64::MAX, |ms: u64| now_ms().saturating_add(ms));
+            if existing.expires_at.is_none_or(|t| t >= wanted) {
+                return Ok(Ordered::Already(req.target));
+            }
+        }
+        let offence = req.evidence.as_ref().and_then(|e| e.offence);
+        let view = self.ban(req)?;
+        if let (Some(count), Some(client)) = (offence, client) {
+            let record = OffenceRecord {
+                count,
+                last: view.created_at / 1000,
+            };
+            if let Err(e) = self.store.put_offence(client, record) {
+                warn!(target = %view.addr, "repeat offence not stored: {e}");
+            }
+        }
+        Ok(Ordered::Banned(Box::new(view)))
+    }
+
+    /// Bans many targets. Returns per-line results: a line refused (it overlaps the allowlist,
+    /// is protected, or the maps are full) or enforced but not saved is an error of its own,
+    /// other errors stop the import.
+    pub fn import(
+        &mut self,
+        reqs: Vec<BanRequest>,
+    ) -> Result<Vec<Result<Net, BanError>>, BanError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut records = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let target = req.target;
+            match self.enforce(req) {
+                Ok(record) => {
+                    out.push(Ok(target));
+                    records.push(record);
+                }
+                Err(
+                    e @ (BanError::Allowlisted { .. } | BanError::Protected(_) | BanError::Xdp(_)),
+                ) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        // The records in one pass in key order (see `Store::put_bans`); the owner flushes.
+        self.dirty = true;
+        let count = records.len();
+        let saved = self.store.put_bans(&records);
+        drop(records);
+        crate::memory::give_back();
+        saved.map_err(|source| BanError::BatchNotSaved { count, source })?;
+        Ok(out)
+    }
+
+    /// Lifts a ban.
+    pub fn unban(&mut self, target: &Net) -> Result<BanView, BanError> {
+        let not_saved = |source| BanError::RemovalNotSaved {
+            target: *target,
+            source,
+        };
+        self.dirty = true;
+        let record = match self.store.remove_ban(target) {
+            Ok(record) => record.ok_or(BanError::NotBanned { target: *target })?,
+            Err(source) => {
+                // The operator wants it lifted: lift it, and say the store did not follow.
+                self.deadlines.remove(target);
+                self.xdp.remove_ban(target)?;
+                return Err(not_saved(source));
+            }
+        };
+        self.deadlines.remove(target);
+        let view = self.view(record);
+        self.xdp.remove_ban(target)?;
+        Ok(view)
+    }
+
+    /// Lifts every ban `filter` selects (its order and limit apply); returns the targets
+    /// lifted.
+    pub fn unban_matching(&mut self, filter: &BanFilter) -> Result<Vec<Net>, BanError> {
+        let targets: Vec<Net> = self.list(filter)?.into_iter().map(|v| v.addr).collect();
+        let mut failure = None;
+        self.dirty = true;
+        for target in &targets {
+            if let Err(e) = self.store.remove_ban(target) {
+                // Lifted anyway; the error is reported once for the batch.
+                failure = failure.or(Some(e));
+            }
+            self.deadlines.remove(target);
+            self.xdp.remove_ban(target)?;
+        }
+        if let Some(source) = failure {
+            return Err(BanError::BatchRemovalNotSaved {
+                count: targets.len(),
+                source,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// How many bans there are.
+    pub fn count(&self) -> Result<usize, BanError> {
+        Ok(self.store.ban_count()?)
+    }
+
+    /// The bans `filter` selects, with their counters, in its order.
+    pub fn list(&self, filter: &BanFilter) -> Result<Vec<BanView>, BanError> {
+        // Records in key order, decoded as they are read; a range reads only its keys.
+        let records = match &filter.range {
+            Some(range) => self.store.bans_within(range),
+            None => self.store.ban_iter(),
+        };
+        let mut matching =
+            records.filter(|b| b.as_ref().is_err() || b.as_ref().is_ok_and(|b| filter.matches(b)));
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let views = match filter.sort {
+            // The store's own order: stop after the limit.
+            BanSort::Addr => {
+                let mut views = Vec::new();
+                for b in matching.by_ref().take(limit) {
+                    views.push(self.view(b?));
+                }
+                views
+            }
+            // Counters decide the order: every match needs its counters.
+            BanSort::Packets => matching
+                .map(|b| b.map(|b| self.view(b)))
+                .collect::<Result<_, _>>()?,
+            // The record decides: sort the records, read counters for those shown only.
+            BanSort::Created | BanSort::Expires => {
+                let mut records: Vec<BanRecord> = matching.collect::<Result<_, _>>()?;
+                if filter.sort == BanSort::Created {
+                    records.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+                } else {
+                    records.sort_by_key(|b| b.expires_at.unwrap_or(u64::MAX));
+                }
+                records.truncate(limit);
+                records.into_iter().map(|b| self.view(b)).collect()
+            }
+        };
+        Ok(filter.arrange(views))
+    }
+
+    fn view(&self, b: BanRecord) -> BanView {
+        let c = self.xdp.ban_counters(&b.target).unwrap_or_default();
+        let last_hit = (c.last_hit_ns != 0).then(|| {
+            let ago_ms = mono_ns().saturating_sub(c.last_hit_ns) / 1_000_000;
+            now_ms().saturating_sub(ago_ms)
+        });
+        BanView {
+            addr: b.target,
+            reason: b.reason,
+            origin: b.origin,
+            created_at: b.created_at,
+            expires_at: b.expires_at,
+            packets: c.packets,
+            bytes: c.bytes,
+            last_hit,
+            evidence: b.evidence,
+        }
+    }
+
+    /// Ends the bans whose monotonic deadline has passed, in the maps and the store together
+    /// (not flushed: an expired ban the disk still holds is dropped at the next start anyway),
+    /// writes the heartbeat, and moves stored end times along with a wall-clock step.
+    pub fn sweep(&mut self) -> Result<Vec<Net>, BanError> {
+        let (now, mono) = (now_ms(), mono_ns());
+        let mut gone = Vec::new();
+        let mut failure = None;
+        for target in self.deadlines.pop_due(mono) {
+            // The maps first: a store that cannot write must not keep an expired ban in them
+            // (the program ignores it anyway, but the counters and `ban ls` would not).
+            if let Err(e) = self.xdp.remove_ban(&target) {
+                failure = failure.or(Some(BanError::from(e)));
+            }
+            if let Err(e) = self.store.remove_ban(&target) {
+                failure = failure.or(Some(BanError::from(e)));
+            }
+            gone.push(target);
+        }
+        self.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        if let Some(jump) = self.clock.observe(now, mono) {
+            self.follow_jump(jump, now, mono);
+        }
+        if now.abs_diff(self.last_beat) >= BEAT_EVERY_MS
+            && let Err(e) = self.beat(now)
+        {
+            failure = failure.or(Some(e.into()));
+        }
+        failure.map_or(Ok(gone), Err)
+    }
+
+    /// The wall clock stepped while guard ran: nothing ends sooner or later (deadlines are
+    /// monotonic), but the stored end times move with it, so that `ban ls` and the next start
+    /// read them on the clock of now.
+    fn follow_jump(&mut self, jump: guard_core::expiry::Jump, now: u64, mono: u64) {
+        if jump.too_big() {
+            warn!(%jump, "the wall clock jumped {jump}: not acting on it (bans end on the monotonic clock)");
+        } else {
+            info!(%jump, "the wall clock moved {jump}; bans end on the monotonic clock");
+        }
+        let timed: Vec<(Net, u64)> = self.deadlines.iter().collect();
+        for (target, deadline) in timed {
+            let rebased = self.store.ban(&target).and_then(|ban| match ban {
+                Some(mut ban) => {
+                    ban.expires_at = Some(wall_of(deadline, mono, now));
+                    self.store.put_ban(&ban).map(|_| ())
+                }
+                None => Ok(()),
+            });
+            if let Err(e) = rebased {
+                warn!(%target, "moving the stored end of a ban with the clock: {e}");
+            }
+        }
+    }
+
+    /// Adds an allowlist entry: the maps first, then the store.
+    pub fn allow(&mut self, target: Net, reason: String) -> Result<AllowRecord, BanError> {
+        let rec = AllowRecord {
+            target,
+            reason,
+            created_at: now_ms(),
+        };
+        self.xdp.put_allow(&target)?;
+        self.dirty = true;
+        if let Err(e) = self.store.put_allow(&rec) {
+            // Not stored: not allowed either, so the maps and the store stay the same.
+            if !self.allows.contains(&target) && !self.protected.nets().contains(&target) {
+                let _ = self.xdp.remove_allow(&target);
+            }
+            return Err(e.into());
+        }
+        if !self.allows.contains(&target) {
+            self.allows.push(target);
+        }
+        self.refresh_overlapping(&target)?;
+        Ok(rec)
+    }
+
+    /// Re-writes the bans that overlap `net` so their allowlist flag follows the allowlist.
+    fn refresh_overlapping(&mut self, net: &Net) -> Result<(), BanError> {
+        for ban in self.store.bans()? {
+            if ban.target.overlaps(net) {
+                let deadline = match ban.expires_at {
+                    None => 0,
+                    // Expired but not yet swept: the sweep removes it.
+                    Some(_) => match self.deadlines.deadline(&ban.target) {
+                        Some(d) => d,
+                        None => continue,
+                    },
+                };
+                self.xdp.put_ban(&ban.target, deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an allowlist entry.
+    pub fn disallow(&mut self, target: &Net) -> Result<AllowRecord, BanError> {
+        self.dirty = true;
+        let rec = self
+            .store
+            .remove_allow(target)?
+            .ok_or(BanError::NotAllowed { target: *target })?;
+        self.allows.retain(|a| a != target);
+        // A protected network stays in the XDP allowlist.
+        if !self.protected.nets().contains(target) {
+            self.xdp.remove_allow(target)?;
+        }
+        self.refresh_overlapping(target)?;
+        Ok(rec)
+    }
+
+    /// The allowlist.
+    pub fn allows(&self) -> Result<Vec<AllowRecord>, BanError> {
+        Ok(self.store.allows()?)
+    }
+}
