@@ -673,8 +673,10 @@ fn full_disk_keeps_enforcing_and_says_what_is_not_saved() -> anyhow::Result<()> 
     let out = d.cli(&["ban", "import", file.to_str().unwrap_or_default()]);
     std::fs::remove_file(&file)?;
     let err = out.expect_err("an import onto a full disk must report an error");
+    // The import goes as several requests; every one is enforced, none saved.
     assert!(
-        err.contains("6001 bans are enforced")
+        err.contains("6001 of 6001 bans were not saved")
+            && err.contains("bans are enforced in XDP now")
             && err.contains("No space left on device")
             && err.contains("lost when guard restarts"),
         "unclear error: {err}"

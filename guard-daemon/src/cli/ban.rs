@@ -167,27 +167,45 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 banned: 0,
                 refused: Vec::new(),
             };
+            // A request the daemon answered with an error (a full disk: its bans are enforced,
+            // not saved) does not stop the others, as one request for all did not; a socket
+            // error does.
+            let (mut not_saved, mut first_error) = (0, None);
             for chunk in import_requests(entries) {
-                let imported: Imported = control::call(
-                    socket,
-                    &Request::BanImport {
-                        entries: chunk,
-                        force,
-                    },
-                )
-                .with_context(|| {
-                    format!(
-                        "importing: {} of {n} bans were saved before this error",
-                        total.banned
-                    )
-                })?;
-                total.banned += imported.banned;
-                total.refused.extend(imported.refused);
+                let lines = chunk.len();
+                let request = Request::BanImport {
+                    entries: chunk,
+                    force,
+                };
+                match control::call::<Imported>(socket, &request) {
+                    Ok(imported) => {
+                        total.banned += imported.banned;
+                        total.refused.extend(imported.refused);
+                    }
+                    Err(control::ControlError::Daemon(message)) => {
+                        not_saved += lines;
+                        first_error.get_or_insert(message);
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "importing: {} of {n} bans were saved before this error",
+                                total.banned
+                            )
+                        });
+                    }
+                }
             }
-            println!("imported {} of {n} bans", total.banned);
             for r in &total.refused {
                 eprintln!("refused: {r}");
             }
+            if let Some(message) = first_error {
+                bail!(
+                    "{not_saved} of {n} bans were not saved ({} were): {message}",
+                    total.banned
+                );
+            }
+            println!("imported {} of {n} bans", total.banned);
         }
     }
     Ok(())
