@@ -599,8 +599,13 @@ impl Daemon {
         Ok(d)
     }
 
-    /// (Re)starts the process and waits until its control socket answers.
+    /// (Re)starts the process and waits until its control socket answers (at most 20 s).
     pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_within(Duration::from_secs(20))
+    }
+
+    /// [`Daemon::spawn`], waiting at most `limit` for the socket to answer.
+    pub fn spawn_within(&mut self, limit: Duration) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -623,7 +628,7 @@ impl Daemon {
             .spawn()
             .context("spawning guard run")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.cli(&["status"]).is_ok() {
                 return Ok(());
@@ -635,7 +640,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("guard run did not answer within 20 s: {}", self.log_text())
+        bail!(
+            "guard run did not answer within {} s: {}",
+            limit.as_secs(),
+            self.log_text()
+        )
     }
 
     /// Stops the process with SIGTERM and waits for it; pins and state stay.

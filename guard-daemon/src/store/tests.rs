@@ -541,6 +541,26 @@ fn memory_per_copy() {
         "sled reopened and read through: {:.1} MB",
         rss_mb() - before
     );
+    // As a start does: the deadlines and a list of live bans built while reading.
+    let before = rss_mb();
+    let mut deadlines = std::collections::BTreeSet::new();
+    let mut live = Vec::new();
+    for b in s.ban_iter() {
+        let b = b.unwrap();
+        deadlines.insert((b.expires_at.unwrap_or(0), b.target));
+        live.push((b.target, 5u64));
+    }
+    println!(
+        "read with deadlines and the live list: {:.1} MB",
+        rss_mb() - before
+    );
+    drop(live);
+    crate::memory::give_back();
+    println!(
+        "  after the list is dropped and memory given back: {:.1} MB",
+        rss_mb() - before
+    );
+    drop(deadlines);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

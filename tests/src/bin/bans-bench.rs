@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     daemon.stop()?;
     let stop_time = t.elapsed();
     let t = Instant::now();
-    daemon.spawn()?;
+    daemon.spawn_within(Duration::from_mins(3))?;
     let restart = t.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
