@@ -47,7 +47,7 @@ fn describe(dir: &Path, files: &[(std::path::PathBuf, u64)]) -> String {
         *named.entry(name).or_default() += len;
     }
     let mut named: Vec<_> = named.into_iter().collect();
-    named.sort_by(|a, b| b.1.cmp(&a.1));
+    named.sort_by_key(|n| std::cmp::Reverse(n.1));
     named
         .iter()
         .take(8)
@@ -143,8 +143,9 @@ fn a_flood_of_long_paths_keeps_the_log_under_its_cap_and_bans_are_still_saved() 
     assert!(size <= CAP, "log database {size} bytes > cap {CAP}");
     let files = dir_bytes(&log_dir);
     assert!(files <= CAP, "log files {files} bytes > cap {CAP}");
-    // During a rebuild the old generation and the new one (at most 3/16 of the cap of records)
-    // are both on disk for a moment: the peak may pass the cap by that much.
+    // During a rebuild the old generation (within the cap) and the new one (within half of it)
+    // are both on disk for a moment; the writer flushes before it measures, so sled's buffers
+    // written late on a loaded machine do not take the files past that (they reached 8.5 MB).
     let peak = peak.load(Ordering::Relaxed);
     assert!(peak <= CAP + CAP / 2, "log files peaked at {peak} bytes");
 

@@ -9,13 +9,17 @@
 //! reclaims the space of removed records lazily, by rewriting segments after the fact, and its
 //! file only shrinks when its last segments are free; under a flood of 60 KB paths (cut to 4 KiB)
 //! into a 4 MiB log, its files were measured at 7.6 to 28 MiB while the live records stayed under
-//! 260 KiB. So after each batch the writer flushes the database and measures its files (every
-//! file of its directory), and before they near the cap ([`Limits::should_rebuild`]) it rebuilds
-//! the log ([`LogStore::rebuild`]): the newest records, up to [`Limits::prune_target`], are
-//! copied into a fresh database that replaces the old one, whose files are then deleted. The
-//! rebuild starts early enough that the old generation and the new one together stay under the
-//! cap: the files stay within `logs.max_bytes`, bar one batch growing them much more than the
-//! one before (a batch holds at most an eighth of [`Limits::live_cap`] of records).
+//! 260 KiB. So after each batch the writer flushes the database (sled writes its IO buffers from
+//! its own threads, late on a busy machine, and a file's length only shows what is written) and
+//! measures its files (every file of its directory), and near the cap
+//! ([`Limits::should_rebuild`]) it rebuilds the log ([`LogStore::rebuild`]): the newest records,
+//! up to [`Limits::prune_target`], are copied into a fresh database that replaces the old one,
+//! whose files are then deleted. Until then both generations are on disk: the old one is held
+//! within the cap and the new one within half of it (sled writes about 2.4 times the bytes of the
+//! records copied; a rebuild keeps fewer records when the last new generation came out larger),
+//! so the files stay within [`Limits::peak_bytes`], 1.5 times the cap, whatever the load, bar one
+//! batch growing them much more than the one before (a batch holds at most an eighth of
+//! [`Limits::live_cap`] of records, a 32nd of the cap).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -34,8 +38,9 @@ pub const PRUNE_TO_PERCENT: u64 = 75;
 /// before a rebuild.
 pub const LIVE_SHARE: u64 = 4;
 /// Before the first rebuild, the files of a new generation are reckoned at this many times the
-/// bytes of the records it keeps (sled's headers, node pages and segment tails).
-pub const FRESH_FACTOR: u64 = 2;
+/// bytes of the records it keeps (sled's headers and node rewrites: about 2.4 measured for 4 KiB
+/// records).
+pub const FRESH_FACTOR: u64 = 3;
 /// After a failed rebuild, the next is tried this much later.
 const REBUILD_BACKOFF: Duration = Duration::from_secs(30);
 /// Records removed per sled batch when pruning.
@@ -73,12 +78,19 @@ impl Limits {
         self.max_bytes / LIVE_SHARE
     }
 
+    /// The most the log's files take, while a rebuild has both generations on disk: the cap and
+    /// a half.
+    #[must_use]
+    pub fn peak_bytes(&self) -> u64 {
+        self.max_bytes.saturating_add(self.max_bytes / 2)
+    }
+
     /// Whether the log is rebuilt now, its files at `files` bytes, `margin` the growth allowed
     /// for one more batch, the last rebuild having made a generation of `fresh` bytes (0 before
-    /// the first). A rebuild writes the new generation before it deletes the old one, so the
-    /// files peak at the old one plus the new: the log is rebuilt while that sum, after one more
-    /// batch, is still under the cap. Before the first rebuild the new generation is reckoned at
-    /// [`FRESH_FACTOR`] times the records it keeps.
+    /// the first, then reckoned at [`FRESH_FACTOR`] times the records it keeps). A rebuild
+    /// writes the new generation before it deletes the old one: the log is rebuilt while, after
+    /// one more batch, the old one is still within the cap and both within
+    /// [`Limits::peak_bytes`].
     #[must_use]
     pub fn should_rebuild(&self, files: u64, margin: u64, fresh: u64) -> bool {
         let fresh = if fresh == 0 {
@@ -86,7 +98,22 @@ impl Limits {
         } else {
             fresh
         };
-        files.saturating_add(margin).saturating_add(fresh) > self.max_bytes
+        let after = files.saturating_add(margin);
+        after > self.max_bytes || after.saturating_add(fresh) > self.peak_bytes()
+    }
+
+    /// The live bytes a rebuild keeps: [`Limits::prune_target`], or fewer when the last rebuild
+    /// kept `kept` bytes of records in `fresh` bytes of files, so that the new generation takes
+    /// at most half the cap.
+    #[must_use]
+    pub fn rebuild_keep(&self, kept: u64, fresh: u64) -> u64 {
+        let half = self.max_bytes / 2;
+        if kept == 0 || fresh <= half {
+            return self.prune_target();
+        }
+        let scaled = u128::from(kept) * u128::from(half) / u128::from(fresh);
+        self.prune_target()
+            .min(u64::try_from(scaled).unwrap_or(u64::MAX))
     }
 
     /// The live bytes pruning brings an over-cap log back to.
@@ -150,6 +177,8 @@ pub struct Accounting {
     /// The files of the generation the last rebuild made, before the old one was deleted; 0
     /// before the first.
     pub fresh_files: AtomicU64,
+    /// The live bytes the last rebuild kept.
+    pub fresh_kept: AtomicU64,
     /// No rebuild is tried before this, after one failed (a full disk would fail every one).
     pub rebuild_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -295,7 +324,11 @@ impl LogStore {
         if limits.should_rebuild(files, margin, fresh) && !backing_off() {
             let before = self.live_bytes();
             let old = self.size_on_disk().unwrap_or(files);
-            let kept = self.rebuild(target).inspect_err(|_| {
+            let keep = limits.rebuild_keep(
+                self.acct.fresh_kept.load(Ordering::Relaxed),
+                self.acct.fresh_files.load(Ordering::Relaxed),
+            );
+            let kept = self.rebuild(keep).inspect_err(|_| {
                 *self
                     .acct
                     .rebuild_after
@@ -351,6 +384,7 @@ impl LogStore {
             let path = dir.join(fresh.generation.to_string());
             let made = dir_bytes(&path).map_err(|source| LogError::Rebuild { path, source })?;
             self.acct.fresh_files.store(made, Ordering::Relaxed);
+            self.acct.fresh_kept.store(bytes, Ordering::Relaxed);
         }
         let old = std::mem::replace(&mut *open, fresh);
         drop(open);

@@ -468,9 +468,14 @@ fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
         "on disk {disk} > cap {}",
         limits.max_bytes
     );
-    // Sampled between batches, the files were under the cap in most runs; under a loaded
-    // machine one sample in a run reached 8 MiB (printed above as the max), between a check and
-    // the next rebuild.
+    // Sampled at any moment (mid-batch, mid-rebuild), the files stay within the peak: the writer
+    // flushes before it measures, and rebuilds while both generations still fit. Before, on a
+    // loaded machine, one sample in a run reached 8 MiB, sled's buffers written after a check.
+    assert!(
+        max_disk <= limits.peak_bytes(),
+        "files sampled at {max_disk} bytes, cap {}",
+        limits.max_bytes
+    );
     let newest = s
         .query(&LogQuery {
             limit: Some(1),
@@ -608,4 +613,30 @@ fn retention_does_not_prune_on_a_clock_jump() {
             .unwrap(),
         Some(0)
     );
+}
+
+#[test]
+fn a_rebuild_is_due_while_both_generations_still_fit() {
+    let limits = Limits {
+        max_bytes: 4 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let (cap, peak, seg) = (limits.max_bytes, limits.peak_bytes(), 256 * 1024);
+    assert_eq!(peak, 6 * 1024 * 1024);
+    // The last rebuild made a generation of 2 MiB: the old one may grow to the peak less that
+    // and less the next batch's margin.
+    let fresh = 2 * 1024 * 1024;
+    assert!(!limits.should_rebuild(peak - fresh - seg, seg, fresh));
+    assert!(limits.should_rebuild(peak - fresh - seg + 1, seg, fresh));
+    // A small new generation: the old one still stays within the cap.
+    assert!(!limits.should_rebuild(cap - seg, seg, 1));
+    assert!(limits.should_rebuild(cap - seg + 1, seg, 1));
+    // Before the first rebuild the new generation is reckoned at FRESH_FACTOR times the records.
+    let first = limits.prune_target() * cap::FRESH_FACTOR;
+    assert!(!limits.should_rebuild(peak - first - seg, seg, 0));
+    assert!(limits.should_rebuild(peak - first - seg + 1, seg, 0));
+    // A rebuild keeps fewer records when the last new generation took more than half the cap.
+    assert_eq!(limits.rebuild_keep(0, 0), limits.prune_target());
+    assert_eq!(limits.rebuild_keep(700_000, cap / 2), limits.prune_target());
+    assert_eq!(limits.rebuild_keep(700_000, cap), 350_000);
 }
