@@ -407,16 +407,18 @@ fn pruning_removes_the_oldest_first_down_to_the_target() {
 
 /// A flood of 60 KB paths into a log capped at 4 MiB: paths cut to the default 4096 bytes, the
 /// writer prunes the oldest as it goes, the newest are kept, and the log takes records after.
+/// Removes a test's database directory when the test ends, failed or not (declared before the
+/// store and its writer, so it is dropped after them).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
-    /// Removes the test's database directory when the test ends, failed or not (declared
-    /// before the store and its writer, so it is dropped after them).
-    struct RemoveDir(std::path::PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let dir = std::env::temp_dir().join(format!("guard-logcap-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let _cleanup = RemoveDir(dir.clone());
@@ -639,4 +641,30 @@ fn a_rebuild_is_due_while_both_generations_still_fit() {
     assert_eq!(limits.rebuild_keep(0, 0), limits.prune_target());
     assert_eq!(limits.rebuild_keep(700_000, cap / 2), limits.prune_target());
     assert_eq!(limits.rebuild_keep(700_000, cap), 350_000);
+}
+
+#[test]
+fn the_cap_check_counts_what_sled_still_buffers() {
+    let dir = std::env::temp_dir().join(format!("guard-logmeasure-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = RemoveDir(dir.clone());
+    let limits = Limits {
+        max_bytes: 4 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let s = LogStore::open_dir(&dir).unwrap();
+    let path = format!("/{}", "p".repeat(4000));
+    for round in 0..60u64 {
+        let records: Vec<_> = (0..30)
+            .map(|i| rec(round * 100 + i, "192.0.2.1", &path, Some(404), false))
+            .collect();
+        s.insert_batch(&records).unwrap();
+        s.enforce_cap(&limits).unwrap();
+        // What the check measured is all there is: a flush now writes nothing more.
+        let measured = s.acct.files.load(Ordering::Relaxed);
+        s.flush().unwrap();
+        assert_eq!(s.size_on_disk().unwrap(), measured, "round {round}");
+        assert!(measured <= limits.max_bytes, "round {round}: {measured}");
+    }
+    assert!(s.rebuilds() > 0);
 }
