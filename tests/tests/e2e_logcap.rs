@@ -16,17 +16,44 @@ const REQUESTS: usize = 2500;
 
 /// Bytes of the files under `dir` (their lengths, as sled's `size_on_disk` counts them).
 fn dir_bytes(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    list_files(dir, &mut files);
+    files.iter().map(|(_, len)| len).sum()
+}
+
+/// The files under `dir` with their lengths.
+fn list_files(dir: &Path, out: &mut Vec<(std::path::PathBuf, u64)>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return;
     };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+    for e in entries.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => list_files(&e.path(), out),
+            Ok(m) => out.push((e.path(), m.len())),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The files at the peak, largest first, as `generation/file: bytes` (blobs summed).
+fn describe(dir: &Path, files: &[(std::path::PathBuf, u64)]) -> String {
+    let mut named: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (path, len) in files {
+        let rel = path.strip_prefix(dir).unwrap_or(path).display().to_string();
+        let name = match rel.split_once("/blobs/") {
+            Some((generation, _)) => format!("{generation}/blobs/*"),
+            None => rel,
+        };
+        *named.entry(name).or_default() += len;
+    }
+    let mut named: Vec<_> = named.into_iter().collect();
+    named.sort_by_key(|n| std::cmp::Reverse(n.1));
+    named
+        .iter()
+        .take(8)
+        .map(|(n, l)| format!("{n}: {l}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[test]
@@ -56,10 +83,17 @@ fn a_flood_of_long_paths_keeps_the_log_under_its_cap_and_bans_are_still_saved() 
     let sampler = {
         let (stop, peak, dir) = (Arc::clone(&stop), Arc::clone(&peak), log_dir.clone());
         std::thread::spawn(move || {
+            let mut at_peak = String::new();
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(dir_bytes(&dir), Ordering::Relaxed);
+                let mut files = Vec::new();
+                list_files(&dir, &mut files);
+                let bytes = files.iter().map(|(_, len)| len).sum();
+                if bytes > peak.fetch_max(bytes, Ordering::Relaxed) {
+                    at_peak = describe(&dir, &files);
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            at_peak
         })
     };
     let path = format!("/flood/{}", "a".repeat(60 * 1024));
@@ -86,11 +120,11 @@ fn a_flood_of_long_paths_keeps_the_log_under_its_cap_and_bans_are_still_saved() 
     let _ = wait_until(Duration::from_secs(20), || taken(&d) >= REQUESTS as u64);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let at_peak = sampler.join().unwrap_or_default();
     let stats = d.json(&["stats"])?;
     let logs = &stats["logs"];
     println!(
-        "log after {REQUESTS} requests of 60 KB paths: {logs}; files peaked at {} bytes (cap {CAP})",
+        "log after {REQUESTS} requests of 60 KB paths: {logs}; files peaked at {} bytes (cap {CAP}): {at_peak}",
         peak.load(Ordering::Relaxed)
     );
     assert!(
@@ -109,8 +143,9 @@ fn a_flood_of_long_paths_keeps_the_log_under_its_cap_and_bans_are_still_saved() 
     assert!(size <= CAP, "log database {size} bytes > cap {CAP}");
     let files = dir_bytes(&log_dir);
     assert!(files <= CAP, "log files {files} bytes > cap {CAP}");
-    // During a rebuild the old generation and the new one (at most 3/16 of the cap of records)
-    // are both on disk for a moment: the peak may pass the cap by that much.
+    // During a rebuild the old generation (within the cap) and the new one (within half of it)
+    // are both on disk for a moment; the writer flushes before it measures, so sled's buffers
+    // written late on a loaded machine do not take the files past that (they reached 8.5 MB).
     let peak = peak.load(Ordering::Relaxed);
     assert!(peak <= CAP + CAP / 2, "log files peaked at {peak} bytes");
 

@@ -9,10 +9,17 @@
 //! reclaims the space of removed records lazily, by rewriting segments after the fact, and its
 //! file only shrinks when its last segments are free; under a flood of 60 KB paths (cut to 4 KiB)
 //! into a 4 MiB log, its files were measured at 7.6 to 28 MiB while the live records stayed under
-//! 260 KiB. So after each batch the writer also checks `size_on_disk` (one `stat` of the file and
-//! a read of the blob directory), and near the cap ([`Limits::rebuild_at`]) it rebuilds the log ([`LogStore::rebuild`]):
-//! the newest records, up to [`Limits::prune_target`], are copied into a fresh database that
-//! replaces the old one, whose files are deleted.
+//! 260 KiB. So after each batch the writer flushes the database (sled writes its IO buffers from
+//! its own threads, late on a busy machine, and a file's length only shows what is written) and
+//! measures its files (every file of its directory), and near the cap
+//! ([`Limits::should_rebuild`]) it rebuilds the log ([`LogStore::rebuild`]): the newest records,
+//! up to [`Limits::prune_target`], are copied into a fresh database that replaces the old one,
+//! whose files are then deleted. Until then both generations are on disk: the old one is held
+//! within the cap and the new one within half of it (sled writes about 2.4 times the bytes of the
+//! records copied; a rebuild keeps fewer records when the last new generation came out larger),
+//! so the files stay within [`Limits::peak_bytes`], 1.5 times the cap, whatever the load, bar one
+//! batch growing them much more than the one before (a batch holds at most an eighth of
+//! [`Limits::live_cap`] of records, a 32nd of the cap).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,6 +37,10 @@ pub const PRUNE_TO_PERCENT: u64 = 75;
 /// The cap's share kept for live records (`1/LIVE_SHARE`): the rest is sled's room to write
 /// before a rebuild.
 pub const LIVE_SHARE: u64 = 4;
+/// Before the first rebuild, the files of a new generation are reckoned at this many times the
+/// bytes of the records it keeps (sled's headers and node rewrites: about 2.4 measured for 4 KiB
+/// records).
+pub const FRESH_FACTOR: u64 = 3;
 /// After a failed rebuild, the next is tried this much later.
 const REBUILD_BACKOFF: Duration = Duration::from_secs(30);
 /// Records removed per sled batch when pruning.
@@ -67,11 +78,42 @@ impl Limits {
         self.max_bytes / LIVE_SHARE
     }
 
-    /// The size of the files past which the log is rebuilt: the cap less a sixteenth, room for
-    /// what sled writes between two checks.
+    /// The most the log's files take, while a rebuild has both generations on disk: the cap and
+    /// a half.
     #[must_use]
-    pub fn rebuild_at(&self) -> u64 {
-        self.max_bytes - self.max_bytes / 16
+    pub fn peak_bytes(&self) -> u64 {
+        self.max_bytes.saturating_add(self.max_bytes / 2)
+    }
+
+    /// Whether the log is rebuilt now, its files at `files` bytes, `margin` the growth allowed
+    /// for one more batch, the last rebuild having made a generation of `fresh` bytes (0 before
+    /// the first, then reckoned at [`FRESH_FACTOR`] times the records it keeps). A rebuild
+    /// writes the new generation before it deletes the old one: the log is rebuilt while, after
+    /// one more batch, the old one is still within the cap and both within
+    /// [`Limits::peak_bytes`].
+    #[must_use]
+    pub fn should_rebuild(&self, files: u64, margin: u64, fresh: u64) -> bool {
+        let fresh = if fresh == 0 {
+            self.prune_target().saturating_mul(FRESH_FACTOR)
+        } else {
+            fresh
+        };
+        let after = files.saturating_add(margin);
+        after > self.max_bytes || after.saturating_add(fresh) > self.peak_bytes()
+    }
+
+    /// The live bytes a rebuild keeps: [`Limits::prune_target`], or fewer when the last rebuild
+    /// kept `kept` bytes of records in `fresh` bytes of files, so that the new generation takes
+    /// at most half the cap.
+    #[must_use]
+    pub fn rebuild_keep(&self, kept: u64, fresh: u64) -> u64 {
+        let half = self.max_bytes / 2;
+        if kept == 0 || fresh <= half {
+            return self.prune_target();
+        }
+        let scaled = u128::from(kept) * u128::from(half) / u128::from(fresh);
+        self.prune_target()
+            .min(u64::try_from(scaled).unwrap_or(u64::MAX))
     }
 
     /// The live bytes pruning brings an over-cap log back to.
@@ -130,6 +172,13 @@ pub struct Accounting {
     pub expired_records: AtomicU64,
     /// Times the database was rebuilt because its files passed the cap.
     pub rebuilds: AtomicU64,
+    /// The log's files at the last check (after the writer's last batch).
+    pub files: AtomicU64,
+    /// The files of the generation the last rebuild made, before the old one was deleted; 0
+    /// before the first.
+    pub fresh_files: AtomicU64,
+    /// The live bytes the last rebuild kept.
+    pub fresh_kept: AtomicU64,
     /// No rebuild is tried before this, after one failed (a full disk would fail every one).
     pub rebuild_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -139,6 +188,27 @@ pub struct Accounting {
 pub struct Pruned {
     pub records: u64,
     pub bytes: u64,
+}
+
+/// The bytes of the files under `dir`, recursively. A file removed while it is read (sled
+/// deletes blobs lazily) counts as nothing; a missing `dir` as 0.
+fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry?;
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => total += dir_bytes(&entry.path())?,
+            Ok(m) => total += m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 impl LogStore {
@@ -177,9 +247,17 @@ impl LogStore {
         self.acct.rebuilds.load(Ordering::Relaxed)
     }
 
-    /// The database's files as sled measures them (its log file's length and its blobs).
+    /// The bytes of the log's files on disk: every file under its directory, every generation
+    /// (sled's database file, its snapshots and config, its blobs); for a temporary log, sled's
+    /// own measure. Only what sled has written counts: see [`LogStore::enforce_cap`].
     pub fn size_on_disk(&self) -> Result<u64, LogError> {
-        Ok(self.db().size_on_disk()?)
+        match &self.dir {
+            Some(dir) => dir_bytes(dir).map_err(|source| LogError::Rebuild {
+                path: dir.clone(),
+                source,
+            }),
+            None => Ok(self.db().size_on_disk()?),
+        }
     }
 
     /// Removes the oldest records until the live estimate is at most `target` bytes.
@@ -212,9 +290,14 @@ impl LogStore {
         Ok(done)
     }
 
-    /// Keeps the log under `limits.max_bytes`: when the live records or the files on disk pass
-    /// it, prunes the oldest records down to [`Limits::prune_target`] (and, if the files are
-    /// still over the cap, the live records down to the target less that excess).
+    /// Keeps the log under `limits.max_bytes`: prunes the oldest records when the live records
+    /// pass [`Limits::live_cap`], and rebuilds the log when its files would otherwise pass the
+    /// cap (see [`Limits::should_rebuild`]).
+    ///
+    /// sled writes its full IO buffers from its own threads, late on a busy machine, and a file's
+    /// length only shows what is written: under load the files were measured 2 to 4 MiB past
+    /// what the last check had seen. So the database is flushed first (sled's write of every
+    /// buffer), and the files themselves are measured.
     pub fn enforce_cap(&self, limits: &Limits) -> Result<Pruned, LogError> {
         if limits.max_bytes == 0 {
             return Ok(Pruned::default());
@@ -231,9 +314,21 @@ impl LogStore {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .is_some_and(|t| std::time::Instant::now() < t)
         };
-        if self.size_on_disk()? > limits.rebuild_at() && !backing_off() {
+        self.flush()?;
+        let files = self.size_on_disk()?;
+        let growth = files.saturating_sub(self.acct.files.swap(files, Ordering::Relaxed));
+        // sled's file grows a segment at a time; batches differ: twice the last growth, at
+        // least a segment.
+        let margin = growth.saturating_mul(2).max(super::SEGMENT_SIZE as u64);
+        let fresh = self.acct.fresh_files.load(Ordering::Relaxed);
+        if limits.should_rebuild(files, margin, fresh) && !backing_off() {
             let before = self.live_bytes();
-            let kept = self.rebuild(target).inspect_err(|_| {
+            let old = self.size_on_disk().unwrap_or(files);
+            let keep = limits.rebuild_keep(
+                self.acct.fresh_kept.load(Ordering::Relaxed),
+                self.acct.fresh_files.load(Ordering::Relaxed),
+            );
+            let kept = self.rebuild(keep).inspect_err(|_| {
                 *self
                     .acct
                     .rebuild_after
@@ -243,10 +338,13 @@ impl LogStore {
             })?;
             let dropped = before.saturating_sub(self.live_bytes());
             self.acct.rebuilds.fetch_add(1, Ordering::Relaxed);
+            let now = self.size_on_disk().unwrap_or(0);
+            self.acct.files.store(now, Ordering::Relaxed);
             tracing::info!(
                 kept,
-                size_on_disk = self.size_on_disk().unwrap_or(0),
-                "request log files over logs.max_bytes: rebuilt with the newest records"
+                old_files = old,
+                new_files = now,
+                "request log files near logs.max_bytes: rebuilt with the newest records"
             );
             done.bytes += dropped;
         }
@@ -279,6 +377,15 @@ impl LogStore {
             batch.insert(k, v);
         }
         fresh.tree.apply_batch(batch)?;
+        fresh.db.flush()?;
+        // Both generations are on disk until the old one is deleted below: what the next rebuild
+        // must leave room for under the cap.
+        if let Some(dir) = &self.dir {
+            let path = dir.join(fresh.generation.to_string());
+            let made = dir_bytes(&path).map_err(|source| LogError::Rebuild { path, source })?;
+            self.acct.fresh_files.store(made, Ordering::Relaxed);
+            self.acct.fresh_kept.store(bytes, Ordering::Relaxed);
+        }
         let old = std::mem::replace(&mut *open, fresh);
         drop(open);
         if let Some(dir) = &self.dir {

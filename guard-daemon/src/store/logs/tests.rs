@@ -407,16 +407,18 @@ fn pruning_removes_the_oldest_first_down_to_the_target() {
 
 /// A flood of 60 KB paths into a log capped at 4 MiB: paths cut to the default 4096 bytes, the
 /// writer prunes the oldest as it goes, the newest are kept, and the log takes records after.
+/// Removes a test's database directory when the test ends, failed or not (declared before the
+/// store and its writer, so it is dropped after them).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
-    /// Removes the test's database directory when the test ends, failed or not (declared
-    /// before the store and its writer, so it is dropped after them).
-    struct RemoveDir(std::path::PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let dir = std::env::temp_dir().join(format!("guard-logcap-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let _cleanup = RemoveDir(dir.clone());
@@ -468,9 +470,14 @@ fn a_flood_of_long_paths_keeps_the_live_records_under_the_cap() {
         "on disk {disk} > cap {}",
         limits.max_bytes
     );
-    // Sampled between batches, the files were under the cap in most runs; under a loaded
-    // machine one sample in a run reached 8 MiB (printed above as the max), between a check and
-    // the next rebuild.
+    // Sampled at any moment (mid-batch, mid-rebuild), the files stay within the peak: the writer
+    // flushes before it measures, and rebuilds while both generations still fit. Before, on a
+    // loaded machine, one sample in a run reached 8 MiB, sled's buffers written after a check.
+    assert!(
+        max_disk <= limits.peak_bytes(),
+        "files sampled at {max_disk} bytes, cap {}",
+        limits.max_bytes
+    );
     let newest = s
         .query(&LogQuery {
             limit: Some(1),
@@ -608,4 +615,56 @@ fn retention_does_not_prune_on_a_clock_jump() {
             .unwrap(),
         Some(0)
     );
+}
+
+#[test]
+fn a_rebuild_is_due_while_both_generations_still_fit() {
+    let limits = Limits {
+        max_bytes: 4 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let (cap, peak, seg) = (limits.max_bytes, limits.peak_bytes(), 256 * 1024);
+    assert_eq!(peak, 6 * 1024 * 1024);
+    // The last rebuild made a generation of 2 MiB: the old one may grow to the peak less that
+    // and less the next batch's margin.
+    let fresh = 2 * 1024 * 1024;
+    assert!(!limits.should_rebuild(peak - fresh - seg, seg, fresh));
+    assert!(limits.should_rebuild(peak - fresh - seg + 1, seg, fresh));
+    // A small new generation: the old one still stays within the cap.
+    assert!(!limits.should_rebuild(cap - seg, seg, 1));
+    assert!(limits.should_rebuild(cap - seg + 1, seg, 1));
+    // Before the first rebuild the new generation is reckoned at FRESH_FACTOR times the records.
+    let first = limits.prune_target() * cap::FRESH_FACTOR;
+    assert!(!limits.should_rebuild(peak - first - seg, seg, 0));
+    assert!(limits.should_rebuild(peak - first - seg + 1, seg, 0));
+    // A rebuild keeps fewer records when the last new generation took more than half the cap.
+    assert_eq!(limits.rebuild_keep(0, 0), limits.prune_target());
+    assert_eq!(limits.rebuild_keep(700_000, cap / 2), limits.prune_target());
+    assert_eq!(limits.rebuild_keep(700_000, cap), 350_000);
+}
+
+#[test]
+fn the_cap_check_counts_what_sled_still_buffers() {
+    let dir = std::env::temp_dir().join(format!("guard-logmeasure-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = RemoveDir(dir.clone());
+    let limits = Limits {
+        max_bytes: 4 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let s = LogStore::open_dir(&dir).unwrap();
+    let path = format!("/{}", "p".repeat(4000));
+    for round in 0..60u64 {
+        let records: Vec<_> = (0..30)
+            .map(|i| rec(round * 100 + i, "192.0.2.1", &path, Some(404), false))
+            .collect();
+        s.insert_batch(&records).unwrap();
+        s.enforce_cap(&limits).unwrap();
+        // What the check measured is all there is: a flush now writes nothing more.
+        let measured = s.acct.files.load(Ordering::Relaxed);
+        s.flush().unwrap();
+        assert_eq!(s.size_on_disk().unwrap(), measured, "round {round}");
+        assert!(measured <= limits.max_bytes, "round {round}: {measured}");
+    }
+    assert!(s.rebuilds() > 0);
 }
