@@ -1,4 +1,5 @@
-//! The control messages' unit tests: typed replies round-trip, errors and unexpected replies, requests classified as changes or reads, the wire format kept.
+//! The control messages' unit tests: typed replies round-trip, errors and unexpected replies,
+//! requests classified as changes or reads, the wire format kept.
 use serde_json::json;
 
 use super::*;
