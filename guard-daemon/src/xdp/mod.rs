@@ -181,6 +181,20 @@ macro_rules! take {
     }};
 }
 
+/// The `xdp_guard` program of a loaded object.
+fn xdp_guard(ebpf: &mut aya::Ebpf) -> Result<&mut XdpProgram, XdpError> {
+    ebpf.program_mut(PROG_XDP_GUARD)
+        .ok_or(XdpError::Missing {
+            what: "program",
+            name: PROG_XDP_GUARD,
+        })?
+        .try_into()
+        .map_err(|source| XdpError::Program {
+            name: PROG_XDP_GUARD,
+            source,
+        })
+}
+
 /// Runs a program load, again (up to five tries in all) when the kernel answers `EAGAIN`: the
 /// verifier gives up with it when a signal arrives while it works, and the same load then
 /// succeeds (libbpf retries likewise).
@@ -230,17 +244,7 @@ impl Xdp {
             .load(OBJECT)
             .map_err(|e| XdpError::Load(Box::new(e)))?;
         {
-            let prog: &mut XdpProgram = ebpf
-                .program_mut(PROG_XDP_GUARD)
-                .ok_or(XdpError::Missing {
-                    what: "program",
-                    name: PROG_XDP_GUARD,
-                })?
-                .try_into()
-                .map_err(|source| XdpError::Program {
-                    name: PROG_XDP_GUARD,
-                    source,
-                })?;
+            let prog = xdp_guard(&mut ebpf)?;
             load_retrying(|| prog.load()).map_err(|source| XdpError::Program {
                 name: PROG_XDP_GUARD,
                 source,
@@ -323,18 +327,7 @@ impl Xdp {
     /// pinned by an earlier instance (which until then keeps enforcing with the same maps, or,
     /// after `--replace-pins`, with its own).
     pub fn attach(&mut self) -> Result<(), XdpError> {
-        let prog: &mut XdpProgram = self
-            .ebpf
-            .program_mut(PROG_XDP_GUARD)
-            .ok_or(XdpError::Missing {
-                what: "program",
-                name: PROG_XDP_GUARD,
-            })?
-            .try_into()
-            .map_err(|source| XdpError::Program {
-                name: PROG_XDP_GUARD,
-                source,
-            })?;
+        let prog = xdp_guard(&mut self.ebpf)?;
         for iface in &self.names {
             if self.links.iter().any(|(n, _)| n == iface) {
                 continue;
