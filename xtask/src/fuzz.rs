@@ -21,6 +21,9 @@ pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Stop a target after this many executions, if that comes before `--seconds`.
+    #[arg(long)]
+    runs: Option<u64>,
     /// Sanitizer: `address` (cargo-fuzz's default; finds memory errors in C code and `unsafe`)
     /// or `none` (faster, and guard-core has no `unsafe`; panics, overflows with
     /// `--debug-assertions`, timeouts and memory bounds are still found). Each choice is a
@@ -69,7 +72,13 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     crate::setup::run(&mut build, "building the fuzz targets")?;
     let mut outcomes = Vec::new();
     for target in &chosen {
-        step(&format!("fuzzing {target} for {} s", args.seconds));
+        match args.runs {
+            Some(runs) => step(&format!(
+                "fuzzing {target} for {} s or {runs} executions",
+                args.seconds
+            )),
+            None => step(&format!("fuzzing {target} for {} s", args.seconds)),
+        }
         outcomes.push(fuzz_one(args, target)?);
     }
     println!(
@@ -210,6 +219,9 @@ fn fuzz_one(args: &FuzzArgs, target: &str) -> anyhow::Result<Outcome> {
         .arg(format!("-timeout={}", args.timeout))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1");
+    if let Some(runs) = args.runs {
+        c.arg(format!("-runs={runs}"));
+    }
     let dict = root().join("fuzz/http.dict");
     if dict.exists() && !matches!(target, "config" | "control_request") {
         c.arg(format!("-dict={}", dict.display()));
