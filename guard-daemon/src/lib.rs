@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod inline;
 pub mod inspect;
 pub mod judge;
 pub mod memory;

@@ -1,0 +1,49 @@
+//! The inline mode's seam: what the reverse proxy and the forward-auth endpoint hand to the
+//! decision, and what they get back. The transport (listeners, TLS, HTTP/1.1 and HTTP/2, the
+//! upstream pool, streaming) knows nothing of the validator, the engine or the bans; the decision
+//! knows nothing of sockets. Both sides are tested on their own through this trait.
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// One request as a front end saw it, before anything was sent upstream.
+#[derive(Debug)]
+pub struct Seen<'a> {
+    /// The TCP peer: the client, or a proxy in front of guard (then the client comes from the
+    /// forwarding headers, and only if the peer is a trusted proxy).
+    pub peer: SocketAddr,
+    /// Whether the client spoke TLS to guard.
+    pub tls: bool,
+    /// Method, URI, version and headers, as received (hop-by-hop headers not yet removed).
+    pub head: &'a http::request::Parts,
+    /// The first bytes of the body, at most `validator.max_body` (empty for forward-auth, which
+    /// never sees bodies).
+    pub body: &'a [u8],
+    /// Whether `body` is the whole body.
+    pub body_complete: bool,
+}
+
+/// What the decision says about a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Send it on. `id` is the request's id, also in the log record.
+    Pass { id: String },
+    /// Answer the client with this response (403, 429, …) and send nothing upstream. In shadow
+    /// mode the decision gives `Pass` and logs what it would have answered.
+    Answer {
+        id: String,
+        response: http::Response<Bytes>,
+    },
+}
+
+/// The per-request decision of the inline mode. It must be quick (no I/O on the caller's task:
+/// lookups are in memory) and never panic on input.
+pub trait Gate: Send + Sync + 'static {
+    /// Judges a request before any of it reaches the upstream.
+    fn check(&self, seen: &Seen<'_>) -> Verdict;
+
+    /// The upstream's (or guard's own) answer to a request that passed, for the log.
+    fn finished(&self, id: &str, status: u16) {
+        let _ = (id, status);
+    }
+}
