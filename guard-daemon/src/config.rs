@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod proxy;
+pub use proxy::{InlineMode, ProxyConfig};
+
 /// Errors reading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,6 +40,7 @@ pub struct Config {
     pub ai: crate::ai::AiConfig,
     pub engine: crate::engine::EngineConfig,
     pub validator: crate::validate::ValidatorConfig,
+    pub proxy: ProxyConfig,
 }
 
 /// `[logs]`: the request log.
@@ -257,6 +261,9 @@ impl Config {
                 message: message.to_owned(),
             })
         };
+        if let Some((key, message)) = self.proxy.problem() {
+            return invalid(key, message);
+        }
         if self.daemon.store_cache_mb == 0 || self.daemon.store_cache_mb > 1 << 20 {
             return invalid("daemon.store_cache_mb", "between 1 and 1048576 MiB");
         }
