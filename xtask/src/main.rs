@@ -118,9 +118,12 @@ fn build_ebpf() -> anyhow::Result<()> {
                 .modified()?
                 .max(newest(&root().join("guard-ebpf/src")))
                 .max(newest(&root().join("guard-common/src")));
+            // Marked with the time of now, not of the sources: cargo reruns guard-daemon's
+            // build.rs only for a change newer than its last run, which may have seen the copy
+            // stale and embedded the stub.
             let file = std::fs::File::options().write(true).open(&dst)?;
             if file.metadata()?.modified()? < built {
-                file.set_modified(built)?;
+                file.set_modified(std::time::SystemTime::now())?;
             }
         } else {
             std::fs::copy(&src, &dst)?;
