@@ -42,14 +42,23 @@ pub struct RingSize {
     pub retire: Duration,
 }
 
-impl Default for RingSize {
-    fn default() -> Self {
-        // 32 MiB in 1 MiB blocks, flushed every 10 ms.
+impl RingSize {
+    /// A ring of `mb` MiB in 256 KiB blocks (four per MiB, room for the largest GSO/GRO
+    /// aggregate), each handed over after 10 ms at the latest. The whole ring is mapped into
+    /// the daemon and counts in its RSS.
+    #[must_use]
+    pub fn mib(mb: u32) -> Self {
         Self {
-            block_size: 1 << 20,
-            blocks: 32,
+            block_size: 256 << 10,
+            blocks: mb.clamp(1, 1024) * 4,
             retire: Duration::from_millis(10),
         }
+    }
+}
+
+impl Default for RingSize {
+    fn default() -> Self {
+        Self::mib(crate::tap::TapConfig::default().ring_mb)
     }
 }
 

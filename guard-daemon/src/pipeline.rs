@@ -61,7 +61,7 @@ impl Pipeline {
         let mut all_stats = Vec::new();
         let verified = Arc::new(VerifiedSources::default());
         for iface in interfaces {
-            let capture = Capture::open(iface, RingSize::default(), |fd| {
+            let capture = Capture::open(iface, RingSize::mib(config.ring_mb), |fd| {
                 xdp.attach_tap(fd).map_err(|e| CaptureError::Sys {
                     call: "attaching http_tap",
                     source: std::io::Error::other(e),
