@@ -1,6 +1,8 @@
 //! Userspace side of the dense IPv4 tier (see [`MAP_DENSE_INDEX`](crate::MAP_DENSE_INDEX)):
 //! which /24 blocks are in it, and their bits and deadlines, written through a memory mapping
-//! of the `DENSE` and `DENSE_HITS` arrays.
+//! of the `DENSE` array. The drop counters (`DENSE_HITS`, 24 MiB) are read and cleared through
+//! the bpf syscall instead: a mapping of an array counts all its pages in the daemon's RSS at
+//! once, and the counters are read rarely (a listing, a block leaving the tier).
 //!
 //! The exact ban map stays the source of truth, so every change keeps one rule: a bit is set
 //! only while its exact ban is in the map and does not overlap the allowlist. Callers report
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use nix::unistd::{SysconfVar, sysconf};
 
@@ -184,7 +186,7 @@ fn eligible(expires: u64) -> bool {
 pub struct DenseTier {
     index: HashMap<MapData, u32, u32>,
     blocks: Mapped<DenseBlock>,
-    hits: Mapped<DenseHits>,
+    hits: Array<MapData, DenseHits>,
     /// One bit per /16 with a block in the tier.
     v16: Mapped<u64>,
     /// Blocks in the tier per /16 number.
@@ -208,7 +210,9 @@ impl DenseTier {
             .try_into()
             .map_err(|_| DenseError::MapType(crate::MAP_DENSE_INDEX))?;
         let blocks = Mapped::<DenseBlock>::new(blocks, crate::MAP_DENSE, DENSE_SLOTS)?;
-        let hits = Mapped::<DenseHits>::new(hits, crate::MAP_DENSE_HITS, DENSE_SLOTS)?;
+        let hits: Array<MapData, DenseHits> = hits
+            .try_into()
+            .map_err(|_| DenseError::MapType(crate::MAP_DENSE_HITS))?;
         let v16 = Mapped::<u64>::new(v16, crate::MAP_DENSE_V16, DENSE_V16_WORDS)?;
         let mut tier = Self {
             index,
@@ -294,8 +298,7 @@ impl DenseTier {
     pub fn hits(&self, addr: u32) -> Option<DenseHit> {
         let (number, idx) = split(addr);
         let block = self.dense.get(&number)?;
-        // SAFETY: a read of the mapping (counters: a torn read is only a stale statistic).
-        Some(unsafe { (&raw const (*self.hits.at(block.slot)).hits[idx]).read_volatile() })
+        Some(self.hits.get(&block.slot, 0).ok()?.hits[idx])
     }
 
     /// Reports an exact IPv4 ban just inserted or updated in `exact` (`expires` with its
@@ -483,9 +486,13 @@ impl DenseTier {
         }
     }
 
-    fn clear_hit(&self, slot: u32, idx: usize) {
-        // SAFETY: a write of the mapping (counters).
-        unsafe { (&raw mut (*self.hits.at(slot)).hits[idx]).write_volatile(DenseHit::default()) };
+    fn clear_hit(&mut self, slot: u32, idx: usize) {
+        // A read-modify-write of the slot's counters: a drop the program counts for another
+        // address of the block in between is lost, a statistic only.
+        if let Ok(mut all) = self.hits.get(&slot, 0) {
+            all.hits[idx] = DenseHit::default();
+            let _ = self.hits.set(slot, all, 0);
+        }
     }
 
     fn slot_available(&self) -> bool {
@@ -516,9 +523,10 @@ impl DenseTier {
         };
         let (bits, min) = summarize(&deadlines);
         let b = self.blocks.at(slot);
-        // SAFETY: the slot's tag is 0, so the program ignores it until the tag is stored last.
+        // The slot's tag is 0, so the program ignores it until the tag is stored last.
+        let _ = self.hits.set(slot, DenseHits::default(), 0);
+        // SAFETY: as above.
         unsafe {
-            self.hits.at(slot).write_bytes(0, 1);
             b.write_volatile(DenseBlock {
                 tag: 0,
                 pad: 0,
@@ -554,8 +562,11 @@ impl DenseTier {
         let _ = self.index.remove(&number);
         self.track_v16(number, false);
         self.cooling.push_back((Instant::now(), block.slot));
-        // SAFETY: a read of the mapping; the program no longer counts into this slot.
-        let hits = unsafe { self.hits.at(block.slot).read_volatile() };
+        // The program no longer counts into this slot.
+        let hits = self
+            .hits
+            .get(&block.slot, 0)
+            .map_err(|e| DenseError::Map("read a block's counters", e))?;
         for (idx, hit) in hits.hits.iter().enumerate() {
             if hit.packets == 0 {
                 continue;
