@@ -12,8 +12,9 @@
 //!
 //! Nothing here reads a clock: callers pass wall-clock milliseconds since the Unix epoch and
 //! monotonic nanoseconds in.
-use std::collections::{BTreeSet, HashMap};
-use std::hash::Hash;
+mod lazy;
+pub use lazy::LazySchedule;
+
 use std::time::Duration;
 
 /// The largest wall-clock step guard acts on; a larger one is logged and not acted on.
@@ -21,94 +22,6 @@ pub const MAX_JUMP: Duration = Duration::from_hours(24);
 
 /// Drift between the two clocks below this is ordinary (NTP slewing, scheduling): ignored.
 pub const DRIFT_TOLERANCE: Duration = Duration::from_secs(2);
-
-/// Deadlines on the monotonic clock (ns), one per key, soonest first.
-#[derive(Debug, Clone)]
-pub struct Schedule<K> {
-    by_time: BTreeSet<(u64, K)>,
-    by_key: HashMap<K, u64>,
-}
-
-impl<K> Default for Schedule<K> {
-    fn default() -> Self {
-        Self {
-            by_time: BTreeSet::new(),
-            by_key: HashMap::new(),
-        }
-    }
-}
-
-impl<K: Copy + Ord + Hash> Schedule<K> {
-    /// An empty schedule.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets `key`'s deadline, replacing an earlier one.
-    pub fn insert(&mut self, key: K, deadline_ns: u64) {
-        if let Some(old) = self.by_key.insert(key, deadline_ns) {
-            self.by_time.remove(&(old, key));
-        }
-        self.by_time.insert((deadline_ns, key));
-    }
-
-    /// Forgets `key`; returns its deadline.
-    pub fn remove(&mut self, key: &K) -> Option<u64> {
-        let old = self.by_key.remove(key)?;
-        self.by_time.remove(&(old, *key));
-        Some(old)
-    }
-
-    /// `key`'s deadline, if it has one.
-    #[must_use]
-    pub fn deadline(&self, key: &K) -> Option<u64> {
-        self.by_key.get(key).copied()
-    }
-
-    /// The soonest deadline.
-    #[must_use]
-    pub fn next(&self) -> Option<u64> {
-        self.by_time.first().map(|(t, _)| *t)
-    }
-
-    /// Removes and returns every key whose deadline is at or before `now_ns`, soonest first.
-    pub fn pop_due(&mut self, now_ns: u64) -> Vec<K> {
-        let mut due = Vec::new();
-        while let Some(&(t, key)) = self.by_time.first() {
-            if t > now_ns {
-                break;
-            }
-            self.by_time.pop_first();
-            self.by_key.remove(&key);
-            due.push(key);
-        }
-        due
-    }
-
-    /// How many keys have a deadline.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    /// Whether no key has a deadline.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
-    }
-
-    /// Forgets every deadline.
-    pub fn clear(&mut self) {
-        self.by_time.clear();
-        self.by_key.clear();
-    }
-
-    /// Every key with its deadline, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (K, u64)> + '_ {
-        self.by_key.iter().map(|(k, t)| (*k, *t))
-    }
-}
 
 /// The monotonic deadline of something that ends at wall time `expires_ms`, measured from
 /// `reference_ms` (the wall time trusted as "now") with the monotonic clock at `now_ns`.

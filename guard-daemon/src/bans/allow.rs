@@ -59,9 +59,9 @@ impl Bans {
                 let deadline = match ban.expires_at {
                     None => 0,
                     // Expired but not yet swept: the sweep removes it.
-                    Some(_) => match self.deadlines.deadline(&ban.target) {
-                        Some(d) => d,
-                        None => continue,
+                    Some(_) => match self.xdp.ban_deadline(&ban.target) {
+                        Some(d) if d != 0 => d,
+                        _ => continue,
                     },
                 };
                 self.xdp.put_ban(&ban.target, deadline)?;

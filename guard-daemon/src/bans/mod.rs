@@ -5,12 +5,10 @@
 //! sled once per batch of commands, and answers them after the flush. Timed bans end on the
 //! monotonic clock, in the maps and the store together (see `guard_core::expiry`).
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use guard_core::expiry::{
-    ClockWatch, MAX_JUMP, Schedule, mono_deadline, shift, start_reference, wall_of,
-};
+use guard_core::expiry::{ClockWatch, MAX_JUMP, mono_deadline, shift, start_reference};
 use tracing::{info, warn};
 
 use crate::clock::{format_utc, mono_ns, now_ms};
@@ -22,6 +20,7 @@ pub use crate::store::{Origin, UnknownOrigin};
 use crate::xdp::{Xdp, XdpError};
 
 mod allow;
+mod expire;
 mod filter;
 pub mod owner;
 
@@ -114,7 +113,7 @@ pub struct Bans {
     default_ttl: Duration,
     /// Timed bans by monotonic deadline (ns), the same one the XDP map holds, so a sweep touches
     /// only what expires and ends the store's record when XDP stops enforcing it.
-    deadlines: Schedule<Net>,
+    deadlines: expire::Deadlines,
     /// The allowlist as stored (the owner is its only writer).
     allows: Vec<Net>,
     /// Never banned; also in the XDP allowlist, so a forced range ban around them spares them.
@@ -146,7 +145,7 @@ impl Bans {
             meta,
             xdp,
             default_ttl,
-            deadlines: Schedule::new(),
+            deadlines: expire::Deadlines::default(),
             allows: Vec::new(),
             protected,
             protect_refusals: 0,
@@ -195,7 +194,7 @@ impl Bans {
         let moved = start.shift_ms(now);
         let mut live = Vec::new();
         let mut expired = 0usize;
-        self.deadlines.clear();
+        self.deadlines = expire::Deadlines::default();
         let started = std::time::Instant::now();
         let mut ended = Vec::new();
         // One record decoded at a time (an undecodable one is skipped, logged and counted).
@@ -215,7 +214,6 @@ impl Bans {
                             ban.expires_at = Some(shift(t, moved));
                             self.store.put_ban(&ban)?;
                         }
-                        self.deadlines.insert(ban.target, d);
                         d
                     }
                 },
@@ -238,6 +236,7 @@ impl Bans {
                 .filter(|n| !self.allows.contains(n)),
         );
         self.xdp.reconcile(&live, &allows)?;
+        self.deadlines = expire::Deadlines::from_live(&live);
         let count = live.len();
         info!(
             bans = count,
@@ -367,10 +366,10 @@ impl Bans {
             mono.saturating_add(ttl_ms.saturating_mul(1_000_000)).max(1)
         };
         self.xdp.put_ban(&record.target, deadline)?;
-        if deadline == 0 {
-            self.deadlines.remove(&record.target);
-        } else {
-            self.deadlines.insert(record.target, deadline);
+        if deadline != 0 {
+            // A deadline replaced here (or lifted below) stays in the schedule until it comes
+            // up, then is dropped: the maps no longer hold it.
+            self.deadlines.insert(record.target, deadline, &self.xdp);
         }
         Ok(record)
     }
@@ -462,12 +461,10 @@ impl Bans {
             Ok(record) => record.ok_or(BanError::NotBanned { target: *target })?,
             Err(source) => {
                 // The operator wants it lifted: lift it, and say the store did not follow.
-                self.deadlines.remove(target);
                 self.xdp.remove_ban(target)?;
                 return Err(not_saved(source));
             }
         };
-        self.deadlines.remove(target);
         let view = self.view(record);
         self.xdp.remove_ban(target)?;
         Ok(view)
@@ -484,7 +481,6 @@ impl Bans {
                 // Lifted anyway; the error is reported once for the batch.
                 failure = failure.or(Some(e));
             }
-            self.deadlines.remove(target);
             self.xdp.remove_ban(target)?;
         }
         if let Some(source) = failure {
@@ -555,60 +551,6 @@ impl Bans {
             bytes: c.bytes,
             last_hit,
             evidence: b.evidence,
-        }
-    }
-
-    /// Ends the bans whose monotonic deadline has passed, in the maps and the store together
-    /// (not flushed: an expired ban the disk still holds is dropped at the next start anyway),
-    /// writes the heartbeat, and moves stored end times along with a wall-clock step.
-    pub fn sweep(&mut self) -> Result<Vec<Net>, BanError> {
-        let (now, mono) = (now_ms(), mono_ns());
-        let mut gone = Vec::new();
-        let mut failure = None;
-        for target in self.deadlines.pop_due(mono) {
-            // The maps first: a store that cannot write must not keep an expired ban in them
-            // (the program ignores it anyway, but the counters and `ban ls` would not).
-            if let Err(e) = self.xdp.remove_ban(&target) {
-                failure = failure.or(Some(BanError::from(e)));
-            }
-            if let Err(e) = self.store.remove_ban(&target) {
-                failure = failure.or(Some(BanError::from(e)));
-            }
-            gone.push(target);
-        }
-        self.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
-        if let Some(jump) = self.clock.observe(now, mono) {
-            self.follow_jump(jump, now, mono);
-        }
-        if now.abs_diff(self.last_beat) >= BEAT_EVERY_MS
-            && let Err(e) = self.beat(now)
-        {
-            failure = failure.or(Some(e.into()));
-        }
-        failure.map_or(Ok(gone), Err)
-    }
-
-    /// The wall clock stepped while guard ran: nothing ends sooner or later (deadlines are
-    /// monotonic), but the stored end times move with it, so that `ban ls` and the next start
-    /// read them on the clock of now.
-    fn follow_jump(&mut self, jump: guard_core::expiry::Jump, now: u64, mono: u64) {
-        if jump.too_big() {
-            warn!(%jump, "the wall clock jumped {jump}: not acting on it (bans end on the monotonic clock)");
-        } else {
-            info!(%jump, "the wall clock moved {jump}; bans end on the monotonic clock");
-        }
-        let timed: Vec<(Net, u64)> = self.deadlines.iter().collect();
-        for (target, deadline) in timed {
-            let rebased = self.store.ban(&target).and_then(|ban| match ban {
-                Some(mut ban) => {
-                    ban.expires_at = Some(wall_of(deadline, mono, now));
-                    self.store.put_ban(&ban).map(|_| ())
-                }
-                None => Ok(()),
-            });
-            if let Err(e) = rebased {
-                warn!(%target, "moving the stored end of a ban with the clock: {e}");
-            }
         }
     }
 }

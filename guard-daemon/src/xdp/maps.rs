@@ -420,13 +420,20 @@ impl Xdp {
             })
     }
 
-    /// The drop counters of a ban, if it is in the maps.
+    /// The monotonic deadline (ns) the maps hold for the ban of `net`: `Some(0)` for a
+    /// permanent one, `None` when the maps hold none (the ban owner's expiry asks this, so
+    /// that a replaced or lifted deadline is never acted on).
     #[must_use]
-    pub fn ban_counters(&self, net: &Net) -> Option<BanCounters> {
+    pub fn ban_deadline(&self, net: &Net) -> Option<u64> {
+        self.ban_entry(net).map(|e| e.expires_ns & !BAN_CHECK_ALLOW)
+    }
+
+    /// The map entry of the ban of `net` (an exact key, never a covering range).
+    fn ban_entry(&self, net: &Net) -> Option<BanEntry> {
         if !net.is_host() && !self.cidrs.contains(net) {
             return None;
         }
-        let e = match (net.addr(), net.is_host()) {
+        match (net.addr(), net.is_host()) {
             (IpAddr::V4(a), true) => self.bans_v4.get(&v4(a), 0).ok(),
             (IpAddr::V6(a), true) => self.bans_v6.get(&a.octets(), 0).ok(),
             (IpAddr::V4(a), false) => self
@@ -437,7 +444,13 @@ impl Xdp {
                 .cidr_v6
                 .get(&Key::new(u32::from(net.prefix()), a.octets()), 0)
                 .ok(),
-        }?;
+        }
+    }
+
+    /// The drop counters of a ban, if it is in the maps.
+    #[must_use]
+    pub fn ban_counters(&self, net: &Net) -> Option<BanCounters> {
+        let e = self.ban_entry(net)?;
         let (pending_packets, pending_bytes) = self.hot_pending(net);
         let dense = match (net.addr(), net.is_host()) {
             (IpAddr::V4(a), true) => self.dense.hits(v4(a)).unwrap_or_default(),
