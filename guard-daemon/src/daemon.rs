@@ -557,7 +557,7 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
             }
         }
         let mut waiting = Vec::with_capacity(orders.len());
-        for BanOrder { request, ticket } in orders {
+        for BanOrder { request, ticket } in orders.into_iter().map(|o| *o) {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let target = request.target;
             let reason = request.reason.clone();

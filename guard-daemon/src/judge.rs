@@ -73,7 +73,8 @@ pub struct JudgeStats {
 pub struct Judge {
     validator: Validator,
     engine: Arc<Mutex<Engine>>,
-    bans: SyncSender<BanOrder>,
+    /// Boxed orders: the bounded channel initialises every slot up front.
+    bans: SyncSender<Box<BanOrder>>,
     pub stats: Arc<JudgeStats>,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
@@ -103,7 +104,7 @@ pub struct BanOrder {
 }
 
 /// Ban orders waiting for the daemon.
-pub type BanQueue = Receiver<BanOrder>;
+pub type BanQueue = Receiver<Box<BanOrder>>;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -418,7 +419,7 @@ impl Judge {
 /// to the engine as failed, so the client's next request orders it again.
 fn order_ban(
     decision: Decision,
-    bans: &SyncSender<BanOrder>,
+    bans: &SyncSender<Box<BanOrder>>,
     s: &JudgeStats,
     engine: &Mutex<Engine>,
 ) -> String {
@@ -443,7 +444,7 @@ fn order_ban(
         s.bans_retried.fetch_add(1, Ordering::Relaxed);
         info!(%target, "ban ordered again: the last order was dropped, failed or not answered");
     }
-    let order = BanOrder {
+    let order = Box::new(BanOrder {
         request: BanRequest {
             target,
             ttl: Some(ttl),
@@ -453,7 +454,7 @@ fn order_ban(
             evidence: Some(*evidence),
         },
         ticket,
-    };
+    });
     match bans.try_send(order) {
         Ok(()) => {
             s.bans_ordered.fetch_add(1, Ordering::Relaxed);

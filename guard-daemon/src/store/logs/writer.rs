@@ -28,7 +28,9 @@ pub struct WriterCounters {
 /// keeps the database under its cap and prunes records past their retention.
 #[derive(Debug)]
 pub struct LogWriter {
-    tx: Option<SyncSender<LogRecord>>,
+    /// Boxed records: a bounded channel initialises every slot up front, so a queue of 65,536
+    /// unboxed records would hold 16 MB resident from the start.
+    tx: Option<SyncSender<Box<LogRecord>>>,
     pub(super) counters: Arc<WriterCounters>,
     limits: Limits,
     thread: Option<JoinHandle<()>>,
@@ -68,7 +70,7 @@ impl LogWriter {
         let sent = self
             .tx
             .as_ref()
-            .is_some_and(|tx| match tx.try_send(record) {
+            .is_some_and(|tx| match tx.try_send(Box::new(record)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             });
@@ -131,7 +133,7 @@ impl Warner {
 
 fn write_loop(
     store: &LogStore,
-    rx: &Receiver<LogRecord>,
+    rx: &Receiver<Box<LogRecord>>,
     max_batch: usize,
     limits: &Limits,
     c: &WriterCounters,
@@ -156,12 +158,12 @@ fn write_loop(
             cap => cap / 8,
         };
         let mut batch_bytes = first.approx_bytes();
-        batch.push(first);
+        batch.push(*first);
         while batch.len() < max_batch && batch_bytes < max_batch_bytes {
             match rx.try_recv() {
                 Ok(r) => {
                     batch_bytes += r.approx_bytes();
-                    batch.push(r);
+                    batch.push(*r);
                 }
                 Err(_) => break,
             }
