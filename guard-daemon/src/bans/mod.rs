@@ -197,19 +197,22 @@ impl Bans {
         self.deadlines = expire::Deadlines::default();
         let started = std::time::Instant::now();
         let mut ended = Vec::new();
-        // One record decoded at a time (an undecodable one is skipped, logged and counted).
-        for ban in self.store.ban_iter() {
-            let mut ban = ban?;
-            let deadline = match ban.expires_at {
+        // Only each record's head is decoded (an undecodable one is skipped, logged and
+        // counted); the whole record only when its stored end must move.
+        for ban in self.store.ban_ends() {
+            let (target, expires_at) = ban?;
+            let deadline = match expires_at {
                 None => 0,
                 Some(t) => match mono_deadline(t, start.wall_ms, mono) {
                     None => {
-                        ended.push(ban.target);
+                        ended.push(target);
                         expired += 1;
                         continue;
                     }
                     Some(d) => {
-                        if moved != 0 {
+                        if moved != 0
+                            && let Some(mut ban) = self.store.ban(&target)?
+                        {
                             // Shown and stored on the clock of now, so the next start agrees.
                             ban.expires_at = Some(shift(t, moved));
                             self.store.put_ban(&ban)?;
@@ -218,7 +221,7 @@ impl Bans {
                     }
                 },
             };
-            live.push((ban.target, deadline));
+            live.push((target, deadline));
         }
         for target in &ended {
             self.store.remove_ban(target)?;

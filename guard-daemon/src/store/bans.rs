@@ -132,6 +132,25 @@ impl Store {
             seen: 0,
             whole_tree: true,
             done: false,
+            decode: decode_ban,
+        }
+    }
+
+    /// Every ban's target and stored end (`None`: permanent), as [`Store::ban_iter`] but
+    /// decoding only the record's head: a start reads a million of them.
+    #[must_use]
+    pub fn ban_ends(&self) -> BanIter<(Net, Option<u64>)> {
+        BanIter {
+            inner: self.bans.iter(),
+            store: self.clone(),
+            writes_at_start: self.counts.ban_writes.load(Ordering::Acquire),
+            seen: 0,
+            whole_tree: true,
+            done: false,
+            decode: |key, value| {
+                let target = key_net(key).ok_or(codec::DecodeError::Key)?;
+                Ok((target, codec::ban_deadline(value)?))
+            },
         }
     }
 
@@ -149,6 +168,7 @@ impl Store {
             seen: 0,
             whole_tree: false,
             done: false,
+            decode: decode_ban,
         }
     }
 
@@ -230,7 +250,7 @@ fn last_address(net: &Net) -> std::net::IpAddr {
 }
 
 /// Bans in key order, decoded lazily (see [`Store::ban_iter`]).
-pub struct BanIter {
+pub struct BanIter<T = BanRecord> {
     inner: sled::Iter,
     store: Store,
     writes_at_start: u64,
@@ -239,10 +259,12 @@ pub struct BanIter {
     /// Whether this walks the whole tree (then, at its end, the count is learnt).
     whole_tree: bool,
     done: bool,
+    /// How much of each record is decoded.
+    decode: fn(&[u8], &[u8]) -> Result<T, codec::DecodeError>,
 }
 
-impl Iterator for BanIter {
-    type Item = Result<BanRecord, StoreError>;
+impl<T> Iterator for BanIter<T> {
+    type Item = Result<T, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
@@ -259,7 +281,7 @@ impl Iterator for BanIter {
                 }
                 Some(Ok((key, value))) => {
                     self.seen += 1;
-                    match decode_ban(&key, &value) {
+                    match (self.decode)(&key, &value) {
                         Ok(r) => return Some(Ok(r)),
                         Err(e) => self.store.met_bad(&key, &e),
                     }
