@@ -12,6 +12,7 @@ use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
+mod users;
 pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.

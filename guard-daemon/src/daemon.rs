@@ -516,6 +516,7 @@ fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
                 },
                 ..Default::default()
             }),
+            user: None,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if !shared.bans.send(crate::bans::Command::Order(req, tx)) {

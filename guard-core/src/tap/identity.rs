@@ -14,6 +14,37 @@ use crate::net::Net;
 /// Longest JWT we decode; longer tokens are ignored (no user id).
 const MAX_JWT: usize = 8192;
 
+/// Longest user id guard bans or stores, in bytes. Ids come from the network (headers, JWT
+/// claims) and from operators: a longer one is refused, never cut (a cut id could name
+/// someone else).
+pub const MAX_USER_ID: usize = 256;
+
+/// Why a user id cannot be banned or stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserIdError {
+    #[error("the user id is empty")]
+    Empty,
+    #[error("the user id is {len} bytes long; at most {MAX_USER_ID} are accepted")]
+    TooLong { len: usize },
+    #[error("the user id contains a control character (U+{code:04X})")]
+    Control { code: u32 },
+}
+
+/// Checks that `id` can be a user ban's key: not empty, at most [`MAX_USER_ID`] bytes, no
+/// control characters (they would forge lines in logs and tables).
+pub fn check_user_id(id: &str) -> Result<(), UserIdError> {
+    if id.is_empty() {
+        return Err(UserIdError::Empty);
+    }
+    if id.len() > MAX_USER_ID {
+        return Err(UserIdError::TooLong { len: id.len() });
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(UserIdError::Control { code: u32::from(c) });
+    }
+    Ok(())
+}
+
 /// Where a user id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

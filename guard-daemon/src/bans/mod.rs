@@ -4,6 +4,9 @@
 //! (a ban the maps cannot hold is refused and never stored), then into sled; the owner flushes
 //! sled once per batch of commands, and answers them after the flush. Timed bans end on the
 //! monotonic clock, in the maps and the store together (see `guard_core::expiry`).
+//!
+//! User bans ([`users`]: the `user_bans` tree and the [`UserLookup`] the per-request paths
+//! read) are owned by the same thread, expire the same way, and are restored at start.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,9 +27,11 @@ use crate::xdp::{Xdp, XdpError};
 mod allow;
 mod filter;
 pub mod owner;
+pub mod users;
 
 pub use filter::{BanFilter, BanSort, BanView};
 pub use owner::{BanHandle, Command, Ordered, Owner};
+pub use users::{UserBanRequest, UserBanned, UserLookup};
 
 /// Errors of ban and allowlist operations.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,23 @@ pub enum BanError {
     RemovalNotSaved { target: Net, source: StoreError },
     #[error(transparent)]
     Xdp(#[from] XdpError),
+    #[error("cannot ban this user id: {source}")]
+    BadUserId {
+        #[source]
+        source: guard_core::tap::identity::UserIdError,
+    },
+    #[error("user {id:?} is not banned")]
+    UserNotBanned { id: String },
+    /// The user ban is enforced, but the store did not take it.
+    #[error(
+        "user {id:?} is banned now, but the ban store could not record it ({source}); the ban is lost when guard restarts. Free disk space and restart guard"
+    )]
+    UserNotSaved { id: String, source: StoreError },
+    /// The user ban is lifted, but the store did not record it.
+    #[error(
+        "user {id:?} is no longer banned, but the ban store could not record the removal ({source}); the ban comes back when guard restarts. Free disk space and restart guard"
+    )]
+    UserRemovalNotSaved { id: String, source: StoreError },
     /// The owner did not answer: it has stopped (guard is shutting down) or the command
     /// panicked inside it (logged).
     #[error(
@@ -84,6 +106,9 @@ pub struct BanRequest {
     pub origin: Origin,
     pub force: bool,
     pub evidence: Option<Evidence>,
+    /// The verified user behind the client (engine orders only): banned too, with the same
+    /// ttl and reason (see [`Bans::order`]).
+    pub user: Option<String>,
 }
 
 /// Name of the tree of the ban owner's own facts (the heartbeat).
@@ -129,6 +154,8 @@ pub struct Bans {
     last_beat: u64,
     /// Bans ended by expiry since start (shown by `guard stats`).
     expired: Arc<AtomicU64>,
+    /// User bans: the lookup the per-request paths read and their deadlines.
+    users: users::Users,
 }
 
 impl Bans {
@@ -154,6 +181,7 @@ impl Bans {
             dirty: false,
             last_beat: 0,
             expired: Arc::default(),
+            users: users::Users::default(),
         };
         bans.rebuild()?;
         Ok(bans)
@@ -239,7 +267,9 @@ impl Bans {
         );
         self.xdp.reconcile(&live, &allows)?;
         let count = live.len();
+        let user_bans = self.rebuild_users(start.wall_ms, moved, mono)?;
         info!(
+            user_bans,
             bans = count,
             expired,
             skipped = self.store.bad_records(),
@@ -311,7 +341,10 @@ impl Bans {
     /// The next monotonic deadline (ns) of a timed ban.
     #[must_use]
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.next()
+        match (self.deadlines.next(), self.users.deadlines.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Bans (or re-bans, replacing reason and deadline) a target: into the maps first (a ban
@@ -379,8 +412,33 @@ impl Bans {
     /// banned at least as long is left as it is (an operator's longer ban is not shortened, a
     /// shorter one is extended); an IPv6 network
     /// that holds a protected address narrows to the client; the engine's offence is stored
-    /// for escalation across restarts.
+    /// for escalation across restarts. A verified user named in the order is banned too, for
+    /// as long, whatever becomes of the address (it may be refused as allowlisted: the user is
+    /// still the offender); a failure to ban the user is logged, not returned.
     pub fn order(&mut self, mut req: BanRequest) -> Result<Ordered, BanError> {
+        let user = req.user.take();
+        let result = self.order_addr(&mut req);
+        if let Some(id) = user {
+            let ureq = UserBanRequest {
+                id,
+                ttl: req.ttl,
+                reason: req.reason.clone(),
+                origin: req.origin,
+                addr: Some(req.target),
+            };
+            let id = ureq.id.clone();
+            match self.order_user(ureq) {
+                Ok(Some(b)) => {
+                    info!(user = %id.escape_debug(), addr = %req.target, expires_at = ?b.expires_at, "user banned with the address");
+                }
+                Ok(None) => {}
+                Err(e) => warn!(user = %id.escape_debug(), "engine user ban: {e}"),
+            }
+        }
+        result
+    }
+
+    fn order_addr(&mut self, req: &mut BanRequest) -> Result<Ordered, BanError> {
         let client = req.evidence.as_ref().and_then(|e| e.client);
         if !req.target.is_host()
             && let Some(c) = client
@@ -406,7 +464,7 @@ impl Bans {
             }
         }
         let offence = req.evidence.as_ref().and_then(|e| e.offence);
-        let view = self.ban(req)?;
+        let view = self.ban(req.clone())?;
         if let (Some(count), Some(client)) = (offence, client) {
             let record = OffenceRecord {
                 count,
@@ -576,7 +634,13 @@ impl Bans {
             }
             gone.push(target);
         }
-        self.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        let (users_gone, user_failure) = self.sweep_users(mono);
+        for id in &users_gone {
+            info!(user = %id.escape_debug(), "user ban expired");
+        }
+        failure = failure.or(user_failure.map(BanError::from));
+        self.expired
+            .fetch_add((gone.len() + users_gone.len()) as u64, Ordering::Relaxed);
         if let Some(jump) = self.clock.observe(now, mono) {
             self.follow_jump(jump, now, mono);
         }
@@ -610,5 +674,6 @@ impl Bans {
                 warn!(%target, "moving the stored end of a ban with the clock: {e}");
             }
         }
+        self.follow_jump_users(now, mono);
     }
 }
