@@ -348,7 +348,7 @@ impl Bans {
                         .insert(&id, &reason, Some(expires_at), deadline);
                 }
                 Err(e) => {
-                    warn!(id = %id.escape_debug(), "moving the stored end of a user ban with the clock: {e}")
+                    warn!(id = %id.escape_debug(), "moving the stored end of a user ban with the clock: {e}");
                 }
             }
         }
