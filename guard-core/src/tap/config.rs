@@ -46,6 +46,9 @@ pub struct TapConfig {
     pub user_header: Option<String>,
     /// HS256 key: bearer JWTs whose signature checks with it give a verified user id.
     pub jwt_hs256_key: Option<String>,
+    /// PEM file of public keys (RSA, EC P-256): RS256 and ES256 bearer JWTs whose signature
+    /// checks with one of them give a verified user id. Read by the daemon at start.
+    pub jwt_public_key: Option<String>,
 }
 
 impl Default for TapConfig {
@@ -78,6 +81,8 @@ impl Default for TapConfig {
             user_header: None,
             // None: JWT `sub` claims are reported as unverified.
             jwt_hs256_key: None,
+            // None: RS256/ES256 tokens are reported as unverified.
+            jwt_public_key: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub enum TapConfigError {
     FlowAboveTotal { flow: usize, total: usize },
     #[error("tap.jwt_hs256_key is empty")]
     EmptyJwtKey,
+    #[error("tap.jwt_public_key is empty (give the path of a PEM file, or leave it out)")]
+    EmptyJwtPublicKey,
 }
 
 impl TapConfig {
@@ -123,6 +130,9 @@ impl TapConfig {
         }
         if self.jwt_hs256_key.as_deref() == Some("") {
             return Err(TapConfigError::EmptyJwtKey);
+        }
+        if self.jwt_public_key.as_deref() == Some("") {
+            return Err(TapConfigError::EmptyJwtPublicKey);
         }
         Ok(())
     }
