@@ -376,6 +376,53 @@ mod tests {
         assert_eq!(clone.is_banned_at("root", 0), None, "clones share the map");
     }
 
+    /// What a lookup costs a request: 100,000 banned users, 4 readers, and a writer changing
+    /// a ban every millisecond (as a busy owner would).
+    /// `cargo test -p guard-daemon --release --lib user_lookup_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn user_lookup_cost() {
+        let lookup = UserLookup::default();
+        for i in 0..100_000 {
+            lookup.insert(&format!("user-{i}"), "r", None, 0);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    lookup.insert(&format!("new-{i}"), "r", None, 0);
+                    i += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            });
+            let readers: Vec<_> = (0..4)
+                .map(|t| {
+                    let lookup = &lookup;
+                    s.spawn(move || {
+                        let n = 1_000_000u32;
+                        let start = std::time::Instant::now();
+                        let mut hits = 0u32;
+                        for i in 0..n {
+                            let id = if i % 2 == 0 {
+                                "user-4242"
+                            } else {
+                                "nobody-at-all"
+                            };
+                            hits += u32::from(lookup.is_banned(id).is_some());
+                        }
+                        assert_eq!(hits, n / 2, "reader {t}");
+                        start.elapsed() / n
+                    })
+                })
+                .collect();
+            for r in readers {
+                println!("is_banned: {:?} per lookup", r.join().unwrap());
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
     #[test]
     fn the_schedule_pops_what_is_due_in_order() {
         let mut s = UserSchedule::default();

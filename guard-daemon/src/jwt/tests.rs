@@ -61,7 +61,9 @@ fn es256(claims: &str) -> String {
 
 /// The keys of both public PEM files, as `tap.jwt_public_key` would hold them in one file.
 fn keys() -> JwtKeys {
-    let dir = std::env::temp_dir().join(format!("guard-jwt-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("guard-jwt-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("keys.pem");
     let text = std::fs::read_to_string(data("ec-public.pem")).unwrap()
@@ -109,6 +111,8 @@ fn expired_tampered_and_relabelled_tokens_do_not_verify() {
     let early = format!(r#"{{"sub":"alice","nbf":{}}}"#, NOW + 3600);
     assert!(!keys.check(&es256(&early), NOW).unwrap().1);
     for token in [rs256(r#"{"sub":"alice"}"#), es256(r#"{"sub":"alice"}"#)] {
+        // Checked (and remembered as good) first: what is remembered is this token only.
+        assert!(keys.check(&token, NOW).unwrap().1);
         let parts: Vec<&str> = token.split('.').collect();
         let tampered = format!(
             "{}.{}.{}",
@@ -172,5 +176,52 @@ mod hmac_sha256 {
         pub fn finish(self) -> Vec<u8> {
             self.0.sign().as_ref().to_vec()
         }
+    }
+}
+
+/// What a verified token costs the tap thread that checks it (one per request carrying it).
+/// `cargo test -p guard-daemon --release --lib jwt_verify_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn jwt_verify_cost() {
+    let keys = keys();
+    let claims = format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60);
+    for (name, token) in [
+        ("HS256", {
+            let input = input("HS256", &claims);
+            let mut mac = hmac_sha256::Mac::new(b"hs-secret");
+            mac.update(input.as_bytes());
+            format!("{input}.{}", B64.encode(mac.finish()))
+        }),
+        ("RS256", rs256(&claims)),
+        ("ES256", es256(&claims)),
+    ] {
+        // A new token each time: the signature is checked.
+        let fresh: Vec<String> = (0..200)
+            .map(|i| {
+                let claims = format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60 + i);
+                match name {
+                    "RS256" => rs256(&claims),
+                    "ES256" => es256(&claims),
+                    _ => token.replace("alice", &format!("alice{i}")),
+                }
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        for t in &fresh {
+            let _ = keys.check(t, NOW);
+        }
+        let cold = start.elapsed() / 200;
+        // The same token again (a client's next requests).
+        assert!(keys.check(&token, NOW).unwrap().1, "{name}");
+        let n = 5_000u32;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(keys.check(&token, NOW).unwrap().1);
+        }
+        println!(
+            "{name}: first sight {cold:?} per token, again {:?} per token",
+            start.elapsed() / n
+        );
     }
 }
