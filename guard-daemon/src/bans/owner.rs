@@ -1,7 +1,9 @@
-//! The one thread that owns bans and the allowlist (`guard-bans`): sled's `bans` and `allow`
-//! trees, the XDP maps and the expiry deadlines. Everything else holds a [`BanHandle`] and sends
-//! it typed [`Command`]s, each with a reply channel, and waits for the answer; nobody holds a
-//! lock on this state, so nothing waits on a lock held across I/O.
+//! The one thread that owns bans, user bans and the allowlist (`guard-bans`): sled's `bans`,
+//! `user_bans` and `allow` trees, the XDP maps, the user lookup and the expiry deadlines.
+//! Everything else holds a [`BanHandle`] and sends it typed [`Command`]s, each with a reply
+//! channel, and waits for the answer; nobody holds a lock on this state, so nothing waits on a
+//! lock held across I/O. (The one exception is read-only: the per-request paths read banned
+//! users through [`BanHandle::users`], a lookup the owner writes, see `users`.)
 //!
 //! The thread takes every command queued, applies them in order, flushes sled **once** for the
 //! batch, and only then answers: a reply that says a ban is saved means sled has flushed it to

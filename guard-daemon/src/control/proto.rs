@@ -255,6 +255,9 @@ pub struct Status {
     pub bans: usize,
     /// Allowlist entries.
     pub allowlist: usize,
+    /// User bans stored.
+    #[serde(default)]
+    pub user_bans: usize,
     pub rate_limit_pps: u64,
     pub keep_attached: bool,
     /// What is never banned, and why (see `protect`).

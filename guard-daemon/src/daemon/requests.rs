@@ -245,6 +245,7 @@ fn status(shared: &Shared) -> Response {
         x.pin_dir().clone_into(&mut status.pin_dir);
         status.bans = bans.count().unwrap_or(0);
         status.allowlist = bans.allows().map_or(0, |l| l.len());
+        status.user_bans = bans.store().user_ban_count();
         status.protected = bans.protected().entries().to_vec();
         status.protect_refusals = bans.protect_refusals();
         status.maps = x
