@@ -14,9 +14,10 @@ impl Bans {
     /// A ban the daemon orders by itself (the engine, the packet rate): a target already
     /// banned at least as long is left as it is (an operator's longer ban is not shortened, a
     /// shorter one is extended); an IPv6 network that holds a protected address narrows to the
-    /// client; the engine's offence is stored for escalation across restarts. A verified user named in the order is banned too, for
-    /// as long, whatever becomes of the address (it may be refused as allowlisted: the user is
-    /// still the offender); a failure to ban the user is logged, not returned.
+    /// client; the engine's offence is stored for escalation across restarts. A verified user
+    /// named in the order is banned too, for as long, whatever becomes of the address (it may be
+    /// refused as allowlisted: the user is still the offender); a failure to ban the user is
+    /// logged, not returned.
     pub fn order(&mut self, mut req: BanRequest) -> Result<Ordered, BanError> {
         let user = req.user.take();
         let result = self.order_addr(&mut req);
