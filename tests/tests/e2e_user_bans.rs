@@ -1,5 +1,6 @@
 //! End to end for user bans, on a real daemon: `guard ban add|ls|rm --user` over the control
-//! socket, a user ban that survives a restart and one that expires, and the engine banning a
+//! socket, a user ban that survives a restart, one that expires while guard runs and one that
+//! ends while it is stopped, and the engine banning a
 //! verified user (an ES256 JWT checked with the key file of `tap.jwt_public_key`) together with
 //! its address when the user attacks through the tap — while a client with a forged token gets
 //! only its address banned.
@@ -91,7 +92,10 @@ fn user_bans_are_listed_survive_a_restart_expire_and_are_lifted() -> anyhow::Res
     });
     assert!(gone.is_some(), "the 2 s user ban did not expire");
 
+    // One that ends while guard is stopped is gone when it starts again.
+    cli(&d, &["ban", "add", "--user", "while-down", "--ttl", "2s"])?;
     d.stop()?;
+    std::thread::sleep(Duration::from_millis(2500));
     d.spawn()?;
     let after = user_bans(&d)?;
     assert_eq!(
