@@ -1,7 +1,8 @@
 //! Who sent a request: the configured forwarding header (X-Forwarded-For or Forwarded, every
-//! line of it) walked from the right behind trusted proxies, the user header, and bearer JWTs
-//! (decoded, HS256 checked). The input is a control byte and newline-separated fields: the
-//! forwarding header's lines (up to three), the user header and the Authorization value.
+//! line of it) walked from the right behind trusted proxies, the user header, bearer JWTs
+//! (decoded, HS256 checked, the `exp`/`nbf` and `alg` rules), and PEM public keys. The input is
+//! a control byte and newline-separated fields: the forwarding header's lines (up to three), the
+//! user header and the Authorization value (the whole text is also read as PEM).
 //! Invariants: an untrusted peer is its own client; a trusted proxy is never the client; at most
 //! `MAX_HOPS` hops are kept; a token is verified only with a key.
 #![no_main]
@@ -12,6 +13,8 @@ use std::sync::LazyLock;
 use guard_core::net::Net;
 use guard_core::tap::ClientHeader;
 use guard_core::tap::identity::{ForwardChain, MAX_HOPS, client_of, jwt_sub, trusted, user_id};
+use guard_core::tap::jwt::JwtKeys;
+use guard_core::tap::pem::parse_public_keys;
 use libfuzzer_sys::fuzz_target;
 
 static PROXIES: LazyLock<Vec<Net>> = LazyLock::new(|| {
@@ -69,4 +72,15 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(!verified);
     }
+    // With every check (times, alg) and no key, nothing verifies; with the HS256 key only, an
+    // RS256/ES256 token never does.
+    if let Some(token) = authorization {
+        let now = u64::from(ctl) << 24;
+        assert!(!JwtKeys::default().check(token, now).is_some_and(|(_, v)| v));
+        if let Some((_, true)) = JwtKeys::new(key, None).check(token, now) {
+            assert!(key.is_some());
+        }
+    }
+    // PEM public keys: any text is parsed without panicking.
+    let _ = parse_public_keys(&text);
 });

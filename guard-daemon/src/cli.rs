@@ -12,6 +12,7 @@ use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
+mod users;
 pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
@@ -447,8 +448,8 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         println!("  interface {} ({} XDP)", i.name, i.mode);
     }
     println!(
-        "  bans {}  allowlist {}  rate limit {} pps",
-        data.bans, data.allowlist, data.rate_limit_pps
+        "  bans {}  user bans {}  allowlist {}  rate limit {} pps",
+        data.bans, data.user_bans, data.allowlist, data.rate_limit_pps
     );
     println!(
         "  state {}  pins {}",
@@ -528,6 +529,37 @@ mod tests {
             err.contains("unknown origin `engin`: expected one of cli, import, rate-limit, engine"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn user_ban_flags_parse_and_conflict_with_address_ones() {
+        let cli =
+            Cli::try_parse_from(["guard", "ban", "add", "--user", "alice", "--ttl", "1h"]).unwrap();
+        let Command::Ban(BanCommand::Add { user, target, .. }) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((user.as_deref(), target), (Some("alice"), None));
+        let cli = Cli::try_parse_from(["guard", "ban", "ls", "--user", "--json"]).unwrap();
+        let Command::Ban(BanCommand::Ls(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(args.user && args.json);
+        let cli = Cli::try_parse_from(["guard", "ban", "rm", "--user", "alice"]).unwrap();
+        let Command::Ban(BanCommand::Rm(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.user.as_deref(), Some("alice"));
+        for args in [
+            &["guard", "ban", "add", "192.0.2.1", "--user", "alice"][..],
+            &["guard", "ban", "add", "--user", "alice", "--force"],
+            &["guard", "ban", "add"],
+            &["guard", "ban", "ls", "--user", "--origin", "engine"],
+            &["guard", "ban", "ls", "--user", "--sort", "packets"],
+            &["guard", "ban", "rm", "192.0.2.1", "--user", "alice"],
+            &["guard", "ban", "rm", "--user", "alice", "--reason", "x"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -253,6 +253,10 @@ impl Config {
     }
 
     /// Checks what serde cannot: ranges and relations between keys.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per key, in the order of the file"
+    )]
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| {
             Err(ConfigError::Invalid {
@@ -336,6 +340,11 @@ impl Config {
             && let Err(e) = self.tap.validate()
         {
             return invalid("tap", &e.to_string());
+        }
+        if let Some(pem) = self.tap.jwt_public_key.as_deref().filter(|p| !p.is_empty())
+            && let Err(e) = crate::jwt::load(Path::new(pem))
+        {
+            return invalid("tap.jwt_public_key", &e.to_string());
         }
         if !(1..=4).contains(&self.validator.paranoia) {
             return invalid("validator.paranoia", "must be 1, 2, 3 or 4");

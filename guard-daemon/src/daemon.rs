@@ -182,13 +182,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
+    // A key file that cannot be used stops the start: running on would leave every RS256/ES256
+    // user unverified without a word.
+    let jwt = crate::jwt::keys_of(&config.tap).context("tap.jwt_public_key")?;
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
         None
     } else {
         let names = xdp.interface_names().to_vec();
         // Fail open: without the tap guard still enforces bans; say so loudly.
-        match Pipeline::start(&mut xdp, &names, &config.tap, &writer, &judge) {
+        match Pipeline::start(&mut xdp, &names, &config.tap, &writer, &judge, &jwt) {
             Ok(p) => Some(p),
             Err(e) => {
                 error!("HTTP capture unavailable, continuing without it: {e}");
@@ -516,6 +519,7 @@ fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
                 },
                 ..Default::default()
             }),
+            user: None,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if !shared.bans.send(crate::bans::Command::Order(req, tx)) {

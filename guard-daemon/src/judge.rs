@@ -158,6 +158,11 @@ impl Judge {
         self.engine().unbanned_net(target);
     }
 
+    /// The operator lifted the ban of user `id`: the engine forgets it banned that user.
+    pub fn unbanned_user(&self, id: &str) {
+        self.engine().unbanned_user(id);
+    }
+
     /// The owner's word on an order: the engine counts the client as banned only once it is
     /// enforced; a failed one is given again on the client's next request.
     pub fn settle(&self, ticket: &BanTicket, outcome: BanOutcome) {
@@ -425,6 +430,7 @@ fn order_ban(
 ) -> String {
     let Decision::Ban {
         target,
+        user,
         ttl,
         reason,
         evidence,
@@ -452,6 +458,7 @@ fn order_ban(
             origin: Origin::Engine,
             force: false,
             evidence: Some(*evidence),
+            user,
         },
         ticket,
     });

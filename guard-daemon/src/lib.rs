@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod inline;
 pub mod inspect;
 pub mod judge;
+pub mod jwt;
 pub mod memory;
 pub mod perms;
 pub mod pipeline;

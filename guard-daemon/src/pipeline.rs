@@ -1,6 +1,7 @@
 //! The HTTP observation pipeline: one thread per guarded interface reads the capture ring,
 //! feeds the tap (reassembly, HTTP parsing, pairing) and hands each finished request to the
 //! batching log writer — never blocking on it: a record that does not fit is counted and dropped.
+use guard_core::tap::jwt::JwtKeys;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -49,6 +50,7 @@ impl Pipeline {
         config: &TapConfig,
         writer: &Arc<LogWriter>,
         judge: &Arc<Judge>,
+        jwt: &JwtKeys,
     ) -> Result<Self, CaptureError> {
         xdp.set_tap_ports(&config.http_ports)
             .map_err(|e| CaptureError::Sys {
@@ -79,6 +81,7 @@ impl Pipeline {
                 ports: Arc::clone(&ports),
                 judge: Arc::clone(judge),
                 verified: Arc::clone(&verified),
+                jwt: jwt.clone(),
             };
             let tap_config = config.clone();
             let thread = std::thread::Builder::new()
@@ -159,6 +162,8 @@ struct Worker {
     ports: Arc<(Mutex<Vec<u16>>, AtomicU64)>,
     judge: Arc<Judge>,
     verified: Arc<VerifiedSources>,
+    /// The keys bearer JWTs are verified with (`tap.jwt_hs256_key`, `tap.jwt_public_key`).
+    jwt: JwtKeys,
 }
 
 /// Runs one interface's capture until `stop`, restarting the capture loop after a panic (see
@@ -168,6 +173,7 @@ struct Worker {
 /// picked up mid-stream, see `Trust`).
 fn run(mut capture: Capture, config: &TapConfig, w: &Worker) {
     let mut tap = Tap::new(config);
+    tap.set_jwt_keys(w.jwt.clone());
     let mut requests = 0u64;
     let mut fresh = true;
     supervise(
@@ -182,6 +188,7 @@ fn run(mut capture: Capture, config: &TapConfig, w: &Worker) {
         || {
             if !fresh {
                 tap = Tap::new(config);
+                tap.set_jwt_keys(w.jwt.clone());
             }
             fresh = false;
             capture_loop(&mut capture, &mut tap, &mut requests, w);

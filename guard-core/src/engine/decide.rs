@@ -380,6 +380,7 @@ impl Core {
         order.at = t;
         Some(Decision::Ban {
             target: order.target,
+            user: order.user.clone(),
             ttl: order.ttl,
             reason: order.reason.clone(),
             evidence: order.evidence.clone(),
@@ -440,6 +441,14 @@ impl Core {
             extra: serde_json::Map::new(),
         });
         let target = ban_target(client, self.cfg.bans.ipv6_prefix);
+        let user = match key {
+            ClientKey::User(u)
+                if !st.unverified_user_seen && crate::tap::identity::check_user_id(u).is_ok() =>
+            {
+                Some(u.to_string())
+            }
+            _ => None,
+        };
         let reason = format!("{}: {reason}", rule.name());
         if shadow {
             // Nothing is pushed: the engine's word is the ban.
@@ -453,10 +462,12 @@ impl Core {
                 ttl,
                 reason: reason.clone(),
                 evidence: evidence.clone(),
+                user: user.clone(),
             }));
         }
         Decision::Ban {
             target,
+            user,
             ttl,
             reason,
             evidence,

@@ -69,9 +69,14 @@ pub enum Decision {
         status: u16,
         reason: String,
     },
-    /// Ban the client's address for `ttl`. With `shadow`, only log and count it.
+    /// Ban the client's address for `ttl`, and its user when `user` is set. With `shadow`, only
+    /// log and count it.
     Ban {
         target: Net,
+        /// The client's user, when the engine keyed the client by a user id the tap verified
+        /// (a signed JWT, or the user header of a trusted proxy) on every request it judged:
+        /// banned with the address. Never an unverified claim, which could name anyone.
+        user: Option<String>,
         ttl: Duration,
         reason: String,
         /// Rule, offence count, window counts, sample paths and the rule's details, stored
@@ -378,6 +383,9 @@ impl Engine {
         if evicted {
             self.core.stats.clients_evicted += 1;
         }
+        if matches!(key, ClientKey::User(_)) && !ev.user.as_ref().is_some_and(|u| u.verified) {
+            state.unverified_user_seen = true;
+        }
         let decision = self.core.decide(t, ev, &facts, &key, state, finding);
         self.core.count(&decision);
         decision
@@ -466,6 +474,16 @@ impl Engine {
                 order.failed = true;
                 self.core.stats.ban_failures += 1;
             }
+        }
+    }
+
+    /// The operator lifted the ban of user `id`: the engine forgets that it banned the client
+    /// it keyed by that user.
+    pub fn unbanned_user(&mut self, id: &str) {
+        if let Some(state) = self.table.get_mut(&ClientKey::User(id.into())) {
+            state.banned_until = 0;
+            state.order = None;
+            state.strikes.reset();
         }
     }
 

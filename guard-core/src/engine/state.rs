@@ -236,6 +236,10 @@ pub struct ClientState {
     pub banned_until: u32,
     /// The ban ordered and not yet confirmed (or failed: ordered again on the next request).
     pub order: Option<Box<Order>>,
+    /// A request of this client named its user without proof (`trust_unverified_users` keys
+    /// such clients by user too): the user is then never banned, only the address, since a
+    /// claim can name anyone.
+    pub unverified_user_seen: bool,
 }
 
 /// A ban the engine ordered, kept until the shell says how it went, so that an order that was
@@ -250,6 +254,8 @@ pub struct Order {
     pub ttl: std::time::Duration,
     pub reason: String,
     pub evidence: Box<super::Evidence>,
+    /// The verified user banned with the address.
+    pub user: Option<String>,
 }
 
 impl ClientState {
@@ -272,6 +278,7 @@ impl ClientState {
             last_triage: 0,
             banned_until: 0,
             order: None,
+            unverified_user_seen: false,
         }
     }
 

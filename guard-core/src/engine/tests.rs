@@ -12,6 +12,7 @@ mod benign;
 mod black;
 mod grey;
 mod scenarios;
+mod users;
 
 /// A Thursday in 2027, well inside `u32` seconds.
 pub(super) const T0: u64 = 1_800_000_000;

@@ -51,6 +51,9 @@ pub struct TapConfig {
     /// about 65 ms. The kernel's drops when it is full show in `guard stats`
     /// (`capture.drops`). 1 to 1024.
     pub ring_mb: u32,
+    /// PEM file of public keys (RSA, EC P-256): RS256 and ES256 bearer JWTs whose signature
+    /// checks with one of them give a verified user id. Read by the daemon at start.
+    pub jwt_public_key: Option<String>,
 }
 
 impl Default for TapConfig {
@@ -85,6 +88,8 @@ impl Default for TapConfig {
             jwt_hs256_key: None,
             // 8 MiB: 10,000 requests/s across namespaces lose nothing (`cargo xtask bench tap`).
             ring_mb: 8,
+            // None: RS256/ES256 tokens are reported as unverified.
+            jwt_public_key: None,
         }
     }
 }
@@ -102,6 +107,8 @@ pub enum TapConfigError {
     EmptyJwtKey,
     #[error("tap.ring_mb must be between 1 and 1024")]
     RingSize,
+    #[error("tap.jwt_public_key is empty (give the path of a PEM file, or leave it out)")]
+    EmptyJwtPublicKey,
 }
 
 impl TapConfig {
@@ -135,6 +142,9 @@ impl TapConfig {
         }
         if !(1..=1024).contains(&self.ring_mb) {
             return Err(TapConfigError::RingSize);
+        }
+        if self.jwt_public_key.as_deref() == Some("") {
+            return Err(TapConfigError::EmptyJwtPublicKey);
         }
         Ok(())
     }

@@ -519,11 +519,12 @@ impl Exchange {
         };
         let client = named.unwrap_or_else(|| unspecified(peer));
         let peer_trusted = settings.trusted_proxies.iter().any(|c| c.contains(peer));
-        let user = identity::user_id(
+        let user = identity::user_id_at(
             h.user_header.as_deref(),
             peer_trusted,
             h.authorization.as_deref(),
-            settings.jwt_key.as_deref(),
+            &settings.jwt,
+            p.start.as_secs(),
         );
         let (status, latency, bytes_out, response_content_type) = match response {
             Some(r) => (Some(r.status), Some(r.latency), r.bytes_out, r.content_type),

@@ -1,18 +1,42 @@
 //! Who sent a request: the client address (the peer, or what a trusted proxy says in
 //! X-Forwarded-For / Forwarded) and the user (a configured header, or the `sub` claim of a bearer
-//! JWT, verified only when an HS256 key is configured and the signature checks).
+//! JWT, verified only when a configured key checks its signature: see [`super::jwt`]).
 use std::net::{IpAddr, SocketAddr};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use super::config::ClientHeader;
+use super::jwt::JwtKeys;
 use crate::net::Net;
 
-/// Longest JWT we decode; longer tokens are ignored (no user id).
-const MAX_JWT: usize = 8192;
+/// Longest user id guard bans or stores, in bytes. Ids come from the network (headers, JWT
+/// claims) and from operators: a longer one is refused, never cut (a cut id could name
+/// someone else).
+pub const MAX_USER_ID: usize = 256;
+
+/// Why a user id cannot be banned or stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserIdError {
+    #[error("the user id is empty")]
+    Empty,
+    #[error("the user id is {len} bytes long; at most {MAX_USER_ID} are accepted")]
+    TooLong { len: usize },
+    #[error("the user id contains a control character (U+{code:04X})")]
+    Control { code: u32 },
+}
+
+/// Checks that `id` can be a user ban's key: not empty, at most [`MAX_USER_ID`] bytes, no
+/// control characters (they would forge lines in logs and tables).
+pub fn check_user_id(id: &str) -> Result<(), UserIdError> {
+    if id.is_empty() {
+        return Err(UserIdError::Empty);
+    }
+    if id.len() > MAX_USER_ID {
+        return Err(UserIdError::TooLong { len: id.len() });
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(UserIdError::Control { code: u32::from(c) });
+    }
+    Ok(())
+}
 
 /// Where a user id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -28,8 +52,10 @@ pub enum UserSource {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UserId {
     pub id: String,
-    /// Header: the peer is a trusted proxy. JWT: the HS256 signature checked with the configured
-    /// key. Otherwise the id is only a claim of the client.
+    /// Header: the peer is a trusted proxy (its assertion is believed as its forwarding header
+    /// is). JWT: the signature checks with a configured key of the token's `alg` (HS256, RS256,
+    /// ES256) and `exp`/`nbf` hold. Otherwise the id is only a claim of the client. Only a
+    /// verified user is ever banned (see `engine`).
     pub verified: bool,
     pub source: UserSource,
 }
@@ -128,13 +154,43 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
         .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
-/// The user of a request: the configured header wins, then a bearer JWT's `sub`.
+/// The user of a request: the configured header wins, then a bearer JWT's `sub`, verified with
+/// `keys` at `now_secs` (Unix seconds; see [`super::jwt`]).
+#[must_use]
+pub fn user_id_at(
+    header: Option<&str>,
+    peer_trusted: bool,
+    authorization: Option<&str>,
+    keys: &JwtKeys,
+    now_secs: u64,
+) -> Option<UserId> {
+    user_of(header, peer_trusted, authorization, keys, Some(now_secs))
+}
+
+/// The user of a request, a bearer JWT checked with an HS256 `key` only and without its
+/// `exp`/`nbf` (no clock): prefer [`user_id_at`].
 #[must_use]
 pub fn user_id(
     header: Option<&str>,
     peer_trusted: bool,
     authorization: Option<&str>,
     key: Option<&[u8]>,
+) -> Option<UserId> {
+    user_of(
+        header,
+        peer_trusted,
+        authorization,
+        &JwtKeys::new(key, None),
+        None,
+    )
+}
+
+fn user_of(
+    header: Option<&str>,
+    peer_trusted: bool,
+    authorization: Option<&str>,
+    keys: &JwtKeys,
+    now_secs: Option<u64>,
 ) -> Option<UserId> {
     if let Some(h) = header.filter(|h| !h.is_empty()) {
         return Some(UserId {
@@ -148,7 +204,7 @@ pub fn user_id(
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let (id, verified) = jwt_sub(token.trim(), key)?;
+    let (id, verified) = keys.check_at(token.trim(), now_secs)?;
     Some(UserId {
         id,
         verified,
@@ -156,41 +212,9 @@ pub fn user_id(
     })
 }
 
-fn b64(part: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()
-}
-
-/// The `sub` claim of a compact JWS, and whether its HS256 signature checks with `key`.
+/// The `sub` claim of a compact JWS, and whether its HS256 signature checks with `key` (no
+/// `exp`/`nbf` check: see [`JwtKeys::check`] for every key type and the times).
 #[must_use]
 pub fn jwt_sub(token: &str, key: Option<&[u8]>) -> Option<(String, bool)> {
-    if token.len() > MAX_JWT {
-        return None;
-    }
-    let mut parts = token.split('.');
-    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let claims: serde_json::Value = serde_json::from_slice(&b64(payload)?).ok()?;
-    let sub = match claims.get("sub")? {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    let verified = key.is_some_and(|key| {
-        let alg_ok = b64(header)
-            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
-            .is_some_and(|h| h.get("alg").and_then(|a| a.as_str()) == Some("HS256"));
-        let Some(sig) = b64(signature) else {
-            return false;
-        };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
-            return false;
-        };
-        mac.update(header.as_bytes());
-        mac.update(b".");
-        mac.update(payload.as_bytes());
-        alg_ok && mac.verify_slice(&sig).is_ok()
-    });
-    Some((sub, verified))
+    JwtKeys::new(key, None).check_at(token, None)
 }

@@ -26,7 +26,9 @@ pub mod config;
 mod conn;
 pub mod http;
 pub mod identity;
+pub mod jwt;
 pub mod packet;
+pub mod pem;
 pub mod reassembly;
 pub mod synth;
 
@@ -254,7 +256,9 @@ struct Settings {
     http: http::Limits,
     max_flows_per_source: usize,
     trusted_proxies: Vec<Net>,
-    jwt_key: Option<Vec<u8>>,
+    /// The keys bearer JWTs are verified with (HS256 from the config; RS256/ES256 added by
+    /// [`Tap::set_jwt_public_keys`]).
+    jwt: jwt::JwtKeys,
 }
 
 /// A connection: (client, server). Hashed as one byte string, so the keyed (`HashDoS`-safe)
@@ -306,6 +310,13 @@ pub struct Tap {
 pub const MAX_VERIFIED_BACKLOG: usize = 4096;
 
 impl Tap {
+    /// Verifies bearer JWTs with `keys` from now on (the daemon's: the HS256 secret of the
+    /// config and the public keys of `tap.jwt_public_key`) instead of the config's HS256 key
+    /// alone.
+    pub fn set_jwt_keys(&mut self, keys: jwt::JwtKeys) {
+        self.settings.jwt = keys;
+    }
+
     /// Changes the protected HTTP ports at run time; flows already tracked continue.
     pub fn set_http_ports(&mut self, ports: &[u16]) {
         self.settings.http_ports = ports.to_vec();
@@ -332,7 +343,7 @@ impl Tap {
                 client_header: (!config.trusted_proxies.is_empty()).then_some(config.client_header),
             },
             trusted_proxies: config.trusted_proxies.clone(),
-            jwt_key: config.jwt_hs256_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            jwt: jwt::JwtKeys::new(config.jwt_hs256_key.as_ref().map(String::as_bytes), None),
         };
         Self {
             settings,

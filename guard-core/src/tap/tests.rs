@@ -6,6 +6,7 @@ use super::*;
 
 mod bounds;
 mod evasion;
+mod jwt;
 mod packets;
 mod trust;
 

@@ -115,7 +115,13 @@ impl Bans {
             }
             gone.push(target);
         }
-        self.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        let (users_gone, user_failure) = self.sweep_users(mono);
+        for id in &users_gone {
+            info!(user = %id.escape_debug(), "user ban expired");
+        }
+        failure = failure.or(user_failure.map(BanError::from));
+        self.expired
+            .fetch_add((gone.len() + users_gone.len()) as u64, Ordering::Relaxed);
         if let Some(jump) = self.clock.observe(now, mono) {
             self.follow_jump(jump, now, mono);
         }
@@ -148,5 +154,6 @@ impl Bans {
                 warn!(%target, "moving the stored end of a ban with the clock: {e}");
             }
         }
+        self.follow_jump_users(now, mono);
     }
 }

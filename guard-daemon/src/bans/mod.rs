@@ -4,6 +4,9 @@
 //! (a ban the maps cannot hold is refused and never stored), then into sled; the owner flushes
 //! sled once per batch of commands, and answers them after the flush. Timed bans end on the
 //! monotonic clock, in the maps and the store together (see `guard_core::expiry`).
+//!
+//! User bans ([`users`]: the `user_bans` tree and the [`UserLookup`] the per-request paths
+//! read) are owned by the same thread, expire the same way, and are restored at start.
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -15,17 +18,20 @@ use crate::clock::{format_utc, mono_ns, now_ms};
 use crate::engine::Evidence;
 use crate::net::Net;
 use crate::protect::{ProtectList, Refusal};
-use crate::store::{AllowRecord, BanRecord, OffenceRecord, Store, StoreError};
+use crate::store::{AllowRecord, BanRecord, Store, StoreError};
 pub use crate::store::{Origin, UnknownOrigin};
 use crate::xdp::{Xdp, XdpError};
 
 mod allow;
 mod expire;
 mod filter;
+mod order;
 pub mod owner;
+pub mod users;
 
 pub use filter::{BanFilter, BanSort, BanView};
 pub use owner::{BanHandle, Command, Ordered, Owner};
+pub use users::{UserBanRequest, UserBanned, UserLookup};
 
 /// Errors of ban and allowlist operations.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,23 @@ pub enum BanError {
     RemovalNotSaved { target: Net, source: StoreError },
     #[error(transparent)]
     Xdp(#[from] XdpError),
+    #[error("cannot ban this user id: {source}")]
+    BadUserId {
+        #[source]
+        source: guard_core::tap::identity::UserIdError,
+    },
+    #[error("user {id:?} is not banned")]
+    UserNotBanned { id: String },
+    /// The user ban is enforced, but the store did not take it.
+    #[error(
+        "user {id:?} is banned now, but the ban store could not record it ({source}); the ban is lost when guard restarts. Free disk space and restart guard"
+    )]
+    UserNotSaved { id: String, source: StoreError },
+    /// The user ban is lifted, but the store did not record it.
+    #[error(
+        "user {id:?} is no longer banned, but the ban store could not record the removal ({source}); the ban comes back when guard restarts. Free disk space and restart guard"
+    )]
+    UserRemovalNotSaved { id: String, source: StoreError },
     /// The owner did not answer: it has stopped (guard is shutting down) or the command
     /// panicked inside it (logged).
     #[error(
@@ -83,6 +106,9 @@ pub struct BanRequest {
     pub origin: Origin,
     pub force: bool,
     pub evidence: Option<Evidence>,
+    /// The verified user behind the client (engine orders only): banned too, with the same
+    /// ttl and reason (see [`Bans::order`]).
+    pub user: Option<String>,
 }
 
 /// Name of the tree of the ban owner's own facts (the heartbeat).
@@ -128,6 +154,8 @@ pub struct Bans {
     last_beat: u64,
     /// Bans ended by expiry since start (shown by `guard stats`).
     expired: Arc<AtomicU64>,
+    /// User bans: the lookup the per-request paths read and their deadlines.
+    users: users::Users,
 }
 
 impl Bans {
@@ -153,6 +181,7 @@ impl Bans {
             dirty: false,
             last_beat: 0,
             expired: Arc::default(),
+            users: users::Users::default(),
         };
         bans.rebuild()?;
         Ok(bans)
@@ -241,7 +270,9 @@ impl Bans {
         self.xdp.reconcile(&live, &allows)?;
         self.deadlines = expire::Deadlines::from_live(&live);
         let count = live.len();
+        let user_bans = self.rebuild_users(start.wall_ms, moved, mono)?;
         info!(
+            user_bans,
             bans = count,
             expired,
             skipped = self.store.bad_records(),
@@ -313,7 +344,10 @@ impl Bans {
     /// The next monotonic deadline (ns) of a timed ban.
     #[must_use]
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.next()
+        match (self.deadlines.next(), self.users.deadlines.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Bans (or re-bans, replacing reason and deadline) a target: into the maps first (a ban
@@ -375,50 +409,6 @@ impl Bans {
             self.deadlines.insert(record.target, deadline, &self.xdp);
         }
         Ok(record)
-    }
-
-    /// A ban the daemon orders by itself (the engine, the packet rate): a target already
-    /// banned at least as long is left as it is (an operator's longer ban is not shortened, a
-    /// shorter one is extended); an IPv6 network
-    /// that holds a protected address narrows to the client; the engine's offence is stored
-    /// for escalation across restarts.
-    pub fn order(&mut self, mut req: BanRequest) -> Result<Ordered, BanError> {
-        let client = req.evidence.as_ref().and_then(|e| e.client);
-        if !req.target.is_host()
-            && let Some(c) = client
-            && matches!(
-                self.protected.check(&req.target, false),
-                Err(Refusal::Contains { .. })
-            )
-        {
-            info!(network = %req.target, client = %c, "the client's network holds a protected address: banning the client alone");
-            req.target = Net::host(c);
-        }
-        // A ban that lasts at least as long stays as it is; a shorter one is extended (else
-        // the engine would count the client as banned after the maps let it go).
-        if let Some(existing) = self.store.ban(&req.target)? {
-            let wanted = req
-                .ttl
-                .unwrap_or(self.default_ttl)
-                .as_millis()
-                .try_into()
-                .map_or(u64::MAX, |ms: u64| now_ms().saturating_add(ms));
-            if existing.expires_at.is_none_or(|t| t >= wanted) {
-                return Ok(Ordered::Already(req.target));
-            }
-        }
-        let offence = req.evidence.as_ref().and_then(|e| e.offence);
-        let view = self.ban(req)?;
-        if let (Some(count), Some(client)) = (offence, client) {
-            let record = OffenceRecord {
-                count,
-                last: view.created_at / 1000,
-            };
-            if let Err(e) = self.store.put_offence(client, record) {
-                warn!(target = %view.addr, "repeat offence not stored: {e}");
-            }
-        }
-        Ok(Ordered::Banned(Box::new(view)))
     }
 
     /// Bans many targets. Returns per-line results: a line refused (it overlaps the allowlist,

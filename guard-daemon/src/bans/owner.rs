@@ -1,7 +1,9 @@
-//! The one thread that owns bans and the allowlist (`guard-bans`): sled's `bans` and `allow`
-//! trees, the XDP maps and the expiry deadlines. Everything else holds a [`BanHandle`] and sends
-//! it typed [`Command`]s, each with a reply channel, and waits for the answer; nobody holds a
-//! lock on this state, so nothing waits on a lock held across I/O.
+//! The one thread that owns bans, user bans and the allowlist (`guard-bans`): sled's `bans`,
+//! `user_bans` and `allow` trees, the XDP maps, the user lookup and the expiry deadlines.
+//! Everything else holds a [`BanHandle`] and sends it typed [`Command`]s, each with a reply
+//! channel, and waits for the answer; nobody holds a lock on this state, so nothing waits on a
+//! lock held across I/O. (The one exception is read-only: the per-request paths read banned
+//! users through [`BanHandle::users`], a lookup the owner writes, see `users`.)
 //!
 //! The thread takes every command queued, applies them in order, flushes sled **once** for the
 //! batch, and only then answers: a reply that says a ban is saved means sled has flushed it to
@@ -13,10 +15,10 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use super::{BanError, BanFilter, BanRequest, BanView, Bans};
+use super::{BanError, BanFilter, BanRequest, BanView, Bans, UserBanRequest, UserLookup};
 use crate::net::Net;
 use crate::protect::ProtectList;
-use crate::store::{AllowRecord, StoreError};
+use crate::store::{AllowRecord, StoreError, UserBanRecord};
 use crate::xdp::Xdp;
 
 /// Commands waiting for the owner, at most; a caller beyond waits (engine orders beyond are
@@ -55,6 +57,12 @@ pub enum Command {
     Xdp(Box<dyn FnOnce(&mut Xdp) + Send>),
     /// Replaces what is never banned (the host's addresses were read again).
     SetProtected(ProtectList, Reply<Result<(), BanError>>),
+    /// An operator's user ban (`guard ban add --user`).
+    BanUser(UserBanRequest, Reply<Result<UserBanRecord, BanError>>),
+    /// Lifts a user ban (`guard ban rm --user`).
+    UnbanUser(String, Reply<Result<UserBanRecord, BanError>>),
+    /// Every user ban (`guard ban ls --user`).
+    ListUsers(Reply<Result<Vec<UserBanRecord>, BanError>>),
 }
 
 /// The outcome of [`Command::Order`].
@@ -263,6 +271,21 @@ impl Owned for Bans {
                 Box::new(|_| {})
             }
             Command::SetProtected(list, reply) => now(reply, self.set_protected(list)),
+            Command::BanUser(req, reply) => {
+                let r = self.ban_user(req);
+                after_flush(reply, r, |b, source| BanError::UserNotSaved {
+                    id: b.id.clone(),
+                    source,
+                })
+            }
+            Command::UnbanUser(id, reply) => {
+                let r = self.unban_user(&id);
+                after_flush(reply, r, |b, source| BanError::UserRemovalNotSaved {
+                    id: b.id.clone(),
+                    source,
+                })
+            }
+            Command::ListUsers(reply) => now(reply, self.list_users()),
         }
     }
 
@@ -306,11 +329,12 @@ impl Owner {
     pub fn spawn(bans: Bans, every: Duration) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let expired = bans.expired_counter();
+        let users = bans.user_lookup();
         let thread = std::thread::Builder::new()
             .name("guard-bans".into())
             .spawn(move || run(bans, &rx, every, crate::clock::mono_ns))?;
         Ok(Self {
-            handle: BanHandle { tx, expired },
+            handle: BanHandle { tx, expired, users },
             thread,
         })
     }
@@ -336,6 +360,8 @@ impl Owner {
 pub struct BanHandle {
     tx: SyncSender<Msg<Command>>,
     expired: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The banned users, read without the owner (see [`UserLookup`]).
+    users: UserLookup,
 }
 
 impl BanHandle {
@@ -425,6 +451,28 @@ impl BanHandle {
                 let _ = r.send(f(xdp));
             }))
         })
+    }
+
+    /// The lookup of banned users for the per-request paths: `is_banned(id)` answers from
+    /// memory, never waiting for the owner or the disk. Clone it once and keep it.
+    #[must_use]
+    pub fn users(&self) -> UserLookup {
+        self.users.clone()
+    }
+
+    /// Bans a user (an operator's ban: replaces any ban of that user).
+    pub fn ban_user(&self, req: UserBanRequest) -> Result<UserBanRecord, BanError> {
+        self.call(|r| Command::BanUser(req, r))?
+    }
+
+    /// Lifts a user ban.
+    pub fn unban_user(&self, id: String) -> Result<UserBanRecord, BanError> {
+        self.call(|r| Command::UnbanUser(id, r))?
+    }
+
+    /// Every user ban, by id.
+    pub fn list_users(&self) -> Result<Vec<UserBanRecord>, BanError> {
+        self.call(Command::ListUsers)?
     }
 
     /// Bans ended by expiry since start.

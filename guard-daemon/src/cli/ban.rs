@@ -17,6 +17,9 @@ pub struct BanLsArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// List user bans instead of address bans.
+    #[arg(long, conflicts_with_all = ["ip", "range", "origin", "reason", "sort", "limit"])]
+    pub user: bool,
     #[command(flatten)]
     pub select: BanSelect,
     /// Order of the list.
@@ -69,15 +72,23 @@ impl BanSelect {
 pub struct BanRmArgs {
     /// The banned address or CIDR (exactly as banned); or, instead, filters selecting bans.
     pub target: Option<String>,
+    /// Lift the ban of this user id instead.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["target", "ip", "range", "origin", "reason"])]
+    pub user: Option<String>,
     #[command(flatten)]
     pub select: BanSelect,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BanCommand {
-    /// Ban an address or CIDR block.
+    /// Ban an address or CIDR block, or a user (`--user ID`).
     Add {
-        target: String,
+        #[arg(required_unless_present = "user")]
+        target: Option<String>,
+        /// Ban this user id (a verified JWT `sub` or trusted user header) instead of an
+        /// address: the inline proxy and forward-auth answer its requests 403.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["target", "force"])]
+        user: Option<String>,
         /// Duration (e.g. 30m, 4h, 7d); 0 = permanent. Default: `bans.default_ttl`.
         #[arg(long)]
         ttl: Option<String>,
@@ -107,11 +118,21 @@ pub enum BanCommand {
 pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         BanCommand::Add {
+            user: Some(id),
+            ttl,
+            reason,
+            ..
+        } => super::users::add(id, ttl.as_deref(), reason, socket)?,
+        BanCommand::Add {
             target,
             ttl,
             reason,
             force,
+            user: None,
         } => {
+            let Some(target) = target else {
+                bail!("name the address or CIDR to ban, or --user ID");
+            };
             let target = parse_target(&target)?;
             if !force {
                 check_add(
@@ -132,7 +153,9 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 view.expires_at.map_or("forever".into(), format_utc)
             );
         }
+        BanCommand::Rm(BanRmArgs { user: Some(id), .. }) => super::users::rm(id, socket)?,
         BanCommand::Rm(args) => ban_rm(args, socket)?,
+        BanCommand::Ls(f) if f.user => super::users::ls(f.json, socket)?,
         BanCommand::Ls(f) => {
             let filter = BanFilter {
                 sort: f.sort,

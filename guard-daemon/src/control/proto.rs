@@ -12,8 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::bans::{BanFilter, BanView};
 use crate::judge::JudgeStats;
 use crate::net::Net;
-use crate::store::AllowRecord;
 use crate::store::logs::LogRecord;
+use crate::store::{AllowRecord, UserBanRecord};
 
 /// One line of `guard ban import`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,19 @@ pub enum Request {
         target: Net,
     },
     AllowLs,
+    /// `guard ban add --user`.
+    UserBanAdd {
+        id: String,
+        /// `None` = the configured default; 0 = permanent.
+        ttl_secs: Option<u64>,
+        reason: Option<String>,
+    },
+    /// `guard ban rm --user`.
+    UserBanRm {
+        id: String,
+    },
+    /// `guard ban ls --user`.
+    UserBanLs,
     Stats,
     Status,
     Logs(LogsRequest),
@@ -81,11 +94,16 @@ impl Request {
             | Self::BanRmMatching { .. }
             | Self::BanImport { .. }
             | Self::AllowAdd { .. }
-            | Self::AllowRm { .. } => true,
+            | Self::AllowRm { .. }
+            | Self::UserBanAdd { .. }
+            | Self::UserBanRm { .. } => true,
             Self::TapPorts { ports } => ports.is_some(),
-            Self::BanLs { .. } | Self::AllowLs | Self::Stats | Self::Status | Self::Logs(_) => {
-                false
-            }
+            Self::BanLs { .. }
+            | Self::UserBanLs
+            | Self::AllowLs
+            | Self::Stats
+            | Self::Status
+            | Self::Logs(_) => false,
         }
     }
 
@@ -100,6 +118,9 @@ impl Request {
             Self::AllowAdd { .. } => "allow add",
             Self::AllowRm { .. } => "allow rm",
             Self::AllowLs => "allow ls",
+            Self::UserBanAdd { .. } => "ban add --user",
+            Self::UserBanRm { .. } => "ban rm --user",
+            Self::UserBanLs => "ban ls --user",
             Self::Stats => "stats",
             Self::Status => "status",
             Self::Logs(_) => "logs",
@@ -234,6 +255,9 @@ pub struct Status {
     pub bans: usize,
     /// Allowlist entries.
     pub allowlist: usize,
+    /// User bans stored.
+    #[serde(default)]
+    pub user_bans: usize,
     pub rate_limit_pps: u64,
     pub keep_attached: bool,
     /// What is never banned, and why (see `protect`).
@@ -345,6 +369,10 @@ replies! {
     Allow(AllowRecord) = "allow",
     /// `allow ls`.
     Allows(Vec<AllowRecord>) = "allows",
+    /// One user ban, as made (`ban add --user`) or lifted (`ban rm --user`).
+    UserBan(UserBanRecord) = "user_ban",
+    /// `ban ls --user`.
+    UserBans(Vec<UserBanRecord>) = "user_bans",
     Stats(Box<Stats>) = "stats",
     Status(Box<Status>) = "status",
     /// `logs`.

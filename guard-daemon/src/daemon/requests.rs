@@ -6,7 +6,7 @@ use guard_common::STAT_NAMES;
 use tracing::info;
 
 use super::Shared;
-use crate::bans::{BanRequest, Origin};
+use crate::bans::{BanRequest, Origin, UserBanRequest};
 use crate::control::proto::{MapFill, error_chain};
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
@@ -31,6 +31,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 origin: Origin::Cli,
                 force,
                 evidence: None,
+                user: None,
             })
             .map(Response::ok),
         Request::BanRm { target } => shared.bans.unban(target).map(|removed| {
@@ -59,6 +60,7 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                     origin: Origin::Import,
                     force,
                     evidence: None,
+                    user: None,
                 })
                 .collect();
             shared.bans.import(reqs).map(|results| {
@@ -85,6 +87,25 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
             r
         }
         Request::AllowLs => shared.bans.allows().map(Response::ok),
+        Request::UserBanAdd {
+            id,
+            ttl_secs,
+            reason,
+        } => shared
+            .bans
+            .ban_user(UserBanRequest {
+                id,
+                ttl: ttl_secs.map(Duration::from_secs),
+                reason: reason.unwrap_or_else(|| "manual".into()),
+                origin: Origin::Cli,
+                addr: None,
+            })
+            .map(Response::ok),
+        Request::UserBanRm { id } => shared.bans.unban_user(id).map(|removed| {
+            shared.judge.unbanned_user(&removed.id);
+            Response::ok(removed)
+        }),
+        Request::UserBanLs => shared.bans.list_users().map(Response::ok),
         Request::Stats => Ok(stats(shared)),
         Request::Status => Ok(status(shared)),
         Request::Logs(q) => return logs(shared, q),
@@ -224,6 +245,7 @@ fn status(shared: &Shared) -> Response {
         x.pin_dir().clone_into(&mut status.pin_dir);
         status.bans = bans.count().unwrap_or(0);
         status.allowlist = bans.allows().map_or(0, |l| l.len());
+        status.user_bans = bans.store().user_ban_count();
         status.protected = bans.protected().entries().to_vec();
         status.protect_refusals = bans.protect_refusals();
         status.maps = x

@@ -51,7 +51,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
 }
 
-fn origin_code(o: Origin) -> u8 {
+pub(super) fn origin_code(o: Origin) -> u8 {
     match o {
         Origin::Cli => 0,
         Origin::Import => 1,
@@ -61,7 +61,7 @@ fn origin_code(o: Origin) -> u8 {
     }
 }
 
-fn origin_of(code: u8) -> Origin {
+pub(super) fn origin_of(code: u8) -> Origin {
     match code {
         0 => Origin::Cli,
         1 => Origin::Import,
@@ -176,7 +176,7 @@ fn decode_v1(target: Net, value: &[u8]) -> Result<BanRecord, DecodeError> {
 }
 
 /// A length (LEB128) and the bytes.
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut n = bytes.len();
     loop {
         let low = (n & 0x7f) as u8;
@@ -190,13 +190,13 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
+    pub(super) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
             .checked_add(n)
@@ -207,17 +207,17 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn byte(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn byte(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let mut n: usize = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;

@@ -1,6 +1,6 @@
-//! Persistent state in sled, one tree per entity: `bans`, `allow`, `offences` (this module) in
-//! the state database, and the request log (`logs`) in a database of its own so that traffic can
-//! never fill the state database. sled is the source of truth; the XDP maps are a cache rebuilt
+//! Persistent state in sled, one tree per entity: `bans`, `allow`, `offences` (this module),
+//! `user_bans` ([`users`]) in the state database, and the request log (`logs`) in a database of
+//! its own so that traffic can never fill the state database. sled is the source of truth; the XDP maps are a cache rebuilt
 //! from it at start.
 //!
 //! Key layout of `bans` and `allow` ([`net_key`]): one byte address family (4 or 6), the network
@@ -15,6 +15,7 @@ mod bans;
 pub mod codec;
 pub mod logs;
 mod records;
+mod users;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::net::Net;
 pub use bans::BanIter;
 pub use records::{AllowRecord, BanRecord, OffenceRecord, Origin, UnknownOrigin, key_net, net_key};
+pub use users::{TREE_USER_BANS, UserBanRecord, decode_user_ban, encode_user_ban};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,8 @@ pub struct Store {
     db: sled::Db,
     bans: sled::Tree,
     allow: sled::Tree,
+    /// User bans (see [`users`]).
+    users: sled::Tree,
     counts: Arc<Counts>,
 }
 
@@ -148,6 +152,7 @@ impl Store {
         Ok(Self {
             bans: db.open_tree(TREE_BANS)?,
             allow: db.open_tree(TREE_ALLOW)?,
+            users: db.open_tree(TREE_USER_BANS)?,
             db,
             counts: Arc::default(),
         })

@@ -125,6 +125,12 @@ fn requests_are_classified_as_changes_or_reads() {
         Request::TapPorts {
             ports: Some(vec![80]),
         },
+        Request::UserBanAdd {
+            id: "alice".into(),
+            ttl_secs: None,
+            reason: None,
+        },
+        Request::UserBanRm { id: "alice".into() },
     ];
     for r in &changes {
         assert!(r.changes(), "{r:?}");
@@ -134,6 +140,7 @@ fn requests_are_classified_as_changes_or_reads() {
             filter: BanFilter::default(),
         },
         Request::AllowLs,
+        Request::UserBanLs,
         Request::Stats,
         Request::Status,
         Request::Logs(LogsRequest::default()),
@@ -144,6 +151,13 @@ fn requests_are_classified_as_changes_or_reads() {
     }
     assert_eq!(changes[0].command(), "ban add");
     assert_eq!(reads[0].command(), "ban ls");
+    assert_eq!(changes[7].command(), "ban add --user");
+    let r: Request = serde_json::from_str(r#"{"op":"user_ban_ls"}"#).unwrap();
+    assert!(!r.changes());
+    let r: Request =
+        serde_json::from_str(r#"{"op":"user_ban_add","id":"bob","ttl_secs":60,"reason":null}"#)
+            .unwrap();
+    assert!(r.changes());
     // From the wire, as a client would send it.
     let r: Request = serde_json::from_str(r#"{"op":"tap_ports","ports":[8080]}"#).unwrap();
     assert!(r.changes());
