@@ -23,6 +23,7 @@ use crate::xdp::{Xdp, XdpError};
 
 mod allow;
 mod filter;
+pub mod lookup;
 pub mod owner;
 
 pub use filter::{BanFilter, BanSort, BanView};
