@@ -51,6 +51,8 @@ struct Shared {
     pipeline: Mutex<Option<Arc<Pipeline>>>,
     /// The tap's recently verified sources (`None` without the tap): rate bans need them.
     verified: Option<Arc<VerifiedSources>>,
+    /// The inline mode's decision, when the forward-auth endpoint or the proxy is on.
+    inline: Option<Arc<crate::inline::InlineGate>>,
     counters: Counters,
     config: Config,
     started: Instant,
@@ -180,6 +182,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let judge = Arc::new(judge);
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
+    // The inline mode's decision (forward-auth endpoint, reverse proxy): its ban lookups read
+    // the XDP maps through handles of their own.
+    let inline = if config.proxy.auth_listen.is_some() || config.proxy.proxy_enabled() {
+        let maps = xdp
+            .ban_maps()
+            .context("opening the ban maps for the inline mode")?;
+        let mut identity = crate::inline::event::Identity::from_tap(&config.tap);
+        // The forward-auth endpoint's front ends (nginx) may name the client in X-Real-IP.
+        identity.real_ip_fallback = true;
+        Some(Arc::new(crate::inline::InlineGate::new(
+            Arc::clone(&judge),
+            Arc::clone(&writer),
+            Arc::new(crate::bans::lookup::MapLookup::new(maps)),
+            identity,
+            &config.proxy,
+        )))
+    } else {
+        None
+    };
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
     let pipeline = if config.tap.http_ports.is_empty() {
@@ -220,6 +241,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         writer,
         pipeline: Mutex::new(pipeline.map(Arc::new)),
         verified,
+        inline,
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -265,8 +287,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = bans.store().flush() {
         error!("flushing the store at exit: {e}");
     }
-    let shared = Arc::try_unwrap(shared)
+    let mut shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
+    // The inline decision holds the log writer too.
+    drop(shared.inline.take());
     if let Ok(w) = Arc::try_unwrap(shared.writer) {
         w.shutdown();
     } else {
@@ -314,6 +338,29 @@ async fn serve(
         .context("asking the ban owner")?
         .context("writing the XDP settings")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
+    // One shutdown signal for every listener: the control socket and the forward-auth endpoint.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let auth = match (shared.config.proxy.auth_listen, &shared.inline) {
+        (Some(addr), Some(gate)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the forward-auth endpoint on {addr}"))?;
+            let p = &shared.config.proxy;
+            let settings = crate::inline::auth::AuthSettings {
+                header_timeout: p.header_timeout,
+                drain_timeout: p.drain_timeout,
+                deny_status: p.deny_status,
+            };
+            let gate: Arc<dyn crate::inline::Gate> = Arc::clone(gate) as _;
+            Some(tokio::spawn(crate::inline::auth::serve(
+                listener,
+                gate,
+                settings,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
@@ -327,7 +374,18 @@ async fn serve(
             handle(&shared, req)
         })
     };
-    control::serve(listener, access, handler, shutdown_signal()).await;
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    control::serve(listener, access, handler, signal).await;
+    if let Some(auth) = auth {
+        // It drains its connections within proxy.drain_timeout.
+        if let Err(e) = auth.await {
+            warn!("the forward-auth endpoint ended badly: {e}");
+        }
+    }
+    drop(stop_rx);
     protector.abort();
     if let Some(r) = reader {
         r.abort();
