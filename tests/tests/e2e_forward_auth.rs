@@ -247,7 +247,7 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
     // named by X-Forwarded-For.
     let cdn = link.add_far_v4(3)?;
     let hits = start_app(&link.near)?;
-    let d = Daemon::start(&link.near, &link.near_if, &config("enforce", cdn))?;
+    let mut d = Daemon::start(&link.near, &link.near_if, &config("enforce", cdn))?;
     let nginx = Nginx::start(&link.near, link.near_v4)?;
     let base = format!("http://{}:{NGINX_PORT}", link.near_v4);
     wait_ready(&link, &base, &nginx)?;
@@ -322,7 +322,14 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
 
     // Shadow mode: the same SQL injection passes to the app, and the log says what guard would
     // have answered.
+    // The counters say the same.
+    let stats = d.json(&["stats"])?;
+    assert_eq!(stats["inline"]["banned_address"], 2, "{}", stats["inline"]);
+    assert_eq!(stats["inline"]["refused"], 3, "{}", stats["inline"]);
     drop(nginx);
+    // A clean stop with the endpoint open (SIGTERM: exit status 0 within 10 s).
+    d.stop()?;
+    // Its pins go with it (the next daemon attaches afresh).
     drop(d);
     let d = Daemon::start(&link.near, &link.near_if, &config("shadow", cdn))?;
     let nginx = Nginx::start(&link.near, link.near_v4)?;
@@ -345,5 +352,145 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
             .starts_with("shadow: would answer 403: validator"),
         "{shadow}"
     );
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted `v`.
+fn pct(v: &[Duration], p: usize) -> Duration {
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// What one forward-auth decision costs: the endpoint asked directly over one keep-alive
+/// connection (as nginx would with upstream keep-alive), for a client that is not banned and
+/// one that is, and the raw map lookups the ban check makes. Printed; the bound asserted is
+/// loose (a decision that waited for a disk flush or a lock held across I/O would pass it by far).
+#[test]
+fn forward_auth_decisions_are_quick() -> anyhow::Result<()> {
+    use std::io::Read;
+    require_root!();
+    let link = Link::new()?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
+         [engine.black]\nrequests_10s = 1000000\nflood_requests_10s = 1000000\n\n\
+         [proxy]\nauth_listen = \"127.0.0.1:9180\"\n",
+    )?;
+    d.cli(&["ban", "add", "203.0.113.7"])
+        .map_err(|e| anyhow::anyhow!("ban add: {e}"))?;
+    d.cli(&["ban", "add", "198.51.100.0/24"])
+        .map_err(|e| anyhow::anyhow!("ban add: {e}"))?;
+    const N: usize = 2000;
+    let times = link
+        .near
+        .run(move || -> anyhow::Result<Vec<(u16, Duration)>> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", 9180))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut out = Vec::with_capacity(N);
+            let mut buf = [0u8; 4096];
+            for i in 0..N {
+                let client = if i % 2 == 0 {
+                    "192.0.2.44"
+                } else {
+                    "203.0.113.7"
+                };
+                let req = format!(
+                    "GET /.guard-auth HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: {UA}\r\n\
+                 X-Original-URI: /products/{i}?page=2\r\nX-Original-Method: GET\r\n\
+                 X-Forwarded-For: {client}\r\n\r\n"
+                );
+                let start = std::time::Instant::now();
+                s.write_all(req.as_bytes())?;
+                // One answer: its head, then Content-Length bytes.
+                let mut got = Vec::new();
+                let (status, need) = loop {
+                    let n = s.read(&mut buf)?;
+                    ensure!(n > 0, "the endpoint closed the connection");
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let status = head
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break (status, end + 4 + len);
+                    }
+                };
+                while got.len() < need {
+                    let n = s.read(&mut buf)?;
+                    ensure!(n > 0, "the endpoint closed the connection");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                out.push((status, start.elapsed()));
+            }
+            Ok(out)
+        })??;
+    let (mut allowed, mut refused) = (Vec::new(), Vec::new());
+    for (i, (status, t)) in times.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(*status, 200, "request {i}");
+            allowed.push(*t);
+        } else {
+            assert_eq!(*status, 403, "request {i}");
+            refused.push(*t);
+        }
+    }
+    allowed.sort_unstable();
+    refused.sort_unstable();
+    println!(
+        "MEASURED forward-auth over keep-alive, {} decisions each: allowed p50 {:?} p99 {:?}; \
+         banned address p50 {:?} p99 {:?}",
+        N / 2,
+        pct(&allowed, 50),
+        pct(&allowed, 99),
+        pct(&refused, 50),
+        pct(&refused, 99)
+    );
+    assert!(pct(&allowed, 99) < Duration::from_millis(50), "{allowed:?}");
+
+    // The ban check's own syscalls, timed in this process on the pinned maps: an exact-map miss
+    // and a CIDR-trie miss (a client that is not banned), and an exact hit.
+    use aya::maps::lpm_trie::{Key, LpmTrie};
+    use aya::maps::{HashMap, Map};
+    use guard_common::{BanEntry, MAP_BANS_V4, MAP_CIDR_V4};
+    let exact: HashMap<_, u32, BanEntry> = HashMap::try_from(Map::HashMap(
+        guard_tests::maps::open(&d.pin_dir, MAP_BANS_V4)?,
+    ))?;
+    let cidr: LpmTrie<_, u32, BanEntry> = LpmTrie::try_from(Map::LpmTrie(
+        guard_tests::maps::open(&d.pin_dir, MAP_CIDR_V4)?,
+    ))?;
+    let miss = u32::from_ne_bytes([192, 0, 2, 44]);
+    let hit = u32::from_ne_bytes([203, 0, 113, 7]);
+    const M: u32 = 100_000;
+    let start = std::time::Instant::now();
+    for _ in 0..M {
+        assert!(exact.get(&miss, 0).is_err());
+        assert!(cidr.get(&Key::new(32, miss), 0).is_err());
+    }
+    let not_banned = start.elapsed() / M;
+    let start = std::time::Instant::now();
+    for _ in 0..M {
+        assert!(exact.get(&hit, 0).is_ok());
+    }
+    let banned = start.elapsed() / M;
+    println!(
+        "MEASURED ban lookup in the XDP maps: not banned (exact miss + CIDR miss) {not_banned:?}, \
+         banned (exact hit) {banned:?} per request"
+    );
+    let stats = d.json(&["stats"])?;
+    assert_eq!(
+        stats["inline"]["banned_address"],
+        N as u64 / 2,
+        "{}",
+        stats["inline"]
+    );
+    assert_eq!(stats["inline"]["lookup_errors"], 0, "{}", stats["inline"]);
     Ok(())
 }

@@ -21,6 +21,11 @@ use crate::xdp::{BanHit, BanMaps};
 pub trait AddrLookup: Send + Sync + 'static {
     /// The ban that covers `ip` now, if any.
     fn banned(&self, ip: IpAddr) -> Option<BanHit>;
+
+    /// Lookups that failed and were answered "not banned".
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// [`AddrLookup`] in the XDP maps.
@@ -38,15 +43,13 @@ impl MapLookup {
             errors: AtomicU64::new(0),
         }
     }
-
-    /// Lookups that failed and were answered "not banned".
-    #[must_use]
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
 }
 
 impl AddrLookup for MapLookup {
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
     fn banned(&self, ip: IpAddr) -> Option<BanHit> {
         match self.maps.banned(ip, crate::clock::mono_ns()) {
             Ok(hit) => hit,

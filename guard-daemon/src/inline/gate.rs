@@ -116,8 +116,10 @@ pub struct Statuses {
 pub struct InlineStats {
     pub requests: AtomicU64,
     pub passed: AtomicU64,
-    /// Answered with `deny_status` or `limit_status`.
-    pub denied: AtomicU64,
+    /// Refused (answered with `deny_status` or `limit_status`, or would have been in shadow
+    /// mode), of which: `limited` with `limit_status`, `banned_address` and `banned_user`
+    /// before judging.
+    pub refused: AtomicU64,
     pub limited: AtomicU64,
     pub banned_address: AtomicU64,
     pub banned_user: AtomicU64,
@@ -178,6 +180,16 @@ impl InlineGate {
         self
     }
 
+    /// The counters for `guard stats --json` (with the ban lookup's errors).
+    #[must_use]
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&*self.stats).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("lookup_errors".into(), self.addrs.errors().into());
+        }
+        v
+    }
+
     fn next_id(&self) -> (u64, String) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         (seq, format!("{:x}-{seq:x}", self.start_ms))
@@ -236,12 +248,16 @@ impl Gate for InlineGate {
             }
             Some(r) => {
                 let status = r.status(&self.statuses);
+                s.refused.fetch_add(1, Ordering::Relaxed);
                 match &r {
-                    Refusal::BannedAddress(_) => &s.banned_address,
-                    Refusal::BannedUser => &s.banned_user,
-                    _ => &s.denied,
+                    Refusal::BannedAddress(_) => {
+                        s.banned_address.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Refusal::BannedUser => {
+                        s.banned_user.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
-                .fetch_add(1, Ordering::Relaxed);
                 if status == self.statuses.limit {
                     s.limited.fetch_add(1, Ordering::Relaxed);
                 }
