@@ -234,6 +234,10 @@ fn wait_ready(link: &Link, base: &str, nginx: &Nginx) -> anyhow::Result<()> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario through one nginx: allowed, hostile, banned, then shadow mode"
+)]
 fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
     require_root!();
     if !Path::new("/usr/sbin/nginx").exists() {
@@ -360,13 +364,100 @@ fn pct(v: &[Duration], p: usize) -> Duration {
     v[(v.len() * p / 100).min(v.len() - 1)]
 }
 
+/// Decisions asked of the measurement test's endpoint (half allowed, half banned).
+const DECISIONS: usize = 2000;
+/// Lookups timed per kind.
+const LOOKUPS: u32 = 100_000;
+
+/// Reads one answer (head, then `Content-Length` bytes) from `s`; its status.
+fn read_answer(s: &mut std::net::TcpStream) -> anyhow::Result<u16> {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    let (status, need) = loop {
+        let n = s.read(&mut buf)?;
+        ensure!(n > 0, "the endpoint closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            break (status, end + 4 + len);
+        }
+    };
+    while got.len() < need {
+        let n = s.read(&mut buf)?;
+        ensure!(n > 0, "the endpoint closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(status)
+}
+
+/// Asks the endpoint on 127.0.0.1:9180 [`DECISIONS`] times over one connection, as nginx
+/// would, alternating a client that is not banned and 203.0.113.7; each answer's status and
+/// time.
+fn ask_many() -> anyhow::Result<Vec<(u16, Duration)>> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", 9180))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = Vec::with_capacity(DECISIONS);
+    for i in 0..DECISIONS {
+        let client = if i % 2 == 0 {
+            "192.0.2.44"
+        } else {
+            "203.0.113.7"
+        };
+        let req = format!(
+            "GET /.guard-auth HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: {UA}\r\n\
+             X-Original-URI: /products/{i}?page=2\r\nX-Original-Method: GET\r\n\
+             X-Forwarded-For: {client}\r\n\r\n"
+        );
+        let start = std::time::Instant::now();
+        s.write_all(req.as_bytes())?;
+        let status = read_answer(&mut s)?;
+        out.push((status, start.elapsed()));
+    }
+    Ok(out)
+}
+
+/// The ban check's own syscalls, timed in this process on the pinned maps: an exact-map miss
+/// and a CIDR-trie miss (a client that is not banned), and an exact hit; per request.
+fn time_lookups(pins: &Path) -> anyhow::Result<(Duration, Duration)> {
+    use aya::maps::lpm_trie::{Key, LpmTrie};
+    use aya::maps::{HashMap, Map};
+    use guard_common::{BanEntry, MAP_BANS_V4, MAP_CIDR_V4};
+    let exact: HashMap<_, u32, BanEntry> =
+        HashMap::try_from(Map::HashMap(guard_tests::maps::open(pins, MAP_BANS_V4)?))?;
+    let cidr: LpmTrie<_, u32, BanEntry> =
+        LpmTrie::try_from(Map::LpmTrie(guard_tests::maps::open(pins, MAP_CIDR_V4)?))?;
+    let miss = u32::from_ne_bytes([192, 0, 2, 44]);
+    let hit = u32::from_ne_bytes([203, 0, 113, 7]);
+    let start = std::time::Instant::now();
+    for _ in 0..LOOKUPS {
+        ensure!(exact.get(&miss, 0).is_err() && cidr.get(&Key::new(32, miss), 0).is_err());
+    }
+    let not_banned = start.elapsed() / LOOKUPS;
+    let start = std::time::Instant::now();
+    for _ in 0..LOOKUPS {
+        ensure!(exact.get(&hit, 0).is_ok());
+    }
+    Ok((not_banned, start.elapsed() / LOOKUPS))
+}
+
 /// What one forward-auth decision costs: the endpoint asked directly over one keep-alive
-/// connection (as nginx would with upstream keep-alive), for a client that is not banned and
-/// one that is, and the raw map lookups the ban check makes. Printed; the bound asserted is
-/// loose (a decision that waited for a disk flush or a lock held across I/O would pass it by far).
+/// connection, for a client that is not banned and one that is, and the raw map lookups the
+/// ban check makes. Printed; the bound asserted is loose (a decision that waited for a disk
+/// flush or a lock held across I/O would pass it by far).
 #[test]
 fn forward_auth_decisions_are_quick() -> anyhow::Result<()> {
-    use std::io::Read;
     require_root!();
     let link = Link::new()?;
     let d = Daemon::start(
@@ -380,58 +471,7 @@ fn forward_auth_decisions_are_quick() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("ban add: {e}"))?;
     d.cli(&["ban", "add", "198.51.100.0/24"])
         .map_err(|e| anyhow::anyhow!("ban add: {e}"))?;
-    const N: usize = 2000;
-    let times = link
-        .near
-        .run(move || -> anyhow::Result<Vec<(u16, Duration)>> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", 9180))?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut out = Vec::with_capacity(N);
-            let mut buf = [0u8; 4096];
-            for i in 0..N {
-                let client = if i % 2 == 0 {
-                    "192.0.2.44"
-                } else {
-                    "203.0.113.7"
-                };
-                let req = format!(
-                    "GET /.guard-auth HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: {UA}\r\n\
-                 X-Original-URI: /products/{i}?page=2\r\nX-Original-Method: GET\r\n\
-                 X-Forwarded-For: {client}\r\n\r\n"
-                );
-                let start = std::time::Instant::now();
-                s.write_all(req.as_bytes())?;
-                // One answer: its head, then Content-Length bytes.
-                let mut got = Vec::new();
-                let (status, need) = loop {
-                    let n = s.read(&mut buf)?;
-                    ensure!(n > 0, "the endpoint closed the connection");
-                    got.extend_from_slice(&buf[..n]);
-                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                        let status = head
-                            .split_whitespace()
-                            .nth(1)
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0);
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        break (status, end + 4 + len);
-                    }
-                };
-                while got.len() < need {
-                    let n = s.read(&mut buf)?;
-                    ensure!(n > 0, "the endpoint closed the connection");
-                    got.extend_from_slice(&buf[..n]);
-                }
-                out.push((status, start.elapsed()));
-            }
-            Ok(out)
-        })??;
+    let times = link.near.run(ask_many)??;
     let (mut allowed, mut refused) = (Vec::new(), Vec::new());
     for (i, (status, t)) in times.iter().enumerate() {
         if i % 2 == 0 {
@@ -447,39 +487,14 @@ fn forward_auth_decisions_are_quick() -> anyhow::Result<()> {
     println!(
         "MEASURED forward-auth over keep-alive, {} decisions each: allowed p50 {:?} p99 {:?}; \
          banned address p50 {:?} p99 {:?}",
-        N / 2,
+        DECISIONS / 2,
         pct(&allowed, 50),
         pct(&allowed, 99),
         pct(&refused, 50),
         pct(&refused, 99)
     );
     assert!(pct(&allowed, 99) < Duration::from_millis(50), "{allowed:?}");
-
-    // The ban check's own syscalls, timed in this process on the pinned maps: an exact-map miss
-    // and a CIDR-trie miss (a client that is not banned), and an exact hit.
-    use aya::maps::lpm_trie::{Key, LpmTrie};
-    use aya::maps::{HashMap, Map};
-    use guard_common::{BanEntry, MAP_BANS_V4, MAP_CIDR_V4};
-    let exact: HashMap<_, u32, BanEntry> = HashMap::try_from(Map::HashMap(
-        guard_tests::maps::open(&d.pin_dir, MAP_BANS_V4)?,
-    ))?;
-    let cidr: LpmTrie<_, u32, BanEntry> = LpmTrie::try_from(Map::LpmTrie(
-        guard_tests::maps::open(&d.pin_dir, MAP_CIDR_V4)?,
-    ))?;
-    let miss = u32::from_ne_bytes([192, 0, 2, 44]);
-    let hit = u32::from_ne_bytes([203, 0, 113, 7]);
-    const M: u32 = 100_000;
-    let start = std::time::Instant::now();
-    for _ in 0..M {
-        assert!(exact.get(&miss, 0).is_err());
-        assert!(cidr.get(&Key::new(32, miss), 0).is_err());
-    }
-    let not_banned = start.elapsed() / M;
-    let start = std::time::Instant::now();
-    for _ in 0..M {
-        assert!(exact.get(&hit, 0).is_ok());
-    }
-    let banned = start.elapsed() / M;
+    let (not_banned, banned) = time_lookups(&d.pin_dir)?;
     println!(
         "MEASURED ban lookup in the XDP maps: not banned (exact miss + CIDR miss) {not_banned:?}, \
          banned (exact hit) {banned:?} per request"
@@ -487,7 +502,7 @@ fn forward_auth_decisions_are_quick() -> anyhow::Result<()> {
     let stats = d.json(&["stats"])?;
     assert_eq!(
         stats["inline"]["banned_address"],
-        N as u64 / 2,
+        DECISIONS as u64 / 2,
         "{}",
         stats["inline"]
     );
