@@ -178,3 +178,169 @@ pub async fn serve(
     }
     info!("forward-auth endpoint stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::inline::answer::{Extra, answer};
+
+    /// Answers every request with `status` (200 = pass) and keeps what it was asked.
+    struct Fixed {
+        status: u16,
+        seen: Mutex<Vec<(SocketAddr, String, String)>>,
+    }
+
+    impl Gate for Fixed {
+        fn check(&self, seen: &Seen<'_>) -> Verdict {
+            self.seen.lock().unwrap().push((
+                seen.peer,
+                seen.head.method.to_string(),
+                seen.head.uri.to_string(),
+            ));
+            let id = "abc-1".to_owned();
+            if self.status == 200 {
+                Verdict::Pass { id }
+            } else {
+                let response = answer(self.status, &id, None, &Extra::default());
+                Verdict::Answer { id, response }
+            }
+        }
+    }
+
+    fn fixed(status: u16) -> Fixed {
+        Fixed {
+            status,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn auth(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().uri("/.guard-auth");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const PEER: &str = "127.0.0.1:50000";
+
+    #[test]
+    fn an_allowed_request_is_200_with_its_request_id() {
+        let gate = fixed(200);
+        let r = respond(
+            &gate,
+            PEER.parse().unwrap(),
+            &auth(&[("x-original-uri", "/a?b=c"), ("x-original-method", "POST")]),
+            403,
+        );
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[REQUEST_ID], "abc-1");
+        let seen = gate.seen.lock().unwrap();
+        assert_eq!(seen[0].1, "POST");
+        assert_eq!(seen[0].2, "/a?b=c");
+    }
+
+    #[test]
+    fn nginx_gets_403_and_the_real_status_others_the_status_itself() {
+        let gate = fixed(429);
+        let peer = PEER.parse().unwrap();
+        let r = respond(&gate, peer, &auth(&[("x-original-uri", "/")]), 403);
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()[GUARD_STATUS], "429");
+        assert_eq!(r.headers()[REQUEST_ID], "abc-1");
+        let r = respond(&gate, peer, &auth(&[("x-forwarded-uri", "/")]), 403);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[GUARD_STATUS], "429");
+        let r = respond(&gate, peer, &auth(&[]), 403);
+        assert_eq!(r.status(), 429);
+    }
+
+    #[test]
+    fn an_unreadable_description_is_refused_without_asking_the_gate() {
+        let gate = fixed(200);
+        let r = respond(
+            &gate,
+            PEER.parse().unwrap(),
+            &auth(&[("x-original-uri", "/"), ("x-original-method", "G(E)T")]),
+            451,
+        );
+        assert_eq!(r.status(), 403, "nginx passes only 401 and 403");
+        assert_eq!(r.headers()[GUARD_STATUS], "451");
+        assert!(gate.seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_server_answers_over_tcp_and_drains_at_shutdown() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, rx) = watch::channel(false);
+            let settings = AuthSettings {
+                header_timeout: Duration::from_secs(5),
+                drain_timeout: Duration::from_secs(5),
+                deny_status: 403,
+            };
+            let server = tokio::spawn(serve(listener, Arc::new(fixed(403)), settings, rx));
+            let ask = async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(
+                    b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-Uri: /x?id=1\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.unwrap();
+                String::from_utf8_lossy(&out).into_owned()
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(5), ask)
+                .await
+                .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+            assert!(answer.to_ascii_lowercase().contains("x-request-id: abc-1"), "{answer}");
+            tx.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .expect("the server did not stop")
+                .unwrap();
+            assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        });
+    }
+
+    #[test]
+    fn a_slow_head_is_cut_by_the_header_timeout() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (_tx, rx) = watch::channel(false);
+            let settings = AuthSettings {
+                header_timeout: Duration::from_millis(200),
+                drain_timeout: Duration::from_secs(1),
+                deny_status: 403,
+            };
+            let gate = Arc::new(fixed(200));
+            tokio::spawn(serve(listener, Arc::clone(&gate) as _, settings, rx));
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+            let start = std::time::Instant::now();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .expect("the slow head was never cut")
+                .unwrap_or_default();
+            assert!(start.elapsed() >= Duration::from_millis(150));
+            assert!(gate.seen.lock().unwrap().is_empty());
+        });
+    }
+}
