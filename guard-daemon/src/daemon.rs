@@ -25,6 +25,7 @@ use crate::store::logs::{LogStore, LogWriter};
 use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
+mod inline;
 mod requests;
 use requests::handle;
 
@@ -182,25 +183,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let judge = Arc::new(judge);
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
-    // The inline mode's decision (forward-auth endpoint, reverse proxy): its ban lookups read
-    // the XDP maps through handles of their own.
-    let inline = if config.proxy.auth_listen.is_some() || config.proxy.proxy_enabled() {
-        let maps = xdp
-            .ban_maps()
-            .context("opening the ban maps for the inline mode")?;
-        let mut identity = crate::inline::event::Identity::from_tap(&config.tap);
-        // The forward-auth endpoint's front ends (nginx) may name the client in X-Real-IP.
-        identity.real_ip_fallback = true;
-        Some(Arc::new(crate::inline::InlineGate::new(
-            Arc::clone(&judge),
-            Arc::clone(&writer),
-            Arc::new(crate::bans::lookup::MapLookup::new(maps)),
-            identity,
-            &config.proxy,
-        )))
-    } else {
-        None
-    };
+    // The inline mode's decision (forward-auth endpoint, reverse proxy).
+    let inline = inline::gate(&config, &xdp, &judge, &writer)?;
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
     let pipeline = if config.tap.http_ports.is_empty() {
@@ -340,27 +324,7 @@ async fn serve(
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
     // One shutdown signal for every listener: the control socket and the forward-auth endpoint.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let auth = match (shared.config.proxy.auth_listen, &shared.inline) {
-        (Some(addr), Some(gate)) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the forward-auth endpoint on {addr}"))?;
-            let p = &shared.config.proxy;
-            let settings = crate::inline::auth::AuthSettings {
-                header_timeout: p.header_timeout,
-                drain_timeout: p.drain_timeout,
-                deny_status: p.deny_status,
-            };
-            let gate: Arc<dyn crate::inline::Gate> = Arc::clone(gate) as _;
-            Some(tokio::spawn(crate::inline::auth::serve(
-                listener,
-                gate,
-                settings,
-                stop_rx.clone(),
-            )))
-        }
-        _ => None,
-    };
+    let auth = inline::start_auth(&shared, &stop_rx).await?;
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
