@@ -21,6 +21,7 @@ use tracing::debug;
 
 use super::answer::{self, Extra};
 use super::event::{Identity, request_event};
+use super::pending::{self, Pending};
 use super::{Gate, Seen, Verdict};
 use crate::bans::lookup::AddrLookup;
 use crate::config::{InlineMode, ProxyConfig};
@@ -142,7 +143,11 @@ pub struct InlineGate {
     statuses: Statuses,
     /// Request ids are `<start>-<seq>` in hex: the start in ms keeps them apart across runs.
     start_ms: u64,
-    seq: AtomicU64,
+    /// Shared by the gates made with [`InlineGate::for_proxy`], so ids stay unique.
+    seq: Arc<AtomicU64>,
+    /// The records of passed requests waiting for [`Gate::finished`] (the proxy's gate); `None`:
+    /// written at once (the forward-auth endpoint never learns the upstream's answer).
+    pending: Option<Arc<Pending>>,
     pub stats: Arc<InlineStats>,
 }
 
@@ -168,8 +173,48 @@ impl InlineGate {
                 limit: proxy.limit_status,
             },
             start_ms: crate::clock::now_ms(),
-            seq: AtomicU64::new(0),
+            seq: Arc::new(AtomicU64::new(0)),
+            pending: None,
             stats: Arc::new(InlineStats::default()),
+        }
+    }
+
+    /// The same decision for the reverse proxy (same judge, log, lookups, counters and id
+    /// sequence): the record of a passed request is written when the proxy reports the
+    /// upstream's status ([`Gate::finished`]), with the time the upstream took, or after
+    /// `max_age` without it (say `proxy.upstream_timeout` and a margin). The client's address
+    /// is never taken from `X-Real-IP` here (as in the tap).
+    #[must_use]
+    pub fn for_proxy(&self, max_age: Duration) -> Self {
+        let mut identity = self.identity.clone();
+        identity.real_ip_fallback = false;
+        Self {
+            judge: Arc::clone(&self.judge),
+            writer: Arc::clone(&self.writer),
+            addrs: Arc::clone(&self.addrs),
+            users: self.users.clone(),
+            identity,
+            mode: self.mode,
+            statuses: self.statuses,
+            start_ms: self.start_ms,
+            seq: Arc::clone(&self.seq),
+            pending: Some(Arc::new(Pending::new(pending::CAP, max_age))),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Writes the records still waiting for their status (at shutdown).
+    pub fn flush_pending(&self) {
+        if let Some(p) = &self.pending {
+            for r in p.drain() {
+                self.log(r);
+            }
+        }
+    }
+
+    fn log(&self, record: LogRecord) {
+        if !self.writer.try_log(record) {
+            self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -281,10 +326,22 @@ impl Gate for InlineGate {
                 }
             }
         };
-        if !self.writer.try_log(record) {
-            s.log_dropped.fetch_add(1, Ordering::Relaxed);
+        match (&self.pending, &verdict) {
+            (Some(pending), Verdict::Pass { id }) => {
+                for r in pending.hold(id.clone(), record, std::time::Instant::now()) {
+                    self.log(r);
+                }
+            }
+            _ => self.log(record),
         }
         verdict
+    }
+
+    fn finished(&self, id: &str, status: u16) {
+        let Some(pending) = &self.pending else { return };
+        if let Some(r) = pending.finish(id, status, std::time::Instant::now()) {
+            self.log(r);
+        }
     }
 }
 

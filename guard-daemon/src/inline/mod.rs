@@ -7,7 +7,11 @@
 //!   the log record);
 //! - [`event`]: a seen request as the tap's `RequestEvent`;
 //! - [`answer`]: the refusal page (HTML or JSON) with its request id;
-//! - [`front`] and [`auth`]: the forward-auth endpoint for nginx, Traefik and Envoy.
+//! - [`front`] and [`auth`]: the forward-auth endpoint for nginx, Traefik and Envoy;
+//! - [`pending`]: the proxy's passed requests waiting for the upstream's status
+//!   ([`gate::InlineGate::for_proxy`]: the reverse proxy's gate, made from the daemon's one, whose
+//!   records carry the upstream's status reported through [`Gate::finished`]; call
+//!   `flush_pending` at shutdown).
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -17,6 +21,7 @@ pub mod auth;
 pub mod event;
 pub mod front;
 pub mod gate;
+pub mod pending;
 
 pub use gate::{InlineGate, Refusal, UserCheck};
 

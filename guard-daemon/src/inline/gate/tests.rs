@@ -312,3 +312,40 @@ fn request_ids_are_unique() {
         .collect();
     assert_eq!(ids.len(), 100);
 }
+
+#[test]
+fn the_proxys_gate_logs_a_passed_request_with_the_upstreams_status() {
+    let s = setup(Arc::new(NoBans), &enforce(), &EngineConfig::default());
+    let proxy = s.gate.for_proxy(Duration::from_mins(1));
+    let id = pass_id(check(&proxy, "192.0.2.30:5000", &head("/orders", &[])));
+    // Nothing is written before the upstream answers.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        s.logs
+            .query(&LogQuery::default())
+            .unwrap()
+            .iter()
+            .all(|r| r.request_id.as_deref() != Some(id.as_str()))
+    );
+    proxy.finished(&id, 502);
+    let r = record(&s.logs, &id);
+    assert_eq!(r.status, Some(502));
+    assert!(r.latency_ms.is_some());
+    assert_eq!(r.mode, Mode::Inline);
+    // A refusal is written at once; ids never repeat between the two gates.
+    let (id2, _) = answered(check(
+        &proxy,
+        "192.0.2.31:5000",
+        &head("/a?q=1%20UNION%20SELECT%20pw%20FROM%20users", &[]),
+    ));
+    assert_eq!(record(&s.logs, &id2).status, Some(403));
+    let id3 = pass_id(check(&s.gate, "192.0.2.32:5000", &head("/", &[])));
+    assert!(id3 != id && id3 != id2);
+    // What never finished is written at shutdown, without a status.
+    let id4 = pass_id(check(&proxy, "192.0.2.33:5000", &head("/slow", &[])));
+    proxy.flush_pending();
+    assert_eq!(record(&s.logs, &id4).status, None);
+    // The forward-auth gate ignores `finished`.
+    s.gate.finished(&id3, 200);
+    assert_eq!(record(&s.logs, &id3).status, None);
+}
