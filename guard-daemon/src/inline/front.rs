@@ -79,7 +79,13 @@ pub fn front_end(headers: &HeaderMap) -> FrontEnd {
 /// A request target as the client sent it, made acceptable to [`Uri`]: bytes it refuses
 /// (`"`, `{`, `|`, spaces, non-ASCII, …) are percent-encoded, which the validator undoes.
 fn target(raw: &[u8], header: &'static str) -> Result<Uri, FrontError> {
-    let mut s = String::with_capacity(raw.len());
+    let mut s = String::with_capacity(raw.len() + 1);
+    // Anything but origin form (`/…`) and absolute form is read as a path, so that no part of
+    // it is taken for an authority and lost.
+    let absolute = raw.starts_with(b"http://") || raw.starts_with(b"https://");
+    if !raw.starts_with(b"/") && !absolute && raw != b"*" {
+        s.push('/');
+    }
     for &b in raw {
         let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b);
         if keep {
@@ -268,5 +274,30 @@ mod tests {
         assert_eq!(status_for(FrontEnd::Nginx, 200), 200);
         assert_eq!(status_for(FrontEnd::Traefik, 429), 429);
         assert_eq!(status_for(FrontEnd::Envoy, 451), 451);
+    }
+}
+
+#[cfg(test)]
+mod odd_targets {
+    use super::*;
+
+    #[test]
+    fn odd_but_possible_targets_are_carried() {
+        for (raw, path, query) in [
+            ("/a%zz", "/a%zz", None),
+            ("/a?b=%", "/a", Some("b=%")),
+            ("//double//slash", "//double//slash", None),
+            ("/a#frag", "/a%23frag", None),
+            ("/?", "/", Some("")),
+            ("/a?b=1?c=2", "/a", Some("b=1?c=2")),
+            ("abc?x=1", "/abc", Some("x=1")),
+            ("evil.example:80/x?y", "/evil.example:80/x", Some("y")),
+            ("http://h.test/p?q=1", "/p", Some("q=1")),
+        ] {
+            let uri =
+                target(raw.as_bytes(), "X-Original-URI").unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(uri.path(), path, "{raw}");
+            assert_eq!(uri.query(), query, "{raw}");
+        }
     }
 }
