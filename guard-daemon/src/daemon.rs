@@ -25,6 +25,7 @@ use crate::store::logs::{LogStore, LogWriter};
 use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
+mod inline;
 mod requests;
 use requests::handle;
 
@@ -51,6 +52,8 @@ struct Shared {
     pipeline: Mutex<Option<Arc<Pipeline>>>,
     /// The tap's recently verified sources (`None` without the tap): rate bans need them.
     verified: Option<Arc<VerifiedSources>>,
+    /// The inline mode's decision, when the forward-auth endpoint or the proxy is on.
+    inline: Option<Arc<crate::inline::InlineGate>>,
     counters: Counters,
     config: Config,
     started: Instant,
@@ -212,6 +215,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             "bans restored from the store"
         );
     }
+    // The inline mode's decision (forward-auth endpoint, reverse proxy).
+    let inline = inline::gate(
+        &config,
+        bans.xdp(),
+        &judge,
+        &writer,
+        bans.user_lookup(),
+        jwt.clone(),
+    )?;
     let verified = pipeline.as_ref().map(Pipeline::verified);
     // Only now, with the maps rebuilt, does this program take over the interfaces.
     bans.xdp_mut().attach().context("attaching XDP")?;
@@ -223,6 +235,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         writer,
         pipeline: Mutex::new(pipeline.map(Arc::new)),
         verified,
+        inline,
         counters: Counters::default(),
         config,
         started: Instant::now(),
@@ -268,8 +281,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = bans.store().flush() {
         error!("flushing the store at exit: {e}");
     }
-    let shared = Arc::try_unwrap(shared)
+    let mut shared = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("daemon state still shared at exit"))?;
+    // The inline decision holds the log writer too.
+    drop(shared.inline.take());
     if let Ok(w) = Arc::try_unwrap(shared.writer) {
         w.shutdown();
     } else {
@@ -317,6 +332,9 @@ async fn serve(
         .context("asking the ban owner")?
         .context("writing the XDP settings")?;
     info!(socket = %shared.config.daemon.socket.display(), "control socket ready");
+    // One shutdown signal for every listener: the control socket and the forward-auth endpoint.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let auth = inline::start_auth(&shared, &stop_rx).await?;
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
@@ -330,7 +348,18 @@ async fn serve(
             handle(&shared, req)
         })
     };
-    control::serve(listener, access, handler, shutdown_signal()).await;
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    control::serve(listener, access, handler, signal).await;
+    if let Some(auth) = auth {
+        // It drains its connections within proxy.drain_timeout.
+        if let Err(e) = auth.await {
+            warn!("the forward-auth endpoint ended badly: {e}");
+        }
+    }
+    drop(stop_rx);
     protector.abort();
     if let Some(r) = reader {
         r.abort();

@@ -96,6 +96,27 @@ impl JudgeStats {
     }
 }
 
+/// What the judge made of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judgement {
+    /// For the log: the request was refused (tap: would have been), counted against its client.
+    pub blocked: bool,
+    /// For the log: why (blocked, triaged, not judged).
+    pub reason: Option<String>,
+    /// For the inline mode: the answer to give instead of passing the request on. Also set for
+    /// a hostile request whose client cannot be named (refused, but nobody is struck).
+    pub refuse: Option<Refuse>,
+}
+
+/// How the inline mode refuses a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// Hostile (validator block, black rule, ban): `proxy.deny_status`, 403 by default.
+    Deny,
+    /// Too many requests (the engine's flood rules): `proxy.limit_status`, 429 by default.
+    Limit,
+}
+
 /// A ban the engine ordered, and the ticket to report its outcome with.
 #[derive(Debug)]
 pub struct BanOrder {
@@ -276,6 +297,19 @@ impl Judge {
     /// Judges one finished request; returns the log's (blocked, reason).
     #[must_use]
     pub fn judge(&self, ev: &RequestEvent) -> (bool, Option<String>) {
+        let j = self.judgement(ev);
+        (j.blocked, j.reason)
+    }
+
+    /// Judges one request like [`Judge::judge`], but a panic in the validator or the engine
+    /// costs this request only (see [`Judge::judge_contained`]): `None` then.
+    #[must_use]
+    pub fn judgement_contained(&self, ev: &RequestEvent) -> Option<Judgement> {
+        self.contain(ev, || self.judgement(ev))
+    }
+
+    /// The validator's finding on `ev` (and the tap's evasion signs), counted.
+    fn hint(&self, ev: &RequestEvent) -> Option<ValidatorHint> {
         let s = &self.stats;
         s.inspected.fetch_add(1, Ordering::Relaxed);
         let h = &ev.headers;
@@ -316,12 +350,19 @@ impl Judge {
                 })
             }
         };
-        let hint = if ev.headers.evasion.is_empty() {
+        if ev.headers.evasion.is_empty() {
             hint
         } else {
             s.evasion.fetch_add(1, Ordering::Relaxed);
             evasion_hint(ev.headers.evasion, hint)
-        };
+        }
+    }
+
+    /// Judges one request: the log's verdict, and the answer the inline mode gives.
+    #[must_use]
+    pub fn judgement(&self, ev: &RequestEvent) -> Judgement {
+        let s = &self.stats;
+        let hint = self.hint(ev);
         if !ev.trust.counts() {
             // The address is not proven (see `Trust`): findings are logged, never a strike or a ban.
             s.not_judged.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +370,10 @@ impl Judge {
                 Trust::NoClient => "no client",
                 _ => "unverified flow",
             };
+            let refuse = hint
+                .as_ref()
+                .is_some_and(|h| h.block)
+                .then_some(Refuse::Deny);
             let reason = hint.map_or_else(
                 || format!("not judged: {why}"),
                 |h| {
@@ -338,29 +383,49 @@ impl Judge {
                     )
                 },
             );
-            return (false, Some(reason));
+            // The request itself is hostile whoever sent it: the inline mode refuses it, with
+            // no strike against anyone.
+            return Judgement {
+                blocked: false,
+                reason: Some(reason),
+                refuse,
+            };
         }
         let decision = self.engine().observe(ev.ts, ev, hint.as_ref());
+        let refused = |refuse, reason| Judgement {
+            blocked: true,
+            reason: Some(reason),
+            refuse: Some(refuse),
+        };
         match decision {
             Decision::Allow => match hint {
-                Some(h) if h.block => (
-                    true,
-                    Some(format!("validator: {} (score {})", h.category, h.score)),
+                Some(h) if h.block => refused(
+                    Refuse::Deny,
+                    format!("validator: {} (score {})", h.category, h.score),
                 ),
-                _ => (false, None),
+                _ => Judgement::default(),
             },
-            Decision::Block { reason, .. } => {
+            Decision::Block { status, reason } => {
                 s.engine_block.fetch_add(1, Ordering::Relaxed);
-                (true, Some(reason))
+                // The engine answers floods (request rate) with 429, everything else with 403.
+                let refuse = if status == 429 {
+                    Refuse::Limit
+                } else {
+                    Refuse::Deny
+                };
+                refused(refuse, reason)
             }
             Decision::Triage {
                 score, behaviour, ..
             } => {
                 s.triage.fetch_add(1, Ordering::Relaxed);
                 self.ask_ai(ev.client, &behaviour);
-                (false, Some(format!("triage (grey score {score})")))
+                Judgement {
+                    reason: Some(format!("triage (grey score {score})")),
+                    ..Judgement::default()
+                }
             }
-            ban @ Decision::Ban { .. } => (true, Some(self.order_ban(ban))),
+            ban @ Decision::Ban { .. } => refused(Refuse::Deny, self.order_ban(ban)),
         }
     }
 

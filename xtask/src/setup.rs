@@ -27,6 +27,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("tc", "iproute2"),
     ("curl", "curl"),
+    // e2e_forward_auth: nginx `auth_request` in front of a test app, asking guard.
+    ("nginx", "nginx"),
 ];
 
 /// How the eBPF crate gets built on this machine.
@@ -279,7 +281,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         .collect();
     missing.dedup();
     if missing.is_empty() {
-        say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl present");
+        say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl, nginx present");
         return Ok(());
     }
     apt_install(&missing)

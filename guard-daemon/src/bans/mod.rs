@@ -26,6 +26,7 @@ mod allow;
 mod expire;
 mod filter;
 mod order;
+pub mod lookup;
 pub mod owner;
 pub mod users;
 

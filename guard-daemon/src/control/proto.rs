@@ -181,6 +181,11 @@ pub struct Stats {
     pub ai: Option<crate::ai::AiStats>,
     pub logs: LogCounters,
     pub daemon: DaemonCounters,
+    /// The inline decision's counters (`inline::gate::InlineStats`: requests, passed, refused,
+    /// banned addresses and users, shadow refusals, ban lookup errors); `None` when neither the
+    /// forward-auth endpoint nor the proxy is on.
+    #[serde(default)]
+    pub inline: Option<serde_json::Value>,
 }
 
 /// The request log's counters.

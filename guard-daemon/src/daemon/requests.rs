@@ -216,6 +216,7 @@ fn stats(shared: &Shared) -> Response {
             bans_expired: shared.bans.expired(),
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },
+        inline: shared.inline.as_ref().map(|g| g.stats_json()),
     }))
 }
 

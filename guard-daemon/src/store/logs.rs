@@ -87,6 +87,18 @@ impl From<sled::Error> for LogError {
     }
 }
 
+/// How guard saw a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Watched on the wire by the tap (guard is not in the request path).
+    #[default]
+    Tap,
+    /// Judged in the request path: the reverse proxy or the forward-auth endpoint, which
+    /// answered (or, in shadow mode, would have answered) before the upstream saw anything.
+    Inline,
+}
+
 /// One logged request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -114,6 +126,12 @@ pub struct LogRecord {
     /// ends in [`CUT_MARK`].
     #[serde(default)]
     pub truncated: bool,
+    /// Tap or inline; records written before the field existed were tapped.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The inline mode's request id, also in the answer (the page and `X-Request-Id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl LogRecord {
@@ -137,6 +155,8 @@ impl LogRecord {
             blocked,
             reason,
             truncated: false,
+            mode: Mode::Tap,
+            request_id: None,
         }
     }
 
@@ -150,6 +170,7 @@ impl LogRecord {
             + opt(&self.user_agent)
             + opt(&self.host)
             + opt(&self.reason)
+            + opt(&self.request_id)
             + self.method.len()
             + 256) as u64
     }
@@ -157,7 +178,8 @@ impl LogRecord {
     /// The `guard logs --json` line: exactly `ts` (RFC 3339 UTC), `client`, `trust`
     /// (`verified`, `unverified` or `no_client`), `user`, `method`,
     /// `path`, `query`, `status`, `latency_ms`, `bytes_in`, `bytes_out`, `user_agent`, `blocked`,
-    /// `reason`, `truncated`.
+    /// `reason`, `truncated`, `mode` (`tap` or `inline`) and `request_id` (inline only, else
+    /// null).
     #[must_use]
     pub fn to_json_line(&self) -> String {
         #[derive(Serialize)]
@@ -177,6 +199,8 @@ impl LogRecord {
             blocked: bool,
             reason: Option<&'a str>,
             truncated: bool,
+            mode: Mode,
+            request_id: Option<&'a str>,
         }
         let line = Line {
             ts: rfc3339(self.time),
@@ -194,6 +218,8 @@ impl LogRecord {
             blocked: self.blocked,
             reason: self.reason.as_deref(),
             truncated: self.truncated,
+            mode: self.mode,
+            request_id: self.request_id.as_deref(),
         };
         // Plain data with string keys: serialization cannot fail.
         serde_json::to_string(&line).unwrap_or_default()

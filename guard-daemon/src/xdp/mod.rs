@@ -22,6 +22,7 @@ mod attach;
 mod batch;
 mod fill;
 mod log;
+mod lookup;
 mod maps;
 pub mod pins;
 pub use attach::default_route_interface;
@@ -29,6 +30,7 @@ use attach::{attach, ensure_bpffs};
 use fill::{Fill, Which};
 pub use fill::{MapFill, WARN_PERCENT};
 pub use log::{EbpfLog, EbpfLogLevel, forward as forward_ebpf_log};
+pub use lookup::{BanHit, BanMaps};
 
 use crate::config::XdpConfig;
 use crate::net::Net;

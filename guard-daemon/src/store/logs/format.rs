@@ -54,7 +54,11 @@ pub fn format_table(records: &[LogRecord]) -> String {
                     Trust::NoClient => "- (no client)".into(),
                 },
                 r.user.clone().unwrap_or_else(|| "-".into()),
-                r.method.clone(),
+                match r.mode {
+                    super::Mode::Tap => r.method.clone(),
+                    // Judged in the request path: the method carries the mark.
+                    super::Mode::Inline => format!("{} (inline)", r.method),
+                },
                 r.status.map_or_else(|| "-".into(), |s| s.to_string()),
                 r.latency_ms
                     .map_or_else(|| "-".into(), |l| format!("{l:.1}ms")),

@@ -24,6 +24,8 @@ fn rec(secs: u64, client: &str, path: &str, status: Option<u16>, blocked: bool) 
         blocked,
         reason: blocked.then(|| "banned".into()),
         truncated: false,
+        mode: Mode::Tap,
+        request_id: None,
     }
 }
 
@@ -210,6 +212,8 @@ fn json_line_has_exactly_the_documented_fields() {
         "blocked",
         "reason",
         "truncated",
+        "mode",
+        "request_id",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);
@@ -218,6 +222,8 @@ fn json_line_has_exactly_the_documented_fields() {
     assert_eq!(v["status"], 403);
     assert_eq!(v["blocked"], true);
     assert_eq!(v["reason"], "banned");
+    assert_eq!(v["mode"], "tap");
+    assert_eq!(v["request_id"], serde_json::Value::Null);
 }
 
 #[test]
@@ -667,4 +673,24 @@ fn the_cap_check_counts_what_sled_still_buffers() {
         assert!(measured <= limits.max_bytes, "round {round}: {measured}");
     }
     assert!(s.rebuilds() > 0);
+}
+
+#[test]
+fn inline_records_keep_their_mode_and_request_id_and_old_records_read_as_tapped() {
+    let s = store();
+    let mut r = rec(500, "192.0.2.7", "/x", Some(403), true);
+    r.mode = Mode::Inline;
+    r.request_id = Some("00ab12cd34ef5678".into());
+    s.insert(&r).unwrap();
+    let back = s.query(&LogQuery::default()).unwrap();
+    assert_eq!(back, vec![r.clone()]);
+    let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+    assert_eq!(v["mode"], "inline");
+    assert_eq!(v["request_id"], "00ab12cd34ef5678");
+    assert!(format_table(&back).contains("GET (inline)"));
+    // A record stored before the fields existed.
+    let mut old = serde_json::to_value(rec(1, "192.0.2.8", "/", None, false)).unwrap();
+    old.as_object_mut().unwrap().remove("mode");
+    let old: LogRecord = serde_json::from_value(old).unwrap();
+    assert_eq!((old.mode, old.request_id), (Mode::Tap, None));
 }

@@ -2,9 +2,28 @@
 //! decision, and what they get back. The transport (listeners, TLS, HTTP/1.1 and HTTP/2, the
 //! upstream pool, streaming) knows nothing of the validator, the engine or the bans; the decision
 //! knows nothing of sockets. Both sides are tested on their own through this trait.
+//!
+//! - [`gate`]: [`gate::InlineGate`], the decision (bans, the user seam, validator and engine,
+//!   the log record);
+//! - [`event`]: a seen request as the tap's `RequestEvent`;
+//! - [`answer`]: the refusal page (HTML or JSON) with its request id;
+//! - [`front`] and [`auth`]: the forward-auth endpoint for nginx, Traefik and Envoy;
+//! - [`pending`]: the proxy's passed requests waiting for the upstream's status
+//!   ([`gate::InlineGate::for_proxy`]: the reverse proxy's gate, made from the daemon's one, whose
+//!   records carry the upstream's status reported through [`Gate::finished`]; call
+//!   `flush_pending` at shutdown).
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+
+pub mod answer;
+pub mod auth;
+pub mod event;
+pub mod front;
+pub mod gate;
+pub mod pending;
+
+pub use gate::{InlineGate, Refusal, UserCheck};
 
 /// One request as a front end saw it, before anything was sent upstream.
 #[derive(Debug)]

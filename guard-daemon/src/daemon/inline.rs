@@ -1,0 +1,75 @@
+//! `guard run`'s part of the inline mode: the decision it builds when the forward-auth endpoint
+//! or the reverse proxy is on, and the forward-auth endpoint it starts.
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use crate::bans::UserLookup;
+use crate::config::Config;
+use crate::inline::InlineGate;
+use crate::inline::auth::{AuthSettings, serve};
+use crate::inline::event::Identity;
+use crate::judge::Judge;
+use crate::store::logs::LogWriter;
+use crate::tap::jwt::JwtKeys;
+use crate::xdp::Xdp;
+
+/// The inline decision, if `[proxy]` turns the forward-auth endpoint or the proxy on. Its
+/// address-ban lookups read the XDP maps through handles of its own; `users` answers its user
+/// checks; `jwt` verifies bearer tokens as the tap does.
+pub(super) fn gate(
+    config: &Config,
+    xdp: &Xdp,
+    judge: &Arc<Judge>,
+    writer: &Arc<LogWriter>,
+    users: UserLookup,
+    jwt: JwtKeys,
+) -> anyhow::Result<Option<Arc<InlineGate>>> {
+    if config.proxy.auth_listen.is_none() && !config.proxy.proxy_enabled() {
+        return Ok(None);
+    }
+    let maps = xdp
+        .ban_maps()
+        .context("opening the ban maps for the inline mode")?;
+    let mut identity = Identity::from_tap(&config.tap, jwt);
+    // The forward-auth endpoint's front ends (nginx) may name the client in X-Real-IP.
+    identity.real_ip_fallback = true;
+    Ok(Some(Arc::new(InlineGate::new(
+        Arc::clone(judge),
+        Arc::clone(writer),
+        Arc::new(crate::bans::lookup::MapLookup::new(maps)),
+        identity,
+        &config.proxy,
+    )
+    .with_user_check(Arc::new(users)))))
+}
+
+/// Binds `proxy.auth_listen` and serves the forward-auth endpoint until `stop` turns true (a
+/// listen address that cannot be bound fails the start).
+pub(super) async fn start_auth(
+    shared: &Shared,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let (Some(addr), Some(gate)) = (shared.config.proxy.auth_listen, &shared.inline) else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the forward-auth endpoint on {addr}"))?;
+    let p = &shared.config.proxy;
+    let settings = AuthSettings {
+        header_timeout: p.header_timeout,
+        drain_timeout: p.drain_timeout,
+        deny_status: p.deny_status,
+    };
+    let gate: Arc<dyn crate::inline::Gate> = Arc::clone(gate) as _;
+    Ok(Some(tokio::spawn(serve(
+        listener,
+        gate,
+        settings,
+        stop.clone(),
+    ))))
+}
