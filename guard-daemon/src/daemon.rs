@@ -52,6 +52,8 @@ struct Shared {
     /// The tap's recently verified sources (`None` without the tap): rate bans need them.
     verified: Option<Arc<VerifiedSources>>,
     counters: Counters,
+    /// The reverse proxy's counters (`None` when `[proxy]` has no listener).
+    proxy: Option<Arc<crate::proxy::ProxyStats>>,
     config: Config,
     started: Instant,
 }
@@ -213,6 +215,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Only now, with the maps rebuilt, does this program take over the interfaces.
     bans.xdp_mut().attach().context("attaching XDP")?;
     let owner = Owner::spawn(bans, config.bans.sweep_interval).context("starting the ban owner")?;
+    // The reverse proxy runs on a runtime of its own and stops when `proxy_stop` says so.
+    // A proxy that cannot start (a listener taken, a bad certificate) fails the start, after
+    // the shutdown below has put everything back.
+    let (proxy_stop, proxy_stop_rx) = tokio::sync::watch::channel(false);
+    let (proxy, proxy_failed) = if config.proxy.proxy_enabled() {
+        // MERGE: the lead swaps `PassAll` for the inline decision (`InlineGate`) here.
+        let gate: Arc<dyn crate::inline::Gate> = Arc::new(PassAll::default());
+        match crate::proxy::start(&config, gate, proxy_stop_rx) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (
+                None,
+                Some(anyhow::Error::new(e).context("starting the reverse proxy")),
+            ),
+        }
+    } else {
+        (None, None)
+    };
     let shared = Arc::new(Shared {
         bans: owner.handle(),
         judge,
@@ -221,6 +240,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         pipeline: Mutex::new(pipeline.map(Arc::new)),
         verified,
         counters: Counters::default(),
+        proxy: proxy.as_ref().map(crate::proxy::Running::stats),
         config,
         started: Instant::now(),
     });
@@ -237,8 +257,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events, access, facts));
+    let result = match proxy_failed {
+        Some(e) => Err(e),
+        None => runtime.block_on(serve(Arc::clone(&shared), events, access, facts)),
+    };
     drop(runtime);
+    // The proxy stops accepting, then drains (`proxy.drain_timeout`).
+    proxy_stop.send_replace(true);
+    if let Some(p) = proxy {
+        p.wait();
+    }
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
     // first, then the applier ends when the queue's sender is gone.
@@ -283,6 +311,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&shared.config.daemon.socket);
     result
+}
+
+/// The proxy's gate until the inline decision is wired in: every request passes, each with
+/// an id of its own.
+#[derive(Default)]
+struct PassAll {
+    next: AtomicU64,
+}
+
+impl crate::inline::Gate for PassAll {
+    fn check(&self, _seen: &crate::inline::Seen<'_>) -> crate::inline::Verdict {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        crate::inline::Verdict::Pass {
+            id: format!("{:x}-{n:x}", std::process::id()),
+        }
+    }
 }
 
 /// Stops the capture threads once no control request holds the pipeline any more.

@@ -160,6 +160,9 @@ pub struct Stats {
     pub ai: Option<crate::ai::AiStats>,
     pub logs: LogCounters,
     pub daemon: DaemonCounters,
+    /// The reverse proxy's counters; `None` when it is off (`proxy.listen` unset).
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyCounters>,
 }
 
 /// The request log's counters.

@@ -195,6 +195,10 @@ fn stats(shared: &Shared) -> Response {
             bans_expired: shared.bans.expired(),
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },
+        proxy: shared
+            .proxy
+            .as_deref()
+            .map(crate::proxy::ProxyStats::snapshot),
     }))
 }
 
