@@ -27,6 +27,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("tc", "iproute2"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
 ];
 
 /// How the eBPF crate gets built on this machine.
@@ -279,7 +280,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         .collect();
     missing.dedup();
     if missing.is_empty() {
-        say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl present");
+        say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl, openssl present");
         return Ok(());
     }
     apt_install(&missing)
