@@ -1,8 +1,10 @@
 //! The reverse proxy of the inline mode (`[proxy]`): plain and TLS listeners (HTTP/1.1 and
 //! HTTP/2), one upstream behind a keep-alive pool, bodies streamed, WebSocket tunnelled, and a
-//! [`Gate`] asked about every request before the upstream sees any of it. It runs on a
-//! multi-threaded runtime of its own, so that the daemon's single-threaded one (control socket,
-//! ban orders) never waits on traffic, nor traffic on it.
+//! [`Gate`] asked about every request before the upstream sees any of it. It runs on threads
+//! of its own, so that the daemon's runtime (control socket, ban orders) never waits on
+//! traffic, nor traffic on it: one single-threaded runtime per core, each accepting from the
+//! same listening sockets and keeping its own upstream pool, so that a request is served start
+//! to end on one thread (no hand-over between threads, as nginx's workers do).
 //!
 //! - `conn`: one client connection, its head and idle timers, graceful close;
 //! - `handler`: one request: gate, head rewrite, upstream exchange, upgrades;
@@ -63,7 +65,7 @@ pub enum ProxyError {
 
 /// The running proxy.
 pub struct Running {
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<bool>>,
     stats: Arc<ProxyStats>,
     listen: Vec<SocketAddr>,
     tls_listen: Vec<SocketAddr>,
@@ -83,17 +85,29 @@ impl Running {
     }
 
     /// Waits until the proxy has stopped (after its shutdown signal and the drain).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            error!("the proxy's thread panicked");
+    pub fn wait(self) {
+        let mut drained = true;
+        for t in self.threads {
+            if let Ok(d) = t.join() {
+                drained &= d;
+            } else {
+                error!("a proxy thread panicked");
+            }
+        }
+        if drained {
+            info!("proxy drained");
+        } else {
+            warn!("proxy.drain_timeout reached: connections still open were cut");
         }
     }
 }
 
-/// Binds the listeners and starts serving on a thread of its own. `shutdown` turning true
+/// Binds the listeners and starts serving on threads of its own. `shutdown` turning true
 /// stops the listeners; requests in flight then get `proxy.drain_timeout` to finish.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the proxy owns its gate and its shutdown signal; each worker gets a clone"
+)]
 pub fn start(
     config: &Config,
     gate: Arc<dyn Gate>,
@@ -126,25 +140,72 @@ pub fn start(
         .iter()
         .map(bind)
         .collect::<Result<Vec<_>, _>>()?;
+    let listen: Vec<SocketAddr> = plain.iter().map(|(_, a)| *a).collect();
+    let tls_listen: Vec<SocketAddr> = secure.iter().map(|(_, a)| *a).collect();
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("guard-proxy")
-        .enable_all()
-        .build()
-        .map_err(ProxyError::Runtime)?;
-
     let stats = Arc::new(ProxyStats::default());
+    let mut threads = Vec::with_capacity(workers);
+    for n in 0..workers {
+        // Every worker accepts from its own descriptor of the same listening sockets.
+        let dup = |list: &Bound| -> Result<Bound, ProxyError> {
+            list.iter()
+                .map(|(l, a)| {
+                    l.try_clone()
+                        .map(|l| (l, *a))
+                        .map_err(|source| ProxyError::Bind { addr: *a, source })
+                })
+                .collect()
+        };
+        let (plain, secure) = (dup(&plain)?, dup(&secure)?);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let shared = Arc::new(shared(config, &upstream, Arc::clone(&gate), &stats));
+        let tls = tls.clone();
+        let (shutdown, drain) = (shutdown.clone(), p.drain_timeout);
+        let thread = std::thread::Builder::new()
+            .name(format!("guard-proxy-{n}"))
+            .spawn(move || {
+                let drained =
+                    runtime.block_on(serve(plain, secure, tls, shared, shutdown, drain, n == 0));
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                drained
+            })
+            .map_err(ProxyError::Runtime)?;
+        threads.push(thread);
+    }
+    info!(
+        listen = ?listen,
+        tls_listen = ?tls_listen,
+        %upstream,
+        mode = ?p.mode,
+        workers,
+        "reverse proxy listening"
+    );
+    Ok(Running {
+        threads,
+        stats,
+        listen,
+        tls_listen,
+    })
+}
+
+/// One worker's settings and upstream pool.
+fn shared(
+    config: &Config,
+    upstream: &Authority,
+    gate: Arc<dyn Gate>,
+    stats: &Arc<ProxyStats>,
+) -> Shared {
+    let p = &config.proxy;
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(p.upstream_connect_timeout));
     connector.set_nodelay(true);
-    let client = {
-        let _entered = runtime.enter();
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector)
-    };
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -157,7 +218,7 @@ pub fn start(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
-    let shared = Arc::new(Shared {
+    Shared {
         forwarder: Forwarder {
             gate,
             client,
@@ -166,40 +227,20 @@ pub fn start(
             peek: config.validator.max_body_bytes,
             upstream_timeout: p.upstream_timeout,
             body_timeout: p.idle_timeout,
-            stats: Arc::clone(&stats),
+            stats: Arc::clone(stats),
         },
         builder,
         header_timeout: p.header_timeout,
         idle_timeout: p.idle_timeout,
-        stats: Arc::clone(&stats),
-    });
-    let listen: Vec<SocketAddr> = plain.iter().map(|(_, a)| *a).collect();
-    let tls_listen: Vec<SocketAddr> = secure.iter().map(|(_, a)| *a).collect();
-    info!(
-        listen = ?listen,
-        tls_listen = ?tls_listen,
-        %upstream,
-        mode = ?p.mode,
-        "reverse proxy listening"
-    );
-    let drain = p.drain_timeout;
-    let thread = std::thread::Builder::new()
-        .name("guard-proxy-main".into())
-        .spawn(move || {
-            runtime.block_on(serve(plain, secure, tls, shared, shutdown, drain));
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        })
-        .map_err(ProxyError::Runtime)?;
-    Ok(Running {
-        thread: Some(thread),
-        stats,
-        listen,
-        tls_listen,
-    })
+        stats: Arc::clone(stats),
+    }
 }
 
 type Bound = Vec<(std::net::TcpListener, SocketAddr)>;
 
+/// One worker: accepts on every listener until `shutdown`, then waits for its connections to
+/// drain (at most `drain`); says whether they all did. The first worker also reloads the
+/// certificate on SIGHUP and says when the proxy stops.
 async fn serve(
     plain: Bound,
     secure: Bound,
@@ -207,7 +248,8 @@ async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-) {
+    first: bool,
+) -> bool {
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
     let life = Lifecycle {
         stop: shutdown.clone(),
@@ -225,7 +267,7 @@ async fn serve(
             Err(e) => error!(%addr, "the proxy listener cannot be used: {e}"),
         }
     }
-    if let Some(tls) = tls {
+    if first && let Some(tls) = tls {
         tokio::spawn(reload_on_sighup(
             tls,
             Arc::clone(&shared.stats),
@@ -234,12 +276,10 @@ async fn serve(
     }
     drop(life);
     conn::stopped(&mut shutdown).await;
-    info!(drain = ?drain, "proxy stopping: no new connections; requests in flight may finish");
-    if tokio::time::timeout(drain, drain_rx.recv()).await.is_err() {
-        warn!(drain = ?drain, "proxy.drain_timeout reached: connections still open are cut");
-    } else {
-        info!("proxy drained");
+    if first {
+        info!(drain = ?drain, "proxy stopping: no new connections; requests in flight may finish");
     }
+    tokio::time::timeout(drain, drain_rx.recv()).await.is_ok()
 }
 
 async fn accept_loop(
