@@ -2,9 +2,9 @@
 //! HTTP/2), one upstream behind a keep-alive pool, bodies streamed, WebSocket tunnelled, and a
 //! [`Gate`] asked about every request before the upstream sees any of it. It runs on threads
 //! of its own, so that the daemon's runtime (control socket, ban orders) never waits on
-//! traffic, nor traffic on it: one single-threaded runtime per core, each accepting from the
-//! same listening sockets and keeping its own upstream pool, so that a request is served start
-//! to end on one thread (no hand-over between threads, as nginx's workers do).
+//! traffic, nor traffic on it: one single-threaded runtime per core, each with its own upstream
+//! pool, so that a request is served start to end on one thread (as nginx's workers do). The
+//! first worker accepts and hands the connections out in turn.
 //!
 //! - `conn`: one client connection, its head and idle timers, graceful close;
 //! - `handler`: one request: gate, head rewrite, upstream exchange, upgrades;
@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -145,30 +146,29 @@ pub fn start(
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let stats = Arc::new(ProxyStats::default());
     let mut threads = Vec::with_capacity(workers);
+    let (inboxes, mut outboxes): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let inboxes: Arc<[Handoff]> = inboxes.into();
+    let mut listeners = Some((plain, secure, inboxes));
     for n in 0..workers {
-        // Every worker accepts from its own descriptor of the same listening sockets.
-        let dup = |list: &Bound| -> Result<Bound, ProxyError> {
-            list.iter()
-                .map(|(l, a)| {
-                    l.try_clone()
-                        .map(|l| (l, *a))
-                        .map_err(|source| ProxyError::Bind { addr: *a, source })
-                })
-                .collect()
-        };
-        let (plain, secure) = (dup(&plain)?, dup(&secure)?);
+        let inbox = outboxes.remove(0);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ProxyError::Runtime)?;
-        let shared = Arc::new(shared(config, &upstream, Arc::clone(&gate), &stats));
-        let tls = tls.clone();
-        let (shutdown, drain) = (shutdown.clone(), p.drain_timeout);
+        let worker = Worker {
+            shared: Arc::new(shared(config, &upstream, Arc::clone(&gate), &stats)),
+            // The first worker accepts (and reloads the certificate on SIGHUP).
+            listeners: listeners.take(),
+            tls: tls.clone(),
+            inbox,
+            shutdown: shutdown.clone(),
+            drain: p.drain_timeout,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("guard-proxy-{n}"))
             .spawn(move || {
-                let drained =
-                    runtime.block_on(serve(plain, secure, tls, shared, shutdown, drain, n == 0));
+                let drained = runtime.block_on(worker.run());
                 runtime.shutdown_timeout(Duration::from_secs(1));
                 drained
             })
@@ -238,60 +238,96 @@ fn shared(
 
 type Bound = Vec<(std::net::TcpListener, SocketAddr)>;
 
-/// One worker: accepts on every listener until `shutdown`, then waits for its connections to
-/// drain (at most `drain`); says whether they all did. The first worker also reloads the
-/// certificate on SIGHUP and says when the proxy stops.
-async fn serve(
-    plain: Bound,
-    secure: Bound,
+/// An accepted connection on its way to a worker; `tls` when it came to a TLS listener.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
     tls: Option<Arc<Tls>>,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-    first: bool,
-) -> bool {
-    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
-    let life = Lifecycle {
-        stop: shutdown.clone(),
-        _drain: drain_tx,
-    };
-    let listeners = plain
-        .into_iter()
-        .map(|l| (l, None))
-        .chain(secure.into_iter().map(|l| (l, tls.clone())));
-    for ((std_listener, addr), tls) in listeners {
-        match TcpListener::from_std(std_listener) {
-            Ok(l) => {
-                tokio::spawn(accept_loop(l, tls, Arc::clone(&shared), life.clone()));
-            }
-            Err(e) => error!(%addr, "the proxy listener cannot be used: {e}"),
-        }
-    }
-    if first && let Some(tls) = tls {
-        tokio::spawn(reload_on_sighup(
-            tls,
-            Arc::clone(&shared.stats),
-            shutdown.clone(),
-        ));
-    }
-    drop(life);
-    conn::stopped(&mut shutdown).await;
-    if first {
-        info!(drain = ?drain, "proxy stopping: no new connections; requests in flight may finish");
-    }
-    tokio::time::timeout(drain, drain_rx.recv()).await.is_ok()
 }
 
+type Handoff = mpsc::UnboundedSender<Accepted>;
+
+/// One proxy thread.
+struct Worker {
+    shared: Arc<Shared>,
+    /// The listening sockets and every worker's inbox, on the first worker only.
+    listeners: Option<(Bound, Bound, Arc<[Handoff]>)>,
+    tls: Option<Arc<Tls>>,
+    inbox: mpsc::UnboundedReceiver<Accepted>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+}
+
+impl Worker {
+    /// Serves the connections handed to this worker until `shutdown`, then waits for them to
+    /// drain (at most `drain`); says whether they all did.
+    async fn run(mut self) -> bool {
+        let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+        let life = Lifecycle {
+            stop: self.shutdown.clone(),
+            _drain: drain_tx,
+        };
+        let first = self.listeners.is_some();
+        if let Some((plain, secure, inboxes)) = self.listeners.take() {
+            let turn = Arc::new(AtomicUsize::new(0));
+            let listeners = plain
+                .into_iter()
+                .map(|l| (l, None))
+                .chain(secure.into_iter().map(|l| (l, self.tls.clone())));
+            for ((std_listener, addr), tls) in listeners {
+                match TcpListener::from_std(std_listener) {
+                    Ok(l) => {
+                        tokio::spawn(accept_loop(
+                            l,
+                            tls,
+                            Arc::clone(&self.shared.stats),
+                            Arc::clone(&inboxes),
+                            Arc::clone(&turn),
+                            self.shutdown.clone(),
+                        ));
+                    }
+                    Err(e) => error!(%addr, "the proxy listener cannot be used: {e}"),
+                }
+            }
+            if let Some(tls) = self.tls.clone() {
+                tokio::spawn(reload_on_sighup(
+                    tls,
+                    Arc::clone(&self.shared.stats),
+                    self.shutdown.clone(),
+                ));
+            }
+        }
+        loop {
+            let accepted = tokio::select! {
+                a = self.inbox.recv() => a,
+                () = conn::stopped(&mut self.shutdown) => None,
+            };
+            let Some(a) = accepted else { break };
+            connection(a, &self.shared, &life);
+        }
+        drop(life);
+        if first {
+            info!(drain = ?self.drain, "proxy stopping: no new connections; requests in flight may finish");
+        }
+        tokio::time::timeout(self.drain, drain_rx.recv())
+            .await
+            .is_ok()
+    }
+}
+
+/// Accepts on one listener and hands each connection to the next worker in turn.
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
-    shared: Arc<Shared>,
-    mut life: Lifecycle,
+    stats: Arc<ProxyStats>,
+    inboxes: Arc<[Handoff]>,
+    turn: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = conn::stopped(&mut life.stop) => return,
+            () = conn::stopped(&mut stop) => return,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -302,43 +338,65 @@ async fn accept_loop(
                 continue;
             }
         };
-        ProxyStats::bump(&shared.stats.connections);
+        ProxyStats::bump(&stats.connections);
         let _ = stream.set_nodelay(true);
-        let (shared, life) = (Arc::clone(&shared), life.clone());
-        match &tls {
-            None => {
-                let raw = stream.as_raw_fd();
-                tokio::spawn(conn::serve(
-                    stream,
-                    peer,
-                    false,
-                    false,
-                    Some(raw),
-                    shared,
-                    life,
-                ));
-            }
-            Some(tls) => {
-                let acceptor = tls.acceptor();
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(s)) => {
-                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            conn::serve(s, peer, true, h2, None, shared, life).await;
-                        }
-                        Ok(Err(e)) => {
-                            ProxyStats::bump(&shared.stats.tls_handshake_failures);
-                            debug!(%peer, "TLS handshake failed: {e}");
-                        }
-                        Err(_) => {
-                            ProxyStats::bump(&shared.stats.tls_handshake_failures);
-                            debug!(%peer, "TLS handshake not done within proxy.header_timeout");
-                        }
+        // Out of this runtime's reactor, into the next worker's.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let n = turn.fetch_add(1, Ordering::Relaxed) % inboxes.len();
+        let _ = inboxes[n].send(Accepted {
+            stream,
+            peer,
+            tls: tls.clone(),
+        });
+    }
+}
+
+/// Starts serving a connection handed to this worker (the TLS handshake first, if any).
+fn connection(a: Accepted, shared: &Arc<Shared>, life: &Lifecycle) {
+    let Accepted { stream, peer, tls } = a;
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%peer, "the accepted connection cannot be used: {e}");
+            return;
+        }
+    };
+    let (shared, life) = (Arc::clone(shared), life.clone());
+    match tls {
+        None => {
+            let raw = stream.as_raw_fd();
+            tokio::spawn(conn::serve(
+                stream,
+                peer,
+                false,
+                false,
+                Some(raw),
+                shared,
+                life,
+            ));
+        }
+        Some(tls) => {
+            let acceptor = tls.acceptor();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(shared.header_timeout, acceptor.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(s)) => {
+                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                        conn::serve(s, peer, true, h2, None, shared, life).await;
                     }
-                });
-            }
+                    Ok(Err(e)) => {
+                        ProxyStats::bump(&shared.stats.tls_handshake_failures);
+                        debug!(%peer, "TLS handshake failed: {e}");
+                    }
+                    Err(_) => {
+                        ProxyStats::bump(&shared.stats.tls_handshake_failures);
+                        debug!(%peer, "TLS handshake not done within proxy.header_timeout");
+                    }
+                }
+            });
         }
     }
 }
