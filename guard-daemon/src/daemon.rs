@@ -315,16 +315,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// The proxy's gate until the inline decision is wired in: every request passes, each with
 /// an id of its own.
-#[derive(Default)]
 struct PassAll {
+    pid: u32,
     next: AtomicU64,
+}
+
+impl Default for PassAll {
+    fn default() -> Self {
+        Self {
+            pid: std::process::id(),
+            next: AtomicU64::new(0),
+        }
+    }
 }
 
 impl crate::inline::Gate for PassAll {
     fn check(&self, _seen: &crate::inline::Seen<'_>) -> crate::inline::Verdict {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         crate::inline::Verdict::Pass {
-            id: format!("{:x}-{n:x}", std::process::id()),
+            id: format!("{:x}-{n:x}", self.pid),
         }
     }
 }

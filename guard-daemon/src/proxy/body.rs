@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::conn::InFlight;
+use super::upstream::Lease;
 
 /// Why a request body stopped on its way upstream.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,20 @@ pub struct RespBody {
     inner: Inner,
     /// Released when hyper drops the body, i.e. the response is sent (or abandoned).
     _in_flight: Option<InFlight>,
+    /// The upstream connection the body comes from: back to the pool if the body was read to
+    /// its end, closed otherwise.
+    lease: Option<Lease>,
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && let Inner::Upstream(b) = &self.inner
+            && b.is_end_stream()
+        {
+            lease.release();
+        }
+    }
 }
 
 enum Inner {
@@ -145,10 +160,11 @@ enum Inner {
 }
 
 impl RespBody {
-    pub fn upstream(body: Incoming, in_flight: Option<InFlight>) -> Self {
+    pub fn upstream(body: Incoming, in_flight: Option<InFlight>, lease: Option<Lease>) -> Self {
         Self {
             inner: Inner::Upstream(body),
             _in_flight: in_flight,
+            lease,
         }
     }
 
@@ -156,6 +172,7 @@ impl RespBody {
         Self {
             inner: Inner::Once((!bytes.is_empty()).then_some(bytes)),
             _in_flight: in_flight,
+            lease: None,
         }
     }
 }

@@ -8,14 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -24,13 +21,14 @@ use super::body::{BodyError, Forward, RespBody};
 use super::conn::{ConnState, InFlight};
 use super::headers;
 use super::stats::ProxyStats;
+use super::upstream::{Lease, Upstream, UpstreamError};
 use crate::inline::{Gate, Seen, Verdict};
 
 /// Everything a request needs, shared by every connection.
 pub struct Forwarder {
     pub gate: Arc<dyn Gate>,
-    pub client: Client<HttpConnector, Forward>,
-    pub upstream: Authority,
+    /// The upstream and this worker's pool of connections to it.
+    pub upstream: Arc<Upstream>,
     /// `proxy.max_body` (0 = no limit).
     pub max_body: u64,
     /// `validator.max_body_bytes`: how much of a body the gate sees.
@@ -44,7 +42,7 @@ pub struct Forwarder {
 /// Why the upstream gave no response.
 enum Failure {
     Timeout,
-    Error(hyper_util::client::legacy::Error),
+    Error(UpstreamError),
 }
 
 impl Forwarder {
@@ -58,6 +56,13 @@ impl Forwarder {
     ) -> Response<RespBody> {
         let mark = conn.request_started();
         ProxyStats::bump(&self.stats.requests);
+        if req.method() == http::Method::CONNECT {
+            return local(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not proxied\n",
+                mark,
+            );
+        }
         let upgrade = headers::wants_upgrade(req.version(), req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let declared = content_length(req.headers());
@@ -93,34 +98,42 @@ impl Forwarder {
         };
 
         // The head as the upstream gets it.
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()));
+        // The client's Host (HTTP/1.1) or :authority (HTTP/2), kept for the upstream.
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::add_forwarding(&mut parts.headers, peer.ip(), tls, host.as_deref());
+        headers::add_forwarding(
+            &mut parts.headers,
+            peer.ip(),
+            tls,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+        );
         if !parts.headers.contains_key(header::HOST)
-            && let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok())
+            && let Some(h) = host
         {
-            parts.headers.insert(header::HOST, v);
+            parts.headers.insert(header::HOST, h);
         }
-        let Ok(uri) = self.upstream_uri(&parts.uri) else {
-            return local(StatusCode::BAD_REQUEST, "bad request target\n", mark);
-        };
-        parts.uri = uri;
+        parts.uri = Self::upstream_uri(&parts.uri);
         parts.version = http::Version::HTTP_11;
         parts.extensions.clear();
         let rest = (!complete).then_some(body);
         let (forward, body_done) = Forward::new(prefix, rest, trailers, self.max_body, declared);
         let upstream_req = Request::from_parts(parts, forward);
 
-        let mut answer = match self.send(upstream_req, body_done).await {
+        let (mut answer, lease) = match self.send(upstream_req, body_done).await {
             Ok(r) => r,
             Err(failure) => return self.failed(failure, &id, peer, mark),
         };
         let status = answer.status();
+        let mut lease = Some(lease);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the tunnel (or, unasked for, is closed): never pooled.
+            lease = None;
+        }
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client) = client_upgrade
         {
@@ -132,7 +145,7 @@ impl Forwarder {
             headers::strip_hop_by_hop(answer.headers_mut(), false);
         }
         self.gate.finished(&id, status.as_u16());
-        answer.map(|b| RespBody::upstream(b, Some(mark)))
+        answer.map(|b| RespBody::upstream(b, Some(mark), lease))
     }
 
     /// Reads the first `peek` bytes of a body (or all of a shorter one) for the gate: the bytes,
@@ -186,8 +199,8 @@ impl Forwarder {
         &self,
         req: Request<Forward>,
         body_done: Option<oneshot::Receiver<()>>,
-    ) -> Result<Response<Incoming>, Failure> {
-        let fut = self.client.request(req);
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let fut = self.upstream.send(req);
         tokio::pin!(fut);
         if let Some(done) = body_done {
             tokio::select! {
@@ -210,7 +223,7 @@ impl Forwarder {
         peer: SocketAddr,
         mark: InFlight,
     ) -> Response<RespBody> {
-        let upstream = &self.upstream;
+        let upstream = &self.upstream.authority;
         let (status, text) = match failure {
             Failure::Timeout => {
                 ProxyStats::bump(&self.stats.status_504);
@@ -219,7 +232,15 @@ impl Forwarder {
                     "the upstream did not answer within proxy.upstream_timeout: 504");
                 (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
             }
-            Failure::Error(e) => match body_error(&e) {
+            Failure::Error(e @ UpstreamError::Connect { .. }) => {
+                ProxyStats::bump(&self.stats.status_502);
+                ProxyStats::bump(&self.stats.upstream_errors);
+                warn!(%upstream, request = id,
+                    "cannot connect to the upstream (refused, unreachable, or past \
+                     proxy.upstream_connect_timeout): 502: {}", chain(&e));
+                (StatusCode::BAD_GATEWAY, "upstream unreachable\n")
+            }
+            Failure::Error(e @ UpstreamError::Exchange(_)) => match body_error(&e) {
                 Some(BodyError::TooLarge { limit }) => {
                     ProxyStats::bump(&self.stats.status_413);
                     debug!(%peer, request = id, limit, "request body over proxy.max_body while streaming: 413");
@@ -228,14 +249,6 @@ impl Forwarder {
                 Some(BodyError::Client(_)) => {
                     debug!(%peer, request = id, "the client's body broke off: {}", chain(&e));
                     (StatusCode::BAD_REQUEST, "request body broke off\n")
-                }
-                None if e.is_connect() => {
-                    ProxyStats::bump(&self.stats.status_502);
-                    ProxyStats::bump(&self.stats.upstream_errors);
-                    warn!(%upstream, request = id,
-                        "cannot connect to the upstream (refused, unreachable, or past \
-                         proxy.upstream_connect_timeout): 502: {}", chain(&e));
-                    (StatusCode::BAD_GATEWAY, "upstream unreachable\n")
                 }
                 None => {
                     ProxyStats::bump(&self.stats.status_502);
@@ -249,13 +262,12 @@ impl Forwarder {
         local(status, text, mark)
     }
 
-    fn upstream_uri(&self, original: &Uri) -> Result<Uri, http::Error> {
-        let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.upstream.clone())
-            .path_and_query(pq)
-            .build()
+    /// The request target as the upstream gets it: origin form (`/path?query`), or `*`.
+    fn upstream_uri(original: &Uri) -> Uri {
+        original
+            .path_and_query()
+            .filter(|pq| pq.as_str().starts_with('/') || pq.as_str() == "*")
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
     }
 }
 
@@ -285,7 +297,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 }
 
 /// Our own body error, if that is what stopped the exchange.
-fn body_error(e: &hyper_util::client::legacy::Error) -> Option<&BodyError> {
+fn body_error(e: &UpstreamError) -> Option<&BodyError> {
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(b) = s.downcast_ref::<BodyError>() {

@@ -42,6 +42,10 @@ pub fn wants_upgrade(version: http::Version, headers: &HeaderMap) -> bool {
 /// Removes the hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and `Connection`
 /// becomes exactly `upgrade`, so the upstream sees the handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none: one pass over the names, no lookups.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        return;
+    }
     // The headers `Connection` names; names that are not valid header names are ignored.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

@@ -20,8 +20,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -39,6 +37,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod upstream;
 
 pub use stats::{ProxyCounters, ProxyStats};
 pub use tls::TlsError;
@@ -199,13 +198,6 @@ fn shared(
     stats: &Arc<ProxyStats>,
 ) -> Shared {
     let p = &config.proxy;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(p.upstream_connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -221,8 +213,10 @@ fn shared(
     Shared {
         forwarder: Forwarder {
             gate,
-            client,
-            upstream: upstream.clone(),
+            upstream: Arc::new(upstream::Upstream::new(
+                upstream.clone(),
+                p.upstream_connect_timeout,
+            )),
             max_body: p.max_body,
             peek: config.validator.max_body_bytes,
             upstream_timeout: p.upstream_timeout,
