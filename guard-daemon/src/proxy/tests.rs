@@ -325,3 +325,80 @@ fn shutdown_lets_a_request_in_flight_finish() {
         "still accepting after shutdown"
     );
 }
+
+/// An upstream written by hand: answers `ok` to each request head and counts its connections;
+/// with `close_after_each`, it closes the connection after every answer without saying so.
+fn raw_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&conns);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    buf.clear();
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        buf.push(byte[0]);
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .is_err()
+                        || close_after_each
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[test]
+fn upstream_connections_are_reused_and_a_closed_one_is_not() {
+    let (addr, conns) = raw_upstream(false);
+    let p = proxy(addr, |_| {});
+    for _ in 0..5 {
+        let (status, _) = exchange(
+            p.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+    }
+    // One per worker (connections go to the workers in turn, each has its own pool).
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u64;
+    assert_eq!(
+        conns.load(Ordering::Relaxed),
+        workers.min(5),
+        "pooled connections"
+    );
+
+    // The upstream closes each connection after its answer: the next request must not be
+    // lost on the dead one.
+    let (addr, conns) = raw_upstream(true);
+    let p = proxy(addr, |_| {});
+    for i in 0..5 {
+        let (status, text) = exchange(
+            p.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "request {i}: {text}");
+    }
+    assert_eq!(conns.load(Ordering::Relaxed), 5);
+    assert_eq!(
+        p.running
+            .as_ref()
+            .unwrap()
+            .stats()
+            .snapshot()
+            .upstream_errors,
+        0
+    );
+}
