@@ -5,6 +5,7 @@
 //! hyper has sent it and drops it.
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -22,6 +23,8 @@ pub enum BodyError {
     TooLarge { limit: u64 },
     #[error("reading the client's request body")]
     Client(#[source] hyper::Error),
+    #[error("the client's request body stalled for proxy.idle_timeout ({0:?})")]
+    Stalled(Duration),
 }
 
 /// A request body sent upstream: `prefix` first, then `rest` frame by frame.
@@ -38,6 +41,8 @@ pub struct Forward {
     /// Dropped (so its receiver wakes) when the body is finished or abandoned: the upstream's
     /// response timer starts then.
     done: Option<oneshot::Sender<()>>,
+    /// The longest wait for the client's next piece of body, and its timer (with a rest only).
+    stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl Forward {
@@ -50,6 +55,7 @@ impl Forward {
         trailers: Option<HeaderMap>,
         limit: u64,
         declared: Option<u64>,
+        stall_after: Duration,
     ) -> (Self, Option<oneshot::Receiver<()>>) {
         let (done, rx) = if rest.is_some() {
             let (tx, rx) = oneshot::channel();
@@ -58,6 +64,9 @@ impl Forward {
             (None, None)
         };
         let counted = prefix.len() as u64;
+        let stall = rest
+            .is_some()
+            .then(|| (stall_after, Box::pin(tokio::time::sleep(stall_after))));
         let body = Self {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -67,6 +76,7 @@ impl Forward {
             declared,
             emitted: 0,
             done,
+            stall,
         };
         (body, rx)
     }
@@ -86,7 +96,23 @@ impl Body for Forward {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
         if let Some(rest) = this.rest.as_mut() {
-            match ready!(Pin::new(rest).poll_frame(cx)) {
+            let polled = Pin::new(rest).poll_frame(cx);
+            if polled.is_pending() {
+                if let Some((after, timer)) = this.stall.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    let after = *after;
+                    this.rest = None;
+                    this.done = None;
+                    this.stall = None;
+                    return Poll::Ready(Some(Err(BodyError::Stalled(after))));
+                }
+                return Poll::Pending;
+            }
+            if let Some((after, timer)) = this.stall.as_mut() {
+                timer.as_mut().reset(tokio::time::Instant::now() + *after);
+            }
+            match ready!(polled) {
                 Some(Ok(frame)) => {
                     if let Some(d) = frame.data_ref() {
                         this.counted += d.len() as u64;
@@ -106,7 +132,10 @@ impl Body for Forward {
                     this.done = None;
                     return Poll::Ready(Some(Err(BodyError::Client(e))));
                 }
-                None => this.rest = None,
+                None => {
+                    this.rest = None;
+                    this.stall = None;
+                }
             }
         }
         if let Some(t) = this.trailers.take() {

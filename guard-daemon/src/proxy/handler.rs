@@ -34,7 +34,8 @@ pub struct Forwarder {
     /// `validator.max_body_bytes`: how much of a body the gate sees.
     pub peek: usize,
     pub upstream_timeout: Duration,
-    /// The longest wait for the next piece of a body while reading what the gate sees.
+    /// The longest wait for the client's next piece of a body (`proxy.idle_timeout`), while
+    /// guard reads what the gate sees and while the rest streams upstream.
     pub body_timeout: Duration,
     pub stats: Arc<ProxyStats>,
 }
@@ -121,7 +122,14 @@ impl Forwarder {
         parts.version = http::Version::HTTP_11;
         parts.extensions.clear();
         let rest = (!complete).then_some(body);
-        let (forward, body_done) = Forward::new(prefix, rest, trailers, self.max_body, declared);
+        let (forward, body_done) = Forward::new(
+            prefix,
+            rest,
+            trailers,
+            self.max_body,
+            declared,
+            self.body_timeout,
+        );
         let upstream_req = Request::from_parts(parts, forward);
 
         let (mut answer, lease) = match self.send(upstream_req, body_done).await {
@@ -245,6 +253,11 @@ impl Forwarder {
                     ProxyStats::bump(&self.stats.status_413);
                     debug!(%peer, request = id, limit, "request body over proxy.max_body while streaming: 413");
                     (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                }
+                Some(BodyError::Stalled(after)) => {
+                    ProxyStats::bump(&self.stats.status_408);
+                    debug!(%peer, request = id, "request body stalled for {after:?}: 408");
+                    (StatusCode::REQUEST_TIMEOUT, "request body too slow\n")
                 }
                 Some(BodyError::Client(_)) => {
                     debug!(%peer, request = id, "the client's body broke off: {}", chain(&e));

@@ -402,3 +402,33 @@ fn upstream_connections_are_reused_and_a_closed_one_is_not() {
         0
     );
 }
+
+#[test]
+fn a_body_that_stalls_after_the_judged_part_gets_408() {
+    let app = app();
+    let p = proxy(app.addr, |c| {
+        c.proxy.idle_timeout = Duration::from_millis(800);
+    });
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // 40 of 100 bytes: more than the 16 the gate sees, so the request goes upstream, then the
+    // body stops.
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'x'; 40]).unwrap();
+    let start = Instant::now();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out:?}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(
+        app.requests.load(Ordering::Relaxed),
+        1,
+        "the app saw the head"
+    );
+    assert_eq!(p.running.as_ref().unwrap().stats().snapshot().status_408, 1);
+}
