@@ -43,6 +43,9 @@ pub struct Forward {
     done: Option<oneshot::Sender<()>>,
     /// The longest wait for the client's next piece of body, and its timer (with a rest only).
     stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// Whether the timer runs: from the first poll that finds nothing until a piece arrives
+    /// (time the upstream takes to ask for more is not the client's).
+    waiting: bool,
 }
 
 impl Forward {
@@ -77,6 +80,7 @@ impl Forward {
             emitted: 0,
             done,
             stall,
+            waiting: false,
         };
         (body, rx)
     }
@@ -98,9 +102,14 @@ impl Body for Forward {
         if let Some(rest) = this.rest.as_mut() {
             let polled = Pin::new(rest).poll_frame(cx);
             if polled.is_pending() {
-                if let Some((after, timer)) = this.stall.as_mut()
-                    && timer.as_mut().poll(cx).is_ready()
-                {
+                if let Some((after, timer)) = this.stall.as_mut() {
+                    if !this.waiting {
+                        this.waiting = true;
+                        timer.as_mut().reset(tokio::time::Instant::now() + *after);
+                    }
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                     let after = *after;
                     this.rest = None;
                     this.done = None;
@@ -109,9 +118,7 @@ impl Body for Forward {
                 }
                 return Poll::Pending;
             }
-            if let Some((after, timer)) = this.stall.as_mut() {
-                timer.as_mut().reset(tokio::time::Instant::now() + *after);
-            }
+            this.waiting = false;
             match ready!(polled) {
                 Some(Ok(frame)) => {
                     if let Some(d) = frame.data_ref() {
