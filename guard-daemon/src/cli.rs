@@ -405,6 +405,9 @@ fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     if let Some(ai) = &data.ai {
         sections.push(("ai", serde_json::to_value(ai)?));
     }
+    if let Some(proxy) = &data.proxy {
+        sections.push(("proxy", serde_json::to_value(proxy)?));
+    }
     for (name, value) in sections {
         let mut rows = Vec::new();
         counter_rows(name, &value, &mut rows);

@@ -55,6 +55,8 @@ struct Shared {
     /// The inline mode's decision, when the forward-auth endpoint or the proxy is on.
     inline: Option<Arc<crate::inline::InlineGate>>,
     counters: Counters,
+    /// The reverse proxy's counters (`None` when `[proxy]` has no listener).
+    proxy: Option<Arc<crate::proxy::ProxyStats>>,
     config: Config,
     started: Instant,
 }
@@ -228,6 +230,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Only now, with the maps rebuilt, does this program take over the interfaces.
     bans.xdp_mut().attach().context("attaching XDP")?;
     let owner = Owner::spawn(bans, config.bans.sweep_interval).context("starting the ban owner")?;
+    // The reverse proxy runs on a runtime of its own and stops when `proxy_stop` says so.
+    // A proxy that cannot start (a listener taken, a bad certificate) fails the start, after
+    // the shutdown below has put everything back.
+    let (proxy_stop, proxy_stop_rx) = tokio::sync::watch::channel(false);
+    // The proxy's gate: the inline decision, holding each passed request's record until the
+    // upstream's status is known (at most the upstream's timeout and a margin).
+    let proxy_gate = match (&inline, config.proxy.proxy_enabled()) {
+        (Some(g), true) => Some(Arc::new(
+            g.for_proxy(config.proxy.upstream_timeout + Duration::from_secs(5)),
+        )),
+        _ => None,
+    };
+    let (proxy, proxy_failed) = if let Some(g) = &proxy_gate {
+        let gate: Arc<dyn crate::inline::Gate> = Arc::clone(g) as _;
+        match crate::proxy::start(&config, gate, proxy_stop_rx) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (
+                None,
+                Some(anyhow::Error::new(e).context("starting the reverse proxy")),
+            ),
+        }
+    } else {
+        (None, None)
+    };
     let shared = Arc::new(Shared {
         bans: owner.handle(),
         judge,
@@ -237,6 +263,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         verified,
         inline,
         counters: Counters::default(),
+        proxy: proxy.as_ref().map(crate::proxy::Running::stats),
         config,
         started: Instant::now(),
     });
@@ -253,8 +280,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = ebpf_log {
         runtime.spawn(crate::xdp::forward_ebpf_log(log));
     }
-    let result = runtime.block_on(serve(Arc::clone(&shared), events, access, facts));
+    let result = match proxy_failed {
+        Some(e) => Err(e),
+        None => runtime.block_on(serve(Arc::clone(&shared), events, access, facts)),
+    };
     drop(runtime);
+    // The proxy stops accepting, then drains (`proxy.drain_timeout`).
+    proxy_stop.send_replace(true);
+    if let Some(p) = proxy {
+        p.wait();
+    }
+    // Requests still waiting for the upstream's status are logged without it.
+    if let Some(g) = proxy_gate {
+        g.flush_pending();
+    }
 
     // The pipeline holds the judge, whose queue keeps the applier running: stop the pipeline
     // first, then the applier ends when the queue's sender is gone.

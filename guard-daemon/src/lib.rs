@@ -15,6 +15,7 @@ pub mod memory;
 pub mod perms;
 pub mod pipeline;
 pub mod protect;
+pub mod proxy;
 pub mod store;
 pub mod verified;
 pub mod xdp;

@@ -5,6 +5,7 @@ pub mod ai_server;
 pub mod http;
 pub mod maps;
 pub mod ping;
+pub mod proxy_app;
 pub mod rawtcp;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};

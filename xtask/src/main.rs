@@ -48,7 +48,9 @@ enum Task {
     /// executions and crashes per target.
     Fuzz(fuzz::FuzzArgs),
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load),
-    /// `bans` (the daemon with a million bans: memory, import, listing, restart, disk).
+    /// `bans` (the daemon with a million bans: memory, import, listing, restart, disk),
+    /// `proxy` (wrk against the test app directly, through guard's reverse proxy and through
+    /// nginx: throughput ratios, p50/p99, and the added p99 at half of nginx's rate).
     /// Arguments after `xdp` go to the benchmark (`--cycles N`, `--batch FRAMES`, `--napi
     /// softirq|threaded|both`, `--only micro|live`, `--json`); after `bans`, `--bans N`.
     Bench {
@@ -215,7 +217,8 @@ fn main() -> anyhow::Result<()> {
             "tap" if args.is_empty() => bench_tap(),
             "tap" => bail!("`bench tap` takes no arguments"),
             "bans" => bench_bans(&args),
-            other => bail!("unknown benchmark {other:?}: try `xdp`, `tap` or `bans`"),
+            "proxy" => bench_proxy(&args),
+            other => bail!("unknown benchmark {other:?}: try `xdp`, `tap`, `bans` or `proxy`"),
         },
     }
 }
@@ -438,6 +441,18 @@ fn bench_tap() -> anyhow::Result<()> {
     )?;
     step("tap under 10,000 requests/s across namespaces");
     run_bench_bin("tap-load", &[])
+}
+
+fn bench_proxy(args: &[String]) -> anyhow::Result<()> {
+    let mut again = vec!["bench", "proxy"];
+    again.extend(args.iter().map(String::as_str));
+    if as_root(&again)? {
+        return Ok(());
+    }
+    setup::test_tools()?;
+    setup::proxy_bench_tools()?;
+    build(true)?;
+    run_bench_bin("proxy-bench", args)
 }
 
 fn bench_bans(args: &[String]) -> anyhow::Result<()> {

@@ -29,6 +29,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     // e2e_forward_auth: nginx `auth_request` in front of a test app, asking guard.
     ("nginx", "nginx"),
+    ("openssl", "openssl"),
 ];
 
 /// How the eBPF crate gets built on this machine.
@@ -273,6 +274,20 @@ fn ensure_bpf_linker(chain: &BpfToolchain) -> anyhow::Result<()> {
 }
 
 /// Makes sure the command-line tools the tests use are present.
+/// What `cargo xtask bench proxy` drives and compares with: wrk (the load) and nginx (the
+/// reference reverse proxy), from Debian.
+const PROXY_BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "wrk"), ("nginx", "nginx")];
+
+/// Installs wrk and nginx when missing.
+pub fn proxy_bench_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PROXY_BENCH_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    apt_install(&missing)
+}
+
 pub fn test_tools() -> anyhow::Result<()> {
     let mut missing: Vec<&str> = TEST_PACKAGES
         .iter()
@@ -281,7 +296,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         .collect();
     missing.dedup();
     if missing.is_empty() {
-        say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl, nginx present");
+        say("test tools: ip, nsenter, ping, nft, ethtool, tc, curl, nginx, openssl present");
         return Ok(());
     }
     apt_install(&missing)

@@ -186,6 +186,9 @@ pub struct Stats {
     /// forward-auth endpoint nor the proxy is on.
     #[serde(default)]
     pub inline: Option<serde_json::Value>,
+    /// The reverse proxy's counters; `None` when it is off (`proxy.listen` unset).
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyCounters>,
 }
 
 /// The request log's counters.

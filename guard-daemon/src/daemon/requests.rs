@@ -217,6 +217,10 @@ fn stats(shared: &Shared) -> Response {
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },
         inline: shared.inline.as_ref().map(|g| g.stats_json()),
+        proxy: shared
+            .proxy
+            .as_deref()
+            .map(crate::proxy::ProxyStats::snapshot),
     }))
 }
 
