@@ -213,10 +213,28 @@ fn record(d: &Daemon, id: &str) -> Value {
     find().unwrap_or_else(|| panic!("no log record with request id {id}: {:?}", logs(d)))
 }
 
+/// The HS256 key of these tests' tokens (`tap.jwt_hs256_key`).
+const JWT_KEY: &str = "e2e-forward-auth-secret";
+
+/// A compact HS256 JWT for `sub`, signed with [`JWT_KEY`].
+fn hs256_token(sub: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signed = format!(
+        "{}.{}",
+        b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(format!(r#"{{"sub":"{sub}"}}"#))
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, JWT_KEY.as_bytes());
+    let sig = ring::hmac::sign(&key, signed.as_bytes());
+    format!("{signed}.{}", b64.encode(sig.as_ref()))
+}
+
 fn config(mode: &str, cdn: IpAddr) -> String {
     // The tap watches a port nothing uses: the requests are judged once, inline.
     format!(
-        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"127.0.0.1\", \"{cdn}\"]\n\n\
+        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"127.0.0.1\", \"{cdn}\"]\n\
+         jwt_hs256_key = \"{JWT_KEY}\"\n\n\
          [engine.black]\nrequests_10s = {FLOOD}\n\n\
          [proxy]\nauth_listen = \"127.0.0.1:9180\"\nmode = \"{mode}\"\n"
     )
@@ -327,6 +345,25 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
     // The address of the load balancer itself is never named: the first untrusted hop is.
     let a = get(&link, &format!("{base}/via-cdn"), Some(cdn), &[])?;
     assert_eq!(a.status, 200, "{a:?}");
+
+    // A user ban (`guard ban add --user`): a request with that user's verified HS256 token is
+    // refused whatever its address, the app never sees it; another user's token passes.
+    d.cli(&["ban", "add", "--user", "mallory", "--reason", "fraud"])
+        .map_err(|e| anyhow::anyhow!("ban add --user: {e}"))?;
+    for (user, path, want) in [("mallory", "/account-m", 403), ("alice", "/account-a", 200)] {
+        let auth = format!("Authorization: Bearer {}", hs256_token(user));
+        let a = get(&link, &format!("{base}{path}"), None, &[&auth])?;
+        assert_eq!(a.status, want, "{user}: {a:?}");
+        assert_eq!(saw(&hits, path), want == 200, "{user}: the app's view");
+        if want == 403 {
+            let r = record(&d, a.header("x-request-id").context("no request id")?);
+            assert_eq!(r["user"], user, "{r}");
+            assert!(
+                r["reason"].as_str().unwrap_or("").contains("user"),
+                "{r}"
+            );
+        }
+    }
 
     // A flood from one client: the engine's rate rule answers 429 (through nginx, which gets
     // 403 and the real status in X-Guard-Status), its strikes end in a ban ordered through the

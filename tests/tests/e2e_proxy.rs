@@ -439,13 +439,35 @@ fn sighup_reloads_the_certificate_and_a_bad_one_is_refused() -> anyhow::Result<(
     Ok(())
 }
 
+/// Every record of `guard logs --json`.
+fn logs(d: &Daemon) -> Vec<serde_json::Value> {
+    d.cli(&["logs", "--json"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The value of header `name` in a raw HTTP/1.1 response.
+fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response
+        .split("\r\n\r\n")
+        .next()?
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+}
+
 /// The enforcement path through `guard run`'s own gate: a SQL injection in the query is
-/// answered before the app sees anything, a benign request passes.
+/// answered before the app sees anything, a request naming a banned user too, a benign request
+/// passes; each leaves an inline record in the request log under the id its answer carries,
+/// the passed one with the app's own status.
 #[test]
-#[ignore = "needs the inline decision (InlineGate) wired into guard run: un-ignore at merge"]
 fn a_hostile_request_is_answered_and_the_app_never_sees_it() -> anyhow::Result<()> {
     require_root!();
-    let p = setup("", None)?;
+    let p = setup("[tap]\nuser_header = \"x-user\"\n", None)?;
     let reply = exchange(
         &p.link.near,
         PORT,
@@ -454,16 +476,100 @@ fn a_hostile_request_is_answered_and_the_app_never_sees_it() -> anyhow::Result<(
             .to_vec(),
     )?;
     ensure!(status_of(&reply) == 403, "{reply}");
+    let denied_id = header_of(&reply, "x-request-id")
+        .with_context(|| format!("no X-Request-Id on the 403: {reply}"))?
+        .to_owned();
     ensure!(
         p.app.seen.requests.load(Ordering::Relaxed) == 0,
         "the app saw it"
     );
+
+    // A user ban, enforced per request: the banned user is refused, another user passes.
+    p.daemon
+        .cli(&["ban", "add", "--user", "mallory", "--ttl", "1h", "--reason", "fraud"])
+        .map_err(anyhow::Error::msg)?;
+    let as_user = |user: &str| {
+        exchange(
+            &p.link.near,
+            PORT,
+            format!("GET /account HTTP/1.1\r\nHost: t\r\nX-User: {user}\r\nConnection: close\r\n\r\n")
+                .into_bytes(),
+        )
+    };
+    let reply = as_user("mallory")?;
+    ensure!(status_of(&reply) == 403, "banned user: {reply}");
+    ensure!(
+        p.app.seen.requests.load(Ordering::Relaxed) == 0,
+        "the app saw the banned user"
+    );
+    let reply = as_user("alice")?;
+    ensure!(status_of(&reply) == 200, "alice: {reply}");
+
     let reply = exchange(
         &p.link.near,
         PORT,
         b"GET /item?id=42 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
     )?;
     ensure!(status_of(&reply) == 200, "{reply}");
-    ensure!(proxy_stat(&p.daemon, "answered")? == 1);
+    ensure!(p.app.seen.requests.load(Ordering::Relaxed) == 2);
+    ensure!(proxy_stat(&p.daemon, "answered")? == 2);
+    let inline = p.daemon.json(&["stats"])?["inline"].clone();
+    ensure!(inline["banned_user"] == 1, "inline counters: {inline}");
+    ensure!(inline["refused"] == 2, "inline counters: {inline}");
+
+    // The log: the refusal under the id its answer gave, the passes with the app's 200.
+    let found = wait_until(Duration::from_secs(10), || {
+        let l = logs(&p.daemon);
+        l.iter().any(|r| r["request_id"].as_str() == Some(denied_id.as_str()))
+            && l.iter()
+                .filter(|r| r["mode"] == "inline" && r["status"] == 200)
+                .count()
+                == 2
+    });
+    ensure!(
+        found.is_some(),
+        "records missing (denied id {denied_id}): {:?}",
+        logs(&p.daemon)
+    );
+    Ok(())
+}
+
+/// `proxy.mode = "shadow"`: the same SQL injection reaches the app and the client gets the
+/// app's answer; the log record says what guard would have answered, with the app's status.
+#[test]
+fn shadow_mode_passes_and_logs_the_would_be_answer() -> anyhow::Result<()> {
+    require_root!();
+    let p = setup("mode = \"shadow\"\n", None)?;
+    let reply = exchange(
+        &p.link.near,
+        PORT,
+        b"GET /shadowed?id=1%27%20UNION%20SELECT%20password%20FROM%20users-- HTTP/1.1\r\n\
+          Host: t\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    )?;
+    ensure!(status_of(&reply) == 200, "{reply}");
+    ensure!(
+        p.app.seen.requests.load(Ordering::Relaxed) == 1,
+        "shadow mode kept the request from the app"
+    );
+    ensure!(proxy_stat(&p.daemon, "answered")? == 0);
+    let inline = p.daemon.json(&["stats"])?["inline"].clone();
+    ensure!(inline["shadow_refusals"] == 1, "inline counters: {inline}");
+    let find = || {
+        logs(&p.daemon)
+            .into_iter()
+            .find(|r| r["path"] == "/shadowed")
+    };
+    let _ = wait_until(Duration::from_secs(10), || find().is_some());
+    let r = find().context("no log record of the shadowed request")?;
+    ensure!(r["mode"] == "inline" && r["blocked"] == false, "{r}");
+    ensure!(r["status"] == 200, "the app's status: {r}");
+    ensure!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("shadow: would answer 403: validator"),
+        "{r}"
+    );
     Ok(())
 }
