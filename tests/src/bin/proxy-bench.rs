@@ -1,6 +1,7 @@
 //! `cargo xtask bench proxy`: wrk drives, in one run and on one namespace's loopback, the test
 //! app (`guard_tests::proxy_app`) directly, through guard's reverse proxy (`guard run` with a
-//! `[proxy]` listener, with whatever gate `guard run` wires in), and through nginx
+//! `[proxy]` listener judging every request with the validator and the engine, the engine's
+//! rate rules set out of reach), and through nginx
 //! (`proxy_pass` to the same app with an upstream keep-alive pool, its own prefix, killed at
 //! the end).
 //!
@@ -28,6 +29,14 @@ use guard_tests::{Daemon, Link, Netns, skip_reason, unique, wait_until};
 const GUARD_PORT: u16 = 8480;
 const NGINX_PORT: u16 = 8481;
 const CONNECTIONS: u32 = 64;
+
+/// The engine judges every request but its rate rules never fire: one wrk client sending
+/// 100,000 requests a second is exactly the flood they exist to stop, and refused requests
+/// would make the rates meaningless.
+const ENGINE_LIMITS: &str = "[engine.black]\nrequests_10s = 1000000000\n\
+                             flood_requests_10s = 1000000000\n\n\
+                             [engine.grey]\nelevated_requests_10s = 1000000000\n\
+                             idle_burst_requests_10s = 1000000000\n";
 
 /// What one wrk run measured.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +71,8 @@ fn main() -> anyhow::Result<()> {
         ns,
         &link.near_if,
         &format!(
-            "[proxy]\nlisten = [\"127.0.0.1:{GUARD_PORT}\"]\nupstream = \"http://{}\"\n",
+            "[proxy]\nlisten = [\"127.0.0.1:{GUARD_PORT}\"]\nupstream = \"http://{}\"\n\n\
+             {ENGINE_LIMITS}",
             app.addr
         ),
     )?;
@@ -145,6 +155,8 @@ fn wrk(ns: &Netns, port: u16, secs: u32, script: Option<&Path>) -> anyhow::Resul
         &format!("-c{CONNECTIONS}"),
         &format!("-d{secs}s"),
         "--latency",
+        "-H",
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) proxy-bench",
     ]);
     if let Some(s) = script {
         c.arg("-s").arg(s);

@@ -11,6 +11,9 @@ use super::{Limits, LogError, LogRecord, LogStore, Retention};
 /// How often the writer prunes records past their retention.
 const RETENTION_EVERY: Duration = Duration::from_mins(10);
 
+/// The writer's pause between batches while records keep coming (see `write_loop`).
+const BUSY_TICK: Duration = Duration::from_millis(20);
+
 /// Counters of a [`LogWriter`].
 #[derive(Debug, Default)]
 pub struct WriterCounters {
@@ -142,16 +145,36 @@ fn write_loop(
     let (mut write_warn, mut prune_warn) = (Warner::default(), Warner::default());
     let mut next_retention = std::time::Instant::now();
     let mut retention = Retention::new(store);
+    // `busy`: the last batch had records; `full`: it was as large as a batch may be.
+    let (mut busy, mut full) = (false, false);
     loop {
         if next_retention <= std::time::Instant::now() {
             next_retention = std::time::Instant::now() + RETENTION_EVERY;
             prune_expired(store, limits, &mut retention, &mut prune_warn);
         }
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(r) => r,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        // While records keep coming, the writer sleeps a tick between batches instead of
+        // waiting on the queue: a sender then never has to wake it (a futex call and a context
+        // switch per record at high rates). Once a tick finds the queue empty it waits again.
+        let first = if busy {
+            if !full {
+                std::thread::sleep(BUSY_TICK);
+            }
+            match rx.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::TryRecvError::Empty) => {
+                    busy = false;
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         };
+        busy = true;
         // A batch also stops at a share of the cap, so that one batch cannot overshoot it.
         let max_batch_bytes = match limits.live_cap() {
             0 => u64::MAX,
@@ -168,6 +191,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        full = batch.len() >= max_batch || batch_bytes >= max_batch_bytes;
         match store.insert_batch(&batch) {
             Ok(()) => {
                 c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
