@@ -329,6 +329,14 @@ fn a_connection_picked_up_after_a_restart_is_verified_by_its_exchanges() -> anyh
         let _ = to_test.send(r);
     });
     from_client.recv_timeout(Duration::from_secs(10))??;
+    // The first daemon has logged the exchange before it stops (the client may read the
+    // answer before the tap has seen it on a loaded machine).
+    let logged = wait_until(Duration::from_secs(5), || {
+        logs(&d)
+            .iter()
+            .any(|r| r["path"] == "/items/before-restart")
+    });
+    assert!(logged.is_some(), "the first exchange was never logged");
     d.stop()?;
     d.spawn()?;
     to_client.send(())?;
