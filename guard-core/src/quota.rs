@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 pub mod headers;
 mod pattern;
+mod slots;
 mod table;
 mod window;
 

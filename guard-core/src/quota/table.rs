@@ -1,11 +1,11 @@
 //! The in-memory quota counters: one entry per (partition key, rule), one counter per window,
-//! in [`SHARDS`] mutex-guarded hash maps. [`QuotaTable::check`] checks and charges all the
+//! in [`SHARDS`] mutex-guarded hash tables of cache-line slots. [`QuotaTable::check`] checks and charges all the
 //! windows of a rule under one shard lock, so it is atomic: an admitted request charges every
 //! window, a refused one none, and concurrent requests never overshoot a limit.
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::slots::Slots;
 use super::{PartitionKey, Rule, WINDOWS, Window};
 
 /// Shards of the table; a power of two. Each is locked only for one entry's check.
@@ -14,13 +14,13 @@ pub const SHARDS: usize = 64;
 /// One window's counter: the epoch it counts for and the requests charged in it. A counter
 /// whose epoch is not the current window's counts as 0 (the window has reset).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counter {
+pub(super) struct Counter {
     epoch: u32,
     count: u32,
 }
 
 /// One (partition key, rule)'s counters, indexed by [`Window::index`]: 48 bytes.
-type Entry = [Counter; 6];
+pub(super) type Entry = [Counter; 6];
 
 /// The map key: the partition key with the rule id in bits 104..120 (a user's 120-bit hash
 /// keeps 104 bits; addresses use at most the low 64). 16 bytes.
@@ -30,9 +30,16 @@ fn table_key(key: PartitionKey, rule: u16) -> u128 {
 
 /// A keyed multiply-fold hasher (the seed is secret, so clients cannot aim keys at one bucket).
 #[derive(Debug, Clone, Copy)]
-struct Seeded(u64);
+pub(super) struct Seeded(u64);
 
-struct Mix(u64);
+impl Seeded {
+    /// The hash of a table key.
+    pub(super) fn hash(self, k: u128) -> u64 {
+        self.hash_one(k)
+    }
+}
+
+pub(super) struct Mix(u64);
 
 const K1: u64 = 0x9e37_79b9_7f4a_7c15;
 const K2: u64 = 0xff51_afd7_ed55_8ccd;
@@ -125,7 +132,7 @@ impl QuotaDecision {
 /// The counters of every (partition key, rule).
 #[derive(Debug)]
 pub struct QuotaTable {
-    shards: Box<[Mutex<HashMap<u128, Entry, Seeded>>]>,
+    shards: Box<[Mutex<Slots>]>,
     hasher: Seeded,
 }
 
@@ -136,14 +143,14 @@ impl QuotaTable {
         let hasher = Seeded(seed);
         Self {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(hasher)))
+                .map(|_| Mutex::new(Slots::new(hasher)))
                 .collect(),
             hasher,
         }
     }
 
-    fn shard(&self, k: u128) -> MutexGuard<'_, HashMap<u128, Entry, Seeded>> {
-        let h = self.hasher.hash_one(k);
+    fn shard(&self, k: u128) -> MutexGuard<'_, Slots> {
+        let h = self.hasher.hash(k);
         self.shards[(h >> 58) as usize % SHARDS]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -155,7 +162,10 @@ impl QuotaTable {
     pub fn check(&self, key: PartitionKey, rule: &Rule, now_s: u64) -> QuotaDecision {
         let k = table_key(key, rule.id);
         let mut shard = self.shard(k);
-        let mut entry = shard.get(&k).copied().unwrap_or_default();
+        if let Some(entry) = shard.get_mut(k) {
+            return evaluate(entry, rule, now_s, true);
+        }
+        let mut entry = Entry::default();
         let d = evaluate(&mut entry, rule, now_s, true);
         if d.admitted {
             shard.insert(k, entry);
@@ -168,7 +178,7 @@ impl QuotaTable {
     #[must_use]
     pub fn peek(&self, key: PartitionKey, rule: &Rule, now_s: u64) -> QuotaDecision {
         let k = table_key(key, rule.id);
-        let mut entry = self.shard(k).get(&k).copied().unwrap_or_default();
+        let mut entry = self.shard(k).get_mut(k).copied().unwrap_or_default();
         let mut d = evaluate(&mut entry, rule, now_s, false);
         for w in &mut d.states[..usize::from(d.len)] {
             w.exceeded = false;
@@ -180,7 +190,7 @@ impl QuotaTable {
     #[must_use = "whether there were counters"]
     pub fn reset(&self, key: PartitionKey, rule_id: u16) -> bool {
         let k = table_key(key, rule_id);
-        self.shard(k).remove(&k).is_some()
+        self.shard(k).remove(k)
     }
 
     /// Drops the entries with nothing left to count at `now_s` (every counter's window has
@@ -190,14 +200,12 @@ impl QuotaTable {
         let mut dropped = 0;
         for shard in &*self.shards {
             let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = s.len();
-            s.retain(|_, e| {
+            dropped += s.retain(|e| {
                 e.iter()
                     .zip(WINDOWS)
                     .zip(epochs)
                     .any(|((c, w), now)| c.count > 0 && (w == Window::Lifetime || c.epoch == now))
             });
-            dropped += before - s.len();
         }
         dropped
     }
@@ -217,10 +225,20 @@ impl QuotaTable {
         self.len() == 0
     }
 
-    /// Bytes of one entry's key and counters (the hash map adds its control bytes and slack).
+    /// Bytes of one entry: its key and counters in one 64-byte slot (the tables are kept at
+    /// most 3/4 full, so a table holds 64 to 171 bytes per entry).
     #[must_use]
     pub const fn entry_bytes() -> usize {
-        size_of::<u128>() + size_of::<Entry>()
+        size_of::<super::slots::Slot>()
+    }
+
+    /// Bytes allocated for the tables' slots.
+    #[must_use]
+    pub fn table_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes())
+            .sum()
     }
 }
 

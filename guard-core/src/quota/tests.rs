@@ -403,3 +403,34 @@ fn concurrent_requests_never_overshoot() {
 fn entries_are_compact() {
     assert_eq!(QuotaTable::entry_bytes(), 64);
 }
+
+#[test]
+fn removals_and_growth_keep_every_other_entry_findable() {
+    let table = QuotaTable::new(11);
+    let r = rule("/x", Limits::default().with(Window::Lifetime, 5));
+    let mut m = rule("/y", Limits::default().with(Window::Minute, 5));
+    m.id = 1;
+    let n = 20_000;
+    for u in 0..n {
+        assert!(table.check(user(u), &r, 0).admitted);
+        if u % 2 == 0 {
+            assert!(table.check(user(u), &m, 0).admitted);
+        }
+    }
+    assert_eq!(table.len(), 30_000);
+    for u in (0..n).filter(|u| u % 3 == 0) {
+        assert!(table.reset(user(u), r.id));
+    }
+    for u in 0..n {
+        let left = table.peek(user(u), &r, 0).windows()[0].remaining;
+        assert_eq!(left, if u % 3 == 0 { 5 } else { 4 }, "user {u}");
+    }
+    // The minute entries expire; the lifetime ones survive the shrink and stay findable.
+    assert_eq!(table.sweep(60), 10_000);
+    for u in 0..n {
+        let left = table.peek(user(u), &r, 60).windows()[0].remaining;
+        assert_eq!(left, if u % 3 == 0 { 5 } else { 4 }, "user {u}");
+        assert_eq!(table.peek(user(u), &m, 60).windows()[0].remaining, 5);
+    }
+    assert!(table.table_bytes() >= table.len() * QuotaTable::entry_bytes());
+}
