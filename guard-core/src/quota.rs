@@ -288,3 +288,27 @@ impl PartitionKey {
         Self(bits)
     }
 }
+
+/// The string (or integer) claim `claim` of a compact JWT's payload, **decoded without checking
+/// anything**: call it only on a token whose signature and times were already checked (a
+/// verified [`UserId`](crate::tap::UserId) from a bearer JWT). `None` when the token is not
+/// three base64url parts with a JSON object payload, or the claim is missing, empty or of
+/// another type.
+#[must_use]
+pub fn jwt_claim(token: &str, claim: &str) -> Option<String> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match json.as_object()?.get(claim)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}

@@ -434,3 +434,22 @@ fn removals_and_growth_keep_every_other_entry_findable() {
     }
     assert!(table.table_bytes() >= table.len() * QuotaTable::entry_bytes());
 }
+
+#[test]
+fn plan_claims_of_a_jwt() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let token = |payload: &str| format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(payload));
+    assert_eq!(
+        jwt_claim(&token(r#"{"sub":"u1","plan":"pro"}"#), "plan").as_deref(),
+        Some("pro")
+    );
+    assert_eq!(jwt_claim(&token(r#"{"tier":3}"#), "tier").as_deref(), Some("3"));
+    assert_eq!(jwt_claim(&token(r#"{"plan":""}"#), "plan"), None);
+    assert_eq!(jwt_claim(&token(r#"{"plan":["a"]}"#), "plan"), None);
+    assert_eq!(jwt_claim(&token(r#"{"sub":"u1"}"#), "plan"), None);
+    assert_eq!(jwt_claim(&token("[1]"), "plan"), None);
+    assert_eq!(jwt_claim("a.b", "plan"), None);
+    assert_eq!(jwt_claim("a.%%%.c", "plan"), None);
+    assert_eq!(jwt_claim(&format!("{}.x", token(r#"{"plan":"p"}"#)), "plan"), None);
+}
