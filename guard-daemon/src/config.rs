@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod proxy;
+mod quotas;
 pub use proxy::{InlineMode, ProxyConfig};
+pub use quotas::{OnStoreError, PlanConfig, PlanSource, QuotasConfig, QuotasProblem, RuleConfig};
 
 /// Errors reading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,13 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
+    /// A problem under a key built from names in the file (`quotas.plans.free.rules[1].path`).
+    #[error("{path}: key `{key}`: {message}")]
+    InvalidAt {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 /// The whole configuration.
@@ -41,6 +50,7 @@ pub struct Config {
     pub engine: crate::engine::EngineConfig,
     pub validator: crate::validate::ValidatorConfig,
     pub proxy: ProxyConfig,
+    pub quotas: QuotasConfig,
 }
 
 /// `[logs]`: the request log.
@@ -267,6 +277,13 @@ impl Config {
         };
         if let Some((key, message)) = self.proxy.problem() {
             return invalid(key, message);
+        }
+        if let Err(QuotasProblem { key, message }) = self.quotas.plan_set() {
+            return Err(ConfigError::InvalidAt {
+                path: path.to_owned(),
+                key,
+                message,
+            });
         }
         if self.daemon.store_cache_mb == 0 || self.daemon.store_cache_mb > 1 << 20 {
             return invalid("daemon.store_cache_mb", "between 1 and 1048576 MiB");

@@ -16,6 +16,7 @@ pub mod perms;
 pub mod pipeline;
 pub mod protect;
 pub mod proxy;
+pub mod quota;
 pub mod store;
 pub mod verified;
 pub mod xdp;

@@ -39,11 +39,19 @@ pub enum Refusal {
     BannedUser,
     /// The validator or the engine refused it.
     Judged(Refuse),
-    /// A plan quota is spent (issue 16): `limit_status` with the `RateLimit` headers.
+    /// A plan quota is spent (issue 16): `limit_status` with the `RateLimit` headers
+    /// (answered by `quota::QuotaCheck`).
     Quota {
+        /// The limit of the exceeded window that resets last.
         limit: u64,
         remaining: u64,
-        reset: Duration,
+        /// `Retry-After`: until every exceeded window has reset; `None` when a lifetime limit
+        /// is spent (it never resets).
+        reset: Option<Duration>,
+        /// The `RateLimit-Policy` and `RateLimit` values
+        /// (draft-ietf-httpapi-ratelimit-headers-11).
+        policy: String,
+        ratelimit: String,
     },
 }
 
@@ -67,18 +75,16 @@ impl Refusal {
                 headers: Vec::new(),
             },
             Self::Quota {
-                limit,
-                remaining,
                 reset,
+                policy,
+                ratelimit,
+                ..
             } => Extra {
-                retry_after: Some(reset.as_secs().max(1)),
-                headers: vec![(
-                    "ratelimit",
-                    format!(
-                        "limit={limit}, remaining={remaining}, reset={}",
-                        reset.as_secs().max(1)
-                    ),
-                )],
+                retry_after: reset.map(|r| r.as_secs().max(1)),
+                headers: vec![
+                    ("ratelimit-policy", policy.clone()),
+                    ("ratelimit", ratelimit.clone()),
+                ],
             },
             _ => Extra::default(),
         }

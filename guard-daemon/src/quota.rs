@@ -1,0 +1,223 @@
+//! Plan quotas for the inline mode: [`QuotaCheck`] finds a request's plan (in the configured
+//! `lookup` order), its first matching rule, and checks and charges the rule's windows in the
+//! core's [`QuotaTable`]; a spent quota becomes [`Refusal::Quota`] with the `RateLimit-Policy`,
+//! `RateLimit` and `Retry-After` values. It implements the inline gate's [`UserCheck`] seam;
+//! [`UserChecks`] chains it after the user-ban lookup (the first refusal wins, so a banned
+//! user's request is never charged).
+//!
+//! Counters live in memory (lost at a restart). Only a **verified** user is counted as a user
+//! (a claimed one could otherwise spend someone else's quota); any other request is counted
+//! under its client's address (IPv6 by /64) and the default plan.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use guard_core::net::Net;
+use guard_core::quota::{
+    PartitionKey, PlanChoice, PlanSet, QuotaDecision, QuotaTable, headers, jwt_claim,
+};
+use guard_core::tap::identity::{UserSource, trusted};
+use serde::Serialize;
+
+use crate::config::{PlanSource, QuotasConfig, QuotasProblem};
+use crate::inline::gate::{Refusal, UserCheck};
+use crate::tap::{RequestEvent, UserId};
+
+/// The plan table (`guard plan set USER PLAN`): user id → plan name.
+pub trait PlanTable: Send + Sync + 'static {
+    fn plan_of(&self, user: &str) -> Option<String>;
+}
+
+/// A plan table held in memory.
+impl<S: std::hash::BuildHasher + Send + Sync + 'static> PlanTable for HashMap<String, String, S> {
+    fn plan_of(&self, user: &str) -> Option<String> {
+        self.get(user).cloned()
+    }
+}
+
+/// Counters of the quota check.
+#[derive(Debug, Default, Serialize)]
+pub struct QuotaStats {
+    /// Requests a rule applied to.
+    pub checked: AtomicU64,
+    pub refused: AtomicU64,
+    /// The client named a plan that does not exist (the default plan applied, if any).
+    pub unknown_plan: AtomicU64,
+    /// No plan applied (none named and no default plan) or no rule matched.
+    pub unlimited: AtomicU64,
+}
+
+/// What a request's quota check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaOutcome {
+    /// The plan that applied, if any.
+    pub plan: Option<String>,
+    /// The check of the matched rule; `None` when no plan or no rule applied.
+    pub decision: Option<QuotaDecision>,
+}
+
+/// The plan quotas of the inline mode.
+pub struct QuotaCheck {
+    plans: PlanSet,
+    table: QuotaTable,
+    lookup: Vec<PlanSource>,
+    plan_claim: String,
+    plan_header: Option<String>,
+    trusted_proxies: Vec<Net>,
+    plan_table: Option<Arc<dyn PlanTable>>,
+    salt: Vec<u8>,
+    pub stats: QuotaStats,
+}
+
+impl QuotaCheck {
+    /// From `[quotas]`. `trusted_proxies` (`tap.trusted_proxies`) are believed for
+    /// `plan_header`; `salt` keys the user ids' hashes and `seed` the tables' (pass random
+    /// values, the salt kept across restarts once counters persist).
+    pub fn new(
+        cfg: &QuotasConfig,
+        trusted_proxies: Vec<Net>,
+        salt: Vec<u8>,
+        seed: u64,
+    ) -> Result<Self, QuotasProblem> {
+        Ok(Self {
+            plans: cfg.plan_set()?,
+            table: QuotaTable::new(seed),
+            lookup: cfg.lookup.clone(),
+            plan_claim: cfg.plan_claim.clone(),
+            plan_header: cfg.plan_header.clone(),
+            trusted_proxies,
+            plan_table: None,
+            salt,
+            stats: QuotaStats::default(),
+        })
+    }
+
+    /// Adds the plan table (the `table` lookup source; skipped without one).
+    #[must_use]
+    pub fn with_plan_table(mut self, table: Arc<dyn PlanTable>) -> Self {
+        self.plan_table = Some(table);
+        self
+    }
+
+    /// The counters, for `guard quota show` and the sweep.
+    #[must_use]
+    pub fn table(&self) -> &QuotaTable {
+        &self.table
+    }
+
+    /// The plan a request names, in `lookup` order; `None` when no source names one.
+    fn plan_name(&self, user: Option<&UserId>, ev: &RequestEvent) -> Option<String> {
+        let verified = user.filter(|u| u.verified);
+        self.lookup.iter().find_map(|source| match source {
+            PlanSource::Claim => {
+                if !verified.is_some_and(|u| u.source == UserSource::Jwt) {
+                    return None;
+                }
+                let (scheme, token) = header(ev, "authorization")?.trim().split_once(' ')?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return None;
+                }
+                jwt_claim(token.trim(), &self.plan_claim)
+            }
+            PlanSource::Header => {
+                let name = self.plan_header.as_deref()?;
+                if !trusted(ev.peer.ip(), &self.trusted_proxies) {
+                    return None;
+                }
+                header(ev, name)
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            }
+            PlanSource::Table => self.plan_table.as_ref()?.plan_of(&verified?.id),
+        })
+    }
+
+    /// Checks and charges one request: its plan, the plan's first matching rule, the rule's
+    /// windows. `user` is the request's user, if any.
+    pub fn check_event(&self, user: Option<&UserId>, ev: &RequestEvent) -> QuotaOutcome {
+        let named = self.plan_name(user, ev);
+        let choice = self.plans.choose(named.as_deref());
+        if matches!(choice, PlanChoice::Unknown(_))
+            || (named.is_some() && choice == PlanChoice::None)
+        {
+            self.stats.unknown_plan.fetch_add(1, Ordering::Relaxed);
+        }
+        // A verified user on a plan of its own is counted as that user; every other request
+        // (the default plan, a claimed user, a plan named by a trusted proxy's header without
+        // a verified user) by its client's address.
+        let key = match (&choice, user.filter(|u| u.verified)) {
+            (PlanChoice::Named(_), Some(u)) => PartitionKey::user(&u.id, &self.salt),
+            _ => PartitionKey::addr(ev.client),
+        };
+        let Some(plan) = choice.plan() else {
+            self.stats.unlimited.fetch_add(1, Ordering::Relaxed);
+            return QuotaOutcome {
+                plan: None,
+                decision: None,
+            };
+        };
+        let Some(rule) = plan.rule_for(&ev.method, &ev.path) else {
+            self.stats.unlimited.fetch_add(1, Ordering::Relaxed);
+            return QuotaOutcome {
+                plan: Some(plan.name.clone()),
+                decision: None,
+            };
+        };
+        self.stats.checked.fetch_add(1, Ordering::Relaxed);
+        let decision = self.table.check(key, rule, ev.ts.as_secs());
+        if !decision.admitted {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        QuotaOutcome {
+            plan: Some(plan.name.clone()),
+            decision: Some(decision),
+        }
+    }
+}
+
+/// The refusal of a refused decision.
+#[must_use]
+pub fn refusal(d: &QuotaDecision) -> Option<Refusal> {
+    if d.admitted {
+        return None;
+    }
+    // The exceeded window that resets last decides when the request could pass.
+    let last = d.exceeded().max_by_key(|w| w.reset.unwrap_or(u64::MAX))?;
+    Some(Refusal::Quota {
+        limit: u64::from(last.limit),
+        remaining: u64::from(last.remaining),
+        reset: d.retry_after().map(Duration::from_secs),
+        policy: headers::policy(d),
+        ratelimit: headers::ratelimit_exceeded(d),
+    })
+}
+
+/// The inline gate asks this for requests that name a user.
+impl UserCheck for QuotaCheck {
+    fn check(&self, user: &UserId, ev: &RequestEvent) -> Option<Refusal> {
+        refusal(&self.check_event(Some(user), ev).decision?)
+    }
+}
+
+/// Several user checks asked in order; the first refusal wins and the later ones are not asked
+/// (user bans before quotas: a banned user's request charges nothing).
+pub struct UserChecks(pub Vec<Arc<dyn UserCheck>>);
+
+impl UserCheck for UserChecks {
+    fn check(&self, user: &UserId, ev: &RequestEvent) -> Option<Refusal> {
+        self.0.iter().find_map(|c| c.check(user, ev))
+    }
+}
+
+/// A request header's value (first of its name).
+fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
+    ev.all_headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests;
