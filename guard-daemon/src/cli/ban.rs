@@ -77,6 +77,11 @@ pub struct BanRmArgs {
     pub user: Option<String>,
     #[command(flatten)]
     pub select: BanSelect,
+    /// Keep the engine's view of the client: the lifted ban still counts as an offence (the
+    /// next one is longer) and its recent requests still count. By default the client starts
+    /// afresh, as after a false positive.
+    #[arg(long)]
+    pub keep_history: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,13 +351,20 @@ fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
                 socket,
                 &Request::BanRm {
                     target: parse_target(&target)?,
+                    keep_history: args.keep_history,
                 },
             )?;
             println!("unbanned {target}");
         }
         (None, true) => {
             let filter = args.select.filter()?;
-            let lifted: Removed = control::call(socket, &Request::BanRmMatching { filter })?;
+            let lifted: Removed = control::call(
+                socket,
+                &Request::BanRmMatching {
+                    filter,
+                    keep_history: args.keep_history,
+                },
+            )?;
             println!("unbanned {} bans", lifted.removed);
         }
         (Some(_), true) => bail!(

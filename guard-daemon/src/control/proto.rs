@@ -39,10 +39,15 @@ pub enum Request {
     },
     BanRm {
         target: Net,
+        /// Keep the engine's view of the client and count the lifted ban as an offence.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_history: bool,
     },
     /// Lifts every ban the filter selects.
     BanRmMatching {
         filter: BanFilter,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_history: bool,
     },
     BanLs {
         #[serde(default)]

@@ -6,7 +6,8 @@ use guard_common::STAT_NAMES;
 use tracing::info;
 
 use super::Shared;
-use crate::bans::{BanRequest, Origin, UserBanRequest};
+use crate::bans::{BanError, BanFilter, BanRequest, Origin, UserBanRequest};
+use crate::net::Net;
 use crate::control::proto::{MapFill, error_chain};
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
@@ -34,21 +35,14 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
                 user: None,
             })
             .map(Response::ok),
-        Request::BanRm { target } => shared.bans.unban(target).map(|removed| {
-            shared.judge.unbanned(&target);
-            Response::ok(removed)
-        }),
-        Request::BanRmMatching { filter } => {
-            let result = shared.bans.unban_matching(filter);
-            result.map(|lifted| {
-                for target in &lifted {
-                    shared.judge.unbanned(target);
-                }
-                Response::ok(Removed {
-                    removed: lifted.len(),
-                })
-            })
-        }
+        Request::BanRm {
+            target,
+            keep_history,
+        } => unban(shared, target, keep_history),
+        Request::BanRmMatching {
+            filter,
+            keep_history,
+        } => unban_matching(shared, filter, keep_history),
         Request::BanLs { filter } => shared.bans.list(filter).map(Response::ok),
         Request::BanImport { entries, force } => {
             let reqs = entries
@@ -112,6 +106,40 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::TapPorts { ports } => return tap_ports(shared, ports),
     };
     result.unwrap_or_else(|e| Response::failed(&e))
+}
+
+fn unban(shared: &Shared, target: Net, keep_history: bool) -> Result<Response, BanError> {
+    shared.bans.unban(target, !keep_history).map(|removed| {
+        lifted(shared, &removed, keep_history);
+        Response::ok(removed)
+    })
+}
+
+fn unban_matching(
+    shared: &Shared,
+    filter: BanFilter,
+    keep_history: bool,
+) -> Result<Response, BanError> {
+    shared
+        .bans
+        .unban_matching(filter, !keep_history)
+        .map(|views| {
+            for view in &views {
+                lifted(shared, view, keep_history);
+            }
+            Response::ok(Removed {
+                removed: views.len(),
+            })
+        })
+}
+
+/// Tells the engine a ban was lifted: the client starts afresh and an engine ban's offence is
+/// forgotten, unless the operator keeps the history.
+fn lifted(shared: &Shared, view: &crate::bans::BanView, keep_history: bool) {
+    let offender = (view.origin == Origin::Engine)
+        .then(|| view.evidence.as_ref().and_then(|e| e.client))
+        .flatten();
+    shared.judge.lifted(&view.addr, offender, keep_history);
 }
 
 fn sync_allowlist(shared: &Shared) {
