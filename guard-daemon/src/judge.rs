@@ -336,10 +336,10 @@ impl Judge {
                 } else {
                     s.validator_triage.fetch_add(1, Ordering::Relaxed);
                 }
+                // The strongest finding names the reason, not the first one.
                 let category = verdict
-                    .findings
-                    .first()
-                    .and_then(|f| serde_json::to_value(f.category).ok())
+                    .strongest()
+                    .and_then(|c| serde_json::to_value(c).ok())
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
                 Some(ValidatorHint {

@@ -586,3 +586,35 @@ fn a_lifted_ban_kept_in_history_still_escalates() {
     sim.advance(Duration::from_mins(1));
     assert_eq!(offence_of(&probe_backdoors(&mut sim, c)), Some(2));
 }
+
+fn reason_of(d: &Decision) -> &str {
+    match d {
+        Decision::Ban { reason, .. } => reason,
+        other => panic!("not a ban: {other:?}"),
+    }
+}
+
+/// A ban's reason names its rule once: `backdoor: 2 hits`, not `backdoor: backdoor: 2 hits`.
+#[test]
+fn ban_reasons_name_their_rule_once() {
+    let mut sim = Sim::default();
+    assert_eq!(
+        reason_of(&probe_backdoors(&mut sim, "192.0.2.83")),
+        "backdoor: 2 hits"
+    );
+    let c = "192.0.2.84";
+    let mut last = Decision::Allow;
+    for i in 0..40 {
+        last = sim.send(&req(c, &format!("/missing/{i}")).status(404));
+        if is_ban(&last) {
+            break;
+        }
+        sim.advance(Duration::from_millis(500));
+    }
+    let reason = reason_of(&last);
+    assert!(
+        reason.starts_with("probing: ") && !reason.starts_with("probing: probing"),
+        "{reason}"
+    );
+    assert!(reason.contains("distinct paths answered 400/403/404"), "{reason}");
+}
