@@ -26,6 +26,7 @@ use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
 mod inline;
+mod readd;
 mod requests;
 use requests::handle;
 

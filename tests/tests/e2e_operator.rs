@@ -124,7 +124,11 @@ fn ban_rm_resets_the_engine_unless_history_is_kept() -> anyhow::Result<()> {
         banned(&s.d, src)
     );
     // Misbehaving again, it is banned as a first offender (1 h, not 4 h).
-    assert_eq!(get_banned(&s, src), 1, "the lifted ban counted as an offence");
+    assert_eq!(
+        get_banned(&s, src),
+        1,
+        "the lifted ban counted as an offence"
+    );
     // Lifted with --keep-history: the offence stays, the next ban is the second.
     s.d.cli(&["ban", "rm", &src.to_string(), "--keep-history"])
         .map_err(anyhow::Error::msg)?;
@@ -140,12 +144,135 @@ fn ban_rm_resets_the_engine_unless_history_is_kept() -> anyhow::Result<()> {
         s.d.cli(&["ban", "rm", inside])
             .expect_err("an address that is not banned itself cannot be lifted");
     assert!(
-        err.contains(&format!("{inside} is not banned itself, but {net} covers it")),
+        err.contains(&format!(
+            "{inside} is not banned itself, but {net} covers it"
+        )),
         "{err}"
     );
     let err =
         s.d.cli(&["ban", "rm", "192.0.2.1"])
             .expect_err("not banned");
     assert!(err.contains("192.0.2.1 is not banned"), "{err}");
+    Ok(())
+}
+
+/// `ban ls --json` entry of `addr` (as guard prints it).
+fn ban_of(d: &Daemon, addr: &str) -> Option<serde_json::Value> {
+    d.json(&["ban", "ls"])
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == addr)
+        .cloned()
+}
+
+/// Issue 20, item 6: no silent surprises. A CIDR with host bits is refused naming the network
+/// it would mean; an IPv4-mapped IPv6 address is the IPv4 one (and is enforced for IPv4
+/// traffic); a re-ban says what it replaced and `--extend` keeps the later end; a bad
+/// `--origin` is an error listing the valid ones; a second `allow add` says which reason it
+/// replaced.
+#[test]
+fn no_silent_surprises_in_ban_and_allow() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let cli = |args: &[&str]| d.cli(args).map_err(anyhow::Error::msg);
+
+    // Host bits: refused, naming the network; --force bans that network.
+    let err = d
+        .cli(&["ban", "add", "10.88.0.5/24"])
+        .expect_err("a CIDR with host bits must be refused");
+    assert!(
+        err.contains("it means the whole network 10.88.0.0/24"),
+        "{err}"
+    );
+    assert!(ban_of(d, "10.88.0.0/24").is_none(), "banned anyway");
+    let out = cli(&["ban", "add", "10.88.0.5/24", "--force", "--ttl", "10m"])?;
+    assert!(out.starts_with("banned 10.88.0.0/24 until "), "{out}");
+
+    // IPv4-mapped IPv6: banned as IPv4, so IPv4 traffic from it is dropped; lifted the same way.
+    let src = s.link.add_far_v4(60)?;
+    let mapped = format!("::ffff:{src}");
+    let out = cli(&["ban", "add", &mapped, "--ttl", "10m"])?;
+    assert!(out.starts_with(&format!("banned {src} until ")), "{out}");
+    assert!(ban_of(d, &src.to_string()).is_some());
+    assert!(
+        !tcp_ok(&s.link.far, Some(src), s.dst, Duration::from_millis(300)),
+        "a ban given as ::ffff:{src} must drop {src}"
+    );
+    let listed = d.json(&["ban", "ls", "--ip", &mapped])?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    cli(&["ban", "rm", &mapped])?;
+    assert!(tcp_ok(
+        &s.link.far,
+        Some(src),
+        s.dst,
+        Duration::from_millis(500)
+    ));
+
+    // Re-ban: what changed is said; a shorter one replaces unless --extend.
+    let x = "192.0.2.50";
+    cli(&["ban", "add", x, "--ttl", "4h", "--reason", "first"])?;
+    let four_h = ban_of(d, x).expect("banned")["expires_at"]
+        .as_u64()
+        .unwrap();
+    let out = cli(&[
+        "ban", "add", x, "--ttl", "1h", "--reason", "second", "--extend",
+    ])?;
+    assert!(
+        out.contains("it was already banned (cli ban); replaced: end unchanged"),
+        "{out}"
+    );
+    assert!(out.contains(r#"reason "first" -> "second""#), "{out}");
+    let kept = ban_of(d, x).expect("banned")["expires_at"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        four_h.abs_diff(kept) < 1000,
+        "--extend lost the later end: {four_h} -> {kept}"
+    );
+    let out = cli(&["ban", "add", x, "--ttl", "1h"])?;
+    assert!(
+        out.contains("(shorter: --extend keeps the later end)"),
+        "{out}"
+    );
+    // No reason given: the earlier one stays.
+    assert!(out.contains(r#"reason unchanged ("second")"#), "{out}");
+    let now = ban_of(d, x).expect("banned");
+    assert!(
+        now["expires_at"].as_u64().unwrap() + 2 * 3_600_000 < four_h + 1000,
+        "{now}"
+    );
+    assert_eq!(now["reason"], "second");
+    // A first ban says nothing more.
+    let out = cli(&["ban", "add", "192.0.2.51", "--ttl", "1h"])?;
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    // A bad origin is an error listing the valid ones, not an empty list.
+    let err = d
+        .cli(&["ban", "ls", "--origin", "bogus"])
+        .expect_err("--origin bogus must fail");
+    assert!(
+        err.contains("unknown origin `bogus`: expected one of cli, import, rate-limit, engine"),
+        "{err}"
+    );
+
+    // allow add: a replaced reason is said; an IPv4-mapped address is the IPv4 one.
+    let out = cli(&["allow", "add", "192.0.2.0/28", "--reason", "office"])?;
+    assert_eq!(out.trim(), "allowlisted 192.0.2.0/28");
+    let out = cli(&["allow", "add", "192.0.2.0/28", "--reason", "vpn"])?;
+    assert_eq!(
+        out.trim(),
+        r#"allowlisted 192.0.2.0/28 (it was already; its reason "office" is replaced by "vpn")"#
+    );
+    let out = cli(&["allow", "add", "::ffff:192.0.2.99"])?;
+    assert_eq!(out.trim(), "allowlisted 192.0.2.99");
+    let allows = d.json(&["allow", "ls"])?;
+    assert!(
+        allows
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["target"] == "192.0.2.99")),
+        "{allows}"
+    );
     Ok(())
 }

@@ -26,8 +26,8 @@ mod allow;
 mod expire;
 mod filter;
 mod lift;
-mod order;
 pub mod lookup;
+mod order;
 pub mod owner;
 pub mod users;
 

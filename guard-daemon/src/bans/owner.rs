@@ -395,7 +395,11 @@ impl BanHandle {
     }
 
     /// Lifts the bans `filter` selects; `forget` as for [`BanHandle::unban`].
-    pub fn unban_matching(&self, filter: BanFilter, forget: bool) -> Result<Vec<BanView>, BanError> {
+    pub fn unban_matching(
+        &self,
+        filter: BanFilter,
+        forget: bool,
+    ) -> Result<Vec<BanView>, BanError> {
         self.call(|r| Command::UnbanMatching(filter, forget, r))?
     }
 

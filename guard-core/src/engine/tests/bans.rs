@@ -616,5 +616,8 @@ fn ban_reasons_name_their_rule_once() {
         reason.starts_with("probing: ") && !reason.starts_with("probing: probing"),
         "{reason}"
     );
-    assert!(reason.contains("distinct paths answered 400/403/404"), "{reason}");
+    assert!(
+        reason.contains("distinct paths answered 400/403/404"),
+        "{reason}"
+    );
 }

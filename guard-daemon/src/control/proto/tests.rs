@@ -108,6 +108,7 @@ fn requests_are_classified_as_changes_or_reads() {
             ttl_secs: None,
             reason: None,
             force: false,
+            extend: true,
         },
         Request::BanRm {
             target,
@@ -188,7 +189,12 @@ fn requests_keep_their_wire_format() {
         json!({"op": "ban_rm", "target": "10.0.0.0/8"})
     );
     let r: Request =
-        serde_json::from_str(r#"{"op":"ban_rm","target":"10.0.0.5","keep_history":true}"#)
-            .unwrap();
-    assert!(matches!(r, Request::BanRm { keep_history: true, .. }));
+        serde_json::from_str(r#"{"op":"ban_rm","target":"10.0.0.5","keep_history":true}"#).unwrap();
+    assert!(matches!(
+        r,
+        Request::BanRm {
+            keep_history: true,
+            ..
+        }
+    ));
 }
