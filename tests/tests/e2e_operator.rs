@@ -276,3 +276,38 @@ fn no_silent_surprises_in_ban_and_allow() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 20, item 4: SIGHUP (as `systemctl reload` or a log rotation sends it) never stops the
+/// daemon, with the proxy off: it logs what it reloaded, still answers, and keeps its bans.
+#[test]
+fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    d.cli(&["ban", "add", "192.0.2.60", "--ttl", "10m"])
+        .map_err(anyhow::Error::msg)?;
+    let pid = d.json(&["status"])?["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("status names the daemon's pid");
+    for _ in 0..2 {
+        // SAFETY: kill(2) on the pid of the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = d.json(&["status"]);
+    assert!(
+        status.is_ok(),
+        "the daemon stopped on SIGHUP: {status:?}\n{}",
+        d.log_text()
+    );
+    assert_eq!(status?["pid"].as_i64(), Some(i64::from(pid)), "another daemon answers");
+    assert!(ban_of(d, "192.0.2.60").is_some(), "the ban was lost");
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("SIGHUP received").count(),
+        2,
+        "each SIGHUP is logged: {log}"
+    );
+    Ok(())
+}
