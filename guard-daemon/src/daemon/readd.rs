@@ -19,11 +19,12 @@ pub(super) fn ban_add(
 ) -> Result<Response, BanError> {
     let target = req.target;
     // Read on the owner thread, just before the ban: another operator's ban in between would
-    // be replaced without being named, as before.
+    // be replaced without being named, as before. A store that cannot be read (after a write
+    // error sled refuses reads too) does not stop the ban: it is enforced all the same, and
+    // the answer says it is not saved.
     let previous = shared
         .bans
-        .read(move |bans| bans.store().ban(&target))?
-        .map_err(BanError::Store)?;
+        .read(move |bans| bans.store().ban(&target).ok().flatten())?;
     if let Some(p) = &previous {
         if req.reason.is_empty() {
             req.reason.clone_from(&p.reason);
@@ -75,11 +76,12 @@ pub(super) fn allow_add(
     target: Net,
     reason: String,
 ) -> Result<Response, BanError> {
+    // As for a ban, a store that cannot be read does not stop the change.
     let replaced_reason = shared
         .bans
-        .allows()?
-        .into_iter()
-        .find(|a| a.target == target)
+        .allows()
+        .ok()
+        .and_then(|all| all.into_iter().find(|a| a.target == target))
         .map(|a| a.reason);
     let entry = shared.bans.allow(target, reason)?;
     Ok(Response::ok(AllowAdded {
