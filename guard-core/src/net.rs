@@ -68,6 +68,19 @@ impl Net {
         if addr.is_ipv4() { 32 } else { 128 }
     }
 
+    /// The same network with an IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, a prefix of 96 or
+    /// more) written as IPv4 (`10.0.0.5`), the form IPv4 traffic is matched against. Other
+    /// networks are returned as they are.
+    #[must_use]
+    pub fn unmapped(self) -> Self {
+        match self.addr {
+            IpAddr::V6(a) if self.prefix >= 96 => a
+                .to_ipv4_mapped()
+                .map_or(self, |v4| Self::new(IpAddr::V4(v4), self.prefix - 96)),
+            _ => self,
+        }
+    }
+
     /// The network address (host bits cleared).
     #[must_use]
     pub fn addr(&self) -> IpAddr {
@@ -168,6 +181,17 @@ impl<'de> Deserialize<'de> for Net {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipv4_mapped_networks_are_written_as_ipv4() {
+        let n = |t: &str| t.parse::<Net>().unwrap();
+        assert_eq!(n("::ffff:10.88.0.5").unmapped(), n("10.88.0.5"));
+        assert_eq!(n("::ffff:10.88.0.0/120").unmapped(), n("10.88.0.0/24"));
+        // Not mapped, or wider than the mapped space: as they are.
+        assert_eq!(n("2001:db8::1").unmapped(), n("2001:db8::1"));
+        assert_eq!(n("::/64").unmapped(), n("::/64"));
+        assert_eq!(n("10.0.0.1").unmapped(), n("10.0.0.1"));
+    }
+
     use super::*;
 
     #[test]

@@ -209,8 +209,10 @@ fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     crate::daemon::run(config)
 }
 
+/// An address or CIDR block from the command line; an IPv4-mapped IPv6 one is written as the
+/// IPv4 it carries (`::ffff:10.0.0.5` is `10.0.0.5`), the form IPv4 traffic is matched against.
 fn parse_target(text: &str) -> anyhow::Result<Net> {
-    Ok(text.parse::<Net>()?)
+    Ok(text.parse::<Net>()?.unmapped())
 }
 
 fn ttl_secs(text: Option<&str>) -> anyhow::Result<Option<u64>> {
@@ -228,23 +230,29 @@ fn ttl_secs(text: Option<&str>) -> anyhow::Result<Option<u64>> {
 fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         AllowCommand::Add { target, reason } => {
-            let _: AllowRecord = control::call(
+            let added: control::AllowAdded = control::call(
                 socket,
                 &Request::AllowAdd {
                     target: parse_target(&target)?,
                     reason,
                 },
             )?;
-            println!("allowlisted {target}");
+            match added.replaced_reason {
+                Some(old) => println!(
+                    "allowlisted {} (it was already; its reason {old:?} is replaced by {:?})",
+                    added.entry.target, added.entry.reason
+                ),
+                None => println!("allowlisted {}", added.entry.target),
+            }
         }
         AllowCommand::Rm { target } => {
-            let _: AllowRecord = control::call(
+            let removed: AllowRecord = control::call(
                 socket,
                 &Request::AllowRm {
                     target: parse_target(&target)?,
                 },
             )?;
-            println!("removed {target} from the allowlist");
+            println!("removed {} from the allowlist", removed.target);
         }
         AllowCommand::Ls(f) => {
             let rows: Vec<AllowRecord> = control::call(socket, &Request::AllowLs)?;
@@ -516,6 +524,90 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn cidrs_with_host_bits_are_refused_naming_the_network() {
+        let t = parse_target("10.88.0.5/24").unwrap();
+        let err = ban::check_host_bits("10.88.0.5/24", &t)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "refusing to ban 10.88.0.5/24: its address has host bits set, so it means the whole \
+             network 10.88.0.0/24; write 10.88.0.0/24 if you mean that network, or use --force"
+        );
+        for ok in [
+            "10.88.0.0/24",
+            "10.88.0.5",
+            "10.88.0.5/32",
+            "2001:db8::/64",
+            "::ffff:10.88.0.0/120",
+        ] {
+            assert_eq!(
+                ban::check_host_bits(ok, &parse_target(ok).unwrap()),
+                Ok(()),
+                "{ok}"
+            );
+        }
+        assert!(
+            ban::check_host_bits("2001:db8::1/64", &parse_target("2001:db8::1/64").unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_targets_and_filters_are_ipv4() {
+        assert_eq!(
+            parse_target("::ffff:10.88.0.5").unwrap().to_string(),
+            "10.88.0.5"
+        );
+        let cli = Cli::try_parse_from(["guard", "ban", "ls", "--ip", "::ffff:10.88.0.5"]).unwrap();
+        let Command::Ban(BanCommand::Ls(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            args.select.filter().unwrap().ip,
+            Some("10.88.0.5".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_replaced_ban_says_what_changed() {
+        use crate::control::Replaced;
+        let h = 3_600_000;
+        let now = crate::bans::BanView {
+            addr: "10.88.0.5".parse().unwrap(),
+            reason: "manual".into(),
+            origin: crate::bans::Origin::Cli,
+            created_at: 0,
+            expires_at: Some(h),
+            packets: 0,
+            bytes: 0,
+            last_hit: None,
+            evidence: None,
+        };
+        let old = Replaced {
+            reason: "probing: 10 distinct paths".into(),
+            origin: crate::bans::Origin::Engine,
+            expires_at: Some(4 * h),
+        };
+        assert_eq!(
+            ban::describe_replaced(&old, &now, false),
+            "it was already banned (engine ban); replaced: end 1970-01-01 04:00:00 -> \
+             1970-01-01 01:00:00 (shorter: --extend keeps the later end); reason \
+             \"probing: 10 distinct paths\" -> \"manual\""
+        );
+        let same = Replaced {
+            reason: "manual".into(),
+            origin: crate::bans::Origin::Cli,
+            expires_at: Some(h),
+        };
+        assert_eq!(
+            ban::describe_replaced(&same, &now, true),
+            "it was already banned (cli ban); replaced: end unchanged (1970-01-01 01:00:00); \
+             reason unchanged (\"manual\")"
+        );
     }
 
     #[test]

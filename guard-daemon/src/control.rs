@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use access::{Access, Peer, Role, SocketGroup, group_name};
 pub use proto::{
-    DaemonCounters, FromReply, ImportEntry, Imported, Interface, LogCounters, LogsRequest, Removed,
-    Reply, Request, Response, Stats, Status, UnexpectedReply,
+    AllowAdded, BanAdded, DaemonCounters, FromReply, ImportEntry, Imported, Interface, LogCounters,
+    LogsRequest, Removed, Replaced, Reply, Request, Response, Stats, Status, UnexpectedReply,
 };
 pub use server::{Limits, MAX_REQUEST_BYTES, bind, prepare_dir, serve, serve_with};
 

@@ -26,6 +26,8 @@ use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
 mod inline;
+mod hangup;
+mod readd;
 mod requests;
 use requests::handle;
 
@@ -137,6 +139,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // From here on a SIGHUP is logged, never the end of guard.
+    hangup::install(&runtime, !config.proxy.tls_listen.is_empty());
     // The AI second opinion; without it (disabled, or a bad set-up) grey clients are only
     // logged: guard fails open.
     let ai = if config.ai.enabled {

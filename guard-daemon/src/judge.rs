@@ -173,10 +173,10 @@ impl Judge {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The operator lifted the ban of `target`: the engine forgets it banned that address, so
-    /// that it is judged (and banned) afresh if it misbehaves again.
-    pub fn unbanned(&self, target: &Net) {
-        self.engine().unbanned_net(target);
+    /// The operator lifted the ban of `target` (made for `offender`, if the engine made it):
+    /// see [`Engine::lifted`].
+    pub fn lifted(&self, target: &Net, offender: Option<std::net::IpAddr>, keep_history: bool) {
+        self.engine().lifted(target, offender, keep_history);
     }
 
     /// The operator lifted the ban of user `id`: the engine forgets it banned that user.
@@ -336,10 +336,10 @@ impl Judge {
                 } else {
                     s.validator_triage.fetch_add(1, Ordering::Relaxed);
                 }
+                // The strongest finding names the reason, not the first one.
                 let category = verdict
-                    .findings
-                    .first()
-                    .and_then(|f| serde_json::to_value(f.category).ok())
+                    .strongest()
+                    .and_then(|c| serde_json::to_value(c).ok())
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
                 Some(ValidatorHint {

@@ -231,8 +231,9 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
         blocked.lines().count() >= 3,
         "hostile requests are marked blocked in the log"
     );
-    // The operator lifts the SQL injector's ban; it attacks again and is banned again.
-    d.cli(&["ban", "rm", &sqli.to_string()])
+    // The operator lifts the SQL injector's ban, keeping its history; it attacks again and is
+    // banned again, as a second offence.
+    d.cli(&["ban", "rm", &sqli.to_string(), "--keep-history"])
         .map_err(anyhow::Error::msg)?;
     assert!(tcp_ok(
         &link.far,
@@ -254,7 +255,7 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
     d.stop()?;
     d.spawn()?;
     // Lifted by filter this time: the engine forgets it the same way.
-    d.cli(&["ban", "rm", "--ip", &sqli.to_string()])
+    d.cli(&["ban", "rm", "--ip", &sqli.to_string(), "--keep-history"])
         .map_err(anyhow::Error::msg)?;
     let (_, t) = attack(&link, &d, sqli, dst, again, "sqlmap/1.7");
     assert!(t.is_some(), "not banned after the restart");

@@ -224,7 +224,8 @@ impl Core {
                 found = Some(Finding {
                     rule,
                     status: 403,
-                    reason: format!("{}: {hits} hits", rule.name()),
+                    // The rule's name is put before it by `ban`.
+                    reason: format!("{hits} hits"),
                     details: Details {
                         hits: Some(hits),
                         leak_secs: Some(leak.as_secs()),
@@ -272,7 +273,7 @@ impl Core {
                     rule: Rule::Probing,
                     status: 404,
                     reason: format!(
-                        "probing: {n} distinct paths answered 400/403/404 in {} s",
+                        "{n} distinct paths answered 400/403/404 in {} s",
                         s.probing_window.as_secs()
                     ),
                     details: Details {

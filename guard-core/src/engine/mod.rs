@@ -510,6 +510,20 @@ impl Engine {
         });
     }
 
+    /// The operator lifted the ban of `net`, meaning it was a mistake: every client inside it
+    /// starts afresh (windows, score, strikes: its state is dropped), and the ban of `offender`
+    /// that was lifted no longer counts as an offence (its next ban is not escalated for it).
+    /// With `keep_history`, only the ban is forgotten (as [`Engine::unbanned_net`]): the
+    /// client's windows and the offence stay. Returns the offences `offender` still has.
+    pub fn lifted(&mut self, net: &Net, offender: Option<IpAddr>, keep_history: bool) -> u32 {
+        if keep_history {
+            self.unbanned_net(net);
+            return 0;
+        }
+        self.table.remove_addrs_in(net);
+        offender.map_or(0, |ip| self.core.offenders.forget_one(ip))
+    }
+
     /// Drops clients idle for `client_expiry` (unless banned), past offences older than
     /// `offender_memory` and triages that never got a verdict. Call it every `sweep_interval`
     /// (a minute by default): it is one pass over the client table. The clients dropped are

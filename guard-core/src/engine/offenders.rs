@@ -103,6 +103,21 @@ impl Offenders {
         before
     }
 
+    /// Forgets the last recorded ban of `ip` (the operator lifted it): its next ban is escalated
+    /// as if that one had not been. Returns the bans it still has.
+    pub fn forget_one(&mut self, ip: IpAddr) -> u32 {
+        let Some((_, bans)) = self.bans.map.get_mut(&ip) else {
+            return 0;
+        };
+        *bans = bans.saturating_sub(1);
+        let left = *bans;
+        if left == 0 {
+            // Its queue entry goes stale and is skipped.
+            self.bans.map.remove(&ip);
+        }
+        left
+    }
+
     /// Forgets bans older than the memory.
     pub fn expire(&mut self, t: u32) {
         self.bans.expire(t.saturating_sub(self.memory));

@@ -131,6 +131,26 @@ impl Table {
         }
     }
 
+    /// Removes the state of every address key inside `net`; returns how many were removed.
+    pub fn remove_addrs_in(&mut self, net: &crate::net::Net) -> usize {
+        let found: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Some(Slot {
+                    key: ClientKey::Addr(ip),
+                    ..
+                }) if net.contains(*ip) => Some(i),
+                _ => None,
+            })
+            .collect();
+        for &i in &found {
+            self.remove_at(i);
+        }
+        found.len()
+    }
+
     /// Removes the states for which `keep` is false among at most `max` slots from `from`, and
     /// hands them to `removed` (so that the caller can free them later, outside its lock).
     /// Returns the slot to go on from, or `None` past the last one.

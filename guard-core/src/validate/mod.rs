@@ -131,6 +131,21 @@ pub struct Verdict {
     pub findings: Vec<Finding>,
 }
 
+impl Verdict {
+    /// The category of the strongest finding (the greatest weight; the first of equals), which
+    /// names the request's reason: a SQL injection sent with an odd `Host` is a SQL injection.
+    #[must_use]
+    pub fn strongest(&self) -> Option<Category> {
+        self.findings
+            .iter()
+            .fold(None::<&Finding>, |best, f| match best {
+                Some(b) if b.weight >= f.weight => Some(b),
+                _ => Some(f),
+            })
+            .map(|f| f.category)
+    }
+}
+
 /// A compiled validator: build once, share across threads, call [`Validator::inspect`] per request.
 #[derive(Debug)]
 pub struct Validator {

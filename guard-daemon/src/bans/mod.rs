@@ -25,8 +25,9 @@ use crate::xdp::{Xdp, XdpError};
 mod allow;
 mod expire;
 mod filter;
-mod order;
+mod lift;
 pub mod lookup;
+mod order;
 pub mod owner;
 pub mod users;
 
@@ -46,6 +47,11 @@ pub enum BanError {
     Protected(#[from] Refusal),
     #[error("{target} is not banned")]
     NotBanned { target: Net },
+    /// The address is not banned itself, but wider bans cover it.
+    #[error(
+        "{target} is not banned itself, but {covering} covers it: lift that with `guard ban rm {covering}`"
+    )]
+    Covered { target: Net, covering: String },
     #[error("{target} is not in the allowlist")]
     NotAllowed { target: Net },
     #[error(transparent)]
@@ -442,48 +448,6 @@ impl Bans {
         crate::memory::give_back();
         saved.map_err(|source| BanError::BatchNotSaved { count, source })?;
         Ok(out)
-    }
-
-    /// Lifts a ban.
-    pub fn unban(&mut self, target: &Net) -> Result<BanView, BanError> {
-        let not_saved = |source| BanError::RemovalNotSaved {
-            target: *target,
-            source,
-        };
-        self.dirty = true;
-        let record = match self.store.remove_ban(target) {
-            Ok(record) => record.ok_or(BanError::NotBanned { target: *target })?,
-            Err(source) => {
-                // The operator wants it lifted: lift it, and say the store did not follow.
-                self.xdp.remove_ban(target)?;
-                return Err(not_saved(source));
-            }
-        };
-        let view = self.view(record);
-        self.xdp.remove_ban(target)?;
-        Ok(view)
-    }
-
-    /// Lifts every ban `filter` selects (its order and limit apply); returns the targets
-    /// lifted.
-    pub fn unban_matching(&mut self, filter: &BanFilter) -> Result<Vec<Net>, BanError> {
-        let targets: Vec<Net> = self.list(filter)?.into_iter().map(|v| v.addr).collect();
-        let mut failure = None;
-        self.dirty = true;
-        for target in &targets {
-            if let Err(e) = self.store.remove_ban(target) {
-                // Lifted anyway; the error is reported once for the batch.
-                failure = failure.or(Some(e));
-            }
-            self.xdp.remove_ban(target)?;
-        }
-        if let Some(source) = failure {
-            return Err(BanError::BatchRemovalNotSaved {
-                count: targets.len(),
-                source,
-            });
-        }
-        Ok(targets)
     }
 
     /// How many bans there are.

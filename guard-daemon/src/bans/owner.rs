@@ -38,8 +38,10 @@ pub enum Command {
     Ban(BanRequest, Reply<Result<BanView, BanError>>),
     /// A ban the daemon orders by itself (engine, packet rate); see [`Bans::order`].
     Order(BanRequest, Reply<Result<Ordered, BanError>>),
-    Unban(Net, Reply<Result<BanView, BanError>>),
-    UnbanMatching(BanFilter, Reply<Result<Vec<Net>, BanError>>),
+    /// Lifts a ban; the flag forgets an engine ban's stored offence.
+    Unban(Net, bool, Reply<Result<BanView, BanError>>),
+    /// Lifts the bans a filter selects; the flag as for `Unban`.
+    UnbanMatching(BanFilter, bool, Reply<Result<Vec<BanView>, BanError>>),
     Import(
         Vec<BanRequest>,
         Reply<Result<Vec<Result<Net, BanError>>, BanError>>,
@@ -221,15 +223,15 @@ impl Owned for Bans {
                     source,
                 })
             }
-            Command::Unban(target, reply) => {
-                let r = self.unban(&target);
+            Command::Unban(target, forget, reply) => {
+                let r = self.unban(&target, forget);
                 after_flush(reply, r, move |_, source| BanError::RemovalNotSaved {
                     target,
                     source,
                 })
             }
-            Command::UnbanMatching(filter, reply) => {
-                let r = self.unban_matching(&filter);
+            Command::UnbanMatching(filter, forget, reply) => {
+                let r = self.unban_matching(&filter, forget);
                 after_flush(reply, r, |lifted, source| BanError::BatchRemovalNotSaved {
                     count: lifted.len(),
                     source,
@@ -387,12 +389,18 @@ impl BanHandle {
         self.call(|r| Command::Order(req, r))?
     }
 
-    pub fn unban(&self, target: Net) -> Result<BanView, BanError> {
-        self.call(|r| Command::Unban(target, r))?
+    /// Lifts the ban of `target`; `forget` forgets an engine ban's stored offence.
+    pub fn unban(&self, target: Net, forget: bool) -> Result<BanView, BanError> {
+        self.call(|r| Command::Unban(target, forget, r))?
     }
 
-    pub fn unban_matching(&self, filter: BanFilter) -> Result<Vec<Net>, BanError> {
-        self.call(|r| Command::UnbanMatching(filter, r))?
+    /// Lifts the bans `filter` selects; `forget` as for [`BanHandle::unban`].
+    pub fn unban_matching(
+        &self,
+        filter: BanFilter,
+        forget: bool,
+    ) -> Result<Vec<BanView>, BanError> {
+        self.call(|r| Command::UnbanMatching(filter, forget, r))?
     }
 
     pub fn import(&self, reqs: Vec<BanRequest>) -> Result<Vec<Result<Net, BanError>>, BanError> {

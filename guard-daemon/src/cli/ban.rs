@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::{parse_target, print_table, ttl_secs};
 use crate::bans::{BanFilter, BanSort, BanView, Origin};
 use crate::clock::{format_utc, now_ms};
-use crate::control::{self, ImportEntry, Imported, Removed, Request};
+use crate::control::{self, BanAdded, ImportEntry, Imported, Removed, Replaced, Request};
 use crate::net::Net;
 
 #[derive(Debug, Args)]
@@ -52,9 +52,9 @@ impl BanSelect {
         self.ip.is_none() && self.range.is_none() && self.origin.is_none() && self.reason.is_none()
     }
 
-    fn filter(self) -> anyhow::Result<BanFilter> {
+    pub(crate) fn filter(self) -> anyhow::Result<BanFilter> {
         Ok(BanFilter {
-            ip: self.ip,
+            ip: self.ip.map(|ip| Net::host(ip).unmapped().addr()),
             range: self
                 .range
                 .as_deref()
@@ -77,6 +77,11 @@ pub struct BanRmArgs {
     pub user: Option<String>,
     #[command(flatten)]
     pub select: BanSelect,
+    /// Keep the engine's view of the client: the lifted ban still counts as an offence (the
+    /// next one is longer) and its recent requests still count. By default the client starts
+    /// afresh, as after a false positive.
+    #[arg(long)]
+    pub keep_history: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +106,10 @@ pub enum BanCommand {
         /// inside a protected one, is never banned.
         #[arg(long)]
         force: bool,
+        /// An already banned target keeps the later of its two ends (its current one, or the
+        /// one `--ttl` asks for) instead of taking the new one.
+        #[arg(long, conflicts_with = "user")]
+        extend: bool,
     },
     /// Lift a ban, or every ban the filters select.
     Rm(BanRmArgs),
@@ -128,13 +137,15 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
             ttl,
             reason,
             force,
+            extend,
             user: None,
         } => {
-            let Some(target) = target else {
+            let Some(text) = target else {
                 bail!("name the address or CIDR to ban, or --user ID");
             };
-            let target = parse_target(&target)?;
+            let target = parse_target(&text)?;
             if !force {
+                check_host_bits(&text, &target)?;
                 check_add(
                     &target,
                     ssh_client(std::env::var("SSH_CLIENT").ok().as_deref()),
@@ -145,13 +156,17 @@ pub(super) fn ban(cmd: BanCommand, socket: &std::path::Path) -> anyhow::Result<(
                 ttl_secs: ttl_secs(ttl.as_deref())?,
                 reason,
                 force,
+                extend,
             };
-            let view: Box<BanView> = control::call(socket, &req)?;
+            let added: Box<BanAdded> = control::call(socket, &req)?;
             println!(
                 "banned {} until {}",
-                view.addr,
-                view.expires_at.map_or("forever".into(), format_utc)
+                added.ban.addr,
+                until(added.ban.expires_at)
             );
+            if let Some(old) = &added.replaced {
+                println!("{}", describe_replaced(old, &added.ban, extend));
+            }
         }
         BanCommand::Rm(BanRmArgs { user: Some(id), .. }) => super::users::rm(id, socket)?,
         BanCommand::Rm(args) => ban_rm(args, socket)?,
@@ -273,6 +288,51 @@ pub fn piece_saved(at: PiecePlace, saved: usize, total: usize, n: usize) -> Stri
     )
 }
 
+/// An end time as `ban add` prints it.
+fn until(expires_at: Option<u64>) -> String {
+    expires_at.map_or_else(|| "forever".into(), format_utc)
+}
+
+/// What a `ban add` changed in the ban it replaced: its end and its reason, each old and new.
+#[must_use]
+pub fn describe_replaced(old: &Replaced, now: &BanView, extend: bool) -> String {
+    let mut changes = Vec::new();
+    // Within a second is the same end (`--extend` recomputes it from the clock).
+    let same_end = match (old.expires_at, now.expires_at) {
+        (Some(a), Some(b)) => a.abs_diff(b) < 1000,
+        (a, b) => a == b,
+    };
+    if same_end {
+        changes.push(format!("end unchanged ({})", until(now.expires_at)));
+    } else {
+        let shorter = match (old.expires_at, now.expires_at) {
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => b < a,
+            _ => false,
+        };
+        changes.push(format!(
+            "end {} -> {}{}",
+            until(old.expires_at),
+            until(now.expires_at),
+            if shorter && !extend {
+                " (shorter: --extend keeps the later end)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if old.reason == now.reason {
+        changes.push(format!("reason unchanged ({:?})", now.reason));
+    } else {
+        changes.push(format!("reason {:?} -> {:?}", old.reason, now.reason));
+    }
+    format!(
+        "it was already banned ({} ban); replaced: {}",
+        old.origin,
+        changes.join("; ")
+    )
+}
+
 /// Why `guard ban add` refuses a target before asking the daemon (each lifted by `--force`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddRefusal {
@@ -288,6 +348,33 @@ pub enum AddRefusal {
         "refusing to ban {target}: it covers {client}, the client of this SSH session (SSH_CLIENT), which would lock you out; use --force if you really mean it"
     )]
     OwnSession { target: Net, client: IpAddr },
+    #[error(
+        "refusing to ban {given}: its address has host bits set, so it means the whole network {network}; write {network} if you mean that network, or use --force"
+    )]
+    HostBits { given: String, network: Net },
+}
+
+/// Refuses a CIDR block written with host bits (`10.88.0.5/24`), which would ban the whole
+/// network it lies in (`10.88.0.0/24`) without saying so; `target` is `text` parsed.
+///
+/// # Errors
+/// [`AddRefusal::HostBits`] naming the network the text means.
+pub fn check_host_bits(text: &str, target: &Net) -> Result<(), AddRefusal> {
+    let Some((addr, _)) = text.trim().split_once('/') else {
+        return Ok(());
+    };
+    let given = addr
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| Net::host(ip).unmapped().addr());
+    if given.is_some_and(|ip| ip != target.addr()) {
+        return Err(AddRefusal::HostBits {
+            given: text.trim().to_owned(),
+            network: *target,
+        });
+    }
+    Ok(())
 }
 
 /// Shortest prefixes `guard ban add` takes without `--force`.
@@ -342,17 +429,25 @@ fn covers(target: &Net, ip: IpAddr) -> bool {
 fn ban_rm(args: BanRmArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     match (args.target, !args.select.is_empty()) {
         (Some(target), false) => {
+            let target = parse_target(&target)?;
             let _: Box<BanView> = control::call(
                 socket,
                 &Request::BanRm {
-                    target: parse_target(&target)?,
+                    target,
+                    keep_history: args.keep_history,
                 },
             )?;
             println!("unbanned {target}");
         }
         (None, true) => {
             let filter = args.select.filter()?;
-            let lifted: Removed = control::call(socket, &Request::BanRmMatching { filter })?;
+            let lifted: Removed = control::call(
+                socket,
+                &Request::BanRmMatching {
+                    filter,
+                    keep_history: args.keep_history,
+                },
+            )?;
             println!("unbanned {} bans", lifted.removed);
         }
         (Some(_), true) => bail!(

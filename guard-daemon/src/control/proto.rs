@@ -36,13 +36,21 @@ pub enum Request {
         reason: Option<String>,
         #[serde(default)]
         force: bool,
+        /// An already banned target keeps the later of its two ends.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        extend: bool,
     },
     BanRm {
         target: Net,
+        /// Keep the engine's view of the client and count the lifted ban as an offence.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_history: bool,
     },
     /// Lifts every ban the filter selects.
     BanRmMatching {
         filter: BanFilter,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_history: bool,
     },
     BanLs {
         #[serde(default)]
@@ -150,6 +158,33 @@ pub struct LogsRequest {
 pub struct Removed {
     /// Bans lifted.
     pub removed: usize,
+}
+
+/// The answer to `ban add`: the ban as made, and the one it replaced, if the target was banned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BanAdded {
+    #[serde(flatten)]
+    pub ban: BanView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<Replaced>,
+}
+
+/// The ban a `ban add` replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    pub reason: String,
+    pub origin: crate::bans::Origin,
+    /// Wall-clock ms since the epoch; `None` = permanent.
+    pub expires_at: Option<u64>,
+}
+
+/// The answer to `allow add`: the entry, and the reason it replaced, if it was there already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowAdded {
+    #[serde(flatten)]
+    pub entry: AllowRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_reason: Option<String>,
 }
 
 /// The answer to `ban import`.
@@ -367,6 +402,8 @@ macro_rules! replies {
 replies! {
     /// One ban, as made (`ban add`) or lifted (`ban rm`).
     Ban(Box<BanView>) = "ban",
+    /// `ban add`: the ban and the one it replaced.
+    BanAdded(Box<BanAdded>) = "ban_added",
     /// `ban ls`.
     Bans(Vec<BanView>) = "bans",
     /// `ban rm` with filters.
@@ -375,6 +412,8 @@ replies! {
     Imported(Imported) = "imported",
     /// One allowlist entry, as added or removed.
     Allow(AllowRecord) = "allow",
+    /// `allow add`: the entry and the reason it replaced.
+    AllowAdded(AllowAdded) = "allow_added",
     /// `allow ls`.
     Allows(Vec<AllowRecord>) = "allows",
     /// One user ban, as made (`ban add --user`) or lifted (`ban rm --user`).

@@ -6,12 +6,13 @@ use guard_common::STAT_NAMES;
 use tracing::info;
 
 use super::Shared;
-use crate::bans::{BanRequest, Origin, UserBanRequest};
+use crate::bans::{BanError, BanFilter, BanRequest, Origin, UserBanRequest};
 use crate::control::proto::{MapFill, error_chain};
 use crate::control::{
     DaemonCounters, Imported, Interface, LogCounters, LogsRequest, Removed, Request, Response,
     Stats, Status,
 };
+use crate::net::Net;
 use crate::pipeline::Pipeline;
 use crate::store::logs::LogQuery;
 
@@ -22,39 +23,34 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
             ttl_secs,
             reason,
             force,
-        } => shared
-            .bans
-            .ban(BanRequest {
-                target,
+            extend,
+        } => super::readd::ban_add(
+            shared,
+            BanRequest {
+                target: target.unmapped(),
                 ttl: ttl_secs.map(Duration::from_secs),
-                reason: reason.unwrap_or_else(|| "manual".into()),
+                reason: reason.unwrap_or_default(),
                 origin: Origin::Cli,
                 force,
                 evidence: None,
                 user: None,
-            })
-            .map(Response::ok),
-        Request::BanRm { target } => shared.bans.unban(target).map(|removed| {
-            shared.judge.unbanned(&target);
-            Response::ok(removed)
-        }),
-        Request::BanRmMatching { filter } => {
-            let result = shared.bans.unban_matching(filter);
-            result.map(|lifted| {
-                for target in &lifted {
-                    shared.judge.unbanned(target);
-                }
-                Response::ok(Removed {
-                    removed: lifted.len(),
-                })
-            })
-        }
-        Request::BanLs { filter } => shared.bans.list(filter).map(Response::ok),
+            },
+            extend,
+        ),
+        Request::BanRm {
+            target,
+            keep_history,
+        } => unban(shared, target.unmapped(), keep_history),
+        Request::BanRmMatching {
+            filter,
+            keep_history,
+        } => unban_matching(shared, filter, keep_history),
+        Request::BanLs { filter } => shared.bans.list(unmapped(filter)).map(Response::ok),
         Request::BanImport { entries, force } => {
             let reqs = entries
                 .into_iter()
                 .map(|e| BanRequest {
-                    target: e.target,
+                    target: e.target.unmapped(),
                     ttl: e.ttl_secs.map(Duration::from_secs),
                     reason: e.reason.unwrap_or_else(|| "imported".into()),
                     origin: Origin::Import,
@@ -74,15 +70,12 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
             })
         }
         Request::AllowAdd { target, reason } => {
-            let r = shared
-                .bans
-                .allow(target, reason.unwrap_or_default())
-                .map(Response::ok);
+            let r = super::readd::allow_add(shared, target.unmapped(), reason.unwrap_or_default());
             sync_allowlist(shared);
             r
         }
         Request::AllowRm { target } => {
-            let r = shared.bans.disallow(target).map(Response::ok);
+            let r = shared.bans.disallow(target.unmapped()).map(Response::ok);
             sync_allowlist(shared);
             r
         }
@@ -112,6 +105,47 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::TapPorts { ports } => return tap_ports(shared, ports),
     };
     result.unwrap_or_else(|e| Response::failed(&e))
+}
+
+fn unban(shared: &Shared, target: Net, keep_history: bool) -> Result<Response, BanError> {
+    shared.bans.unban(target, !keep_history).map(|removed| {
+        lifted(shared, &removed, keep_history);
+        Response::ok(removed)
+    })
+}
+
+fn unban_matching(
+    shared: &Shared,
+    filter: BanFilter,
+    keep_history: bool,
+) -> Result<Response, BanError> {
+    shared
+        .bans
+        .unban_matching(unmapped(filter), !keep_history)
+        .map(|views| {
+            for view in &views {
+                lifted(shared, view, keep_history);
+            }
+            Response::ok(Removed {
+                removed: views.len(),
+            })
+        })
+}
+
+/// The filter with IPv4-mapped IPv6 addresses written as IPv4 (see [`Net::unmapped`]).
+fn unmapped(mut filter: BanFilter) -> BanFilter {
+    filter.ip = filter.ip.map(|ip| Net::host(ip).unmapped().addr());
+    filter.range = filter.range.map(Net::unmapped);
+    filter
+}
+
+/// Tells the engine a ban was lifted: the client starts afresh and an engine ban's offence is
+/// forgotten, unless the operator keeps the history.
+fn lifted(shared: &Shared, view: &crate::bans::BanView, keep_history: bool) {
+    let offender = (view.origin == Origin::Engine)
+        .then(|| view.evidence.as_ref().and_then(|e| e.client))
+        .flatten();
+    shared.judge.lifted(&view.addr, offender, keep_history);
 }
 
 fn sync_allowlist(shared: &Shared) {

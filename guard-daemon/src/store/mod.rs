@@ -211,6 +211,24 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the last stored ban of `ip` (the operator lifted it): its count goes down by
+    /// one, and the record goes when none is left.
+    pub fn forget_offence(&self, ip: IpAddr) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(TREE_OFFENCES)?;
+        let key = net_key(&Net::host(ip));
+        let Some(value) = tree.get(&key)? else {
+            return Ok(());
+        };
+        let mut record: OffenceRecord = from_json(TREE_OFFENCES, &value)?;
+        record.count = record.count.saturating_sub(1);
+        if record.count == 0 {
+            tree.remove(key)?;
+        } else {
+            tree.insert(key, to_json(&record))?;
+        }
+        Ok(())
+    }
+
     /// Repeat offenders whose last ban is at or after `since` (Unix seconds); older ones are
     /// removed.
     pub fn offences(&self, since: u64) -> Result<Vec<(IpAddr, OffenceRecord)>, StoreError> {

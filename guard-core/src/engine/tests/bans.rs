@@ -537,3 +537,87 @@ fn a_refused_ban_order_is_not_given_again() {
     assert_eq!(sim.send(&req(c, "/")), Decision::Allow);
     assert_eq!(sim.engine.stats().ban_retries, 0);
 }
+
+fn offence_of(d: &Decision) -> Option<u32> {
+    match d {
+        Decision::Ban { evidence, .. } => evidence.offence,
+        other => panic!("not a ban: {other:?}"),
+    }
+}
+
+/// `guard ban rm`: the client starts afresh and the lifted ban is no offence, so its next ban
+/// is a first one again (1 h, not 4 h).
+#[test]
+fn a_lifted_ban_is_forgotten_with_the_clients_state() {
+    let mut sim = Sim::default();
+    let c = "192.0.2.81";
+    let ip: IpAddr = c.parse().unwrap();
+    let d = probe_backdoors(&mut sim, c);
+    assert_eq!(offence_of(&d), Some(1));
+    assert_eq!(sim.engine.lifted(&target_of(&d), Some(ip), false), 0);
+    sim.advance(Duration::from_secs(1));
+    // Its state is gone: one more 404 is a fresh client's first, not a ban.
+    assert_eq!(
+        sim.send(&req(c, "/missing").status(404)),
+        Decision::Allow,
+        "a lifted client must start afresh"
+    );
+    sim.advance(Duration::from_mins(1));
+    let again = probe_backdoors(&mut sim, c);
+    assert_eq!(offence_of(&again), Some(1), "the lifted ban still counted");
+    assert_eq!(ttl_of(&again), Duration::from_hours(1));
+}
+
+/// `guard ban rm --keep-history`: the ban is lifted, the offence stays and the next ban
+/// escalates.
+#[test]
+fn a_lifted_ban_kept_in_history_still_escalates() {
+    let mut sim = Sim::default();
+    let c = "192.0.2.82";
+    let ip: IpAddr = c.parse().unwrap();
+    let d = probe_backdoors(&mut sim, c);
+    sim.engine.lifted(&target_of(&d), Some(ip), true);
+    sim.advance(Duration::from_mins(1));
+    let again = probe_backdoors(&mut sim, c);
+    assert_eq!(offence_of(&again), Some(2));
+    assert_eq!(ttl_of(&again), Duration::from_hours(4));
+    // A second offence lifted without history leaves the first one.
+    assert_eq!(sim.engine.lifted(&target_of(&again), Some(ip), false), 1);
+    sim.advance(Duration::from_mins(1));
+    assert_eq!(offence_of(&probe_backdoors(&mut sim, c)), Some(2));
+}
+
+fn reason_of(d: &Decision) -> &str {
+    match d {
+        Decision::Ban { reason, .. } => reason,
+        other => panic!("not a ban: {other:?}"),
+    }
+}
+
+/// A ban's reason names its rule once: `backdoor: 2 hits`, not `backdoor: backdoor: 2 hits`.
+#[test]
+fn ban_reasons_name_their_rule_once() {
+    let mut sim = Sim::default();
+    assert_eq!(
+        reason_of(&probe_backdoors(&mut sim, "192.0.2.83")),
+        "backdoor: 2 hits"
+    );
+    let c = "192.0.2.84";
+    let mut last = Decision::Allow;
+    for i in 0..40 {
+        last = sim.send(&req(c, &format!("/missing/{i}")).status(404));
+        if is_ban(&last) {
+            break;
+        }
+        sim.advance(Duration::from_millis(500));
+    }
+    let reason = reason_of(&last);
+    assert!(
+        reason.starts_with("probing: ") && !reason.starts_with("probing: probing"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("distinct paths answered 400/403/404"),
+        "{reason}"
+    );
+}

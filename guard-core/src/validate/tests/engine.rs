@@ -239,3 +239,24 @@ fn session_fixation_needs_a_foreign_referer() {
     );
     assert_allowed(&own);
 }
+
+/// The reason names the strongest finding's category, not the first one's: a SQL injection
+/// sent to a `Host` that is an IP address is a SQL injection.
+#[test]
+fn the_strongest_finding_names_the_category() {
+    let v = check(
+        &validator(),
+        "GET",
+        "/items?id=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+        &[("Host", "203.0.113.7"), ("User-Agent", "Mozilla/5.0")],
+        "",
+    );
+    assert_eq!(v.action, Action::Block, "{v:#?}");
+    assert_eq!(
+        v.findings.first().map(|f| f.category),
+        Some(Category::Protocol),
+        "the protocol finding comes first: {v:#?}"
+    );
+    assert_eq!(v.strongest(), Some(Category::Sqli), "{v:#?}");
+    assert_eq!(get("/").strongest(), None);
+}

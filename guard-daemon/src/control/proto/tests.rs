@@ -108,10 +108,15 @@ fn requests_are_classified_as_changes_or_reads() {
             ttl_secs: None,
             reason: None,
             force: false,
+            extend: true,
         },
-        Request::BanRm { target },
+        Request::BanRm {
+            target,
+            keep_history: false,
+        },
         Request::BanRmMatching {
             filter: BanFilter::default(),
+            keep_history: true,
         },
         Request::BanImport {
             entries: Vec::new(),
@@ -177,9 +182,19 @@ fn requests_keep_their_wire_format() {
     assert!(matches!(r, Request::Stats));
     assert_eq!(
         serde_json::to_value(Request::BanRm {
-            target: "10.0.0.0/8".parse().unwrap()
+            target: "10.0.0.0/8".parse().unwrap(),
+            keep_history: false,
         })
         .unwrap(),
         json!({"op": "ban_rm", "target": "10.0.0.0/8"})
     );
+    let r: Request =
+        serde_json::from_str(r#"{"op":"ban_rm","target":"10.0.0.5","keep_history":true}"#).unwrap();
+    assert!(matches!(
+        r,
+        Request::BanRm {
+            keep_history: true,
+            ..
+        }
+    ));
 }

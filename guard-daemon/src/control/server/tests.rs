@@ -272,6 +272,7 @@ fn readers_may_only_read() {
         ttl_secs: None,
         reason: None,
         force: false,
+        extend: false,
     };
     assert_eq!(access.refuse_request(&root, &add), None);
     assert_eq!(

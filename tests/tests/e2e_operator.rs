@@ -1,0 +1,313 @@
+//! End to end for the operator's view: what `guard ban rm`, `ban add` and `allow add` do and
+//! say, and what a signal does to the daemon, on a real daemon watching a veth pair.
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use guard_tests::http::{Client, start_server};
+use guard_tests::{Daemon, Link, require_root, tcp_ok, wait_until};
+
+const PORT: u16 = 8080;
+
+/// The daemon is declared first so that it stops before the namespaces go.
+struct Setup {
+    d: Daemon,
+    link: Link,
+    dst: SocketAddr,
+}
+
+/// A veth pair with the test HTTP server on the near side and guard tapping it.
+fn setup(extra: &str) -> anyhow::Result<Setup> {
+    let link = Link::new()?;
+    start_server(&link.near, PORT)?;
+    let d = Daemon::start(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n{extra}"),
+    )?;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    Ok(Setup { d, link, dst })
+}
+
+/// The ban of `addr` in `guard ban ls`, if any (a CLI failure fails the test).
+fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
+    let list = d
+        .json(&["ban", "ls"])
+        .unwrap_or_else(|e| panic!("guard ban ls: {e:#}"));
+    list.as_array()
+        .unwrap_or_else(|| panic!("ban ls is not a list: {list}"))
+        .iter()
+        .find(|b| b["addr"] == addr.to_string())
+        .cloned()
+}
+
+/// Sends GET `paths` from `src`, one connection each, stopping at the first that gets no
+/// answer (the client was banned); returns how many were answered.
+fn get(s: &Setup, src: IpAddr, paths: &[&str]) -> usize {
+    let ns = s.link.far.path();
+    let dst = s.dst;
+    let reqs: Vec<String> = paths
+        .iter()
+        .map(|p| format!("GET {p} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.0\r\n\r\n"))
+        .collect();
+    std::thread::spawn(move || {
+        let _ = guard_tests::enter(&ns);
+        let mut answered = 0;
+        for req in reqs {
+            let Some(stream) = guard_tests::connect_from(src, dst, Duration::from_secs(1)) else {
+                break;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut c = Client { stream };
+            if c.send(req.as_bytes())
+                .and_then(|()| c.responses(1))
+                .is_err()
+            {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    })
+    .join()
+    .expect("the client thread panicked")
+}
+
+/// Sensitive-file probes: the engine bans a client that sends them.
+const PROBES: [&str; 8] = [
+    "/.env",
+    "/.git/config",
+    "/wp-admin/",
+    "/backup.sql",
+    "/.aws/credentials",
+    "/config.php.bak",
+    "/.htpasswd",
+    "/phpinfo.php",
+];
+
+/// Probes from `src` until the engine bans it; returns the ban's offence count.
+fn get_banned(s: &Setup, src: IpAddr) -> u64 {
+    get(s, src, &PROBES);
+    wait_until(Duration::from_secs(10), || banned(&s.d, src).is_some())
+        .unwrap_or_else(|| panic!("{src} was not banned: {}", s.d.log_text()));
+    let ban = banned(&s.d, src).expect("banned");
+    assert_eq!(ban["origin"], "engine", "{ban}");
+    ban["evidence"]["offence"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offence in {ban}"))
+}
+
+/// Issue 20, item 1: `ban rm` of an engine ban means "that was a mistake": the client starts
+/// afresh, its next 404s do not ban it, and its next ban is a first offence again. With
+/// `--keep-history` the offence stays and the next ban escalates. An address inside a banned
+/// network is not banned itself: `ban rm` names the network.
+#[test]
+fn ban_rm_resets_the_engine_unless_history_is_kept() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let src = s.link.add_far_v4(50)?;
+    assert_eq!(get_banned(&s, src), 1);
+    s.d.cli(&["ban", "rm", &src.to_string()])
+        .map_err(anyhow::Error::msg)?;
+    assert!(tcp_ok(
+        &s.link.far,
+        Some(src),
+        s.dst,
+        Duration::from_millis(500)
+    ));
+    // Its next requests, 404s among them, are answered and do not ban it again.
+    let answered = get(&s, src, &["/", "/missing-page", "/another-missing-page"]);
+    assert_eq!(answered, 3, "the lifted client was cut off again");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        banned(&s.d, src).is_none(),
+        "the lifted client was banned again by its next requests: {:?}",
+        banned(&s.d, src)
+    );
+    // Misbehaving again, it is banned as a first offender (1 h, not 4 h).
+    assert_eq!(
+        get_banned(&s, src),
+        1,
+        "the lifted ban counted as an offence"
+    );
+    // Lifted with --keep-history: the offence stays, the next ban is the second.
+    s.d.cli(&["ban", "rm", &src.to_string(), "--keep-history"])
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(get_banned(&s, src), 2, "--keep-history lost the offence");
+    let ttl = banned(&s.d, src).expect("banned")["evidence"]["ttl_secs"].clone();
+    assert_eq!(ttl, 4 * 3600, "the second offence escalates");
+
+    // An address inside a banned network: `ban rm` names the network that covers it.
+    let (net, inside) = ("198.51.100.0/24", "198.51.100.77");
+    s.d.cli(&["ban", "add", net, "--ttl", "10m"])
+        .map_err(anyhow::Error::msg)?;
+    let err =
+        s.d.cli(&["ban", "rm", inside])
+            .expect_err("an address that is not banned itself cannot be lifted");
+    assert!(
+        err.contains(&format!(
+            "{inside} is not banned itself, but {net} covers it"
+        )),
+        "{err}"
+    );
+    let err =
+        s.d.cli(&["ban", "rm", "192.0.2.1"])
+            .expect_err("not banned");
+    assert!(err.contains("192.0.2.1 is not banned"), "{err}");
+    Ok(())
+}
+
+/// `ban ls --json` entry of `addr` (as guard prints it).
+fn ban_of(d: &Daemon, addr: &str) -> Option<serde_json::Value> {
+    d.json(&["ban", "ls"])
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == addr)
+        .cloned()
+}
+
+/// Issue 20, item 6: no silent surprises. A CIDR with host bits is refused naming the network
+/// it would mean; an IPv4-mapped IPv6 address is the IPv4 one (and is enforced for IPv4
+/// traffic); a re-ban says what it replaced and `--extend` keeps the later end; a bad
+/// `--origin` is an error listing the valid ones; a second `allow add` says which reason it
+/// replaced.
+#[test]
+fn no_silent_surprises_in_ban_and_allow() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let cli = |args: &[&str]| d.cli(args).map_err(anyhow::Error::msg);
+
+    // Host bits: refused, naming the network; --force bans that network.
+    let err = d
+        .cli(&["ban", "add", "10.88.0.5/24"])
+        .expect_err("a CIDR with host bits must be refused");
+    assert!(
+        err.contains("it means the whole network 10.88.0.0/24"),
+        "{err}"
+    );
+    assert!(ban_of(d, "10.88.0.0/24").is_none(), "banned anyway");
+    let out = cli(&["ban", "add", "10.88.0.5/24", "--force", "--ttl", "10m"])?;
+    assert!(out.starts_with("banned 10.88.0.0/24 until "), "{out}");
+
+    // IPv4-mapped IPv6: banned as IPv4, so IPv4 traffic from it is dropped; lifted the same way.
+    let src = s.link.add_far_v4(60)?;
+    let mapped = format!("::ffff:{src}");
+    let out = cli(&["ban", "add", &mapped, "--ttl", "10m"])?;
+    assert!(out.starts_with(&format!("banned {src} until ")), "{out}");
+    assert!(ban_of(d, &src.to_string()).is_some());
+    assert!(
+        !tcp_ok(&s.link.far, Some(src), s.dst, Duration::from_millis(300)),
+        "a ban given as ::ffff:{src} must drop {src}"
+    );
+    let listed = d.json(&["ban", "ls", "--ip", &mapped])?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    cli(&["ban", "rm", &mapped])?;
+    assert!(tcp_ok(
+        &s.link.far,
+        Some(src),
+        s.dst,
+        Duration::from_millis(500)
+    ));
+
+    // Re-ban: what changed is said; a shorter one replaces unless --extend.
+    let x = "192.0.2.50";
+    cli(&["ban", "add", x, "--ttl", "4h", "--reason", "first"])?;
+    let four_h = ban_of(d, x).expect("banned")["expires_at"]
+        .as_u64()
+        .unwrap();
+    let out = cli(&[
+        "ban", "add", x, "--ttl", "1h", "--reason", "second", "--extend",
+    ])?;
+    assert!(
+        out.contains("it was already banned (cli ban); replaced: end unchanged"),
+        "{out}"
+    );
+    assert!(out.contains(r#"reason "first" -> "second""#), "{out}");
+    let kept = ban_of(d, x).expect("banned")["expires_at"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        four_h.abs_diff(kept) < 1000,
+        "--extend lost the later end: {four_h} -> {kept}"
+    );
+    let out = cli(&["ban", "add", x, "--ttl", "1h"])?;
+    assert!(
+        out.contains("(shorter: --extend keeps the later end)"),
+        "{out}"
+    );
+    // No reason given: the earlier one stays.
+    assert!(out.contains(r#"reason unchanged ("second")"#), "{out}");
+    let now = ban_of(d, x).expect("banned");
+    assert!(
+        now["expires_at"].as_u64().unwrap() + 2 * 3_600_000 < four_h + 1000,
+        "{now}"
+    );
+    assert_eq!(now["reason"], "second");
+    // A first ban says nothing more.
+    let out = cli(&["ban", "add", "192.0.2.51", "--ttl", "1h"])?;
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    // A bad origin is an error listing the valid ones, not an empty list.
+    let err = d
+        .cli(&["ban", "ls", "--origin", "bogus"])
+        .expect_err("--origin bogus must fail");
+    assert!(
+        err.contains("unknown origin `bogus`: expected one of cli, import, rate-limit, engine"),
+        "{err}"
+    );
+
+    // allow add: a replaced reason is said; an IPv4-mapped address is the IPv4 one.
+    let out = cli(&["allow", "add", "192.0.2.0/28", "--reason", "office"])?;
+    assert_eq!(out.trim(), "allowlisted 192.0.2.0/28");
+    let out = cli(&["allow", "add", "192.0.2.0/28", "--reason", "vpn"])?;
+    assert_eq!(
+        out.trim(),
+        r#"allowlisted 192.0.2.0/28 (it was already; its reason "office" is replaced by "vpn")"#
+    );
+    let out = cli(&["allow", "add", "::ffff:192.0.2.99"])?;
+    assert_eq!(out.trim(), "allowlisted 192.0.2.99");
+    let allows = d.json(&["allow", "ls"])?;
+    assert!(
+        allows
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["target"] == "192.0.2.99")),
+        "{allows}"
+    );
+    Ok(())
+}
+
+/// Issue 20, item 4: SIGHUP (as `systemctl reload` or a log rotation sends it) never stops the
+/// daemon, with the proxy off: it logs what it reloaded, still answers, and keeps its bans.
+#[test]
+fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    d.cli(&["ban", "add", "192.0.2.60", "--ttl", "10m"])
+        .map_err(anyhow::Error::msg)?;
+    let pid = d.json(&["status"])?["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("status names the daemon's pid");
+    for _ in 0..2 {
+        // SAFETY: kill(2) on the pid of the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = d.json(&["status"]);
+    assert!(
+        status.is_ok(),
+        "the daemon stopped on SIGHUP: {status:?}\n{}",
+        d.log_text()
+    );
+    assert_eq!(status?["pid"].as_i64(), Some(i64::from(pid)), "another daemon answers");
+    assert!(ban_of(d, "192.0.2.60").is_some(), "the ban was lost");
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("SIGHUP received").count(),
+        2,
+        "each SIGHUP is logged: {log}"
+    );
+    Ok(())
+}
