@@ -1,9 +1,11 @@
 //! Plan quotas for the inline mode: [`QuotaCheck`] finds a request's plan (in the configured
 //! `lookup` order), its first matching rule, and checks and charges the rule's windows in the
 //! core's [`QuotaTable`]; a spent quota becomes [`Refusal::Quota`] with the `RateLimit-Policy`,
-//! `RateLimit` and `Retry-After` values. It implements the inline gate's [`UserCheck`] seam;
-//! [`UserChecks`] chains it after the user-ban lookup (the first refusal wins, so a banned
-//! user's request is never charged).
+//! `RateLimit` and `Retry-After` values. `guard run` installs it with
+//! `InlineGate::with_quotas`: the gate calls [`QuotaCheck::check_event`] only for requests the
+//! bans and the judge admitted, anonymous ones included. (It also implements the
+//! [`UserCheck`] seam, which runs before the judge and only for requests naming a user; the
+//! daemon does not use that.)
 //!
 //! Counters live in memory (lost at a restart). Only a **verified** user is counted as a user
 //! (a claimed one could otherwise spend someone else's quota); any other request is counted
@@ -46,6 +48,8 @@ pub struct QuotaStats {
     pub unknown_plan: AtomicU64,
     /// No plan applied (none named and no default plan) or no rule matched.
     pub unlimited: AtomicU64,
+    /// Counters of passed windows dropped by the sweep.
+    pub swept: AtomicU64,
 }
 
 /// What a request's quota check found.
@@ -191,6 +195,7 @@ pub fn refusal(d: &QuotaDecision) -> Option<Refusal> {
         reset: d.retry_after().map(Duration::from_secs),
         policy: headers::policy(d),
         ratelimit: headers::ratelimit_exceeded(d),
+        violated: d.exceeded().map(|w| w.window.name()).collect(),
     })
 }
 
@@ -217,6 +222,32 @@ fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
+}
+
+pub mod salt;
+
+/// How often the counters of passed windows are dropped.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Drops the counters of passed windows every [`SWEEP_EVERY`] on a thread of its own, which
+/// ends once `quotas` is dropped (it holds only a weak reference between sweeps).
+///
+/// # Errors
+/// The thread cannot be started.
+pub fn spawn_sweeper(quotas: &Arc<QuotaCheck>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(quotas);
+    std::thread::Builder::new()
+        .name("guard-quota-sweep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SWEEP_EVERY);
+                let Some(q) = weak.upgrade() else { return };
+                let now_s = crate::clock::now_ms() / 1000;
+                let dropped = q.table().sweep(now_s);
+                q.stats.swept.fetch_add(dropped as u64, Ordering::Relaxed);
+            }
+        })
+        .map(drop)
 }
 
 #[cfg(test)]

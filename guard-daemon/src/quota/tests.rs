@@ -113,6 +113,7 @@ fn a_verified_claim_picks_the_plan_and_the_quota_refuses_with_draft_headers() {
             reset: Some(Duration::from_secs(17)),
             policy: "\"minute\";q=3;w=60, \"day\";q=1000;w=86400".into(),
             ratelimit: "\"minute\";r=0;t=17".into(),
+            violated: vec!["minute"],
         }
     );
     let extra = refusal.extra();
