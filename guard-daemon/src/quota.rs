@@ -7,7 +7,8 @@
 //! [`UserCheck`] seam, which runs before the judge and only for requests naming a user; the
 //! daemon does not use that.)
 //!
-//! Counters live in memory (lost at a restart). Only a **verified** user is counted as a user
+//! Second, minute and hour counters live in memory; under `guard run` the day, month and
+//! lifetime ones are also kept in the state database ([`persist`]). Only a **verified** user is counted as a user
 //! (a claimed one could otherwise spend someone else's quota); any other request is counted
 //! under its client's address (IPv6 by /64) and the default plan.
 use std::collections::HashMap;
@@ -71,6 +72,8 @@ pub struct QuotaCheck {
     trusted_proxies: Vec<Net>,
     plan_table: Option<Arc<dyn PlanTable>>,
     salt: Vec<u8>,
+    /// The day, month and lifetime counters' store (`guard run`); `None`: memory only.
+    persist: Option<persist::Persist>,
     pub stats: QuotaStats,
 }
 
@@ -93,8 +96,43 @@ impl QuotaCheck {
             trusted_proxies,
             plan_table: None,
             salt,
+            persist: None,
             stats: QuotaStats::default(),
         })
+    }
+
+    /// Keeps the day, month and lifetime counters in `tree` (see [`persist`]), reading back
+    /// what it holds for the configured rules first; how many records were restored.
+    ///
+    /// # Errors
+    /// The tree cannot be read.
+    pub fn with_store(
+        mut self,
+        tree: sled::Tree,
+        cfg: &QuotasConfig,
+    ) -> Result<(Self, usize), sled::Error> {
+        let p = persist::Persist::new(tree, cfg, &self.plans);
+        let n = p.load(&self.table)?;
+        self.persist = Some(p);
+        Ok((self, n))
+    }
+
+    /// Writes the counters marked since the last write (see [`persist`]); how many.
+    pub fn persist_now(&self) -> usize {
+        self.persist.as_ref().map_or(0, |p| p.write(&self.table))
+    }
+
+    /// The counters for `guard stats --json` (`inline.quotas`).
+    #[must_use]
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
+        if let (Some(map), Some(p)) = (v.as_object_mut(), &self.persist) {
+            map.insert(
+                "persist".into(),
+                serde_json::to_value(&p.stats).unwrap_or_default(),
+            );
+        }
+        v
     }
 
     /// Adds the plan table (the `table` lookup source; skipped without one).
@@ -173,6 +211,8 @@ impl QuotaCheck {
         let decision = self.table.check(key, rule, ev.ts.as_secs());
         if !decision.admitted {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(p) = &self.persist {
+            p.mark(key, rule.id);
         }
         QuotaOutcome {
             plan: Some(plan.name.clone()),
@@ -224,27 +264,40 @@ fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+pub mod persist;
 pub mod salt;
+
+/// The last marked counters are written when the check goes (a clean stop).
+impl Drop for QuotaCheck {
+    fn drop(&mut self) {
+        self.persist_now();
+    }
+}
 
 /// How often the counters of passed windows are dropped.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Drops the counters of passed windows every [`SWEEP_EVERY`] on a thread of its own, which
-/// ends once `quotas` is dropped (it holds only a weak reference between sweeps).
+/// On a thread of its own: writes the marked counters every [`persist::PERSIST_EVERY`] and
+/// drops the counters of passed windows every [`SWEEP_EVERY`]; it ends once `quotas` is
+/// dropped (it holds only a weak reference between rounds).
 ///
 /// # Errors
 /// The thread cannot be started.
 pub fn spawn_sweeper(quotas: &Arc<QuotaCheck>) -> std::io::Result<()> {
     let weak = Arc::downgrade(quotas);
+    let rounds_per_sweep = (SWEEP_EVERY.as_millis() / persist::PERSIST_EVERY.as_millis()).max(1);
     std::thread::Builder::new()
         .name("guard-quota-sweep".into())
         .spawn(move || {
-            loop {
-                std::thread::sleep(SWEEP_EVERY);
+            for round in 1u128.. {
+                std::thread::sleep(persist::PERSIST_EVERY);
                 let Some(q) = weak.upgrade() else { return };
-                let now_s = crate::clock::now_ms() / 1000;
-                let dropped = q.table().sweep(now_s);
-                q.stats.swept.fetch_add(dropped as u64, Ordering::Relaxed);
+                q.persist_now();
+                if round % rounds_per_sweep == 0 {
+                    let now_s = crate::clock::now_ms() / 1000;
+                    let dropped = q.table().sweep(now_s);
+                    q.stats.swept.fetch_add(dropped as u64, Ordering::Relaxed);
+                }
             }
         })
         .map(drop)

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use guard_tests::proxy_app::{self, App};
-use guard_tests::{Daemon, Link, Netns, connect_from, require_root};
+use guard_tests::{Daemon, Link, Netns, connect_from, require_root, wait_until};
 
 const PORT: u16 = 8481;
 const AUTH_PORT: u16 = 9181;
@@ -30,6 +30,10 @@ per_second = 2
 [[quotas.plans.anonymous.rules]]
 path = "/api/v1/once/*"
 lifetime = 50
+[[quotas.plans.anonymous.rules]]
+path = "/api/v1/life"
+per_minute = 100
+lifetime = 4
 "#;
 
 struct Guarded {
@@ -327,5 +331,47 @@ fn two_hundred_concurrent_requests_against_lifetime_50_admit_exactly_50() -> any
     ensure!(app_requests(&g.app) == 50, "the app saw {}", app_requests(&g.app));
     let inline = g.daemon.json(&["stats"])?["inline"].clone();
     ensure!(inline["quota_refused"] == 150, "{inline}");
+    Ok(())
+}
+
+/// `lifetime = 4`: two requests, a clean restart (SIGTERM) right after them, one more, a
+/// `kill -9` once it has been written (the counters are written every second), one more, and
+/// the fifth is refused: the lifetime count survived both.
+#[test]
+fn lifetime_survives_a_restart_and_a_kill_9() -> anyhow::Result<()> {
+    require_root!();
+    let mut g = setup()?;
+    let life = |g: &Guarded| -> anyhow::Result<u16> {
+        Ok(status_of(&send(&g.link.near, "127.0.0.6", PORT, get("/api/v1/life", ""))?))
+    };
+    ensure!([life(&g)?, life(&g)?] == [200, 200]);
+    // A clean stop writes what is marked, however recent.
+    g.daemon.stop()?;
+    g.daemon.spawn()?;
+    ensure!(
+        g.daemon.log_text().contains("restored=1"),
+        "no record restored: {}",
+        g.daemon.log_text()
+    );
+    ensure!(life(&g)? == 200, "the third, after the restart");
+    // A crash loses at most the last second: wait until the third is written, then kill -9.
+    let written = wait_until(Duration::from_secs(10), || {
+        g.daemon.json(&["stats"]).is_ok_and(|s| {
+            s["inline"]["quotas"]["persist"]["written"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        })
+    });
+    ensure!(written.is_some(), "the counters were never written");
+    g.daemon.kill()?;
+    g.daemon.spawn()?;
+    ensure!(life(&g)? == 200, "the fourth, after the kill");
+    let reply = send(&g.link.near, "127.0.0.6", PORT, get("/api/v1/life", ""))?;
+    ensure!(status_of(&reply) == 429, "the fifth: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit") == Some("\"lifetime\";r=0"),
+        "{reply}"
+    );
+    ensure!(app_requests(&g.app) == 4, "the app saw {}", app_requests(&g.app));
     Ok(())
 }

@@ -278,10 +278,7 @@ impl InlineGate {
         if let Some(map) = v.as_object_mut() {
             map.insert("lookup_errors".into(), self.addrs.errors().into());
             if let Some(q) = &self.quotas {
-                map.insert(
-                    "quotas".into(),
-                    serde_json::to_value(&q.stats).unwrap_or_default(),
-                );
+                map.insert("quotas".into(), q.stats_json());
             }
         }
         v

@@ -388,7 +388,10 @@ lifetime = 2
         let (_, r) = answered(check(&gate, "10.0.0.2:3000", &mallory));
         assert_eq!(r.status(), 403);
     }
-    let sqli = head("/items?id=1%27%20UNION%20SELECT%20password%20FROM%20users--", &[]);
+    let sqli = head(
+        "/items?id=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+        &[],
+    );
     let (_, r) = answered(check(&gate, "192.0.2.11:5000", &sqli));
     assert_eq!(r.status(), 403);
     assert_eq!(q.stats.checked.load(Ordering::Relaxed), 0);
@@ -419,7 +422,10 @@ lifetime = 2
     let rec = record(&s.logs, &id);
     assert!(rec.blocked);
     assert_eq!(rec.status, Some(429));
-    assert_eq!(rec.reason.as_deref(), Some("quota: lifetime (2 requests) spent"));
+    assert_eq!(
+        rec.reason.as_deref(),
+        Some("quota: lifetime (2 requests) spent")
+    );
     // Another path is not limited.
     pass_id(check(&gate, "192.0.2.11:5000", &head("/other", &[])));
     let stats = gate.stats_json();
