@@ -9,11 +9,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
+use guard_tests::nginx::Nginx;
 use guard_tests::proxy_app::{self, App};
 use guard_tests::{Daemon, Link, Netns, connect_from, require_root, wait_until};
 
 const PORT: u16 = 8481;
-const AUTH_PORT: u16 = 9181;
+/// The forward-auth endpoint (where `dist/nginx-guard-auth.conf` asks).
+const AUTH_PORT: u16 = 9180;
+const NGINX_PORT: u16 = 8482;
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
 /// The forward-auth endpoint's front end (a trusted proxy naming clients in X-Forwarded-For).
 const FRONT: &str = "127.0.0.9";
@@ -44,12 +47,13 @@ struct Guarded {
 }
 
 /// guard proxying `127.0.0.1:PORT` to the app and answering forward-auth on `AUTH_PORT`, with
-/// the engine's rate rules out of reach (only the validator and the quotas refuse).
-fn setup() -> anyhow::Result<Guarded> {
+/// the engine's rate rules out of reach (only the validator and the quotas refuse); `trusted`:
+/// the trusted proxy (the forward-auth endpoint's front end).
+fn setup_with(trusted: &str) -> anyhow::Result<Guarded> {
     let link = Link::new()?;
     let app = proxy_app::start(Some(&link.near), "127.0.0.1:0".parse()?, 4)?;
     let config = format!(
-        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{FRONT}\"]\n\n\
+        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{trusted}\"]\n\n\
          [engine.black]\nrequests_10s = 1000000\nflood_requests_10s = 1000000\n\n\
          [engine.grey]\ngrace_requests_24h = 1000000\n\n\
          [proxy]\nlisten = [\"127.0.0.1:{PORT}\"]\nauth_listen = \"127.0.0.1:{AUTH_PORT}\"\n\
@@ -58,6 +62,10 @@ fn setup() -> anyhow::Result<Guarded> {
     );
     let daemon = Daemon::start(&link.near, &link.near_if, &config)?;
     Ok(Guarded { app, daemon, link })
+}
+
+fn setup() -> anyhow::Result<Guarded> {
+    setup_with(FRONT)
 }
 
 /// Sends `request` from `src` to `127.0.0.1:port` (in the caller's namespace) and reads the
@@ -373,5 +381,41 @@ fn lifetime_survives_a_restart_and_a_kill_9() -> anyhow::Result<()> {
         "{reply}"
     );
     ensure!(app_requests(&g.app) == 4, "the app saw {}", app_requests(&g.app));
+    Ok(())
+}
+
+/// Through real nginx and `dist/nginx-guard-auth.conf`: `per_minute = 5` lets five through to
+/// the app; the sixth is answered 429 by nginx (guard's 403 with `X-Guard-Status: 429`), with
+/// guard's `Retry-After`, `RateLimit` and `RateLimit-Policy`, and never reaches the app.
+#[test]
+fn through_nginx_the_sixth_gets_429_with_the_same_headers() -> anyhow::Result<()> {
+    require_root!();
+    if !Nginx::installed() {
+        println!("SKIPPED: nginx is not installed (`cargo xtask test` installs the Debian package)");
+        return Ok(());
+    }
+    // nginx asks guard from 127.0.0.1 and names the client in X-Real-IP / X-Forwarded-For.
+    let g = setup_with("127.0.0.1")?;
+    let ns = &g.link.near;
+    let nginx = Nginx::start(ns, SocketAddr::from(([127, 0, 0, 1], NGINX_PORT)), g.app.addr)?;
+    let ready = wait_until(Duration::from_secs(10), || {
+        send(ns, "127.0.0.8", NGINX_PORT, get("/ready", "")).is_ok_and(|r| status_of(&r) == 200)
+    });
+    ensure!(ready.is_some(), "nginx never answered 200: {}", nginx.error_log());
+    if to_minute_end() < 10 {
+        std::thread::sleep(Duration::from_secs(to_minute_end()) + Duration::from_millis(200));
+    }
+    let before = app_requests(&g.app);
+    for i in 0..5 {
+        let reply = send(ns, "127.0.0.7", NGINX_PORT, get(&format!("/api/v1/items/{i}"), ""))?;
+        ensure!(status_of(&reply) == 200, "request {i}: {reply}");
+    }
+    ensure!(app_requests(&g.app) == before + 5);
+    let expected_t = to_minute_end();
+    let reply = send(ns, "127.0.0.7", NGINX_PORT, get("/api/v1/items/6", ""))?;
+    println!("nginx's answer to the sixth:\n{reply}");
+    assert_minute_refusal(&reply, expected_t)?;
+    ensure!(body_of(&reply).starts_with("Too many requests"), "{reply}");
+    ensure!(app_requests(&g.app) == before + 5, "the app saw the sixth");
     Ok(())
 }
