@@ -293,4 +293,50 @@ per_minute = 5
         assert!(admitted(&q, "/life", t));
         assert!(!admitted(&q, "/life", t));
     }
+
+    /// Figures, not a check: `cargo test --release -p guard-daemon --lib persist::tests::cost
+    /// -- --ignored --nocapture`. Admitted requests per second on one thread through
+    /// `check_event` under a lifetime rule with persistence marking, and the time of the write of
+    /// the marked entries to a temporary sled.
+    #[test]
+    #[ignore = "a measurement; run in release"]
+    fn cost_of_marking_and_writing() {
+        const USERS: u64 = 100_000;
+        const CHECKS: u64 = 1_000_000;
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(TREE_QUOTA).unwrap();
+        let cfg = config(
+            r#"
+[quotas]
+default_plan = "anonymous"
+[[quotas.plans.anonymous.rules]]
+path = "/api/*"
+per_day = 1000000
+lifetime = 1000000
+"#,
+        );
+        let (q, _) = check(&cfg, &tree);
+        let t = 1_800_000_000;
+        let events: Vec<_> = (0..USERS)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).unwrap());
+                event(&ip.to_string(), "/api/items", &[], t)
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        for i in 0..CHECKS {
+            let ev = &events[usize::try_from((i * 7919) % USERS).unwrap()];
+            assert!(q.check_event(None, ev).decision.unwrap().admitted);
+        }
+        let took = start.elapsed();
+        let start = std::time::Instant::now();
+        let written = q.persist_now();
+        let write = start.elapsed();
+        println!(
+            "MEASURED {CHECKS} admitted check_event calls (lifetime rule, marking) over {USERS} \
+             clients: {:.0}/s on one thread; writing {written} marked entries: {write:?}",
+            CHECKS as f64 / took.as_secs_f64()
+        );
+        assert_eq!(written, usize::try_from(USERS).unwrap());
+    }
 }
