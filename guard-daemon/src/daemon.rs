@@ -106,6 +106,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // fails leaves enforcement as it was.
     let store = Store::open_with_cache(&config.daemon.state_dir, config.daemon.store_cache_mb)
         .context("opening the store")?;
+    let quota_store = inline::quota_store(&config, store.db())?;
     // The request log is a database of its own, so that traffic filling it can never stop bans
     // being saved; an earlier version's log tree in the state database is dropped.
     match store.drop_old_logs() {
@@ -229,6 +230,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &writer,
         bans.user_lookup(),
         jwt.clone(),
+        quota_store,
     )?;
     let verified = pipeline.as_ref().map(Pipeline::verified);
     // Only now, with the maps rebuilt, does this program take over the interfaces.

@@ -1,11 +1,14 @@
 //! Plan quotas for the inline mode: [`QuotaCheck`] finds a request's plan (in the configured
 //! `lookup` order), its first matching rule, and checks and charges the rule's windows in the
 //! core's [`QuotaTable`]; a spent quota becomes [`Refusal::Quota`] with the `RateLimit-Policy`,
-//! `RateLimit` and `Retry-After` values. It implements the inline gate's [`UserCheck`] seam;
-//! [`UserChecks`] chains it after the user-ban lookup (the first refusal wins, so a banned
-//! user's request is never charged).
+//! `RateLimit` and `Retry-After` values. `guard run` installs it with
+//! `InlineGate::with_quotas`: the gate calls [`QuotaCheck::check_event`] only for requests the
+//! bans and the judge admitted, anonymous ones included. (It also implements the
+//! [`UserCheck`] seam, which runs before the judge and only for requests naming a user; the
+//! daemon does not use that.)
 //!
-//! Counters live in memory (lost at a restart). Only a **verified** user is counted as a user
+//! Second, minute and hour counters live in memory; under `guard run` the day, month and
+//! lifetime ones are also kept in the state database ([`persist`]). Only a **verified** user is counted as a user
 //! (a claimed one could otherwise spend someone else's quota); any other request is counted
 //! under its client's address (IPv6 by /64) and the default plan.
 use std::collections::HashMap;
@@ -46,6 +49,8 @@ pub struct QuotaStats {
     pub unknown_plan: AtomicU64,
     /// No plan applied (none named and no default plan) or no rule matched.
     pub unlimited: AtomicU64,
+    /// Counters of passed windows dropped by the sweep.
+    pub swept: AtomicU64,
 }
 
 /// What a request's quota check found.
@@ -67,6 +72,8 @@ pub struct QuotaCheck {
     trusted_proxies: Vec<Net>,
     plan_table: Option<Arc<dyn PlanTable>>,
     salt: Vec<u8>,
+    /// The day, month and lifetime counters' store (`guard run`); `None`: memory only.
+    persist: Option<persist::Persist>,
     pub stats: QuotaStats,
 }
 
@@ -89,8 +96,43 @@ impl QuotaCheck {
             trusted_proxies,
             plan_table: None,
             salt,
+            persist: None,
             stats: QuotaStats::default(),
         })
+    }
+
+    /// Keeps the day, month and lifetime counters in `tree` (see [`persist`]), reading back
+    /// what it holds for the configured rules first; how many records were restored.
+    ///
+    /// # Errors
+    /// The tree cannot be read.
+    pub fn with_store(
+        mut self,
+        tree: sled::Tree,
+        cfg: &QuotasConfig,
+    ) -> Result<(Self, usize), sled::Error> {
+        let p = persist::Persist::new(tree, cfg, &self.plans);
+        let n = p.load(&self.table)?;
+        self.persist = Some(p);
+        Ok((self, n))
+    }
+
+    /// Writes the counters marked since the last write (see [`persist`]); how many.
+    pub fn persist_now(&self) -> usize {
+        self.persist.as_ref().map_or(0, |p| p.write(&self.table))
+    }
+
+    /// The counters for `guard stats --json` (`inline.quotas`).
+    #[must_use]
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
+        if let (Some(map), Some(p)) = (v.as_object_mut(), &self.persist) {
+            map.insert(
+                "persist".into(),
+                serde_json::to_value(&p.stats).unwrap_or_default(),
+            );
+        }
+        v
     }
 
     /// Adds the plan table (the `table` lookup source; skipped without one).
@@ -169,6 +211,8 @@ impl QuotaCheck {
         let decision = self.table.check(key, rule, ev.ts.as_secs());
         if !decision.admitted {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(p) = &self.persist {
+            p.mark(key, rule.id);
         }
         QuotaOutcome {
             plan: Some(plan.name.clone()),
@@ -191,6 +235,7 @@ pub fn refusal(d: &QuotaDecision) -> Option<Refusal> {
         reset: d.retry_after().map(Duration::from_secs),
         policy: headers::policy(d),
         ratelimit: headers::ratelimit_exceeded(d),
+        violated: d.exceeded().map(|w| w.window.name()).collect(),
     })
 }
 
@@ -217,6 +262,45 @@ fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
+}
+
+pub mod persist;
+pub mod salt;
+
+/// The last marked counters are written when the check goes (a clean stop).
+impl Drop for QuotaCheck {
+    fn drop(&mut self) {
+        self.persist_now();
+    }
+}
+
+/// How often the counters of passed windows are dropped.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// On a thread of its own: writes the marked counters every [`persist::PERSIST_EVERY`] and
+/// drops the counters of passed windows every [`SWEEP_EVERY`]; it ends once `quotas` is
+/// dropped (it holds only a weak reference between rounds).
+///
+/// # Errors
+/// The thread cannot be started.
+pub fn spawn_sweeper(quotas: &Arc<QuotaCheck>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(quotas);
+    let rounds_per_sweep = (SWEEP_EVERY.as_millis() / persist::PERSIST_EVERY.as_millis()).max(1);
+    std::thread::Builder::new()
+        .name("guard-quota-sweep".into())
+        .spawn(move || {
+            for round in 1u128.. {
+                std::thread::sleep(persist::PERSIST_EVERY);
+                let Some(q) = weak.upgrade() else { return };
+                q.persist_now();
+                if round % rounds_per_sweep == 0 {
+                    let now_s = crate::clock::now_ms() / 1000;
+                    let dropped = q.table().sweep(now_s);
+                    q.stats.swept.fetch_add(dropped as u64, Ordering::Relaxed);
+                }
+            }
+        })
+        .map(drop)
 }
 
 #[cfg(test)]

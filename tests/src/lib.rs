@@ -4,6 +4,7 @@
 pub mod ai_server;
 pub mod http;
 pub mod maps;
+pub mod nginx;
 pub mod ping;
 pub mod proxy_app;
 pub mod rawtcp;

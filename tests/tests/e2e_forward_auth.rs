@@ -4,13 +4,13 @@
 //! on the far side of a veth pair. What the app saw is counted: a refused request must never
 //! reach it.
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use guard_tests::nginx::Nginx;
 use guard_tests::{Daemon, Link, Netns, require_root, wait_until};
 use serde_json::Value;
 
@@ -70,69 +70,6 @@ fn start_app(ns: &Netns) -> anyhow::Result<Hits> {
 
 fn saw(hits: &Hits, needle: &str) -> bool {
     hits.lock().unwrap().iter().any(|t| t.contains(needle))
-}
-
-/// nginx in `ns` on `listen`, with guard's snippet, in front of the app; stopped on drop.
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(ns: &Netns, listen: IpAddr) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(guard_tests::unique("guard-nginx-"));
-        std::fs::create_dir_all(&dir)?;
-        let snippet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/nginx-guard-auth.conf");
-        let snippet = snippet
-            .canonicalize()
-            .with_context(|| format!("{}", snippet.display()))?;
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  \
-             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
-             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             server {{\n    listen {listen}:{NGINX_PORT};\n    include {};\n    \
-             location / {{ proxy_pass http://127.0.0.1:{APP_PORT}; }}\n  }}\n}}\n",
-            snippet.display()
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf)?;
-        let child = ns
-            .command("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
-        Ok(Self { child, dir })
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGQUIT: nginx's graceful stop (the master stops its workers).
-        // SAFETY: kill on our own child's pid (nsenter execs nginx in place).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        if wait_until(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten().is_some()
-        })
-        .is_none()
-        {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// One answer as curl saw it.
@@ -274,7 +211,11 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
     let cdn = link.add_far_v4(3)?;
     let hits = start_app(&link.near)?;
     let mut d = Daemon::start(&link.near, &link.near_if, &config("enforce", cdn))?;
-    let nginx = Nginx::start(&link.near, link.near_v4)?;
+    let nginx = Nginx::start(
+        &link.near,
+        SocketAddr::new(link.near_v4, NGINX_PORT),
+        SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
+    )?;
     let base = format!("http://{}:{NGINX_PORT}", link.near_v4);
     wait_ready(&link, &base, &nginx)?;
 
@@ -425,7 +366,11 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
     // Its pins go with it (the next daemon attaches afresh).
     drop(d);
     let d = Daemon::start(&link.near, &link.near_if, &config("shadow", cdn))?;
-    let nginx = Nginx::start(&link.near, link.near_v4)?;
+    let nginx = Nginx::start(
+        &link.near,
+        SocketAddr::new(link.near_v4, NGINX_PORT),
+        SocketAddr::from(([127, 0, 0, 1], APP_PORT)),
+    )?;
     wait_ready(&link, &base, &nginx)?;
     let passed = get(&link, &format!("{base}{sqli}"), None, &[])?;
     assert_eq!(passed.status, 200, "{passed:?}");

@@ -193,6 +193,39 @@ impl QuotaTable {
         self.shard(k).remove(k)
     }
 
+    /// `key`'s counters under the rule `rule_id`, as (epoch, count) per window in
+    /// [`Window::index`] order (for persisting them); `None` when it has none.
+    #[must_use]
+    pub fn counters(&self, key: PartitionKey, rule_id: u16) -> Option<[(u32, u32); 6]> {
+        let k = table_key(key, rule_id);
+        let entry = self.shard(k).get_mut(k).copied()?;
+        Some(entry.map(|c| (c.epoch, c.count)))
+    }
+
+    /// Sets `key`'s counters under the rule `rule_id` (read back from a store): each window's
+    /// count is raised to the stored one when they count for the same epoch, and replaced when
+    /// the stored epoch is later.
+    pub fn restore(&self, key: PartitionKey, rule_id: u16, counters: [(u32, u32); 6]) {
+        let k = table_key(key, rule_id);
+        let mut shard = self.shard(k);
+        let merge = |entry: &mut Entry| {
+            for (c, (epoch, count)) in entry.iter_mut().zip(counters) {
+                if epoch > c.epoch {
+                    *c = Counter { epoch, count };
+                } else if epoch == c.epoch {
+                    c.count = c.count.max(count);
+                }
+            }
+        };
+        if let Some(entry) = shard.get_mut(k) {
+            merge(entry);
+        } else {
+            let mut entry = Entry::default();
+            merge(&mut entry);
+            shard.insert(k, entry);
+        }
+    }
+
     /// Drops the entries with nothing left to count at `now_s` (every counter's window has
     /// passed and none is a lifetime counter); how many were dropped. Locks one shard at a time.
     pub fn sweep(&self, now_s: u64) -> usize {

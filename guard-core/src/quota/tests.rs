@@ -444,12 +444,49 @@ fn plan_claims_of_a_jwt() {
         jwt_claim(&token(r#"{"sub":"u1","plan":"pro"}"#), "plan").as_deref(),
         Some("pro")
     );
-    assert_eq!(jwt_claim(&token(r#"{"tier":3}"#), "tier").as_deref(), Some("3"));
+    assert_eq!(
+        jwt_claim(&token(r#"{"tier":3}"#), "tier").as_deref(),
+        Some("3")
+    );
     assert_eq!(jwt_claim(&token(r#"{"plan":""}"#), "plan"), None);
     assert_eq!(jwt_claim(&token(r#"{"plan":["a"]}"#), "plan"), None);
     assert_eq!(jwt_claim(&token(r#"{"sub":"u1"}"#), "plan"), None);
     assert_eq!(jwt_claim(&token("[1]"), "plan"), None);
     assert_eq!(jwt_claim("a.b", "plan"), None);
     assert_eq!(jwt_claim("a.%%%.c", "plan"), None);
-    assert_eq!(jwt_claim(&format!("{}.x", token(r#"{"plan":"p"}"#)), "plan"), None);
+    assert_eq!(
+        jwt_claim(&format!("{}.x", token(r#"{"plan":"p"}"#)), "plan"),
+        None
+    );
+}
+
+#[test]
+fn counters_read_back_and_restored_give_the_same_decisions() {
+    let rule = Rule::new(
+        "/a",
+        None,
+        Limits::default()
+            .with(Window::Day, 5)
+            .with(Window::Lifetime, 3),
+    )
+    .unwrap();
+    let t = 1_800_000_000;
+    let a = QuotaTable::new(7);
+    let key = PartitionKey::user("alice", b"salt");
+    assert!(a.counters(key, rule.id).is_none());
+    assert!(a.check(key, &rule, t).admitted);
+    assert!(a.check(key, &rule, t).admitted);
+    let stored = a.counters(key, rule.id).unwrap();
+    assert_eq!(stored[Window::Lifetime.index()].1, 2);
+    // Another table (a restart) restored from them: one more is admitted, then none.
+    let b = QuotaTable::new(8);
+    b.restore(key, rule.id, stored);
+    assert!(b.check(key, &rule, t + 1).admitted);
+    assert!(!b.check(key, &rule, t + 2).admitted);
+    // Restoring older counts never lowers newer ones.
+    b.restore(key, rule.id, stored);
+    assert_eq!(
+        b.counters(key, rule.id).unwrap()[Window::Lifetime.index()].1,
+        3
+    );
 }

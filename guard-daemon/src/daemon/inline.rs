@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::info;
 
 use super::Shared;
 use crate::bans::UserLookup;
@@ -13,13 +14,17 @@ use crate::inline::InlineGate;
 use crate::inline::auth::{AuthSettings, serve};
 use crate::inline::event::Identity;
 use crate::judge::Judge;
+use crate::quota::QuotaCheck;
 use crate::store::logs::LogWriter;
 use crate::tap::jwt::JwtKeys;
 use crate::xdp::Xdp;
 
 /// The inline decision, if `[proxy]` turns the forward-auth endpoint or the proxy on. Its
 /// address-ban lookups read the XDP maps through handles of its own; `users` answers its user
-/// checks; `jwt` verifies bearer tokens as the tap does.
+/// checks; `jwt` verifies bearer tokens as the tap does; `quota_store` (the state database)
+/// keys the plan quotas' users and keeps their day, month and lifetime counters; the quotas
+/// are on when `[quotas]` defines plans (marked counters written every second, passed windows
+/// swept every `quota::SWEEP_EVERY`).
 pub(super) fn gate(
     config: &Config,
     xdp: &Xdp,
@@ -27,6 +32,7 @@ pub(super) fn gate(
     writer: &Arc<LogWriter>,
     users: UserLookup,
     jwt: JwtKeys,
+    quota_store: Option<QuotaStore>,
 ) -> anyhow::Result<Option<Arc<InlineGate>>> {
     if config.proxy.auth_listen.is_none() && !config.proxy.proxy_enabled() {
         return Ok(None);
@@ -37,14 +43,56 @@ pub(super) fn gate(
     let mut identity = Identity::from_tap(&config.tap, jwt);
     // The forward-auth endpoint's front ends (nginx) may name the client in X-Real-IP.
     identity.real_ip_fallback = true;
-    Ok(Some(Arc::new(InlineGate::new(
+    let mut gate = InlineGate::new(
         Arc::clone(judge),
         Arc::clone(writer),
         Arc::new(crate::bans::lookup::MapLookup::new(maps)),
         identity,
         &config.proxy,
     )
-    .with_user_check(Arc::new(users)))))
+    .with_user_check(Arc::new(users));
+    if let (true, Some(store)) = (config.quotas.enabled(), quota_store) {
+        let quotas = QuotaCheck::new(
+            &config.quotas,
+            config.tap.trusted_proxies.clone(),
+            store.salt,
+            crate::quota::salt::random_seed(),
+        )
+        .map_err(|p| anyhow::anyhow!("{}: {}", p.key, p.message))?;
+        let (quotas, restored) = quotas
+            .with_store(store.tree, &config.quotas)
+            .context("reading the quota counters from the store")?;
+        let quotas = Arc::new(quotas);
+        crate::quota::spawn_sweeper(&quotas).context("starting the quota sweep")?;
+        info!(
+            plans = config.quotas.plans.len(),
+            default_plan = config.quotas.default_plan.as_deref().unwrap_or("-"),
+            restored,
+            "plan quotas on (day, month and lifetime counters restored from the store)"
+        );
+        gate = gate.with_quotas(quotas);
+    }
+    Ok(Some(Arc::new(gate)))
+}
+
+/// What the plan quotas keep in the state database.
+pub(super) struct QuotaStore {
+    salt: Vec<u8>,
+    tree: sled::Tree,
+}
+
+/// When `[quotas]` defines plans: the salt of the quotas' user keys, read from (or made and
+/// stored in) the state database's `meta` tree, and the tree of their counters.
+pub(super) fn quota_store(config: &Config, db: &sled::Db) -> anyhow::Result<Option<QuotaStore>> {
+    if !config.quotas.enabled() {
+        return Ok(None);
+    }
+    let salt =
+        crate::quota::salt::load_or_create(db).context("reading the quota salt from the store")?;
+    let tree = db
+        .open_tree(crate::quota::persist::TREE_QUOTA)
+        .context("opening the quota counters' tree")?;
+    Ok(Some(QuotaStore { salt, tree }))
 }
 
 /// Binds `proxy.auth_listen` and serves the forward-auth endpoint until `stop` turns true (a

@@ -14,6 +14,9 @@ pub struct Extra {
     pub retry_after: Option<u64>,
     /// Further headers (the quotas' `RateLimit` and `RateLimit-Policy`).
     pub headers: Vec<(&'static str, String)>,
+    /// A spent plan quota: the exceeded policies' names. A client preferring JSON then gets an
+    /// `application/problem+json` body (RFC 9457) naming them.
+    pub violated: Option<Vec<&'static str>>,
 }
 
 /// Whether `accept` prefers JSON to HTML: the first media range (in order of its `q`, then of
@@ -64,7 +67,17 @@ pub fn answer(
     let json = wants_json(accept);
     let reason = title(status);
     // The id is guard's own (hex): nothing in the page comes from the request.
-    let (body, content_type) = if json {
+    let (body, content_type) = if let (true, Some(violated)) = (json, &extra.violated) {
+        let v = serde_json::json!({
+            "type": "about:blank",
+            "title": reason,
+            "status": status,
+            "detail": format!("quota exceeded: {}", violated.join(", ")),
+            "violated_policies": violated,
+            "request_id": id,
+        });
+        (v.to_string(), "application/problem+json")
+    } else if json {
         let v = serde_json::json!({
             "status": status,
             "error": reason.to_ascii_lowercase(),
@@ -151,6 +164,7 @@ mod tests {
         let extra = Extra {
             retry_after: Some(30),
             headers: vec![("ratelimit", "limit=10, remaining=0, reset=30".into())],
+            violated: None,
         };
         let r = answer(429, "feed", Some(&accept("application/json")), &extra);
         assert_eq!(r.status(), 429);
@@ -160,6 +174,46 @@ mod tests {
         assert_eq!(v["status"], 429);
         assert_eq!(v["error"], "too many requests");
         assert_eq!(v["request_id"], "feed");
+    }
+
+    #[test]
+    fn a_spent_quota_answers_problem_json_or_the_html_page() {
+        let extra = Extra {
+            retry_after: Some(17),
+            headers: vec![
+                ("ratelimit-policy", "\"minute\";q=5;w=60".into()),
+                ("ratelimit", "\"minute\";r=0;t=17".into()),
+            ],
+            violated: Some(vec!["minute"]),
+        };
+        let r = answer(429, "beef", Some(&accept("application/json")), &extra);
+        assert_eq!(r.status(), 429);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(r.headers()["ratelimit-policy"], "\"minute\";q=5;w=60");
+        assert_eq!(r.headers()["ratelimit"], "\"minute\";r=0;t=17");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "17");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["title"], "Too Many Requests");
+        assert_eq!(v["violated_policies"], serde_json::json!(["minute"]));
+        assert_eq!(v["detail"], "quota exceeded: minute");
+        assert_eq!(v["request_id"], "beef");
+        let html = answer(429, "beef", None, &extra);
+        assert!(
+            html.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert_eq!(html.headers()[header::RETRY_AFTER], "17");
+        assert!(
+            std::str::from_utf8(html.body())
+                .unwrap()
+                .contains("429 Too Many Requests")
+        );
     }
 
     #[test]

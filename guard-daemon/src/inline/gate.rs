@@ -3,12 +3,15 @@
 //!
 //! 1. the client and the user, named by the tap's identity code ([`super::event`]);
 //! 2. a banned address → `proxy.deny_status` (the XDP maps, [`AddrLookup`]);
-//! 3. the user checks ([`UserCheck`]: user bans, later plan quotas) — **the seam** where the
-//!    user-ban lookup and the quotas plug in;
+//! 3. the user checks ([`UserCheck`]: user bans) — **the seam** where the user-ban lookup plugs
+//!    in;
 //! 4. the validator and the engine, through the [`Judge`] exactly as for a tapped request (same
 //!    engine input, same strikes and ban orders): a block → `deny_status`, a flood →
 //!    `limit_status`;
-//! 5. one log record, as the tap writes it, with `mode: inline` and the request id.
+//! 5. the plan quotas ([`InlineGate::with_quotas`]), only for a request the bans and the judge
+//!    admitted (a refused request is never charged), anonymous clients included (the default
+//!    plan, keyed by address): a spent quota → `limit_status` with the `RateLimit` headers;
+//! 6. one log record, as the tap writes it, with `mode: inline` and the request id.
 //!
 //! With `proxy.mode = "shadow"` every request passes; the record says what would have been
 //! answered.
@@ -26,6 +29,7 @@ use super::{Gate, Seen, Verdict};
 use crate::bans::lookup::AddrLookup;
 use crate::config::{InlineMode, ProxyConfig};
 use crate::judge::{Judge, Refuse};
+use crate::quota::QuotaCheck;
 use crate::store::logs::{LogRecord, LogWriter, Mode};
 use crate::tap::{RequestEvent, Trust, UserId};
 use crate::xdp::BanHit;
@@ -52,6 +56,9 @@ pub enum Refusal {
         /// (draft-ietf-httpapi-ratelimit-headers-11).
         policy: String,
         ratelimit: String,
+        /// The names of the exceeded policies (`minute`, `lifetime`, ...), for the
+        /// `application/problem+json` body.
+        violated: Vec<&'static str>,
     },
 }
 
@@ -72,12 +79,13 @@ impl Refusal {
             Self::Judged(Refuse::Limit) => Extra {
                 // The engine's flood windows are 10 s long.
                 retry_after: Some(10),
-                headers: Vec::new(),
+                ..Extra::default()
             },
             Self::Quota {
                 reset,
                 policy,
                 ratelimit,
+                violated,
                 ..
             } => Extra {
                 retry_after: reset.map(|r| r.as_secs().max(1)),
@@ -85,6 +93,7 @@ impl Refusal {
                     ("ratelimit-policy", policy.clone()),
                     ("ratelimit", ratelimit.clone()),
                 ],
+                violated: Some(violated.clone()),
             },
             _ => Extra::default(),
         }
@@ -97,12 +106,15 @@ impl Refusal {
             Self::BannedAddress(BanHit::Cidr) => "banned address (CIDR)".to_owned(),
             Self::BannedUser => "banned user".to_owned(),
             Self::Judged(_) => String::new(),
-            Self::Quota { limit, .. } => format!("quota: {limit} requests spent"),
+            Self::Quota {
+                limit, violated, ..
+            } => format!("quota: {} ({limit} requests) spent", violated.join(", ")),
         }
     }
 }
 
-/// **The seam for per-user checks** (user bans now, plan quotas with issue 16): asked for every
+/// **The seam for per-user checks** (user bans; plan quotas are a later step of their own, see
+/// [`InlineGate::with_quotas`]): asked for every
 /// request that names a user, after the address-ban lookup and before the validator and the
 /// engine. It must answer from memory, quickly, and never panic. The user-ban lookup
 /// (`bans::UserLookup`) implements it; the daemon hands it to [`InlineGate::with_user_check`].
@@ -139,6 +151,8 @@ pub struct InlineStats {
     pub limited: AtomicU64,
     pub banned_address: AtomicU64,
     pub banned_user: AtomicU64,
+    /// Refused by a plan quota (`limit_status`; also counted in `limited`).
+    pub quota_refused: AtomicU64,
     /// Shadow mode: would have been refused, passed.
     pub shadow_refusals: AtomicU64,
     /// Judging panicked (the request passed, logged unjudged).
@@ -153,6 +167,7 @@ pub struct InlineGate {
     writer: Arc<LogWriter>,
     addrs: Arc<dyn AddrLookup>,
     users: Option<Arc<dyn UserCheck>>,
+    quotas: Option<Arc<QuotaCheck>>,
     identity: Identity,
     mode: InlineMode,
     statuses: Statuses,
@@ -181,6 +196,7 @@ impl InlineGate {
             writer,
             addrs,
             users: None,
+            quotas: None,
             identity,
             mode: proxy.mode,
             statuses: Statuses {
@@ -208,6 +224,7 @@ impl InlineGate {
             writer: Arc::clone(&self.writer),
             addrs: Arc::clone(&self.addrs),
             users: self.users.clone(),
+            quotas: self.quotas.clone(),
             identity,
             mode: self.mode,
             statuses: self.statuses,
@@ -240,12 +257,29 @@ impl InlineGate {
         self
     }
 
+    /// Adds the plan quotas: checked and charged after the bans and the judge admitted a
+    /// request (see the module doc).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<QuotaCheck>) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    /// The plan quotas, if any.
+    #[must_use]
+    pub fn quotas(&self) -> Option<&Arc<QuotaCheck>> {
+        self.quotas.as_ref()
+    }
+
     /// The counters for `guard stats --json` (with the ban lookup's errors).
     #[must_use]
     pub fn stats_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&*self.stats).unwrap_or_default();
         if let Some(map) = v.as_object_mut() {
             map.insert("lookup_errors".into(), self.addrs.errors().into());
+            if let Some(q) = &self.quotas {
+                map.insert("quotas".into(), q.stats_json());
+            }
         }
         v
     }
@@ -265,9 +299,15 @@ impl InlineGate {
         if let Some(hit) = self.addrs.banned(ev.client) {
             return Some(Refusal::BannedAddress(hit));
         }
-        // SEAM: user bans and plan quotas (see `UserCheck`).
+        // SEAM: user bans (see `UserCheck`).
         let users = self.users.as_ref()?;
         users.check(ev.user.as_ref()?, ev)
+    }
+
+    /// The plan quota's refusal of an admitted request (which it charges when it passes).
+    fn quota(&self, ev: &RequestEvent) -> Option<Refusal> {
+        let q = self.quotas.as_ref()?;
+        crate::quota::refusal(&q.check_event(ev.user.as_ref(), ev).decision?)
     }
 
     /// Decides `seen`: the refusal, if any, and the record for the log.
@@ -278,8 +318,17 @@ impl InlineGate {
             let reason = r.reason();
             (Some(r), true, Some(reason))
         } else if let Some(j) = self.judge.judgement_contained(&ev) {
-            let refusal = j.refuse.map(Refusal::Judged);
-            (refusal.clone(), refusal.is_some(), j.reason)
+            match j.refuse.map(Refusal::Judged) {
+                Some(r) => (Some(r), true, j.reason),
+                // Admitted by the bans and the judge: now, and only now, the quota is charged.
+                None => match self.quota(&ev) {
+                    Some(r) => {
+                        let reason = r.reason();
+                        (Some(r), true, Some(reason))
+                    }
+                    None => (None, false, j.reason),
+                },
+            }
         } else {
             self.stats.judge_panics.fetch_add(1, Ordering::Relaxed);
             (
@@ -316,7 +365,10 @@ impl Gate for InlineGate {
                     Refusal::BannedUser => {
                         s.banned_user.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {}
+                    Refusal::Quota { .. } => {
+                        s.quota_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Refusal::Judged(_) => {}
                 }
                 if status == self.statuses.limit {
                     s.limited.fetch_add(1, Ordering::Relaxed);

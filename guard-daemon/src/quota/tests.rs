@@ -5,7 +5,7 @@ use crate::tap::{RequestHeaders, Trust, UserSource};
 
 const T0: u64 = 1_800_000_000; // 2027-01-15 08:00:00 UTC
 
-fn config(text: &str) -> QuotasConfig {
+pub(super) fn config(text: &str) -> QuotasConfig {
     #[derive(serde::Deserialize)]
     struct File {
         quotas: QuotasConfig,
@@ -46,7 +46,7 @@ fn token(payload: &str) -> String {
 }
 
 /// A request from `client` (through the trusted proxy 192.0.2.7 unless `peer` says otherwise).
-fn event(client: &str, path: &str, headers: &[(&str, &str)], secs: u64) -> RequestEvent {
+pub(super) fn event(client: &str, path: &str, headers: &[(&str, &str)], secs: u64) -> RequestEvent {
     let mut all = crate::tap::http::HeaderList::default();
     for (name, value) in headers {
         all.push(name, value.as_bytes());
@@ -113,6 +113,7 @@ fn a_verified_claim_picks_the_plan_and_the_quota_refuses_with_draft_headers() {
             reset: Some(Duration::from_secs(17)),
             policy: "\"minute\";q=3;w=60, \"day\";q=1000;w=86400".into(),
             ratelimit: "\"minute\";r=0;t=17".into(),
+            violated: vec!["minute"],
         }
     );
     let extra = refusal.extra();

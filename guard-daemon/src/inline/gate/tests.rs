@@ -10,6 +10,7 @@ use super::*;
 use crate::bans::lookup::NoBans;
 use crate::engine::EngineConfig;
 use crate::net::Net;
+use crate::quota::QuotaCheck;
 use crate::store::logs::{LogQuery, LogStore};
 use crate::validate::ValidatorConfig;
 
@@ -348,4 +349,88 @@ fn the_proxys_gate_logs_a_passed_request_with_the_upstreams_status() {
     // The forward-auth gate ignores `finished`.
     s.gate.finished(&id3, 200);
     assert_eq!(record(&s.logs, &id3).status, None);
+}
+
+fn quotas(text: &str) -> Arc<QuotaCheck> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        quotas: crate::config::QuotasConfig,
+    }
+    let cfg = toml::from_str::<File>(text).expect("config").quotas;
+    Arc::new(QuotaCheck::new(&cfg, Vec::new(), b"salt".to_vec(), 1).expect("quotas"))
+}
+
+#[test]
+fn quotas_charge_only_what_the_bans_and_the_judge_admitted() {
+    let banned = Banned(["192.0.2.66".parse().unwrap()].into());
+    let s = setup(Arc::new(banned), &enforce(), &EngineConfig::default());
+    let q = quotas(
+        r#"
+[quotas]
+default_plan = "anonymous"
+[[quotas.plans.anonymous.rules]]
+path = "/items"
+lifetime = 2
+"#,
+    );
+    let gate = s
+        .gate
+        .with_user_check(Arc::new(BanUser("mallory")))
+        .with_quotas(Arc::clone(&q));
+    // A banned address, a banned user and a SQL injection: refused, and nothing is charged.
+    let (_, r) = answered(check(&gate, "192.0.2.66:4000", &head("/items", &[])));
+    assert_eq!(r.status(), 403);
+    let mallory = head(
+        "/items",
+        &[("x-forwarded-for", "198.51.100.20"), ("x-user", "mallory")],
+    );
+    for _ in 0..3 {
+        let (_, r) = answered(check(&gate, "10.0.0.2:3000", &mallory));
+        assert_eq!(r.status(), 403);
+    }
+    let sqli = head(
+        "/items?id=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+        &[],
+    );
+    let (_, r) = answered(check(&gate, "192.0.2.11:5000", &sqli));
+    assert_eq!(r.status(), 403);
+    assert_eq!(q.stats.checked.load(Ordering::Relaxed), 0);
+    // Each of those clients still has its whole quota (anonymous: keyed by address).
+    let alice = head(
+        "/items",
+        &[("x-forwarded-for", "198.51.100.20"), ("x-user", "alice")],
+    );
+    for _ in 0..2 {
+        pass_id(check(&gate, "10.0.0.2:3000", &alice));
+        pass_id(check(&gate, "192.0.2.11:5000", &head("/items", &[])));
+    }
+    // The third is refused with the quota's answer.
+    let h = head("/items", &[("accept", "application/json")]);
+    let (id, r) = answered(check(&gate, "192.0.2.11:5000", &h));
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"lifetime\";q=2");
+    assert_eq!(r.headers()["ratelimit"], "\"lifetime\";r=0");
+    // A lifetime limit never resets: no Retry-After.
+    assert!(r.headers().get(http::header::RETRY_AFTER).is_none());
+    assert_eq!(
+        r.headers()[http::header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let page: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(page["violated_policies"], serde_json::json!(["lifetime"]));
+    assert_eq!(page["request_id"], id.as_str());
+    let rec = record(&s.logs, &id);
+    assert!(rec.blocked);
+    assert_eq!(rec.status, Some(429));
+    assert_eq!(
+        rec.reason.as_deref(),
+        Some("quota: lifetime (2 requests) spent")
+    );
+    // Another path is not limited.
+    pass_id(check(&gate, "192.0.2.11:5000", &head("/other", &[])));
+    let stats = gate.stats_json();
+    assert_eq!(stats["quota_refused"], 1);
+    assert_eq!(stats["limited"], 1);
+    assert_eq!(stats["quotas"]["checked"], 5);
+    assert_eq!(stats["quotas"]["refused"], 1);
 }
