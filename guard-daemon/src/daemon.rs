@@ -25,8 +25,8 @@ use crate::store::logs::{LogStore, LogWriter};
 use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
-mod inline;
 mod hangup;
+mod inline;
 mod readd;
 mod requests;
 use requests::handle;

@@ -74,6 +74,8 @@ pub struct QuotaCheck {
     salt: Vec<u8>,
     /// The day, month and lifetime counters' store (`guard run`); `None`: memory only.
     persist: Option<persist::Persist>,
+    /// `quotas.headers_on_admit`: admitted requests' responses carry the headers too.
+    headers_on_admit: bool,
     pub stats: QuotaStats,
 }
 
@@ -97,6 +99,7 @@ impl QuotaCheck {
             plan_table: None,
             salt,
             persist: None,
+            headers_on_admit: cfg.headers_on_admit,
             stats: QuotaStats::default(),
         })
     }
@@ -219,6 +222,20 @@ impl QuotaCheck {
             decision: Some(decision),
         }
     }
+}
+
+/// The headers an admitted request's response carries (`quotas.headers_on_admit`):
+/// `RateLimit-Policy` and `RateLimit` with every window of the rule after this request's
+/// charge (`"minute";r=4;t=17`). Empty when refused, or when the check says not to.
+#[must_use]
+pub fn admit_headers(check: &QuotaCheck, d: &QuotaDecision) -> Vec<(&'static str, String)> {
+    if !d.admitted || !check.headers_on_admit {
+        return Vec::new();
+    }
+    vec![
+        ("ratelimit-policy", headers::policy(d)),
+        ("ratelimit", headers::ratelimit(d)),
+    ]
 }
 
 /// The refusal of a refused decision.

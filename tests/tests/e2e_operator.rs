@@ -301,7 +301,11 @@ fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
         "the daemon stopped on SIGHUP: {status:?}\n{}",
         d.log_text()
     );
-    assert_eq!(status?["pid"].as_i64(), Some(i64::from(pid)), "another daemon answers");
+    assert_eq!(
+        status?["pid"].as_i64(),
+        Some(i64::from(pid)),
+        "another daemon answers"
+    );
     assert!(ban_of(d, "192.0.2.60").is_some(), "the ban was lost");
     let log = d.log_text();
     assert_eq!(

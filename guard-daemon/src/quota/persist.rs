@@ -251,7 +251,10 @@ lifetime = 3
         drop(q);
         let (q, restored) = check(&cfg, &tree);
         assert_eq!(restored, 1);
-        assert!(!admitted(&q, "/life", t + 1), "lifetime 3 spent before the restart");
+        assert!(
+            !admitted(&q, "/life", t + 1),
+            "lifetime 3 spent before the restart"
+        );
         assert_eq!(q.stats_json()["persist"]["loaded"], 1);
         // The minute counters were in memory only.
         drop(q);
