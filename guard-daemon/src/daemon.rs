@@ -27,6 +27,7 @@ use crate::xdp::Xdp;
 
 mod hangup;
 mod inline;
+mod quotas;
 mod readd;
 mod requests;
 use requests::handle;

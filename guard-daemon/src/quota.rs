@@ -71,6 +71,8 @@ pub struct QuotaCheck {
     plan_header: Option<String>,
     trusted_proxies: Vec<Net>,
     plan_table: Option<Arc<dyn PlanTable>>,
+    /// The plan table kept in the store (`guard plan set`), also `plan_table`.
+    plan_store: Option<Arc<plans::PlanStore>>,
     salt: Vec<u8>,
     /// The day, month and lifetime counters' store (`guard run`); `None`: memory only.
     persist: Option<persist::Persist>,
@@ -97,6 +99,7 @@ impl QuotaCheck {
             plan_header: cfg.plan_header.clone(),
             trusted_proxies,
             plan_table: None,
+            plan_store: None,
             salt,
             persist: None,
             headers_on_admit: cfg.headers_on_admit,
@@ -142,6 +145,15 @@ impl QuotaCheck {
     #[must_use]
     pub fn with_plan_table(mut self, table: Arc<dyn PlanTable>) -> Self {
         self.plan_table = Some(table);
+        self
+    }
+
+    /// Adds the plan table kept in the store: the `table` lookup source, changed by
+    /// `guard plan set|rm` (see [`admin`]).
+    #[must_use]
+    pub fn with_plan_store(mut self, store: Arc<plans::PlanStore>) -> Self {
+        self.plan_table = Some(Arc::clone(&store) as Arc<dyn PlanTable>);
+        self.plan_store = Some(store);
         self
     }
 
@@ -281,7 +293,9 @@ fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+pub mod admin;
 pub mod persist;
+pub mod plans;
 pub mod salt;
 
 /// The last marked counters are written when the check goes (a clean stop).

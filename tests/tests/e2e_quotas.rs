@@ -37,6 +37,12 @@ lifetime = 50
 path = "/api/v1/life"
 per_minute = 100
 lifetime = 4
+[[quotas.plans.anonymous.rules]]
+path = "/api/v1/plan"
+lifetime = 2
+[[quotas.plans.pro.rules]]
+path = "/api/v1/plan"
+lifetime = 5
 "#;
 
 struct Guarded {
@@ -47,17 +53,21 @@ struct Guarded {
 }
 
 /// guard proxying `127.0.0.1:PORT` to the app and answering forward-auth on `AUTH_PORT`, with
-/// the engine's rate rules out of reach (only the validator and the quotas refuse); `trusted`:
+/// bearer JWTs checked with the test key (`guard-core/testdata/jwt`) and the engine's rate
+/// rules out of reach (only the validator and the quotas refuse); `trusted`:
 /// the trusted proxy (the forward-auth endpoint's front end).
 fn setup_with(trusted: &str) -> anyhow::Result<Guarded> {
     let link = Link::new()?;
     let app = proxy_app::start(Some(&link.near), "127.0.0.1:0".parse()?, 4)?;
+    let jwt_key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guard-core/testdata/jwt/ec-public.pem");
     let config = format!(
-        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{trusted}\"]\n\n\
+        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{trusted}\"]\njwt_public_key = \"{}\"\n\n\
          [engine.black]\nrequests_10s = 1000000\nflood_requests_10s = 1000000\n\n\
          [engine.grey]\ngrace_requests_24h = 1000000\n\n\
          [proxy]\nlisten = [\"127.0.0.1:{PORT}\"]\nauth_listen = \"127.0.0.1:{AUTH_PORT}\"\n\
          upstream = \"http://{}\"\nheader_timeout = \"2s\"\n{QUOTAS}",
+        jwt_key.display(),
         app.addr
     );
     let daemon = Daemon::start(&link.near, &link.near_if, &config)?;
@@ -500,5 +510,189 @@ fn through_nginx_the_sixth_gets_429_with_the_same_headers() -> anyhow::Result<()
     assert_minute_refusal(&reply, expected_t)?;
     ensure!(body_of(&reply).starts_with("Too many requests"), "{reply}");
     ensure!(app_requests(&g.app) == before + 5, "the app saw the sixth");
+    Ok(())
+}
+
+/// An ES256 JWT for `sub`, signed with the test key whose public half the daemon is given.
+fn es256_token(sub: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let pk8 = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../guard-core/testdata/jwt/ec-private.pk8"),
+    )?;
+    let rng = ring::rand::SystemRandom::new();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pk8, &rng)
+        .map_err(|e| anyhow::anyhow!("test key: {e}"))?;
+    let exp = now().as_secs() + 3600;
+    let input = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"ES256","typ":"JWT"}"#),
+        B64.encode(format!(r#"{{"sub":"{sub}","exp":{exp}}}"#))
+    );
+    let sig = pair
+        .sign(&rng, input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    Ok(format!("{input}.{}", B64.encode(sig.as_ref())))
+}
+
+/// The plan table and the counters over the CLI, on a running daemon: alice (a verified JWT
+/// user without a plan) is anonymous, counted by address, `lifetime = 2`; `guard plan set
+/// alice pro` gives her `lifetime = 5` at her next request, no restart; `guard quota show`
+/// says 5 used, 0 left; `guard quota reset` admits her again; after a restart her plan and
+/// the count after the reset are still there; `guard plan rm` makes her anonymous again.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one daemon, one story: plan set, show, reset, restart, plan rm"
+)]
+fn a_plan_set_by_the_cli_changes_a_users_limits_at_once_and_lasts() -> anyhow::Result<()> {
+    require_root!();
+    let mut g = setup()?;
+    let bearer = format!("Authorization: Bearer {}\r\n", es256_token("alice")?);
+    let plan = |g: &Guarded| -> anyhow::Result<String> {
+        send(
+            &g.link.near,
+            "127.0.0.20",
+            PORT,
+            get("/api/v1/plan", &bearer),
+        )
+    };
+    let statuses = [
+        status_of(&plan(&g)?),
+        status_of(&plan(&g)?),
+        status_of(&plan(&g)?),
+    ];
+    ensure!(
+        statuses == [200, 200, 429],
+        "anonymous, lifetime 2: {statuses:?}"
+    );
+
+    let out = g
+        .daemon
+        .cli(&["plan", "set", "alice", "gold"])
+        .expect_err("no plan gold");
+    ensure!(
+        out.contains("no plan named \"gold\"") && out.contains("anonymous, pro"),
+        "{out}"
+    );
+    let out = g
+        .daemon
+        .cli(&["plan", "set", "alice", "pro"])
+        .map_err(anyhow::Error::msg)?;
+    ensure!(out.contains("user alice is on plan pro"), "{out}");
+    let ls = g.daemon.json(&["plan", "ls"])?;
+    ensure!(
+        ls == serde_json::json!([{"user": "alice", "plan": "pro", "known": true}]),
+        "{ls}"
+    );
+    let table = g.daemon.cli(&["plan", "ls"]).map_err(anyhow::Error::msg)?;
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().eq(["alice", "pro"])),
+        "{table}"
+    );
+
+    // On pro at once: five, each with what is left, then 429.
+    for left in (0..5).rev() {
+        let reply = plan(&g)?;
+        ensure!(status_of(&reply) == 200, "pro, {left} left after: {reply}");
+        ensure!(
+            header_of(&reply, "ratelimit-policy") == Some("\"lifetime\";q=5")
+                && header_of(&reply, "ratelimit") == Some(&format!("\"lifetime\";r={left}")),
+            "{reply}"
+        );
+    }
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 429, "pro spent: {reply}");
+    let show = g.daemon.json(&["quota", "show", "alice"])?;
+    println!("quota show alice: {show}");
+    ensure!(show["plan"] == "pro", "{show}");
+    ensure!(
+        !show["key"].as_str().unwrap_or("alice").contains("alice"),
+        "{show}"
+    );
+    let rule = &show["rules"][0];
+    ensure!(
+        rule["plan"] == "pro" && rule["rule"] == "/api/v1/plan",
+        "{show}"
+    );
+    ensure!(
+        rule["windows"]
+            == serde_json::json!([{"window": "lifetime", "limit": 5, "used": 5, "remaining": 0,
+                "reset_secs": null, "resets_at": null}]),
+        "{show}"
+    );
+    let table = g
+        .daemon
+        .cli(&["quota", "show", "alice"])
+        .map_err(anyhow::Error::msg)?;
+    println!("{table}");
+    ensure!(
+        table.lines().any(|l| l.split_whitespace().eq([
+            "pro",
+            "/api/v1/plan",
+            "lifetime",
+            "5",
+            "5",
+            "0",
+            "never"
+        ])),
+        "{table}"
+    );
+    let addr = g.daemon.json(&["quota", "show", "127.0.0.20"])?;
+    ensure!(addr["plan"] == "anonymous", "{addr}");
+
+    let out = g
+        .daemon
+        .cli(&["quota", "reset", "alice", "--rule", "/api/v1/plan"])
+        .map_err(anyhow::Error::msg)?;
+    ensure!(
+        out.contains("counters reset for pro: /api/v1/plan"),
+        "{out}"
+    );
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 200, "after the reset: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit") == Some("\"lifetime\";r=4"),
+        "{reply}"
+    );
+
+    // A restart keeps the plan and the count after the reset.
+    g.daemon.stop()?;
+    g.daemon.spawn()?;
+    ensure!(g.daemon.json(&["plan", "ls"])?[0]["plan"] == "pro");
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 200, "after the restart: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit") == Some("\"lifetime\";r=3"),
+        "{reply}"
+    );
+
+    // Off the table: anonymous again, her address's two long spent.
+    let out = g
+        .daemon
+        .cli(&["plan", "rm", "alice"])
+        .map_err(anyhow::Error::msg)?;
+    ensure!(
+        out.contains("user alice is off the plan table (was on pro)"),
+        "{out}"
+    );
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 429, "anonymous again: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit-policy") == Some("\"lifetime\";q=2"),
+        "{reply}"
+    );
+    let err = g
+        .daemon
+        .cli(&["plan", "rm", "alice"])
+        .expect_err("not on the table");
+    ensure!(
+        err.contains("user \"alice\" has no plan in the plan table"),
+        "{err}"
+    );
     Ok(())
 }

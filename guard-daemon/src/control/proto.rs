@@ -89,6 +89,27 @@ pub enum Request {
     TapPorts {
         ports: Option<Vec<u16>>,
     },
+    /// `guard plan set USER PLAN` (plan quotas' plan table).
+    PlanSet {
+        user: String,
+        plan: String,
+    },
+    /// `guard plan rm USER`.
+    PlanRm {
+        user: String,
+    },
+    /// `guard plan ls`.
+    PlanLs,
+    /// `guard quota show USER|ADDR`.
+    QuotaShow {
+        target: String,
+    },
+    /// `guard quota reset USER|ADDR [--rule PATH]`.
+    QuotaReset {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
 }
 
 impl Request {
@@ -104,14 +125,19 @@ impl Request {
             | Self::AllowAdd { .. }
             | Self::AllowRm { .. }
             | Self::UserBanAdd { .. }
-            | Self::UserBanRm { .. } => true,
+            | Self::UserBanRm { .. }
+            | Self::PlanSet { .. }
+            | Self::PlanRm { .. }
+            | Self::QuotaReset { .. } => true,
             Self::TapPorts { ports } => ports.is_some(),
             Self::BanLs { .. }
             | Self::UserBanLs
             | Self::AllowLs
             | Self::Stats
             | Self::Status
-            | Self::Logs(_) => false,
+            | Self::Logs(_)
+            | Self::PlanLs
+            | Self::QuotaShow { .. } => false,
         }
     }
 
@@ -134,6 +160,11 @@ impl Request {
             Self::Logs(_) => "logs",
             Self::TapPorts { ports: None } => "tap ports",
             Self::TapPorts { ports: Some(_) } => "tap ports PORT...",
+            Self::PlanSet { .. } => "plan set",
+            Self::PlanRm { .. } => "plan rm",
+            Self::PlanLs => "plan ls",
+            Self::QuotaShow { .. } => "quota show",
+            Self::QuotaReset { .. } => "quota reset",
         }
     }
 }
@@ -426,6 +457,14 @@ replies! {
     Logs(Vec<LogRecord>) = "logs",
     /// The tap's protected ports, after the change if there was one.
     TapPorts(Vec<u16>) = "tap_ports",
+    /// One plan table entry, as set (`plan set`) or removed (`plan rm`).
+    Plan(crate::quota::plans::PlanEntry) = "plan",
+    /// `plan ls`.
+    Plans(Vec<crate::quota::plans::PlanEntry>) = "plans",
+    /// `quota show`.
+    QuotaUsage(crate::quota::admin::QuotaUsage) = "quota_usage",
+    /// `quota reset`.
+    QuotaReset(crate::quota::admin::QuotaReset) = "quota_reset",
 }
 
 impl From<BanView> for Reply {

@@ -103,6 +103,11 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::Status => Ok(status(shared)),
         Request::Logs(q) => return logs(shared, q),
         Request::TapPorts { ports } => return tap_ports(shared, ports),
+        req @ (Request::PlanSet { .. }
+        | Request::PlanRm { .. }
+        | Request::PlanLs
+        | Request::QuotaShow { .. }
+        | Request::QuotaReset { .. }) => return super::quotas::handle(shared, req),
     };
     result.unwrap_or_else(|e| Response::failed(&e))
 }
