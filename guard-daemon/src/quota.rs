@@ -23,7 +23,7 @@ use guard_core::quota::{
 use guard_core::tap::identity::{UserSource, trusted};
 use serde::Serialize;
 
-use crate::config::{PlanSource, QuotasConfig, QuotasProblem};
+use crate::config::{OnStoreError, PlanSource, QuotasConfig, QuotasProblem};
 use crate::inline::gate::{Refusal, UserCheck};
 use crate::tap::{RequestEvent, UserId};
 
@@ -51,6 +51,12 @@ pub struct QuotaStats {
     pub unlimited: AtomicU64,
     /// Counters of passed windows dropped by the sweep.
     pub swept: AtomicU64,
+    /// Requests checked while the store was failing (its last write failed) under a rule
+    /// with a day, month or lifetime limit: admitted and charged in memory
+    /// (`on_store_error = "admit"`) …
+    pub store_error_admitted: AtomicU64,
+    /// … or refused with 503 (`on_store_error = "deny"`).
+    pub store_error_denied: AtomicU64,
 }
 
 /// What a request's quota check found.
@@ -58,8 +64,11 @@ pub struct QuotaStats {
 pub struct QuotaOutcome {
     /// The plan that applied, if any.
     pub plan: Option<String>,
-    /// The check of the matched rule; `None` when no plan or no rule applied.
+    /// The check of the matched rule; `None` when no plan or no rule applied, or when the
+    /// store is failing and `on_store_error = "deny"` refused the request unchecked.
     pub decision: Option<QuotaDecision>,
+    /// Refused because the store is failing (`on_store_error = "deny"`): nothing was charged.
+    pub unavailable: bool,
 }
 
 /// The plan quotas of the inline mode.
@@ -78,6 +87,10 @@ pub struct QuotaCheck {
     persist: Option<persist::Persist>,
     /// `quotas.headers_on_admit`: admitted requests' responses carry the headers too.
     headers_on_admit: bool,
+    /// `quotas.on_store_error`.
+    on_store_error: OnStoreError,
+    /// When a request under a failing store was last logged (seconds since the epoch).
+    store_warned_s: AtomicU64,
     pub stats: QuotaStats,
 }
 
@@ -103,6 +116,8 @@ impl QuotaCheck {
             salt,
             persist: None,
             headers_on_admit: cfg.headers_on_admit,
+            on_store_error: cfg.on_store_error,
+            store_warned_s: AtomicU64::new(0),
             stats: QuotaStats::default(),
         })
     }
@@ -213,6 +228,7 @@ impl QuotaCheck {
             return QuotaOutcome {
                 plan: None,
                 decision: None,
+                unavailable: false,
             };
         };
         let Some(rule) = plan.rule_for(&ev.method, &ev.path) else {
@@ -220,9 +236,22 @@ impl QuotaCheck {
             return QuotaOutcome {
                 plan: Some(plan.name.clone()),
                 decision: None,
+                unavailable: false,
             };
         };
         self.stats.checked.fetch_add(1, Ordering::Relaxed);
+        if self
+            .persist
+            .as_ref()
+            .is_some_and(|p| p.failing() && p.persists(rule.id))
+            && self.store_failing(ev.ts.as_secs())
+        {
+            return QuotaOutcome {
+                plan: Some(plan.name.clone()),
+                decision: None,
+                unavailable: true,
+            };
+        }
         let decision = self.table.check(key, rule, ev.ts.as_secs());
         if !decision.admitted {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +261,39 @@ impl QuotaCheck {
         QuotaOutcome {
             plan: Some(plan.name.clone()),
             decision: Some(decision),
+            unavailable: false,
         }
+    }
+
+    /// A request under a rule with a stored window while the store is failing: counts it,
+    /// logs at most once a minute, and says whether to refuse it (`on_store_error = "deny"`).
+    fn store_failing(&self, now_s: u64) -> bool {
+        let deny = self.on_store_error == OnStoreError::Deny;
+        let counter = if deny {
+            &self.stats.store_error_denied
+        } else {
+            &self.stats.store_error_admitted
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let last = self.store_warned_s.load(Ordering::Relaxed);
+        if (last == 0 || now_s >= last + 60)
+            && self
+                .store_warned_s
+                .compare_exchange(last, now_s.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let (what, stat) = if deny {
+                ("refused with 503", "store_error_denied")
+            } else {
+                ("admitted and counted in memory", "store_error_admitted")
+            };
+            tracing::warn!(
+                "the quota store is failing: requests under day, month or lifetime limits are \
+                 {what} (quotas.on_store_error = {}; counted in inline.quotas.{stat})",
+                if deny { "deny" } else { "admit" }
+            );
+        }
+        deny
     }
 }
 
@@ -271,7 +332,11 @@ pub fn refusal(d: &QuotaDecision) -> Option<Refusal> {
 /// The inline gate asks this for requests that name a user.
 impl UserCheck for QuotaCheck {
     fn check(&self, user: &UserId, ev: &RequestEvent) -> Option<Refusal> {
-        refusal(&self.check_event(Some(user), ev).decision?)
+        let out = self.check_event(Some(user), ev);
+        if out.unavailable {
+            return Some(Refusal::QuotaUnavailable);
+        }
+        refusal(&out.decision?)
     }
 }
 

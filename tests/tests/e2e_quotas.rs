@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, ensure};
 use guard_tests::nginx::Nginx;
 use guard_tests::proxy_app::{self, App};
-use guard_tests::{Daemon, Link, Netns, connect_from, require_root, wait_until};
+use guard_tests::{Daemon, Link, Netns, Tmpfs, connect_from, require_root, wait_until};
 
 const PORT: u16 = 8481;
 /// The forward-auth endpoint (where `dist/nginx-guard-auth.conf` asks).
@@ -59,19 +59,39 @@ struct Guarded {
 fn setup_with(trusted: &str) -> anyhow::Result<Guarded> {
     let link = Link::new()?;
     let app = proxy_app::start(Some(&link.near), "127.0.0.1:0".parse()?, 4)?;
+    let daemon = Daemon::start(&link.near, &link.near_if, &config(trusted, &app, QUOTAS))?;
+    Ok(Guarded { app, daemon, link })
+}
+
+/// guard's configuration (see [`setup_with`]) with `quotas` as its `[quotas]`.
+fn config(trusted: &str, app: &App, quotas: &str) -> String {
     let jwt_key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../guard-core/testdata/jwt/ec-public.pem");
-    let config = format!(
+    format!(
         "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{trusted}\"]\njwt_public_key = \"{}\"\n\n\
          [engine.black]\nrequests_10s = 1000000\nflood_requests_10s = 1000000\n\n\
          [engine.grey]\ngrace_requests_24h = 1000000\n\n\
          [proxy]\nlisten = [\"127.0.0.1:{PORT}\"]\nauth_listen = \"127.0.0.1:{AUTH_PORT}\"\n\
-         upstream = \"http://{}\"\nheader_timeout = \"2s\"\n{QUOTAS}",
+         upstream = \"http://{}\"\nheader_timeout = \"2s\"\n{quotas}",
         jwt_key.display(),
         app.addr
+    )
+}
+
+/// [`setup`] with `on_store_error` set and the state directory on a 4 MiB tmpfs (a disk the
+/// test can fill). The tmpfs goes after the daemon.
+fn setup_small_disk(on_store_error: &str) -> anyhow::Result<(Guarded, Tmpfs)> {
+    let link = Link::new()?;
+    let app = proxy_app::start(Some(&link.near), "127.0.0.1:0".parse()?, 4)?;
+    let quotas = QUOTAS.replacen(
+        "[quotas]\n",
+        &format!("[quotas]\non_store_error = \"{on_store_error}\"\n"),
+        1,
     );
-    let daemon = Daemon::start(&link.near, &link.near_if, &config)?;
-    Ok(Guarded { app, daemon, link })
+    let mut daemon = Daemon::prepare(&link.near, &link.near_if, &config(FRONT, &app, &quotas))?;
+    let disk = Tmpfs::mount(&daemon.state_dir, "4m")?;
+    daemon.spawn()?;
+    Ok((Guarded { app, daemon, link }, disk))
 }
 
 fn setup() -> anyhow::Result<Guarded> {
@@ -694,5 +714,157 @@ fn a_plan_set_by_the_cli_changes_a_users_limits_at_once_and_lasts() -> anyhow::R
         err.contains("user \"alice\" has no plan in the plan table"),
         "{err}"
     );
+    Ok(())
+}
+
+/// A counter of `guard stats --json` under `inline.quotas` (`persist.written` for a nested one).
+fn quota_stat(g: &Guarded, path: &str) -> u64 {
+    let Ok(stats) = g.daemon.json(&["stats"]) else {
+        return 0;
+    };
+    let mut v = &stats["inline"]["quotas"];
+    for key in path.split('.') {
+        v = &v[key];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+/// What [`through_a_failing_store`] saw.
+struct StoreFailure {
+    g: Guarded,
+    /// The answers to three requests made while the store fails.
+    during: Vec<String>,
+    /// `guard quota show` of the client while the store fails: the lifetime rule's `used`.
+    used: u64,
+    /// The answer to one more request after space is freed and guard restarted.
+    after: String,
+}
+
+/// The quota store on a disk that fills: a lifetime rule's request is admitted and written;
+/// the disk fills and a large `guard ban import` into the same state database fails (sled
+/// then refuses every write until it is reopened); the next write of the quota counters
+/// fails, and `on_store_error` decides about the requests that follow. Then space is freed
+/// and guard restarted.
+fn through_a_failing_store(on_store_error: &str) -> anyhow::Result<StoreFailure> {
+    use std::fmt::Write as _;
+    let (mut g, disk) = setup_small_disk(on_store_error)?;
+    let once = |g: &Guarded, i: u32| {
+        send(
+            &g.link.near,
+            "127.0.0.30",
+            PORT,
+            get(&format!("/api/v1/once/{i}"), ""),
+        )
+    };
+    ensure!(status_of(&once(&g, 0)?) == 200);
+    let written = wait_until(Duration::from_secs(10), || {
+        quota_stat(&g, "persist.written") >= 1
+    });
+    ensure!(written.is_some(), "the first charge was never written");
+    let filler = disk.fill()?;
+    let mut csv = String::new();
+    let reason = "r".repeat(300);
+    for i in 0..6000u32 {
+        writeln!(
+            csv,
+            "100.{}.{}.{},1h,{reason}",
+            64 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        )?;
+    }
+    let file = std::env::temp_dir().join(format!("guard-quota-full-{}.csv", std::process::id()));
+    std::fs::write(&file, csv)?;
+    let import = g
+        .daemon
+        .cli(&["ban", "import", file.to_str().unwrap_or_default()]);
+    std::fs::remove_file(&file)?;
+    let err = import.expect_err("an import onto a full disk must fail");
+    ensure!(err.contains("No space left on device"), "{err}");
+    // Charged in memory and marked (the store is not yet known to fail); its write fails.
+    ensure!(status_of(&once(&g, 1)?) == 200);
+    let failed = wait_until(Duration::from_secs(10), || {
+        quota_stat(&g, "persist.errors") >= 1
+    });
+    ensure!(
+        failed.is_some(),
+        "the write onto the full disk never failed: {}",
+        g.daemon.log_text()
+    );
+    let mut during = Vec::new();
+    for i in 2..5 {
+        during.push(once(&g, i)?);
+    }
+    let show = g.daemon.json(&["quota", "show", "127.0.0.30"])?;
+    let used = show["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["rule"] == "/api/v1/once/*"))
+        .and_then(|r| r["windows"][0]["used"].as_u64())
+        .with_context(|| format!("{show}"))?;
+    std::fs::remove_file(filler)?;
+    g.daemon.stop()?;
+    g.daemon.spawn()?;
+    let after = once(&g, 9)?;
+    drop(disk);
+    Ok(StoreFailure {
+        g,
+        during,
+        used,
+        after,
+    })
+}
+
+/// `on_store_error = "deny"`: while the store fails, a request under a rule with a lifetime
+/// limit is answered 503 with `Retry-After: 1`, never reaches the app and charges nothing;
+/// counted, logged once. After a restart on a freed disk: admitted.
+#[test]
+fn a_failing_store_with_deny_answers_503() -> anyhow::Result<()> {
+    require_root!();
+    let f = through_a_failing_store("deny")?;
+    println!("a request while the store fails:\n{}", f.during[0]);
+    for reply in &f.during {
+        ensure!(status_of(reply) == 503, "{reply}");
+        ensure!(header_of(reply, "retry-after") == Some("1"), "{reply}");
+    }
+    ensure!(f.used == 2, "the refused were charged: {} used", f.used);
+    ensure!(status_of(&f.after) == 200, "after the restart: {}", f.after);
+    ensure!(
+        app_requests(&f.g.app) == 3,
+        "the app saw {}",
+        app_requests(&f.g.app)
+    );
+    let log = f.g.daemon.log_text();
+    ensure!(
+        log.matches("the quota store is failing").count() == 1,
+        "{log}"
+    );
+    ensure!(
+        log.contains("refused with 503 (quotas.on_store_error = deny"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// `on_store_error = "admit"` (the default): while the store fails, requests are admitted and
+/// charged in memory; counted, logged once.
+#[test]
+fn a_failing_store_with_admit_admits_counts_and_logs_once() -> anyhow::Result<()> {
+    require_root!();
+    let f = through_a_failing_store("admit")?;
+    for reply in f.during.iter().chain([&f.after]) {
+        ensure!(status_of(reply) == 200, "{reply}");
+    }
+    ensure!(f.used == 5, "{} used", f.used);
+    ensure!(
+        app_requests(&f.g.app) == 6,
+        "the app saw {}",
+        app_requests(&f.g.app)
+    );
+    let log = f.g.daemon.log_text();
+    ensure!(
+        log.matches("the quota store is failing").count() == 1,
+        "{log}"
+    );
+    ensure!(log.contains("admitted and counted in memory"), "{log}");
     Ok(())
 }

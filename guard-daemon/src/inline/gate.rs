@@ -60,6 +60,9 @@ pub enum Refusal {
         /// `application/problem+json` body.
         violated: Vec<&'static str>,
     },
+    /// The quota store is failing and `quotas.on_store_error = "deny"`: 503 with
+    /// `Retry-After: 1` (the store is tried again every second).
+    QuotaUnavailable,
 }
 
 impl Refusal {
@@ -69,6 +72,7 @@ impl Refusal {
         match self {
             Self::BannedAddress(_) | Self::BannedUser | Self::Judged(Refuse::Deny) => cfg.deny,
             Self::Judged(Refuse::Limit) | Self::Quota { .. } => cfg.limit,
+            Self::QuotaUnavailable => 503,
         }
     }
 
@@ -95,6 +99,10 @@ impl Refusal {
                 ],
                 violated: Some(violated.clone()),
             },
+            Self::QuotaUnavailable => Extra {
+                retry_after: Some(1),
+                ..Extra::default()
+            },
             _ => Extra::default(),
         }
     }
@@ -109,6 +117,9 @@ impl Refusal {
             Self::Quota {
                 limit, violated, ..
             } => format!("quota: {} ({limit} requests) spent", violated.join(", ")),
+            Self::QuotaUnavailable => {
+                "quota store failing (quotas.on_store_error = deny)".to_owned()
+            }
         }
     }
 }
@@ -311,7 +322,11 @@ impl InlineGate {
         let Some(q) = self.quotas.as_ref() else {
             return Ok(Vec::new());
         };
-        let Some(d) = q.check_event(ev.user.as_ref(), ev).decision else {
+        let out = q.check_event(ev.user.as_ref(), ev);
+        if out.unavailable {
+            return Err(Refusal::QuotaUnavailable);
+        }
+        let Some(d) = out.decision else {
             return Ok(Vec::new());
         };
         match crate::quota::refusal(&d) {
@@ -398,7 +413,7 @@ impl Gate for InlineGate {
                     Refusal::BannedUser => {
                         s.banned_user.fetch_add(1, Ordering::Relaxed);
                     }
-                    Refusal::Quota { .. } => {
+                    Refusal::Quota { .. } | Refusal::QuotaUnavailable => {
                         s.quota_refused.fetch_add(1, Ordering::Relaxed);
                     }
                     Refusal::Judged(_) => {}

@@ -17,7 +17,7 @@
 //! A rule whose plan, position, path or method changes starts from zero (its old records
 //! stay, unused); changing only its limits keeps its counts.
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub struct Persist {
     dirty: Mutex<HashSet<(u128, u16)>>,
     /// When a write failure was last logged (seconds since the epoch).
     warned_s: AtomicU64,
+    /// The last write failed (cleared by the next one that succeeds).
+    failing: AtomicBool,
     pub stats: PersistStats,
 }
 
@@ -91,6 +93,7 @@ impl Persist {
             keys,
             dirty: Mutex::new(HashSet::new()),
             warned_s: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             stats: PersistStats::default(),
         }
     }
@@ -128,6 +131,18 @@ impl Persist {
         }
         self.stats.loaded.store(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Whether the last write failed (and none has succeeded since): the store is failing.
+    #[must_use]
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the rule `rule_id` has a window kept in the store.
+    #[must_use]
+    pub fn persists(&self, rule_id: u16) -> bool {
+        self.keys.contains_key(&rule_id)
     }
 
     /// Marks `key`'s counters under `rule_id` to be written (nothing for a rule without a
@@ -204,12 +219,14 @@ impl Persist {
             .and_then(|()| self.tree.flush().map(drop))
         {
             Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
                 self.stats
                     .written
                     .fetch_add(marked.len() as u64, Ordering::Relaxed);
                 marked.len()
             }
             Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let now_s = crate::clock::now_ms() / 1000;
                 if now_s >= self.warned_s.load(Ordering::Relaxed) + 60 {

@@ -229,7 +229,8 @@ fn unknown_plans_fall_back_and_are_counted_and_unlimited_plans_pass() {
         out,
         QuotaOutcome {
             plan: None,
-            decision: None
+            decision: None,
+            unavailable: false,
         }
     );
 }
