@@ -253,6 +253,7 @@ fn a_minute_quota_refuses_the_sixth_with_exact_headers() -> anyhow::Result<()> {
         "{problem}"
     );
     ensure!(problem["status"] == 429, "{problem}");
+    ensure!(header_of(&reply, "x-guard-problem").is_none(), "{reply}");
     ensure!(app_requests(&g.app) == 5, "the app saw the sixth");
     // An HTML client gets the page, with the same headers.
     let reply = send(ns, "127.0.0.1", PORT, get("/api/v1/items/7", ""))?;
@@ -335,6 +336,13 @@ fn a_minute_quota_refuses_the_sixth_with_exact_headers() -> anyhow::Result<()> {
         ensure!(
             header_of(&reply, "x-guard-status") == Some("429"),
             "{reply}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(
+            header_of(&reply, "x-guard-problem").context("no X-Guard-Problem")?,
+        )?;
+        ensure!(
+            problem["violated_policies"] == serde_json::json!(["minute"]),
+            "{problem}"
         );
         let as_429 = reply.replacen(" 403 ", " 429 ", 1);
         assert_minute_refusal(&as_429, expected_t)?;
@@ -481,8 +489,10 @@ fn lifetime_survives_a_restart_and_a_kill_9() -> anyhow::Result<()> {
 }
 
 /// Through real nginx and `dist/nginx-guard-auth.conf`: `per_minute = 5` lets five through to
-/// the app, each answer with guard's `RateLimit` (the exact count left); the sixth is answered 429 by nginx (guard's 403 with `X-Guard-Status: 429`), with
-/// guard's `Retry-After`, `RateLimit` and `RateLimit-Policy`, and never reaches the app.
+/// the app, each answer with guard's `RateLimit` (the exact count left); the sixth is answered
+/// 429 by nginx (guard's 403 with `X-Guard-Status: 429`), with guard's `Retry-After`,
+/// `RateLimit` and `RateLimit-Policy` and guard's `application/problem+json` body naming the
+/// minute (handed over in `X-Guard-Problem`), and never reaches the app.
 #[test]
 fn through_nginx_the_sixth_gets_429_with_the_same_headers() -> anyhow::Result<()> {
     require_root!();
@@ -528,7 +538,27 @@ fn through_nginx_the_sixth_gets_429_with_the_same_headers() -> anyhow::Result<()
     let reply = send(ns, "127.0.0.7", NGINX_PORT, get("/api/v1/items/6", ""))?;
     println!("nginx's answer to the sixth:\n{reply}");
     assert_minute_refusal(&reply, expected_t)?;
-    ensure!(body_of(&reply).starts_with("Too many requests"), "{reply}");
+    // guard's problem+json body, which nginx cannot take from the auth subrequest, comes in
+    // X-Guard-Problem and is what nginx answers with.
+    ensure!(
+        header_of(&reply, "content-type") == Some("application/problem+json"),
+        "{reply}"
+    );
+    ensure!(header_of(&reply, "x-guard-problem").is_none(), "{reply}");
+    let problem: serde_json::Value =
+        serde_json::from_str(body_of(&reply)).with_context(|| format!("not JSON: {reply}"))?;
+    ensure!(
+        problem
+            == serde_json::json!({
+                "type": "about:blank",
+                "title": "Too Many Requests",
+                "status": 429,
+                "detail": "quota exceeded: minute",
+                "violated_policies": ["minute"],
+                "request_id": header_of(&reply, "x-request-id").context("no X-Request-Id")?,
+            }),
+        "{problem}"
+    );
     ensure!(app_requests(&g.app) == before + 5, "the app saw the sixth");
     Ok(())
 }
@@ -773,7 +803,11 @@ fn through_a_failing_store(on_store_error: &str) -> anyhow::Result<StoreFailure>
             i % 256
         )?;
     }
-    let file = std::env::temp_dir().join(format!("guard-quota-full-{}.csv", std::process::id()));
+    // One file per test: the tests of this file run at once in one process.
+    let file = std::env::temp_dir().join(format!(
+        "guard-quota-full-{on_store_error}-{}.csv",
+        std::process::id()
+    ));
     std::fs::write(&file, csv)?;
     let import = g
         .daemon

@@ -22,6 +22,7 @@ use super::conn::{ConnState, InFlight};
 use super::headers;
 use super::stats::ProxyStats;
 use super::upstream::{Lease, Upstream, UpstreamError};
+use crate::inline::answer::GUARD_PROBLEM;
 use crate::inline::{Gate, Seen, Verdict};
 
 /// Everything a request needs, shared by every connection.
@@ -91,7 +92,9 @@ impl Forwarder {
         };
         let (id, extra) = match self.gate.check(&seen) {
             Verdict::Pass { id, headers } => (id, headers),
-            Verdict::Answer { id, response } => {
+            Verdict::Answer { id, mut response } => {
+                // For forward-auth's front ends only: the body already says it here.
+                response.headers_mut().remove(GUARD_PROBLEM);
                 ProxyStats::bump(&self.stats.answered);
                 self.gate.finished(&id, response.status().as_u16());
                 return response.map(|b| RespBody::once(b, Some(mark)));
