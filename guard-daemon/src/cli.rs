@@ -7,11 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::clock::{format_utc, now_ms, parse_duration};
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::control::{self, Request, Stats, Status};
+use crate::control::{self, Request, Status};
 use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
+mod stats;
 mod users;
 pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
 
@@ -161,7 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ban(cmd) => ban::ban(cmd, &socket_path(socket)),
         Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
-        Command::Stats(f) => stats(f.json, &socket_path(socket)),
+        Command::Stats(f) => stats::run(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
         Command::Logs(args) => logs(args, &socket_path(socket)),
         Command::Tap(TapCommand::Ports { ports }) => {
@@ -351,97 +352,6 @@ fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         }
         req.limit = None;
         std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-}
-
-fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
-    let data: Box<Stats> = control::call(socket, &Request::Stats)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
-        return Ok(());
-    }
-    let row = |section: &str, name: &str, v: u64| vec![format!("{section}.{name}"), v.to_string()];
-    let xdp: Vec<Vec<String>> = data.xdp.iter().map(|(k, v)| row("xdp", k, *v)).collect();
-    print_table(&["COUNTER", "VALUE"], &xdp);
-    let daemon: Vec<Vec<String>> = data
-        .daemon
-        .rows()
-        .into_iter()
-        .map(|(k, v)| row("daemon", k, v))
-        .collect();
-    print_table(&["COUNTER", "VALUE"], &daemon);
-    // The engine's ban orders: a dropped or failed order is given again on the client's next
-    // request, so `failed` and `dropped` without `retried` mean clients that did not come back.
-    let e = &data.engine;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let orders: Vec<Vec<String>> = [
-        ("ordered", load(&e.bans_ordered)),
-        ("confirmed", load(&e.bans_confirmed)),
-        ("dropped", load(&e.bans_dropped)),
-        ("failed", load(&e.bans_failed)),
-        ("retried", load(&e.bans_retried)),
-        ("refused", load(&e.bans_refused)),
-        ("shadow", load(&e.bans_shadow)),
-    ]
-    .into_iter()
-    .map(|(k, v)| row("ban_orders", k, v))
-    .collect();
-    print_table(&["COUNTER", "VALUE"], &orders);
-    let l = &data.logs;
-    let logs: Vec<Vec<String>> = [
-        ("written", l.written),
-        ("dropped", l.dropped),
-        ("failed_batches", l.failed_batches),
-        ("stored", l.stored as u64),
-        ("truncated", l.truncated),
-        ("size_on_disk", l.size_on_disk),
-        ("live_bytes", l.live_bytes),
-        ("pruned", l.pruned),
-        ("expired", l.expired),
-        ("rebuilds", l.rebuilds),
-    ]
-    .into_iter()
-    .map(|(k, v)| row("logs", k, v))
-    .collect();
-    print_table(&["COUNTER", "VALUE"], &logs);
-    // The judge's, the engine's and the AI client's counters, and each interface's tap, by
-    // name (nested ones joined with dots).
-    let mut sections = vec![
-        ("engine", serde_json::to_value(&data.engine)?),
-        ("engine_core", data.engine_core.clone()),
-    ];
-    if let Some(ai) = &data.ai {
-        sections.push(("ai", serde_json::to_value(ai)?));
-    }
-    if let Some(proxy) = &data.proxy {
-        sections.push(("proxy", serde_json::to_value(proxy)?));
-    }
-    for (name, value) in sections {
-        let mut rows = Vec::new();
-        counter_rows(name, &value, &mut rows);
-        print_table(&["COUNTER", "VALUE"], &rows);
-    }
-    if let Some(interfaces) = data.tap.as_array() {
-        for iface in interfaces {
-            let name = iface["interface"].as_str().unwrap_or("?");
-            let mut rows = Vec::new();
-            counter_rows(&format!("tap.{name}"), iface, &mut rows);
-            print_table(&["COUNTER", "VALUE"], &rows);
-        }
-    }
-    Ok(())
-}
-
-/// The numbers in `value` as (dotted name, value) rows, in the order they come.
-fn counter_rows(prefix: &str, value: &serde_json::Value, rows: &mut Vec<Vec<String>>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                counter_rows(&format!("{prefix}.{k}"), v, rows);
-            }
-        }
-        serde_json::Value::Number(n) => rows.push(vec![prefix.to_owned(), n.to_string()]),
-        _ => {}
     }
 }
 

@@ -301,7 +301,11 @@ fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
         "the daemon stopped on SIGHUP: {status:?}\n{}",
         d.log_text()
     );
-    assert_eq!(status?["pid"].as_i64(), Some(i64::from(pid)), "another daemon answers");
+    assert_eq!(
+        status?["pid"].as_i64(),
+        Some(i64::from(pid)),
+        "another daemon answers"
+    );
     assert!(ban_of(d, "192.0.2.60").is_some(), "the ban was lost");
     let log = d.log_text();
     assert_eq!(
@@ -309,5 +313,100 @@ fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
         2,
         "each SIGHUP is logged: {log}"
     );
+    Ok(())
+}
+
+/// `guard stats`'s table as (counter, value) pairs.
+fn stats_table(d: &Daemon) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let out = d.cli(&["stats"]).map_err(anyhow::Error::msg)?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    anyhow::ensure!(header == ["COUNTER", "VALUE"], "no header in:\n{out}");
+    Ok(lines
+        .filter_map(|l| {
+            let mut cells = l.split_whitespace();
+            Some((cells.next()?.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect())
+}
+
+/// Issue 20, item 5: `guard stats`'s table shows every group the daemon reports (the engine's,
+/// the tap's, the log writer's, the XDP program's, the daemon's; the AI and the proxy as
+/// `off`), with the same numbers as `--json`, after real requests.
+#[test]
+fn stats_table_shows_every_group() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let src = s.link.add_far_v4(70)?;
+    assert_eq!(get(&s, src, &["/"; 5]), 5);
+    wait_until(Duration::from_secs(10), || {
+        d.json(&["stats"])
+            .is_ok_and(|j| j["engine"]["inspected"].as_u64() >= Some(5))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the 5 requests were not inspected: {:?}",
+            d.json(&["stats"])
+        )
+    });
+    // The log writer works in batches, and the tap publishes its counters every 250 ms: wait
+    // until both have counted them too.
+    wait_until(Duration::from_secs(10), || {
+        d.json(&["stats"]).is_ok_and(|j| {
+            j["logs"]["written"].as_u64() >= Some(5) && j["tap"][0]["requests"].as_u64() >= Some(5)
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the 5 requests were not logged and counted by the tap: {:?}",
+            d.json(&["stats"])
+        )
+    });
+    let json = d.json(&["stats"])?;
+    let table = stats_table(d)?;
+    let iface = &s.link.near_if;
+    for (row, value) in [
+        ("engine.inspected", &json["engine"]["inspected"]),
+        ("engine_core.requests", &json["engine_core"]["requests"]),
+        ("logs.written", &json["logs"]["written"]),
+        ("logs.stored", &json["logs"]["stored"]),
+        (
+            &format!("tap.{iface}.requests"),
+            &json["tap"][0]["requests"],
+        ),
+        ("daemon.bans_expired", &json["daemon"]["bans_expired"]),
+        ("xdp.dense_blocks", &json["xdp"]["dense_blocks"]),
+    ] {
+        let n = value
+            .as_u64()
+            .unwrap_or_else(|| panic!("{row}: not in --json: {json}"));
+        assert_eq!(
+            table.get(row).map(String::as_str),
+            Some(n.to_string().as_str()),
+            "{row} in the table: {table:#?}"
+        );
+    }
+    assert!(json["engine"]["inspected"].as_u64() >= Some(5));
+    assert_eq!(json["tap"][0]["interface"], iface.as_str());
+    assert!(json["tap"][0]["requests"].as_u64() >= Some(5), "{json}");
+    for off in ["ai", "proxy", "inline"] {
+        assert_eq!(
+            table.get(off).map(String::as_str),
+            Some("off"),
+            "{table:#?}"
+        );
+    }
+    for group in [
+        "engine.",
+        "engine_core.",
+        "tap.",
+        "logs.",
+        "daemon.",
+        "xdp.",
+    ] {
+        let rows = table.keys().filter(|k| k.starts_with(group)).count();
+        assert!(rows >= 3, "group {group} has {rows} rows: {table:#?}");
+    }
     Ok(())
 }
