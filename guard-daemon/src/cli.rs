@@ -3,9 +3,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::clock::{format_utc, now_ms, parse_duration};
+use crate::clock::{format_utc, now_ms, parse_duration, parse_utc};
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::control::{self, Request, Status};
 use crate::net::Net;
@@ -66,11 +67,13 @@ pub enum TapCommand {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Only records newer than this (e.g. 10m, 2h, 7d).
-    #[arg(long)]
+    /// Only records at or after this: a duration ago (10m, 2h, 7d), an RFC 3339 time
+    /// (2026-11-18T11:06:40Z, or with an offset like +01:00) or a date (2026-11-18, its
+    /// midnight UTC).
+    #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
-    /// Only records older than this long ago (e.g. 5m).
-    #[arg(long)]
+    /// Only records before this (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
     /// Only this client address.
     #[arg(long)]
@@ -305,18 +308,44 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn ago_ns(text: &str) -> anyhow::Result<u64> {
-    let d = parse_duration(text)?;
-    Ok(now_ms()
-        .saturating_sub(d.as_millis() as u64)
-        .saturating_mul(1_000_000))
+/// The `--since` / `--until` range in ms since the epoch; an empty range (since not before
+/// until) is an error saying so, rather than an empty answer.
+fn time_range(
+    since: Option<&str>,
+    until: Option<&str>,
+    now_ms: u64,
+) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let since_ms = since
+        .map(|t| parse_utc(t, now_ms))
+        .transpose()
+        .context("--since")?;
+    let until_ms = until
+        .map(|t| parse_utc(t, now_ms))
+        .transpose()
+        .context("--until")?;
+    if let (Some(s), Some(u)) = (since_ms, until_ms)
+        && s >= u
+    {
+        anyhow::bail!(
+            "--since {} ({}) is not before --until {} ({}): no record can be in that range \
+             (were they swapped?)",
+            since.unwrap_or_default(),
+            format_utc(s),
+            until.unwrap_or_default(),
+            format_utc(u)
+        );
+    }
+    Ok((since_ms, until_ms))
 }
 
 fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     use crate::store::logs::LogRecord;
+    let (since_ms, until_ms) =
+        time_range(args.since.as_deref(), args.until.as_deref(), now_ms())?;
+    let ns = |ms: u64| ms.saturating_mul(1_000_000);
     let mut req = control::LogsRequest {
-        since_ns: args.since.as_deref().map(ago_ns).transpose()?,
-        until_ns: args.until.as_deref().map(ago_ns).transpose()?,
+        since_ns: since_ms.map(ns),
+        until_ns: until_ms.map(ns),
         ip: args.ip,
         path_prefix: args.path_prefix,
         status: args.status,
@@ -504,8 +533,8 @@ mod tests {
         };
         assert_eq!(
             ban::describe_replaced(&old, &now, false),
-            "it was already banned (engine ban); replaced: end 1970-01-01 04:00:00 -> \
-             1970-01-01 01:00:00 (shorter: --extend keeps the later end); reason \
+            "it was already banned (engine ban); replaced: end 1970-01-01T04:00:00Z -> \
+             1970-01-01T01:00:00Z (shorter: --extend keeps the later end); reason \
              \"probing: 10 distinct paths\" -> \"manual\""
         );
         let same = Replaced {
@@ -515,7 +544,7 @@ mod tests {
         };
         assert_eq!(
             ban::describe_replaced(&same, &now, true),
-            "it was already banned (cli ban); replaced: end unchanged (1970-01-01 01:00:00); \
+            "it was already banned (cli ban); replaced: end unchanged (1970-01-01T01:00:00Z); \
              reason unchanged (\"manual\")"
         );
     }
@@ -565,6 +594,36 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn log_ranges_take_times_and_refuse_inverted_ones() {
+        let now = 1_795_000_000_000; // 2026-11-18T11:06:40Z
+        assert_eq!(
+            time_range(Some("2026-11-18"), Some("10m"), now).unwrap(),
+            (Some(now - 40_000_000), Some(now - 600_000))
+        );
+        assert_eq!(
+            time_range(Some("2026-11-18T12:00:00+01:00"), None, now).unwrap(),
+            (Some(now - 6 * 60_000 - 40_000), None)
+        );
+        assert_eq!(time_range(None, None, now).unwrap(), (None, None));
+        let err = time_range(Some("1h"), Some("2h"), now)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--since 1h (2026-11-18T10:06:40Z) is not before --until 2h (2026-11-18T09:06:40Z): \
+             no record can be in that range (were they swapped?)"
+        );
+        let err = format!(
+            "{:#}",
+            time_range(Some("yesterday"), None, now).unwrap_err()
+        );
+        assert!(
+            err.starts_with("--since: invalid time \"yesterday\""),
+            "{err}"
+        );
     }
 
     #[test]

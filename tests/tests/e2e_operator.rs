@@ -410,3 +410,128 @@ fn stats_table_shows_every_group() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `t` (seconds since the epoch) as RFC 3339 UTC, as `date -u` writes it.
+fn rfc3339(t: u64) -> String {
+    let out = guard_tests::sh(
+        "date",
+        &["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"],
+    )
+    .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The RFC 3339 UTC times (`2026-11-18T11:06:40Z`) in `text`.
+fn utc_times(text: &str) -> Vec<&str> {
+    text.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter(|w| w.len() == 20 && w.as_bytes()[10] == b'T' && w.ends_with('Z'))
+        .collect()
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+}
+
+/// The paths of `guard logs ARGS --json`.
+fn logged_paths(d: &Daemon, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["logs"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let out = d
+        .cli(&a)
+        .unwrap_or_else(|e| panic!("guard {}: {e}", a.join(" ")));
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["path"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Waits until the log holds `n` records.
+fn wait_logged(d: &Daemon, n: usize) {
+    wait_until(Duration::from_secs(10), || {
+        logged_paths(d, &["--limit", "1000"]).len() >= n
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{n} records were not logged: {:?}",
+            logged_paths(d, &["--limit", "1000"])
+        )
+    });
+}
+
+/// Issue 20, item 7: times say their zone (`Z`) in `ban add`, `ban ls` and `logs`;
+/// `--since` / `--until` take RFC 3339 times and dates besides durations; an inverted range
+/// is an error sentence, not an empty answer.
+#[test]
+fn times_say_utc_and_ranges_take_dates() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let out = d
+        .cli(&["ban", "add", "192.0.2.70", "--ttl", "1h"])
+        .map_err(anyhow::Error::msg)?;
+    let until = out
+        .trim()
+        .strip_prefix("banned 192.0.2.70 until ")
+        .unwrap_or_else(|| panic!("{out}"));
+    let expected = rfc3339(unix_now().as_secs() + 3600);
+    assert_eq!(until.len(), "2026-11-18T11:06:40Z".len(), "{out}");
+    assert!(
+        until.ends_with('Z') && until.as_bytes()[10] == b'T',
+        "{out}"
+    );
+    // Within a few seconds of an hour from now.
+    assert_eq!(until[..15], expected[..15], "{out} vs {expected}");
+    let ls = d.cli(&["ban", "ls"]).map_err(anyhow::Error::msg)?;
+    let row = ls
+        .lines()
+        .find(|l| l.starts_with("192.0.2.70"))
+        .unwrap_or_else(|| panic!("{ls}"));
+    // CREATED and EXPIRES, the end as `ban add` said it.
+    let times = utc_times(row);
+    assert_eq!(times.len(), 2, "{ls}");
+    assert_eq!(times[1], until, "{ls}");
+
+    // Two batches of requests, a second apart, and T between them.
+    let src = s.link.add_far_v4(71)?;
+    assert_eq!(get(&s, src, &["/early"; 3]), 3);
+    wait_logged(d, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = rfc3339(unix_now().as_secs());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&s, src, &["/late"; 2]), 2);
+    wait_logged(d, 5);
+    assert_eq!(logged_paths(d, &["--since", &t]), ["/late"; 2]);
+    assert_eq!(logged_paths(d, &["--until", &t]), ["/early"; 3]);
+    let today = &t[..10];
+    assert_eq!(logged_paths(d, &["--since", today]).len(), 5);
+    assert_eq!(
+        logged_paths(d, &["--since", "1h", "--until", "now"]).len(),
+        5
+    );
+    let table = d.cli(&["logs"]).map_err(anyhow::Error::msg)?;
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 5, "{table}");
+    for r in &rows {
+        assert!(r.starts_with(today) && r[..24].ends_with('Z'), "{r}");
+    }
+
+    // An inverted range is an error naming both ends; so is a time without a zone.
+    let err = d
+        .cli(&["logs", "--since", &t, "--until", "1h"])
+        .expect_err("an inverted range must fail");
+    assert!(
+        err.contains(&format!("--since {t} ({t}) is not before --until 1h (")),
+        "{err}"
+    );
+    let err = d
+        .cli(&["logs", "--since", &t[..19]])
+        .expect_err("a time without a zone must fail");
+    assert!(err.contains("it has no time zone: add Z for UTC"), "{err}");
+    Ok(())
+}
