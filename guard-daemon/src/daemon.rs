@@ -25,8 +25,9 @@ use crate::store::logs::{LogStore, LogWriter};
 use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
-mod inline;
 mod hangup;
+mod inline;
+mod quotas;
 mod readd;
 mod requests;
 use requests::handle;

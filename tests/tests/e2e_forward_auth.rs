@@ -299,10 +299,7 @@ fn nginx_auth_request_asks_guard_for_every_request() -> anyhow::Result<()> {
         if want == 403 {
             let r = record(&d, a.header("x-request-id").context("no request id")?);
             assert_eq!(r["user"], user, "{r}");
-            assert!(
-                r["reason"].as_str().unwrap_or("").contains("user"),
-                "{r}"
-            );
+            assert!(r["reason"].as_str().unwrap_or("").contains("user"), "{r}");
         }
     }
 

@@ -89,8 +89,8 @@ impl Forwarder {
             body: &prefix[..prefix.len().min(self.peek)],
             body_complete: complete && prefix.len() <= self.peek,
         };
-        let id = match self.gate.check(&seen) {
-            Verdict::Pass { id } => id,
+        let (id, extra) = match self.gate.check(&seen) {
+            Verdict::Pass { id, headers } => (id, headers),
             Verdict::Answer { id, response } => {
                 ProxyStats::bump(&self.stats.answered);
                 self.gate.finished(&id, response.status().as_u16());
@@ -151,6 +151,10 @@ impl Forwarder {
             headers::strip_hop_by_hop(answer.headers_mut(), true);
         } else {
             headers::strip_hop_by_hop(answer.headers_mut(), false);
+        }
+        // The gate's own headers (the quotas' `RateLimit`), after the upstream's.
+        for (name, value) in &extra {
+            answer.headers_mut().append(name, value.clone());
         }
         self.gate.finished(&id, status.as_u16());
         answer.map(|b| RespBody::upstream(b, Some(mark), lease))
