@@ -140,6 +140,10 @@ fn curl(link: &Link, url: &str) -> String {
     clippy::float_cmp,
     reason = "the samples are integers, written and parsed exactly"
 )]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: first scrape, tap traffic, a ban and its pings, the lift"
+)]
 fn counters_move_by_exactly_the_traffic_sent() -> anyhow::Result<()> {
     require_root!();
     let link = Link::new()?;
