@@ -574,6 +574,11 @@ fn serve_on(ns: &guard_tests::Netns, addr: SocketAddr) -> anyhow::Result<()> {
 /// many more there are and how to see them; `--ip` takes an IPv4 or IPv6 network; `--follow`
 /// prints the rows that come later in the header's columns.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "one scenario: the page, the networks, then the follow, on one daemon"
+)]
 fn logs_pages_take_networks_and_follow_in_columns() -> anyhow::Result<()> {
     require_root!();
     let s = setup("")?;

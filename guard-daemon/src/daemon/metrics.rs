@@ -102,7 +102,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
             for (name, v) in STAT_NAMES.iter().zip(r.packets) {
                 match xdp_labels(name) {
                     Some((action, reason)) => {
-                        packets.push(vec![label("action", action), label("reason", reason)], v)
+                        packets.push(vec![label("action", action), label("reason", reason)], v);
                     }
                     None => other.push(Vec::new(), v),
                 }
