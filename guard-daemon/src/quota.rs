@@ -57,6 +57,21 @@ pub struct QuotaStats {
     pub store_error_admitted: AtomicU64,
     /// … or refused with 503 (`on_store_error = "deny"`).
     pub store_error_denied: AtomicU64,
+    /// Refusals by plan name (names come from the config, so the map stays small).
+    pub refused_by_plan: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl QuotaStats {
+    /// The refusals by plan now.
+    #[must_use]
+    pub fn refusals(&self) -> Vec<(String, u64)> {
+        self.refused_by_plan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// What a request's quota check found.
@@ -255,6 +270,13 @@ impl QuotaCheck {
         let decision = self.table.check(key, rule, ev.ts.as_secs());
         if !decision.admitted {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            *self
+                .stats
+                .refused_by_plan
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(plan.name.clone())
+                .or_default() += 1;
         } else if let Some(p) = &self.persist {
             p.mark(key, rule.id);
         }

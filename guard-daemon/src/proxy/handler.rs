@@ -48,8 +48,22 @@ enum Failure {
 }
 
 impl Forwarder {
-    /// Answers one request; never fails (every failure is an HTTP answer to the client).
+    /// Answers one request; never fails (every failure is an HTTP answer to the client). The
+    /// time until the response head is ready goes into the latency histogram.
     pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+        conn: &Arc<ConnState>,
+    ) -> Response<RespBody> {
+        let started = std::time::Instant::now();
+        let response = self.respond(req, peer, tls, conn).await;
+        self.stats.latency.observe(started.elapsed());
+        response
+    }
+
+    async fn respond(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
