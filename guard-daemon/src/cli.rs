@@ -3,19 +3,20 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::clock::{format_utc, now_ms, parse_duration, parse_utc};
+use crate::clock::{format_utc, parse_duration};
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::control::{self, Request, Status};
 use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
+mod logs;
 mod stats;
 mod users;
 pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
+pub use logs::LogsArgs;
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
 #[derive(Debug, Parser)]
@@ -63,39 +64,6 @@ pub enum Command {
 pub enum TapCommand {
     /// Show the protected HTTP ports, or replace them (takes effect at once).
     Ports { ports: Vec<u16> },
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    /// Only records at or after this: a duration ago (10m, 2h, 7d), an RFC 3339 time
-    /// (2026-11-18T11:06:40Z, or with an offset like +01:00) or a date (2026-11-18, its
-    /// midnight UTC).
-    #[arg(long, value_name = "WHEN")]
-    pub since: Option<String>,
-    /// Only records before this (same forms as --since).
-    #[arg(long, value_name = "WHEN")]
-    pub until: Option<String>,
-    /// Only this client address.
-    #[arg(long)]
-    pub ip: Option<std::net::IpAddr>,
-    /// Only paths starting with this.
-    #[arg(long)]
-    pub path_prefix: Option<String>,
-    /// Only this status (404) or class (5xx).
-    #[arg(long)]
-    pub status: Option<String>,
-    /// Only blocked requests.
-    #[arg(long)]
-    pub blocked: bool,
-    /// At most this many (the newest).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// One JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Keep printing new records as they arrive.
-    #[arg(long, short)]
-    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -167,7 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
         Command::Stats(f) => stats::run(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
-        Command::Logs(args) => logs(args, &socket_path(socket)),
+        Command::Logs(args) => logs::run(args, &socket_path(socket)),
         Command::Tap(TapCommand::Ports { ports }) => {
             let ports = (!ports.is_empty()).then_some(ports);
             let now: Vec<u16> = control::call(&socket_path(socket), &Request::TapPorts { ports })?;
@@ -305,82 +273,6 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
     if rows.is_empty() {
         println!("(none)");
-    }
-}
-
-/// The `--since` / `--until` range in ms since the epoch; an empty range (since not before
-/// until) is an error saying so, rather than an empty answer.
-fn time_range(
-    since: Option<&str>,
-    until: Option<&str>,
-    now_ms: u64,
-) -> anyhow::Result<(Option<u64>, Option<u64>)> {
-    let since_ms = since
-        .map(|t| parse_utc(t, now_ms))
-        .transpose()
-        .context("--since")?;
-    let until_ms = until
-        .map(|t| parse_utc(t, now_ms))
-        .transpose()
-        .context("--until")?;
-    if let (Some(s), Some(u)) = (since_ms, until_ms)
-        && s >= u
-    {
-        anyhow::bail!(
-            "--since {} ({}) is not before --until {} ({}): no record can be in that range \
-             (were they swapped?)",
-            since.unwrap_or_default(),
-            format_utc(s),
-            until.unwrap_or_default(),
-            format_utc(u)
-        );
-    }
-    Ok((since_ms, until_ms))
-}
-
-fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
-    use crate::store::logs::LogRecord;
-    let (since_ms, until_ms) =
-        time_range(args.since.as_deref(), args.until.as_deref(), now_ms())?;
-    let ns = |ms: u64| ms.saturating_mul(1_000_000);
-    let mut req = control::LogsRequest {
-        since_ns: since_ms.map(ns),
-        until_ns: until_ms.map(ns),
-        ip: args.ip,
-        path_prefix: args.path_prefix,
-        status: args.status,
-        blocked: args.blocked,
-        limit: args.limit,
-    };
-    if let Some(s) = &req.status {
-        s.parse::<crate::store::logs::StatusFilter>()?;
-    }
-    let mut header = true;
-    loop {
-        let records: Vec<LogRecord> = control::call(socket, &Request::Logs(req.clone()))?;
-        if args.json {
-            for r in &records {
-                println!("{}", r.to_json_line());
-            }
-        } else if !records.is_empty() || header {
-            let table = crate::store::logs::format::format_table(&records);
-            let mut lines = table.lines();
-            if !header {
-                lines.next();
-            }
-            for l in lines {
-                println!("{l}");
-            }
-            header = false;
-        }
-        if !args.follow {
-            return Ok(());
-        }
-        if let Some(last) = records.iter().map(|r| r.time).max() {
-            req.since_ns = Some(last.as_nanos() as u64 + 1);
-        }
-        req.limit = None;
-        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
@@ -594,36 +486,6 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
-    }
-
-    #[test]
-    fn log_ranges_take_times_and_refuse_inverted_ones() {
-        let now = 1_795_000_000_000; // 2026-11-18T11:06:40Z
-        assert_eq!(
-            time_range(Some("2026-11-18"), Some("10m"), now).unwrap(),
-            (Some(now - 40_000_000), Some(now - 600_000))
-        );
-        assert_eq!(
-            time_range(Some("2026-11-18T12:00:00+01:00"), None, now).unwrap(),
-            (Some(now - 6 * 60_000 - 40_000), None)
-        );
-        assert_eq!(time_range(None, None, now).unwrap(), (None, None));
-        let err = time_range(Some("1h"), Some("2h"), now)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "--since 1h (2026-11-18T10:06:40Z) is not before --until 2h (2026-11-18T09:06:40Z): \
-             no record can be in that range (were they swapped?)"
-        );
-        let err = format!(
-            "{:#}",
-            time_range(Some("yesterday"), None, now).unwrap_err()
-        );
-        assert!(
-            err.starts_with("--since: invalid time \"yesterday\""),
-            "{err}"
-        );
     }
 
     #[test]

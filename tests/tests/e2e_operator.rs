@@ -43,8 +43,12 @@ fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
 /// Sends GET `paths` from `src`, one connection each, stopping at the first that gets no
 /// answer (the client was banned); returns how many were answered.
 fn get(s: &Setup, src: IpAddr, paths: &[&str]) -> usize {
+    get_at(s, src, s.dst, paths)
+}
+
+/// [`get`] to `dst`.
+fn get_at(s: &Setup, src: IpAddr, dst: SocketAddr, paths: &[&str]) -> usize {
     let ns = s.link.far.path();
-    let dst = s.dst;
     let reqs: Vec<String> = paths
         .iter()
         .map(|p| format!("GET {p} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.0\r\n\r\n"))
@@ -67,6 +71,27 @@ fn get(s: &Setup, src: IpAddr, paths: &[&str]) -> usize {
             answered += 1;
         }
         answered
+    })
+    .join()
+    .expect("the client thread panicked")
+}
+
+/// Sends GET `path` `n` times from `src` to `dst` on one keep-alive connection, each request
+/// after the answer to the one before (fewer connections than [`get`], for many requests);
+/// returns how many were answered.
+fn get_many(s: &Setup, src: IpAddr, dst: SocketAddr, path: &str, n: usize) -> usize {
+    let ns = s.link.far.path();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.0\r\n\r\n");
+    std::thread::spawn(move || {
+        let _ = guard_tests::enter(&ns);
+        let Some(stream) = guard_tests::connect_from(src, dst, Duration::from_secs(5)) else {
+            return 0;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut c = Client { stream };
+        (0..n)
+            .take_while(|_| c.send(req.as_bytes()).and_then(|()| c.responses(1)).is_ok())
+            .count()
     })
     .join()
     .expect("the client thread panicked")
@@ -533,5 +558,159 @@ fn times_say_utc_and_ranges_take_dates() -> anyhow::Result<()> {
         .cli(&["logs", "--since", &t[..19]])
         .expect_err("a time without a zone must fail");
     assert!(err.contains("it has no time zone: add Z for UTC"), "{err}");
+    Ok(())
+}
+
+/// A minimal HTTP server on `addr` in `ns` (one `200 ok` per request), for IPv6 clients.
+fn serve_on(ns: &guard_tests::Netns, addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = std::net::TcpListener::bind(addr);
+        let _ = tx.send(listener.is_ok());
+        let Ok(listener) = listener else { return };
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    anyhow::ensure!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false),
+        "the IPv6 server did not start on {addr}"
+    );
+    Ok(())
+}
+
+/// Issue 20, item 8: a bare `guard logs` shows the newest 100 records and a footer saying how
+/// many more there are and how to see them; `--ip` takes an IPv4 or IPv6 network; `--follow`
+/// prints the rows that come later in the header's columns.
+#[test]
+fn logs_pages_take_networks_and_follow_in_columns() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let v6_dst = SocketAddr::new(s.link.near_v6, PORT);
+    serve_on(&s.link.near, v6_dst)?;
+    let v4 = s.link.add_far_v4(72)?;
+    let b = s.link.add_far_v4_in(77, 5)?;
+    let v6 = s.link.far_v6;
+    assert_eq!(get_many(&s, v4, s.dst, "/a", 104), 104);
+    assert_eq!(get(&s, b, &["/b"; 3]), 3);
+    assert_eq!(get_at(&s, v6, v6_dst, &["/c"; 2]), 2);
+    wait_logged(d, 109);
+
+    // The newest 100, and a footer for the 9 older ones.
+    let out = d.cli(&["logs"]).map_err(anyhow::Error::msg)?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 102, "header, 100 rows, footer:\n{out}");
+    assert!(lines[0].starts_with("TIME"), "{out}");
+    assert_eq!(
+        lines[101],
+        "… 9 more (older); show them with --limit N or --limit all, or narrow with --since"
+    );
+    assert!(lines[100].contains("/c"), "the newest come last: {out}");
+    assert_eq!(logged_paths(d, &[]).len(), 100, "--json is limited too");
+    assert_eq!(logged_paths(d, &["--limit", "all"]).len(), 109);
+    let out = d
+        .cli(&["logs", "--limit", "5"])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        out.ends_with(
+            "… 104 more (older); show them with --limit N or --limit all, or narrow with --since\n"
+        ),
+        "{out}"
+    );
+    let out = d
+        .cli(&["logs", "--limit", "all"])
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        out.lines().count(),
+        110,
+        "no footer when all are shown:\n{out}"
+    );
+
+    // --ip: an address, an IPv4 network, an IPv6 network.
+    assert_eq!(logged_paths(d, &["--ip", &format!("{b}/24")]), ["/b"; 3]);
+    assert_eq!(
+        logged_paths(d, &["--ip", &format!("{}/64", s.link.v6_prefix())]),
+        ["/c"; 2]
+    );
+    assert_eq!(logged_paths(d, &["--ip", &v6.to_string()]), ["/c"; 2]);
+    assert_eq!(
+        logged_paths(d, &["--ip", &s.link.v4_subnet(), "--limit", "all"]).len(),
+        104
+    );
+    assert_eq!(
+        logged_paths(d, &["--ip", "10.0.0.0/8", "--limit", "all"]).len(),
+        107
+    );
+    let err = d
+        .cli(&["logs", "--ip", "10.0.0.0/33"])
+        .expect_err("a bad network must fail");
+    assert!(err.contains("10.0.0.0/33"), "{err}");
+
+    follow_keeps_the_columns(&s, b)
+}
+
+/// `guard logs --follow --ip B/24`: the first page, then new rows in the header's columns.
+fn follow_keeps_the_columns(s: &Setup, b: IpAddr) -> anyhow::Result<()> {
+    let d = &s.d;
+    let mut child = std::process::Command::new(guard_tests::guard_bin()?)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["logs", "--follow", "--ip", &format!("{b}/24")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10));
+    let header = next()?;
+    let first: Vec<String> = (0..3).map(|_| next()).collect::<Result<_, _>>()?;
+    let long = format!("/followed/{}", "x".repeat(40));
+    assert_eq!(get(s, b, &["/f", &long]), 2);
+    let later = [next()?, next()?];
+    let _ = child.kill();
+    let _ = child.wait();
+    let client = header.find("CLIENT").expect("CLIENT column");
+    let status_end = header.find("STATUS").expect("STATUS column") + "STATUS".len();
+    let path = header.find("PATH").expect("PATH column");
+    for row in first.iter().chain(&later) {
+        assert!(
+            row[client..].starts_with(&b.to_string()),
+            "CLIENT not under its header:\n{header}\n{row}"
+        );
+        assert_eq!(
+            &row[status_end - 3..=status_end],
+            "200 ",
+            "STATUS not under its header:\n{header}\n{row}"
+        );
+        assert!(
+            row[path..].starts_with('/'),
+            "PATH not under its header:\n{header}\n{row}"
+        );
+    }
+    assert!(later[0][path..].starts_with("/f "), "{}", later[0]);
+    assert!(later[1][path..].starts_with(&long), "{}", later[1]);
     Ok(())
 }

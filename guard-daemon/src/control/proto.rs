@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::bans::{BanFilter, BanView};
 use crate::judge::JudgeStats;
 use crate::net::Net;
-use crate::store::logs::LogRecord;
+use crate::store::logs::{LogPage, LogRecord};
 use crate::store::{AllowRecord, UserBanRecord};
 
 /// One line of `guard ban import`.
@@ -85,6 +85,8 @@ pub enum Request {
     Stats,
     Status,
     Logs(LogsRequest),
+    /// `guard logs`: a page of records and the count of older matches.
+    LogPage(LogsRequest),
     /// Reads (`None`) or replaces the protected HTTP ports of the running tap.
     TapPorts {
         ports: Option<Vec<u16>>,
@@ -111,7 +113,8 @@ impl Request {
             | Self::AllowLs
             | Self::Stats
             | Self::Status
-            | Self::Logs(_) => false,
+            | Self::Logs(_)
+            | Self::LogPage(_) => false,
         }
     }
 
@@ -131,7 +134,7 @@ impl Request {
             Self::UserBanLs => "ban ls --user",
             Self::Stats => "stats",
             Self::Status => "status",
-            Self::Logs(_) => "logs",
+            Self::Logs(_) | Self::LogPage(_) => "logs",
             Self::TapPorts { ports: None } => "tap ports",
             Self::TapPorts { ports: Some(_) } => "tap ports PORT...",
         }
@@ -144,7 +147,8 @@ pub struct LogsRequest {
     /// Wall-clock ns since the epoch.
     pub since_ns: Option<u64>,
     pub until_ns: Option<u64>,
-    pub ip: Option<std::net::IpAddr>,
+    /// An address or a network (`192.0.2.0/24`); an address reads as before.
+    pub ip: Option<Net>,
     pub path_prefix: Option<String>,
     /// `404`, `5xx`, …
     pub status: Option<String>,
@@ -424,6 +428,8 @@ replies! {
     Status(Box<Status>) = "status",
     /// `logs`.
     Logs(Vec<LogRecord>) = "logs",
+    /// `logs`, as a page.
+    LogPage(LogPage) = "log_page",
     /// The tap's protected ports, after the change if there was one.
     TapPorts(Vec<u16>) = "tap_ports",
 }
