@@ -606,7 +606,11 @@ fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
         match rx.recv().unwrap_or(Err(BanError::OwnerGone)) {
             Ok(Ordered::Banned(_)) => {
                 shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
-                info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+                info!(
+                    source = %addr,
+                    ttl = %crate::clock::format_duration(ttl),
+                    "banned for exceeding the packet rate"
+                );
             }
             Ok(Ordered::Already(_))
             | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
@@ -651,7 +655,12 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
             });
             let outcome = match result {
                 Ok(Ordered::Banned(view)) => {
-                    info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
+                    info!(
+                        %target,
+                        %reason,
+                        expires_at = %crate::clock::format_expiry(view.expires_at),
+                        "banned by the engine"
+                    );
                     BanOutcome::Enforced
                 }
                 Ok(Ordered::Already(_)) => BanOutcome::Enforced,

@@ -508,7 +508,7 @@ fn order_ban(
     };
     if shadow {
         s.bans_shadow.fetch_add(1, Ordering::Relaxed);
-        info!(%target, ?ttl, %reason, "shadow mode: would ban");
+        info!(%target, ttl = %crate::clock::format_duration(ttl), %reason, "shadow mode: would ban");
         return format!("shadow ban: {reason}");
     }
     if retry {

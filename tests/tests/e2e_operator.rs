@@ -714,3 +714,107 @@ fn follow_keeps_the_columns(s: &Setup, b: IpAddr) -> anyhow::Result<()> {
     assert!(later[1][path..].starts_with(&long), "{}", later[1]);
     Ok(())
 }
+
+/// Issue 20, item 9: errors and log lines are sentences, not internal texts. A negative
+/// duration in the config names the file, line and key; a second daemon on the same state
+/// directory names the first one's pid and the directory; log lines carry no `Some(…)`; a
+/// probe of an AI that is off in its file says so.
+#[test]
+fn errors_and_log_lines_are_sentences() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let dir = d
+        .config
+        .parent()
+        .expect("the config's directory")
+        .to_owned();
+
+    // `default_ttl = -600`.
+    let bad = dir.join("negative.toml");
+    std::fs::write(&bad, "[bans]\ndefault_ttl = -600\n")?;
+    let err = d
+        .cli(&["config", "check", &bad.display().to_string()])
+        .expect_err("a negative TTL must be refused");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: {}: line 2, key `bans.default_ttl`: a duration cannot be negative (-600): \
+             write a number of seconds, or text like \"10m\" or \"4h\"",
+            bad.display()
+        )
+    );
+
+    // Log lines of an engine ban, a rate of bans and a CLI ban: times, not `Some(…)`.
+    let src = s.link.add_far_v4(74)?;
+    get_banned(&s, src);
+    d.cli(&["ban", "add", "192.0.2.80", "--ttl", "10m"])
+        .map_err(anyhow::Error::msg)?;
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("banned by the engine"))
+        .unwrap_or_else(|| panic!("no engine ban in the log: {log}"));
+    assert!(
+        utc_times(&line.replace("expires_at=", "expires_at= ")).len() == 1,
+        "the end is an RFC 3339 time: {line}"
+    );
+    assert!(!log.contains("Some("), "debug text in the log: {log}");
+
+    // A second daemon on the same state directory (its own socket and pins).
+    let pid = d.json(&["status"])?["pid"].as_u64().expect("pid");
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other)?;
+    std::fs::set_permissions(
+        &other,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", s.link.near.path().display()))
+        .arg(guard_tests::guard_bin()?)
+        .args(["run", "--interface", &s.link.near_if, "--socket"])
+        .arg(other.join("guard.sock"))
+        .arg("--state-dir")
+        .arg(&d.state_dir)
+        .arg("--pin-dir")
+        .arg(format!(
+            "/sys/fs/bpf/{}",
+            guard_tests::unique("guard-test-second")
+        ))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second daemon started: {err}");
+    assert!(
+        err.contains(&format!(
+            "another guard (pid {pid}) is using state directory {}",
+            d.state_dir.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Os {") && !err.contains("WouldBlock"),
+        "{err}"
+    );
+    assert!(
+        d.json(&["status"]).is_ok(),
+        "the first daemon was disturbed"
+    );
+
+    // `guard ai probe` with the AI off in its file: said, then probed (nothing listens here).
+    let off = dir.join("ai-off.toml");
+    std::fs::write(
+        &off,
+        "[ai]\nenabled = false\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n",
+    )?;
+    let err = d
+        .cli(&["ai", "probe", "--config", &off.display().to_string()])
+        .expect_err("nothing answers the probe");
+    assert!(
+        err.contains(&format!(
+            "note: the AI is off in {} (ai.enabled = false)",
+            off.display()
+        )),
+        "{err}"
+    );
+    Ok(())
+}
