@@ -821,3 +821,91 @@ fn errors_and_log_lines_are_sentences() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 20, item 10: started under `ip netns exec` (a mount namespace of its own, with a fresh
+/// `/sys`), guard mounts bpffs where only it sees it. It warns at start that enforcement ends
+/// with the process, says so again at stop instead of "XDP stays attached and bans stay
+/// enforced", and that is what happens: a banned address gets through once it has stopped.
+/// Started as usual (`nsenter --net`, the host's mount namespace), it warns of nothing.
+#[test]
+fn a_private_mount_namespace_is_warned_of() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    assert!(
+        !s.d.log_text()
+            .contains("enforcement ends with this process"),
+        "a daemon in the host's mount namespace was warned: {}",
+        s.d.log_text()
+    );
+    drop(s.d);
+    let link = s.link;
+    let dst = SocketAddr::new(link.near_v4, PORT);
+    let d = Daemon::prepare(
+        &link.near,
+        &link.near_if,
+        &format!("[tap]\nhttp_ports = [{PORT}]\n"),
+    )?;
+    let log_path = d.config.with_file_name("netns-exec.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &link.near.name])
+        .arg(guard_tests::guard_bin()?)
+        .arg("run")
+        .arg("--config")
+        .arg(&d.config)
+        .args(["--interface", &link.near_if, "--socket"])
+        .arg(&d.socket)
+        .arg("--state-dir")
+        .arg(&d.state_dir)
+        .arg("--pin-dir")
+        .arg(&d.pin_dir)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let started = wait_until(Duration::from_secs(20), || d.cli(&["status"]).is_ok());
+    if started.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("guard under ip netns exec did not start: {}", text());
+    }
+    let src = link.add_far_v4(75)?;
+    d.cli(&["ban", "add", &src.to_string(), "--ttl", "1h"])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        !tcp_ok(&link.far, Some(src), dst, Duration::from_millis(300)),
+        "the ban is not enforced while guard runs"
+    );
+    // SAFETY: kill(2) on the pid of the child this test started (ip execs guard in place).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait()?;
+    let log = text();
+    assert!(status.success(), "guard exited with {status}: {log}");
+    assert!(
+        log.contains(&format!(
+            "xdp.pin_dir {} is on a bpffs that only guard's own mount namespace sees",
+            d.pin_dir.display()
+        )) && log.contains("enforcement ends with this process"),
+        "no warning at start: {log}"
+    );
+    assert!(
+        !log.contains("XDP stays attached and bans stay enforced"),
+        "enforcement claimed at stop: {log}"
+    );
+    assert!(
+        log.contains("exiting; XDP detaches and bans stop being enforced with this process"),
+        "{log}"
+    );
+    // As said: with guard gone, the banned address gets through.
+    assert!(
+        wait_until(Duration::from_secs(5), || tcp_ok(
+            &link.far,
+            Some(src),
+            dst,
+            Duration::from_millis(300)
+        ))
+        .is_some(),
+        "the ban still holds after guard stopped: {log}"
+    );
+    Ok(())
+}
