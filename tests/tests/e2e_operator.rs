@@ -909,3 +909,86 @@ fn a_private_mount_namespace_is_warned_of() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The reasons of `guard logs --json --limit all`.
+fn logged_reasons(d: &Daemon) -> Vec<String> {
+    let out = d
+        .cli(&["logs", "--json", "--limit", "all"])
+        .unwrap_or_else(|e| panic!("guard logs: {e}"));
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Issue 20, item 2: shadow mode can be reviewed. `guard status` says the mode; a client the
+/// engine would ban is never banned and keeps being answered, and its records say `would ban`
+/// and `would be banned`, never `banned`; the table of tapped requests (which were served)
+/// says `flagged`, not `yes`. In enforce mode status says so too.
+#[test]
+fn shadow_mode_says_would_ban() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("[engine]\nmode = \"shadow\"\n")?;
+    let d = &s.d;
+    let status = d.cli(&["status"]).map_err(anyhow::Error::msg)?;
+    assert!(
+        status
+            .contains("  mode shadow: bans are decided and logged (\"would ban\"), never enforced"),
+        "{status}"
+    );
+    assert_eq!(d.json(&["status"])?["mode"], "shadow");
+
+    let src = s.link.add_far_v4(76)?;
+    assert_eq!(
+        get(&s, src, &PROBES),
+        PROBES.len(),
+        "shadow mode cut a client off"
+    );
+    assert_eq!(get(&s, src, &["/", "/"]), 2, "shadow mode cut a client off");
+    assert!(banned(d, src).is_none(), "shadow mode banned {src}");
+    wait_until(Duration::from_secs(10), || {
+        logged_reasons(d)
+            .iter()
+            .any(|r| r == "would be banned (shadow mode)")
+    })
+    .unwrap_or_else(|| panic!("no would-be-banned record: {:?}", logged_reasons(d)));
+    let reasons = logged_reasons(d);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("would ban (shadow mode): ")),
+        "{reasons:?}"
+    );
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r == "banned" || r.starts_with("banned") || r.starts_with("shadow ban")),
+        "{reasons:?}"
+    );
+    let table = d
+        .cli(&["logs", "--blocked", "--limit", "all"])
+        .map_err(anyhow::Error::msg)?;
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.ends_with("VERDICT"), "{table}");
+    for row in table.lines().skip(1) {
+        assert!(
+            row.contains("flagged: "),
+            "a tapped request not flagged: {row}"
+        );
+        assert!(!row.contains(" yes"), "{row}");
+    }
+    assert!(
+        table.contains("flagged: would be banned (shadow mode)"),
+        "{table}"
+    );
+
+    // Enforce mode (the default) says so.
+    drop(s);
+    let s = setup("")?;
+    let status = s.d.cli(&["status"]).map_err(anyhow::Error::msg)?;
+    assert!(
+        status.contains("  mode enforce: bans are enforced in XDP"),
+        "{status}"
+    );
+    Ok(())
+}
