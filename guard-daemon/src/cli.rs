@@ -13,6 +13,7 @@ use crate::store::AllowRecord;
 
 mod ban;
 mod logs;
+mod quota;
 mod stats;
 mod users;
 pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
@@ -53,6 +54,12 @@ pub enum Command {
     Tap(TapCommand),
     /// Run the request validator on one request or a file of cases (no daemon needed).
     Inspect(crate::inspect::InspectArgs),
+    /// The plan quotas' plan table (which user is on which plan).
+    #[command(subcommand)]
+    Plan(quota::PlanCommand),
+    /// The plan quotas' counters: show or reset a user's (or an address's).
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// AI triage set-up.
     Ai {
         #[command(subcommand)]
@@ -143,6 +150,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("HTTP tap ports: [{}]", now.join(","));
             Ok(())
         }
+        Command::Plan(cmd) => quota::plan(cmd, &socket_path(socket)),
+        Command::Quota(cmd) => quota::quota(cmd, &socket_path(socket)),
         Command::Ai { command } => crate::ai::cli::run(command),
         Command::Inspect(args) => crate::inspect::run(&args),
     }

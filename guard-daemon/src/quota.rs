@@ -51,6 +51,21 @@ pub struct QuotaStats {
     pub unlimited: AtomicU64,
     /// Counters of passed windows dropped by the sweep.
     pub swept: AtomicU64,
+    /// Refusals by plan name (names come from the config, so the map stays small).
+    pub refused_by_plan: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl QuotaStats {
+    /// The refusals by plan now.
+    #[must_use]
+    pub fn refusals(&self) -> Vec<(String, u64)> {
+        self.refused_by_plan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// What a request's quota check found.
@@ -71,9 +86,13 @@ pub struct QuotaCheck {
     plan_header: Option<String>,
     trusted_proxies: Vec<Net>,
     plan_table: Option<Arc<dyn PlanTable>>,
+    /// The plan table kept in the store (`guard plan set`), also `plan_table`.
+    plan_store: Option<Arc<plans::PlanStore>>,
     salt: Vec<u8>,
     /// The day, month and lifetime counters' store (`guard run`); `None`: memory only.
     persist: Option<persist::Persist>,
+    /// `quotas.headers_on_admit`: admitted requests' responses carry the headers too.
+    headers_on_admit: bool,
     pub stats: QuotaStats,
 }
 
@@ -95,8 +114,10 @@ impl QuotaCheck {
             plan_header: cfg.plan_header.clone(),
             trusted_proxies,
             plan_table: None,
+            plan_store: None,
             salt,
             persist: None,
+            headers_on_admit: cfg.headers_on_admit,
             stats: QuotaStats::default(),
         })
     }
@@ -139,6 +160,15 @@ impl QuotaCheck {
     #[must_use]
     pub fn with_plan_table(mut self, table: Arc<dyn PlanTable>) -> Self {
         self.plan_table = Some(table);
+        self
+    }
+
+    /// Adds the plan table kept in the store: the `table` lookup source, changed by
+    /// `guard plan set|rm` (see [`admin`]).
+    #[must_use]
+    pub fn with_plan_store(mut self, store: Arc<plans::PlanStore>) -> Self {
+        self.plan_table = Some(Arc::clone(&store) as Arc<dyn PlanTable>);
+        self.plan_store = Some(store);
         self
     }
 
@@ -211,6 +241,13 @@ impl QuotaCheck {
         let decision = self.table.check(key, rule, ev.ts.as_secs());
         if !decision.admitted {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            *self
+                .stats
+                .refused_by_plan
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(plan.name.clone())
+                .or_default() += 1;
         } else if let Some(p) = &self.persist {
             p.mark(key, rule.id);
         }
@@ -219,6 +256,20 @@ impl QuotaCheck {
             decision: Some(decision),
         }
     }
+}
+
+/// The headers an admitted request's response carries (`quotas.headers_on_admit`):
+/// `RateLimit-Policy` and `RateLimit` with every window of the rule after this request's
+/// charge (`"minute";r=4;t=17`). Empty when refused, or when the check says not to.
+#[must_use]
+pub fn admit_headers(check: &QuotaCheck, d: &QuotaDecision) -> Vec<(&'static str, String)> {
+    if !d.admitted || !check.headers_on_admit {
+        return Vec::new();
+    }
+    vec![
+        ("ratelimit-policy", headers::policy(d)),
+        ("ratelimit", headers::ratelimit(d)),
+    ]
 }
 
 /// The refusal of a refused decision.
@@ -264,7 +315,9 @@ fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+pub mod admin;
 pub mod persist;
+pub mod plans;
 pub mod salt;
 
 /// The last marked counters are written when the check goes (a clean stop).

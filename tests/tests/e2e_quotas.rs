@@ -37,6 +37,12 @@ lifetime = 50
 path = "/api/v1/life"
 per_minute = 100
 lifetime = 4
+[[quotas.plans.anonymous.rules]]
+path = "/api/v1/plan"
+lifetime = 2
+[[quotas.plans.pro.rules]]
+path = "/api/v1/plan"
+lifetime = 5
 "#;
 
 struct Guarded {
@@ -47,17 +53,21 @@ struct Guarded {
 }
 
 /// guard proxying `127.0.0.1:PORT` to the app and answering forward-auth on `AUTH_PORT`, with
-/// the engine's rate rules out of reach (only the validator and the quotas refuse); `trusted`:
+/// bearer JWTs checked with the test key (`guard-core/testdata/jwt`) and the engine's rate
+/// rules out of reach (only the validator and the quotas refuse); `trusted`:
 /// the trusted proxy (the forward-auth endpoint's front end).
 fn setup_with(trusted: &str) -> anyhow::Result<Guarded> {
     let link = Link::new()?;
     let app = proxy_app::start(Some(&link.near), "127.0.0.1:0".parse()?, 4)?;
+    let jwt_key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guard-core/testdata/jwt/ec-public.pem");
     let config = format!(
-        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{trusted}\"]\n\n\
+        "[tap]\nhttp_ports = [9]\ntrusted_proxies = [\"{trusted}\"]\njwt_public_key = \"{}\"\n\n\
          [engine.black]\nrequests_10s = 1000000\nflood_requests_10s = 1000000\n\n\
          [engine.grey]\ngrace_requests_24h = 1000000\n\n\
          [proxy]\nlisten = [\"127.0.0.1:{PORT}\"]\nauth_listen = \"127.0.0.1:{AUTH_PORT}\"\n\
          upstream = \"http://{}\"\nheader_timeout = \"2s\"\n{QUOTAS}",
+        jwt_key.display(),
         app.addr
     );
     let daemon = Daemon::start(&link.near, &link.near_if, &config)?;
@@ -105,14 +115,10 @@ fn status_of(response: &str) -> u16 {
 
 /// The value of header `name` in a raw HTTP/1.1 response.
 fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    response
-        .split("\r\n\r\n")
-        .next()?
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
+    response.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 fn body_of(response: &str) -> &str {
@@ -156,9 +162,31 @@ fn assert_minute_refusal(reply: &str, expected_t: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An admitted request's answer under `per_minute = 5` (`quotas.headers_on_admit`, on by
+/// default): `RateLimit-Policy` and `RateLimit` with exactly `left` requests left and `t` the
+/// seconds to the minute's end (within 1 s of the test's clock); no `Retry-After`.
+fn assert_minute_admitted(reply: &str, left: u64, expected_t: u64) -> anyhow::Result<()> {
+    ensure!(
+        header_of(reply, "ratelimit-policy") == Some("\"minute\";q=5;w=60"),
+        "{reply}"
+    );
+    let ratelimit = header_of(reply, "ratelimit").context("no RateLimit")?;
+    let t: u64 = ratelimit
+        .strip_prefix(&format!("\"minute\";r={left};t="))
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("RateLimit: {ratelimit}, {left} left expected"))?;
+    ensure!(
+        t.abs_diff(expected_t) <= 1 && (1..=60).contains(&t),
+        "t={t}, the minute ends in {expected_t} s: {reply}"
+    );
+    ensure!(header_of(reply, "retry-after").is_none(), "{reply}");
+    Ok(())
+}
+
 /// Through the proxy, `per_minute = 5` on `/api/v1/items/{id}`: five pass, the sixth gets 429
 /// with exact headers and never reaches the app; a SQL injection to that path gets 403 and
-/// spends nothing (a fresh client still has five); another path is not limited; a
+/// spends nothing (a fresh client still has five); admitted answers carry `RateLimit` with
+/// the exact count left; another path is not limited; a
 /// `per_second = 2` rule admits again in the next second. The forward-auth endpoint answers
 /// a spent quota the same way (403 and `X-Guard-Status: 429` for nginx, with the headers).
 #[test]
@@ -175,8 +203,15 @@ fn a_minute_quota_refuses_the_sixth_with_exact_headers() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(to_minute_end()) + Duration::from_millis(200));
     }
     for i in 0..5 {
-        let reply = send(ns, "127.0.0.1", PORT, get(&format!("/api/v1/items/{i}"), ""))?;
+        let expected_t = to_minute_end();
+        let reply = send(
+            ns,
+            "127.0.0.1",
+            PORT,
+            get(&format!("/api/v1/items/{i}"), ""),
+        )?;
         ensure!(status_of(&reply) == 200, "request {i}: {reply}");
+        assert_minute_admitted(&reply, 4 - i, expected_t)?;
     }
     ensure!(app_requests(&g.app) == 5);
     let expected_t = to_minute_end();
@@ -220,7 +255,12 @@ fn a_minute_quota_refuses_the_sixth_with_exact_headers() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(to_minute_end()) + Duration::from_millis(200));
     }
     for i in 0..5 {
-        let reply = send(ns, "127.0.0.2", PORT, get(&format!("/api/v1/items/{i}"), ""))?;
+        let reply = send(
+            ns,
+            "127.0.0.2",
+            PORT,
+            get(&format!("/api/v1/items/{i}"), ""),
+        )?;
         ensure!(
             status_of(&reply) == 200,
             "fresh client, request {i} after its injection: {reply}"
@@ -272,20 +312,38 @@ fn a_minute_quota_refuses_the_sixth_with_exact_headers() -> anyhow::Result<()> {
         let reply = send(ns, FRONT, AUTH_PORT, auth.clone().into_bytes())?;
         println!("forward-auth for the spent client:\n{reply}");
         ensure!(status_of(&reply) == 403, "{reply}");
-        ensure!(header_of(&reply, "x-guard-status") == Some("429"), "{reply}");
+        ensure!(
+            header_of(&reply, "x-guard-status") == Some("429"),
+            "{reply}"
+        );
         let as_429 = reply.replacen(" 403 ", " 429 ", 1);
         assert_minute_refusal(&as_429, expected_t)?;
     }
-    // A client with quota left is allowed by forward-auth (and charged).
-    let fresh = auth.replace("X-Forwarded-For: 127.0.0.2", "X-Forwarded-For: 198.51.100.4");
+    // A client with quota left is allowed by forward-auth (and charged): its 200 carries what
+    // is left, for nginx to hand on.
+    let fresh = auth.replace(
+        "X-Forwarded-For: 127.0.0.2",
+        "X-Forwarded-For: 198.51.100.4",
+    );
+    let expected_t = to_minute_end();
     let reply = send(ns, FRONT, AUTH_PORT, fresh.into_bytes())?;
-    ensure!(status_of(&reply) == 200, "forward-auth, fresh client: {reply}");
+    ensure!(
+        status_of(&reply) == 200,
+        "forward-auth, fresh client: {reply}"
+    );
+    assert_minute_admitted(&reply, 4, expected_t)?;
 
     let stats = g.daemon.json(&["stats"])?;
     let inline = &stats["inline"];
     println!("inline counters: {inline}");
-    ensure!(inline["quota_refused"].as_u64().unwrap_or(0) >= 4, "{inline}");
-    ensure!(inline["quotas"]["refused"] == inline["quota_refused"], "{inline}");
+    ensure!(
+        inline["quota_refused"].as_u64().unwrap_or(0) >= 4,
+        "{inline}"
+    );
+    ensure!(
+        inline["quotas"]["refused"] == inline["quota_refused"],
+        "{inline}"
+    );
     Ok(())
 }
 
@@ -334,9 +392,18 @@ fn two_hundred_concurrent_requests_against_lifetime_50_admit_exactly_50() -> any
             other => anyhow::bail!("unexpected status {other}: {reply}"),
         }
     }
-    println!("MEASURED 200 concurrent requests against lifetime 50: {admitted} admitted, {refused} refused");
-    ensure!(admitted == 50 && refused == 150, "{admitted} admitted, {refused} refused");
-    ensure!(app_requests(&g.app) == 50, "the app saw {}", app_requests(&g.app));
+    println!(
+        "MEASURED 200 concurrent requests against lifetime 50: {admitted} admitted, {refused} refused"
+    );
+    ensure!(
+        admitted == 50 && refused == 150,
+        "{admitted} admitted, {refused} refused"
+    );
+    ensure!(
+        app_requests(&g.app) == 50,
+        "the app saw {}",
+        app_requests(&g.app)
+    );
     let inline = g.daemon.json(&["stats"])?["inline"].clone();
     ensure!(inline["quota_refused"] == 150, "{inline}");
     Ok(())
@@ -350,7 +417,12 @@ fn lifetime_survives_a_restart_and_a_kill_9() -> anyhow::Result<()> {
     require_root!();
     let mut g = setup()?;
     let life = |g: &Guarded| -> anyhow::Result<u16> {
-        Ok(status_of(&send(&g.link.near, "127.0.0.6", PORT, get("/api/v1/life", ""))?))
+        Ok(status_of(&send(
+            &g.link.near,
+            "127.0.0.6",
+            PORT,
+            get("/api/v1/life", ""),
+        )?))
     };
     ensure!([life(&g)?, life(&g)?] == [200, 200]);
     // A clean stop writes what is marked, however recent.
@@ -380,35 +452,56 @@ fn lifetime_survives_a_restart_and_a_kill_9() -> anyhow::Result<()> {
         header_of(&reply, "ratelimit") == Some("\"lifetime\";r=0"),
         "{reply}"
     );
-    ensure!(app_requests(&g.app) == 4, "the app saw {}", app_requests(&g.app));
+    ensure!(
+        app_requests(&g.app) == 4,
+        "the app saw {}",
+        app_requests(&g.app)
+    );
     Ok(())
 }
 
 /// Through real nginx and `dist/nginx-guard-auth.conf`: `per_minute = 5` lets five through to
-/// the app; the sixth is answered 429 by nginx (guard's 403 with `X-Guard-Status: 429`), with
+/// the app, each answer with guard's `RateLimit` (the exact count left); the sixth is answered 429 by nginx (guard's 403 with `X-Guard-Status: 429`), with
 /// guard's `Retry-After`, `RateLimit` and `RateLimit-Policy`, and never reaches the app.
 #[test]
 fn through_nginx_the_sixth_gets_429_with_the_same_headers() -> anyhow::Result<()> {
     require_root!();
     if !Nginx::installed() {
-        println!("SKIPPED: nginx is not installed (`cargo xtask test` installs the Debian package)");
+        println!(
+            "SKIPPED: nginx is not installed (`cargo xtask test` installs the Debian package)"
+        );
         return Ok(());
     }
     // nginx asks guard from 127.0.0.1 and names the client in X-Real-IP / X-Forwarded-For.
     let g = setup_with("127.0.0.1")?;
     let ns = &g.link.near;
-    let nginx = Nginx::start(ns, SocketAddr::from(([127, 0, 0, 1], NGINX_PORT)), g.app.addr)?;
+    let nginx = Nginx::start(
+        ns,
+        SocketAddr::from(([127, 0, 0, 1], NGINX_PORT)),
+        g.app.addr,
+    )?;
     let ready = wait_until(Duration::from_secs(10), || {
         send(ns, "127.0.0.8", NGINX_PORT, get("/ready", "")).is_ok_and(|r| status_of(&r) == 200)
     });
-    ensure!(ready.is_some(), "nginx never answered 200: {}", nginx.error_log());
+    ensure!(
+        ready.is_some(),
+        "nginx never answered 200: {}",
+        nginx.error_log()
+    );
     if to_minute_end() < 10 {
         std::thread::sleep(Duration::from_secs(to_minute_end()) + Duration::from_millis(200));
     }
     let before = app_requests(&g.app);
     for i in 0..5 {
-        let reply = send(ns, "127.0.0.7", NGINX_PORT, get(&format!("/api/v1/items/{i}"), ""))?;
+        let expected_t = to_minute_end();
+        let reply = send(
+            ns,
+            "127.0.0.7",
+            NGINX_PORT,
+            get(&format!("/api/v1/items/{i}"), ""),
+        )?;
         ensure!(status_of(&reply) == 200, "request {i}: {reply}");
+        assert_minute_admitted(&reply, 4 - i, expected_t)?;
     }
     ensure!(app_requests(&g.app) == before + 5);
     let expected_t = to_minute_end();
@@ -417,5 +510,189 @@ fn through_nginx_the_sixth_gets_429_with_the_same_headers() -> anyhow::Result<()
     assert_minute_refusal(&reply, expected_t)?;
     ensure!(body_of(&reply).starts_with("Too many requests"), "{reply}");
     ensure!(app_requests(&g.app) == before + 5, "the app saw the sixth");
+    Ok(())
+}
+
+/// An ES256 JWT for `sub`, signed with the test key whose public half the daemon is given.
+fn es256_token(sub: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let pk8 = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../guard-core/testdata/jwt/ec-private.pk8"),
+    )?;
+    let rng = ring::rand::SystemRandom::new();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pk8, &rng)
+        .map_err(|e| anyhow::anyhow!("test key: {e}"))?;
+    let exp = now().as_secs() + 3600;
+    let input = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"ES256","typ":"JWT"}"#),
+        B64.encode(format!(r#"{{"sub":"{sub}","exp":{exp}}}"#))
+    );
+    let sig = pair
+        .sign(&rng, input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    Ok(format!("{input}.{}", B64.encode(sig.as_ref())))
+}
+
+/// The plan table and the counters over the CLI, on a running daemon: alice (a verified JWT
+/// user without a plan) is anonymous, counted by address, `lifetime = 2`; `guard plan set
+/// alice pro` gives her `lifetime = 5` at her next request, no restart; `guard quota show`
+/// says 5 used, 0 left; `guard quota reset` admits her again; after a restart her plan and
+/// the count after the reset are still there; `guard plan rm` makes her anonymous again.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one daemon, one story: plan set, show, reset, restart, plan rm"
+)]
+fn a_plan_set_by_the_cli_changes_a_users_limits_at_once_and_lasts() -> anyhow::Result<()> {
+    require_root!();
+    let mut g = setup()?;
+    let bearer = format!("Authorization: Bearer {}\r\n", es256_token("alice")?);
+    let plan = |g: &Guarded| -> anyhow::Result<String> {
+        send(
+            &g.link.near,
+            "127.0.0.20",
+            PORT,
+            get("/api/v1/plan", &bearer),
+        )
+    };
+    let statuses = [
+        status_of(&plan(&g)?),
+        status_of(&plan(&g)?),
+        status_of(&plan(&g)?),
+    ];
+    ensure!(
+        statuses == [200, 200, 429],
+        "anonymous, lifetime 2: {statuses:?}"
+    );
+
+    let out = g
+        .daemon
+        .cli(&["plan", "set", "alice", "gold"])
+        .expect_err("no plan gold");
+    ensure!(
+        out.contains("no plan named \"gold\"") && out.contains("anonymous, pro"),
+        "{out}"
+    );
+    let out = g
+        .daemon
+        .cli(&["plan", "set", "alice", "pro"])
+        .map_err(anyhow::Error::msg)?;
+    ensure!(out.contains("user alice is on plan pro"), "{out}");
+    let ls = g.daemon.json(&["plan", "ls"])?;
+    ensure!(
+        ls == serde_json::json!([{"user": "alice", "plan": "pro", "known": true}]),
+        "{ls}"
+    );
+    let table = g.daemon.cli(&["plan", "ls"]).map_err(anyhow::Error::msg)?;
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().eq(["alice", "pro"])),
+        "{table}"
+    );
+
+    // On pro at once: five, each with what is left, then 429.
+    for left in (0..5).rev() {
+        let reply = plan(&g)?;
+        ensure!(status_of(&reply) == 200, "pro, {left} left after: {reply}");
+        ensure!(
+            header_of(&reply, "ratelimit-policy") == Some("\"lifetime\";q=5")
+                && header_of(&reply, "ratelimit") == Some(&format!("\"lifetime\";r={left}")),
+            "{reply}"
+        );
+    }
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 429, "pro spent: {reply}");
+    let show = g.daemon.json(&["quota", "show", "alice"])?;
+    println!("quota show alice: {show}");
+    ensure!(show["plan"] == "pro", "{show}");
+    ensure!(
+        !show["key"].as_str().unwrap_or("alice").contains("alice"),
+        "{show}"
+    );
+    let rule = &show["rules"][0];
+    ensure!(
+        rule["plan"] == "pro" && rule["rule"] == "/api/v1/plan",
+        "{show}"
+    );
+    ensure!(
+        rule["windows"]
+            == serde_json::json!([{"window": "lifetime", "limit": 5, "used": 5, "remaining": 0,
+                "reset_secs": null, "resets_at": null}]),
+        "{show}"
+    );
+    let table = g
+        .daemon
+        .cli(&["quota", "show", "alice"])
+        .map_err(anyhow::Error::msg)?;
+    println!("{table}");
+    ensure!(
+        table.lines().any(|l| l.split_whitespace().eq([
+            "pro",
+            "/api/v1/plan",
+            "lifetime",
+            "5",
+            "5",
+            "0",
+            "never"
+        ])),
+        "{table}"
+    );
+    let addr = g.daemon.json(&["quota", "show", "127.0.0.20"])?;
+    ensure!(addr["plan"] == "anonymous", "{addr}");
+
+    let out = g
+        .daemon
+        .cli(&["quota", "reset", "alice", "--rule", "/api/v1/plan"])
+        .map_err(anyhow::Error::msg)?;
+    ensure!(
+        out.contains("counters reset for pro: /api/v1/plan"),
+        "{out}"
+    );
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 200, "after the reset: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit") == Some("\"lifetime\";r=4"),
+        "{reply}"
+    );
+
+    // A restart keeps the plan and the count after the reset.
+    g.daemon.stop()?;
+    g.daemon.spawn()?;
+    ensure!(g.daemon.json(&["plan", "ls"])?[0]["plan"] == "pro");
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 200, "after the restart: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit") == Some("\"lifetime\";r=3"),
+        "{reply}"
+    );
+
+    // Off the table: anonymous again, her address's two long spent.
+    let out = g
+        .daemon
+        .cli(&["plan", "rm", "alice"])
+        .map_err(anyhow::Error::msg)?;
+    ensure!(
+        out.contains("user alice is off the plan table (was on pro)"),
+        "{out}"
+    );
+    let reply = plan(&g)?;
+    ensure!(status_of(&reply) == 429, "anonymous again: {reply}");
+    ensure!(
+        header_of(&reply, "ratelimit-policy") == Some("\"lifetime\";q=2"),
+        "{reply}"
+    );
+    let err = g
+        .daemon
+        .cli(&["plan", "rm", "alice"])
+        .expect_err("not on the table");
+    ensure!(
+        err.contains("user \"alice\" has no plan in the plan table"),
+        "{err}"
+    );
     Ok(())
 }

@@ -91,6 +91,27 @@ pub enum Request {
     TapPorts {
         ports: Option<Vec<u16>>,
     },
+    /// `guard plan set USER PLAN` (plan quotas' plan table).
+    PlanSet {
+        user: String,
+        plan: String,
+    },
+    /// `guard plan rm USER`.
+    PlanRm {
+        user: String,
+    },
+    /// `guard plan ls`.
+    PlanLs,
+    /// `guard quota show USER|ADDR`.
+    QuotaShow {
+        target: String,
+    },
+    /// `guard quota reset USER|ADDR [--rule PATH]`.
+    QuotaReset {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
 }
 
 impl Request {
@@ -106,7 +127,10 @@ impl Request {
             | Self::AllowAdd { .. }
             | Self::AllowRm { .. }
             | Self::UserBanAdd { .. }
-            | Self::UserBanRm { .. } => true,
+            | Self::UserBanRm { .. }
+            | Self::PlanSet { .. }
+            | Self::PlanRm { .. }
+            | Self::QuotaReset { .. } => true,
             Self::TapPorts { ports } => ports.is_some(),
             Self::BanLs { .. }
             | Self::UserBanLs
@@ -114,7 +138,9 @@ impl Request {
             | Self::Stats
             | Self::Status
             | Self::Logs(_)
-            | Self::LogPage(_) => false,
+            | Self::LogPage(_)
+            | Self::PlanLs
+            | Self::QuotaShow { .. } => false,
         }
     }
 
@@ -137,6 +163,11 @@ impl Request {
             Self::Logs(_) | Self::LogPage(_) => "logs",
             Self::TapPorts { ports: None } => "tap ports",
             Self::TapPorts { ports: Some(_) } => "tap ports PORT...",
+            Self::PlanSet { .. } => "plan set",
+            Self::PlanRm { .. } => "plan rm",
+            Self::PlanLs => "plan ls",
+            Self::QuotaShow { .. } => "quota show",
+            Self::QuotaReset { .. } => "quota reset",
         }
     }
 }
@@ -440,6 +471,14 @@ replies! {
     LogPage(LogPage) = "log_page",
     /// The tap's protected ports, after the change if there was one.
     TapPorts(Vec<u16>) = "tap_ports",
+    /// One plan table entry, as set (`plan set`) or removed (`plan rm`).
+    Plan(crate::quota::plans::PlanEntry) = "plan",
+    /// `plan ls`.
+    Plans(Vec<crate::quota::plans::PlanEntry>) = "plans",
+    /// `quota show`.
+    QuotaUsage(crate::quota::admin::QuotaUsage) = "quota_usage",
+    /// `quota reset`.
+    QuotaReset(crate::quota::admin::QuotaReset) = "quota_reset",
 }
 
 impl From<BanView> for Reply {

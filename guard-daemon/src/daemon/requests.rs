@@ -104,6 +104,11 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::Logs(q) => return logs(shared, q, false),
         Request::LogPage(q) => return logs(shared, q, true),
         Request::TapPorts { ports } => return tap_ports(shared, ports),
+        req @ (Request::PlanSet { .. }
+        | Request::PlanRm { .. }
+        | Request::PlanLs
+        | Request::QuotaShow { .. }
+        | Request::QuotaReset { .. }) => return super::quotas::handle(shared, req),
     };
     result.unwrap_or_else(|e| Response::failed(&e))
 }

@@ -144,6 +144,33 @@ impl Persist {
         dirty.insert((key.to_bits(), rule_id));
     }
 
+    /// Drops `key`'s stored counters under `rule_id` (`guard quota reset`, after the table's);
+    /// whether there was a record. A failed removal is logged: the record would come back at
+    /// the next start.
+    pub fn forget(&self, key: PartitionKey, rule_id: u16) -> bool {
+        let Some(rule) = self.keys.get(&rule_id) else {
+            return false;
+        };
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(key.to_bits(), rule_id));
+        let mut k = [0u8; 24];
+        k[..16].copy_from_slice(&key.to_bits().to_be_bytes());
+        k[16..].copy_from_slice(rule);
+        match self
+            .tree
+            .remove(&k[..])
+            .and_then(|old| self.tree.flush().map(|_| old))
+        {
+            Ok(old) => old.is_some(),
+            Err(e) => {
+                tracing::warn!("removing reset quota counters from the store failed: {e}");
+                false
+            }
+        }
+    }
+
     /// Writes the marked entries' counters from `table` in one batch and flushes; how many.
     /// A failure is logged at most once a minute; the entries are marked again.
     pub fn write(&self, table: &QuotaTable) -> usize {
@@ -251,7 +278,10 @@ lifetime = 3
         drop(q);
         let (q, restored) = check(&cfg, &tree);
         assert_eq!(restored, 1);
-        assert!(!admitted(&q, "/life", t + 1), "lifetime 3 spent before the restart");
+        assert!(
+            !admitted(&q, "/life", t + 1),
+            "lifetime 3 spent before the restart"
+        );
         assert_eq!(q.stats_json()["persist"]["loaded"], 1);
         // The minute counters were in memory only.
         drop(q);

@@ -75,7 +75,7 @@ pub(super) fn event(client: &str, path: &str, headers: &[(&str, &str)], secs: u6
     }
 }
 
-fn jwt_user(id: &str, verified: bool) -> UserId {
+pub(super) fn jwt_user(id: &str, verified: bool) -> UserId {
     UserId {
         id: id.into(),
         verified,
