@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
 
 mod jump;
 mod utc;
@@ -68,18 +68,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// A duration as a number of seconds or text like `1h30m`, for config sections' serde.
+/// A duration as a number of seconds or text like `1h30m`, for config sections' serde. A
+/// negative number or a fraction is refused with a sentence saying what to write instead.
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
+    struct Secs;
+    impl serde::de::Visitor<'_> for Secs {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(
+                "a duration: a number of seconds, or text like \"90s\", \"10m\" or \"1h30m\"",
+            )
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs).map(Duration::from_secs).map_err(|_| {
+                E::custom(format!(
+                    "a duration cannot be negative ({secs}): write a number of seconds, or text \
+                     like \"10m\" or \"4h\""
+                ))
+            })
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, secs: f64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "a duration is a whole number of seconds ({secs} is not), or text like \"1500ms\""
+            )))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse_duration(text).map_err(E::custom)
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(Secs)
 }
 
 /// Formats a duration compactly: `1h30m`, `45s`, `2d3h`.
@@ -143,6 +168,45 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(Duration::from_mins(90)), "1h30m");
+    }
+
+    #[test]
+    fn durations_in_config_files() {
+        #[derive(Debug, serde::Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "de_duration")]
+            ttl: Duration,
+        }
+        let p = |t: &str| {
+            toml::from_str::<T>(t)
+                .map(|t| t.ttl)
+                .map_err(|e| e.message().to_owned())
+        };
+        assert_eq!(p("ttl = 600"), Ok(Duration::from_mins(10)));
+        assert_eq!(p("ttl = \"1h30m\""), Ok(Duration::from_mins(90)));
+        assert_eq!(
+            p("ttl = -600"),
+            Err(
+                "a duration cannot be negative (-600): write a number of seconds, or text like \
+                 \"10m\" or \"4h\""
+                    .into()
+            )
+        );
+        let err = p("ttl = 1.5").unwrap_err();
+        assert!(
+            err.contains("whole number of seconds (1.5 is not)"),
+            "{err}"
+        );
+        let err = p("ttl = true").unwrap_err();
+        assert!(
+            err.contains("expected a duration: a number of seconds"),
+            "{err}"
+        );
+        let err = p("ttl = \"forever\"").unwrap_err();
+        assert!(err.starts_with("invalid duration \"forever\""), "{err}");
+        for e in [p("ttl = -600"), p("ttl = true"), p("ttl = 1.5")] {
+            assert!(!e.unwrap_err().contains("untagged"));
+        }
     }
 
     #[test]

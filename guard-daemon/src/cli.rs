@@ -257,6 +257,26 @@ fn allow(cmd: AllowCommand, socket: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `mode` line of `guard status`: the engine's mode, and the inline mode's when it is on.
+fn describe_mode(engine: &str, inline: Option<&str>) -> String {
+    let mut s = match engine {
+        "shadow" => {
+            "shadow: bans are decided and logged (\"would ban\"), never enforced".to_owned()
+        }
+        "enforce" => "enforce: bans are enforced in XDP".to_owned(),
+        other => other.to_owned(),
+    };
+    match inline {
+        Some("shadow") => s.push_str("; inline shadow: every request is passed, refusals logged"),
+        Some("enforce") => s.push_str("; inline enforce: refused requests are answered"),
+        Some(other) => {
+            let _ = write!(s, "; inline {other}");
+        }
+        None => {}
+    }
+    s
+}
+
 /// Prints left-aligned columns separated by two spaces.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -294,6 +314,10 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "guard {} running (pid {}, up {}s)",
         data.version, data.pid, data.uptime_secs
+    );
+    println!(
+        "  mode {}",
+        describe_mode(&data.mode, data.inline_mode.as_deref())
     );
     for i in &data.interfaces {
         println!("  interface {} ({} XDP)", i.name, i.mode);
@@ -495,6 +519,19 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn status_says_the_mode() {
+        assert_eq!(
+            describe_mode("shadow", None),
+            "shadow: bans are decided and logged (\"would ban\"), never enforced"
+        );
+        assert_eq!(
+            describe_mode("enforce", Some("shadow")),
+            "enforce: bans are enforced in XDP; inline shadow: every request is passed, refusals \
+             logged"
+        );
     }
 
     #[test]

@@ -23,3 +23,10 @@ pub fn mono_ns() -> u64 {
         ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
     })
 }
+
+/// An expiry (ms since the epoch, `None` for never) as a log line or a person reads it:
+/// RFC 3339 UTC, or `never`.
+#[must_use]
+pub fn format_expiry(expires_at: Option<u64>) -> String {
+    expires_at.map_or_else(|| "never".to_owned(), format_utc)
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod parse_error;
 mod proxy;
 mod quotas;
 pub use proxy::{InlineMode, ProxyConfig};
@@ -266,7 +267,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: parse_error::describe(text, &e),
         })?;
         config.validate(path)?;
         Ok(config)
@@ -547,5 +548,23 @@ mod tests {
         assert!(e.contains("engine.grey.hard_block"), "{e}");
         let e = parse("[xdp]\nmode = \"turbo\"\n").unwrap_err().to_string();
         assert!(e.contains("turbo") && e.contains("line 2"), "{e}");
+    }
+
+    /// A negative duration is one sentence naming the file, the line and the key, without
+    /// serde's or the parser's internals.
+    #[test]
+    fn a_negative_duration_names_file_line_and_key() {
+        let e = Config::parse(
+            "[daemon]\n\n[bans]\ndefault_ttl = -600\n",
+            Path::new("/etc/guard/guard.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "/etc/guard/guard.toml: line 4, key `bans.default_ttl`: a duration cannot be \
+             negative (-600): write a number of seconds, or text like \"10m\" or \"4h\""
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 }

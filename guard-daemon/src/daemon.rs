@@ -192,6 +192,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let judge = Arc::new(judge);
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
+    // Pins on a bpffs of guard's own mount namespace end with it: said now, and at exit.
+    let pin_scope = crate::xdp::pins_outlive_process(&config.xdp.pin_dir);
+    if let Some(w) = pin_scope.warning(&config.xdp.pin_dir) {
+        warn!("{w}");
+    }
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
     // A key file that cannot be used stops the start: running on would leave every RS256/ES256
@@ -340,11 +345,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = shared.logs.flush() {
         warn!("flushing the request log at exit: {e}");
     }
-    if shared.config.xdp.keep_attached {
-        info!("exiting; XDP stays attached and bans stay enforced (xdp.keep_attached = true)");
-    } else {
+    if !shared.config.xdp.keep_attached {
         info!("exiting; detaching XDP and removing pins (xdp.keep_attached = false)");
         bans.into_xdp().detach_and_unpin();
+    } else if pin_scope.ends_with_process() {
+        warn!(
+            pin_dir = %shared.config.xdp.pin_dir.display(),
+            "exiting; XDP detaches and bans stop being enforced with this process: its pins are \
+             on a bpffs of its own mount namespace (see the warning at start)"
+        );
+    } else {
+        info!("exiting; XDP stays attached and bans stay enforced (xdp.keep_attached = true)");
     }
     let _ = std::fs::remove_file(&shared.config.daemon.socket);
     result
@@ -614,7 +625,11 @@ fn on_rate_events(shared: &Shared, events: &[RateEvent]) {
         match rx.recv().unwrap_or(Err(BanError::OwnerGone)) {
             Ok(Ordered::Banned(_)) => {
                 shared.counters.rate_bans.fetch_add(1, Ordering::Relaxed);
-                info!(source = %addr, ttl = ?ttl, "banned for exceeding the packet rate");
+                info!(
+                    source = %addr,
+                    ttl = %crate::clock::format_duration(ttl),
+                    "banned for exceeding the packet rate"
+                );
             }
             Ok(Ordered::Already(_))
             | Err(BanError::Allowlisted { .. } | BanError::Protected(_)) => {}
@@ -659,7 +674,12 @@ fn apply_bans(shared: &Shared, queue: &BanQueue, stop: &std::sync::atomic::Atomi
             });
             let outcome = match result {
                 Ok(Ordered::Banned(view)) => {
-                    info!(%target, %reason, expires_at = ?view.expires_at, "banned by the engine");
+                    info!(
+                        %target,
+                        %reason,
+                        expires_at = %crate::clock::format_expiry(view.expires_at),
+                        "banned by the engine"
+                    );
                     BanOutcome::Enforced
                 }
                 Ok(Ordered::Already(_)) => BanOutcome::Enforced,

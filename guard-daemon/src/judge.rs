@@ -524,8 +524,8 @@ fn order_ban(
     };
     if shadow {
         s.bans_shadow.fetch_add(1, Ordering::Relaxed);
-        info!(%target, ?ttl, %reason, "shadow mode: would ban");
-        return format!("shadow ban: {reason}");
+        info!(%target, ttl = %crate::clock::format_duration(ttl), %reason, "shadow mode: would ban");
+        return format!("would ban (shadow mode): {reason}");
     }
     if retry {
         s.bans_retried.fetch_add(1, Ordering::Relaxed);

@@ -225,7 +225,7 @@ fn hostile_clients_are_banned_into_xdp_and_benign_ones_are_not() -> anyhow::Resu
         Duration::from_millis(500)
     ));
     let blocked = d
-        .cli(&["logs", "--json", "--blocked"])
+        .cli(&["logs", "--json", "--blocked", "--limit", "all"])
         .map_err(anyhow::Error::msg)?;
     assert!(
         blocked.lines().count() >= 3,

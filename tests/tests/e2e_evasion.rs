@@ -77,7 +77,7 @@ fn connect_with_dstopts(dst: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 fn logs(d: &Daemon) -> Vec<Value> {
-    d.cli(&["logs", "--json"])
+    d.cli(&["logs", "--json", "--limit", "all"])
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -132,7 +132,7 @@ fn get(link: &Link, url: &str, from: Option<IpAddr>, headers: &[&str]) -> anyhow
 
 /// Every record of `guard logs --json`.
 fn logs(d: &Daemon) -> Vec<Value> {
-    d.cli(&["logs", "--json"])
+    d.cli(&["logs", "--json", "--limit", "all"])
         .unwrap_or_else(|e| panic!("guard logs: {e}"))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))

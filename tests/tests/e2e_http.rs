@@ -26,7 +26,7 @@ fn setup(extra: &str) -> anyhow::Result<(Link, Daemon, SocketAddr)> {
 /// Every record of `guard logs --json`. A CLI that fails or a line that is not JSON fails the
 /// test: read as "no records", it would pass every check that something was not logged.
 fn logs(d: &Daemon) -> Vec<Value> {
-    d.cli(&["logs", "--json"])
+    d.cli(&["logs", "--json", "--limit", "all"])
         .unwrap_or_else(|e| panic!("guard logs: {e}"))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))

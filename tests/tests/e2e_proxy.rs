@@ -441,7 +441,7 @@ fn sighup_reloads_the_certificate_and_a_bad_one_is_refused() -> anyhow::Result<(
 
 /// Every record of `guard logs --json`.
 fn logs(d: &Daemon) -> Vec<serde_json::Value> {
-    d.cli(&["logs", "--json"])
+    d.cli(&["logs", "--json", "--limit", "all"])
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -41,7 +41,7 @@ fn banned(d: &Daemon, addr: IpAddr) -> bool {
 }
 
 fn logs(d: &Daemon) -> Vec<Value> {
-    d.cli(&["logs", "--json"])
+    d.cli(&["logs", "--json", "--limit", "all"])
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -161,9 +161,15 @@ impl Core {
         }
         if st.banned_until > t {
             self.stats.banned_requests += 1;
+            // In shadow mode the ban was only decided: the client was never banned.
+            let reason = if self.cfg.mode == Mode::Shadow {
+                "would be banned (shadow mode)"
+            } else {
+                "banned"
+            };
             return Decision::Block {
                 status: 403,
-                reason: "banned".to_owned(),
+                reason: reason.to_owned(),
             };
         }
         if let Some(d) = self.ordered(t, key, st) {

@@ -31,7 +31,10 @@ pub struct ProbeArgs {
 pub fn run(command: AiCommand) -> anyhow::Result<()> {
     match command {
         AiCommand::Probe(args) => {
-            let config = probe_config(&args)?;
+            let (config, note) = probe_config(&args)?;
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
             let key = load_api_key(&config, |name| std::env::var(name).ok())
                 .context("loading the api key")?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -47,10 +50,22 @@ pub fn run(command: AiCommand) -> anyhow::Result<()> {
 }
 
 /// The settings a probe uses: the file's `[ai]` table or defaults, then the flags; always
-/// enabled, no cache, no retries beyond the configured ones.
-pub fn probe_config(args: &ProbeArgs) -> anyhow::Result<AiConfig> {
+/// enabled, no cache, no retries beyond the configured ones. With a file whose AI is off, also
+/// a note saying so: the probe checks the settings, but the daemon will not use them.
+pub fn probe_config(args: &ProbeArgs) -> anyhow::Result<(AiConfig, Option<String>)> {
+    let mut note = None;
     let mut config = match &args.config {
-        Some(path) => super::load_config_file(path)?,
+        Some(path) => {
+            let config = super::load_config_file(path)?;
+            if !config.enabled {
+                note = Some(format!(
+                    "note: the AI is off in {} (ai.enabled = false): this probe checks its \
+                     settings, but the daemon does not ask the AI until ai.enabled = true",
+                    path.display()
+                ));
+            }
+            config
+        }
         None => AiConfig::default(),
     };
     if let Some(url) = &args.base_url {
@@ -62,7 +77,7 @@ pub fn probe_config(args: &ProbeArgs) -> anyhow::Result<AiConfig> {
     config.enabled = true;
     config.cache_ttl_secs = 0;
     config.validate()?;
-    Ok(config)
+    Ok((config, note))
 }
 
 /// Sends the probe request; returns the line to print and whether the answer parsed.
@@ -87,4 +102,51 @@ pub async fn probe(config: AiConfig, key: Option<ApiKey>) -> anyhow::Result<(Str
         ),
         ScoreOutcome::Unsure(unsure) => (format!("unsure: {}", unsure.0), false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `guard ai probe --config FILE` with the AI off in FILE says so, and still probes.
+    #[test]
+    fn a_probe_of_an_ai_that_is_off_says_so() {
+        let dir = std::env::temp_dir().join(format!("guard-ai-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = |text: &str| {
+            let path = dir.join("guard.toml");
+            std::fs::write(&path, text).unwrap();
+            ProbeArgs {
+                config: Some(path),
+                base_url: None,
+                model: None,
+            }
+        };
+        let (config, note) = probe_config(&args("[ai]\nenabled = false\n")).unwrap();
+        assert!(config.enabled, "the probe itself runs");
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                format!(
+                    "note: the AI is off in {} (ai.enabled = false): this probe checks its \
+                     settings, but the daemon does not ask the AI until ai.enabled = true",
+                    dir.join("guard.toml").display()
+                )
+                .as_str()
+            )
+        );
+        // No [ai] table: off by default, said the same way.
+        assert!(probe_config(&args("")).unwrap().1.is_some());
+        let (_, note) = probe_config(&args("[ai]\nenabled = true\n")).unwrap();
+        assert_eq!(note, None);
+        // Without a file: only the flags, nothing to note.
+        let (_, note) = probe_config(&ProbeArgs {
+            config: None,
+            base_url: None,
+            model: None,
+        })
+        .unwrap();
+        assert_eq!(note, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -32,7 +32,7 @@ impl Bans {
             let id = ureq.id.clone();
             match self.order_user(ureq) {
                 Ok(Some(b)) => {
-                    info!(user = %id.escape_debug(), addr = %req.target, expires_at = ?b.expires_at, "user banned with the address");
+                    info!(user = %id.escape_debug(), addr = %req.target, expires_at = %crate::clock::format_expiry(b.expires_at), "user banned with the address");
                 }
                 Ok(None) => {}
                 Err(e) => warn!(user = %id.escape_debug(), "engine user ban: {e}"),

@@ -173,6 +173,10 @@ fn contained<O: Owned>(state: &mut O, cmd: O::Command) -> Option<Answer> {
 fn again(e: &StoreError) -> StoreError {
     match e {
         StoreError::Sled(s) | StoreError::Open { source: s, .. } => StoreError::Sled(s.clone()),
+        StoreError::Locked { path, holder } => StoreError::Locked {
+            path: path.clone(),
+            holder: *holder,
+        },
         other @ (StoreError::Corrupt { .. } | StoreError::BadBan { .. }) => {
             StoreError::Sled(sled::Error::Unsupported(other.to_string()))
         }

@@ -26,7 +26,8 @@ pub struct LogsArgs {
     /// Only records before this (same forms as --since).
     #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
-    /// Only this client address, or the clients in this network (`192.0.2.0/24`, `2001:db8::/32`).
+    /// Only this client address, or the clients in this network (`192.0.2.0/24`,
+    /// `2001:db8::/32`).
     #[arg(long, value_name = "ADDR|CIDR", value_parser = parse_ip_filter)]
     pub ip: Option<Net>,
     /// Only paths starting with this.

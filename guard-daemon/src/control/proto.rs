@@ -355,6 +355,14 @@ pub struct Status {
     /// with its key; they stay stored.
     #[serde(default)]
     pub bad_ban_records: u64,
+    /// The engine's mode (`engine.mode`): `enforce`, or `shadow` (bans decided and logged,
+    /// never enforced).
+    #[serde(default)]
+    pub mode: String,
+    /// The inline mode's (`proxy.mode`: `enforce` or `shadow`), when the reverse proxy or the
+    /// forward-auth endpoint is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_mode: Option<String>,
 }
 
 /// One XDP map's fill, in `guard status`.

@@ -278,6 +278,18 @@ fn status(shared: &Shared) -> Response {
         socket: cfg.daemon.socket.clone(),
         rate_limit_pps: cfg.xdp.rate_limit_pps,
         keep_attached: cfg.xdp.keep_attached,
+        mode: match cfg.engine.mode {
+            crate::engine::Mode::Enforce => "enforce",
+            crate::engine::Mode::Shadow => "shadow",
+        }
+        .to_owned(),
+        inline_mode: shared.inline.as_ref().map(|_| {
+            match cfg.proxy.mode {
+                crate::config::InlineMode::Enforce => "enforce",
+                crate::config::InlineMode::Shadow => "shadow",
+            }
+            .to_owned()
+        }),
         ..Status::default()
     };
     // What the ban owner holds is read on its thread, into the reply.

@@ -13,6 +13,7 @@
 //! an operator) to read.
 mod bans;
 pub mod codec;
+mod lock;
 pub mod logs;
 mod records;
 mod users;
@@ -32,6 +33,17 @@ pub use users::{TREE_USER_BANS, UserBanRecord, decode_user_ban, encode_user_ban}
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process (another guard) has the database open.
+    #[error(
+        "another guard{} is using state directory {}: stop it first, or give this one another \
+         state directory (--state-dir or daemon.state_dir)",
+        .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        .path.display()
+    )]
+    Locked {
+        path: std::path::PathBuf,
+        holder: Option<u32>,
+    },
     #[error("cannot open the database in {path}: {}", sled_message(.source))]
     Open {
         path: std::path::PathBuf,
@@ -135,9 +147,18 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
             .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_owned(),
-                source,
+            .map_err(|source| {
+                if lock::is_locked(&source) {
+                    StoreError::Locked {
+                        path: dir.to_owned(),
+                        holder: lock::holder(dir),
+                    }
+                } else {
+                    StoreError::Open {
+                        path: dir.to_owned(),
+                        source,
+                    }
+                }
             })?;
         Self::from_db(db)
     }

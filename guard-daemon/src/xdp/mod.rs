@@ -24,6 +24,7 @@ mod fill;
 mod log;
 mod lookup;
 mod maps;
+mod mountns;
 pub mod pins;
 pub use attach::default_route_interface;
 use attach::{attach, ensure_bpffs};
@@ -31,6 +32,7 @@ use fill::{Fill, Which};
 pub use fill::{MapFill, WARN_PERCENT};
 pub use log::{EbpfLog, EbpfLogLevel, forward as forward_ebpf_log};
 pub use lookup::{BanHit, BanMaps};
+pub use mountns::{PinScope, pins_outlive_process};
 
 use crate::config::XdpConfig;
 use crate::net::Net;

@@ -32,7 +32,7 @@ pub fn rfc3339(time: Duration) -> String {
 
 /// The columns of `guard logs`'s table.
 const HEADER: [&str; 10] = [
-    "TIME", "CLIENT", "USER", "METHOD", "STATUS", "LATENCY", "IN", "OUT", "PATH", "BLOCKED",
+    "TIME", "CLIENT", "USER", "METHOD", "STATUS", "LATENCY", "IN", "OUT", "PATH", "VERDICT",
 ];
 
 /// The widths `guard logs --follow` starts from, so that the rows still to come line up with
@@ -42,7 +42,9 @@ const FOLLOW_WIDTHS: [usize; 10] = [24, 15, 8, 7, 6, 9, 6, 8, 24, 0];
 
 /// The human table of `guard logs`. A request that was not judged says why in its CLIENT cell:
 /// `(unverified)` after an address that may be forged, `- (no client)` when a trusted proxy
-/// named nobody.
+/// named nobody. The VERDICT of a request judged hostile is `flagged: …` when the tap saw it
+/// (it was served: the tap watches, XDP stops the client's later packets) and `blocked: …` when
+/// the inline mode refused it.
 #[must_use]
 pub fn format_table(records: &[LogRecord]) -> String {
     let t = Table::fit(records);
@@ -144,9 +146,16 @@ fn cells(r: &LogRecord) -> [String; 10] {
         r.bytes_in.to_string(),
         r.bytes_out.to_string(),
         path,
-        match (&r.blocked, &r.reason) {
-            (true, Some(reason)) => format!("yes: {reason}"),
-            (true, None) => "yes".into(),
+        match (r.blocked, &r.reason) {
+            (true, reason) => {
+                let verdict = match r.mode {
+                    super::Mode::Tap => "flagged",
+                    super::Mode::Inline => "blocked",
+                };
+                reason
+                    .as_ref()
+                    .map_or_else(|| verdict.to_owned(), |r| format!("{verdict}: {r}"))
+            }
             (false, _) => "-".into(),
         },
     ]

@@ -247,7 +247,7 @@ fn table_has_a_header_and_one_row_per_record() {
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines.len(), 6);
     assert!(lines[0].starts_with("TIME"));
-    assert!(lines[3].contains("/admin") && lines[3].contains("yes: banned"));
+    assert!(lines[3].contains("/admin") && lines[3].contains("flagged: banned"));
     assert!(lines[5].contains("2001:db8::1") || lines[4].contains("2001:db8::1"));
 }
 
