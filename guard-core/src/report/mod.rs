@@ -117,6 +117,8 @@ pub struct DayAggregate {
     other: EndpointAcc,
     hours: Vec<Hour>,
     outside: u64,
+    /// The current record's normalised path (one allocation for the whole day).
+    scratch: String,
 }
 
 /// The status class names, in the order of `DayAggregate::classes`.
@@ -151,6 +153,7 @@ impl DayAggregate {
             other: EndpointAcc::default(),
             hours,
             outside: 0,
+            scratch: String::new(),
         }
     }
 
@@ -187,11 +190,13 @@ impl DayAggregate {
         if let Some(us) = micros {
             self.latency.record(us);
         }
-        let endpoint = path::normalise(e.path);
-        let acc = if let Some(acc) = self.endpoints.get_mut(&endpoint) {
-            acc
+        path::normalise_into(e.path, &mut self.scratch);
+        let acc = if self.endpoints.contains_key(self.scratch.as_str()) {
+            self.endpoints
+                .get_mut(self.scratch.as_str())
+                .unwrap_or(&mut self.other)
         } else if self.endpoints.len() < self.limits.max_endpoints {
-            self.endpoints.entry(endpoint).or_default()
+            self.endpoints.entry(self.scratch.clone()).or_default()
         } else {
             &mut self.other
         };

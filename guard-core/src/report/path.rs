@@ -10,7 +10,8 @@ pub const ID: &str = "{id}";
 #[must_use]
 pub fn is_id(seg: &str) -> bool {
     let b = seg.as_bytes();
-    if b.is_empty() {
+    // Most segments are words: one look at the first byte settles them.
+    if !b.first().is_some_and(u8::is_ascii_hexdigit) {
         return false;
     }
     if b.iter().all(u8::is_ascii_digit) {
@@ -34,13 +35,29 @@ pub fn is_id(seg: &str) -> bool {
 #[must_use]
 pub fn normalise(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        out.push_str(if is_id(seg) { ID } else { seg });
-    }
+    normalise_into(path, &mut out);
     out
+}
+
+/// [`normalise`] into `out` (cleared first), so that a caller reading millions of paths
+/// allocates once.
+pub fn normalise_into(path: &str, out: &mut String) {
+    out.clear();
+    // Segments found byte by byte: paths are short, and a search call per segment cost more
+    // than the walk.
+    let b = path.as_bytes();
+    let mut start = 0;
+    for i in 0..=b.len() {
+        if i == b.len() || b[i] == b'/' {
+            // Both ends are at a '/' or an end of the string: char boundaries.
+            let seg = &path[start..i];
+            out.push_str(if is_id(seg) { ID } else { seg });
+            if i < b.len() {
+                out.push('/');
+            }
+            start = i + 1;
+        }
+    }
 }
 
 #[cfg(test)]
