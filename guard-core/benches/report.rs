@@ -118,8 +118,15 @@ fn paths() -> Vec<String> {
         .collect()
 }
 
+/// 5,000 offenders, more than the report holds (its top list then works past its capacity).
+fn offenders() -> Vec<String> {
+    (0..5_000u32)
+        .map(|i| std::net::Ipv4Addr::from(0xc000_0000 | mix(u64::from(i)) as u32).to_string())
+        .collect()
+}
+
 /// Record `i` of the day.
-fn record(paths: &[String], i: u64) -> Entry<'_> {
+fn record<'a>(paths: &'a [String], offenders: &'a [String], i: u64) -> Entry<'a> {
     let r = mix(i ^ 0x5eed);
     let status = match r % 100 {
         0..=84 => 200,
@@ -136,11 +143,17 @@ fn record(paths: &[String], i: u64) -> Entry<'_> {
         latency_ms: Some(((r >> 40) % 2_000_000) as f64 / 1000.0),
         blocked,
         reason: blocked.then(|| REASONS[((r >> 12) % 6) as usize]),
+        // A skewed choice: a few offenders make most of the blocks.
+        offender: blocked.then(|| {
+            let o = ((r >> 24) % 5_000) * ((r >> 36) % 5_000) / 5_000;
+            offenders[o as usize].as_str()
+        }),
     }
 }
 
 fn main() {
     let paths = paths();
+    let offenders = offenders();
     let window = Window {
         start: Duration::from_secs(DAY),
         end: Duration::from_secs(DAY + 86_400),
@@ -149,7 +162,7 @@ fn main() {
     let t = Instant::now();
     let mut sum = 0u64;
     for i in 0..RECORDS {
-        let e = record(&paths, i);
+        let e = record(&paths, &offenders, i);
         sum = sum
             .wrapping_add(u64::from(e.status.unwrap_or(0)))
             .wrapping_add(e.latency_ms.unwrap_or(0.0) as u64)
@@ -163,7 +176,7 @@ fn main() {
     let t = Instant::now();
     let mut day = DayAggregate::new(window, Limits::default());
     for i in 0..RECORDS {
-        day.add(&record(&paths, i));
+        day.add(&record(&paths, &offenders, i));
     }
     let report = black_box(day.finish());
     let took = t.elapsed();

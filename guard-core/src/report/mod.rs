@@ -11,7 +11,8 @@
 //! share of the total, the mean latency and its p50/p95/p99 (nearest rank, to within 1/512),
 //! blocked requests by reason, status classes, the top 5 slowest endpoints (by mean latency)
 //! and the top 5 most hit, grouped by normalised path ([`path`]), and an hourly series of
-//! requests, blocked and errors (5xx).
+//! requests, blocked and errors (5xx), and the top offenders (addresses or users with the most
+//! blocked requests, counted in bounded memory by [`top`]).
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -19,12 +20,16 @@ use serde::Serialize;
 
 pub mod latency;
 pub mod path;
+pub mod top;
 
 #[cfg(test)]
 mod tests;
 
 /// How many endpoints the top lists show.
 pub const TOP: usize = 5;
+
+/// How many offenders the report names.
+pub const TOP_OFFENDERS: usize = 10;
 
 /// What stands for the endpoints and reasons past [`Limits`].
 pub const OTHER: &str = "(other)";
@@ -41,6 +46,9 @@ pub struct Entry<'a> {
     pub latency_ms: Option<f64>,
     pub blocked: bool,
     pub reason: Option<&'a str>,
+    /// Who a blocked request is held against (its user, else its address, as text), for the
+    /// top offenders.
+    pub offender: Option<&'a str>,
 }
 
 /// The day: `[start, end)` since the Unix epoch.
@@ -72,6 +80,8 @@ pub struct Limits {
     pub max_endpoints: usize,
     /// Distinct block reasons kept; later ones count as [`OTHER`].
     pub max_reasons: usize,
+    /// Offenders held to find the top ones (see [`top`]: exact below it).
+    pub max_offenders: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +89,7 @@ impl Default for Limits {
         Self {
             max_endpoints: 10_000,
             max_reasons: 1_000,
+            max_offenders: 1_000,
         }
     }
 }
@@ -112,6 +123,7 @@ pub struct DayAggregate {
     classes: [u64; 7],
     blocked: u64,
     reasons: HashMap<String, u64>,
+    offenders: top::SpaceSaving,
     latency: latency::Histogram,
     endpoints: HashMap<String, EndpointAcc>,
     other: EndpointAcc,
@@ -148,6 +160,7 @@ impl DayAggregate {
             classes: [0; 7],
             blocked: 0,
             reasons: HashMap::new(),
+            offenders: top::SpaceSaving::new(limits.max_offenders),
             latency: latency::Histogram::default(),
             endpoints: HashMap::new(),
             other: EndpointAcc::default(),
@@ -173,6 +186,9 @@ impl DayAggregate {
         h.errors += u64::from(c == 5);
         if e.blocked {
             self.blocked += 1;
+            if let Some(o) = e.offender {
+                self.offenders.add(o);
+            }
             h.blocked += 1;
             let reason = e.reason.unwrap_or("");
             if let Some(n) = self.reasons.get_mut(reason) {
@@ -274,6 +290,7 @@ impl DayAggregate {
             other_endpoint_hits: self.other.hits,
             hourly: self.hours,
             outside: self.outside,
+            top_offenders: self.offenders.top(TOP_OFFENDERS),
         }
     }
 }
@@ -327,4 +344,7 @@ pub struct DayReport {
     pub hourly: Vec<Hour>,
     /// Records given that were outside the window (not counted anywhere else).
     pub outside: u64,
+    /// The addresses or users with the most blocked requests, most first; at most
+    /// [`TOP_OFFENDERS`].
+    pub top_offenders: Vec<top::Top>,
 }

@@ -22,6 +22,13 @@ fn entry(
         latency_ms,
         blocked: reason.is_some(),
         reason,
+        offender: reason.map(|_| {
+            if path == "/search" {
+                "alice"
+            } else {
+                "192.0.2.7"
+            }
+        }),
     }
 }
 
@@ -154,6 +161,21 @@ fn every_figure_of_a_known_day() {
         ]
     );
     assert_eq!(r.other_endpoint_hits, 0);
+    assert_eq!(
+        r.top_offenders,
+        [
+            top::Top {
+                name: "192.0.2.7".into(),
+                count: 2,
+                error: 0
+            },
+            top::Top {
+                name: "alice".into(),
+                count: 1,
+                error: 0
+            }
+        ]
+    );
     assert_eq!(r.hourly.len(), 24);
     let busy: Vec<(usize, u64, u64, u64)> = r
         .hourly
@@ -222,6 +244,7 @@ fn endpoints_and_reasons_past_their_bounds_count_together() {
     let limits = Limits {
         max_endpoints: 2,
         max_reasons: 1,
+        max_offenders: 8,
     };
     let r = report(
         utc_day(),
