@@ -28,6 +28,7 @@ use crate::xdp::Xdp;
 mod hangup;
 mod inline;
 mod metrics;
+mod quotas;
 mod readd;
 mod requests;
 use requests::handle;
