@@ -61,6 +61,9 @@ struct Shared {
     counters: Counters,
     /// The reverse proxy's counters (`None` when `[proxy]` has no listener).
     proxy: Option<Arc<crate::proxy::ProxyStats>>,
+    /// A handle on the state database for counts that need no visit to the ban owner (the bans
+    /// by kind, kept as they are written): `/metrics` reads them even while the owner is busy.
+    store: Store,
     config: Config,
     started: Instant,
 }
@@ -216,6 +219,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    let counts_store = store.clone();
     let mut bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
     {
@@ -277,6 +281,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         inline,
         counters: Counters::default(),
         proxy: proxy.as_ref().map(crate::proxy::Running::stats),
+        store: counts_store,
         config,
         started: Instant::now(),
     });

@@ -10,6 +10,8 @@ use guard_tests::{Daemon, Link, require_root, wait_until};
 
 const PORT: u16 = 8080;
 const METRICS: &str = "127.0.0.1:9464";
+/// The reverse proxy's listener (inline test).
+const PROXY: u16 = 8491;
 
 /// The samples of one scrape, by `name{labels}` as written.
 type Samples = BTreeMap<String, f64>;
@@ -274,5 +276,93 @@ fn counters_move_by_exactly_the_traffic_sent() -> anyhow::Result<()> {
         0.0
     );
     assert_eq!(get(&lifted, "guard_map_entries{map=\"ipv4_bans\"}"), 0.0);
+    Ok(())
+}
+
+/// `curl` from inside the daemon's namespace; the status code.
+fn curl_near(link: &Link, url: &str) -> String {
+    let out = link
+        .near
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-A",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0",
+            url,
+        ])
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the samples are integers, written and parsed exactly"
+)]
+fn inline_verdicts_quota_refusals_and_the_latency_histogram_move() -> anyhow::Result<()> {
+    require_root!();
+    let link = Link::new()?;
+    let app = guard_tests::proxy_app::start(Some(&link.near), "127.0.0.1:0".parse()?, 2)?;
+    let config = format!(
+        "[tap]\nhttp_ports = [9]\n\n\
+         [engine.black]\nrequests_10s = 1000000\nflood_requests_10s = 1000000\n\n\
+         [engine.grey]\ngrace_requests_24h = 1000000\n\n\
+         [proxy]\nlisten = [\"127.0.0.1:{PROXY}\"]\nupstream = \"http://{}\"\n\n\
+         [quotas]\ndefault_plan = \"anonymous\"\n\
+         [[quotas.plans.anonymous.rules]]\npath = \"/api/limited\"\nper_minute = 2\n\n\
+         [metrics]\nlisten = \"{METRICS}\"\n",
+        app.addr
+    );
+    let _d = Daemon::start(&link.near, &link.near_if, &config)?;
+    let before = scrape(&link);
+    let count = "guard_proxy_request_duration_seconds_count";
+    let inf = "guard_proxy_request_duration_seconds_bucket{le=\"+Inf\"}";
+    assert!(before.contains_key(count), "no latency histogram");
+    let base = format!("http://127.0.0.1:{PROXY}");
+    let codes: Vec<String> = (0..4)
+        .map(|_| curl_near(&link, &format!("{base}/api/limited")))
+        .collect();
+    assert_eq!(codes, ["200", "200", "429", "429"]);
+    assert_eq!(
+        curl_near(
+            &link,
+            &format!("{base}/items?id=1%20UNION%20SELECT%20username,password%20FROM%20users")
+        ),
+        "403"
+    );
+    let after = scrape(&link);
+    let delta = |series: &str| get(&after, series) - get(&before, series);
+    assert_eq!(
+        delta("guard_requests_total{mode=\"inline\",verdict=\"allowed\"}"),
+        2.0
+    );
+    assert_eq!(
+        delta("guard_requests_total{mode=\"inline\",verdict=\"limited\"}"),
+        2.0
+    );
+    assert_eq!(
+        delta("guard_requests_total{mode=\"inline\",verdict=\"blocked\"}"),
+        1.0
+    );
+    assert_eq!(delta("guard_quota_refusals_total{plan=\"anonymous\"}"), 2.0);
+    assert_eq!(
+        delta("guard_validator_findings_total{category=\"sqli\",action=\"block\"}"),
+        1.0
+    );
+    assert_eq!(delta(count), 5.0);
+    assert_eq!(get(&after, inf), get(&after, count));
+    assert!(get(&after, "guard_proxy_request_duration_seconds_sum") > 0.0);
+    // The tap saw none of it (it watches port 9 only).
+    assert_eq!(
+        delta("guard_requests_total{mode=\"tap\",verdict=\"allowed\"}"),
+        0.0
+    );
     Ok(())
 }

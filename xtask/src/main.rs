@@ -50,9 +50,11 @@ enum Task {
     /// Benchmarks: `xdp` (XDP ns/packet and packets/s), `tap` (HTTP tap throughput and load),
     /// `bans` (the daemon with a million bans: memory, import, listing, restart, disk),
     /// `proxy` (wrk against the test app directly, through guard's reverse proxy and through
-    /// nginx: throughput ratios, p50/p99, and the added p99 at half of nginx's rate).
+    /// nginx: throughput ratios, p50/p99, and the added p99 at half of nginx's rate),
+    /// `metrics` (a `/metrics` scrape with a million bans against one with none).
     /// Arguments after `xdp` go to the benchmark (`--cycles N`, `--batch FRAMES`, `--napi
-    /// softirq|threaded|both`, `--only micro|live`, `--json`); after `bans`, `--bans N`.
+    /// softirq|threaded|both`, `--only micro|live`, `--json`); after `bans`, `--bans N`; after
+    /// `metrics`, `--bans N` and `--scrapes N`.
     Bench {
         what: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -218,7 +220,10 @@ fn main() -> anyhow::Result<()> {
             "tap" => bail!("`bench tap` takes no arguments"),
             "bans" => bench_bans(&args),
             "proxy" => bench_proxy(&args),
-            other => bail!("unknown benchmark {other:?}: try `xdp`, `tap`, `bans` or `proxy`"),
+            "metrics" => bench_metrics(&args),
+            other => {
+                bail!("unknown benchmark {other:?}: try `xdp`, `tap`, `bans`, `proxy` or `metrics`")
+            }
         },
     }
 }
@@ -464,6 +469,17 @@ fn bench_bans(args: &[String]) -> anyhow::Result<()> {
     setup::test_tools()?;
     build(true)?;
     run_bench_bin("bans-bench", args)
+}
+
+fn bench_metrics(args: &[String]) -> anyhow::Result<()> {
+    let mut again = vec!["bench", "metrics"];
+    again.extend(args.iter().map(String::as_str));
+    if as_root(&again)? {
+        return Ok(());
+    }
+    setup::test_tools()?;
+    build(true)?;
+    run_bench_bin("metrics-bench", args)
 }
 
 #[cfg(test)]

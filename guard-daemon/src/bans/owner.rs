@@ -385,6 +385,12 @@ impl BanHandle {
         self.tx.send(Msg::Cmd(cmd)).is_ok()
     }
 
+    /// Sends a command if the queue has room now; `false` if it is full or the owner is gone.
+    #[must_use]
+    pub fn try_send(&self, cmd: Command) -> bool {
+        self.tx.try_send(Msg::Cmd(cmd)).is_ok()
+    }
+
     pub fn ban(&self, req: BanRequest) -> Result<BanView, BanError> {
         self.call(|r| Command::Ban(req, r))?
     }

@@ -1,13 +1,16 @@
 //! `guard run`'s part of `/metrics`: binds `[metrics] listen` and gathers each scrape's
 //! [`Snapshot`] from the counters the daemon keeps anyway (those `guard stats` shows).
 //!
-//! A scrape asks the ban owner for one short read (the XDP program's per-CPU counters, summed;
-//! the maps' fill; the ban counts by kind), each O(1) in the number of bans: the counts are kept
-//! as bans are written, never counted per scrape. Everything else is relaxed atomics or a lock
-//! held to copy a few numbers.
+//! A scrape asks the ban owner for one short read (the XDP program's per-CPU counters, summed,
+//! and the maps' fill), O(1) in the number of bans, and waits for it at most [`OWNER_WAIT`]: an
+//! owner busy with a long command (a million-line import) makes the scrape show the last values
+//! read instead (counted in `guard_metrics_stale_reads_total`), never wait. The bans by kind
+//! are kept by the store as they are written and read without the owner; everything else is
+//! relaxed atomics or a lock held to copy a few numbers.
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context;
 use guard_common::{STAT_COUNT, STAT_NAMES};
@@ -18,7 +21,7 @@ use tracing::warn;
 use super::Shared;
 use crate::metrics::{Family, Gather, HistogramFamily, Labels, Snapshot, label};
 use crate::pipeline::Pipeline;
-use crate::store::codec::{BAN_KIND_ORIGINS, BAN_KINDS, BAN_SCOPES};
+use crate::store::codec::{BAN_KIND_ORIGINS, BAN_SCOPES};
 use crate::validate::Category;
 
 /// Binds `metrics.listen` and serves `/metrics` until `stop` turns true (an address that cannot
@@ -35,7 +38,8 @@ pub(super) async fn start(
         .with_context(|| format!("binding the metrics endpoint (metrics.listen) on {addr}"))?;
     let gather: Gather = {
         let shared = Arc::clone(shared);
-        Arc::new(move || snapshot(&shared))
+        let last = Arc::new(Last::default());
+        Arc::new(move || snapshot(&shared, &last))
     };
     let mut stop = stop.clone();
     Ok(Some(tokio::spawn(crate::metrics::serve(
@@ -47,13 +51,61 @@ pub(super) async fn start(
     ))))
 }
 
+/// How long a scrape waits for the ban owner before it shows the last values read.
+pub const OWNER_WAIT: Duration = Duration::from_millis(20);
+
 /// What the XDP program and the ban owner hold, read in one visit to the owner.
+#[derive(Clone)]
 struct OwnerRead {
     packets: [u64; STAT_COUNT as usize],
     dense_blocks: usize,
     dense_refused: u64,
     fill: Vec<crate::xdp::MapFill>,
-    kinds: [u64; BAN_KINDS],
+}
+
+/// The last owner read, shown while the owner is too busy to answer, and how often that was.
+#[derive(Default)]
+struct Last {
+    read: Mutex<Option<OwnerRead>>,
+    stale: AtomicU64,
+}
+
+/// Asks the owner for a fresh read, waiting at most [`OWNER_WAIT`]; the last one otherwise.
+fn owner_read(shared: &Shared, last: &Last) -> Option<OwnerRead> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let asked = shared
+        .bans
+        .try_send(crate::bans::Command::Read(Box::new(move |bans| {
+            let x = bans.xdp();
+            let (dense_blocks, dense_refused) = x.dense();
+            let read = x.stats().map(|packets| OwnerRead {
+                packets,
+                dense_blocks,
+                dense_refused,
+                fill: x.fill(),
+            });
+            let _ = tx.send(read);
+        })));
+    let fresh = if asked {
+        match rx.recv_timeout(OWNER_WAIT) {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                warn!("metrics: reading the XDP counters: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut kept = last.read.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(r) = fresh {
+        *kept = Some(r.clone());
+        Some(r)
+    } else {
+        last.stale.fetch_add(1, Ordering::Relaxed);
+        kept.clone()
+    }
 }
 
 /// The labels of each XDP statistic slot: (action, reason); `None` for a slot that is not a
@@ -76,73 +128,72 @@ fn xdp_labels(name: &str) -> Option<(&'static str, &'static str)> {
     clippy::too_many_lines,
     reason = "one block per family, in the order of the README's list"
 )]
-fn snapshot(shared: &Shared) -> Snapshot {
+fn snapshot(shared: &Shared, last: &Last) -> Snapshot {
     let mut families = Vec::new();
-    let read = shared.bans.read(|bans| {
-        let x = bans.xdp();
-        let (dense_blocks, dense_refused) = x.dense();
-        Ok::<_, crate::bans::BanError>(OwnerRead {
-            packets: x.stats()?,
-            dense_blocks,
-            dense_refused,
-            fill: x.fill(),
-            kinds: bans.store().ban_kinds()?,
-        })
-    });
-    match read {
-        Ok(Ok(r)) => {
-            let mut packets = Family::counter(
-                "xdp_packets",
-                "Packets the XDP program saw, by what it did (pass, drop) and why.",
-            );
-            let mut other = Family::counter(
-                "xdp_rate_events_lost",
-                "Over-rate events the XDP program could not report (its ring buffer was full).",
-            );
-            for (name, v) in STAT_NAMES.iter().zip(r.packets) {
-                match xdp_labels(name) {
-                    Some((action, reason)) => {
-                        packets.push(vec![label("action", action), label("reason", reason)], v);
-                    }
-                    None => other.push(Vec::new(), v),
+    if let Some(r) = owner_read(shared, last) {
+        let mut packets = Family::counter(
+            "xdp_packets",
+            "Packets the XDP program saw, by what it did (pass, drop) and why.",
+        );
+        let mut other = Family::counter(
+            "xdp_rate_events_lost",
+            "Over-rate events the XDP program could not report (its ring buffer was full).",
+        );
+        for (name, v) in STAT_NAMES.iter().zip(r.packets) {
+            match xdp_labels(name) {
+                Some((action, reason)) => {
+                    packets.push(vec![label("action", action), label("reason", reason)], v);
                 }
+                None => other.push(Vec::new(), v),
             }
-            families.push(packets);
-            families.push(other);
-            families.push(
-                Family::gauge(
-                    "xdp_dense_blocks",
-                    "Dense blocks (ranges held as one bitmap) in the XDP maps.",
-                )
-                .value(r.dense_blocks as u64),
-            );
-            families.push(
-                Family::counter(
-                    "xdp_dense_blocks_refused",
-                    "Dense blocks refused because their map was full.",
-                )
-                .value(r.dense_refused),
-            );
-            let mut entries = Family::gauge(
-                "map_entries",
-                "Entries in each ban and allowlist map of the XDP program.",
-            );
-            let mut capacity = Family::gauge(
-                "map_capacity",
-                "Capacity of each ban and allowlist map of the XDP program.",
-            );
-            for f in &r.fill {
-                let map: Cow<'static, str> = f.map.to_ascii_lowercase().replace(' ', "_").into();
-                entries.push(vec![("map", map.clone())], u64::from(f.entries));
-                capacity.push(vec![("map", map)], u64::from(f.capacity));
-            }
-            families.push(entries);
-            families.push(capacity);
+        }
+        families.push(packets);
+        families.push(other);
+        families.push(
+            Family::gauge(
+                "xdp_dense_blocks",
+                "Dense blocks (ranges held as one bitmap) in the XDP maps.",
+            )
+            .value(r.dense_blocks as u64),
+        );
+        families.push(
+            Family::counter(
+                "xdp_dense_blocks_refused",
+                "Dense blocks refused because their map was full.",
+            )
+            .value(r.dense_refused),
+        );
+        let mut entries = Family::gauge(
+            "map_entries",
+            "Entries in each ban and allowlist map of the XDP program.",
+        );
+        let mut capacity = Family::gauge(
+            "map_capacity",
+            "Capacity of each ban and allowlist map of the XDP program.",
+        );
+        for f in &r.fill {
+            let map: Cow<'static, str> = f.map.to_ascii_lowercase().replace(' ', "_").into();
+            entries.push(vec![("map", map.clone())], u64::from(f.entries));
+            capacity.push(vec![("map", map)], u64::from(f.capacity));
+        }
+        families.push(entries);
+        families.push(capacity);
+    }
+    families.push(
+        Family::counter(
+            "metrics_stale_reads",
+            "Scrapes that showed the last XDP counters and map fill read, because the ban owner \
+             did not answer within 20 ms (busy with a long command).",
+        )
+        .value(last.stale.load(Ordering::Relaxed)),
+    );
+    match shared.store.ban_kinds() {
+        Ok(kinds) => {
             let mut active = Family::gauge(
                 "bans_active",
                 "Bans in force, by scope (address, range, user) and by who made them.",
             );
-            for (i, n) in r.kinds.iter().enumerate() {
+            for (i, n) in kinds.iter().enumerate() {
                 let scope = BAN_SCOPES[i / BAN_KIND_ORIGINS.len()];
                 let origin = BAN_KIND_ORIGINS[i % BAN_KIND_ORIGINS.len()].name();
                 active.push(vec![label("scope", scope), label("origin", origin)], *n);
@@ -154,8 +205,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
             );
             families.push(active);
         }
-        Ok(Err(e)) => warn!("metrics: reading the XDP counters: {e}"),
-        Err(e) => warn!("metrics: asking the ban owner: {e}"),
+        Err(e) => warn!("metrics: counting the bans: {e}"),
     }
     families.push(
         Family::counter("bans_expired", "Bans ended by expiry since start.")
