@@ -289,9 +289,15 @@ pub struct ScenarioConfig {
     /// Default `1m`.
     #[serde(deserialize_with = "de_duration")]
     pub traversal_leak: Duration,
-    /// Path prefixes of login endpoints, where 401/403 answers count as failed logins.
+    /// Path prefixes of login endpoints. A credential POST (a POST or PUT with a body) to one
+    /// counts as a login attempt whatever the answer, and so does a 401/403 answer.
     pub login_paths: Vec<String>,
-    /// Failed logins. Default 10.
+    /// Path segments (lower-case, any extension dropped) that make any path a login endpoint
+    /// wherever they appear (`/accounts/login/`, `/api/v2/auth/signin.json`).
+    pub login_words: Vec<String>,
+    /// Login attempts. Each adds one; an attempt answered like the one before it (same status
+    /// and size within 2 % or 32 bytes, not a redirect) with different credentials adds one
+    /// more: a form that says "Invalid credentials" with 200 to every guess. Default 10.
     pub brute_force_hits: u32,
     /// Default `30s`.
     #[serde(deserialize_with = "de_duration")]
@@ -369,6 +375,17 @@ impl Default for ScenarioConfig {
                 "/wp-login.php",
                 "/xmlrpc.php",
                 "/session",
+            ]),
+            login_words: strings(&[
+                "login",
+                "log-in",
+                "log_in",
+                "logon",
+                "signin",
+                "sign-in",
+                "sign_in",
+                "authenticate",
+                "wp-login",
             ]),
             brute_force_hits: 10,
             brute_force_leak: Duration::from_secs(30),
