@@ -4,6 +4,8 @@
 //! rate profile the same office is banned. A login brute force against a form that answers 200
 //! "Invalid credentials" (Debian's `hydra` with a proper Host header, and a scripted client with
 //! a browser's headers) is banned as a brute force within 2 s, at most 20 guesses answered.
+//! Nmap's http-enum (Debian's `nmap`), with a browser's user agent, is banned within 2 s, from
+//! its first fingerprints (directory walks) or, with only its CMS fingerprints, from its shape.
 //! Prints the time from each attacker's first request to its ban and how many of its requests
 //! were answered.
 use std::net::{IpAddr, SocketAddr};
@@ -422,5 +424,100 @@ fn a_scripted_brute_force_with_browser_headers_is_banned() -> anyhow::Result<()>
     assert!(reason.starts_with("brute_force"), "{reason}");
     assert!(t <= Duration::from_secs(2), "{t:?}");
     assert!(answered <= 20, "{answered} requests answered");
+    Ok(())
+}
+
+/// Runs nmap's http-enum (all its fingerprints, or one category) with a browser's user agent
+/// against the app: (time to ban, requests answered, the ban's reason).
+fn nmap_enum(category: Option<&str>) -> anyhow::Result<(Duration, usize, String)> {
+    let (link, d, dst) = setup("")?;
+    let src = link.far_v4;
+    let args = match category {
+        Some(c) => format!("http.useragent={FIREFOX},http-enum.category={c}"),
+        None => format!("http.useragent={FIREFOX}"),
+    };
+    let start = Instant::now();
+    // A browser's user agent: the enumeration must be recognised from its shape, not from the
+    // name nmap gives itself.
+    let nmap = link
+        .far
+        .command("nmap")
+        .args([
+            "-n",
+            "-Pn",
+            "-sT",
+            "-p",
+            &PORT.to_string(),
+            "--script",
+            "http-enum",
+        ])
+        .arg(format!("--script-args={args}"))
+        .arg(dst.ip().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let nmap = Group(nmap);
+    let ban = ban_of(&d, src, start);
+    let answered = served(src);
+    drop(nmap);
+    let (t, reason) = ban.ok_or_else(|| {
+        let logs = d.cli(&["logs", "--json"]).unwrap_or_default();
+        anyhow::anyhow!(
+            "nmap was not banned; {answered} answered; request log:\n{}",
+            logs.lines().take(30).collect::<Vec<_>>().join("\n")
+        )
+    })?;
+    println!(
+        "nmap http-enum ({}): banned {} ms after it started, {answered} requests answered ({reason})",
+        category.unwrap_or("all fingerprints"),
+        t.as_millis()
+    );
+    assert!(!tcp_ok(
+        &link.far,
+        Some(src),
+        dst,
+        Duration::from_millis(300)
+    ));
+    Ok((t, answered, reason))
+}
+
+/// How many requests nmap may get answered: it pipelines its probes (dozens written at once on
+/// each connection), so the server has read and answers a whole batch before any verdict, made
+/// from the answers, can reach XDP. In tap mode that batch is served whatever the rules; this
+/// bound says the scan was cut off long before its 1,000-odd fingerprints ran out.
+const NMAP_ANSWERED: usize = 250;
+
+#[test]
+fn nmap_http_enum_is_banned_within_two_seconds() -> anyhow::Result<()> {
+    require_root!();
+    if !have("nmap") {
+        return Ok(());
+    }
+    // All fingerprints: its first ones walk up directories (`/../../etc/passwd`).
+    let (t, answered, _) = nmap_enum(None)?;
+    assert!(t <= Duration::from_secs(2), "{t:?}");
+    assert!(answered <= NMAP_ANSWERED, "{answered} requests answered");
+    Ok(())
+}
+
+#[test]
+fn nmap_http_enum_without_attacks_is_banned_from_its_shape() -> anyhow::Result<()> {
+    require_root!();
+    if !have("nmap") {
+        return Ok(());
+    }
+    // Only the CMS fingerprints: GET and HEAD for well-known application paths, nothing hostile
+    // in any one request; the ban comes from the shape (missing paths, errors, HEAD probes).
+    let (t, answered, reason) = nmap_enum(Some("cms"))?;
+    assert!(
+        ["enumeration", "probing", "repeated_blocks"]
+            .iter()
+            .any(|r| reason.starts_with(r))
+            && !reason.contains("validator"),
+        "{reason}"
+    );
+    assert!(t <= Duration::from_secs(2), "{t:?}");
+    assert!(answered <= NMAP_ANSWERED, "{answered} requests answered");
     Ok(())
 }

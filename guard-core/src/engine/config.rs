@@ -270,6 +270,10 @@ pub struct ScenarioConfig {
     /// ... within this window. Default `1m`.
     #[serde(deserialize_with = "de_duration")]
     pub probing_window: Duration,
+    /// Enumeration: this many distinct non-static paths asked with HEAD and answered
+    /// 400/403/404 within `probing_window` (browsers do not send HEAD; enumeration scripts ask
+    /// whether well-known application paths exist that way). 0 = off. Default 4.
+    pub enumeration_head_paths: u32,
     /// Path substrings (matched lower-case, percent-decoded) of files that must never be served.
     pub sensitive_files: Vec<String>,
     /// Default 3.
@@ -308,6 +312,7 @@ impl Default for ScenarioConfig {
     fn default() -> Self {
         Self {
             probing_distinct_paths: 10,
+            enumeration_head_paths: 4,
             probing_window: Duration::from_mins(1),
             sensitive_files: strings(&[
                 "/.env",
@@ -464,12 +469,13 @@ impl EngineConfig {
             g.distinct_paths_1min,
             g.sequential_ids,
             self.scenarios.probing_distinct_paths,
+            self.scenarios.enumeration_head_paths,
         ];
         if needed.iter().any(|&n| n as usize > self.history) {
             return bad(
                 "engine.history",
-                "must be at least grey.distinct_paths_1min, grey.sequential_ids and \
-                 scenarios.probing_distinct_paths",
+                "must be at least grey.distinct_paths_1min, grey.sequential_ids, \
+                 scenarios.probing_distinct_paths and scenarios.enumeration_head_paths",
             );
         }
         if g.threshold == 0 || g.hard_block < g.threshold {

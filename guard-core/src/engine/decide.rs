@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::offenders::{PendingTriage, secs};
 use super::patterns::{any_prefix, any_segment, is_static, is_traversal, normalise, trailing_id};
-use super::state::{ClientState, Entry, HAS_ID, LoginAnswer, Order, PROBE};
+use super::state::{ClientState, Entry, HAS_ID, HEAD, LoginAnswer, Order, PROBE};
 use super::table::ClientKey;
 use super::{
     BanTicket, ClientBehaviour, Core, Counts, Decision, Details, Evidence, Mode, ORDER_TIMEOUT,
@@ -37,6 +37,8 @@ pub(super) struct Facts<'a> {
     pub(super) error: bool,
     /// Not static and answered 400, 403 or 404.
     pub(super) probe: bool,
+    /// A HEAD request.
+    pub(super) head: bool,
     /// The path names a known web shell or backdoor.
     pub(super) backdoor: bool,
     /// The path names a file that must never be served.
@@ -115,6 +117,7 @@ impl Core {
                 && !self.protected(ev.client),
             error: (400..500).contains(&status) || (self.cfg.count_server_errors && status >= 500),
             probe: !is_static && matches!(status, 400 | 403 | 404),
+            head: ev.method == "HEAD",
             backdoor: self.backdoors.is_match(&path),
             sensitive_file: self.sensitive_files.is_match(&path),
             traversal: is_traversal(&path, &query),
@@ -156,6 +159,9 @@ impl Core {
         }
         if f.probe {
             entry.flags |= PROBE;
+        }
+        if f.head {
+            entry.flags |= HEAD;
         }
 
         entry
@@ -330,6 +336,21 @@ impl Core {
                     );
                 }
                 st.last_login = Some(answer);
+            }
+        }
+        if found.is_none() && f.probe && f.head && s.enumeration_head_paths > 0 {
+            let window = s.probing_window.as_secs();
+            let n = st.ring.distinct(t, secs(s.probing_window), PROBE | HEAD);
+            if n >= s.enumeration_head_paths {
+                found = Some(Finding {
+                    rule: Rule::Enumeration,
+                    status: 404,
+                    reason: format!("{n} distinct paths asked with HEAD, missing, in {window} s"),
+                    details: Details {
+                        distinct_probe_paths: Some(n),
+                        ..Details::default()
+                    },
+                });
             }
         }
         if found.is_none() && f.probe && s.probing_distinct_paths > 0 {

@@ -86,6 +86,8 @@ impl Leaky {
 pub const HAS_ID: u8 = 1;
 /// The request was answered 400, 403 or 404 (probing).
 pub const PROBE: u8 = 2;
+/// The request was a HEAD.
+pub const HEAD: u8 = 4;
 
 /// One remembered request (static assets are not remembered).
 #[derive(Debug, Clone, Copy, Default)]

@@ -280,3 +280,42 @@ fn login_words_name_login_endpoints_anywhere_in_the_path() {
         assert!(!any_segment(p, &words), "{p}");
     }
 }
+
+#[test]
+fn head_requests_for_missing_paths_are_enumeration() {
+    let mut sim = Sim::default();
+    let mut ds = Vec::new();
+    for p in [
+        "/wordpress/",
+        "/wiki/",
+        "/cgi-bin/test.cgi",
+        "/manager/html",
+        "/phpbb/",
+    ] {
+        let mut r = req(C, p).status(404);
+        "HEAD".clone_into(&mut r.method);
+        ds.push(sim.send(&r));
+        sim.advance(Duration::from_millis(20));
+    }
+    assert!(ds[..3].iter().all(|d| *d == Decision::Allow), "{ds:?}");
+    assert_eq!(ban_rule(&ds[3]).as_deref(), Some("enumeration"));
+}
+
+#[test]
+fn head_requests_that_find_their_pages_are_not_enumeration() {
+    let mut sim = Sim::default();
+    // An uptime monitor and a link checker: HEAD for pages that exist, and one dead link.
+    let mut ds = Vec::new();
+    for i in 0..60 {
+        let (p, status) = match i % 6 {
+            0 => ("/".to_owned(), 200),
+            5 if i == 5 => ("/old-post".to_owned(), 404),
+            _ => (format!("/posts/{i}"), 200),
+        };
+        let mut r = req(C, &p).status(status);
+        "HEAD".clone_into(&mut r.method);
+        ds.push(sim.send(&r));
+        sim.advance(Duration::from_secs(1));
+    }
+    assert!(!ds.iter().any(is_ban), "{ds:?}");
+}
