@@ -1,7 +1,9 @@
 //! A small real HTTP/1.1 server for the tests (keep-alive, pipelining, Content-Length and
 //! chunked request bodies) and raw-socket clients that can write requests any way a test wants.
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::Netns;
@@ -21,6 +23,17 @@ pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
 /// anything else 404.
 pub fn start_app(ns: &Netns, port: u16) -> anyhow::Result<()> {
     start_with(ns, port, app_routes, true)
+}
+
+/// Answers the servers of this process wrote, per client address.
+static SERVED: Mutex<BTreeMap<IpAddr, usize>> = Mutex::new(BTreeMap::new());
+
+/// How many answers the test servers wrote to `client` (whole responses, any status).
+#[must_use]
+pub fn served(client: IpAddr) -> usize {
+    SERVED
+        .lock()
+        .map_or(0, |m| m.get(&client).copied().unwrap_or(0))
 }
 
 /// What a route answers: the status line's text and the body.
@@ -90,6 +103,7 @@ fn start_with(ns: &Netns, port: u16, route: Route, head: bool) -> anyhow::Result
 /// Serves one connection; `head`: HEAD answers carry no body (as HTTP says).
 fn serve(stream: TcpStream, route: Route, head: bool) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let peer = stream.peer_addr()?.ip();
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -166,6 +180,9 @@ fn serve(stream: TcpStream, route: Route, head: bool) -> std::io::Result<()> {
             payload.len()
         );
         out.write_all(response.as_bytes())?;
+        if let Ok(mut m) = SERVED.lock() {
+            *m.entry(peer).or_default() += 1;
+        }
         if close {
             return Ok(());
         }

@@ -413,7 +413,8 @@ fn brute_force_enumeration_and_floods_are_banned_while_browsers_and_api_clients_
 }
 
 /// A grey client: past the grace period, a script user agent, unauthenticated, 20+ requests in
-/// 10 s on one page — grey score 6, between the AI threshold (4) and the hard block (8).
+/// 10 s on one page — grey score 6 under the seed's rate profile, between the AI threshold (4)
+/// and the hard block (8).
 fn grey_client(link: &Link, d: &Daemon, src: IpAddr, dst: SocketAddr) -> Option<Duration> {
     let requests = (0..26)
         .map(|_| {
@@ -423,8 +424,9 @@ fn grey_client(link: &Link, d: &Daemon, src: IpAddr, dst: SocketAddr) -> Option<
     attack_raw(link, d, src, dst, requests, Duration::from_millis(40)).1
 }
 
-/// The daemon's settings for a model server at 127.0.0.1:18181 (no retries, no cache).
-const AI_CONFIG: &str = "\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
+/// The daemon's settings for a model server at 127.0.0.1:18181 (no retries, no cache), with the
+/// seed's rate profile: under it a fast, harmless client is grey (see [`grey_client`]).
+const AI_CONFIG: &str = "\n[engine]\nrate_profile = \"seed\"\n[ai]\nenabled = true\nbase_url = \"http://127.0.0.1:18181/v1\"\nmodel = \"test\"\n\
      response_format = \"json_object\"\nmax_retries = 0\nrequest_timeout_ms = 2000\nbreaker_failures = 100\ncache_ttl_secs = 0\n";
 
 /// The judge's counters (`guard stats`, section `engine`).

@@ -30,6 +30,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // e2e_forward_auth: nginx `auth_request` in front of a test app, asking guard.
     ("nginx", "nginx"),
     ("openssl", "openssl"),
+    // e2e_detect: real attack tools against a small app behind guard (a missing one is a
+    // printed skip).
+    ("hydra", "hydra"),
+    ("nmap", "nmap"),
 ];
 
 /// How the eBPF crate gets built on this machine.

@@ -270,6 +270,10 @@ pub struct ScenarioConfig {
     /// ... within this window. Default `1m`.
     #[serde(deserialize_with = "de_duration")]
     pub probing_window: Duration,
+    /// Enumeration: this many distinct non-static paths asked with HEAD and answered
+    /// 400/403/404 within `probing_window` (browsers do not send HEAD; enumeration scripts ask
+    /// whether well-known application paths exist that way). 0 = off. Default 4.
+    pub enumeration_head_paths: u32,
     /// Path substrings (matched lower-case, percent-decoded) of files that must never be served.
     pub sensitive_files: Vec<String>,
     /// Default 3.
@@ -289,9 +293,15 @@ pub struct ScenarioConfig {
     /// Default `1m`.
     #[serde(deserialize_with = "de_duration")]
     pub traversal_leak: Duration,
-    /// Path prefixes of login endpoints, where 401/403 answers count as failed logins.
+    /// Path prefixes of login endpoints. A credential POST (a POST or PUT with a body) to one
+    /// counts as a login attempt whatever the answer, and so does a 401/403 answer.
     pub login_paths: Vec<String>,
-    /// Failed logins. Default 10.
+    /// Path segments (lower-case, any extension dropped) that make any path a login endpoint
+    /// wherever they appear (`/accounts/login/`, `/api/v2/auth/signin.json`).
+    pub login_words: Vec<String>,
+    /// Login attempts. Each adds one; an attempt answered like the one before it (same status
+    /// and size within 2 % or 32 bytes, not a redirect) with different credentials adds one
+    /// more: a form that says "Invalid credentials" with 200 to every guess. Default 10.
     pub brute_force_hits: u32,
     /// Default `30s`.
     #[serde(deserialize_with = "de_duration")]
@@ -302,6 +312,7 @@ impl Default for ScenarioConfig {
     fn default() -> Self {
         Self {
             probing_distinct_paths: 10,
+            enumeration_head_paths: 4,
             probing_window: Duration::from_mins(1),
             sensitive_files: strings(&[
                 "/.env",
@@ -369,6 +380,17 @@ impl Default for ScenarioConfig {
                 "/wp-login.php",
                 "/xmlrpc.php",
                 "/session",
+            ]),
+            login_words: strings(&[
+                "login",
+                "log-in",
+                "log_in",
+                "logon",
+                "signin",
+                "sign-in",
+                "sign_in",
+                "authenticate",
+                "wp-login",
             ]),
             brute_force_hits: 10,
             brute_force_leak: Duration::from_secs(30),
@@ -447,12 +469,13 @@ impl EngineConfig {
             g.distinct_paths_1min,
             g.sequential_ids,
             self.scenarios.probing_distinct_paths,
+            self.scenarios.enumeration_head_paths,
         ];
         if needed.iter().any(|&n| n as usize > self.history) {
             return bad(
                 "engine.history",
-                "must be at least grey.distinct_paths_1min, grey.sequential_ids and \
-                 scenarios.probing_distinct_paths",
+                "must be at least grey.distinct_paths_1min, grey.sequential_ids, \
+                 scenarios.probing_distinct_paths and scenarios.enumeration_head_paths",
             );
         }
         if g.threshold == 0 || g.hard_block < g.threshold {

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::offenders::{PendingTriage, secs};
-use super::patterns::{any_prefix, is_static, is_traversal, normalise, trailing_id};
-use super::state::{ClientState, Entry, HAS_ID, Order, PROBE};
+use super::patterns::{any_prefix, any_segment, is_static, is_traversal, normalise, trailing_id};
+use super::state::{ClientState, Entry, HAS_ID, HEAD, LoginAnswer, Order, PROBE};
 use super::table::ClientKey;
 use super::{
     BanTicket, ClientBehaviour, Core, Counts, Decision, Details, Evidence, Mode, ORDER_TIMEOUT,
@@ -35,16 +35,27 @@ pub(super) struct Facts<'a> {
     pub(super) authenticated: bool,
     pub(super) empty_user_agent: bool,
     pub(super) error: bool,
-    /// Answered 401 or 403.
-    pub(super) auth_failure: bool,
     /// Not static and answered 400, 403 or 404.
     pub(super) probe: bool,
+    /// A HEAD request.
+    pub(super) head: bool,
     /// The path names a known web shell or backdoor.
     pub(super) backdoor: bool,
     /// The path names a file that must never be served.
     pub(super) sensitive_file: bool,
     /// Traversal in the path or query.
     pub(super) traversal: bool,
+    /// A login attempt, if this request is one.
+    pub(super) login: Option<Login>,
+}
+
+/// A login attempt.
+#[derive(Clone, Copy)]
+pub(super) enum Login {
+    /// A credential POST to a login endpoint, and its answer.
+    Credentials(LoginAnswer),
+    /// Any other request a login endpoint answered 401 or 403.
+    Refused,
 }
 
 /// What a strike or ban is about.
@@ -105,13 +116,34 @@ impl Core {
                 .is_none_or(|ua| ua.trim().is_empty())
                 && !self.protected(ev.client),
             error: (400..500).contains(&status) || (self.cfg.count_server_errors && status >= 500),
-            auth_failure: matches!(status, 401 | 403),
             probe: !is_static && matches!(status, 400 | 403 | 404),
+            head: ev.method == "HEAD",
             backdoor: self.backdoors.is_match(&path),
             sensitive_file: self.sensitive_files.is_match(&path),
             traversal: is_traversal(&path, &query),
+            login: self.login(ev, &path, status),
             path,
         }
+    }
+
+    /// Whether `ev` is a login attempt, see [`Facts::login`].
+    fn login(&self, ev: &RequestEvent, path: &str, status: u16) -> Option<Login> {
+        let credentials = ev.body_len > 0 && matches!(ev.method.as_str(), "POST" | "PUT");
+        if !credentials && !matches!(status, 401 | 403) {
+            return None;
+        }
+        let s = &self.cfg.scenarios;
+        if !(any_prefix(path, &s.login_paths) || any_segment(path, &s.login_words)) {
+            return None;
+        }
+        if !credentials {
+            return Some(Login::Refused);
+        }
+        Some(Login::Credentials(LoginAnswer {
+            status,
+            size: u32::try_from(ev.bytes_out).unwrap_or(u32::MAX),
+            body: self.hasher.hash_one(&ev.body) as u32,
+        }))
     }
 
     fn entry(&self, t: u32, f: &Facts) -> Entry {
@@ -127,6 +159,9 @@ impl Core {
         }
         if f.probe {
             entry.flags |= PROBE;
+        }
+        if f.head {
+            entry.flags |= HEAD;
         }
 
         entry
@@ -289,13 +324,40 @@ impl Core {
                 Rule::SensitiveFiles,
             );
         }
-        if f.auth_failure && any_prefix(&f.path, &s.login_paths) {
+        if let Some(login) = f.login {
             charge(
                 &mut st.brute_force,
                 s.brute_force_hits,
                 s.brute_force_leak,
                 Rule::BruteForce,
             );
+            if let Login::Credentials(answer) = login {
+                // The same answer to other credentials: a strong sign, it counts twice.
+                if st.last_login.is_some_and(|last| last.repeated_by(&answer)) {
+                    charge(
+                        &mut st.brute_force,
+                        s.brute_force_hits,
+                        s.brute_force_leak,
+                        Rule::BruteForce,
+                    );
+                }
+                st.last_login = Some(answer);
+            }
+        }
+        if found.is_none() && f.probe && f.head && s.enumeration_head_paths > 0 {
+            let window = s.probing_window.as_secs();
+            let n = st.ring.distinct(t, secs(s.probing_window), PROBE | HEAD);
+            if n >= s.enumeration_head_paths {
+                found = Some(Finding {
+                    rule: Rule::Enumeration,
+                    status: 404,
+                    reason: format!("{n} distinct paths asked with HEAD, missing, in {window} s"),
+                    details: Details {
+                        distinct_probe_paths: Some(n),
+                        ..Details::default()
+                    },
+                });
+            }
         }
         if found.is_none() && f.probe && s.probing_distinct_paths > 0 {
             let n = st.ring.distinct(t, secs(s.probing_window), PROBE);

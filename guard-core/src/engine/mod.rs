@@ -221,6 +221,8 @@ rules! {
     ValidatorBlock = "validator_block",
     /// Scenario: 400/403/404 on many distinct paths.
     Probing = "probing",
+    /// Scenario: HEAD requests for many distinct missing paths (an enumeration script).
+    Enumeration = "enumeration",
     SensitiveFiles = "sensitive_files",
     Backdoor = "backdoor",
     Traversal = "traversal",

@@ -91,6 +91,14 @@ pub fn any_prefix(path: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|p| has_prefix(path, p))
 }
 
+/// True if a segment of `path` (extension dropped) is one of `words`.
+#[must_use]
+pub fn any_segment(path: &str, words: &[String]) -> bool {
+    path.split('/')
+        .map(|seg| seg.split('.').next().unwrap_or(seg))
+        .any(|seg| !seg.is_empty() && words.iter().any(|w| w == seg))
+}
+
 /// Many substrings searched in one pass over the text: a table with one bit per byte pair that
 /// starts a needle finds the candidates, which are then compared. Optionally ASCII
 /// case-insensitive.

@@ -86,6 +86,8 @@ impl Leaky {
 pub const HAS_ID: u8 = 1;
 /// The request was answered 400, 403 or 404 (probing).
 pub const PROBE: u8 = 2;
+/// The request was a HEAD.
+pub const HEAD: u8 = 4;
 
 /// One remembered request (static assets are not remembered).
 #[derive(Debug, Clone, Copy, Default)]
@@ -232,6 +234,8 @@ pub struct ClientState {
     /// Last request that did harm (a sensitive file, backdoor or traversal, or a probe among
     /// several): the client's rate counts for a minute after it. 0 = never.
     pub harm_at: u32,
+    /// The answer to the client's last credential POST to a login endpoint.
+    pub last_login: Option<LoginAnswer>,
     /// Last triage; 0 = never.
     pub last_triage: u32,
     /// The client's ban lasts until then: the shell confirmed it is enforced (or, in shadow
@@ -243,6 +247,30 @@ pub struct ClientState {
     /// such clients by user too): the user is then never banned, only the address, since a
     /// claim can name anyone.
     pub unverified_user_seen: bool,
+}
+
+/// How a login endpoint answered a credential POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginAnswer {
+    pub status: u16,
+    /// Response bytes on the wire.
+    pub size: u32,
+    /// Keyed hash of the request body (the credentials).
+    pub body: u32,
+}
+
+impl LoginAnswer {
+    /// `next` got the same answer to other credentials: same status (not a redirect, which
+    /// successful logins get), same size within 2 % or 32 bytes (a page may echo the user
+    /// name), a different body.
+    #[must_use]
+    pub fn repeated_by(&self, next: &LoginAnswer) -> bool {
+        let slack = (self.size / 50).max(32);
+        self.status == next.status
+            && !(300..400).contains(&next.status)
+            && self.size.abs_diff(next.size) <= slack
+            && self.body != next.body
+    }
 }
 
 /// A ban the engine ordered, kept until the shell says how it went, so that an order that was
@@ -279,6 +307,7 @@ impl ClientState {
             brute_force: Leaky::default(),
             strikes: Leaky::default(),
             harm_at: 0,
+            last_login: None,
             last_triage: 0,
             banned_until: 0,
             order: None,
