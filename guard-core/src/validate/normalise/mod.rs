@@ -52,6 +52,16 @@ pub struct Normalised {
     pub tricks: Tricks,
 }
 
+/// Slashes NFKC leaves alone but that Windows' best-fit code pages and some path APIs read as
+/// `/` or `\` (division and fraction slashes, big solidus, box-drawing diagonals).
+fn fold_slash(c: char) -> char {
+    match c {
+        '\u{2215}' | '\u{2044}' | '\u{29f8}' | '\u{2571}' => '/',
+        '\u{2216}' | '\u{29f9}' | '\u{2572}' => '\\',
+        c => c,
+    }
+}
+
 /// Normalises one value. `plus_is_space`: the value came from a query string or a form body,
 /// where `+` encodes a space. `max_passes` bounds the decoding fixpoint.
 pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised {
@@ -101,7 +111,10 @@ pub fn normalise(raw: &str, plus_is_space: bool, max_passes: u32) -> Normalised 
     } else {
         // The acute accent stands in for a quote; NFKC would split it into a space and a
         // combining mark.
-        cur.replace('\u{b4}', "'").nfkc().collect::<String>()
+        cur.replace('\u{b4}', "'")
+            .nfkc()
+            .map(fold_slash)
+            .collect::<String>()
     };
     let text = fold(&decoded, Comments::Space);
     let joined = decoded
