@@ -51,6 +51,7 @@ pub struct Config {
     pub validator: crate::validate::ValidatorConfig,
     pub proxy: ProxyConfig,
     pub quotas: QuotasConfig,
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
 }
 
 /// `[logs]`: the request log.
@@ -277,6 +278,9 @@ impl Config {
         };
         if let Some((key, message)) = self.proxy.problem() {
             return invalid(key, message);
+        }
+        if let Some((key, message)) = self.crowdsec.problem() {
+            return invalid(key, &message);
         }
         if let Err(QuotasProblem { key, message }) = self.quotas.plan_set() {
             return Err(ConfigError::InvalidAt {

@@ -25,8 +25,8 @@ use crate::store::logs::{LogStore, LogWriter};
 use crate::verified::VerifiedSources;
 use crate::xdp::Xdp;
 
-mod inline;
 mod hangup;
+mod inline;
 mod readd;
 mod requests;
 use requests::handle;
@@ -61,6 +61,8 @@ struct Shared {
     proxy: Option<Arc<crate::proxy::ProxyStats>>,
     config: Config,
     started: Instant,
+    /// The CrowdSec client's state and counters (`None` without `crowdsec.lapi_url`).
+    crowdsec: Option<Arc<crate::crowdsec::CrowdsecStats>>,
 }
 
 impl Shared {
@@ -189,6 +191,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => warn!("repeat offenders not restored: {e}"),
     }
     let judge = Arc::new(judge);
+    // A LAPI without its key stops the start: running on would leave the fleet's decisions
+    // unenforced without a word.
+    let crowdsec_key = crowdsec_key(&config)?;
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
@@ -260,6 +265,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
+    let crowdsec_stats = crowdsec_key
+        .as_ref()
+        .map(|_| Arc::new(crate::crowdsec::CrowdsecStats::default()));
+    let bouncer = match (crowdsec_key, &crowdsec_stats) {
+        (Some(key), Some(stats)) => {
+            let _entered = runtime.enter();
+            Some(
+                crate::crowdsec::bouncer::Bouncer::new(
+                    config.crowdsec.clone(),
+                    key,
+                    owner.handle(),
+                    Arc::clone(stats),
+                )
+                .context("starting the CrowdSec bouncer")?,
+            )
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         bans: owner.handle(),
         judge,
@@ -272,6 +295,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         proxy: proxy.as_ref().map(crate::proxy::Running::stats),
         config,
         started: Instant::now(),
+        crowdsec: crowdsec_stats,
     });
 
     let applier_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -288,7 +312,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let result = match proxy_failed {
         Some(e) => Err(e),
-        None => runtime.block_on(serve(Arc::clone(&shared), events, access, facts)),
+        None => runtime.block_on(serve(Arc::clone(&shared), events, access, facts, bouncer)),
     };
     drop(runtime);
     // The proxy stops accepting, then drains (`proxy.drain_timeout`).
@@ -348,6 +372,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// The CrowdSec bouncer key, when `crowdsec.lapi_url` is set (an error without one).
+fn crowdsec_key(config: &Config) -> anyhow::Result<Option<crate::crowdsec::Secret>> {
+    let c = &config.crowdsec;
+    if !c.enabled() {
+        return Ok(None);
+    }
+    let key = crate::crowdsec::load_secret(&c.api_key_env, c.api_key_file.as_deref(), |v| {
+        std::env::var(v).ok()
+    })
+    .context("crowdsec.api_key_file")?
+    .ok_or_else(|| crate::crowdsec::CrowdsecError::NoKey {
+        var: c.api_key_env.clone(),
+    })?;
+    Ok(Some(key))
+}
+
 /// Stops the capture threads once no control request holds the pipeline any more.
 fn stop_pipeline(mut p: Arc<Pipeline>) {
     for _ in 0..100 {
@@ -367,6 +407,7 @@ async fn serve(
     events: Option<RingBuf<MapData>>,
     access: control::Access,
     facts: crate::protect::HostFacts,
+    bouncer: Option<crate::crowdsec::bouncer::Bouncer>,
 ) -> anyhow::Result<()> {
     let listener = control::bind(&shared.config.daemon.socket, &access)
         .context("binding the control socket")?;
@@ -382,6 +423,7 @@ async fn serve(
     let auth = inline::start_auth(&shared, &stop_rx).await?;
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
+    let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -406,6 +448,9 @@ async fn serve(
     }
     drop(stop_rx);
     protector.abort();
+    if let Some(b) = bouncer {
+        b.abort();
+    }
     if let Some(r) = reader {
         r.abort();
     }

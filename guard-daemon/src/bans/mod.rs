@@ -32,7 +32,7 @@ pub mod owner;
 pub mod users;
 
 pub use filter::{BanFilter, BanSort, BanView};
-pub use owner::{BanHandle, Command, Ordered, Owner};
+pub use owner::{BanHandle, Command, Lift, Ordered, Owner};
 pub use users::{UserBanRequest, UserBanned, UserLookup};
 
 /// Errors of ban and allowlist operations.

@@ -320,6 +320,10 @@ pub struct Status {
     /// with its key; they stay stored.
     #[serde(default)]
     pub bad_ban_records: u64,
+    /// The CrowdSec LAPI: its state, the last sync and the counters; `None` when
+    /// `crowdsec.lapi_url` is unset.
+    #[serde(default)]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
 }
 
 /// One XDP map's fill, in `guard status`.

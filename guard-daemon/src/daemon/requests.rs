@@ -268,6 +268,12 @@ fn status(shared: &Shared) -> Response {
         socket: cfg.daemon.socket.clone(),
         rate_limit_pps: cfg.xdp.rate_limit_pps,
         keep_attached: cfg.xdp.keep_attached,
+        crowdsec: shared.crowdsec.as_ref().map(|c| {
+            c.status(
+                cfg.crowdsec.lapi_url.as_deref().unwrap_or(""),
+                cfg.crowdsec.machine_id.as_deref(),
+            )
+        }),
         ..Status::default()
     };
     // What the ban owner holds is read on its thread, into the reply.
