@@ -1,0 +1,309 @@
+//! End to end with a real CrowdSec Local API (Debian's crowdsec, run LAPI-only by the test in
+//! the daemon's namespace): `cscli decisions add` makes guard's XDP drop the address within a
+//! poll interval, `cscli decisions delete` lets it through again, a range decision drops its
+//! whole range, an allowlisted address stays reachable, captcha and over-wide decisions are
+//! counted and ignored, a username decision becomes a user ban; with the LAPI killed the bans
+//! stay and `guard status` says it is down; back, guard resyncs; a decision deleted while guard
+//! was stopped is lifted at its next start.
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use guard_tests::crowdsec::{Lapi, missing};
+use guard_tests::{Daemon, Link, Netns, require_root, wait_until};
+
+const LAPI_PORT: u16 = 18_080;
+
+/// One ping from `src` (an address of `ns`) to `dst`: answered within a second?
+fn ping_from(ns: &Netns, src: IpAddr, dst: IpAddr) -> bool {
+    let status = ns
+        .command("ping")
+        .args([
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-q",
+            "-I",
+            &src.to_string(),
+            &dst.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status.map(|s| s.code()) {
+        Ok(Some(0)) => true,
+        Ok(Some(1)) => false,
+        other => panic!("ping from {src} did not run: {other:?}"),
+    }
+}
+
+/// The `crowdsec` part of `guard status --json`.
+fn cs_status(d: &Daemon) -> serde_json::Value {
+    d.json(&["status"])
+        .map(|s| s["crowdsec"].clone())
+        .unwrap_or_default()
+}
+
+fn counter(d: &Daemon, name: &str) -> u64 {
+    cs_status(d)[name].as_u64().unwrap_or(0)
+}
+
+/// The origin of `target`'s ban, if it is banned.
+fn ban_origin(d: &Daemon, target: &str) -> Option<String> {
+    let bans = d.json(&["ban", "ls"]).ok()?;
+    bans.as_array()?
+        .iter()
+        .find(|b| b["addr"] == target)
+        .map(|b| b["origin"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story against one LAPI, step by step"
+)]
+fn lapi_decisions_are_enforced_lifted_and_survive_the_lapi_going_down() -> anyhow::Result<()> {
+    require_root!();
+    if let Some(why) = missing() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let link = Link::new()?;
+    let mut lapi = Lapi::start(&link.near, LAPI_PORT)?;
+    let key = lapi.bouncer("guard-test")?;
+    let mut d = Daemon::prepare(
+        &link.near,
+        &link.near_if,
+        &format!(
+            "[tap]\nhttp_ports = []\n[crowdsec]\nlapi_url = \"{}\"\npoll_interval = \"1s\"\nretry_max = \"2s\"\n",
+            lapi.url()
+        ),
+    )?;
+    d.env.push(("GUARD_CROWDSEC_KEY".into(), key));
+    d.spawn()?;
+    let near = link.near_v4;
+    let x = link.far_v4;
+    let allowed = link.add_far_v4(20)?;
+    let in_range = link.add_far_v4_in(77, 5)?;
+    let range = format!("{}/24", {
+        let IpAddr::V4(a) = in_range else {
+            unreachable!()
+        };
+        let o = a.octets();
+        format!("{}.{}.{}.0", o[0], o[1], o[2])
+    });
+    d.cli(&["allow", "add", &allowed.to_string()])
+        .map_err(anyhow::Error::msg)?;
+    for src in [x, allowed, in_range] {
+        assert!(
+            ping_from(&link.far, src, near),
+            "{src} must answer before any decision"
+        );
+    }
+    let synced = wait_until(Duration::from_secs(10), || cs_status(&d)["state"] == "up");
+    assert!(synced.is_some(), "the LAPI never came up: {}", d.log_text());
+
+    // An ip decision: in guard's bans within a poll interval (1 s, plus the poll itself), then
+    // X's pings are dropped by XDP.
+    let t0 = Instant::now();
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &x.to_string(),
+        "--duration",
+        "1h",
+    ])?;
+    let banned = wait_until(Duration::from_secs(5), || {
+        ban_origin(&d, &x.to_string()).is_some()
+    });
+    let took = t0.elapsed();
+    println!(
+        "ip decision enforced {} ms after cscli decisions add returned",
+        took.as_millis()
+    );
+    assert!(banned.is_some(), "no ban for {x}: {}", d.log_text());
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?} with a 1 s poll interval"
+    );
+    assert_eq!(ban_origin(&d, &x.to_string()).as_deref(), Some("crowdsec"));
+    let dropped_before = d.xdp_stat("dropped_ban_exact").unwrap_or(0);
+    assert!(
+        !ping_from(&link.far, x, near),
+        "{x} answered while banned by the LAPI"
+    );
+    assert!(
+        d.xdp_stat("dropped_ban_exact").unwrap_or(0) > dropped_before,
+        "XDP counted no ban drop"
+    );
+    // The decision's own duration: about an hour from now, not guard's default 4 h.
+    let bans = d.json(&["ban", "ls"])?;
+    let b = bans
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["addr"] == x.to_string()))
+        .cloned()
+        .unwrap_or_default();
+    let left = b["expires_at"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(b["created_at"].as_u64().unwrap_or(0));
+    assert!(
+        (3_500_000..=3_600_000).contains(&left),
+        "ban lasts {left} ms, not the decision's hour: {b}"
+    );
+
+    // Deleted: answered again.
+    let t0 = Instant::now();
+    lapi.cscli(&["decisions", "delete", "--ip", &x.to_string()])?;
+    let lifted = wait_until(Duration::from_secs(5), || {
+        ban_origin(&d, &x.to_string()).is_none()
+    });
+    println!("deletion lifted the ban in {} ms", t0.elapsed().as_millis());
+    assert!(lifted.is_some(), "the deleted decision's ban stayed");
+    assert!(
+        wait_until(Duration::from_secs(3), || ping_from(&link.far, x, near)).is_some(),
+        "{x} not answered after the decision was deleted"
+    );
+
+    // A range decision drops every address of it.
+    lapi.cscli(&["decisions", "add", "--range", &range, "--duration", "1h"])?;
+    assert!(
+        wait_until(Duration::from_secs(5), || ban_origin(&d, &range).is_some()).is_some(),
+        "no ban for the range {range}"
+    );
+    assert!(
+        !ping_from(&link.far, in_range, near),
+        "{in_range} answered inside a banned range"
+    );
+
+    // The allowlist wins, counted; captcha and an over-wide range are counted and ignored; a
+    // username decision becomes a user ban.
+    lapi.cscli(&["decisions", "add", "--ip", &allowed.to_string()])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "192.0.2.44",
+        "--type",
+        "captcha",
+    ])?;
+    lapi.cscli(&["decisions", "add", "--range", "10.0.0.0/8"])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--scope",
+        "username",
+        "--value",
+        "mallory",
+    ])?;
+    let counted = wait_until(Duration::from_secs(5), || {
+        let s = cs_status(&d);
+        s["refused_allowlisted"].as_u64() >= Some(1)
+            && s["ignored_type"].as_u64() >= Some(1)
+            && s["refused_invalid"].as_u64() >= Some(1)
+            && s["user_bans_added"].as_u64() >= Some(1)
+    });
+    assert!(counted.is_some(), "not counted: {}", cs_status(&d));
+    assert!(
+        ban_origin(&d, &allowed.to_string()).is_none(),
+        "an allowlisted address was banned"
+    );
+    assert!(
+        ban_origin(&d, "192.0.2.44").is_none(),
+        "a captcha decision became a ban"
+    );
+    assert!(
+        ban_origin(&d, "10.0.0.0/8").is_none(),
+        "a /8 decision became a ban"
+    );
+    assert!(
+        ping_from(&link.far, allowed, near),
+        "the allowlisted address was dropped"
+    );
+    let users = d.json(&["ban", "ls", "--user"])?;
+    assert!(
+        users.as_array().is_some_and(|u| u
+            .iter()
+            .any(|u| u["id"] == "mallory" && u["origin"] == "crowdsec")),
+        "no crowdsec user ban for mallory: {users}"
+    );
+
+    // The LAPI goes away: the bans stay, status says down, failures are counted.
+    let failures_before = counter(&d, "poll_failures");
+    lapi.kill()?;
+    let down = wait_until(Duration::from_secs(6), || cs_status(&d)["state"] == "down");
+    assert!(
+        down.is_some(),
+        "status did not show the LAPI down: {}",
+        cs_status(&d)
+    );
+    let s = cs_status(&d);
+    assert!(s["poll_failures"].as_u64() > Some(failures_before), "{s}");
+    assert!(s["last_error"].is_string(), "{s}");
+    let last_sync = s["last_sync"].as_u64().unwrap_or(0);
+    assert!(last_sync > 0, "{s}");
+    let table = d.cli(&["status"]).map_err(anyhow::Error::msg)?;
+    assert!(
+        table.contains("crowdsec LAPI") && table.contains("DOWN"),
+        "{table}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(ban_origin(&d, &range).is_some(), "a ban went with the LAPI");
+    assert!(
+        !ping_from(&link.far, in_range, near),
+        "enforcement stopped with the LAPI"
+    );
+
+    // Back: guard resyncs (a full list), and a decision made since is enforced.
+    let resyncs = counter(&d, "resyncs");
+    lapi.spawn()?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &x.to_string(),
+        "--duration",
+        "30m",
+    ])?;
+    let back = wait_until(Duration::from_secs(10), || {
+        let s = cs_status(&d);
+        s["state"] == "up"
+            && s["resyncs"].as_u64() > Some(resyncs)
+            && s["last_sync"].as_u64() > Some(last_sync)
+    });
+    assert!(
+        back.is_some(),
+        "no resync after the LAPI came back: {}",
+        cs_status(&d)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || ban_origin(&d, &x.to_string())
+            .is_some())
+        .is_some(),
+        "the decision made after the LAPI's return was not enforced"
+    );
+
+    // A decision deleted while guard is stopped is lifted at its next start (startup=true).
+    d.stop()?;
+    lapi.cscli(&["decisions", "delete", "--range", &range])?;
+    d.spawn()?;
+    let gone = wait_until(Duration::from_secs(6), || ban_origin(&d, &range).is_none());
+    assert!(
+        gone.is_some(),
+        "the range deleted while guard was down is still banned"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || ping_from(
+            &link.far, in_range, near
+        ))
+        .is_some(),
+        "{in_range} still dropped after the resync"
+    );
+    assert_eq!(
+        ban_origin(&d, &x.to_string()).as_deref(),
+        Some("crowdsec"),
+        "the live decision stayed"
+    );
+    Ok(())
+}
