@@ -194,6 +194,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // A LAPI without its key stops the start: running on would leave the fleet's decisions
     // unenforced without a word.
     let crowdsec_key = crowdsec_key(&config)?;
+    let crowdsec_password = crowdsec_password(&config)?;
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
     let events = xdp.take_events();
     let ebpf_log = xdp.take_ebpf_log();
@@ -216,6 +217,29 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
+    let crowdsec_stats = config
+        .crowdsec
+        .enabled()
+        .then(|| Arc::new(crate::crowdsec::CrowdsecStats::default()));
+    let pusher = match (
+        crowdsec_password,
+        &crowdsec_stats,
+        &config.crowdsec.machine_id,
+    ) {
+        (Some(password), Some(stats), Some(id)) => {
+            let (feed, pusher) = crate::crowdsec::machine::channel(
+                &config.crowdsec,
+                id.clone(),
+                password,
+                Arc::clone(stats),
+            )
+            .context("starting the CrowdSec machine")?;
+            bans.set_feed(feed.clone());
+            judge.set_feed(feed);
+            Some(pusher)
+        }
+        _ => None,
+    };
     {
         let n = bans.count().unwrap_or(0);
         let a = bans.allows().map_or(0, |l| l.len());
@@ -265,9 +289,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let crowdsec_stats = crowdsec_key
-        .as_ref()
-        .map(|_| Arc::new(crate::crowdsec::CrowdsecStats::default()));
     let bouncer = match (crowdsec_key, &crowdsec_stats) {
         (Some(key), Some(stats)) => {
             let _entered = runtime.enter();
@@ -312,7 +333,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let result = match proxy_failed {
         Some(e) => Err(e),
-        None => runtime.block_on(serve(Arc::clone(&shared), events, access, facts, bouncer)),
+        None => runtime.block_on(serve(
+            Arc::clone(&shared),
+            events,
+            access,
+            facts,
+            (bouncer, pusher),
+        )),
     };
     drop(runtime);
     // The proxy stops accepting, then drains (`proxy.drain_timeout`).
@@ -388,6 +415,24 @@ fn crowdsec_key(config: &Config) -> anyhow::Result<Option<crate::crowdsec::Secre
     Ok(Some(key))
 }
 
+/// The CrowdSec machine's password, when `crowdsec.machine_id` is set (an error without one).
+fn crowdsec_password(config: &Config) -> anyhow::Result<Option<crate::crowdsec::Secret>> {
+    let c = &config.crowdsec;
+    if !c.enabled() || c.machine_id.is_none() {
+        return Ok(None);
+    }
+    let password = crate::crowdsec::load_secret(
+        &c.machine_password_env,
+        c.machine_password_file.as_deref(),
+        |v| std::env::var(v).ok(),
+    )
+    .context("crowdsec.machine_password_file")?
+    .ok_or_else(|| crate::crowdsec::CrowdsecError::NoPassword {
+        var: c.machine_password_env.clone(),
+    })?;
+    Ok(Some(password))
+}
+
 /// Stops the capture threads once no control request holds the pipeline any more.
 fn stop_pipeline(mut p: Arc<Pipeline>) {
     for _ in 0..100 {
@@ -407,7 +452,10 @@ async fn serve(
     events: Option<RingBuf<MapData>>,
     access: control::Access,
     facts: crate::protect::HostFacts,
-    bouncer: Option<crate::crowdsec::bouncer::Bouncer>,
+    (bouncer, pusher): (
+        Option<crate::crowdsec::bouncer::Bouncer>,
+        Option<crate::crowdsec::machine::Pusher>,
+    ),
 ) -> anyhow::Result<()> {
     let listener = control::bind(&shared.config.daemon.socket, &access)
         .context("binding the control socket")?;
@@ -424,6 +472,7 @@ async fn serve(
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
+    let pusher = pusher.map(|p| tokio::spawn(p.run()));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -448,8 +497,8 @@ async fn serve(
     }
     drop(stop_rx);
     protector.abort();
-    if let Some(b) = bouncer {
-        b.abort();
+    for task in bouncer.into_iter().chain(pusher) {
+        task.abort();
     }
     if let Some(r) = reader {
         r.abort();

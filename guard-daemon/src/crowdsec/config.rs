@@ -146,6 +146,12 @@ impl CrowdsecConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret given directly (tests).
+    #[must_use]
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
     pub(crate) fn expose(&self) -> &str {
         &self.0
     }
