@@ -307,3 +307,125 @@ fn lapi_decisions_are_enforced_lifted_and_survive_the_lapi_going_down() -> anyho
     );
     Ok(())
 }
+
+/// Every (value, scenario) of `cscli decisions list -o json`.
+fn lapi_decisions(lapi: &Lapi) -> Vec<(String, String)> {
+    let Ok(alerts) = lapi.decisions() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for a in alerts.as_array().into_iter().flatten() {
+        for d in a["decisions"].as_array().into_iter().flatten() {
+            out.push((
+                d["value"].as_str().unwrap_or_default().to_owned(),
+                d["scenario"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn guards_bans_are_pushed_to_the_lapi_never_echoed_and_queued_while_it_is_down()
+-> anyhow::Result<()> {
+    require_root!();
+    if let Some(why) = missing() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let link = Link::new()?;
+    let mut lapi = Lapi::start(&link.near, LAPI_PORT)?;
+    let key = lapi.bouncer("guard-push")?;
+    lapi.machine("guard-a", "correct-horse-battery-staple")?;
+    let mut d = Daemon::prepare(
+        &link.near,
+        &link.near_if,
+        &format!(
+            "[tap]\nhttp_ports = []\n[crowdsec]\nlapi_url = \"{}\"\npoll_interval = \"1s\"\n\
+             retry_max = \"2s\"\nmachine_id = \"guard-a\"\npush_manual = true\n",
+            lapi.url()
+        ),
+    )?;
+    d.env.push(("GUARD_CROWDSEC_KEY".into(), key));
+    d.env.push((
+        "GUARD_CROWDSEC_PASSWORD".into(),
+        "correct-horse-battery-staple".into(),
+    ));
+    d.spawn()?;
+
+    // A ban made by guard appears in the LAPI's decisions, under scenario guard/<rule>.
+    let t0 = Instant::now();
+    d.cli(&[
+        "ban",
+        "add",
+        "192.0.2.55",
+        "--ttl",
+        "1h",
+        "--reason",
+        "seen scanning",
+    ])
+    .map_err(anyhow::Error::msg)?;
+    let pushed = wait_until(Duration::from_secs(10), || {
+        lapi_decisions(&lapi).contains(&("192.0.2.55".into(), "guard/manual".into()))
+    });
+    println!(
+        "guard's ban listed by cscli {} ms after guard ban add",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        pushed.is_some(),
+        "not in cscli decisions list: {:?}\n{}",
+        lapi_decisions(&lapi),
+        d.log_text()
+    );
+    // It comes back through the stream: guard's own ban stays as it was.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ban_origin(&d, "192.0.2.55").as_deref(), Some("cli"));
+
+    // No echo: a decision from the LAPI is enforced, never pushed back.
+    lapi.cscli(&["decisions", "add", "--ip", "192.0.2.66", "--duration", "1h"])?;
+    assert!(
+        wait_until(Duration::from_secs(5), || ban_origin(&d, "192.0.2.66")
+            .is_some())
+        .is_some(),
+        "the LAPI's decision was not enforced"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(counter(&d, "alerts_pushed"), 1, "{}", cs_status(&d));
+    let echoes = lapi_decisions(&lapi)
+        .into_iter()
+        .filter(|(v, _)| v == "192.0.2.66")
+        .count();
+    assert_eq!(echoes, 1, "the LAPI's own decision came back from guard");
+
+    // The LAPI down: the alert waits in the queue, and is pushed when it is back.
+    lapi.kill()?;
+    d.cli(&["ban", "add", "192.0.2.77", "--ttl", "1h"])
+        .map_err(anyhow::Error::msg)?;
+    let queued = wait_until(Duration::from_secs(5), || {
+        let s = cs_status(&d);
+        s["push_queued"].as_u64() >= Some(1) && s["push_failures"].as_u64() >= Some(1)
+    });
+    assert!(
+        queued.is_some(),
+        "no queued alert or failed push: {}",
+        cs_status(&d)
+    );
+    lapi.spawn()?;
+    let delivered = wait_until(Duration::from_secs(10), || {
+        lapi_decisions(&lapi).iter().any(|(v, _)| v == "192.0.2.77")
+    });
+    assert!(
+        delivered.is_some(),
+        "the queued alert never reached the LAPI: {}",
+        cs_status(&d)
+    );
+    let s = cs_status(&d);
+    assert_eq!(
+        (s["alerts_pushed"].as_u64(), s["push_queued"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["machine"], "guard-a");
+    Ok(())
+}
