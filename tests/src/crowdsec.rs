@@ -41,6 +41,12 @@ impl Lapi {
     /// Writes the config into a fresh temporary directory and starts the LAPI on
     /// `127.0.0.1:port` inside `ns`; a machine for `cscli` is registered.
     pub fn start(ns: &Netns, port: u16) -> anyhow::Result<Self> {
+        Self::start_on(ns, "127.0.0.1", port)
+    }
+
+    /// Like [`Lapi::start`], listening on `listen` (`0.0.0.0`: reachable from other namespaces
+    /// joined to `ns`).
+    pub fn start_on(ns: &Netns, listen: &str, port: u16) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique("guard-lapi"));
         std::fs::create_dir_all(dir.join("data"))?;
         let d = dir.display();
@@ -75,7 +81,7 @@ api:
     credentials_path: {d}/local_api_credentials.yaml
   server:
     log_level: info
-    listen_uri: 127.0.0.1:{port}
+    listen_uri: {listen}:{port}
     profiles_path: {d}/profiles.yaml
     trusted_ips:
       - 127.0.0.1

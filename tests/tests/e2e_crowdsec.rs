@@ -429,3 +429,160 @@ fn guards_bans_are_pushed_to_the_lapi_never_echoed_and_queued_while_it_is_down()
     assert_eq!(s["machine"], "guard-a");
     Ok(())
 }
+
+/// Backdoor probes (two make an engine ban) from `src` in `ns` to `dst`, one per connection,
+/// until the client is cut off.
+fn probe(ns: &Netns, src: IpAddr, dst: std::net::SocketAddr) {
+    let path = ns.path();
+    let _ = std::thread::spawn(move || {
+        let _ = guard_tests::enter(&path);
+        for p in ["/shell.php", "/c99.php", "/r57.php", "/wso.php"] {
+            let Some(s) = guard_tests::connect_from(src, dst, Duration::from_secs(1)) else {
+                break;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut c = guard_tests::http::Client { stream: s };
+            let req =
+                format!("GET {p} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: Mozilla/5.0\r\n\r\n");
+            if c.send(req.as_bytes())
+                .and_then(|()| c.responses(1))
+                .is_err()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .join();
+}
+
+#[test]
+fn a_scanner_banned_by_one_guard_is_dropped_by_another() -> anyhow::Result<()> {
+    require_root!();
+    if let Some(why) = missing() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    const PORT: u16 = 8080;
+    let a = Link::new()?;
+    let b = Link::new()?;
+    // The two guard hosts share a LAPI in A's namespace, over a link of their own (not guarded).
+    let (va, vb) = (guard_tests::unique("gca"), guard_tests::unique("gcb"));
+    guard_tests::sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            &va,
+            "netns",
+            &a.near.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &b.near.name,
+        ],
+    )?;
+    a.near.ip(&["addr", "add", "10.252.0.1/30", "dev", &va])?;
+    b.near.ip(&["addr", "add", "10.252.0.2/30", "dev", &vb])?;
+    a.near.ip(&["link", "set", &va, "up"])?;
+    b.near.ip(&["link", "set", &vb, "up"])?;
+    let lapi = Lapi::start_on(&a.near, "0.0.0.0", LAPI_PORT)?;
+    lapi.machine("guard-a", "password-of-guard-a")?;
+    lapi.machine("guard-b", "password-of-guard-b")?;
+    let config = |url: &str, id: &str| {
+        format!(
+            "[tap]\nhttp_ports = [{PORT}]\n[crowdsec]\nlapi_url = \"{url}\"\n\
+             poll_interval = \"1s\"\nretry_max = \"2s\"\nmachine_id = \"{id}\"\n"
+        )
+    };
+    guard_tests::http::start_server(&a.near, PORT)?;
+    let mut ga = Daemon::prepare(&a.near, &a.near_if, &config(&lapi.url(), "guard-a"))?;
+    ga.env
+        .push(("GUARD_CROWDSEC_KEY".into(), lapi.bouncer("guard-a")?));
+    ga.env.push((
+        "GUARD_CROWDSEC_PASSWORD".into(),
+        "password-of-guard-a".into(),
+    ));
+    ga.spawn()?;
+    let url_b = format!("http://10.252.0.1:{LAPI_PORT}");
+    let mut gb = Daemon::prepare(&b.near, &b.near_if, &config(&url_b, "guard-b"))?;
+    gb.env
+        .push(("GUARD_CROWDSEC_KEY".into(), lapi.bouncer("guard-b")?));
+    gb.env.push((
+        "GUARD_CROWDSEC_PASSWORD".into(),
+        "password-of-guard-b".into(),
+    ));
+    gb.spawn()?;
+
+    // The scanner's address on B's far side too, routed back from B.
+    let scanner = a.far_v4;
+    b.far
+        .ip(&["addr", "add", &format!("{scanner}/32"), "dev", &b.far_if])?;
+    b.far.ip(&[
+        "route",
+        "replace",
+        &format!("{}/32", b.near_v4),
+        "dev",
+        &b.far_if,
+        "src",
+        &scanner.to_string(),
+    ])?;
+    b.near.ip(&[
+        "route",
+        "replace",
+        &format!("{scanner}/32"),
+        "dev",
+        &b.near_if,
+    ])?;
+    assert!(
+        ping_from(&b.far, scanner, b.near_v4),
+        "the scanner must reach B before any ban"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || cs_status(&gb)["state"] == "up").is_some(),
+        "B never reached the LAPI: {}",
+        cs_status(&gb)
+    );
+
+    let t0 = Instant::now();
+    probe(&a.far, scanner, std::net::SocketAddr::new(a.near_v4, PORT));
+    let on_a = wait_until(Duration::from_secs(10), || {
+        ban_origin(&ga, &scanner.to_string()).as_deref() == Some("engine")
+    });
+    assert!(
+        on_a.is_some(),
+        "A's engine did not ban the scanner: {}",
+        ga.log_text()
+    );
+    let on_b = wait_until(Duration::from_secs(15), || {
+        ban_origin(&gb, &scanner.to_string()).as_deref() == Some("crowdsec")
+    });
+    println!(
+        "scanner banned by A's engine, enforced by B {} ms after the probes began",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        on_b.is_some(),
+        "B did not get A's ban: A {} / B {}",
+        cs_status(&ga),
+        cs_status(&gb)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert!(
+        !ping_from(&b.far, scanner, b.near_v4),
+        "B's XDP let the scanner through"
+    );
+    assert!(
+        lapi_decisions(&lapi)
+            .iter()
+            .any(|(v, s)| v == &scanner.to_string() && s == "guard/backdoor"),
+        "{:?}",
+        lapi_decisions(&lapi)
+    );
+    // B does not push A's ban back.
+    assert_eq!(counter(&gb, "alerts_pushed"), 0, "{}", cs_status(&gb));
+    Ok(())
+}
