@@ -12,6 +12,8 @@ use guard_tests::crowdsec::{Lapi, missing};
 use guard_tests::{Daemon, Link, Netns, require_root, wait_until};
 
 const LAPI_PORT: u16 = 18_080;
+/// The test app guard A's tap watches.
+const PORT: u16 = 8080;
 
 /// One ping from `src` (an address of `ns`) to `dst`: answered within a second?
 fn ping_from(ns: &Netns, src: IpAddr, dst: IpAddr) -> bool {
@@ -457,13 +459,16 @@ fn probe(ns: &Netns, src: IpAddr, dst: std::net::SocketAddr) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "two hosts and their shared LAPI, set up and checked in order"
+)]
 fn a_scanner_banned_by_one_guard_is_dropped_by_another() -> anyhow::Result<()> {
     require_root!();
     if let Some(why) = missing() {
         println!("SKIPPED: {why}");
         return Ok(());
     }
-    const PORT: u16 = 8080;
     let a = Link::new()?;
     let b = Link::new()?;
     // The two guard hosts share a LAPI in A's namespace, over a link of their own (not guarded).
