@@ -591,3 +591,65 @@ fn a_scanner_banned_by_one_guard_is_dropped_by_another() -> anyhow::Result<()> {
     assert_eq!(counter(&gb, "alerts_pushed"), 0, "{}", cs_status(&gb));
     Ok(())
 }
+
+#[test]
+fn shadow_mode_pushes_its_bans_as_simulated_and_no_bouncer_enforces_them() -> anyhow::Result<()> {
+    require_root!();
+    if let Some(why) = missing() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let link = Link::new()?;
+    let lapi = Lapi::start(&link.near, LAPI_PORT)?;
+    lapi.machine("guard-shadow", "password-of-the-shadow")?;
+    guard_tests::http::start_server(&link.near, PORT)?;
+    let mut d = Daemon::prepare(
+        &link.near,
+        &link.near_if,
+        &format!(
+            "[tap]\nhttp_ports = [{PORT}]\n[engine]\nmode = \"shadow\"\n[crowdsec]\n\
+             lapi_url = \"{}\"\npoll_interval = \"1s\"\nretry_max = \"2s\"\n\
+             machine_id = \"guard-shadow\"\n",
+            lapi.url()
+        ),
+    )?;
+    d.env
+        .push(("GUARD_CROWDSEC_KEY".into(), lapi.bouncer("guard-shadow")?));
+    d.env.push((
+        "GUARD_CROWDSEC_PASSWORD".into(),
+        "password-of-the-shadow".into(),
+    ));
+    d.spawn()?;
+    let scanner = link.far_v4;
+    probe(
+        &link.far,
+        scanner,
+        std::net::SocketAddr::new(link.near_v4, PORT),
+    );
+    // Listed by the LAPI, marked simulated.
+    let simulated = wait_until(Duration::from_secs(10), || {
+        lapi.decisions().is_ok_and(|alerts| {
+            alerts.as_array().into_iter().flatten().any(|a| {
+                a["decisions"].as_array().into_iter().flatten().any(|d| {
+                    d["value"] == scanner.to_string()
+                        && d["scenario"] == "guard/backdoor"
+                        && d["simulated"] == true
+                })
+            })
+        })
+    });
+    assert!(
+        simulated.is_some(),
+        "no simulated decision for the scanner: {}\n{}",
+        lapi.decisions().unwrap_or_default(),
+        d.log_text()
+    );
+    // Neither guard itself nor (through the stream) any bouncer enforces it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        ban_origin(&d, &scanner.to_string()).is_none(),
+        "a simulated decision was enforced"
+    );
+    assert!(ping_from(&link.far, scanner, link.near_v4));
+    Ok(())
+}
