@@ -1,14 +1,16 @@
 //! Time as plain data: human durations like `1h30m` (parsed, formatted, and read from config
-//! files), UTC dates, and the conversion of a wall-clock deadline to the monotonic clock the XDP
-//! maps use; wall-clock jumps told from elapsed time ([`ClockJump`], [`WallGate`]). Nothing here
-//! reads a clock: callers pass "now" in.
+//! files), UTC dates, points in time as people type them ([`parse_utc`]), and the conversion of
+//! a wall-clock deadline to the monotonic clock the XDP maps use; wall-clock jumps told from
+//! elapsed time ([`ClockJump`], [`WallGate`]). Nothing here reads a clock: callers pass "now" in.
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 mod jump;
+mod utc;
 pub use jump::{ClockJump, ClockReading, Gate, MAX_CLOCK_JUMP, WallGate};
+pub use utc::{TimeError, parse_utc};
 
 /// Converts a wall-clock deadline (ms since the epoch) to `CLOCK_MONOTONIC` ns, given both
 /// clocks' "now". A deadline already past maps to 1 (expired but non-zero: 0 means "never").
@@ -97,14 +99,15 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
-/// Formats ms since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+/// Formats ms since the epoch as RFC 3339 UTC to the second, `YYYY-MM-DDTHH:MM:SSZ`: the zone
+/// is always written, and [`parse_utc`] reads it back.
 #[must_use]
 pub fn format_utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -144,8 +147,8 @@ mod tests {
 
     #[test]
     fn utc() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
-        assert_eq!(format_utc(1_795_000_000_000), "2026-11-18 11:06:40");
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_795_000_000_000), "2026-11-18T11:06:40Z");
     }
 
     #[test]

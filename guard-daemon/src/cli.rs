@@ -5,15 +5,19 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::clock::{format_utc, now_ms, parse_duration};
+use crate::clock::{format_utc, parse_duration};
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::control::{self, Request, Stats, Status};
+use crate::control::{self, Request, Status};
 use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
+mod logs;
+mod quota;
+mod stats;
 mod users;
 pub use ban::{BanCommand, BanLsArgs, BanRmArgs, BanSelect, parse_import};
+pub use logs::LogsArgs;
 
 /// guard — XDP bans and rate limits, HTTP behaviour scoring, one binary.
 #[derive(Debug, Parser)]
@@ -50,6 +54,12 @@ pub enum Command {
     Tap(TapCommand),
     /// Run the request validator on one request or a file of cases (no daemon needed).
     Inspect(crate::inspect::InspectArgs),
+    /// The plan quotas' plan table (which user is on which plan).
+    #[command(subcommand)]
+    Plan(quota::PlanCommand),
+    /// The plan quotas' counters: show or reset a user's (or an address's).
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// AI triage set-up.
     Ai {
         #[command(subcommand)]
@@ -61,37 +71,6 @@ pub enum Command {
 pub enum TapCommand {
     /// Show the protected HTTP ports, or replace them (takes effect at once).
     Ports { ports: Vec<u16> },
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    /// Only records newer than this (e.g. 10m, 2h, 7d).
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Only records older than this long ago (e.g. 5m).
-    #[arg(long)]
-    pub until: Option<String>,
-    /// Only this client address.
-    #[arg(long)]
-    pub ip: Option<std::net::IpAddr>,
-    /// Only paths starting with this.
-    #[arg(long)]
-    pub path_prefix: Option<String>,
-    /// Only this status (404) or class (5xx).
-    #[arg(long)]
-    pub status: Option<String>,
-    /// Only blocked requests.
-    #[arg(long)]
-    pub blocked: bool,
-    /// At most this many (the newest).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// One JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Keep printing new records as they arrive.
-    #[arg(long, short)]
-    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -161,9 +140,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ban(cmd) => ban::ban(cmd, &socket_path(socket)),
         Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
-        Command::Stats(f) => stats(f.json, &socket_path(socket)),
+        Command::Stats(f) => stats::run(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
-        Command::Logs(args) => logs(args, &socket_path(socket)),
+        Command::Logs(args) => logs::run(args, &socket_path(socket)),
         Command::Tap(TapCommand::Ports { ports }) => {
             let ports = (!ports.is_empty()).then_some(ports);
             let now: Vec<u16> = control::call(&socket_path(socket), &Request::TapPorts { ports })?;
@@ -171,6 +150,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("HTTP tap ports: [{}]", now.join(","));
             Ok(())
         }
+        Command::Plan(cmd) => quota::plan(cmd, &socket_path(socket)),
+        Command::Quota(cmd) => quota::quota(cmd, &socket_path(socket)),
         Command::Ai { command } => crate::ai::cli::run(command),
         Command::Inspect(args) => crate::inspect::run(&args),
     }
@@ -301,147 +282,6 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
     if rows.is_empty() {
         println!("(none)");
-    }
-}
-
-fn ago_ns(text: &str) -> anyhow::Result<u64> {
-    let d = parse_duration(text)?;
-    Ok(now_ms()
-        .saturating_sub(d.as_millis() as u64)
-        .saturating_mul(1_000_000))
-}
-
-fn logs(args: LogsArgs, socket: &std::path::Path) -> anyhow::Result<()> {
-    use crate::store::logs::LogRecord;
-    let mut req = control::LogsRequest {
-        since_ns: args.since.as_deref().map(ago_ns).transpose()?,
-        until_ns: args.until.as_deref().map(ago_ns).transpose()?,
-        ip: args.ip,
-        path_prefix: args.path_prefix,
-        status: args.status,
-        blocked: args.blocked,
-        limit: args.limit,
-    };
-    if let Some(s) = &req.status {
-        s.parse::<crate::store::logs::StatusFilter>()?;
-    }
-    let mut header = true;
-    loop {
-        let records: Vec<LogRecord> = control::call(socket, &Request::Logs(req.clone()))?;
-        if args.json {
-            for r in &records {
-                println!("{}", r.to_json_line());
-            }
-        } else if !records.is_empty() || header {
-            let table = crate::store::logs::format::format_table(&records);
-            let mut lines = table.lines();
-            if !header {
-                lines.next();
-            }
-            for l in lines {
-                println!("{l}");
-            }
-            header = false;
-        }
-        if !args.follow {
-            return Ok(());
-        }
-        if let Some(last) = records.iter().map(|r| r.time).max() {
-            req.since_ns = Some(last.as_nanos() as u64 + 1);
-        }
-        req.limit = None;
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-}
-
-fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
-    let data: Box<Stats> = control::call(socket, &Request::Stats)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
-        return Ok(());
-    }
-    let row = |section: &str, name: &str, v: u64| vec![format!("{section}.{name}"), v.to_string()];
-    let xdp: Vec<Vec<String>> = data.xdp.iter().map(|(k, v)| row("xdp", k, *v)).collect();
-    print_table(&["COUNTER", "VALUE"], &xdp);
-    let daemon: Vec<Vec<String>> = data
-        .daemon
-        .rows()
-        .into_iter()
-        .map(|(k, v)| row("daemon", k, v))
-        .collect();
-    print_table(&["COUNTER", "VALUE"], &daemon);
-    // The engine's ban orders: a dropped or failed order is given again on the client's next
-    // request, so `failed` and `dropped` without `retried` mean clients that did not come back.
-    let e = &data.engine;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let orders: Vec<Vec<String>> = [
-        ("ordered", load(&e.bans_ordered)),
-        ("confirmed", load(&e.bans_confirmed)),
-        ("dropped", load(&e.bans_dropped)),
-        ("failed", load(&e.bans_failed)),
-        ("retried", load(&e.bans_retried)),
-        ("refused", load(&e.bans_refused)),
-        ("shadow", load(&e.bans_shadow)),
-    ]
-    .into_iter()
-    .map(|(k, v)| row("ban_orders", k, v))
-    .collect();
-    print_table(&["COUNTER", "VALUE"], &orders);
-    let l = &data.logs;
-    let logs: Vec<Vec<String>> = [
-        ("written", l.written),
-        ("dropped", l.dropped),
-        ("failed_batches", l.failed_batches),
-        ("stored", l.stored as u64),
-        ("truncated", l.truncated),
-        ("size_on_disk", l.size_on_disk),
-        ("live_bytes", l.live_bytes),
-        ("pruned", l.pruned),
-        ("expired", l.expired),
-        ("rebuilds", l.rebuilds),
-    ]
-    .into_iter()
-    .map(|(k, v)| row("logs", k, v))
-    .collect();
-    print_table(&["COUNTER", "VALUE"], &logs);
-    // The judge's, the engine's and the AI client's counters, and each interface's tap, by
-    // name (nested ones joined with dots).
-    let mut sections = vec![
-        ("engine", serde_json::to_value(&data.engine)?),
-        ("engine_core", data.engine_core.clone()),
-    ];
-    if let Some(ai) = &data.ai {
-        sections.push(("ai", serde_json::to_value(ai)?));
-    }
-    if let Some(proxy) = &data.proxy {
-        sections.push(("proxy", serde_json::to_value(proxy)?));
-    }
-    for (name, value) in sections {
-        let mut rows = Vec::new();
-        counter_rows(name, &value, &mut rows);
-        print_table(&["COUNTER", "VALUE"], &rows);
-    }
-    if let Some(interfaces) = data.tap.as_array() {
-        for iface in interfaces {
-            let name = iface["interface"].as_str().unwrap_or("?");
-            let mut rows = Vec::new();
-            counter_rows(&format!("tap.{name}"), iface, &mut rows);
-            print_table(&["COUNTER", "VALUE"], &rows);
-        }
-    }
-    Ok(())
-}
-
-/// The numbers in `value` as (dotted name, value) rows, in the order they come.
-fn counter_rows(prefix: &str, value: &serde_json::Value, rows: &mut Vec<Vec<String>>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                counter_rows(&format!("{prefix}.{k}"), v, rows);
-            }
-        }
-        serde_json::Value::Number(n) => rows.push(vec![prefix.to_owned(), n.to_string()]),
-        _ => {}
     }
 }
 
@@ -631,8 +471,8 @@ mod tests {
         };
         assert_eq!(
             ban::describe_replaced(&old, &now, false),
-            "it was already banned (engine ban); replaced: end 1970-01-01 04:00:00 -> \
-             1970-01-01 01:00:00 (shorter: --extend keeps the later end); reason \
+            "it was already banned (engine ban); replaced: end 1970-01-01T04:00:00Z -> \
+             1970-01-01T01:00:00Z (shorter: --extend keeps the later end); reason \
              \"probing: 10 distinct paths\" -> \"manual\""
         );
         let same = Replaced {
@@ -642,7 +482,7 @@ mod tests {
         };
         assert_eq!(
             ban::describe_replaced(&same, &now, true),
-            "it was already banned (cli ban); replaced: end unchanged (1970-01-01 01:00:00); \
+            "it was already banned (cli ban); replaced: end unchanged (1970-01-01T01:00:00Z); \
              reason unchanged (\"manual\")"
         );
     }

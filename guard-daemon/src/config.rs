@@ -52,6 +52,16 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub quotas: QuotasConfig,
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (`OpenMetrics` text), e.g. `"127.0.0.1:9464"`. Keep it on
+    /// loopback or a management network: it has no authentication. Default: none (off).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[logs]`: the request log.

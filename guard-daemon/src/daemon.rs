@@ -27,6 +27,8 @@ use crate::xdp::Xdp;
 
 mod hangup;
 mod inline;
+mod metrics;
+mod quotas;
 mod readd;
 mod requests;
 use requests::handle;
@@ -34,7 +36,7 @@ use requests::handle;
 /// The request log database's directory inside the state directory.
 pub const LOG_DIR: &str = "logs";
 
-/// Daemon-level counters shown by `guard stats`.
+/// Daemon-level counters shown by `guard stats` and `/metrics`.
 #[derive(Default)]
 struct Counters {
     rate_events: AtomicU64,
@@ -469,6 +471,7 @@ async fn serve(
     // One shutdown signal for every listener: the control socket and the forward-auth endpoint.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let auth = inline::start_auth(&shared, &stop_rx).await?;
+    let metrics = metrics::start(&shared, &stop_rx).await?;
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
@@ -494,6 +497,11 @@ async fn serve(
         if let Err(e) = auth.await {
             warn!("the forward-auth endpoint ended badly: {e}");
         }
+    }
+    if let Some(m) = metrics
+        && let Err(e) = m.await
+    {
+        warn!("the metrics endpoint ended badly: {e}");
     }
     drop(stop_rx);
     protector.abort();

@@ -18,7 +18,7 @@ use crate::engine::{
 };
 use crate::net::Net;
 use crate::tap::{Evasion, RequestEvent, Trust};
-use crate::validate::{Action, Request, Validator, ValidatorConfig};
+use crate::validate::{Action, Category, Request, Validator, ValidatorConfig};
 
 /// Errors building the judge.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,14 @@ pub struct JudgeStats {
     pub engine_sweep_micros: AtomicU64,
 }
 
+/// Requests the validator blocked or sent to triage, by the category of their strongest
+/// finding (indexed by [`Category::index`]), for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FindingCounts {
+    pub block: [AtomicU64; Category::ALL.len()],
+    pub triage: [AtomicU64; Category::ALL.len()],
+}
+
 /// Validator and engine, shared by the capture threads.
 pub struct Judge {
     validator: Validator,
@@ -76,6 +84,8 @@ pub struct Judge {
     /// Boxed orders: the bounded channel initialises every slot up front.
     bans: SyncSender<Box<BanOrder>>,
     pub stats: Arc<JudgeStats>,
+    /// The validator's blocks and triages by category.
+    pub findings: FindingCounts,
     /// The AI second opinion for grey clients, if enabled: its calls run on the daemon's runtime.
     ai: Option<crate::ai::AiClient>,
     /// The engine's sweep cadence, and when the next sweep is due, in ms since `epoch` (the
@@ -152,6 +162,7 @@ impl Judge {
                 engine: Arc::new(Mutex::new(e)),
                 bans: tx,
                 stats: Arc::new(JudgeStats::default()),
+                findings: FindingCounts::default(),
                 ai,
                 sweep_every: engine.sweep_interval,
                 next_sweep_ms: AtomicU64::new(millis(engine.sweep_interval)),
@@ -340,11 +351,16 @@ impl Judge {
                     s.validator_triage.fetch_add(1, Ordering::Relaxed);
                 }
                 // The strongest finding names the reason, not the first one.
-                let category = verdict
-                    .strongest()
-                    .and_then(|c| serde_json::to_value(c).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let strongest = verdict.strongest();
+                if let Some(c) = strongest {
+                    let by = if block {
+                        &self.findings.block
+                    } else {
+                        &self.findings.triage
+                    };
+                    by[c.index()].fetch_add(1, Ordering::Relaxed);
+                }
+                let category = strongest.map(|c| c.name().to_owned()).unwrap_or_default();
                 Some(ValidatorHint {
                     block,
                     triage: !block,

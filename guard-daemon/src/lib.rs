@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod judge;
 pub mod jwt;
 pub mod memory;
+pub mod metrics;
 pub mod perms;
 pub mod pipeline;
 pub mod protect;

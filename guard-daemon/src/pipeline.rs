@@ -24,6 +24,9 @@ pub struct PipelineStats {
     pub tap: TapStats,
     /// Requests handed to the log writer.
     pub requests: u64,
+    /// Of those, requests the judge blocked (the tap cannot refuse them: logged as blocked, and
+    /// counted against their client).
+    pub blocked: u64,
     /// Times the capture thread panicked and was restarted (its socket and ring kept, its flow
     /// table rebuilt), and the last panic's message.
     pub capture_restarts: u64,
@@ -174,7 +177,7 @@ struct Worker {
 fn run(mut capture: Capture, config: &TapConfig, w: &Worker) {
     let mut tap = Tap::new(config);
     tap.set_jwt_keys(w.jwt.clone());
-    let mut requests = 0u64;
+    let mut requests = Tally::default();
     let mut fresh = true;
     supervise(
         &w.iface,
@@ -267,9 +270,17 @@ fn supervise(
     }
 }
 
+/// Requests handed on so far, and how many of them were blocked (kept across restarts of the
+/// capture loop).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    blocked: u64,
+}
+
 /// Reads the ring and feeds the tap until `stop` (then flushes the open requests) or a capture
 /// error.
-fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut u64, w: &Worker) {
+fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut Tally, w: &Worker) {
     let (stop, stats, writer, iface, ports, judge) = (
         &*w.stop,
         &*w.stats,
@@ -287,13 +298,14 @@ fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut u64, w: &Wo
     tap.set_http_ports(&known_ports);
     let mut out: Vec<RequestEvent> = Vec::new();
     let mut last_tick = Instant::now();
-    let emit = |out: &mut Vec<RequestEvent>, requests: &mut u64| {
+    let emit = |out: &mut Vec<RequestEvent>, requests: &mut Tally| {
         for e in out.drain(..) {
-            *requests += 1;
+            requests.requests += 1;
             // A panic while judging costs this request only (counted, logged by the judge).
             let (blocked, reason) = judge
                 .judge_contained(&e)
                 .unwrap_or_else(|| (false, Some("not judged: the judge panicked".to_owned())));
+            requests.blocked += u64::from(blocked);
             // A full queue drops the record; the writer counts it.
             let _ = writer.try_log(LogRecord::from_event(&e, blocked, reason));
         }
@@ -343,7 +355,8 @@ fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut u64, w: &Wo
             let mut s = stats.lock().unwrap_or_else(PoisonError::into_inner);
             s.capture = cap;
             s.tap = tap.stats().clone();
-            s.requests = *requests;
+            s.requests = requests.requests;
+            s.blocked = requests.blocked;
         }
     }
     tap.flush(&mut out);

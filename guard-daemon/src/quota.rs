@@ -23,7 +23,7 @@ use guard_core::quota::{
 use guard_core::tap::identity::{UserSource, trusted};
 use serde::Serialize;
 
-use crate::config::{PlanSource, QuotasConfig, QuotasProblem};
+use crate::config::{OnStoreError, PlanSource, QuotasConfig, QuotasProblem};
 use crate::inline::gate::{Refusal, UserCheck};
 use crate::tap::{RequestEvent, UserId};
 
@@ -51,6 +51,27 @@ pub struct QuotaStats {
     pub unlimited: AtomicU64,
     /// Counters of passed windows dropped by the sweep.
     pub swept: AtomicU64,
+    /// Requests checked while the store was failing (its last write failed) under a rule
+    /// with a day, month or lifetime limit: admitted and charged in memory
+    /// (`on_store_error = "admit"`) …
+    pub store_error_admitted: AtomicU64,
+    /// … or refused with 503 (`on_store_error = "deny"`).
+    pub store_error_denied: AtomicU64,
+    /// Refusals by plan name (names come from the config, so the map stays small).
+    pub refused_by_plan: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl QuotaStats {
+    /// The refusals by plan now.
+    #[must_use]
+    pub fn refusals(&self) -> Vec<(String, u64)> {
+        self.refused_by_plan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// What a request's quota check found.
@@ -58,8 +79,11 @@ pub struct QuotaStats {
 pub struct QuotaOutcome {
     /// The plan that applied, if any.
     pub plan: Option<String>,
-    /// The check of the matched rule; `None` when no plan or no rule applied.
+    /// The check of the matched rule; `None` when no plan or no rule applied, or when the
+    /// store is failing and `on_store_error = "deny"` refused the request unchecked.
     pub decision: Option<QuotaDecision>,
+    /// Refused because the store is failing (`on_store_error = "deny"`): nothing was charged.
+    pub unavailable: bool,
 }
 
 /// The plan quotas of the inline mode.
@@ -71,9 +95,17 @@ pub struct QuotaCheck {
     plan_header: Option<String>,
     trusted_proxies: Vec<Net>,
     plan_table: Option<Arc<dyn PlanTable>>,
+    /// The plan table kept in the store (`guard plan set`), also `plan_table`.
+    plan_store: Option<Arc<plans::PlanStore>>,
     salt: Vec<u8>,
     /// The day, month and lifetime counters' store (`guard run`); `None`: memory only.
     persist: Option<persist::Persist>,
+    /// `quotas.headers_on_admit`: admitted requests' responses carry the headers too.
+    headers_on_admit: bool,
+    /// `quotas.on_store_error`.
+    on_store_error: OnStoreError,
+    /// When a request under a failing store was last logged (seconds since the epoch).
+    store_warned_s: AtomicU64,
     pub stats: QuotaStats,
 }
 
@@ -95,8 +127,12 @@ impl QuotaCheck {
             plan_header: cfg.plan_header.clone(),
             trusted_proxies,
             plan_table: None,
+            plan_store: None,
             salt,
             persist: None,
+            headers_on_admit: cfg.headers_on_admit,
+            on_store_error: cfg.on_store_error,
+            store_warned_s: AtomicU64::new(0),
             stats: QuotaStats::default(),
         })
     }
@@ -139,6 +175,15 @@ impl QuotaCheck {
     #[must_use]
     pub fn with_plan_table(mut self, table: Arc<dyn PlanTable>) -> Self {
         self.plan_table = Some(table);
+        self
+    }
+
+    /// Adds the plan table kept in the store: the `table` lookup source, changed by
+    /// `guard plan set|rm` (see [`admin`]).
+    #[must_use]
+    pub fn with_plan_store(mut self, store: Arc<plans::PlanStore>) -> Self {
+        self.plan_table = Some(Arc::clone(&store) as Arc<dyn PlanTable>);
+        self.plan_store = Some(store);
         self
     }
 
@@ -198,6 +243,7 @@ impl QuotaCheck {
             return QuotaOutcome {
                 plan: None,
                 decision: None,
+                unavailable: false,
             };
         };
         let Some(rule) = plan.rule_for(&ev.method, &ev.path) else {
@@ -205,20 +251,86 @@ impl QuotaCheck {
             return QuotaOutcome {
                 plan: Some(plan.name.clone()),
                 decision: None,
+                unavailable: false,
             };
         };
         self.stats.checked.fetch_add(1, Ordering::Relaxed);
+        if self
+            .persist
+            .as_ref()
+            .is_some_and(|p| p.failing() && p.persists(rule.id))
+            && self.store_failing(ev.ts.as_secs())
+        {
+            return QuotaOutcome {
+                plan: Some(plan.name.clone()),
+                decision: None,
+                unavailable: true,
+            };
+        }
         let decision = self.table.check(key, rule, ev.ts.as_secs());
         if !decision.admitted {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            *self
+                .stats
+                .refused_by_plan
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(plan.name.clone())
+                .or_default() += 1;
         } else if let Some(p) = &self.persist {
             p.mark(key, rule.id);
         }
         QuotaOutcome {
             plan: Some(plan.name.clone()),
             decision: Some(decision),
+            unavailable: false,
         }
     }
+
+    /// A request under a rule with a stored window while the store is failing: counts it,
+    /// logs at most once a minute, and says whether to refuse it (`on_store_error = "deny"`).
+    fn store_failing(&self, now_s: u64) -> bool {
+        let deny = self.on_store_error == OnStoreError::Deny;
+        let counter = if deny {
+            &self.stats.store_error_denied
+        } else {
+            &self.stats.store_error_admitted
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let last = self.store_warned_s.load(Ordering::Relaxed);
+        if (last == 0 || now_s >= last + 60)
+            && self
+                .store_warned_s
+                .compare_exchange(last, now_s.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let (what, stat) = if deny {
+                ("refused with 503", "store_error_denied")
+            } else {
+                ("admitted and counted in memory", "store_error_admitted")
+            };
+            tracing::warn!(
+                "the quota store is failing: requests under day, month or lifetime limits are \
+                 {what} (quotas.on_store_error = {}; counted in inline.quotas.{stat})",
+                if deny { "deny" } else { "admit" }
+            );
+        }
+        deny
+    }
+}
+
+/// The headers an admitted request's response carries (`quotas.headers_on_admit`):
+/// `RateLimit-Policy` and `RateLimit` with every window of the rule after this request's
+/// charge (`"minute";r=4;t=17`). Empty when refused, or when the check says not to.
+#[must_use]
+pub fn admit_headers(check: &QuotaCheck, d: &QuotaDecision) -> Vec<(&'static str, String)> {
+    if !d.admitted || !check.headers_on_admit {
+        return Vec::new();
+    }
+    vec![
+        ("ratelimit-policy", headers::policy(d)),
+        ("ratelimit", headers::ratelimit(d)),
+    ]
 }
 
 /// The refusal of a refused decision.
@@ -242,7 +354,11 @@ pub fn refusal(d: &QuotaDecision) -> Option<Refusal> {
 /// The inline gate asks this for requests that name a user.
 impl UserCheck for QuotaCheck {
     fn check(&self, user: &UserId, ev: &RequestEvent) -> Option<Refusal> {
-        refusal(&self.check_event(Some(user), ev).decision?)
+        let out = self.check_event(Some(user), ev);
+        if out.unavailable {
+            return Some(Refusal::QuotaUnavailable);
+        }
+        refusal(&out.decision?)
     }
 }
 
@@ -264,7 +380,9 @@ fn header<'a>(ev: &'a RequestEvent, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+pub mod admin;
 pub mod persist;
+pub mod plans;
 pub mod salt;
 
 /// The last marked counters are written when the check goes (a clean stop).

@@ -10,6 +10,65 @@ use crate::Netns;
 /// `wp-`, `admin`, backups, `/scan/`) answer 404, `/login*` 401, `/error*` 500, anything else
 /// 200 with a body naming the method and path.
 pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
+    // Its HEAD answers carry a body, as some tests of the tap's pairing expect.
+    start_with(ns, port, probe_routes, false)
+}
+
+/// Starts a small web application on `port` in `ns`, the way a real site answers: its pages
+/// (`/`, `/news/…`, `/archive/…`, `/api/…`, `/static/…`, `/media/…`, `/robots.txt`) 200, a
+/// login form at `/accounts/login/` and `/login` whose POST answers 200 with the same
+/// "Invalid credentials" page whatever the credentials (as Django's `LoginView` does), and
+/// anything else 404.
+pub fn start_app(ns: &Netns, port: u16) -> anyhow::Result<()> {
+    start_with(ns, port, app_routes, true)
+}
+
+/// What a route answers: the status line's text and the body.
+type Route = fn(method: &str, target: &str, body: usize) -> (&'static str, String);
+
+/// The login page of [`start_app`]: the same bytes for every failed attempt.
+pub const LOGIN_FAILED: &str = "<!doctype html><title>Log in</title><form method=post>\
+    <p class=error>Invalid credentials. Please try again.</p><input name=username>\
+    <input name=password type=password><button>Log in</button></form>\n";
+
+fn app_routes(method: &str, target: &str, _body: usize) -> (&'static str, String) {
+    let path = target.split('?').next().unwrap_or("");
+    if path == "/accounts/login/" || path == "/login" {
+        return ("200 OK", LOGIN_FAILED.to_owned());
+    }
+    let pages = [
+        "/static/",
+        "/media/",
+        "/news/",
+        "/archive/",
+        "/api/",
+        "/about",
+    ];
+    if path == "/" || path == "/robots.txt" || pages.iter().any(|p| path.starts_with(p)) {
+        return ("200 OK", format!("{method} {path} page\n"));
+    }
+    ("404 Not Found", "Not Found\n".to_owned())
+}
+
+fn probe_routes(method: &str, target: &str, body: usize) -> (&'static str, String) {
+    // Probe-like paths do not exist here, as on most sites.
+    let probe = ["/.", ".php", "wp-", "admin", ".bak", ".sql", "/scan/"]
+        .iter()
+        .any(|p| target.contains(p));
+    let status = if target.starts_with("/missing") || probe {
+        "404 Not Found"
+    } else if target.starts_with("/login") {
+        // Every password is wrong.
+        "401 Unauthorized"
+    } else if target.starts_with("/error") {
+        "500 Internal Server Error"
+    } else {
+        "200 OK"
+    };
+    (status, format!("{method} {target} {body}\n"))
+}
+
+fn start_with(ns: &Netns, port: u16, route: Route, head: bool) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     ns.spawn(move || {
         let listener = TcpListener::bind(("0.0.0.0", port));
@@ -17,7 +76,7 @@ pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
         let Ok(listener) = listener else { return };
         for stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let _ = serve(stream);
+                let _ = serve(stream, route, head);
             });
         }
     });
@@ -28,7 +87,8 @@ pub fn start_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(stream: TcpStream) -> std::io::Result<()> {
+/// Serves one connection; `head`: HEAD answers carry no body (as HTTP says).
+fn serve(stream: TcpStream, route: Route, head: bool) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -89,24 +149,20 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
             body = length;
         }
-        // Probe-like paths do not exist here, as on most sites.
-        let probe = ["/.", ".php", "wp-", "admin", ".bak", ".sql", "/scan/"]
-            .iter()
-            .any(|p| target.contains(p));
-        let status = if target.starts_with("/missing") || probe {
-            "404 Not Found"
-        } else if target.starts_with("/login") {
-            // Every password is wrong.
-            "401 Unauthorized"
-        } else if target.starts_with("/error") {
-            "500 Internal Server Error"
-        } else {
-            "200 OK"
-        };
-        let payload = format!("{method} {target} {body}\n");
+        let (status, payload) = route(&method, &target, body);
         let conn = if close { "close" } else { "keep-alive" };
+        let body_out = if head && method == "HEAD" {
+            ""
+        } else {
+            payload.as_str()
+        };
+        let kind = if payload.starts_with("<!doctype") {
+            "text/html; charset=utf-8"
+        } else {
+            "text/plain"
+        };
         let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{payload}",
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body_out}",
             payload.len()
         );
         out.write_all(response.as_bytes())?;

@@ -43,8 +43,12 @@ fn banned(d: &Daemon, addr: IpAddr) -> Option<serde_json::Value> {
 /// Sends GET `paths` from `src`, one connection each, stopping at the first that gets no
 /// answer (the client was banned); returns how many were answered.
 fn get(s: &Setup, src: IpAddr, paths: &[&str]) -> usize {
+    get_at(s, src, s.dst, paths)
+}
+
+/// [`get`] to `dst`.
+fn get_at(s: &Setup, src: IpAddr, dst: SocketAddr, paths: &[&str]) -> usize {
     let ns = s.link.far.path();
-    let dst = s.dst;
     let reqs: Vec<String> = paths
         .iter()
         .map(|p| format!("GET {p} HTTP/1.1\r\nHost: guard.test\r\nUser-Agent: curl/8.0\r\n\r\n"))
@@ -301,7 +305,11 @@ fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
         "the daemon stopped on SIGHUP: {status:?}\n{}",
         d.log_text()
     );
-    assert_eq!(status?["pid"].as_i64(), Some(i64::from(pid)), "another daemon answers");
+    assert_eq!(
+        status?["pid"].as_i64(),
+        Some(i64::from(pid)),
+        "another daemon answers"
+    );
     assert!(ban_of(d, "192.0.2.60").is_some(), "the ban was lost");
     let log = d.log_text();
     assert_eq!(
@@ -309,5 +317,379 @@ fn sighup_does_not_stop_the_daemon() -> anyhow::Result<()> {
         2,
         "each SIGHUP is logged: {log}"
     );
+    Ok(())
+}
+
+/// `guard stats`'s table as (counter, value) pairs.
+fn stats_table(d: &Daemon) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let out = d.cli(&["stats"]).map_err(anyhow::Error::msg)?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    anyhow::ensure!(header == ["COUNTER", "VALUE"], "no header in:\n{out}");
+    Ok(lines
+        .filter_map(|l| {
+            let mut cells = l.split_whitespace();
+            Some((cells.next()?.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect())
+}
+
+/// Issue 20, item 5: `guard stats`'s table shows every group the daemon reports (the engine's,
+/// the tap's, the log writer's, the XDP program's, the daemon's; the AI and the proxy as
+/// `off`), with the same numbers as `--json`, after real requests.
+#[test]
+fn stats_table_shows_every_group() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let src = s.link.add_far_v4(70)?;
+    assert_eq!(get(&s, src, &["/"; 5]), 5);
+    wait_until(Duration::from_secs(10), || {
+        d.json(&["stats"])
+            .is_ok_and(|j| j["engine"]["inspected"].as_u64() >= Some(5))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the 5 requests were not inspected: {:?}",
+            d.json(&["stats"])
+        )
+    });
+    // The log writer works in batches, and the tap publishes its counters every 250 ms: wait
+    // until both have counted them too.
+    wait_until(Duration::from_secs(10), || {
+        d.json(&["stats"]).is_ok_and(|j| {
+            j["logs"]["written"].as_u64() >= Some(5) && j["tap"][0]["requests"].as_u64() >= Some(5)
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the 5 requests were not logged and counted by the tap: {:?}",
+            d.json(&["stats"])
+        )
+    });
+    let json = d.json(&["stats"])?;
+    let table = stats_table(d)?;
+    let iface = &s.link.near_if;
+    for (row, value) in [
+        ("engine.inspected", &json["engine"]["inspected"]),
+        ("engine_core.requests", &json["engine_core"]["requests"]),
+        ("logs.written", &json["logs"]["written"]),
+        ("logs.stored", &json["logs"]["stored"]),
+        (
+            &format!("tap.{iface}.requests"),
+            &json["tap"][0]["requests"],
+        ),
+        ("daemon.bans_expired", &json["daemon"]["bans_expired"]),
+        ("xdp.dense_blocks", &json["xdp"]["dense_blocks"]),
+    ] {
+        let n = value
+            .as_u64()
+            .unwrap_or_else(|| panic!("{row}: not in --json: {json}"));
+        assert_eq!(
+            table.get(row).map(String::as_str),
+            Some(n.to_string().as_str()),
+            "{row} in the table: {table:#?}"
+        );
+    }
+    assert!(json["engine"]["inspected"].as_u64() >= Some(5));
+    assert_eq!(json["tap"][0]["interface"], iface.as_str());
+    assert!(json["tap"][0]["requests"].as_u64() >= Some(5), "{json}");
+    for off in ["ai", "proxy", "inline"] {
+        assert_eq!(
+            table.get(off).map(String::as_str),
+            Some("off"),
+            "{table:#?}"
+        );
+    }
+    for group in [
+        "engine.",
+        "engine_core.",
+        "tap.",
+        "logs.",
+        "daemon.",
+        "xdp.",
+    ] {
+        let rows = table.keys().filter(|k| k.starts_with(group)).count();
+        assert!(rows >= 3, "group {group} has {rows} rows: {table:#?}");
+    }
+    Ok(())
+}
+
+/// `t` (seconds since the epoch) as RFC 3339 UTC, as `date -u` writes it.
+fn rfc3339(t: u64) -> String {
+    let out = guard_tests::sh(
+        "date",
+        &["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"],
+    )
+    .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The RFC 3339 UTC times (`2026-11-18T11:06:40Z`) in `text`.
+fn utc_times(text: &str) -> Vec<&str> {
+    text.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter(|w| w.len() == 20 && w.as_bytes()[10] == b'T' && w.ends_with('Z'))
+        .collect()
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+}
+
+/// The paths of `guard logs ARGS --json`.
+fn logged_paths(d: &Daemon, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["logs"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let out = d
+        .cli(&a)
+        .unwrap_or_else(|e| panic!("guard {}: {e}", a.join(" ")));
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["path"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Waits until the log holds `n` records.
+fn wait_logged(d: &Daemon, n: usize) {
+    wait_until(Duration::from_secs(10), || {
+        logged_paths(d, &["--limit", "1000"]).len() >= n
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{n} records were not logged: {:?}",
+            logged_paths(d, &["--limit", "1000"])
+        )
+    });
+}
+
+/// Issue 20, item 7: times say their zone (`Z`) in `ban add`, `ban ls` and `logs`;
+/// `--since` / `--until` take RFC 3339 times and dates besides durations; an inverted range
+/// is an error sentence, not an empty answer.
+#[test]
+fn times_say_utc_and_ranges_take_dates() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let out = d
+        .cli(&["ban", "add", "192.0.2.70", "--ttl", "1h"])
+        .map_err(anyhow::Error::msg)?;
+    let until = out
+        .trim()
+        .strip_prefix("banned 192.0.2.70 until ")
+        .unwrap_or_else(|| panic!("{out}"));
+    let expected = rfc3339(unix_now().as_secs() + 3600);
+    assert_eq!(until.len(), "2026-11-18T11:06:40Z".len(), "{out}");
+    assert!(
+        until.ends_with('Z') && until.as_bytes()[10] == b'T',
+        "{out}"
+    );
+    // Within a few seconds of an hour from now.
+    assert_eq!(until[..15], expected[..15], "{out} vs {expected}");
+    let ls = d.cli(&["ban", "ls"]).map_err(anyhow::Error::msg)?;
+    let row = ls
+        .lines()
+        .find(|l| l.starts_with("192.0.2.70"))
+        .unwrap_or_else(|| panic!("{ls}"));
+    // CREATED and EXPIRES, the end as `ban add` said it.
+    let times = utc_times(row);
+    assert_eq!(times.len(), 2, "{ls}");
+    assert_eq!(times[1], until, "{ls}");
+
+    // Two batches of requests, a second apart, and T between them.
+    let src = s.link.add_far_v4(71)?;
+    assert_eq!(get(&s, src, &["/early"; 3]), 3);
+    wait_logged(d, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = rfc3339(unix_now().as_secs());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&s, src, &["/late"; 2]), 2);
+    wait_logged(d, 5);
+    assert_eq!(logged_paths(d, &["--since", &t]), ["/late"; 2]);
+    assert_eq!(logged_paths(d, &["--until", &t]), ["/early"; 3]);
+    let today = &t[..10];
+    assert_eq!(logged_paths(d, &["--since", today]).len(), 5);
+    assert_eq!(
+        logged_paths(d, &["--since", "1h", "--until", "now"]).len(),
+        5
+    );
+    let table = d.cli(&["logs"]).map_err(anyhow::Error::msg)?;
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 5, "{table}");
+    for r in &rows {
+        assert!(r.starts_with(today) && r[..24].ends_with('Z'), "{r}");
+    }
+
+    // An inverted range is an error naming both ends; so is a time without a zone.
+    let err = d
+        .cli(&["logs", "--since", &t, "--until", "1h"])
+        .expect_err("an inverted range must fail");
+    assert!(
+        err.contains(&format!("--since {t} ({t}) is not before --until 1h (")),
+        "{err}"
+    );
+    let err = d
+        .cli(&["logs", "--since", &t[..19]])
+        .expect_err("a time without a zone must fail");
+    assert!(err.contains("it has no time zone: add Z for UTC"), "{err}");
+    Ok(())
+}
+
+/// A minimal HTTP server on `addr` in `ns` (one `200 ok` per request), for IPv6 clients.
+fn serve_on(ns: &guard_tests::Netns, addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = std::net::TcpListener::bind(addr);
+        let _ = tx.send(listener.is_ok());
+        let Ok(listener) = listener else { return };
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    anyhow::ensure!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false),
+        "the IPv6 server did not start on {addr}"
+    );
+    Ok(())
+}
+
+/// Issue 20, item 8: a bare `guard logs` shows the newest 100 records and a footer saying how
+/// many more there are and how to see them; `--ip` takes an IPv4 or IPv6 network; `--follow`
+/// prints the rows that come later in the header's columns.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "one scenario: the page, the networks, then the follow, on one daemon"
+)]
+fn logs_pages_take_networks_and_follow_in_columns() -> anyhow::Result<()> {
+    require_root!();
+    let s = setup("")?;
+    let d = &s.d;
+    let v6_dst = SocketAddr::new(s.link.near_v6, PORT);
+    serve_on(&s.link.near, v6_dst)?;
+    let a = s.link.add_far_v4(72)?;
+    let b = s.link.add_far_v4_in(77, 5)?;
+    let c = s.link.far_v6;
+    assert_eq!(get(&s, a, &["/a"; 104]), 104);
+    assert_eq!(get(&s, b, &["/b"; 3]), 3);
+    assert_eq!(get_at(&s, c, v6_dst, &["/c"; 2]), 2);
+    wait_logged(d, 109);
+
+    // The newest 100, and a footer for the 9 older ones.
+    let out = d.cli(&["logs"]).map_err(anyhow::Error::msg)?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 102, "header, 100 rows, footer:\n{out}");
+    assert!(lines[0].starts_with("TIME"), "{out}");
+    assert_eq!(
+        lines[101],
+        "… 9 more (older); show them with --limit N or --limit all, or narrow with --since"
+    );
+    assert!(lines[100].contains("/c"), "the newest come last: {out}");
+    assert_eq!(logged_paths(d, &[]).len(), 100, "--json is limited too");
+    assert_eq!(logged_paths(d, &["--limit", "all"]).len(), 109);
+    let out = d
+        .cli(&["logs", "--limit", "5"])
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        out.ends_with(
+            "… 104 more (older); show them with --limit N or --limit all, or narrow with --since\n"
+        ),
+        "{out}"
+    );
+    let out = d
+        .cli(&["logs", "--limit", "all"])
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        out.lines().count(),
+        110,
+        "no footer when all are shown:\n{out}"
+    );
+
+    // --ip: an address, an IPv4 network, an IPv6 network.
+    assert_eq!(logged_paths(d, &["--ip", &format!("{b}/24")]), ["/b"; 3]);
+    assert_eq!(
+        logged_paths(d, &["--ip", &format!("{}/64", s.link.v6_prefix())]),
+        ["/c"; 2]
+    );
+    assert_eq!(logged_paths(d, &["--ip", &c.to_string()]), ["/c"; 2]);
+    assert_eq!(
+        logged_paths(d, &["--ip", &s.link.v4_subnet(), "--limit", "all"]).len(),
+        104
+    );
+    assert_eq!(
+        logged_paths(d, &["--ip", "10.0.0.0/8", "--limit", "all"]).len(),
+        107
+    );
+    let err = d
+        .cli(&["logs", "--ip", "10.0.0.0/33"])
+        .expect_err("a bad network must fail");
+    assert!(err.contains("10.0.0.0/33"), "{err}");
+
+    // --follow: the first page, then new rows in the header's columns.
+    let mut child = std::process::Command::new(guard_tests::guard_bin()?)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["logs", "--follow", "--ip", &format!("{b}/24")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10));
+    let header = next()?;
+    let first: Vec<String> = (0..3).map(|_| next()).collect::<Result<_, _>>()?;
+    let long = format!("/followed/{}", "x".repeat(40));
+    assert_eq!(get(&s, b, &["/f", &long]), 2);
+    let later = [next()?, next()?];
+    let _ = child.kill();
+    let _ = child.wait();
+    let client = header.find("CLIENT").expect("CLIENT column");
+    let status_end = header.find("STATUS").expect("STATUS column") + "STATUS".len();
+    let path = header.find("PATH").expect("PATH column");
+    for row in first.iter().chain(&later) {
+        assert!(
+            row[client..].starts_with(&b.to_string()),
+            "CLIENT not under its header:\n{header}\n{row}"
+        );
+        assert_eq!(
+            &row[status_end - 3..=status_end],
+            "200 ",
+            "STATUS not under its header:\n{header}\n{row}"
+        );
+        assert!(
+            row[path..].starts_with('/'),
+            "PATH not under its header:\n{header}\n{row}"
+        );
+    }
+    assert!(later[0][path..].starts_with("/f "), "{}", later[0]);
+    assert!(later[1][path..].starts_with(&long), "{}", later[1]);
     Ok(())
 }

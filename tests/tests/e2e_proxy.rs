@@ -450,14 +450,10 @@ fn logs(d: &Daemon) -> Vec<serde_json::Value> {
 
 /// The value of header `name` in a raw HTTP/1.1 response.
 fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    response
-        .split("\r\n\r\n")
-        .next()?
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
+    response.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// The enforcement path through `guard run`'s own gate: a SQL injection in the query is
@@ -486,14 +482,18 @@ fn a_hostile_request_is_answered_and_the_app_never_sees_it() -> anyhow::Result<(
 
     // A user ban, enforced per request: the banned user is refused, another user passes.
     p.daemon
-        .cli(&["ban", "add", "--user", "mallory", "--ttl", "1h", "--reason", "fraud"])
+        .cli(&[
+            "ban", "add", "--user", "mallory", "--ttl", "1h", "--reason", "fraud",
+        ])
         .map_err(anyhow::Error::msg)?;
     let as_user = |user: &str| {
         exchange(
             &p.link.near,
             PORT,
-            format!("GET /account HTTP/1.1\r\nHost: t\r\nX-User: {user}\r\nConnection: close\r\n\r\n")
-                .into_bytes(),
+            format!(
+                "GET /account HTTP/1.1\r\nHost: t\r\nX-User: {user}\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
         )
     };
     let reply = as_user("mallory")?;
@@ -520,7 +520,8 @@ fn a_hostile_request_is_answered_and_the_app_never_sees_it() -> anyhow::Result<(
     // The log: the refusal under the id its answer gave, the passes with the app's 200.
     let found = wait_until(Duration::from_secs(10), || {
         let l = logs(&p.daemon);
-        l.iter().any(|r| r["request_id"].as_str() == Some(denied_id.as_str()))
+        l.iter()
+            .any(|r| r["request_id"].as_str() == Some(denied_id.as_str()))
             && l.iter()
                 .filter(|r| r["mode"] == "inline" && r["status"] == 200)
                 .count()

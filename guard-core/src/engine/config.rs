@@ -18,12 +18,31 @@ pub enum Mode {
     Shadow,
 }
 
+/// How the rate rules weigh a busy client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateProfile {
+    /// Default. A rate alone is a rate limit, not a ban: the `requests_10s` block answers 429
+    /// (inline) without a strike, and the grey points for an elevated rate, many distinct paths
+    /// and a burst after idle are not given, unless the client's recent requests also do harm
+    /// (an error share of `grey.error_percent` in 2 min,
+    /// `black.harm_probe_paths` distinct paths answered 400/403/404 in 1 min, or a sensitive
+    /// file, backdoor or traversal in 1 min). The flood bound and every other rule are unchanged.
+    Weighted,
+    /// The seed's rules as they were: every `requests_10s` block is a strike (three make a
+    /// ban) and the rate points are given whatever the requests do. Busy clients behind one
+    /// address (an office behind NAT) get banned under it.
+    Seed,
+}
+
 /// `[engine]`: the behaviour engine.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// `enforce` (default) or `shadow`.
     pub mode: Mode,
+    /// `weighted` (default) or `seed`: whether a high rate of harmless requests can ban.
+    pub rate_profile: RateProfile,
     /// Clients (addresses, or users when known) whose state is kept; past it the least recently
     /// seen are evicted (approximately: a clock sweep) and counted. Default 100000.
     pub max_clients: usize,
@@ -67,6 +86,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
+            rate_profile: RateProfile::Weighted,
             max_clients: 100_000,
             client_expiry: Duration::from_hours(24),
             sweep_interval: Duration::from_mins(1),
@@ -104,6 +124,10 @@ pub struct BlackConfig {
     pub error_percent: u32,
     /// ... once the client made at least this many requests in those 2 min. Default 10.
     pub error_min_requests: u32,
+    /// Under `rate_profile = "weighted"`: this many distinct paths answered 400/403/404 in
+    /// 1 min make a busy client's rate count (with an error share of `grey.error_percent`, or
+    /// any sensitive file, backdoor or traversal in 1 min). Default 3.
+    pub harm_probe_paths: u32,
 }
 
 impl Default for BlackConfig {
@@ -114,6 +138,7 @@ impl Default for BlackConfig {
             flood_requests_10s: 500,
             error_percent: 75,
             error_min_requests: 10,
+            harm_probe_paths: 3,
         }
     }
 }

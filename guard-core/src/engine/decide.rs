@@ -31,7 +31,6 @@ const MAX_CATEGORY: usize = 64;
 pub(super) struct Facts<'a> {
     /// Decoded, slash-folded, lower-case path.
     pub(super) path: Cow<'a, str>,
-    pub(super) query: Cow<'a, str>,
     pub(super) is_static: bool,
     pub(super) authenticated: bool,
     pub(super) empty_user_agent: bool,
@@ -40,6 +39,12 @@ pub(super) struct Facts<'a> {
     pub(super) auth_failure: bool,
     /// Not static and answered 400, 403 or 404.
     pub(super) probe: bool,
+    /// The path names a known web shell or backdoor.
+    pub(super) backdoor: bool,
+    /// The path names a file that must never be served.
+    pub(super) sensitive_file: bool,
+    /// Traversal in the path or query.
+    pub(super) traversal: bool,
 }
 
 /// What a strike or ban is about.
@@ -85,8 +90,8 @@ impl Core {
         let path = normalise(&ev.path);
         let is_static = is_static(&path, &self.cfg.static_extensions);
         let status = ev.status.unwrap_or(0);
+        let query = ev.query.as_deref().map(normalise).unwrap_or_default();
         Facts {
-            query: ev.query.as_deref().map(normalise).unwrap_or_default(),
             is_static,
             authenticated: ev
                 .user
@@ -102,6 +107,9 @@ impl Core {
             error: (400..500).contains(&status) || (self.cfg.count_server_errors && status >= 500),
             auth_failure: matches!(status, 401 | 403),
             probe: !is_static && matches!(status, 400 | 403 | 404),
+            backdoor: self.backdoors.is_match(&path),
+            sensitive_file: self.sensitive_files.is_match(&path),
+            traversal: is_traversal(&path, &query),
             path,
         }
     }
@@ -120,6 +128,7 @@ impl Core {
         if f.probe {
             entry.flags |= PROBE;
         }
+
         entry
     }
 
@@ -135,6 +144,14 @@ impl Core {
     ) -> Decision {
         let entry = (!f.is_static).then(|| self.entry(t, f));
         st.record(t, secs(self.cfg.grey.idle_gap), entry, f.error);
+        let probes = self.cfg.black.harm_probe_paths;
+        if f.backdoor
+            || f.sensitive_file
+            || f.traversal
+            || (f.probe && probes > 0 && st.ring.distinct(t, MINUTE, PROBE) >= probes)
+        {
+            st.harm_at = t;
+        }
         if !f.is_static {
             st.sample(
                 t,
@@ -182,6 +199,14 @@ impl Core {
             })
             .or_else(|| self.black(t, f, st));
         if let Some(found) = block {
+            if found.rule == Rule::RequestRate && !self.rate_counts(t, st) {
+                // A rate limit: answered 429 inline, no strike toward a ban.
+                self.hit(found.rule);
+                return Decision::Block {
+                    status: found.status,
+                    reason: found.reason,
+                };
+            }
             return self.strike(t, ev.client, key, st, found);
         }
         if st.req_24h.sum(t / 3600) < self.cfg.grey.grace_requests_24h {
@@ -234,7 +259,7 @@ impl Core {
                 });
             }
         };
-        if self.backdoors.is_match(&f.path) {
+        if f.backdoor {
             charge(
                 &mut st.backdoor,
                 s.backdoor_hits,
@@ -242,7 +267,7 @@ impl Core {
                 Rule::Backdoor,
             );
         }
-        if is_traversal(&f.path, &f.query) {
+        if f.traversal {
             charge(
                 &mut st.traversal,
                 s.traversal_hits,
@@ -250,7 +275,7 @@ impl Core {
                 Rule::Traversal,
             );
         }
-        if self.sensitive_files.is_match(&f.path) {
+        if f.sensitive_file {
             charge(
                 &mut st.sensitive,
                 s.sensitive_file_hits,

@@ -28,7 +28,8 @@ mod table;
 mod tests;
 
 pub use config::{
-    BlackConfig, EngineBansConfig, EngineConfig, GreyConfig, Mode, ScenarioConfig, Weights,
+    BlackConfig, EngineBansConfig, EngineConfig, GreyConfig, Mode, RateProfile, ScenarioConfig,
+    Weights,
 };
 pub use decide::ban_target;
 pub use evidence::{Counts, Details, Evidence, deserialize_stored};

@@ -2,7 +2,7 @@
 use super::decide::{Facts, Finding, MINUTE};
 use super::patterns::any_prefix;
 use super::state::ClientState;
-use super::{Core, Details, Rule};
+use super::{Core, Details, RateProfile, Rule};
 use crate::tap::RequestEvent;
 
 /// How long after resuming from idle a burst counts as "after idle".
@@ -49,6 +49,21 @@ impl Core {
         None
     }
 
+    /// Whether a busy client's rate may count against it: always under the seed's profile;
+    /// under the weighted one only when its recent requests do harm (errors, probes, sensitive
+    /// targets). A fast client whose requests all succeed is rate-limited, never banned for it.
+    pub(super) fn rate_counts(&self, t: u32, st: &mut ClientState) -> bool {
+        if self.cfg.rate_profile == RateProfile::Seed {
+            return true;
+        }
+        let total = st.req_2min.sum(t / 10);
+        let errors = st.err_2min.sum(t / 10);
+        if total > 0 && errors * 100 >= self.cfg.grey.error_percent * total {
+            return true;
+        }
+        st.harm_at != 0 && t.saturating_sub(st.harm_at) < MINUTE
+    }
+
     /// The seed's GREY score: the points and the rules that gave them.
     pub(super) fn grey(
         &self,
@@ -66,7 +81,13 @@ impl Core {
             rules.push((Rule::SuspiciousUserAgent, w.suspicious_user_agent));
         }
         let n10 = st.req_10s.sum(t);
-        if (g.elevated_requests_10s..self.cfg.black.requests_10s).contains(&n10) {
+        let distinct = st.ring.distinct(t, MINUTE, 0);
+        // Computed only when a rate rule is met: most requests need none of it.
+        let busy = (g.elevated_requests_10s..self.cfg.black.requests_10s).contains(&n10)
+            || distinct >= g.distinct_paths_1min
+            || (st.resumed_at != 0 && n10 >= g.idle_burst_requests_10s);
+        let rate_counts = busy && self.rate_counts(t, st);
+        if rate_counts && (g.elevated_requests_10s..self.cfg.black.requests_10s).contains(&n10) {
             rules.push((Rule::ElevatedRate, w.elevated_rate));
         }
         let total = st.req_2min.sum(t / 10);
@@ -80,14 +101,14 @@ impl Core {
         if any_prefix(&f.path, &g.sensitive_paths) {
             rules.push((Rule::SensitivePath, w.sensitive_path));
         }
-        let distinct = st.ring.distinct(t, MINUTE, 0);
-        if distinct >= g.distinct_paths_1min {
+        if rate_counts && distinct >= g.distinct_paths_1min {
             rules.push((Rule::EndpointScanning, w.endpoint_scanning));
         }
         if st.ring.sequential_run(t, MINUTE) >= g.sequential_ids {
             rules.push((Rule::SequentialIds, w.sequential_ids));
         }
-        if st.resumed_at != 0
+        if rate_counts
+            && st.resumed_at != 0
             && t.saturating_sub(st.resumed_at) <= BURST_AFTER_IDLE
             && n10 >= g.idle_burst_requests_10s
             && distinct <= g.idle_burst_max_paths

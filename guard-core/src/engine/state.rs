@@ -229,6 +229,9 @@ pub struct ClientState {
     pub traversal: Leaky,
     pub brute_force: Leaky,
     pub strikes: Leaky,
+    /// Last request that did harm (a sensitive file, backdoor or traversal, or a probe among
+    /// several): the client's rate counts for a minute after it. 0 = never.
+    pub harm_at: u32,
     /// Last triage; 0 = never.
     pub last_triage: u32,
     /// The client's ban lasts until then: the shell confirmed it is enforced (or, in shadow
@@ -275,6 +278,7 @@ impl ClientState {
             traversal: Leaky::default(),
             brute_force: Leaky::default(),
             strikes: Leaky::default(),
+            harm_at: 0,
             last_triage: 0,
             banned_until: 0,
             order: None,

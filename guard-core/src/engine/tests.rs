@@ -11,6 +11,7 @@ mod bans;
 mod benign;
 mod black;
 mod grey;
+mod rates;
 mod scenarios;
 mod users;
 
@@ -186,9 +187,18 @@ impl Sim {
     }
 }
 
-/// Scores are visible: every score from 1 is triaged, no interval, nothing hard-blocked.
+/// The defaults with the seed's rate profile: a rate alone counts, as in the seed.
+pub(super) fn seed_config() -> EngineConfig {
+    EngineConfig {
+        rate_profile: super::RateProfile::Seed,
+        ..EngineConfig::default()
+    }
+}
+
+/// Scores are visible: every score from 1 is triaged, no interval, nothing hard-blocked; the
+/// rate points are given as the seed gave them.
 pub(super) fn scoring_config() -> EngineConfig {
-    let mut cfg = EngineConfig::default();
+    let mut cfg = seed_config();
     cfg.grey.threshold = 1;
     cfg.grey.hard_block = 1000;
     cfg.triage_interval = Duration::ZERO;

@@ -73,6 +73,43 @@ pub enum Category {
     Scanner,
 }
 
+impl Category {
+    /// Every category, in the order of the enum.
+    pub const ALL: [Category; 9] = [
+        Self::Sqli,
+        Self::Xss,
+        Self::PathTraversal,
+        Self::RfiSsrf,
+        Self::CommandInjection,
+        Self::CodeInjection,
+        Self::PromptInjection,
+        Self::Protocol,
+        Self::Scanner,
+    ];
+
+    /// The name as serialised (`sqli`, `path_traversal`, ...).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqli => "sqli",
+            Self::Xss => "xss",
+            Self::PathTraversal => "path_traversal",
+            Self::RfiSsrf => "rfi_ssrf",
+            Self::CommandInjection => "command_injection",
+            Self::CodeInjection => "code_injection",
+            Self::PromptInjection => "prompt_injection",
+            Self::Protocol => "protocol",
+            Self::Scanner => "scanner",
+        }
+    }
+
+    /// The position in [`Category::ALL`].
+    #[must_use]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One HTTP request, borrowed from whoever parsed it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Request<'a> {

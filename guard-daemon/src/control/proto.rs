@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::bans::{BanFilter, BanView};
 use crate::judge::JudgeStats;
 use crate::net::Net;
-use crate::store::logs::LogRecord;
+use crate::store::logs::{LogPage, LogRecord};
 use crate::store::{AllowRecord, UserBanRecord};
 
 /// One line of `guard ban import`.
@@ -85,9 +85,32 @@ pub enum Request {
     Stats,
     Status,
     Logs(LogsRequest),
+    /// `guard logs`: a page of records and the count of older matches.
+    LogPage(LogsRequest),
     /// Reads (`None`) or replaces the protected HTTP ports of the running tap.
     TapPorts {
         ports: Option<Vec<u16>>,
+    },
+    /// `guard plan set USER PLAN` (plan quotas' plan table).
+    PlanSet {
+        user: String,
+        plan: String,
+    },
+    /// `guard plan rm USER`.
+    PlanRm {
+        user: String,
+    },
+    /// `guard plan ls`.
+    PlanLs,
+    /// `guard quota show USER|ADDR`.
+    QuotaShow {
+        target: String,
+    },
+    /// `guard quota reset USER|ADDR [--rule PATH]`.
+    QuotaReset {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
     },
 }
 
@@ -104,14 +127,20 @@ impl Request {
             | Self::AllowAdd { .. }
             | Self::AllowRm { .. }
             | Self::UserBanAdd { .. }
-            | Self::UserBanRm { .. } => true,
+            | Self::UserBanRm { .. }
+            | Self::PlanSet { .. }
+            | Self::PlanRm { .. }
+            | Self::QuotaReset { .. } => true,
             Self::TapPorts { ports } => ports.is_some(),
             Self::BanLs { .. }
             | Self::UserBanLs
             | Self::AllowLs
             | Self::Stats
             | Self::Status
-            | Self::Logs(_) => false,
+            | Self::Logs(_)
+            | Self::LogPage(_)
+            | Self::PlanLs
+            | Self::QuotaShow { .. } => false,
         }
     }
 
@@ -131,9 +160,14 @@ impl Request {
             Self::UserBanLs => "ban ls --user",
             Self::Stats => "stats",
             Self::Status => "status",
-            Self::Logs(_) => "logs",
+            Self::Logs(_) | Self::LogPage(_) => "logs",
             Self::TapPorts { ports: None } => "tap ports",
             Self::TapPorts { ports: Some(_) } => "tap ports PORT...",
+            Self::PlanSet { .. } => "plan set",
+            Self::PlanRm { .. } => "plan rm",
+            Self::PlanLs => "plan ls",
+            Self::QuotaShow { .. } => "quota show",
+            Self::QuotaReset { .. } => "quota reset",
         }
     }
 }
@@ -144,7 +178,8 @@ pub struct LogsRequest {
     /// Wall-clock ns since the epoch.
     pub since_ns: Option<u64>,
     pub until_ns: Option<u64>,
-    pub ip: Option<std::net::IpAddr>,
+    /// An address or a network (`192.0.2.0/24`); an address reads as before.
+    pub ip: Option<Net>,
     pub path_prefix: Option<String>,
     /// `404`, `5xx`, …
     pub status: Option<String>,
@@ -428,8 +463,18 @@ replies! {
     Status(Box<Status>) = "status",
     /// `logs`.
     Logs(Vec<LogRecord>) = "logs",
+    /// `logs`, as a page.
+    LogPage(LogPage) = "log_page",
     /// The tap's protected ports, after the change if there was one.
     TapPorts(Vec<u16>) = "tap_ports",
+    /// One plan table entry, as set (`plan set`) or removed (`plan rm`).
+    Plan(crate::quota::plans::PlanEntry) = "plan",
+    /// `plan ls`.
+    Plans(Vec<crate::quota::plans::PlanEntry>) = "plans",
+    /// `quota show`.
+    QuotaUsage(crate::quota::admin::QuotaUsage) = "quota_usage",
+    /// `quota reset`.
+    QuotaReset(crate::quota::admin::QuotaReset) = "quota_reset",
 }
 
 impl From<BanView> for Reply {

@@ -62,6 +62,7 @@ pub(super) fn gate(
         let (quotas, restored) = quotas
             .with_store(store.tree, &config.quotas)
             .context("reading the quota counters from the store")?;
+        let quotas = quotas.with_plan_store(Arc::new(store.plans));
         let quotas = Arc::new(quotas);
         crate::quota::spawn_sweeper(&quotas).context("starting the quota sweep")?;
         info!(
@@ -79,10 +80,12 @@ pub(super) fn gate(
 pub(super) struct QuotaStore {
     salt: Vec<u8>,
     tree: sled::Tree,
+    /// The plan table (`guard plan set`).
+    plans: crate::quota::plans::PlanStore,
 }
 
 /// When `[quotas]` defines plans: the salt of the quotas' user keys, read from (or made and
-/// stored in) the state database's `meta` tree, and the tree of their counters.
+/// stored in) the state database's `meta` tree, the tree of their counters and the plan table.
 pub(super) fn quota_store(config: &Config, db: &sled::Db) -> anyhow::Result<Option<QuotaStore>> {
     if !config.quotas.enabled() {
         return Ok(None);
@@ -92,7 +95,11 @@ pub(super) fn quota_store(config: &Config, db: &sled::Db) -> anyhow::Result<Opti
     let tree = db
         .open_tree(crate::quota::persist::TREE_QUOTA)
         .context("opening the quota counters' tree")?;
-    Ok(Some(QuotaStore { salt, tree }))
+    let plans = db
+        .open_tree(crate::quota::plans::TREE_PLANS)
+        .and_then(crate::quota::plans::PlanStore::open)
+        .context("reading the plan table from the store")?;
+    Ok(Some(QuotaStore { salt, tree, plans }))
 }
 
 /// Binds `proxy.auth_listen` and serves the forward-auth endpoint until `stop` turns true (a

@@ -101,8 +101,14 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         Request::UserBanLs => shared.bans.list_users().map(Response::ok),
         Request::Stats => Ok(stats(shared)),
         Request::Status => Ok(status(shared)),
-        Request::Logs(q) => return logs(shared, q),
+        Request::Logs(q) => return logs(shared, q, false),
+        Request::LogPage(q) => return logs(shared, q, true),
         Request::TapPorts { ports } => return tap_ports(shared, ports),
+        req @ (Request::PlanSet { .. }
+        | Request::PlanRm { .. }
+        | Request::PlanLs
+        | Request::QuotaShow { .. }
+        | Request::QuotaReset { .. }) => return super::quotas::handle(shared, req),
     };
     result.unwrap_or_else(|e| Response::failed(&e))
 }
@@ -180,7 +186,9 @@ fn tap_ports(shared: &Shared, ports: Option<Vec<u16>>) -> Response {
     Response::ok(p.ports())
 }
 
-fn logs(shared: &Shared, q: LogsRequest) -> Response {
+/// `logs`: the records, or with `page` a [`crate::store::logs::LogPage`] that also counts the
+/// older matches.
+fn logs(shared: &Shared, q: LogsRequest, page: bool) -> Response {
     let status = match q.status.as_deref().map(str::parse).transpose() {
         Ok(s) => s,
         Err(e) => return Response::failed(&e),
@@ -188,16 +196,18 @@ fn logs(shared: &Shared, q: LogsRequest) -> Response {
     let query = LogQuery {
         since: q.since_ns.map(Duration::from_nanos),
         until: q.until_ns.map(Duration::from_nanos),
-        ip: q.ip,
+        ip: q.ip.map(Net::unmapped),
         path_prefix: q.path_prefix,
         status,
         blocked: q.blocked.then_some(true),
         limit: q.limit,
     };
-    match shared.logs.query(&query) {
-        Ok(records) => Response::ok(records),
-        Err(e) => Response::failed(&e),
-    }
+    let answer = if page {
+        shared.logs.query_page(&query).map(Response::ok)
+    } else {
+        shared.logs.query(&query).map(Response::ok)
+    };
+    answer.unwrap_or_else(|e| Response::failed(&e))
 }
 
 fn stats(shared: &Shared) -> Response {

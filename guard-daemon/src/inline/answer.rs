@@ -6,6 +6,24 @@ use http::header::{self, HeaderValue};
 
 /// The header that carries the request id, on every answer of the inline mode.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The `application/problem+json` body of a spent quota's answer, as one header, whatever the
+/// client accepts: nginx's `auth_request` drops the body of guard's answer, so the snippet
+/// (`dist/nginx-guard-auth.conf`) answers the client with this. The reverse proxy removes it.
+pub const GUARD_PROBLEM: &str = "x-guard-problem";
+
+/// The RFC 9457 problem of a spent quota: the exceeded policies by name.
+#[must_use]
+pub fn problem(status: u16, id: &str, violated: &[&'static str]) -> String {
+    serde_json::json!({
+        "type": "about:blank",
+        "title": title(status),
+        "status": status,
+        "detail": format!("quota exceeded: {}", violated.join(", ")),
+        "violated_policies": violated,
+        "request_id": id,
+    })
+    .to_string()
+}
 
 /// What an answer says beyond its status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,16 +85,9 @@ pub fn answer(
     let json = wants_json(accept);
     let reason = title(status);
     // The id is guard's own (hex): nothing in the page comes from the request.
-    let (body, content_type) = if let (true, Some(violated)) = (json, &extra.violated) {
-        let v = serde_json::json!({
-            "type": "about:blank",
-            "title": reason,
-            "status": status,
-            "detail": format!("quota exceeded: {}", violated.join(", ")),
-            "violated_policies": violated,
-            "request_id": id,
-        });
-        (v.to_string(), "application/problem+json")
+    let problem = extra.violated.as_ref().map(|v| problem(status, id, v));
+    let (body, content_type) = if let (true, Some(p)) = (json, &problem) {
+        (p.clone(), "application/problem+json")
     } else if json {
         let v = serde_json::json!({
             "status": status,
@@ -110,6 +121,10 @@ pub fn answer(
         if let Ok(v) = HeaderValue::from_str(value) {
             h.append(*name, v);
         }
+    }
+    // Policy names and the id are guard's own: always a valid header value.
+    if let Some(v) = problem.and_then(|p| HeaderValue::try_from(p).ok()) {
+        h.insert(GUARD_PROBLEM, v);
     }
     response
 }
@@ -214,6 +229,12 @@ mod tests {
                 .unwrap()
                 .contains("429 Too Many Requests")
         );
+        // The problem rides along in X-Guard-Problem for forward-auth, whatever was accepted.
+        for r in [&r, &html] {
+            assert_eq!(r.headers()[GUARD_PROBLEM].as_bytes(), r#"{"detail":"quota exceeded: minute","request_id":"beef","status":429,"title":"Too Many Requests","type":"about:blank","violated_policies":["minute"]}"#.as_bytes());
+        }
+        let plain = answer(403, "beef", None, &Extra::default());
+        assert!(plain.headers().get(GUARD_PROBLEM).is_none());
     }
 
     #[test]

@@ -69,8 +69,11 @@ pub fn respond(
         body_complete: false,
     };
     match gate.check(&seen) {
-        Verdict::Pass { id } => {
+        Verdict::Pass { id, headers } => {
             let mut r = http::Response::new(Full::new(Bytes::new()));
+            // The quotas' `RateLimit` and `RateLimit-Policy`: nginx hands them on with
+            // `auth_request_set` (see `dist/nginx-guard-auth.conf`).
+            *r.headers_mut() = headers;
             if let Ok(v) = HeaderValue::from_str(&id) {
                 r.headers_mut().insert(REQUEST_ID, v);
             }
@@ -201,7 +204,10 @@ mod tests {
             ));
             let id = "abc-1".to_owned();
             if self.status == 200 {
-                Verdict::Pass { id }
+                Verdict::Pass {
+                    id,
+                    headers: http::HeaderMap::new(),
+                }
             } else {
                 let response = answer(self.status, &id, None, &Extra::default());
                 Verdict::Answer { id, response }

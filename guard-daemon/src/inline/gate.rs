@@ -60,6 +60,9 @@ pub enum Refusal {
         /// `application/problem+json` body.
         violated: Vec<&'static str>,
     },
+    /// The quota store is failing and `quotas.on_store_error = "deny"`: 503 with
+    /// `Retry-After: 1` (the store is tried again every second).
+    QuotaUnavailable,
 }
 
 impl Refusal {
@@ -69,6 +72,7 @@ impl Refusal {
         match self {
             Self::BannedAddress(_) | Self::BannedUser | Self::Judged(Refuse::Deny) => cfg.deny,
             Self::Judged(Refuse::Limit) | Self::Quota { .. } => cfg.limit,
+            Self::QuotaUnavailable => 503,
         }
     }
 
@@ -95,6 +99,10 @@ impl Refusal {
                 ],
                 violated: Some(violated.clone()),
             },
+            Self::QuotaUnavailable => Extra {
+                retry_after: Some(1),
+                ..Extra::default()
+            },
             _ => Extra::default(),
         }
     }
@@ -109,6 +117,9 @@ impl Refusal {
             Self::Quota {
                 limit, violated, ..
             } => format!("quota: {} ({limit} requests) spent", violated.join(", ")),
+            Self::QuotaUnavailable => {
+                "quota store failing (quotas.on_store_error = deny)".to_owned()
+            }
         }
     }
 }
@@ -304,16 +315,32 @@ impl InlineGate {
         users.check(ev.user.as_ref()?, ev)
     }
 
-    /// The plan quota's refusal of an admitted request (which it charges when it passes).
-    fn quota(&self, ev: &RequestEvent) -> Option<Refusal> {
-        let q = self.quotas.as_ref()?;
-        crate::quota::refusal(&q.check_event(ev.user.as_ref(), ev).decision?)
+    /// The plan quota's answer for a request the bans and the judge admitted (which it charges
+    /// when it passes): its refusal, or the headers the admitted request's response carries
+    /// (see `quota::admit_headers`).
+    fn quota(&self, ev: &RequestEvent) -> Result<Vec<(&'static str, String)>, Refusal> {
+        let Some(q) = self.quotas.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let out = q.check_event(ev.user.as_ref(), ev);
+        if out.unavailable {
+            return Err(Refusal::QuotaUnavailable);
+        }
+        let Some(d) = out.decision else {
+            return Ok(Vec::new());
+        };
+        match crate::quota::refusal(&d) {
+            Some(r) => Err(r),
+            None => Ok(crate::quota::admit_headers(q, &d)),
+        }
     }
 
-    /// Decides `seen`: the refusal, if any, and the record for the log.
-    fn decide(&self, seen: &Seen<'_>, id: &str, seq: u64) -> (Option<Refusal>, LogRecord) {
+    /// Decides `seen`: the refusal, if any, the headers of an admitted request's response, and
+    /// the record for the log.
+    fn decide(&self, seen: &Seen<'_>, id: &str, seq: u64) -> Decided {
         let now = Duration::from_millis(crate::clock::now_ms());
         let ev = request_event(seen, &self.identity, seq, now);
+        let mut headers = Vec::new();
         let (refusal, blocked, reason) = if let Some(r) = self.banned(&ev) {
             let reason = r.reason();
             (Some(r), true, Some(reason))
@@ -322,11 +349,14 @@ impl InlineGate {
                 Some(r) => (Some(r), true, j.reason),
                 // Admitted by the bans and the judge: now, and only now, the quota is charged.
                 None => match self.quota(&ev) {
-                    Some(r) => {
+                    Err(r) => {
                         let reason = r.reason();
                         (Some(r), true, Some(reason))
                     }
-                    None => (None, false, j.reason),
+                    Ok(h) => {
+                        headers = h;
+                        (None, false, j.reason)
+                    }
                 },
             }
         } else {
@@ -340,8 +370,23 @@ impl InlineGate {
         let mut record = LogRecord::from_event(&ev, blocked, reason);
         record.mode = Mode::Inline;
         record.request_id = Some(id.to_owned());
-        (refusal, record)
+        (refusal, headers, record)
     }
+}
+
+/// What [`InlineGate::decide`] found: the refusal, if any; the headers of an admitted
+/// request's response; the log record.
+type Decided = (Option<Refusal>, Vec<(&'static str, String)>, LogRecord);
+
+/// Response headers from (name, value) pairs; a value that is not a valid header is left out.
+fn header_map(pairs: Vec<(&'static str, String)>) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        if let Ok(v) = http::HeaderValue::try_from(value) {
+            map.append(name, v);
+        }
+    }
+    map
 }
 
 impl Gate for InlineGate {
@@ -349,11 +394,14 @@ impl Gate for InlineGate {
         let s = &self.stats;
         s.requests.fetch_add(1, Ordering::Relaxed);
         let (seq, id) = self.next_id();
-        let (refusal, mut record) = self.decide(seen, &id, seq);
+        let (refusal, headers, mut record) = self.decide(seen, &id, seq);
         let verdict = match refusal {
             None => {
                 s.passed.fetch_add(1, Ordering::Relaxed);
-                Verdict::Pass { id }
+                Verdict::Pass {
+                    id,
+                    headers: header_map(headers),
+                }
             }
             Some(r) => {
                 let status = r.status(&self.statuses);
@@ -365,7 +413,7 @@ impl Gate for InlineGate {
                     Refusal::BannedUser => {
                         s.banned_user.fetch_add(1, Ordering::Relaxed);
                     }
-                    Refusal::Quota { .. } => {
+                    Refusal::Quota { .. } | Refusal::QuotaUnavailable => {
                         s.quota_refused.fetch_add(1, Ordering::Relaxed);
                     }
                     Refusal::Judged(_) => {}
@@ -380,7 +428,10 @@ impl Gate for InlineGate {
                     record.reason = Some(format!("shadow: would answer {status}: {why}"));
                     record.blocked = false;
                     debug!(request_id = %id, status, "shadow mode: would refuse");
-                    Verdict::Pass { id }
+                    Verdict::Pass {
+                        id,
+                        headers: http::HeaderMap::new(),
+                    }
                 } else {
                     record.status = Some(status);
                     let response = answer::answer(
@@ -394,7 +445,7 @@ impl Gate for InlineGate {
             }
         };
         match (&self.pending, &verdict) {
-            (Some(pending), Verdict::Pass { id }) => {
+            (Some(pending), Verdict::Pass { id, .. }) => {
                 for r in pending.hold(id.clone(), record, std::time::Instant::now()) {
                     self.log(r);
                 }

@@ -45,8 +45,13 @@ pub struct Seen<'a> {
 /// What the decision says about a request.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Send it on. `id` is the request's id, also in the log record.
-    Pass { id: String },
+    /// Send it on. `id` is the request's id, also in the log record; `headers` go on the
+    /// response the client gets (the quotas' `RateLimit` and `RateLimit-Policy` of an admitted
+    /// request; usually none).
+    Pass {
+        id: String,
+        headers: http::HeaderMap,
+    },
     /// Answer the client with this response (403, 429, …) and send nothing upstream. In shadow
     /// mode the decision gives `Pass` and logs what it would have answered.
     Answer {

@@ -22,6 +22,7 @@ use super::conn::{ConnState, InFlight};
 use super::headers;
 use super::stats::ProxyStats;
 use super::upstream::{Lease, Upstream, UpstreamError};
+use crate::inline::answer::GUARD_PROBLEM;
 use crate::inline::{Gate, Seen, Verdict};
 
 /// Everything a request needs, shared by every connection.
@@ -47,8 +48,22 @@ enum Failure {
 }
 
 impl Forwarder {
-    /// Answers one request; never fails (every failure is an HTTP answer to the client).
+    /// Answers one request; never fails (every failure is an HTTP answer to the client). The
+    /// time until the response head is ready goes into the latency histogram.
     pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+        conn: &Arc<ConnState>,
+    ) -> Response<RespBody> {
+        let started = std::time::Instant::now();
+        let response = self.respond(req, peer, tls, conn).await;
+        self.stats.latency.observe(started.elapsed());
+        response
+    }
+
+    async fn respond(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
@@ -89,9 +104,11 @@ impl Forwarder {
             body: &prefix[..prefix.len().min(self.peek)],
             body_complete: complete && prefix.len() <= self.peek,
         };
-        let id = match self.gate.check(&seen) {
-            Verdict::Pass { id } => id,
-            Verdict::Answer { id, response } => {
+        let (id, extra) = match self.gate.check(&seen) {
+            Verdict::Pass { id, headers } => (id, headers),
+            Verdict::Answer { id, mut response } => {
+                // For forward-auth's front ends only: the body already says it here.
+                response.headers_mut().remove(GUARD_PROBLEM);
                 ProxyStats::bump(&self.stats.answered);
                 self.gate.finished(&id, response.status().as_u16());
                 return response.map(|b| RespBody::once(b, Some(mark)));
@@ -151,6 +168,10 @@ impl Forwarder {
             headers::strip_hop_by_hop(answer.headers_mut(), true);
         } else {
             headers::strip_hop_by_hop(answer.headers_mut(), false);
+        }
+        // The gate's own headers (the quotas' `RateLimit`), after the upstream's.
+        for (name, value) in &extra {
+            answer.headers_mut().append(name, value.clone());
         }
         self.gate.finished(&id, status.as_u16());
         answer.map(|b| RespBody::upstream(b, Some(mark), lease))

@@ -20,6 +20,9 @@ pub struct ProxyStats {
     pub(super) idle_closed: AtomicU64,
     pub(super) tls_reloads: AtomicU64,
     pub(super) tls_reload_failures: AtomicU64,
+    /// Time from a request's head to its response's head (the body streams after), for
+    /// `/metrics`.
+    pub latency: crate::metrics::LatencyHistogram,
 }
 
 /// What `guard stats` shows of the proxy.

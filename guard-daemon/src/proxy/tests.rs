@@ -41,7 +41,10 @@ impl Gate for TestGate {
                 .unwrap();
             Verdict::Answer { id, response }
         } else {
-            Verdict::Pass { id }
+            Verdict::Pass {
+                id,
+                headers: http::HeaderMap::new(),
+            }
         }
     }
 

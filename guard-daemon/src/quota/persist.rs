@@ -17,7 +17,7 @@
 //! A rule whose plan, position, path or method changes starts from zero (its old records
 //! stay, unused); changing only its limits keeps its counts.
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub struct Persist {
     dirty: Mutex<HashSet<(u128, u16)>>,
     /// When a write failure was last logged (seconds since the epoch).
     warned_s: AtomicU64,
+    /// The last write failed (cleared by the next one that succeeds).
+    failing: AtomicBool,
     pub stats: PersistStats,
 }
 
@@ -91,6 +93,7 @@ impl Persist {
             keys,
             dirty: Mutex::new(HashSet::new()),
             warned_s: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             stats: PersistStats::default(),
         }
     }
@@ -130,6 +133,18 @@ impl Persist {
         Ok(n)
     }
 
+    /// Whether the last write failed (and none has succeeded since): the store is failing.
+    #[must_use]
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the rule `rule_id` has a window kept in the store.
+    #[must_use]
+    pub fn persists(&self, rule_id: u16) -> bool {
+        self.keys.contains_key(&rule_id)
+    }
+
     /// Marks `key`'s counters under `rule_id` to be written (nothing for a rule without a
     /// persisted window).
     pub fn mark(&self, key: PartitionKey, rule_id: u16) {
@@ -142,6 +157,33 @@ impl Persist {
             return;
         }
         dirty.insert((key.to_bits(), rule_id));
+    }
+
+    /// Drops `key`'s stored counters under `rule_id` (`guard quota reset`, after the table's);
+    /// whether there was a record. A failed removal is logged: the record would come back at
+    /// the next start.
+    pub fn forget(&self, key: PartitionKey, rule_id: u16) -> bool {
+        let Some(rule) = self.keys.get(&rule_id) else {
+            return false;
+        };
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(key.to_bits(), rule_id));
+        let mut k = [0u8; 24];
+        k[..16].copy_from_slice(&key.to_bits().to_be_bytes());
+        k[16..].copy_from_slice(rule);
+        match self
+            .tree
+            .remove(&k[..])
+            .and_then(|old| self.tree.flush().map(|_| old))
+        {
+            Ok(old) => old.is_some(),
+            Err(e) => {
+                tracing::warn!("removing reset quota counters from the store failed: {e}");
+                false
+            }
+        }
     }
 
     /// Writes the marked entries' counters from `table` in one batch and flushes; how many.
@@ -177,12 +219,14 @@ impl Persist {
             .and_then(|()| self.tree.flush().map(drop))
         {
             Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
                 self.stats
                     .written
                     .fetch_add(marked.len() as u64, Ordering::Relaxed);
                 marked.len()
             }
             Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let now_s = crate::clock::now_ms() / 1000;
                 if now_s >= self.warned_s.load(Ordering::Relaxed) + 60 {
@@ -251,7 +295,10 @@ lifetime = 3
         drop(q);
         let (q, restored) = check(&cfg, &tree);
         assert_eq!(restored, 1);
-        assert!(!admitted(&q, "/life", t + 1), "lifetime 3 spent before the restart");
+        assert!(
+            !admitted(&q, "/life", t + 1),
+            "lifetime 3 spent before the restart"
+        );
         assert_eq!(q.stats_json()["persist"]["loaded"], 1);
         // The minute counters were in memory only.
         drop(q);

@@ -75,7 +75,7 @@ pub(super) fn event(client: &str, path: &str, headers: &[(&str, &str)], secs: u6
     }
 }
 
-fn jwt_user(id: &str, verified: bool) -> UserId {
+pub(super) fn jwt_user(id: &str, verified: bool) -> UserId {
     UserId {
         id: id.into(),
         verified,
@@ -229,7 +229,8 @@ fn unknown_plans_fall_back_and_are_counted_and_unlimited_plans_pass() {
         out,
         QuotaOutcome {
             plan: None,
-            decision: None
+            decision: None,
+            unavailable: false,
         }
     );
 }

@@ -24,9 +24,15 @@ impl Store {
     pub fn put_ban(&self, ban: &BanRecord) -> Result<Option<BanRecord>, StoreError> {
         let key = net_key(&ban.target);
         self.counts.ban_writes.fetch_add(1, Ordering::Relaxed);
-        let old = self.bans.insert(&key, encode_ban(ban))?;
-        if old.is_none() {
-            self.counts.bans.fetch_add(1, Ordering::Relaxed);
+        let value = encode_ban(ban);
+        let kind = codec::ban_kind(&key, &value);
+        let old = self.bans.insert(&key, value)?;
+        self.add_kind(kind, 1);
+        match &old {
+            None => {
+                self.counts.bans.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(v) => self.count_kind(&key, v, -1),
         }
         Ok(old.and_then(|v| self.decode_or_forget(&key, &v)))
     }
@@ -46,12 +52,16 @@ impl Store {
         for i in order {
             let ban = &bans[i];
             let key = net_key(&ban.target);
-            let old = self.bans.insert(&key, encode_ban(ban))?;
+            let value = encode_ban(ban);
+            let kind = codec::ban_kind(&key, &value);
+            let old = self.bans.insert(&key, value)?;
+            self.add_kind(kind, 1);
             match old {
                 None => {
                     self.counts.bans.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(v) => {
+                    self.count_kind(&key, &v, -1);
                     out[i] = ban_deadline(&v).unwrap_or_else(|e| {
                         self.forget_bad(&key, &e);
                         None
@@ -71,6 +81,7 @@ impl Store {
             return Ok(None);
         };
         self.counts.bans.fetch_sub(1, Ordering::Relaxed);
+        self.count_kind(&key, &old, -1);
         Ok(Some(self.decode_or_forget(&key, &old).unwrap_or_else(
             || BanRecord {
                 target: *target,
@@ -107,12 +118,39 @@ impl Store {
         }
         let writes = self.counts.ban_writes.load(Ordering::Acquire);
         let mut n = 0;
-        for key in self.bans.iter().keys() {
-            key?;
+        let mut kinds = [0i64; codec::BAN_KINDS];
+        for entry in &self.bans {
+            let (key, value) = entry?;
             n += 1;
+            if let Some(k) = codec::ban_kind(&key, &value) {
+                kinds[k] += 1;
+            }
         }
-        self.learn_count(writes, n);
+        self.learn_count(writes, n, &kinds);
         Ok(n)
+    }
+
+    /// Readable bans by kind, indexed as [`codec::ban_kind`] says (see [`codec::BAN_SCOPES`]
+    /// and [`codec::BAN_KIND_ORIGINS`]). Kept as bans are written, so this is O(1) once a full
+    /// scan has run (the start's rebuild is one); before that, it scans once.
+    pub fn ban_kinds(&self) -> Result<[u64; codec::BAN_KINDS], StoreError> {
+        if !self.counts.bans_known.load(Ordering::Acquire) {
+            self.ban_count()?;
+        }
+        Ok(std::array::from_fn(|i| {
+            u64::try_from(self.counts.kinds[i].load(Ordering::Relaxed)).unwrap_or(0)
+        }))
+    }
+
+    /// Adds `delta` to the count of the kind of the record `value` at `key`.
+    fn count_kind(&self, key: &[u8], value: &[u8], delta: i64) {
+        self.add_kind(codec::ban_kind(key, value), delta);
+    }
+
+    fn add_kind(&self, kind: Option<usize>, delta: i64) {
+        if let Some(k) = kind {
+            self.counts.kinds[k].fetch_add(delta, Ordering::Relaxed);
+        }
     }
 
     /// Every ban, ordered by family, address, prefix (undecodable records skipped).
@@ -130,6 +168,7 @@ impl Store {
             store: self.clone(),
             writes_at_start: self.counts.ban_writes.load(Ordering::Acquire),
             seen: 0,
+            kinds: [0; codec::BAN_KINDS],
             whole_tree: true,
             done: false,
             decode: decode_ban,
@@ -145,6 +184,7 @@ impl Store {
             store: self.clone(),
             writes_at_start: self.counts.ban_writes.load(Ordering::Acquire),
             seen: 0,
+            kinds: [0; codec::BAN_KINDS],
             whole_tree: true,
             done: false,
             decode: |key, value| {
@@ -166,6 +206,7 @@ impl Store {
             store: self.clone(),
             writes_at_start: 0,
             seen: 0,
+            kinds: [0; codec::BAN_KINDS],
             whole_tree: false,
             done: false,
             decode: decode_ban,
@@ -179,10 +220,13 @@ impl Store {
         self.counts.bad.load(Ordering::Relaxed)
     }
 
-    fn learn_count(&self, writes_at_start: u64, n: usize) {
+    fn learn_count(&self, writes_at_start: u64, n: usize, kinds: &[i64; codec::BAN_KINDS]) {
         // Only if nothing was written meanwhile: otherwise `n` may be off by those writes.
         if self.counts.ban_writes.load(Ordering::Acquire) == writes_at_start {
             self.counts.bans.store(n, Ordering::Relaxed);
+            for (slot, k) in self.counts.kinds.iter().zip(kinds) {
+                slot.store(*k, Ordering::Relaxed);
+            }
             self.counts.bans_known.store(true, Ordering::Release);
         }
     }
@@ -256,6 +300,8 @@ pub struct BanIter<T = BanRecord> {
     writes_at_start: u64,
     /// Records met so far, decodable or not.
     seen: usize,
+    /// Readable records met so far, by kind (learnt with the count at the end of a full walk).
+    kinds: [i64; codec::BAN_KINDS],
     /// Whether this walks the whole tree (then, at its end, the count is learnt).
     whole_tree: bool,
     done: bool,
@@ -272,7 +318,8 @@ impl<T> Iterator for BanIter<T> {
                 None => {
                     self.done = true;
                     if self.whole_tree {
-                        self.store.learn_count(self.writes_at_start, self.seen);
+                        self.store
+                            .learn_count(self.writes_at_start, self.seen, &self.kinds);
                     }
                 }
                 Some(Err(e)) => {
@@ -281,6 +328,11 @@ impl<T> Iterator for BanIter<T> {
                 }
                 Some(Ok((key, value))) => {
                     self.seen += 1;
+                    if self.whole_tree
+                        && let Some(k) = codec::ban_kind(&key, &value)
+                    {
+                        self.kinds[k] += 1;
+                    }
                     match (self.decode)(&key, &value) {
                         Ok(r) => return Some(Ok(r)),
                         Err(e) => self.store.met_bad(&key, &e),

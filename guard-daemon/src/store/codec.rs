@@ -74,6 +74,48 @@ pub(super) fn origin_of(code: u8) -> Origin {
     }
 }
 
+/// How many ban kinds [`ban_kind`] tells apart: two scopes times the five origins.
+pub const BAN_KINDS: usize = 2 * 5;
+
+/// The scope names of [`ban_kind`]'s index, in order: a single address, a range.
+pub const BAN_SCOPES: [&str; 2] = ["address", "range"];
+
+/// The origins of [`ban_kind`]'s index, in order.
+pub const BAN_KIND_ORIGINS: [Origin; 5] = [
+    Origin::Cli,
+    Origin::Import,
+    Origin::RateLimit,
+    Origin::Engine,
+    Origin::Unknown,
+];
+
+/// The kind of a stored ban, as an index below [`BAN_KINDS`]: `scope * 5 + origin` in the
+/// orders of [`BAN_SCOPES`] and [`BAN_KIND_ORIGINS`]. Read from the key and the record's head
+/// only (a JSON record is parsed for its origin); `None` for a record that cannot be read.
+#[must_use]
+pub fn ban_kind(key: &[u8], value: &[u8]) -> Option<usize> {
+    let scope = match key {
+        [4, .., 32] if key.len() == 6 => 0,
+        [6, .., 128] if key.len() == 18 => 0,
+        [4, ..] if key.len() == 6 => 1,
+        [6, ..] if key.len() == 18 => 1,
+        _ => return None,
+    };
+    let origin = match value.first() {
+        Some(&BAN_V1) => origin_of(*value.get(1)?),
+        Some(&JSON_V0) => {
+            #[derive(serde::Deserialize)]
+            struct OriginOnly {
+                origin: Origin,
+            }
+            serde_json::from_slice::<OriginOnly>(value).ok()?.origin
+        }
+        _ => return None,
+    };
+    let o = BAN_KIND_ORIGINS.iter().position(|k| *k == origin)?;
+    Some(scope * BAN_KIND_ORIGINS.len() + o)
+}
+
 /// The compact (version 1) value of `ban`.
 #[must_use]
 pub fn encode_ban(ban: &BanRecord) -> Vec<u8> {

@@ -5,8 +5,8 @@
 //! bounded queue drained by one thread in `sled::Batch`es: `try_log` never blocks, cuts long
 //! fields first ([`Limits`]), and what does not fit is dropped and counted; the same thread keeps
 //! the database under its byte cap (`cap`) and prunes records past their retention, unless the
-//! wall clock jumped (`retention`). `guard logs`
-//! reads with [`LogStore::query`] and prints [`LogRecord::to_json_line`] or [`format_table`].
+//! wall clock jumped (`retention`). `guard logs` reads a page with [`LogStore::query_page`] and
+//! prints [`LogRecord::to_json_line`] or [`format_table`].
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::tap::{RequestEvent, Trust};
 
 pub mod cap;
 pub mod format;
+mod page;
 pub mod retention;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ mod writer;
 
 pub use cap::{CUT_MARK, Limits, Pruned};
 pub use format::{format_table, rfc3339};
+pub use page::{LogPage, MORE_SCAN};
 pub use retention::Retention;
 pub use writer::{LogWriter, WriterCounters};
 
@@ -285,7 +287,8 @@ pub struct LogQuery {
     pub since: Option<Duration>,
     /// Records before this time.
     pub until: Option<Duration>,
-    pub ip: Option<IpAddr>,
+    /// Records of clients in this network (an address is a network of one).
+    pub ip: Option<crate::net::Net>,
     pub path_prefix: Option<String>,
     pub status: Option<StatusFilter>,
     pub blocked: Option<bool>,
@@ -295,7 +298,7 @@ pub struct LogQuery {
 
 impl LogQuery {
     fn matches(&self, r: &LogRecord) -> bool {
-        self.ip.is_none_or(|ip| ip == r.client)
+        self.ip.is_none_or(|net| net.contains(r.client))
             && self
                 .path_prefix
                 .as_deref()

@@ -102,6 +102,10 @@ struct Counts {
     bans_known: AtomicBool,
     /// Writes to the bans tree so far: a full scan sets `bans` only if none happened during it.
     ban_writes: AtomicU64,
+    /// Readable bans by kind (`codec::ban_kind`), kept as bans are written and set with
+    /// `bans` by a full scan; meaningful once `bans_known`. Signed: a removal before the first
+    /// scan may take one below zero for a while.
+    kinds: [std::sync::atomic::AtomicI64; codec::BAN_KINDS],
     /// Undecodable ban records met (distinct keys, see `bad_keys`).
     bad: AtomicU64,
     bad_keys: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,

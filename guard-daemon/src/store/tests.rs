@@ -359,6 +359,59 @@ fn the_count_is_kept_through_writes_and_batches() {
     assert_eq!(fresh.ban_count().unwrap(), 2);
 }
 
+/// The count of one kind, by scope and origin name.
+fn kind(kinds: &[u64; codec::BAN_KINDS], scope: &str, origin: Origin) -> u64 {
+    let s = codec::BAN_SCOPES.iter().position(|x| *x == scope).unwrap();
+    let o = codec::BAN_KIND_ORIGINS
+        .iter()
+        .position(|x| *x == origin)
+        .unwrap();
+    kinds[s * codec::BAN_KIND_ORIGINS.len() + o]
+}
+
+#[test]
+fn bans_are_counted_by_scope_and_origin_through_every_write() {
+    let s = Store::temporary().unwrap();
+    let with = |t: &str, origin| BanRecord {
+        origin,
+        ..ban(t, None)
+    };
+    s.put_ban(&with("10.0.0.1", Origin::Cli)).unwrap();
+    s.put_ban(&with("10.1.0.0/16", Origin::Engine)).unwrap();
+    s.put_ban(&with("2001:db8::1", Origin::Engine)).unwrap();
+    // A replacement moves the ban from its old origin to its new one.
+    s.put_ban(&with("10.0.0.1", Origin::RateLimit)).unwrap();
+    s.put_bans(&[
+        with("10.0.0.2", Origin::Import),
+        with("10.0.0.3", Origin::Import),
+        with("10.2.0.0/24", Origin::Import),
+        with("10.1.0.0/16", Origin::Import),
+    ])
+    .unwrap();
+    s.remove_ban(&"10.0.0.3".parse().unwrap()).unwrap();
+    s.remove_ban(&"10.0.0.3".parse().unwrap()).unwrap();
+    let k = s.ban_kinds().unwrap();
+    assert_eq!(kind(&k, "address", Origin::Cli), 0);
+    assert_eq!(kind(&k, "address", Origin::RateLimit), 1);
+    assert_eq!(kind(&k, "address", Origin::Engine), 1);
+    assert_eq!(kind(&k, "address", Origin::Import), 1);
+    assert_eq!(kind(&k, "range", Origin::Engine), 0);
+    assert_eq!(kind(&k, "range", Origin::Import), 2);
+    assert_eq!(k.iter().sum::<u64>(), 5);
+    // A fresh handle learns the same by a scan (the start's rebuild walks the tree too).
+    let fresh = Store::from_db(s.db().clone()).unwrap();
+    assert_eq!(fresh.ban_kinds().unwrap(), k);
+    let again = Store::from_db(s.db().clone()).unwrap();
+    assert_eq!(again.ban_ends().count(), 5);
+    assert!(
+        again
+            .counts
+            .bans_known
+            .load(std::sync::atomic::Ordering::Acquire)
+    );
+    assert_eq!(again.ban_kinds().unwrap(), k);
+}
+
 #[test]
 fn iteration_is_in_key_order_and_a_range_reads_only_its_keys() {
     let s = Store::temporary().unwrap();

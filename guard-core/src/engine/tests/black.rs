@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use super::super::{Decision, Rule, ValidatorHint};
-use super::{Sim, ban_rule, is_ban, is_block, req};
+use super::{Sim, ban_rule, is_ban, is_block, req, seed_config};
 
 const MS100: Duration = Duration::from_millis(100);
 
@@ -40,7 +40,7 @@ fn strikes_leak_so_rare_blocks_never_ban() {
 
 #[test]
 fn fifty_requests_in_ten_seconds_block() {
-    let mut sim = Sim::default();
+    let mut sim = Sim::new(&seed_config());
     let r = req("198.51.100.3", "/api/search");
     let ds = sim.send_n(&r, 49, MS100);
     assert!(ds.iter().all(|d| !is_block(d) && !is_ban(d)), "{ds:?}");
@@ -62,8 +62,8 @@ fn fifty_requests_in_ten_seconds_block() {
 }
 
 #[test]
-fn sustained_flood_is_banned() {
-    let mut sim = Sim::default();
+fn sustained_flood_is_banned_under_the_seed_profile() {
+    let mut sim = Sim::new(&seed_config());
     let r = req("198.51.100.4", "/api/search");
     let ds = sim.send_n(&r, 60, MS100);
     let first_ban = ds.iter().position(is_ban).expect("a ban");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::super::{Decision, EngineConfig, Rule, SecondOpinion, ValidatorHint};
-use super::{Sim, ban_rule, is_ban, is_block, req, scoring_config, triage_of};
+use super::{Sim, ban_rule, is_ban, is_block, req, scoring_config, seed_config, triage_of};
 
 const C: &str = "203.0.113.10";
 const USER: &str = "alice";
@@ -195,7 +195,7 @@ fn new_clients_have_a_grace_period() {
 
 #[test]
 fn hard_block_at_eight_without_the_ai() {
-    let mut sim = Sim::default();
+    let mut sim = Sim::new(&seed_config());
     sim.warm(C, None);
     // curl (2) + sensitive (4) + unauthenticated (1) = 7: triage, then suppressed for a minute;
     // the 20th request in 10 s adds the elevated rate (3): 10, blocked.

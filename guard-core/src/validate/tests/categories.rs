@@ -342,3 +342,14 @@ fn scanner_user_agent() {
     // The same word in a search is not a scanner.
     assert_allowed(&get("/search?q=nmap+tutorial"));
 }
+
+#[test]
+fn every_category_is_listed_once_by_its_serialised_name() {
+    for (i, c) in Category::ALL.iter().enumerate() {
+        assert_eq!(c.index(), i);
+        assert_eq!(
+            serde_json::to_value(c).unwrap(),
+            serde_json::Value::from(c.name())
+        );
+    }
+}

@@ -149,6 +149,7 @@ fn requests_are_classified_as_changes_or_reads() {
         Request::Stats,
         Request::Status,
         Request::Logs(LogsRequest::default()),
+        Request::LogPage(LogsRequest::default()),
         Request::TapPorts { ports: None },
     ];
     for r in &reads {
@@ -197,4 +198,17 @@ fn requests_keep_their_wire_format() {
             ..
         }
     ));
+    // `logs` with an address, as sent before `ip` took a network, and with a network.
+    let r: Request = serde_json::from_str(r#"{"op":"logs","ip":"192.0.2.7"}"#).unwrap();
+    let Request::Logs(q) = r else { panic!("{r:?}") };
+    assert_eq!(q.ip, Some("192.0.2.7".parse().unwrap()));
+    let r: Request =
+        serde_json::from_str(r#"{"op":"log_page","ip":"2001:db8::/32","limit":100}"#).unwrap();
+    let Request::LogPage(q) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        q.ip.map(|n| n.to_string()).as_deref(),
+        Some("2001:db8::/32")
+    );
 }

@@ -108,7 +108,7 @@ fn record(logs: &LogStore, id: &str) -> LogRecord {
 
 fn pass_id(v: Verdict) -> String {
     match v {
-        Verdict::Pass { id } => id,
+        Verdict::Pass { id, .. } => id,
         Verdict::Answer { response, .. } => panic!("refused: {}", response.status()),
     }
 }
@@ -116,7 +116,7 @@ fn pass_id(v: Verdict) -> String {
 fn answered(v: Verdict) -> (String, http::Response<Bytes>) {
     match v {
         Verdict::Answer { id, response } => (id, response),
-        Verdict::Pass { id } => panic!("passed: {id}"),
+        Verdict::Pass { id, .. } => panic!("passed: {id}"),
     }
 }
 
@@ -307,7 +307,7 @@ fn request_ids_are_unique() {
         .map(|i| {
             let v = check(&s.gate, &format!("192.0.2.{i}:5000"), &head("/", &[]));
             match v {
-                Verdict::Pass { id } | Verdict::Answer { id, .. } => id,
+                Verdict::Pass { id, .. } | Verdict::Answer { id, .. } => id,
             }
         })
         .collect();
@@ -433,4 +433,45 @@ lifetime = 2
     assert_eq!(stats["limited"], 1);
     assert_eq!(stats["quotas"]["checked"], 5);
     assert_eq!(stats["quotas"]["refused"], 1);
+}
+
+/// An admitted request's verdict carries `RateLimit-Policy` and `RateLimit` with what is left
+/// after its charge (`quotas.headers_on_admit`, on by default); off, none; a path no rule
+/// limits, none.
+#[test]
+fn admitted_requests_carry_ratelimit_unless_headers_on_admit_is_off() {
+    const PLANS: &str = r#"
+[quotas]
+default_plan = "anonymous"
+[[quotas.plans.anonymous.rules]]
+path = "/items"
+per_minute = 3
+lifetime = 10
+"#;
+    let headers_of = |v: Verdict| match v {
+        Verdict::Pass { headers, .. } => headers,
+        Verdict::Answer { response, .. } => panic!("refused: {}", response.status()),
+    };
+    let s = setup(Arc::new(NoBans), &enforce(), &EngineConfig::default());
+    let gate = s.gate.with_quotas(quotas(PLANS));
+    for left in [2, 1, 0] {
+        let h = headers_of(check(&gate, "192.0.2.21:5000", &head("/items", &[])));
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"minute\";q=3;w=60, \"lifetime\";q=10"
+        );
+        let v = h["ratelimit"].to_str().unwrap();
+        let t: u64 = v
+            .strip_prefix(&format!("\"minute\";r={left};t="))
+            .and_then(|rest| rest.strip_suffix(&format!(", \"lifetime\";r={}", 7 + left)))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("RateLimit: {v}"));
+        assert!((1..=60).contains(&t), "{v}");
+    }
+    assert!(headers_of(check(&gate, "192.0.2.21:5000", &head("/other", &[]))).is_empty());
+
+    let s = setup(Arc::new(NoBans), &enforce(), &EngineConfig::default());
+    let off = PLANS.replace("[quotas]\n", "[quotas]\nheaders_on_admit = false\n");
+    let gate = s.gate.with_quotas(quotas(&off));
+    assert!(headers_of(check(&gate, "192.0.2.22:5000", &head("/items", &[]))).is_empty());
 }

@@ -30,59 +30,78 @@ pub fn rfc3339(time: Duration) -> String {
     )
 }
 
+/// The columns of `guard logs`'s table.
+const HEADER: [&str; 10] = [
+    "TIME", "CLIENT", "USER", "METHOD", "STATUS", "LATENCY", "IN", "OUT", "PATH", "BLOCKED",
+];
+
+/// The widths `guard logs --follow` starts from, so that the rows still to come line up with
+/// the header: an RFC 3339 time, an IPv4 address, a short user, `OPTIONS`, a status, a latency,
+/// byte counts, a path. A longer cell widens only its own row.
+const FOLLOW_WIDTHS: [usize; 10] = [24, 15, 8, 7, 6, 9, 6, 8, 24, 0];
+
 /// The human table of `guard logs`. A request that was not judged says why in its CLIENT cell:
 /// `(unverified)` after an address that may be forged, `- (no client)` when a trusted proxy
 /// named nobody.
 #[must_use]
 pub fn format_table(records: &[LogRecord]) -> String {
-    let header = [
-        "TIME", "CLIENT", "USER", "METHOD", "STATUS", "LATENCY", "IN", "OUT", "PATH", "BLOCKED",
-    ];
-    let rows: Vec<[String; 10]> = records
-        .iter()
-        .map(|r| {
-            let mut path = r.path.clone();
-            if let Some(q) = &r.query {
-                let _ = write!(path, "?{q}");
-            }
-            [
-                rfc3339(r.time),
-                match r.trust {
-                    Trust::Verified => r.client.to_string(),
-                    // Not judged: the source may be forged, or no client was named.
-                    Trust::Unverified => format!("{} (unverified)", r.client),
-                    Trust::NoClient => "- (no client)".into(),
-                },
-                r.user.clone().unwrap_or_else(|| "-".into()),
-                match r.mode {
-                    super::Mode::Tap => r.method.clone(),
-                    // Judged in the request path: the method carries the mark.
-                    super::Mode::Inline => format!("{} (inline)", r.method),
-                },
-                r.status.map_or_else(|| "-".into(), |s| s.to_string()),
-                r.latency_ms
-                    .map_or_else(|| "-".into(), |l| format!("{l:.1}ms")),
-                r.bytes_in.to_string(),
-                r.bytes_out.to_string(),
-                path,
-                match (&r.blocked, &r.reason) {
-                    (true, Some(reason)) => format!("yes: {reason}"),
-                    (true, None) => "yes".into(),
-                    (false, _) => "-".into(),
-                },
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let t = Table::fit(records);
+    let mut out = t.header();
+    out.push_str(&t.rows(records));
+    out
+}
+
+/// Column widths, fixed once: the header and every later batch of rows are laid out with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    widths: [usize; 10],
+}
+
+impl Table {
+    /// Widths fitting the header and `records`.
+    #[must_use]
+    pub fn fit(records: &[LogRecord]) -> Self {
+        Self::fit_from(HEADER.map(str::len), records)
     }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+
+    /// Widths for `--follow`: fitting `records` (the first batch) and at least
+    /// [`FOLLOW_WIDTHS`], so the rows that come later line up too.
+    #[must_use]
+    pub fn follow(records: &[LogRecord]) -> Self {
+        let mut w = HEADER.map(str::len);
+        for (w, min) in w.iter_mut().zip(FOLLOW_WIDTHS) {
+            *w = (*w).max(min);
+        }
+        Self::fit_from(w, records)
+    }
+
+    fn fit_from(mut widths: [usize; 10], records: &[LogRecord]) -> Self {
+        for r in records {
+            for (w, cell) in widths.iter_mut().zip(cells(r)) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        Self { widths }
+    }
+
+    /// The header line.
+    #[must_use]
+    pub fn header(&self) -> String {
+        self.line(HEADER.iter().copied())
+    }
+
+    /// One line per record.
+    #[must_use]
+    pub fn rows(&self, records: &[LogRecord]) -> String {
+        records
+            .iter()
+            .map(|r| self.line(cells(r).iter().map(String::as_str)))
+            .collect()
+    }
+
+    fn line<'a>(&self, cells: impl Iterator<Item = &'a str>) -> String {
         let mut l = String::new();
-        for (i, (cell, w)) in cells.zip(widths).enumerate() {
+        for (i, (cell, w)) in cells.zip(self.widths).enumerate() {
             if i > 0 {
                 l.push_str("  ");
             }
@@ -93,12 +112,42 @@ pub fn format_table(records: &[LogRecord]) -> String {
                 let _ = write!(l, "{cell:<w$}");
             }
         }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
+        let mut l = l.trim_end().to_owned();
+        l.push('\n');
+        l
     }
-    out
+}
+
+/// The cells of one record's row.
+fn cells(r: &LogRecord) -> [String; 10] {
+    let mut path = r.path.clone();
+    if let Some(q) = &r.query {
+        let _ = write!(path, "?{q}");
+    }
+    [
+        rfc3339(r.time),
+        match r.trust {
+            Trust::Verified => r.client.to_string(),
+            // Not judged: the source may be forged, or no client was named.
+            Trust::Unverified => format!("{} (unverified)", r.client),
+            Trust::NoClient => "- (no client)".into(),
+        },
+        r.user.clone().unwrap_or_else(|| "-".into()),
+        match r.mode {
+            super::Mode::Tap => r.method.clone(),
+            // Judged in the request path: the method carries the mark.
+            super::Mode::Inline => format!("{} (inline)", r.method),
+        },
+        r.status.map_or_else(|| "-".into(), |s| s.to_string()),
+        r.latency_ms
+            .map_or_else(|| "-".into(), |l| format!("{l:.1}ms")),
+        r.bytes_in.to_string(),
+        r.bytes_out.to_string(),
+        path,
+        match (&r.blocked, &r.reason) {
+            (true, Some(reason)) => format!("yes: {reason}"),
+            (true, None) => "yes".into(),
+            (false, _) => "-".into(),
+        },
+    ]
 }

@@ -694,3 +694,98 @@ fn inline_records_keep_their_mode_and_request_id_and_old_records_read_as_tapped(
     let old: LogRecord = serde_json::from_value(old).unwrap();
     assert_eq!((old.mode, old.request_id), (Mode::Tap, None));
 }
+
+/// `guard logs`'s page: the newest `limit` matches, the count of the older ones, and `--ip`
+/// as a network.
+#[test]
+fn a_page_counts_the_older_matches() {
+    let s = store();
+    sample(&s);
+    let page = |q: LogQuery| {
+        let p = s.query_page(&q).unwrap();
+        (
+            paths(&p.records)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            p.more,
+            p.more_at_least,
+        )
+    };
+    // By time only (keys counted).
+    assert_eq!(
+        page(LogQuery {
+            limit: Some(2),
+            ..LogQuery::default()
+        }),
+        (vec!["/api/c".into(), "/".into()], 3, false)
+    );
+    assert_eq!(
+        page(LogQuery {
+            since: Some(Duration::from_secs(150)),
+            limit: Some(1),
+            ..LogQuery::default()
+        }),
+        (vec!["/".into()], 2, false)
+    );
+    // Filtered (records decoded): only matches count.
+    assert_eq!(
+        page(LogQuery {
+            path_prefix: Some("/api".into()),
+            limit: Some(1),
+            ..LogQuery::default()
+        }),
+        (vec!["/api/c".into()], 2, false)
+    );
+    // All of it fits: nothing more.
+    assert_eq!(page(LogQuery::default()).1, 0);
+    assert_eq!(
+        page(LogQuery {
+            limit: Some(5),
+            ..LogQuery::default()
+        })
+        .1,
+        0
+    );
+    // --ip as a CIDR, IPv4 and IPv6; an address is its own network.
+    let net = |t: &str| Some(t.parse::<crate::net::Net>().unwrap());
+    assert_eq!(
+        page(LogQuery {
+            ip: net("192.0.2.0/30"),
+            limit: Some(3),
+            ..LogQuery::default()
+        }),
+        (vec!["/api/b".into(), "/admin".into(), "/".into()], 1, false)
+    );
+    assert_eq!(
+        page(LogQuery {
+            ip: net("2001:db8::/32"),
+            ..LogQuery::default()
+        })
+        .0,
+        ["/api/c"]
+    );
+    assert_eq!(
+        page(LogQuery {
+            ip: net("192.0.2.2"),
+            ..LogQuery::default()
+        })
+        .0,
+        ["/admin", "/"]
+    );
+    // The same records as `query`.
+    let q = LogQuery {
+        status: Some("5xx".parse().unwrap()),
+        limit: Some(1),
+        ..LogQuery::default()
+    };
+    assert_eq!(s.query_page(&q).unwrap().records, s.query(&q).unwrap());
+    // Past the scan bound the count is a lower bound, and says so.
+    let q = LogQuery {
+        path_prefix: Some("/".into()),
+        limit: Some(1),
+        ..LogQuery::default()
+    };
+    let p = s.page_scanning(&q, 2).unwrap();
+    assert_eq!((p.more, p.more_at_least), (2, true));
+}
