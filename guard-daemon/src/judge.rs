@@ -544,7 +544,10 @@ fn order_ban(
         if let Some(feed) = feed {
             feed.offer_pending(crate::crowdsec::machine::Pending {
                 target,
-                ttl,
+                ends_at: Some(
+                    crate::clock::now_ms()
+                        .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+                ),
                 reason: reason.clone(),
                 origin: Origin::Engine,
                 evidence: Some(*evidence),

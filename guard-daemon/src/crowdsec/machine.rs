@@ -32,7 +32,10 @@ const PERMANENT: Duration = Duration::from_hours(87_600);
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub target: Net,
-    pub ttl: Duration,
+    /// Wall-clock ms at which the ban ends; `None` = permanent. The decision pushed lasts what
+    /// is left of it at the push, a second less, so that it never outlasts the ban here (its
+    /// echo through the stream then finds the ban and leaves it as it is).
+    pub ends_at: Option<u64>,
     pub reason: String,
     pub origin: Origin,
     pub evidence: Option<Evidence>,
@@ -54,12 +57,9 @@ impl Feed {
     /// Offers a ban as stored; bans from the LAPI, and the operator's unless
     /// `crowdsec.push_manual`, are not pushed.
     pub fn offer(&self, record: &BanRecord, simulated: bool) {
-        let ttl = record.expires_at.map_or(PERMANENT, |end| {
-            Duration::from_millis(end.saturating_sub(record.created_at))
-        });
         self.offer_pending(Pending {
             target: record.target,
-            ttl,
+            ends_at: record.expires_at,
             reason: record.reason.clone(),
             origin: record.origin,
             evidence: record.evidence.clone(),
@@ -208,7 +208,20 @@ impl Pusher {
     }
 
     async fn push(&mut self, batch: &[Pending]) -> Result<(), CrowdsecError> {
-        let alerts: Vec<Value> = batch.iter().map(alert).collect();
+        let now = crate::clock::now_ms();
+        let alerts: Vec<Value> = batch
+            .iter()
+            .filter_map(|p| {
+                let a = alert(p, now);
+                if a.is_none() {
+                    debug!(target = %p.target, "ban over before its push: not pushed");
+                }
+                a
+            })
+            .collect();
+        if alerts.is_empty() {
+            return Ok(());
+        }
         let body = Value::Array(alerts).to_string();
         // One more login if the token has expired.
         for attempt in 0..2 {
@@ -248,13 +261,21 @@ impl Pusher {
 
 /// RFC 3339 UTC time of ms since the epoch.
 fn rfc3339(ms: u64) -> String {
-    format!("{}Z", guard_core::time::format_utc(ms).replace(' ', "T"))
+    let t = guard_core::time::format_utc(ms).replace(' ', "T");
+    if t.ends_with('Z') { t } else { format!("{t}Z") }
 }
 
-/// The alert of one ban: scenario `guard/<rule>`, the evidence as its event, the ban as its
-/// decision.
+/// The alert of one ban at `now_ms`: scenario `guard/<rule>`, the evidence as its event, the
+/// ban as its decision; `None` when less than two seconds of the ban are left.
 #[must_use]
-pub fn alert(p: &Pending) -> Value {
+pub fn alert(p: &Pending, now_ms: u64) -> Option<Value> {
+    let left = match p.ends_at {
+        None => PERMANENT,
+        Some(end) => Duration::from_secs((end.saturating_sub(now_ms) / 1000).checked_sub(1)?),
+    };
+    if left.is_zero() {
+        return None;
+    }
     let rule = p
         .evidence
         .as_ref()
@@ -295,7 +316,7 @@ pub fn alert(p: &Pending) -> Value {
     } else {
         source["range"] = json!(value);
     }
-    json!({
+    Some(json!({
         "scenario": scenario,
         "scenario_hash": "",
         "scenario_version": "",
@@ -309,7 +330,7 @@ pub fn alert(p: &Pending) -> Value {
         "events": [{"timestamp": at, "meta": meta}],
         "source": source,
         "decisions": [{
-            "duration": format!("{}s", p.ttl.as_secs().max(1)),
+            "duration": format!("{}s", left.as_secs()),
             "origin": "crowdsec",
             "scenario": scenario,
             "scope": scope,
@@ -317,7 +338,7 @@ pub fn alert(p: &Pending) -> Value {
             "value": value,
             "simulated": p.simulated,
         }],
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -327,7 +348,7 @@ mod tests {
     fn pending(origin: Origin) -> Pending {
         Pending {
             target: "192.0.2.7".parse().unwrap(),
-            ttl: Duration::from_mins(10),
+            ends_at: Some(1_796_283_360_000 + 600_000),
             reason: "backdoor: 2 hits".into(),
             origin,
             evidence: Some(Evidence {
@@ -342,7 +363,7 @@ mod tests {
 
     #[test]
     fn an_alert_carries_scenario_evidence_and_decision() {
-        let a = alert(&pending(Origin::Engine));
+        let a = alert(&pending(Origin::Engine), 1_796_283_360_000).unwrap();
         assert_eq!(a["scenario"], "guard/backdoor");
         assert_eq!(a["source"]["ip"], "192.0.2.7");
         assert_eq!(a["start_at"], "2026-12-03T07:36:00Z");
@@ -350,7 +371,7 @@ mod tests {
         assert_eq!(
             (&d["duration"], &d["scope"], &d["value"], &d["origin"]),
             (
-                &json!("600s"),
+                &json!("599s"),
                 &json!("Ip"),
                 &json!("192.0.2.7"),
                 &json!("crowdsec")
@@ -365,7 +386,13 @@ mod tests {
         p.target = "198.51.100.0/24".parse().unwrap();
         p.evidence = None;
         p.simulated = true;
-        let a = alert(&p);
+        // Pushed 100.5 s after the ban: what is left, a second less, so it never outlasts it.
+        let a = alert(&p, 1_796_283_360_000 + 100_500).unwrap();
+        assert_eq!(a["decisions"][0]["duration"], "498s");
+        assert!(
+            alert(&p, 1_796_283_360_000 + 599_000).is_none(),
+            "over: not pushed"
+        );
         assert_eq!(a["scenario"], "guard/manual");
         assert_eq!(a["decisions"][0]["scope"], "Range");
         assert_eq!(a["decisions"][0]["simulated"], true);
