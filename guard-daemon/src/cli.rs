@@ -359,6 +359,9 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
             data.bad_ban_records
         );
     }
+    if let Some(c) = &data.crowdsec {
+        crowdsec_status(c);
+    }
     println!(
         "  protected (never banned; {} bans refused since start):",
         data.protect_refusals
@@ -367,6 +370,40 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         println!("    {:<40} {} ({})", p.net.to_string(), p.why, p.found_in);
     }
     Ok(())
+}
+
+fn crowdsec_status(c: &crate::crowdsec::CrowdsecStatus) {
+    let state = match c.state {
+        crate::crowdsec::LapiState::Starting => "not asked yet",
+        crate::crowdsec::LapiState::Up => "up",
+        crate::crowdsec::LapiState::Down => "DOWN (bans stay enforced; retrying)",
+    };
+    let last = c
+        .last_sync
+        .map_or_else(|| "never".to_owned(), crate::clock::format_utc);
+    println!("  crowdsec LAPI {} {state}, last sync {last}", c.lapi_url);
+    if let Some(e) = &c.last_error {
+        println!("    last error: {e}");
+    }
+    println!(
+        "    decisions: {} bans, {} user bans, {} lifted, {} already banned, {} allowlisted or \
+         protected, {} invalid, {} other types; polls {} ({} failed)",
+        c.bans_added,
+        c.user_bans_added,
+        c.bans_lifted,
+        c.already_banned,
+        c.refused_allowlisted,
+        c.refused_invalid,
+        c.ignored_type,
+        c.polls,
+        c.poll_failures
+    );
+    if let Some(m) = &c.machine {
+        println!(
+            "    machine {m}: {} alerts pushed, {} queued, {} dropped, {} failed pushes",
+            c.alerts_pushed, c.push_queued, c.alerts_dropped, c.push_failures
+        );
+    }
 }
 
 #[cfg(test)]
@@ -485,7 +522,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("unknown origin `engin`: expected one of cli, import, rate-limit, engine"),
+            err.contains(
+                "unknown origin `engin`: expected one of cli, import, rate-limit, engine, crowdsec"
+            ),
             "{err}"
         );
     }

@@ -52,6 +52,7 @@ pub struct Config {
     pub validator: crate::validate::ValidatorConfig,
     pub proxy: ProxyConfig,
     pub quotas: QuotasConfig,
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -288,6 +289,9 @@ impl Config {
         };
         if let Some((key, message)) = self.proxy.problem() {
             return invalid(key, message);
+        }
+        if let Some((key, message)) = self.crowdsec.problem() {
+            return invalid(key, &message);
         }
         if let Err(QuotasProblem { key, message }) = self.quotas.plan_set() {
             return Err(ConfigError::InvalidAt {

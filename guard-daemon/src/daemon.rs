@@ -66,6 +66,8 @@ struct Shared {
     store: Store,
     config: Config,
     started: Instant,
+    /// The CrowdSec client's state and counters (`None` without `crowdsec.lapi_url`).
+    crowdsec: Option<Arc<crate::crowdsec::CrowdsecStats>>,
 }
 
 impl Shared {
@@ -194,6 +196,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => warn!("repeat offenders not restored: {e}"),
     }
     let judge = Arc::new(judge);
+    // A LAPI without its key stops the start: running on would leave the fleet's decisions
+    // unenforced without a word.
+    let crowdsec_key = crowdsec_key(&config)?;
+    let crowdsec_password = crowdsec_password(&config)?;
     let mut xdp = Xdp::open(&config.xdp).context("loading XDP")?;
     // Pins on a bpffs of guard's own mount namespace end with it: said now, and at exit.
     let pin_scope = crate::xdp::pins_outlive_process(&config.xdp.pin_dir);
@@ -222,6 +228,29 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let counts_store = store.clone();
     let mut bans = Bans::new(store, xdp, config.bans.default_ttl, protected)
         .context("rebuilding the XDP maps from the store")?;
+    let crowdsec_stats = config
+        .crowdsec
+        .enabled()
+        .then(|| Arc::new(crate::crowdsec::CrowdsecStats::default()));
+    let pusher = match (
+        crowdsec_password,
+        &crowdsec_stats,
+        &config.crowdsec.machine_id,
+    ) {
+        (Some(password), Some(stats), Some(id)) => {
+            let (feed, pusher) = crate::crowdsec::machine::channel(
+                &config.crowdsec,
+                id.clone(),
+                password,
+                Arc::clone(stats),
+            )
+            .context("starting the CrowdSec machine")?;
+            bans.set_feed(feed.clone());
+            judge.set_feed(feed);
+            Some(pusher)
+        }
+        _ => None,
+    };
     {
         let n = bans.count().unwrap_or(0);
         let a = bans.allows().map_or(0, |l| l.len());
@@ -271,6 +300,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
+    let bouncer = match (crowdsec_key, &crowdsec_stats) {
+        (Some(key), Some(stats)) => {
+            let _entered = runtime.enter();
+            Some(
+                crate::crowdsec::bouncer::Bouncer::new(
+                    config.crowdsec.clone(),
+                    key,
+                    owner.handle(),
+                    Arc::clone(stats),
+                )
+                .context("starting the CrowdSec bouncer")?,
+            )
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         bans: owner.handle(),
         judge,
@@ -284,6 +328,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         store: counts_store,
         config,
         started: Instant::now(),
+        crowdsec: crowdsec_stats,
     });
 
     let applier_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -300,7 +345,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let result = match proxy_failed {
         Some(e) => Err(e),
-        None => runtime.block_on(serve(Arc::clone(&shared), events, access, facts)),
+        None => runtime.block_on(serve(
+            Arc::clone(&shared),
+            events,
+            access,
+            facts,
+            (bouncer, pusher),
+        )),
     };
     drop(runtime);
     // The proxy stops accepting, then drains (`proxy.drain_timeout`).
@@ -366,6 +417,40 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// The CrowdSec bouncer key, when `crowdsec.lapi_url` is set (an error without one).
+fn crowdsec_key(config: &Config) -> anyhow::Result<Option<crate::crowdsec::Secret>> {
+    let c = &config.crowdsec;
+    if !c.enabled() {
+        return Ok(None);
+    }
+    let key = crate::crowdsec::load_secret(&c.api_key_env, c.api_key_file.as_deref(), |v| {
+        std::env::var(v).ok()
+    })
+    .context("crowdsec.api_key_file")?
+    .ok_or_else(|| crate::crowdsec::CrowdsecError::NoKey {
+        var: c.api_key_env.clone(),
+    })?;
+    Ok(Some(key))
+}
+
+/// The CrowdSec machine's password, when `crowdsec.machine_id` is set (an error without one).
+fn crowdsec_password(config: &Config) -> anyhow::Result<Option<crate::crowdsec::Secret>> {
+    let c = &config.crowdsec;
+    if !c.enabled() || c.machine_id.is_none() {
+        return Ok(None);
+    }
+    let password = crate::crowdsec::load_secret(
+        &c.machine_password_env,
+        c.machine_password_file.as_deref(),
+        |v| std::env::var(v).ok(),
+    )
+    .context("crowdsec.machine_password_file")?
+    .ok_or_else(|| crate::crowdsec::CrowdsecError::NoPassword {
+        var: c.machine_password_env.clone(),
+    })?;
+    Ok(Some(password))
+}
+
 /// Stops the capture threads once no control request holds the pipeline any more.
 fn stop_pipeline(mut p: Arc<Pipeline>) {
     for _ in 0..100 {
@@ -385,6 +470,10 @@ async fn serve(
     events: Option<RingBuf<MapData>>,
     access: control::Access,
     facts: crate::protect::HostFacts,
+    (bouncer, pusher): (
+        Option<crate::crowdsec::bouncer::Bouncer>,
+        Option<crate::crowdsec::machine::Pusher>,
+    ),
 ) -> anyhow::Result<()> {
     let listener = control::bind(&shared.config.daemon.socket, &access)
         .context("binding the control socket")?;
@@ -401,6 +490,8 @@ async fn serve(
     let metrics = metrics::start(&shared, &stop_rx).await?;
 
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
+    let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
+    let pusher = pusher.map(|p| tokio::spawn(p.run()));
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -430,6 +521,9 @@ async fn serve(
     }
     drop(stop_rx);
     protector.abort();
+    for task in bouncer.into_iter().chain(pusher) {
+        task.abort();
+    }
     if let Some(r) = reader {
         r.abort();
     }

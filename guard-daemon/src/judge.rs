@@ -93,6 +93,8 @@ pub struct Judge {
     sweep_every: Duration,
     next_sweep_ms: AtomicU64,
     epoch: Instant,
+    /// Shadow-mode bans are offered here to be pushed to a CrowdSec LAPI as simulated.
+    feed: Arc<std::sync::OnceLock<crate::crowdsec::machine::Feed>>,
 }
 
 impl JudgeStats {
@@ -165,6 +167,7 @@ impl Judge {
                 sweep_every: engine.sweep_interval,
                 next_sweep_ms: AtomicU64::new(millis(engine.sweep_interval)),
                 epoch: Instant::now(),
+                feed: Arc::default(),
             },
             rx,
         ))
@@ -452,10 +455,11 @@ impl Judge {
         let Some(ai) = &self.ai else { return };
         self.stats.ai_asked.fetch_add(1, Ordering::Relaxed);
         let pending = ai.try_submit_judgement(behaviour);
-        let (engine, bans, stats) = (
+        let (engine, bans, stats, feed) = (
             Arc::clone(&self.engine),
             self.bans.clone(),
             Arc::clone(&self.stats),
+            Arc::clone(&self.feed),
         );
         ai.runtime().spawn(async move {
             let judgement = pending.await;
@@ -473,7 +477,7 @@ impl Judge {
                 .unwrap_or_else(PoisonError::into_inner)
                 .ai_verdict(now, client, judgement.opinion());
             if matches!(decision, Decision::Ban { .. }) {
-                let reason = order_ban(decision, &bans, &stats, &engine);
+                let reason = order_ban(decision, &bans, &stats, &engine, feed.get());
                 info!(%client, %reason, "the AI judged the client hostile");
             }
         });
@@ -496,7 +500,18 @@ fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<Validat
 
 impl Judge {
     fn order_ban(&self, decision: Decision) -> String {
-        order_ban(decision, &self.bans, &self.stats, &self.engine)
+        order_ban(
+            decision,
+            &self.bans,
+            &self.stats,
+            &self.engine,
+            self.feed.get(),
+        )
+    }
+
+    /// Offers shadow-mode bans to `feed` (pushed to the CrowdSec LAPI as simulated).
+    pub fn set_feed(&self, feed: crate::crowdsec::machine::Feed) {
+        let _ = self.feed.set(feed);
     }
 }
 
@@ -508,6 +523,7 @@ fn order_ban(
     bans: &SyncSender<Box<BanOrder>>,
     s: &JudgeStats,
     engine: &Mutex<Engine>,
+    feed: Option<&crate::crowdsec::machine::Feed>,
 ) -> String {
     let Decision::Ban {
         target,
@@ -525,6 +541,20 @@ fn order_ban(
     if shadow {
         s.bans_shadow.fetch_add(1, Ordering::Relaxed);
         info!(%target, ttl = %crate::clock::format_duration(ttl), %reason, "shadow mode: would ban");
+        if let Some(feed) = feed {
+            feed.offer_pending(crate::crowdsec::machine::Pending {
+                target,
+                ends_at: Some(
+                    crate::clock::now_ms()
+                        .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+                ),
+                reason: reason.clone(),
+                origin: Origin::Engine,
+                evidence: Some(*evidence),
+                simulated: true,
+                at_ms: crate::clock::now_ms(),
+            });
+        }
         return format!("would ban (shadow mode): {reason}");
     }
     if retry {

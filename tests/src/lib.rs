@@ -2,6 +2,7 @@
 //! daemon process and its CLI, and real traffic — each behind an RAII guard that removes what it
 //! made, also when a test fails. Everything stays inside namespaces the test created.
 pub mod ai_server;
+pub mod crowdsec;
 pub mod http;
 pub mod maps;
 pub mod nginx;

@@ -292,7 +292,57 @@ pub fn proxy_bench_tools() -> anyhow::Result<()> {
     apt_install(&missing)
 }
 
+/// Where Debian's crowdsec package looks for central-API credentials: a non-empty file there
+/// before the install skips its post-install registration, which fails offline.
+const CROWDSEC_ONLINE_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
+/// Debian's hook that tells package scripts whether they may start services.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Installs Debian's crowdsec package for `e2e_crowdsec` (which runs its own LAPI-only instance
+/// from a config it writes), without registering with the central API and without leaving a
+/// crowdsec service running or enabled on this machine.
+fn crowdsec() -> anyhow::Result<()> {
+    if have("crowdsec") && have("cscli") {
+        return Ok(());
+    }
+    if !is_root() || !have("apt-get") {
+        return apt_install(&["crowdsec"]);
+    }
+    say("installing crowdsec (its LAPI is run by e2e_crowdsec only; no service is left running)");
+    std::fs::create_dir_all("/etc/crowdsec").context("creating /etc/crowdsec")?;
+    if std::fs::metadata(CROWDSEC_ONLINE_CREDENTIALS).map_or(true, |m| m.len() == 0) {
+        std::fs::write(
+            CROWDSEC_ONLINE_CREDENTIALS,
+            "# guard's test set-up: no central API\n",
+        )
+        .with_context(|| format!("writing {CROWDSEC_ONLINE_CREDENTIALS}"))?;
+    }
+    // No service may start during the install: a policy that refuses, removed afterwards.
+    let own_policy = !Path::new(POLICY_RC_D).exists();
+    if own_policy {
+        std::fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(
+            POLICY_RC_D,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+    }
+    let installed = apt_install(&["crowdsec"]);
+    if own_policy {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
+    installed?;
+    if have("systemctl") {
+        // Works without a running systemd too (it only removes the links then).
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "crowdsec.service"])
+            .status();
+    }
+    Ok(())
+}
+
 pub fn test_tools() -> anyhow::Result<()> {
+    crowdsec()?;
     let mut missing: Vec<&str> = TEST_PACKAGES
         .iter()
         .filter(|(cmd, _)| !have(cmd))

@@ -3,7 +3,7 @@
 //! engine ban forgotten, so that a restart does not escalate the client's next ban for it.
 use tracing::warn;
 
-use super::{BanError, BanFilter, BanView, Bans, Net, Origin};
+use super::{BanError, BanFilter, BanView, Bans, Lift, Net, Origin};
 
 impl Bans {
     /// Lifts a ban. With `forget`, an engine ban's offence is forgotten in the store too (see
@@ -100,5 +100,25 @@ impl Bans {
             });
         }
         Ok(lifted)
+    }
+
+    /// Lifts the ban of `target` only if `origin` made it: a deleted CrowdSec decision lifts
+    /// the ban it made, never an operator's or the engine's ban of the same target. `false`
+    /// when there is no such ban.
+    pub fn lift_from(&mut self, target: &Lift, origin: Origin) -> Result<bool, BanError> {
+        match target {
+            Lift::Net(net) => {
+                if self.store.ban(net)?.is_none_or(|b| b.origin != origin) {
+                    return Ok(false);
+                }
+                self.unban(net, false).map(|_| true)
+            }
+            Lift::User(id) => {
+                if self.store.user_ban(id)?.is_none_or(|b| b.origin != origin) {
+                    return Ok(false);
+                }
+                self.unban_user(id).map(|_| true)
+            }
+        }
     }
 }

@@ -32,7 +32,7 @@ pub mod owner;
 pub mod users;
 
 pub use filter::{BanFilter, BanSort, BanView};
-pub use owner::{BanHandle, Command, Ordered, Owner};
+pub use owner::{BanHandle, Command, Lift, Ordered, Owner};
 pub use users::{UserBanRequest, UserBanned, UserLookup};
 
 /// Errors of ban and allowlist operations.
@@ -163,6 +163,8 @@ pub struct Bans {
     expired: Arc<AtomicU64>,
     /// User bans: the lookup the per-request paths read and their deadlines.
     users: users::Users,
+    /// New bans are offered here to be pushed to a CrowdSec LAPI (`crowdsec.machine_id`).
+    feed: Option<crate::crowdsec::machine::Feed>,
 }
 
 impl Bans {
@@ -189,6 +191,7 @@ impl Bans {
             last_beat: 0,
             expired: Arc::default(),
             users: users::Users::default(),
+            feed: None,
         };
         bans.rebuild()?;
         Ok(bans)
@@ -293,6 +296,11 @@ impl Bans {
         self.clock = ClockWatch::new(now, mono);
         self.store.flush()?;
         Ok((count, self.allows.len()))
+    }
+
+    /// Offers every ban made from now on to `feed` (never waiting on it).
+    pub fn set_feed(&mut self, feed: crate::crowdsec::machine::Feed) {
+        self.feed = Some(feed);
     }
 
     /// The XDP layer.
@@ -414,6 +422,9 @@ impl Bans {
             // A deadline replaced here (or lifted below) stays in the schedule until it comes
             // up, then is dropped: the maps no longer hold it.
             self.deadlines.insert(record.target, deadline, &self.xdp);
+        }
+        if let Some(feed) = &self.feed {
+            feed.offer(&record, false);
         }
         Ok(record)
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use super::{BanError, BanFilter, BanRequest, BanView, Bans, UserBanRequest, UserLookup};
+use super::{BanError, BanFilter, BanRequest, BanView, Bans, Origin, UserBanRequest, UserLookup};
 use crate::net::Net;
 use crate::protect::ProtectList;
 use crate::store::{AllowRecord, StoreError, UserBanRecord};
@@ -65,6 +65,22 @@ pub enum Command {
     UnbanUser(String, Reply<Result<UserBanRecord, BanError>>),
     /// Every user ban (`guard ban ls --user`).
     ListUsers(Reply<Result<Vec<UserBanRecord>, BanError>>),
+    /// A user ban the daemon orders by itself (a CrowdSec decision): a longer ban of the user
+    /// is left as it is (`None`).
+    OrderUser(
+        UserBanRequest,
+        Reply<Result<Option<UserBanRecord>, BanError>>,
+    ),
+    /// Lifts the ban of an address, network or user only if `Origin` made it (a CrowdSec
+    /// decision deleted): `false` when it is not banned, or banned by someone else.
+    LiftFrom(Lift, Origin, Reply<Result<bool, BanError>>),
+}
+
+/// What [`Command::LiftFrom`] lifts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lift {
+    Net(Net),
+    User(String),
 }
 
 /// The outcome of [`Command::Order`].
@@ -292,6 +308,17 @@ impl Owned for Bans {
                 })
             }
             Command::ListUsers(reply) => now(reply, self.list_users()),
+            Command::OrderUser(req, reply) => {
+                let r = self.order_user(req);
+                after_flush(reply, r, |b, source| BanError::UserNotSaved {
+                    id: b.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
+                    source,
+                })
+            }
+            Command::LiftFrom(target, origin, reply) => {
+                let r = self.lift_from(&target, origin);
+                after_flush(reply, r, |_, source| BanError::Store(source))
+            }
         }
     }
 
@@ -491,6 +518,16 @@ impl BanHandle {
     /// Every user ban, by id.
     pub fn list_users(&self) -> Result<Vec<UserBanRecord>, BanError> {
         self.call(Command::ListUsers)?
+    }
+
+    /// A user ban the daemon orders by itself (see [`Command::OrderUser`]).
+    pub fn order_user(&self, req: UserBanRequest) -> Result<Option<UserBanRecord>, BanError> {
+        self.call(|r| Command::OrderUser(req, r))?
+    }
+
+    /// Lifts a ban only if `origin` made it (see [`Command::LiftFrom`]).
+    pub fn lift_from(&self, target: Lift, origin: Origin) -> Result<bool, BanError> {
+        self.call(|r| Command::LiftFrom(target, origin, r))?
     }
 
     /// Bans ended by expiry since start.

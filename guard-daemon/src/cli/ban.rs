@@ -39,7 +39,7 @@ pub struct BanSelect {
     /// Bans inside this network.
     #[arg(long, value_name = "CIDR")]
     pub range: Option<String>,
-    /// Bans of this origin: cli, import, rate-limit, engine.
+    /// Bans of this origin: cli, import, rate-limit, engine, crowdsec.
     #[arg(long, value_parser = str::parse::<Origin>)]
     pub origin: Option<Origin>,
     /// Bans whose reason contains TEXT (case-insensitive).

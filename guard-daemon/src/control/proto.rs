@@ -363,6 +363,10 @@ pub struct Status {
     /// forward-auth endpoint is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_mode: Option<String>,
+    /// The CrowdSec LAPI: its state, the last sync and the counters; `None` when
+    /// `crowdsec.lapi_url` is unset.
+    #[serde(default)]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
 }
 
 /// One XDP map's fill, in `guard status`.

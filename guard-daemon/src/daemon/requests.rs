@@ -290,6 +290,12 @@ fn status(shared: &Shared) -> Response {
             }
             .to_owned()
         }),
+        crowdsec: shared.crowdsec.as_ref().map(|c| {
+            c.status(
+                cfg.crowdsec.lapi_url.as_deref().unwrap_or(""),
+                cfg.crowdsec.machine_id.as_deref(),
+            )
+        }),
         ..Status::default()
     };
     // What the ban owner holds is read on its thread, into the reply.

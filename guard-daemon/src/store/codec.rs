@@ -57,6 +57,7 @@ pub(super) fn origin_code(o: Origin) -> u8 {
         Origin::Import => 1,
         Origin::RateLimit => 2,
         Origin::Engine => 3,
+        Origin::Crowdsec => 4,
         Origin::Unknown => 255,
     }
 }
@@ -67,6 +68,7 @@ pub(super) fn origin_of(code: u8) -> Origin {
         1 => Origin::Import,
         2 => Origin::RateLimit,
         3 => Origin::Engine,
+        4 => Origin::Crowdsec,
         // A later version's origin: the ban is kept, shown as `unknown` (as with JSON).
         _ => Origin::Unknown,
     }

@@ -15,8 +15,8 @@ pub struct OffenceRecord {
     pub last: u64,
 }
 
-/// Who made a ban. Stored and sent as the lower-case names `cli`, `import`, `rate-limit` and
-/// `engine`, as ever.
+/// Who made a ban. Stored and sent as the lower-case names `cli`, `import`, `rate-limit`,
+/// `engine` and `crowdsec`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
@@ -28,6 +28,8 @@ pub enum Origin {
     RateLimit,
     /// The behaviour engine.
     Engine,
+    /// A decision of a CrowdSec Local API (`[crowdsec]`): lifted when the LAPI deletes it.
+    Crowdsec,
     /// A stored origin this version does not know: the record still loads (shown as
     /// `unknown`), so that its ban is kept.
     #[serde(other)]
@@ -36,7 +38,13 @@ pub enum Origin {
 
 impl Origin {
     /// The origins a ban can be made with (not `Unknown`), for filters and messages.
-    pub const KNOWN: [Origin; 4] = [Self::Cli, Self::Import, Self::RateLimit, Self::Engine];
+    pub const KNOWN: [Origin; 5] = [
+        Self::Cli,
+        Self::Import,
+        Self::RateLimit,
+        Self::Engine,
+        Self::Crowdsec,
+    ];
 
     /// The name as stored, shown and typed after `--origin`.
     #[must_use]
@@ -46,6 +54,7 @@ impl Origin {
             Self::Import => "import",
             Self::RateLimit => "rate-limit",
             Self::Engine => "engine",
+            Self::Crowdsec => "crowdsec",
             Self::Unknown => "unknown",
         }
     }
@@ -59,7 +68,7 @@ impl std::fmt::Display for Origin {
 
 /// An origin name that is none of [`Origin::KNOWN`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown origin `{given}`: expected one of cli, import, rate-limit, engine")]
+#[error("unknown origin `{given}`: expected one of cli, import, rate-limit, engine, crowdsec")]
 pub struct UnknownOrigin {
     pub given: String,
 }

@@ -155,7 +155,7 @@ fn records_of_earlier_versions_still_load() {
     let old = [
         r#"{"target":"192.0.2.7","reason":"backdoor: 2 hits","origin":"engine","created_at":5,"expires_at":null,"evidence":{"rule":"backdoor","client":"192.0.2.7","user":null,"offence":3,"ttl_secs":57600,"shadow":false,"counts":{"requests_10s":2},"sample_paths":["/shell.php"],"hits":2,"leak_secs":60}}"#,
         r#"{"target":"198.51.100.0/24","reason":"packet rate over 1000/s","origin":"rate-limit","created_at":6,"expires_at":99,"evidence":{"rule":"xdp-rate","limit_pps":1000,"dropped":12}}"#,
-        r#"{"target":"203.0.113.9","reason":"odd","origin":"crowdsec","created_at":7,"expires_at":null,"evidence":"a note, not an object"}"#,
+        r#"{"target":"203.0.113.9","reason":"odd","origin":"some-later-origin","created_at":7,"expires_at":null,"evidence":"a note, not an object"}"#,
         r#"{"target":"2001:db8::1","reason":"manual","origin":"cli","created_at":8,"expires_at":null}"#,
     ];
     for json in old {
@@ -228,7 +228,7 @@ fn origins_round_trip_by_their_old_names() {
     let err = "ratelimit".parse::<Origin>().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown origin `ratelimit`: expected one of cli, import, rate-limit, engine"
+        "unknown origin `ratelimit`: expected one of cli, import, rate-limit, engine, crowdsec"
     );
     assert!(
         "unknown".parse::<Origin>().is_err(),
