@@ -12,6 +12,7 @@ use crate::net::Net;
 use crate::store::AllowRecord;
 
 mod ban;
+mod docs;
 mod logs;
 mod quota;
 mod stats;
@@ -64,6 +65,19 @@ pub enum Command {
     Ai {
         #[command(subcommand)]
         command: crate::ai::cli::AiCommand,
+    },
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page guard(1) (roff) on stdout, or write every command's page.
+    Man {
+        /// Write guard.1 and a page for each command (guard-ban.1, guard-ban-add.1, ...) into
+        /// this directory instead, e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -154,6 +168,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quota(cmd) => quota::quota(cmd, &socket_path(socket)),
         Command::Ai { command } => crate::ai::cli::run(command),
         Command::Inspect(args) => crate::inspect::run(&args),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { dir: None } => Ok(docs::man(&mut std::io::stdout().lock())?),
+        Command::Man { dir: Some(dir) } => docs::man_pages(&dir).map_err(|e| {
+            anyhow::anyhow!("cannot write the manual pages into {}: {e}", dir.display())
+        }),
     }
 }
 
