@@ -384,6 +384,7 @@ pub mod admin;
 pub mod persist;
 pub mod plans;
 pub mod salt;
+pub mod tap;
 
 /// The last marked counters are written when the check goes (a clean stop).
 impl Drop for QuotaCheck {
