@@ -1,5 +1,5 @@
-//! `[quotas]`: plan quotas for the inline mode (the reverse proxy and the forward-auth
-//! endpoint). Plans hold ordered rules (the first matching rule applies), each a path pattern,
+//! `[quotas]`: plan quotas, enforced by the inline mode (the reverse proxy and the forward-auth
+//! endpoint) and logged by the tap (`tap_overrun_ban` turns repeated overruns into bans). Plans hold ordered rules (the first matching rule applies), each a path pattern,
 //! an optional method and limits per second, minute, hour, day, calendar month and lifetime.
 //! Off while no plan is defined. [`QuotasConfig::plan_set`] turns the section into the core's
 //! [`PlanSet`](guard_core::quota::PlanSet), with errors that name the key.
