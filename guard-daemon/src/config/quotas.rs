@@ -277,6 +277,41 @@ mod tests {
         parse(text).expect_err("a problem").key
     }
 
+    /// `tap_overrun_ban`: defaults for `within` and `ttl`, and a 0 named by its key.
+    #[test]
+    fn tap_overrun_ban_parses_and_checks() {
+        #[derive(Deserialize)]
+        struct File {
+            quotas: QuotasConfig,
+        }
+        let plan = "[[quotas.plans.a.rules]]\npath = \"/x\"\nper_minute = 1\n";
+        let f: File = toml::from_str(&format!(
+            "[quotas]\ntap_overrun_ban = {{ after = 3 }}\n{plan}"
+        ))
+        .expect("parses");
+        assert_eq!(
+            f.quotas.tap_overrun_ban,
+            Some(TapOverrunBan {
+                after: 3,
+                within: std::time::Duration::from_mins(10),
+                ttl: std::time::Duration::from_hours(1),
+            })
+        );
+        assert!(f.quotas.plan_set().is_ok());
+        assert_eq!(
+            key_of(&format!(
+                "[quotas]\ntap_overrun_ban = {{ after = 0, ttl = \"5m\" }}\n{plan}"
+            )),
+            "quotas.tap_overrun_ban.after"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "[quotas]\ntap_overrun_ban = {{ after = 2, within = 0 }}\n{plan}"
+            )),
+            "quotas.tap_overrun_ban"
+        );
+    }
+
     #[test]
     fn the_issue_example_parses() {
         let set = parse(

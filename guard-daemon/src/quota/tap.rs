@@ -143,3 +143,126 @@ pub fn join_reasons(judged: Option<String>, quota: &TapOverrun) -> String {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::judge::BanQueue;
+    use crate::tap::Trust;
+    use crate::validate::ValidatorConfig;
+    use std::time::Duration;
+
+    const PLANS: &str = r#"
+[quotas]
+default_plan = "anonymous"
+[[quotas.plans.anonymous.rules]]
+path = "/api/*"
+per_minute = 2
+"#;
+    const T0: u64 = 1_800_000_000;
+
+    fn judge(protected: &[&str]) -> (Judge, BanQueue) {
+        let (j, q) = Judge::new(
+            &ValidatorConfig::default(),
+            &EngineConfig::default(),
+            Vec::new(),
+            16,
+            None,
+        )
+        .expect("judge");
+        j.set_protected(protected.iter().map(|p| p.parse().unwrap()).collect());
+        (j, q)
+    }
+
+    fn tap(ban: Option<TapOverrunBan>) -> TapQuotas {
+        let cfg = super::super::tests::config(PLANS);
+        let check = QuotaCheck::new(&cfg, Vec::new(), b"salt".to_vec(), 1).expect("quotas");
+        TapQuotas::new(Arc::new(check), ban)
+    }
+
+    fn ban(after: u32) -> TapOverrunBan {
+        TapOverrunBan {
+            after,
+            within: Duration::from_mins(10),
+            ttl: Duration::from_mins(30),
+        }
+    }
+
+    fn event(client: &str, trust: Trust, secs: u64) -> RequestEvent {
+        let mut e = super::super::tests::event(client, "/api/x", &[], secs);
+        e.trust = trust;
+        e
+    }
+
+    /// Unverified requests are never charged: a verified client's quota is whole after them.
+    #[test]
+    fn unverified_requests_charge_nothing() {
+        let (j, queue) = judge(&[]);
+        let t = tap(Some(ban(1)));
+        for _ in 0..10 {
+            assert_eq!(
+                t.observe(&event("198.51.100.4", Trust::Unverified, T0), &j),
+                None
+            );
+        }
+        assert_eq!(t.stats.unverified_skipped.load(Ordering::Relaxed), 10);
+        for _ in 0..2 {
+            assert_eq!(
+                t.observe(&event("198.51.100.4", Trust::Verified, T0), &j),
+                None
+            );
+        }
+        assert!(queue.try_recv().is_err(), "a ban was ordered");
+    }
+
+    /// The overruns past the quota are reported; the `after`-th bans the address with the
+    /// configured ttl, origin engine, a reason naming the plan.
+    #[test]
+    fn repeated_overruns_order_one_ban() {
+        let (j, queue) = judge(&[]);
+        let t = tap(Some(ban(2)));
+        let ev = event("198.51.100.5", Trust::Verified, T0);
+        assert_eq!(t.observe(&ev, &j), None);
+        assert_eq!(t.observe(&ev, &j), None);
+        let first = t.observe(&ev, &j).expect("an overrun");
+        assert!(
+            first
+                .reason
+                .starts_with("quota: minute (2 requests) spent, plan anonymous")
+        );
+        assert_eq!(first.ban, None);
+        let second = t.observe(&ev, &j).expect("an overrun");
+        let banned = second.ban.expect("a ban");
+        assert!(
+            banned.contains("quota_overrun: plan anonymous: 2 quota overruns"),
+            "{banned}"
+        );
+        let order = queue.try_recv().expect("an order");
+        assert_eq!(order.request.ttl, Some(Duration::from_mins(30)));
+        assert_eq!(order.request.origin, crate::bans::Origin::Engine);
+        assert_eq!(order.request.user, None);
+        assert_eq!(t.stats.overruns.load(Ordering::Relaxed), 2);
+        assert_eq!(t.stats.bans_ordered.load(Ordering::Relaxed), 1);
+    }
+
+    /// A protected address overruns and is logged, never banned; without the option nobody is.
+    #[test]
+    fn protected_addresses_and_no_option_never_ban() {
+        let (j, queue) = judge(&["198.51.100.6/32"]);
+        let t = tap(Some(ban(1)));
+        let ev = event("198.51.100.6", Trust::Verified, T0);
+        for _ in 0..2 {
+            t.observe(&ev, &j);
+        }
+        let o = t.observe(&ev, &j).expect("an overrun");
+        assert_eq!(o.ban, None);
+        let t = tap(None);
+        let ev = event("198.51.100.7", Trust::Verified, T0);
+        for _ in 0..5 {
+            t.observe(&ev, &j);
+        }
+        assert!(queue.try_recv().is_err(), "a ban was ordered");
+        assert_eq!(t.stats.overruns.load(Ordering::Relaxed), 3);
+    }
+}
