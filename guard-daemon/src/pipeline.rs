@@ -313,13 +313,15 @@ fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut Tally, w: &
         for e in out.drain(..) {
             requests.requests += 1;
             // A panic while judging costs this request only (counted, logged by the judge).
-            let (blocked, reason) = judge
-                .judge_contained(&e)
+            let judged = judge.judge_contained(&e);
+            let unjudged = judged.is_none();
+            let (blocked, reason) = judged
                 .unwrap_or_else(|| (false, Some("not judged: the judge panicked".to_owned())));
             requests.blocked += u64::from(blocked);
-            // Served whatever its quota says: an overrun is logged, counted, maybe banned.
+            // Served whatever its quota says: an overrun is logged, counted, maybe banned. A
+            // blocked or unjudged request charges nothing.
             let overrun = match &w.quotas {
-                Some(q) if !blocked => q.observe(&e, judge),
+                Some(q) if !blocked && !unjudged => q.observe(&e, judge),
                 _ => None,
             };
             let reason = match overrun {
