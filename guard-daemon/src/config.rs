@@ -10,7 +10,9 @@ mod parse_error;
 mod proxy;
 mod quotas;
 pub use proxy::{InlineMode, ProxyConfig};
-pub use quotas::{OnStoreError, PlanConfig, PlanSource, QuotasConfig, QuotasProblem, RuleConfig};
+pub use quotas::{
+    OnStoreError, PlanConfig, PlanSource, QuotasConfig, QuotasProblem, RuleConfig, TapOverrunBan,
+};
 
 /// Errors reading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]

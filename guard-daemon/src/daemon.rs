@@ -58,6 +58,10 @@ struct Shared {
     verified: Option<Arc<VerifiedSources>>,
     /// The inline mode's decision, when the forward-auth endpoint or the proxy is on.
     inline: Option<Arc<crate::inline::InlineGate>>,
+    /// The plan quotas (`[quotas]` defines plans), shared by the inline mode and the tap; and
+    /// the tap's view of them (its overrun counters).
+    quotas: Option<Arc<crate::quota::QuotaCheck>>,
+    tap_quotas: Option<Arc<crate::quota::tap::TapQuotas>>,
     counters: Counters,
     /// The reverse proxy's counters (`None` when `[proxy]` has no listener).
     proxy: Option<Arc<crate::proxy::ProxyStats>>,
@@ -211,13 +215,29 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // A key file that cannot be used stops the start: running on would leave every RS256/ES256
     // user unverified without a word.
     let jwt = crate::jwt::keys_of(&config.tap).context("tap.jwt_public_key")?;
+    // One quota check for the tap and the inline mode: both charge the same counters.
+    let quotas = inline::quotas(&config, quota_store)?;
+    let tap_quotas = quotas.as_ref().map(|q| {
+        Arc::new(crate::quota::tap::TapQuotas::new(
+            Arc::clone(q),
+            config.quotas.tap_overrun_ban,
+        ))
+    });
     let pipeline = if config.tap.http_ports.is_empty() {
         info!("tap.http_ports is empty: no HTTP capture");
         None
     } else {
         let names = xdp.interface_names().to_vec();
         // Fail open: without the tap guard still enforces bans; say so loudly.
-        match Pipeline::start(&mut xdp, &names, &config.tap, &writer, &judge, &jwt) {
+        match Pipeline::start(
+            &mut xdp,
+            &names,
+            &config.tap,
+            &writer,
+            &judge,
+            &jwt,
+            tap_quotas.as_ref(),
+        ) {
             Ok(p) => Some(p),
             Err(e) => {
                 error!("HTTP capture unavailable, continuing without it: {e}");
@@ -270,7 +290,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &writer,
         bans.user_lookup(),
         jwt.clone(),
-        quota_store,
+        quotas.as_ref(),
     )?;
     let verified = pipeline.as_ref().map(Pipeline::verified);
     // Only now, with the maps rebuilt, does this program take over the interfaces.
@@ -323,6 +343,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         pipeline: Mutex::new(pipeline.map(Arc::new)),
         verified,
         inline,
+        quotas,
+        tap_quotas,
         counters: Counters::default(),
         proxy: proxy.as_ref().map(crate::proxy::Running::stats),
         store: counts_store,

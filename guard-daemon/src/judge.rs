@@ -499,6 +499,29 @@ fn evasion_hint(evasion: Evasion, hint: Option<ValidatorHint>) -> Option<Validat
 }
 
 impl Judge {
+    /// Bans `client` by address for `ttl` on a rule the shell applies itself (the tap's quota
+    /// overruns, [`crate::engine::Rule::QuotaOverrun`]), through the engine (allowlist,
+    /// protected addresses, shadow mode) and the ban queue like its own bans. The reason for
+    /// the log, or `None` when no ban was ordered (allowlisted, already banned, protected).
+    pub fn order_shell_ban(
+        &self,
+        now: Duration,
+        client: std::net::IpAddr,
+        rule: crate::engine::Rule,
+        reason: &str,
+        ttl: Duration,
+    ) -> Option<String> {
+        let decision = self.engine().shell_ban(now, client, rule, reason, ttl);
+        match decision {
+            Decision::Ban { .. } => Some(self.order_ban(decision)),
+            Decision::Block { reason, .. } => {
+                info!(%client, %reason, "not banned");
+                None
+            }
+            _ => None,
+        }
+    }
+
     fn order_ban(&self, decision: Decision) -> String {
         order_ban(
             decision,

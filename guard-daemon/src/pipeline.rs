@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::capture::{Capture, CaptureError, CaptureStats, RingSize};
 use crate::judge::Judge;
+use crate::quota::tap::{TapQuotas, join_reasons};
 use crate::store::logs::{LogRecord, LogWriter};
 use crate::tap::{RequestEvent, Tap, TapConfig, TapStats};
 use crate::verified::VerifiedSources;
@@ -27,6 +28,10 @@ pub struct PipelineStats {
     /// Of those, requests the judge blocked (the tap cannot refuse them: logged as blocked, and
     /// counted against their client).
     pub blocked: u64,
+    /// Requests over their plan quota (served: logged with the quota's reason), and bans
+    /// ordered for repeated overruns (`quotas.tap_overrun_ban`).
+    pub quota_overruns: u64,
+    pub quota_bans: u64,
     /// Times the capture thread panicked and was restarted (its socket and ring kept, its flow
     /// table rebuilt), and the last panic's message.
     pub capture_restarts: u64,
@@ -54,6 +59,7 @@ impl Pipeline {
         writer: &Arc<LogWriter>,
         judge: &Arc<Judge>,
         jwt: &JwtKeys,
+        quotas: Option<&Arc<TapQuotas>>,
     ) -> Result<Self, CaptureError> {
         xdp.set_tap_ports(&config.http_ports)
             .map_err(|e| CaptureError::Sys {
@@ -85,6 +91,7 @@ impl Pipeline {
                 judge: Arc::clone(judge),
                 verified: Arc::clone(&verified),
                 jwt: jwt.clone(),
+                quotas: quotas.cloned(),
             };
             let tap_config = config.clone();
             let thread = std::thread::Builder::new()
@@ -167,6 +174,8 @@ struct Worker {
     verified: Arc<VerifiedSources>,
     /// The keys bearer JWTs are verified with (`tap.jwt_hs256_key`, `tap.jwt_public_key`).
     jwt: JwtKeys,
+    /// The plan quotas, checked on requests the judge did not block (`[quotas]`).
+    quotas: Option<Arc<TapQuotas>>,
 }
 
 /// Runs one interface's capture until `stop`, restarting the capture loop after a panic (see
@@ -276,6 +285,8 @@ fn supervise(
 struct Tally {
     requests: u64,
     blocked: u64,
+    quota_overruns: u64,
+    quota_bans: u64,
 }
 
 /// Reads the ring and feeds the tap until `stop` (then flushes the open requests) or a capture
@@ -302,10 +313,25 @@ fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut Tally, w: &
         for e in out.drain(..) {
             requests.requests += 1;
             // A panic while judging costs this request only (counted, logged by the judge).
-            let (blocked, reason) = judge
-                .judge_contained(&e)
+            let judged = judge.judge_contained(&e);
+            let unjudged = judged.is_none();
+            let (blocked, reason) = judged
                 .unwrap_or_else(|| (false, Some("not judged: the judge panicked".to_owned())));
             requests.blocked += u64::from(blocked);
+            // Served whatever its quota says: an overrun is logged, counted, maybe banned. A
+            // blocked or unjudged request charges nothing.
+            let overrun = match &w.quotas {
+                Some(q) if !blocked && !unjudged => q.observe(&e, judge),
+                _ => None,
+            };
+            let reason = match overrun {
+                Some(o) => {
+                    requests.quota_overruns += 1;
+                    requests.quota_bans += u64::from(o.ban.is_some());
+                    Some(join_reasons(reason, &o))
+                }
+                None => reason,
+            };
             // A full queue drops the record; the writer counts it.
             let _ = writer.try_log(LogRecord::from_event(&e, blocked, reason));
         }
@@ -357,6 +383,8 @@ fn capture_loop(capture: &mut Capture, tap: &mut Tap, requests: &mut Tally, w: &
             s.tap = tap.stats().clone();
             s.requests = requests.requests;
             s.blocked = requests.blocked;
+            s.quota_overruns = requests.quota_overruns;
+            s.quota_bans = requests.quota_bans;
         }
     }
     tap.flush(&mut out);

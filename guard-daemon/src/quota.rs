@@ -1,11 +1,12 @@
-//! Plan quotas for the inline mode: [`QuotaCheck`] finds a request's plan (in the configured
+//! Plan quotas: [`QuotaCheck`] finds a request's plan (in the configured
 //! `lookup` order), its first matching rule, and checks and charges the rule's windows in the
 //! core's [`QuotaTable`]; a spent quota becomes [`Refusal::Quota`] with the `RateLimit-Policy`,
 //! `RateLimit` and `Retry-After` values. `guard run` installs it with
 //! `InlineGate::with_quotas`: the gate calls [`QuotaCheck::check_event`] only for requests the
 //! bans and the judge admitted, anonymous ones included. (It also implements the
 //! [`UserCheck`] seam, which runs before the judge and only for requests naming a user; the
-//! daemon does not use that.)
+//! daemon does not use that.) The tap charges the same check for the requests it sees (see
+//! [`tap`]): it cannot refuse, so overruns are logged and may become bans.
 //!
 //! Second, minute and hour counters live in memory; under `guard run` the day, month and
 //! lifetime ones are also kept in the state database ([`persist`]). Only a **verified** user is counted as a user
@@ -384,6 +385,7 @@ pub mod admin;
 pub mod persist;
 pub mod plans;
 pub mod salt;
+pub mod tap;
 
 /// The last marked counters are written when the check goes (a clean stop).
 impl Drop for QuotaCheck {

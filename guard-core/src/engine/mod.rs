@@ -231,6 +231,8 @@ rules! {
     RepeatedBlocks = "repeated_blocks",
     /// The AI judged a triaged client hostile.
     AiVerdict = "ai_verdict",
+    /// The tap saw the client overrun its plan quota too often (`quotas.tap_overrun_ban`).
+    QuotaOverrun = "quota_overrun",
 }
 
 /// Counters of the engine's work; gauges say what is held now.
@@ -445,6 +447,60 @@ impl Engine {
             .ban(t, client, &key, state, Rule::AiVerdict, reason, details);
         if matches!(decision, Decision::Ban { .. }) {
             self.core.stats.ai_bans += 1;
+        }
+        self.core.count(&decision);
+        decision
+    }
+
+    /// A ban the shell decided on by a rule of its own (the tap's quota overruns): `client` is
+    /// banned by address for `ttl`, through the same order, confirmation and refusals
+    /// (allowlisted, protected) as the engine's own bans. [`Decision::Allow`] when the client
+    /// is allowlisted, already banned or has an order outstanding; [`Decision::Block`] when it
+    /// is protected.
+    pub fn shell_ban(
+        &mut self,
+        now: Duration,
+        client: IpAddr,
+        rule: Rule,
+        reason: &str,
+        ttl: Duration,
+    ) -> Decision {
+        if self.core.allowlisted(client) {
+            self.core.stats.allowlist_refusals += 1;
+            return Decision::Allow;
+        }
+        let t = secs(now);
+        let key = ClientKey::Addr(client);
+        let history = self.core.cfg.history;
+        let (state, evicted) = self
+            .table
+            .get_or_insert(key.clone(), || ClientState::new(history));
+        if evicted {
+            self.core.stats.clients_evicted += 1;
+        }
+        if state.banned_until > t || state.order.is_some() {
+            return Decision::Allow;
+        }
+        self.core.hit(rule);
+        let mut decision = self
+            .core
+            .ban(t, client, &key, state, rule, reason, Details::default());
+        if let Decision::Ban {
+            ttl: d_ttl,
+            evidence,
+            shadow,
+            ..
+        } = &mut decision
+        {
+            // The rule's own duration, not the engine's escalation.
+            *d_ttl = ttl;
+            evidence.ttl_secs = Some(ttl.as_secs());
+            if *shadow {
+                state.banned_until = t.saturating_add(secs(ttl));
+            } else if let Some(o) = state.order.as_mut() {
+                o.ttl = ttl;
+                o.evidence.ttl_secs = Some(ttl.as_secs());
+            }
         }
         self.core.count(&decision);
         decision

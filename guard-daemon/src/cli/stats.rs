@@ -163,6 +163,7 @@ mod tests {
             logs: control::LogCounters::default(),
             daemon: control::DaemonCounters::default(),
             inline: None,
+            quotas: None,
             proxy: None,
         };
         let text = render(&serde_json::to_value(&stats).unwrap());

@@ -1,5 +1,5 @@
-//! `[quotas]`: plan quotas for the inline mode (the reverse proxy and the forward-auth
-//! endpoint). Plans hold ordered rules (the first matching rule applies), each a path pattern,
+//! `[quotas]`: plan quotas, enforced by the inline mode (the reverse proxy and the forward-auth
+//! endpoint) and logged by the tap (`tap_overrun_ban` turns repeated overruns into bans). Plans hold ordered rules (the first matching rule applies), each a path pattern,
 //! an optional method and limits per second, minute, hour, day, calendar month and lifetime.
 //! Off while no plan is defined. [`QuotasConfig::plan_set`] turns the section into the core's
 //! [`PlanSet`](guard_core::quota::PlanSet), with errors that name the key.
@@ -50,6 +50,39 @@ pub struct QuotasConfig {
     pub headers_on_admit: bool,
     /// The plans by name: `[[quotas.plans.NAME.rules]]`. Default: none (quotas off).
     pub plans: BTreeMap<String, PlanConfig>,
+    /// Tap mode: after this many quota overruns of one address within `within`, the address is
+    /// banned (`{ after = 5, within = "10m", ttl = "1h" }`). Default: none (overruns are only
+    /// logged and counted).
+    pub tap_overrun_ban: Option<TapOverrunBan>,
+}
+
+/// `quotas.tap_overrun_ban`: the tap cannot answer a request, so a client that keeps
+/// overrunning its quota is banned by address instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapOverrunBan {
+    /// Overruns within `within` that ban the address (at least 1).
+    pub after: u32,
+    /// The window the overruns are counted in. Default 10 minutes.
+    #[serde(
+        default = "default_overrun_within",
+        deserialize_with = "guard_core::time::de_duration"
+    )]
+    pub within: std::time::Duration,
+    /// How long the ban lasts. Default 1 hour.
+    #[serde(
+        default = "default_overrun_ttl",
+        deserialize_with = "guard_core::time::de_duration"
+    )]
+    pub ttl: std::time::Duration,
+}
+
+fn default_overrun_within() -> std::time::Duration {
+    std::time::Duration::from_mins(10)
+}
+
+fn default_overrun_ttl() -> std::time::Duration {
+    std::time::Duration::from_hours(1)
 }
 
 /// `[quotas.plans.NAME]`.
@@ -102,6 +135,7 @@ impl Default for QuotasConfig {
             on_store_error: OnStoreError::Admit,
             headers_on_admit: true,
             plans: BTreeMap::new(),
+            tap_overrun_ban: None,
         }
     }
 }
@@ -129,6 +163,20 @@ impl QuotasConfig {
 
     /// The validated plans (plans in name order, rules in file order).
     pub fn plan_set(&self) -> Result<PlanSet, QuotasProblem> {
+        if let Some(b) = &self.tap_overrun_ban {
+            if b.after == 0 {
+                return Err(problem(
+                    "quotas.tap_overrun_ban.after",
+                    "0 would ban without an overrun: use at least 1",
+                ));
+            }
+            if b.within.is_zero() || b.ttl.is_zero() {
+                return Err(problem(
+                    "quotas.tap_overrun_ban",
+                    "`within` and `ttl` must be longer than 0 seconds",
+                ));
+            }
+        }
         if self.plan_claim.is_empty() {
             return Err(problem("quotas.plan_claim", "a claim name, e.g. \"plan\""));
         }
@@ -227,6 +275,41 @@ mod tests {
 
     fn key_of(text: &str) -> String {
         parse(text).expect_err("a problem").key
+    }
+
+    /// `tap_overrun_ban`: defaults for `within` and `ttl`, and a 0 named by its key.
+    #[test]
+    fn tap_overrun_ban_parses_and_checks() {
+        #[derive(Deserialize)]
+        struct File {
+            quotas: QuotasConfig,
+        }
+        let plan = "[[quotas.plans.a.rules]]\npath = \"/x\"\nper_minute = 1\n";
+        let f: File = toml::from_str(&format!(
+            "[quotas]\ntap_overrun_ban = {{ after = 3 }}\n{plan}"
+        ))
+        .expect("parses");
+        assert_eq!(
+            f.quotas.tap_overrun_ban,
+            Some(TapOverrunBan {
+                after: 3,
+                within: std::time::Duration::from_mins(10),
+                ttl: std::time::Duration::from_hours(1),
+            })
+        );
+        assert!(f.quotas.plan_set().is_ok());
+        assert_eq!(
+            key_of(&format!(
+                "[quotas]\ntap_overrun_ban = {{ after = 0, ttl = \"5m\" }}\n{plan}"
+            )),
+            "quotas.tap_overrun_ban.after"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "[quotas]\ntap_overrun_ban = {{ after = 2, within = 0 }}\n{plan}"
+            )),
+            "quotas.tap_overrun_ban"
+        );
     }
 
     #[test]

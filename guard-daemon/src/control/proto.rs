@@ -256,6 +256,11 @@ pub struct Stats {
     /// forward-auth endpoint nor the proxy is on.
     #[serde(default)]
     pub inline: Option<serde_json::Value>,
+    /// The plan quotas' counters (`quota::QuotaStats`, shared by the inline mode and the tap),
+    /// with the tap's own under `tap` (`quota::tap::TapQuotaStats`: checked, overruns,
+    /// `bans_ordered`, `unverified_skipped`); `None` when `[quotas]` defines no plan.
+    #[serde(default)]
+    pub quotas: Option<serde_json::Value>,
     /// The reverse proxy's counters; `None` when it is off (`proxy.listen` unset).
     #[serde(default)]
     pub proxy: Option<crate::proxy::ProxyCounters>,

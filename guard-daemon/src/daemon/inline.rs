@@ -21,10 +21,8 @@ use crate::xdp::Xdp;
 
 /// The inline decision, if `[proxy]` turns the forward-auth endpoint or the proxy on. Its
 /// address-ban lookups read the XDP maps through handles of its own; `users` answers its user
-/// checks; `jwt` verifies bearer tokens as the tap does; `quota_store` (the state database)
-/// keys the plan quotas' users and keeps their day, month and lifetime counters; the quotas
-/// are on when `[quotas]` defines plans (marked counters written every second, passed windows
-/// swept every `quota::SWEEP_EVERY`).
+/// checks; `jwt` verifies bearer tokens as the tap does; `quotas` are the plan quotas (see
+/// [`quotas`]), shared with the tap.
 pub(super) fn gate(
     config: &Config,
     xdp: &Xdp,
@@ -32,7 +30,7 @@ pub(super) fn gate(
     writer: &Arc<LogWriter>,
     users: UserLookup,
     jwt: JwtKeys,
-    quota_store: Option<QuotaStore>,
+    quotas: Option<&Arc<QuotaCheck>>,
 ) -> anyhow::Result<Option<Arc<InlineGate>>> {
     if config.proxy.auth_listen.is_none() && !config.proxy.proxy_enabled() {
         return Ok(None);
@@ -51,29 +49,42 @@ pub(super) fn gate(
         &config.proxy,
     )
     .with_user_check(Arc::new(users));
-    if let (true, Some(store)) = (config.quotas.enabled(), quota_store) {
-        let quotas = QuotaCheck::new(
-            &config.quotas,
-            config.tap.trusted_proxies.clone(),
-            store.salt,
-            crate::quota::salt::random_seed(),
-        )
-        .map_err(|p| anyhow::anyhow!("{}: {}", p.key, p.message))?;
-        let (quotas, restored) = quotas
-            .with_store(store.tree, &config.quotas)
-            .context("reading the quota counters from the store")?;
-        let quotas = quotas.with_plan_store(Arc::new(store.plans));
-        let quotas = Arc::new(quotas);
-        crate::quota::spawn_sweeper(&quotas).context("starting the quota sweep")?;
-        info!(
-            plans = config.quotas.plans.len(),
-            default_plan = config.quotas.default_plan.as_deref().unwrap_or("-"),
-            restored,
-            "plan quotas on (day, month and lifetime counters restored from the store)"
-        );
-        gate = gate.with_quotas(quotas);
+    if let Some(q) = quotas {
+        gate = gate.with_quotas(Arc::clone(q));
     }
     Ok(Some(Arc::new(gate)))
+}
+
+/// The plan quotas, when `[quotas]` defines plans: `store` (the state database) keys their
+/// users and keeps their day, month and lifetime counters (marked counters written every
+/// second, passed windows swept every `quota::SWEEP_EVERY`). One check serves the inline mode
+/// and the tap, so both charge the same counters.
+pub(super) fn quotas(
+    config: &Config,
+    store: Option<QuotaStore>,
+) -> anyhow::Result<Option<Arc<QuotaCheck>>> {
+    let (true, Some(store)) = (config.quotas.enabled(), store) else {
+        return Ok(None);
+    };
+    let quotas = QuotaCheck::new(
+        &config.quotas,
+        config.tap.trusted_proxies.clone(),
+        store.salt,
+        crate::quota::salt::random_seed(),
+    )
+    .map_err(|p| anyhow::anyhow!("{}: {}", p.key, p.message))?;
+    let (quotas, restored) = quotas
+        .with_store(store.tree, &config.quotas)
+        .context("reading the quota counters from the store")?;
+    let quotas = Arc::new(quotas.with_plan_store(Arc::new(store.plans)));
+    crate::quota::spawn_sweeper(&quotas).context("starting the quota sweep")?;
+    info!(
+        plans = config.quotas.plans.len(),
+        default_plan = config.quotas.default_plan.as_deref().unwrap_or("-"),
+        restored,
+        "plan quotas on (day, month and lifetime counters restored from the store)"
+    );
+    Ok(Some(quotas))
 }
 
 /// What the plan quotas keep in the state database.

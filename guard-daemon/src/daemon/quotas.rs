@@ -4,10 +4,7 @@ use crate::control::{Request, Response};
 /// Answers a `plan` or `quota` request; other requests are not this module's.
 pub(super) fn handle(shared: &super::Shared, req: Request) -> Response {
     use crate::quota::admin::AdminError;
-    let Some(gate) = shared.inline.as_ref() else {
-        return Response::failed(&AdminError::NoInline);
-    };
-    let Some(q) = gate.quotas() else {
+    let Some(q) = shared.quotas.as_ref() else {
         return Response::failed(&AdminError::Off);
     };
     let now_s = crate::clock::now_ms() / 1000;

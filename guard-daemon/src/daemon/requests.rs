@@ -261,6 +261,16 @@ fn stats(shared: &Shared) -> Response {
             control_requests: c.control_requests.load(Ordering::Relaxed),
         },
         inline: shared.inline.as_ref().map(|g| g.stats_json()),
+        quotas: shared.quotas.as_ref().map(|q| {
+            let mut v = q.stats_json();
+            if let (Some(map), Some(t)) = (v.as_object_mut(), &shared.tap_quotas) {
+                map.insert(
+                    "tap".into(),
+                    serde_json::to_value(&t.stats).unwrap_or_default(),
+                );
+            }
+            v
+        }),
         proxy: shared
             .proxy
             .as_deref()

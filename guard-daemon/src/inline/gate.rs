@@ -108,7 +108,8 @@ impl Refusal {
     }
 
     /// For the log record.
-    fn reason(&self) -> String {
+    #[must_use]
+    pub fn reason(&self) -> String {
         match self {
             Self::BannedAddress(BanHit::Exact) => "banned address".to_owned(),
             Self::BannedAddress(BanHit::Cidr) => "banned address (CIDR)".to_owned(),

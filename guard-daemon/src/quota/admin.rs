@@ -15,10 +15,6 @@ use super::plans::PlanEntry;
 pub enum AdminError {
     #[error("plan quotas are off: [quotas.plans] defines no plan")]
     Off,
-    #[error(
-        "plan quotas work in the inline mode only, which is off: set [proxy] listen or auth_listen"
-    )]
-    NoInline,
     #[error("no plan named {plan:?} under [quotas.plans] (defined: {known})")]
     UnknownPlan { plan: String, known: String },
     #[error("user {user:?} has no plan in the plan table")]
