@@ -357,7 +357,12 @@ impl Judge {
         s.inspected.fetch_add(1, Ordering::Relaxed);
         let h = &ev.headers;
         let headers: Vec<(&str, &str)> = ev.all_headers.iter().collect();
-        let validator = Arc::clone(&self.validator.read().unwrap_or_else(PoisonError::into_inner));
+        let validator = Arc::clone(
+            &self
+                .validator
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let verdict = validator.inspect(&Request {
             method: &ev.method,
             version: Some(if ev.http_minor == 0 {

@@ -151,8 +151,9 @@ pub(super) fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
     let Some(path) = reloader.path.clone() else {
         return Err(ReloadError::NoFile);
     };
-    let invalid =
-        |e: &(dyn std::error::Error + 'static)| ReloadError::Invalid(crate::control::proto::error_chain(e));
+    let invalid = |e: &(dyn std::error::Error + 'static)| {
+        ReloadError::Invalid(crate::control::proto::error_chain(e))
+    };
     let new = Config::load(&path).map_err(|e| invalid(&e))?;
     // Loaded: the text reads as TOML.
     let table: toml::Table = std::fs::read_to_string(&path)
@@ -168,12 +169,11 @@ pub(super) fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
         diff("", &old, &table, &mut changed);
     }
     changed.sort();
-    let (applied, need_restart): (Vec<String>, Vec<String>) =
-        changed.into_iter().partition(|k| {
-            LIVE_SECTIONS
-                .iter()
-                .any(|s| k == s || k.starts_with(&format!("{s}.")))
-        });
+    let (applied, need_restart): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| {
+        LIVE_SECTIONS
+            .iter()
+            .any(|s| k == s || k.starts_with(&format!("{s}.")))
+    });
     // The mode: the override lasts while the file's mode is the one it was made under.
     let mut override_ended = false;
     let mode = match shared.store.mode_override() {
@@ -204,7 +204,8 @@ pub(super) fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
     *reloader
         .applied
         .lock()
-        .unwrap_or_else(PoisonError::into_inner) = keep_restart_keys(table, &need_restart, &reloader.applied);
+        .unwrap_or_else(PoisonError::into_inner) =
+        keep_restart_keys(table, &need_restart, &reloader.applied);
     for key in &applied {
         info!(file = %path.display(), key, "reload: applied");
     }
