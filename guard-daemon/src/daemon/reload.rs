@@ -112,6 +112,18 @@ fn forget_override(store: &crate::store::Store) {
     }
 }
 
+/// Answers `guard reload` and `guard mode`.
+pub(super) fn handle(shared: &Shared, req: crate::control::Request) -> crate::control::Response {
+    use crate::control::{Request, Response};
+    match req {
+        Request::Reload => reload(shared).map_or_else(|e| Response::failed(&e), Response::ok),
+        Request::Mode { mode } => {
+            set_mode(shared, &mode).map_or_else(|e| Response::failed(&e), Response::ok)
+        }
+        _ => Response::Err(format!("{} is not a reload request", req.command())),
+    }
+}
+
 /// Switches the engine's mode and records the choice with the configuration's mode.
 pub(super) fn set_mode(shared: &Shared, mode: &str) -> Result<ModeSet, ReloadError> {
     let Some(new) = parse_mode(mode) else {

@@ -109,13 +109,8 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         | Request::PlanLs
         | Request::QuotaShow { .. }
         | Request::QuotaReset { .. }) => return super::quotas::handle(shared, req),
-        Request::Reload => {
-            return super::reload::reload(shared)
-                .map_or_else(|e| Response::failed(&e), Response::ok);
-        }
-        Request::Mode { mode } => {
-            return super::reload::set_mode(shared, &mode)
-                .map_or_else(|e| Response::failed(&e), Response::ok);
+        req @ (Request::Reload | Request::Mode { .. }) => {
+            return super::reload::handle(shared, req);
         }
     };
     result.unwrap_or_else(|e| Response::failed(&e))
