@@ -335,4 +335,30 @@ mod tests {
         diff("", &old, &kept, &mut again);
         assert_eq!(again, ["engine.mode"]);
     }
+
+    /// The override lasts across a restart while `engine.mode` is unchanged, and ends (and is
+    /// forgotten) when the file's mode changes.
+    #[test]
+    fn the_mode_override_lasts_until_the_config_mode_changes() {
+        let dir = std::env::temp_dir().join(format!("guard-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::store::Store::open(&dir).unwrap();
+        let mut config = Config::default();
+        config.engine.mode = Mode::Shadow;
+        store
+            .set_mode_override(Some(&ModeOverride {
+                mode: "enforce".into(),
+                config_mode: "shadow".into(),
+            }))
+            .unwrap();
+        assert_eq!(start_mode(&store, &config), Mode::Enforce);
+        assert!(store.mode_override().unwrap().is_some());
+        config.engine.mode = Mode::Enforce;
+        assert_eq!(start_mode(&store, &config), Mode::Enforce);
+        assert!(store.mode_override().unwrap().is_none());
+        config.engine.mode = Mode::Shadow;
+        assert_eq!(start_mode(&store, &config), Mode::Shadow);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
