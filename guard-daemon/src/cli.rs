@@ -48,6 +48,15 @@ pub enum Command {
     Stats(JsonFlag),
     /// Is the daemon running, on which interfaces, with what.
     Status(JsonFlag),
+    /// Read the configuration file again and apply what can change at run time (the
+    /// `[engine]` and `[validator]` sections); bans and connections stay. Same as SIGHUP.
+    Reload(JsonFlag),
+    /// Switch the engine between `shadow` and `enforce` at run time; kept across restarts until
+    /// the file's `engine.mode` changes.
+    Mode {
+        #[arg(value_parser = ["shadow", "enforce"])]
+        mode: String,
+    },
     /// Query the request log.
     Logs(LogsArgs),
     /// The HTTP tap.
@@ -156,6 +165,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allow(cmd) => allow(cmd, &socket_path(socket)),
         Command::Stats(f) => stats::run(f.json, &socket_path(socket)),
         Command::Status(f) => status(f.json, &socket_path(socket)),
+        Command::Reload(f) => reload(f.json, &socket_path(socket)),
+        Command::Mode { mode } => {
+            let set: control::proto::ModeSet =
+                control::call(&socket_path(socket), &Request::Mode { mode })?;
+            println!(
+                "engine mode {} (was {}; engine.mode in the file: {}); kept until engine.mode \
+                 changes in the file",
+                set.mode, set.previous, set.config_mode
+            );
+            Ok(())
+        }
         Command::Logs(args) => logs::run(args, &socket_path(socket)),
         Command::Tap(TapCommand::Ports { ports }) => {
             let ports = (!ports.is_empty()).then_some(ports);
@@ -209,7 +229,7 @@ fn run_daemon(args: RunArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
         config.xdp.ebpf_log = level;
     }
     config.validate(args.config.as_deref().unwrap_or("command line".as_ref()))?;
-    crate::daemon::run(config)
+    crate::daemon::run(config, args.config)
 }
 
 /// An address or CIDR block from the command line; an IPv4-mapped IPv6 one is written as the
@@ -327,6 +347,29 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+fn reload(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
+    let r: control::proto::Reloaded = control::call(socket, &Request::Reload)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("reloaded {}", r.file.display());
+    if r.applied.is_empty() && r.need_restart.is_empty() {
+        println!("  no key changed");
+    }
+    for k in &r.applied {
+        println!("  applied       {k}");
+    }
+    for k in &r.need_restart {
+        println!("  needs restart {k} (the old value stays in effect until guard restarts)");
+    }
+    if r.override_ended {
+        println!("  engine.mode changed in the file: the mode set by `guard mode` ends");
+    }
+    println!("  mode {}", describe_mode(&r.mode, None));
+    Ok(())
+}
+
 fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
     let data: Box<Status> = control::call(socket, &Request::Status)?;
     if json {
@@ -338,8 +381,13 @@ fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         data.version, data.pid, data.uptime_secs
     );
     println!(
-        "  mode {}",
-        describe_mode(&data.mode, data.inline_mode.as_deref())
+        "  mode {}{}",
+        describe_mode(&data.mode, data.inline_mode.as_deref()),
+        if data.mode_set_by_command {
+            " (set by `guard mode`)"
+        } else {
+            ""
+        }
     );
     for i in &data.interfaces {
         println!("  interface {} ({} XDP)", i.name, i.mode);

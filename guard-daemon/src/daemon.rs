@@ -30,6 +30,7 @@ mod inline;
 mod metrics;
 mod quotas;
 mod readd;
+mod reload;
 mod requests;
 use requests::handle;
 
@@ -69,6 +70,10 @@ struct Shared {
     /// by kind, kept as they are written): `/metrics` reads them even while the owner is busy.
     store: Store,
     config: Config,
+    /// The `[validator]` and `[engine]` sections in effect (a reload replaces them); every other
+    /// section is `config`'s, from the start.
+    live: Mutex<Config>,
+    reloader: reload::Reloader,
     started: Instant,
     /// The CrowdSec client's state and counters (`None` without `crowdsec.lapi_url`).
     crowdsec: Option<Arc<crate::crowdsec::CrowdsecStats>>,
@@ -88,7 +93,7 @@ impl Shared {
     clippy::too_many_lines,
     reason = "start-up and shut-down in order, each step one call"
 )]
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, config_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     if crate::xdp::EBPF_STUB {
         anyhow::bail!(
             "this guard binary was built without its eBPF programs (no BPF toolchain at build \
@@ -151,8 +156,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    // From here on a SIGHUP is logged, never the end of guard.
-    hangup::install(&runtime, !config.proxy.tls_listen.is_empty());
+    // From here on a SIGHUP is a reload (once the control socket serves), never the end of
+    // guard.
+    let hup = hangup::install(&runtime);
     // The AI second opinion; without it (disabled, or a bad set-up) grey clients are only
     // logged: guard fails open.
     let ai = if config.ai.enabled {
@@ -184,6 +190,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let (judge, ban_queue) = Judge::new(&config.validator, &config.engine, allowlist, 4096, ai)
         .context("building the validator and engine")?;
+    // `guard mode`'s choice outlives a restart while `engine.mode` stays as it was.
+    judge.set_mode(reload::start_mode(&store, &config));
     judge.set_protected(protected.nets());
     // Repeat offenders survive restarts: their next ban is escalated.
     let since = Duration::from_millis(crate::clock::now_ms())
@@ -348,6 +356,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         counters: Counters::default(),
         proxy: proxy.as_ref().map(crate::proxy::Running::stats),
         store: counts_store,
+        live: Mutex::new(config.clone()),
+        reloader: reload::Reloader::new(config_file),
         config,
         started: Instant::now(),
         crowdsec: crowdsec_stats,
@@ -373,6 +383,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             access,
             facts,
             (bouncer, pusher),
+            hup,
         )),
     };
     drop(runtime);
@@ -496,6 +507,7 @@ async fn serve(
         Option<crate::crowdsec::bouncer::Bouncer>,
         Option<crate::crowdsec::machine::Pusher>,
     ),
+    hup: Option<tokio::signal::unix::Signal>,
 ) -> anyhow::Result<()> {
     let listener = control::bind(&shared.config.daemon.socket, &access)
         .context("binding the control socket")?;
@@ -514,6 +526,10 @@ async fn serve(
     let protector = tokio::spawn(protect_loop(Arc::clone(&shared), facts));
     let bouncer = bouncer.map(|b| tokio::spawn(b.run()));
     let pusher = pusher.map(|p| tokio::spawn(p.run()));
+    let reloads = hup.map(|h| {
+        let tls = !shared.config.proxy.tls_listen.is_empty();
+        tokio::spawn(hangup::serve(Arc::clone(&shared), h, tls))
+    });
     let reader = events.map(|rb| tokio::spawn(event_loop(Arc::clone(&shared), rb)));
     let handler = {
         let shared = Arc::clone(&shared);
@@ -545,6 +561,9 @@ async fn serve(
     protector.abort();
     for task in bouncer.into_iter().chain(pusher) {
         task.abort();
+    }
+    if let Some(r) = reloads {
+        r.abort();
     }
     if let Some(r) = reader {
         r.abort();

@@ -79,7 +79,8 @@ pub struct FindingCounts {
 
 /// Validator and engine, shared by the capture threads.
 pub struct Judge {
-    validator: Validator,
+    /// Replaced whole by a reload; a request holds the one it started with.
+    validator: std::sync::RwLock<Arc<Validator>>,
     engine: Arc<Mutex<Engine>>,
     /// Boxed orders: the bounded channel initialises every slot up front.
     bans: SyncSender<Box<BanOrder>>,
@@ -158,7 +159,7 @@ impl Judge {
         let (tx, rx) = sync_channel(queue.max(1));
         Ok((
             Self {
-                validator: Validator::new(validator)?,
+                validator: std::sync::RwLock::new(Arc::new(Validator::new(validator)?)),
                 engine: Arc::new(Mutex::new(e)),
                 bans: tx,
                 stats: Arc::new(JudgeStats::default()),
@@ -181,6 +182,37 @@ impl Judge {
     /// Hands the engine the networks it must never ban (see `protect`).
     pub fn set_protected(&self, nets: Vec<Net>) {
         self.engine().set_protected(nets);
+    }
+
+    /// Applies a reloaded `[validator]` and `[engine]` (see [`Engine::reconfigure`]): both are
+    /// checked first, and nothing changes unless both are good. `mode` is the engine mode in
+    /// effect after the reload (`engine.mode`, or the operator's `guard mode`).
+    pub fn reconfigure(
+        &self,
+        validator: &ValidatorConfig,
+        engine: &EngineConfig,
+        mode: crate::engine::Mode,
+    ) -> Result<(), JudgeError> {
+        engine.validate()?;
+        let v = Arc::new(Validator::new(validator)?);
+        *self
+            .validator
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = v;
+        let mut e = self.engine();
+        e.reconfigure(engine);
+        e.set_mode(mode);
+        Ok(())
+    }
+
+    /// Switches the engine between enforcing and shadow mode.
+    pub fn set_mode(&self, mode: crate::engine::Mode) {
+        self.engine().set_mode(mode);
+    }
+
+    /// The engine's mode in effect.
+    pub fn mode(&self) -> crate::engine::Mode {
+        self.engine().mode()
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
@@ -328,7 +360,13 @@ impl Judge {
         s.inspected.fetch_add(1, Ordering::Relaxed);
         let h = &ev.headers;
         let headers: Vec<(&str, &str)> = ev.all_headers.iter().collect();
-        let verdict = self.validator.inspect(&Request {
+        let validator = Arc::clone(
+            &self
+                .validator
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let verdict = validator.inspect(&Request {
             method: &ev.method,
             version: Some(if ev.http_minor == 0 {
                 "HTTP/1.0"

@@ -344,6 +344,33 @@ impl Engine {
         }
     }
 
+    /// Applies a changed `[engine]` section at run time (validate it first): rules, weights,
+    /// thresholds, the mode and the scenario lists. The clients' state, the offenders and the
+    /// pending triages are kept; the bounds sized at start (`max_clients`,
+    /// `bans.max_offenders`, `max_pending_triage`) keep their start values.
+    pub fn reconfigure(&mut self, config: &EngineConfig) {
+        let core = &mut self.core;
+        core.backdoors = Matcher::new(&config.scenarios.backdoors, true);
+        core.sensitive_files = Matcher::new(&config.scenarios.sensitive_files, true);
+        core.user_agents = Matcher::new(&config.grey.suspicious_user_agents, true);
+        let mut cfg = config.clone();
+        cfg.max_clients = core.cfg.max_clients;
+        cfg.bans.max_offenders = core.cfg.bans.max_offenders;
+        cfg.max_pending_triage = core.cfg.max_pending_triage;
+        core.cfg = cfg;
+    }
+
+    /// Switches between enforcing and shadow mode (`guard mode`).
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.core.cfg.mode = mode;
+    }
+
+    /// The mode in effect.
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        self.core.cfg.mode
+    }
+
     /// Replaces the allowlist: clients inside these networks are never judged nor banned.
     pub fn set_allowlist(&mut self, nets: Vec<Net>) {
         self.core.allowlist = nets;

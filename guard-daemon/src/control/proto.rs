@@ -112,6 +112,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
     },
+    /// `guard reload`: read the configuration file again and apply it.
+    Reload,
+    /// `guard mode shadow|enforce`.
+    Mode {
+        mode: String,
+    },
 }
 
 impl Request {
@@ -130,7 +136,9 @@ impl Request {
             | Self::UserBanRm { .. }
             | Self::PlanSet { .. }
             | Self::PlanRm { .. }
-            | Self::QuotaReset { .. } => true,
+            | Self::QuotaReset { .. }
+            | Self::Reload
+            | Self::Mode { .. } => true,
             Self::TapPorts { ports } => ports.is_some(),
             Self::BanLs { .. }
             | Self::UserBanLs
@@ -168,6 +176,8 @@ impl Request {
             Self::PlanLs => "plan ls",
             Self::QuotaShow { .. } => "quota show",
             Self::QuotaReset { .. } => "quota reset",
+            Self::Reload => "reload",
+            Self::Mode { .. } => "mode",
         }
     }
 }
@@ -364,6 +374,9 @@ pub struct Status {
     /// never enforced).
     #[serde(default)]
     pub mode: String,
+    /// The engine's mode was chosen with `guard mode` (kept until `engine.mode` changes).
+    #[serde(default)]
+    pub mode_set_by_command: bool,
     /// The inline mode's (`proxy.mode`: `enforce` or `shadow`), when the reverse proxy or the
     /// forward-auth endpoint is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +385,33 @@ pub struct Status {
     /// `crowdsec.lapi_url` is unset.
     #[serde(default)]
     pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
+}
+
+/// The answer to `guard reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    /// The file read.
+    pub file: PathBuf,
+    /// Changed keys now in effect (`engine.grey.threshold`).
+    pub applied: Vec<String>,
+    /// Changed keys that keep their old value until guard is restarted.
+    pub need_restart: Vec<String>,
+    /// The engine mode in effect after the reload.
+    pub mode: String,
+    /// Set when a `guard mode` override ended because the file's `engine.mode` changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub override_ended: bool,
+}
+
+/// The answer to `guard mode`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModeSet {
+    /// The mode in effect now.
+    pub mode: String,
+    /// The mode before the change.
+    pub previous: String,
+    /// `engine.mode` of the configuration.
+    pub config_mode: String,
 }
 
 /// One XDP map's fill, in `guard status`.
@@ -488,6 +528,10 @@ replies! {
     QuotaUsage(crate::quota::admin::QuotaUsage) = "quota_usage",
     /// `quota reset`.
     QuotaReset(crate::quota::admin::QuotaReset) = "quota_reset",
+    /// `reload`.
+    Reloaded(Reloaded) = "reloaded",
+    /// `mode`.
+    ModeSet(ModeSet) = "mode_set",
 }
 
 impl From<BanView> for Reply {

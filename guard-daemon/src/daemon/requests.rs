@@ -109,6 +109,9 @@ pub(super) fn handle(shared: &Shared, req: Request) -> Response {
         | Request::PlanLs
         | Request::QuotaShow { .. }
         | Request::QuotaReset { .. }) => return super::quotas::handle(shared, req),
+        req @ (Request::Reload | Request::Mode { .. }) => {
+            return super::reload::handle(shared, req);
+        }
     };
     result.unwrap_or_else(|e| Response::failed(&e))
 }
@@ -288,11 +291,8 @@ fn status(shared: &Shared) -> Response {
         socket: cfg.daemon.socket.clone(),
         rate_limit_pps: cfg.xdp.rate_limit_pps,
         keep_attached: cfg.xdp.keep_attached,
-        mode: match cfg.engine.mode {
-            crate::engine::Mode::Enforce => "enforce",
-            crate::engine::Mode::Shadow => "shadow",
-        }
-        .to_owned(),
+        mode: super::reload::mode_name(shared.judge.mode()).to_owned(),
+        mode_set_by_command: matches!(shared.store.mode_override(), Ok(Some(_))),
         inline_mode: shared.inline.as_ref().map(|_| {
             match cfg.proxy.mode {
                 crate::config::InlineMode::Enforce => "enforce",

@@ -307,3 +307,39 @@ fn from_json<T: for<'de> Deserialize<'de>>(
 
 #[cfg(test)]
 mod tests;
+
+/// Key in the meta tree of `guard mode`'s override: JSON [`ModeOverride`].
+const MODE_OVERRIDE_KEY: &[u8] = b"mode_override";
+
+/// The engine mode the operator chose with `guard mode`, and the `engine.mode` of the
+/// configuration in effect then: the override lasts until a start or reload sees a
+/// configuration whose mode differs from that one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModeOverride {
+    /// `enforce` or `shadow`.
+    pub mode: String,
+    /// `engine.mode` of the configuration when the override was set.
+    pub config_mode: String,
+}
+
+impl Store {
+    /// `guard mode`'s override, if one is recorded.
+    pub fn mode_override(&self) -> Result<Option<ModeOverride>, StoreError> {
+        self.db
+            .open_tree(crate::bans::TREE_META)?
+            .get(MODE_OVERRIDE_KEY)?
+            .map(|v| from_json(crate::bans::TREE_META, &v))
+            .transpose()
+    }
+
+    /// Records (`Some`) or forgets (`None`) `guard mode`'s override, flushed.
+    pub fn set_mode_override(&self, value: Option<&ModeOverride>) -> Result<(), StoreError> {
+        let meta = self.db.open_tree(crate::bans::TREE_META)?;
+        match value {
+            Some(v) => meta.insert(MODE_OVERRIDE_KEY, to_json(v))?,
+            None => meta.remove(MODE_OVERRIDE_KEY)?,
+        };
+        self.db.flush()?;
+        Ok(())
+    }
+}
