@@ -992,3 +992,117 @@ fn shadow_mode_says_would_ban() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The live mode, as `guard status --json` reports it.
+fn live_mode(d: &Daemon) -> String {
+    d.json(&["status"]).map_or_else(
+        |e| panic!("guard status: {e:#}"),
+        |s| s["mode"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Issue 20, items 2 and 4: `guard reload` and SIGHUP re-read the config and apply the engine's
+/// mode without dropping a ban; an invalid file changes nothing and says why; `guard mode`
+/// switches at run time until the file's own mode changes.
+#[test]
+fn reload_and_mode_change_enforcement_without_a_restart() -> anyhow::Result<()> {
+    require_root!();
+    let base = format!("[tap]\nhttp_ports = [{PORT}]\n");
+    let s = setup("[engine]\nmode = \"shadow\"\n")?;
+    let d = &s.d;
+    let write = |mode: &str| {
+        std::fs::write(&d.config, format!("{base}[engine]\nmode = \"{mode}\"\n"))
+            .expect("writing the config");
+    };
+    // A manual ban made before any reload.
+    let held = s.link.add_far_v4(80)?;
+    d.cli(&["ban", "add", &held.to_string(), "--ttl", "permanent"])
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(get(&s, held, &["/"]), 0, "the banned client was answered");
+
+    // Shadow: a prober is answered and not banned.
+    let p1 = s.link.add_far_v4(81)?;
+    assert_eq!(
+        get(&s, p1, &PROBES),
+        PROBES.len(),
+        "shadow mode cut a prober off"
+    );
+    assert!(banned(d, p1).is_none(), "shadow mode banned {p1}");
+
+    // An invalid file: nothing changes, and the answer says why.
+    std::fs::write(&d.config, format!("{base}[engine]\nmode = 5\n"))?;
+    let err = d.cli(&["reload"]).expect_err("a bad file was reloaded");
+    assert!(
+        err.contains("not reloaded") && err.contains("old one stays in effect"),
+        "{err}"
+    );
+    assert!(!err.contains("Some(") && !err.contains("Os {"), "{err}");
+    assert_eq!(live_mode(d), "shadow");
+
+    // Enforce through `guard reload`: the next prober is banned, the earlier ban still holds.
+    write("enforce");
+    let out = d.cli(&["reload"]).map_err(anyhow::Error::msg)?;
+    assert!(
+        out.contains("engine.mode"),
+        "the reload did not name the key: {out}"
+    );
+    assert_eq!(live_mode(d), "enforce");
+    let p2 = s.link.add_far_v4(82)?;
+    let answered = get(&s, p2, &PROBES);
+    let ban = wait_until(Duration::from_secs(10), || banned(d, p2).is_some());
+    assert!(
+        ban.is_some(),
+        "enforce mode after the reload did not ban {p2} ({answered} answered): {}",
+        d.log_text()
+    );
+    assert!(banned(d, held).is_some(), "the reload dropped a ban");
+    assert_eq!(
+        get(&s, held, &["/"]),
+        0,
+        "the banned client was answered after the reload"
+    );
+
+    // `guard mode shadow`: at once, and said by status.
+    d.cli(&["mode", "shadow"]).map_err(anyhow::Error::msg)?;
+    let status = d.json(&["status"])?;
+    assert_eq!(status["mode"], "shadow", "{status}");
+    assert_eq!(status["mode_set_by_command"], true, "{status}");
+    let p3 = s.link.add_far_v4(83)?;
+    assert_eq!(
+        get(&s, p3, &PROBES),
+        PROBES.len(),
+        "guard mode shadow cut a prober off"
+    );
+    assert!(banned(d, p3).is_none(), "guard mode shadow banned {p3}");
+
+    // SIGHUP does what `guard reload` does: the file now says shadow itself (the override is
+    // dropped), then enforce.
+    let pid = d.json(&["status"])?["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no pid in status"))?;
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP {pid} failed");
+    };
+    write("shadow");
+    hup();
+    let dropped = wait_until(Duration::from_secs(10), || {
+        d.json(&["status"])
+            .is_ok_and(|s| s["mode_set_by_command"] != true && s["mode"] == "shadow")
+    });
+    assert!(dropped.is_some(), "SIGHUP did not reload: {}", d.log_text());
+    write("enforce");
+    hup();
+    let enforced = wait_until(Duration::from_secs(10), || live_mode(d) == "enforce");
+    assert!(
+        enforced.is_some(),
+        "SIGHUP did not apply enforce: {}",
+        d.log_text()
+    );
+    assert!(banned(d, held).is_some(), "SIGHUP dropped a ban");
+    assert!(banned(d, p2).is_some(), "SIGHUP dropped an engine ban");
+    Ok(())
+}
